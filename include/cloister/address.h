@@ -1,0 +1,32 @@
+/* Endpoint addresses: vsock:CID:PORT, unix:PATH, tcp:HOST:PORT.
+ * The same code path serves Nitro (vsock) and a laptop (unix sockets). */
+#ifndef CLOISTER_ADDRESS_H
+#define CLOISTER_ADDRESS_H
+
+#include "cloister/error.h"
+
+#include <stdint.h>
+
+enum cl_address_kind { CL_ADDR_VSOCK, CL_ADDR_UNIX, CL_ADDR_TCP };
+
+#define CL_ADDRESS_HOST_MAX 256
+#define CL_ADDRESS_PATH_MAX 108 /* sizeof(sun_path) */
+
+typedef struct cl_address {
+    int kind;
+    uint32_t cid;                   /* vsock */
+    uint32_t port;                  /* vsock, tcp */
+    char host[CL_ADDRESS_HOST_MAX]; /* tcp; brackets of [v6] removed */
+    char path[CL_ADDRESS_PATH_MAX]; /* unix */
+} cl_address;
+
+CL_MUST_CHECK int cl_address_parse(const char *text, cl_address *out);
+/* Canonical text form, as accepted by cl_address_parse. */
+void cl_address_format(const cl_address *a, char *out, size_t out_len);
+
+/* Stream sockets, close-on-exec.  listen() replaces a stale unix socket
+ * file but refuses to replace anything that is not a socket. */
+CL_MUST_CHECK int cl_address_listen(const cl_address *a, int backlog, int *fd_out);
+CL_MUST_CHECK int cl_address_connect(const cl_address *a, int *fd_out);
+
+#endif

@@ -1,0 +1,1 @@
+#include "cloister/nsm.h"

@@ -1,0 +1,14 @@
+/* Each subcommand lives in its own file and is listed in main.c's table. */
+#ifndef CLOISTER_SRC_COMMANDS_H
+#define CLOISTER_SRC_COMMANDS_H
+
+int cmd_attest(int argc, char **argv);
+int cmd_nsm(int argc, char **argv);
+int cmd_nsm_sim(int argc, char **argv);
+
+/* Exit codes shared by the subcommands. */
+#define EXIT_REJECTED 1 /* a verification said no */
+#define EXIT_USAGE 2    /* bad command line */
+#define EXIT_FAILED 3   /* could not do the work (I/O, NSM, ...) */
+
+#endif

@@ -1,0 +1,53 @@
+/* cloister: one program, one subcommand per file. */
+#include "commands.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define CLOISTER_VERSION "0.1.0"
+
+struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+};
+
+static const struct command commands[] = {
+    {"attest", cmd_attest, "request, show and verify Nitro attestation documents"},
+    {"nsm", cmd_nsm, "talk to the Nitro Secure Module (device or simulator)"},
+    {"nsm-sim", cmd_nsm_sim, "run a faithful NSM simulator on a unix socket"},
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: cloister COMMAND [ARGS...]\n\n"
+                 "Runs web services inside AWS Nitro Enclaves, and stands in for Nitro locally.\n\n"
+                 "commands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out, "\n'cloister COMMAND --help' describes a command.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    const char *name = argv[1];
+    if (!strcmp(name, "-h") || !strcmp(name, "--help") || !strcmp(name, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(name, "--version") || !strcmp(name, "version")) {
+        printf("cloister %s\n", CLOISTER_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        if (!strcmp(name, commands[i].name))
+            return commands[i].run(argc - 1, argv + 1);
+    }
+    fprintf(stderr, "cloister: unknown command '%s'\n\n", name);
+    usage(stderr);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,89 @@
+/* A minimal unit-test harness: CHECK records a failure and goes on; each
+ * test file is one CTest test whose last line is "N passed, N failed". */
+#ifndef CLOISTER_TEST_H
+#define CLOISTER_TEST_H
+
+#include "cloister/error.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int test_failed_checks;
+static int test_current_failed;
+static int test_passed, test_failed;
+
+#define CHECK(cond)                                                                       \
+    do {                                                                                  \
+        if (!(cond)) {                                                                    \
+            test_failed_checks++;                                                         \
+            test_current_failed = 1;                                                      \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);      \
+        }                                                                                 \
+    } while (0)
+
+#define CHECK_OK(expr)                                                                    \
+    do {                                                                                  \
+        int check_rc_ = (expr);                                                           \
+        if (check_rc_ != 0) {                                                             \
+            test_failed_checks++;                                                         \
+            test_current_failed = 1;                                                      \
+            fprintf(stderr, "%s:%d: %s failed: %s: %s\n", __FILE__, __LINE__, #expr,      \
+                    cl_error_name(check_rc_), cl_error_message());                        \
+        }                                                                                 \
+    } while (0)
+
+/* Expects failure with the given code; a message fragment may be checked too. */
+#define CHECK_ERR(expr, code, fragment)                                                   \
+    do {                                                                                  \
+        cl_error_clear();                                                                 \
+        int check_rc_ = (expr);                                                           \
+        if (check_rc_ != (code) ||                                                        \
+            ((fragment) != NULL && !strstr(cl_error_message(), (fragment) ? (fragment) : ""))) { \
+            test_failed_checks++;                                                         \
+            test_current_failed = 1;                                                      \
+            fprintf(stderr, "%s:%d: %s: expected %s (\"%s\"), got %s: %s\n", __FILE__,    \
+                    __LINE__, #expr, cl_error_name(code), (fragment) ? (fragment) : "",   \
+                    cl_error_name(check_rc_), cl_error_message());                        \
+        }                                                                                 \
+    } while (0)
+
+#define RUN(fn)                                                                           \
+    do {                                                                                  \
+        test_current_failed = 0;                                                          \
+        fn();                                                                             \
+        if (test_current_failed) {                                                        \
+            test_failed++;                                                                \
+            fprintf(stderr, "FAIL %s\n", #fn);                                            \
+        } else {                                                                          \
+            test_passed++;                                                                \
+            printf("ok   %s\n", #fn);                                                     \
+        }                                                                                 \
+    } while (0)
+
+static inline int test_summary(void)
+{
+    printf("%d passed, %d failed\n", test_passed, test_failed);
+    return test_failed ? 1 : 0;
+}
+
+/* Path of a file under ../shared, or NULL (with a message) when absent. */
+static inline const char *test_shared_path(const char *rel)
+{
+    static char path[4096];
+    const char *dir = getenv("CLOISTER_SHARED_DIR");
+    if (!dir)
+        dir = "../shared";
+    snprintf(path, sizeof path, "%s/%s", dir, rel);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "skip: %s is absent (shared test material not found)\n", path);
+        return NULL;
+    }
+    fclose(f);
+    return path;
+}
+
+#define TEST_SKIP 77
+
+#endif
