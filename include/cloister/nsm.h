@@ -79,11 +79,26 @@ CL_MUST_CHECK int cl_nsm_response_encode(const cl_nsm_response *resp, cl_buf *ou
 CL_MUST_CHECK int cl_nsm_response_decode(const uint8_t *data, size_t len, cl_nsm_response *resp,
                                          cl_cbor_doc *doc);
 
+/* The variant name of an op: "DescribePCR", ..., "GetRandom". */
+const char *cl_nsm_op_name(int op);
+
+/* Simulator socket framing: a 4-byte big-endian length, then that many
+ * bytes, in both directions.  frame_read fails with CL_ELIMIT (before
+ * reading the body) when the announced length exceeds max; *eof is set
+ * instead of failing when the peer closed cleanly before a new frame. */
+CL_MUST_CHECK int cl_nsm_frame_write(int fd, const uint8_t *data, size_t len);
+CL_MUST_CHECK int cl_nsm_frame_read(int fd, size_t max, cl_buf *out, bool *eof);
+
 /* A client.  addr: "unix:PATH" (simulator), a device path such as
  * "/dev/nsm", or NULL for $CLOISTER_NSM, else /dev/nsm. */
 typedef struct cl_nsm cl_nsm;
 CL_MUST_CHECK int cl_nsm_open(const char *addr, cl_nsm **out);
 void cl_nsm_close(cl_nsm *nsm);
+
+/* A client over any transport: fn carries one request to an NSM and
+ * appends its response to resp (used for the in-process simulator). */
+typedef int (*cl_nsm_exchange_fn)(void *ctx, const uint8_t *req, size_t req_len, cl_buf *resp);
+CL_MUST_CHECK int cl_nsm_open_custom(cl_nsm_exchange_fn fn, void *ctx, cl_nsm **out);
 
 /* One raw request/response exchange over the transport. */
 CL_MUST_CHECK int cl_nsm_exchange(cl_nsm *nsm, const uint8_t *req, size_t req_len, cl_buf *resp);
