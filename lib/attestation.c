@@ -32,12 +32,6 @@ uint64_t cl_now_ms(void)
 
 /* ---- parsing ---------------------------------------------------------- */
 
-static bool slice_is(cl_slice s, const char *text)
-{
-    size_t n = strlen(text);
-    return s.len == n && memcmp(s.data, text, n) == 0;
-}
-
 static int field_bytes(const cl_cbor *v, const char *name, size_t min, size_t max, cl_slice *out)
 {
     CL_ENSURE(v->type == CL_CBOR_BYTES, CL_EPARSE, "attestation: %s is a %s, not a byte string", name,
@@ -121,36 +115,36 @@ static int parse_payload(const cl_cbor *map, cl_attestation_doc *doc)
         CL_ENSURE(k->type == CL_CBOR_TEXT, CL_EPARSE, "attestation: a payload key is a %s, not text",
                   cl_cbor_type_name(k->type));
         cl_slice key = {k->data, k->len};
-        if (slice_is(key, "module_id")) {
+        if (cl_slice_eq(key, "module_id")) {
             CL_ENSURE(v->type == CL_CBOR_TEXT && v->len > 0, CL_EPARSE,
                       "attestation: module_id must be non-empty text");
             doc->module_id = (cl_slice){v->data, v->len};
             seen |= F_MODULE_ID;
-        } else if (slice_is(key, "digest")) {
+        } else if (cl_slice_eq(key, "digest")) {
             CL_ENSURE(v->type == CL_CBOR_TEXT, CL_EPARSE, "attestation: digest is a %s, not text",
                       cl_cbor_type_name(v->type));
             doc->digest = (cl_slice){v->data, v->len};
-            CL_ENSURE(slice_is(doc->digest, "SHA384"), CL_EPARSE, "attestation: digest is not \"SHA384\"");
+            CL_ENSURE(cl_slice_eq(doc->digest, "SHA384"), CL_EPARSE, "attestation: digest is not \"SHA384\"");
             seen |= F_DIGEST;
-        } else if (slice_is(key, "timestamp")) {
+        } else if (cl_slice_eq(key, "timestamp")) {
             CL_ENSURE(v->type == CL_CBOR_UINT && v->u > 0, CL_EPARSE,
                       "attestation: timestamp must be a positive integer");
             doc->timestamp_ms = v->u;
             seen |= F_TIMESTAMP;
-        } else if (slice_is(key, "pcrs")) {
+        } else if (cl_slice_eq(key, "pcrs")) {
             CL_TRY(parse_pcrs(v, doc));
             seen |= F_PCRS;
-        } else if (slice_is(key, "certificate")) {
+        } else if (cl_slice_eq(key, "certificate")) {
             CL_TRY(field_bytes(v, "certificate", 1, CL_ATTESTATION_MAX_CERT_LEN, &doc->certificate));
             seen |= F_CERTIFICATE;
-        } else if (slice_is(key, "cabundle")) {
+        } else if (cl_slice_eq(key, "cabundle")) {
             CL_TRY(parse_cabundle(v, doc));
             seen |= F_CABUNDLE;
-        } else if (slice_is(key, "public_key")) {
+        } else if (cl_slice_eq(key, "public_key")) {
             CL_TRY(optional_bytes(v, "public_key", 1, &doc->has_public_key, &doc->public_key));
-        } else if (slice_is(key, "user_data")) {
+        } else if (cl_slice_eq(key, "user_data")) {
             CL_TRY(optional_bytes(v, "user_data", 0, &doc->has_user_data, &doc->user_data));
-        } else if (slice_is(key, "nonce")) {
+        } else if (cl_slice_eq(key, "nonce")) {
             CL_TRY(optional_bytes(v, "nonce", 0, &doc->has_nonce, &doc->nonce));
         } else {
             return cl_error_set(CL_EPARSE, "attestation: unexpected field \"%.*s\"", (int)(k->len > 40 ? 40 : k->len),

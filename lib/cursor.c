@@ -1,5 +1,7 @@
 #include "cloister/cursor.h"
 
+#include <string.h>
+
 static int need(const cl_cursor *c, size_t n)
 {
     if (n > cl_cursor_remaining(c))
@@ -66,6 +68,22 @@ int cl_cursor_skip(cl_cursor *c, size_t n)
 {
     CL_TRY(need(c, n));
     c->pos += n;
+    return CL_OK;
+}
+
+int cl_cursor_until(cl_cursor *c, uint8_t delim, cl_slice *out, bool *found)
+{
+    *found = false;
+    if (cl_cursor_remaining(c) == 0)
+        return CL_OK;
+    const uint8_t *start = c->data + c->pos;
+    const uint8_t *hit = memchr(start, delim, cl_cursor_remaining(c));
+    *found = hit != NULL;
+    if (!hit)
+        return CL_OK;
+    out->data = start;
+    out->len = (size_t)(hit - start);
+    c->pos += out->len + 1;
     return CL_OK;
 }
 

@@ -6,6 +6,7 @@
 
 #include <getopt.h>
 #include <jansson.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -41,6 +42,144 @@ static void attest_usage(FILE *out)
             "  --pcr N=HEX       require PCR N (0..31) to equal HEX (repeatable)\n"
             "  --allow-debug     accept debug-mode enclaves (PCR0 all zero); refused by default\n"
             "  --max-age S       refuse documents whose timestamp is more than S seconds old\n");
+}
+
+/* ---- request ----------------------------------------------------------- */
+
+static int hex_option(const char *name, const char *value, size_t max, cl_buf *out)
+{
+    cl_buf_reset(out);
+    int rc = cl_hex_decode(value, out);
+    if (rc < 0)
+        return cl_error_prefix(rc, "%s: ", name);
+    if (out->len > max)
+        return cl_error_set(CL_EINVAL, "%s: %zu bytes, at most %zu accepted", name, out->len, max);
+    return CL_OK;
+}
+
+/* DER SubjectPublicKeyInfo of a PEM public (or private) key file. */
+static int public_key_der(const char *path, cl_buf *out)
+{
+    int rc = CL_OK;
+    cl_buf pem = CL_BUF_INIT;
+    BIO *bio = NULL;
+    EVP_PKEY *key = NULL;
+    unsigned char *der = NULL;
+    CL_TRY_OUT(cl_read_file(path, 1 << 20, &pem));
+    bio = BIO_new_mem_buf(pem.data, (int)pem.len);
+    CL_ENSURE_OUT(bio, CL_ENOMEM, "out of memory");
+    key = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL);
+    if (!key) {
+        BIO_reset(bio);
+        key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+    }
+    CL_ENSURE_OUT(key, CL_EINVAL, "--public-key: %s holds no PEM public or private key", path);
+    int len = i2d_PUBKEY(key, &der);
+    CL_ENSURE_OUT(len > 0, CL_ECRYPTO, "cannot encode the public key of %s", path);
+    CL_TRY_OUT(cl_buf_append(out, der, (size_t)len));
+out:
+    ERR_clear_error();
+    OPENSSL_free(der);
+    EVP_PKEY_free(key);
+    BIO_free(bio);
+    cl_buf_free(&pem);
+    return rc;
+}
+
+static int write_output(const char *path, const uint8_t *data, size_t len)
+{
+    FILE *f = path ? fopen(path, "wb") : stdout;
+    if (!f)
+        return cl_error_set(CL_EIO, "cannot create %s", path);
+    size_t n = fwrite(data, 1, len, f);
+    int failed = path ? fclose(f) : fflush(f);
+    if (n != len || failed)
+        return cl_error_set(CL_EIO, "cannot write %s", path ? path : "standard output");
+    return CL_OK;
+}
+
+enum { OPT_NSM = 300, OPT_USER_DATA, OPT_PUBLIC_KEY, OPT_REQ_NONCE, OPT_REQ_HELP };
+
+static int attest_request(int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"nsm", required_argument, NULL, OPT_NSM},
+        {"nonce", required_argument, NULL, OPT_REQ_NONCE},
+        {"user-data", required_argument, NULL, OPT_USER_DATA},
+        {"public-key", required_argument, NULL, OPT_PUBLIC_KEY},
+        {"output", required_argument, NULL, 'o'},
+        {"help", no_argument, NULL, OPT_REQ_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    const char *nsm_addr = NULL, *output = NULL;
+    cl_buf nonce = CL_BUF_INIT, user_data = CL_BUF_INIT, public_key = CL_BUF_INIT, document = CL_BUF_INIT;
+    bool has_nonce = false, has_user_data = false, has_public_key = false;
+    cl_nsm *nsm = NULL;
+    int status = EXIT_USAGE, rc = CL_OK;
+    optind = 1;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "o:h", options, NULL)) != -1) {
+        switch (opt) {
+        case OPT_NSM:
+            nsm_addr = optarg;
+            break;
+        case OPT_REQ_NONCE:
+            rc = hex_option("--nonce", optarg, CL_ATTESTATION_MAX_FIELD_LEN, &nonce);
+            has_nonce = true;
+            break;
+        case OPT_USER_DATA:
+            rc = hex_option("--user-data", optarg, CL_ATTESTATION_MAX_FIELD_LEN, &user_data);
+            has_user_data = true;
+            break;
+        case OPT_PUBLIC_KEY:
+            cl_buf_reset(&public_key);
+            rc = public_key_der(optarg, &public_key);
+            if (rc == CL_OK && public_key.len > CL_ATTESTATION_MAX_FIELD_LEN)
+                rc = cl_error_set(CL_EINVAL, "--public-key: %zu bytes of DER, at most %d accepted", public_key.len,
+                                  CL_ATTESTATION_MAX_FIELD_LEN);
+            has_public_key = true;
+            break;
+        case 'o':
+            output = optarg;
+            break;
+        case 'h':
+        case OPT_REQ_HELP:
+            attest_usage(stdout);
+            status = 0;
+            goto out;
+        default:
+            attest_usage(stderr);
+            goto out;
+        }
+        if (rc < 0) {
+            fprintf(stderr, "cloister attest request: %s\n", cl_error_message());
+            goto out;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "cloister attest request: unexpected argument '%s'\n", argv[optind]);
+        goto out;
+    }
+    status = EXIT_FAILED;
+    rc = cl_nsm_open(nsm_addr, &nsm);
+    if (rc == CL_OK)
+        rc = cl_nsm_attestation(nsm, has_user_data ? user_data.data : NULL, user_data.len,
+                                has_nonce ? nonce.data : NULL, nonce.len,
+                                has_public_key ? public_key.data : NULL, public_key.len, &document);
+    if (rc == CL_OK)
+        rc = write_output(output, document.data, document.len);
+    if (rc < 0) {
+        fprintf(stderr, "cloister attest request: %s\n", cl_error_message());
+        goto out;
+    }
+    status = 0;
+out:
+    cl_nsm_close(nsm);
+    cl_buf_free(&nonce);
+    cl_buf_free(&user_data);
+    cl_buf_free(&public_key);
+    cl_buf_free(&document);
+    return status;
 }
 
 /* ---- show -------------------------------------------------------------- */
@@ -326,6 +465,8 @@ int cmd_attest(int argc, char **argv)
         return EXIT_USAGE;
     }
     const char *sub = argv[1];
+    if (!strcmp(sub, "request"))
+        return attest_request(argc - 1, argv + 1);
     if (!strcmp(sub, "show"))
         return attest_show(argc - 1, argv + 1);
     if (!strcmp(sub, "verify"))

@@ -4,15 +4,10 @@
 #define CLOISTER_BUF_H
 
 #include "cloister/error.h"
+#include "cloister/slice.h"
 
 #include <stddef.h>
 #include <stdint.h>
-
-/* A borrowed view of bytes owned by someone else. */
-typedef struct cl_slice {
-    const uint8_t *data;
-    size_t len;
-} cl_slice;
 
 typedef struct cl_buf {
     uint8_t *data;

@@ -7,6 +7,7 @@
 #define CLOISTER_CURSOR_H
 
 #include "cloister/error.h"
+#include "cloister/slice.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -42,6 +43,10 @@ CL_MUST_CHECK int cl_cursor_be64(cl_cursor *c, uint64_t *out);
 /* Borrows n bytes: *out points into the cursor's buffer. */
 CL_MUST_CHECK int cl_cursor_bytes(cl_cursor *c, size_t n, const uint8_t **out);
 CL_MUST_CHECK int cl_cursor_skip(cl_cursor *c, size_t n);
+/* Borrows the bytes up to (not including) the first `delim`, and consumes
+ * the delimiter too.  *found is false, and nothing is consumed, when the
+ * delimiter is not in the rest of the input. */
+CL_MUST_CHECK int cl_cursor_until(cl_cursor *c, uint8_t delim, cl_slice *out, bool *found);
 /* Fails with CL_EPARSE naming `what` if bytes are left over. */
 CL_MUST_CHECK int cl_cursor_expect_end(const cl_cursor *c, const char *what);
 
