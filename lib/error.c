@@ -49,7 +49,11 @@ int cl_error_prefix(int code, const char *fmt, ...)
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, error_message, sizeof old);
-    snprintf(error_message, sizeof error_message, "%s%s", prefix, old);
+    size_t plen = strnlen(prefix, sizeof error_message - 1);
+    memcpy(error_message, prefix, plen);
+    size_t olen = strnlen(old, sizeof error_message - 1 - plen);
+    memcpy(error_message + plen, old, olen);
+    error_message[plen + olen] = '\0';
     return code;
 }
 

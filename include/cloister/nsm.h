@@ -71,7 +71,13 @@ typedef struct cl_nsm_response {
 } cl_nsm_response;
 
 /* Protocol codec, shared by the client and the simulator.  Decoded slices
- * borrow from the input bytes; doc owns the CBOR tree and must be freed. */
+ * borrow from the input bytes; doc owns the CBOR tree and must be freed
+ * (it is left empty on failure).  Decoding rejects unknown variants and
+ * fields, missing fields, wrong types and integers beyond u16; like serde,
+ * it accepts fields in any order and treats an absent Attestation option
+ * as null.  Field sizes are the NSM's business (InputTooLarge), not the
+ * decoder's, except that responses must carry 1..64-byte PCR values and
+ * non-empty documents and random bytes. */
 CL_MUST_CHECK int cl_nsm_request_encode(const cl_nsm_request *req, cl_buf *out);
 CL_MUST_CHECK int cl_nsm_request_decode(const uint8_t *data, size_t len, cl_nsm_request *req,
                                         cl_cbor_doc *doc);
@@ -100,7 +106,9 @@ void cl_nsm_close(cl_nsm *nsm);
 typedef int (*cl_nsm_exchange_fn)(void *ctx, const uint8_t *req, size_t req_len, cl_buf *resp);
 CL_MUST_CHECK int cl_nsm_open_custom(cl_nsm_exchange_fn fn, void *ctx, cl_nsm **out);
 
-/* One raw request/response exchange over the transport. */
+/* One raw request/response exchange over the transport; resp is replaced.
+ * A client is safe to share between threads (exchanges are serialized);
+ * a socket client reconnects when the simulator closed its connection. */
 CL_MUST_CHECK int cl_nsm_exchange(cl_nsm *nsm, const uint8_t *req, size_t req_len, cl_buf *resp);
 
 /* Typed calls.  An NSM error answer returns CL_ENSM with the error's name

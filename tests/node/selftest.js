@@ -95,6 +95,12 @@ expect('signature 95 bytes', verifyDocument(rebuild(doc, (p) => (p[3] = p[3].sub
 const bad = load('bad-selfsigned.b64');
 expect('bad-selfsigned', verifyDocument(bad, root), false);
 expect('bad-selfsigned at its time', verifyDocument(bad, root, 1713379906000), false);
+expect(
+  'bad-selfsigned with a map as unprotected header',
+  verifyDocument(rebuild(bad, (p) => (p[1] = new Map())), root),
+  false,
+  'cabundle',
+);
 
 // Sig_structure encodings around every length boundary of a byte string.
 for (const n of [0, 23, 24, 255, 256, 65535, 65536]) {

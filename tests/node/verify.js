@@ -222,6 +222,7 @@ function parseDocument(bytes) {
     pcrs,
     certificate,
     cabundle,
+    keys: [...p.keys()],
     ...optional,
   };
 }
@@ -359,6 +360,8 @@ function main(argv) {
         const d = result.doc;
         out.module_id = d.moduleId;
         out.timestamp = d.timestamp;
+        out.keys = d.keys.join(',');
+        out.cabundle_length = d.cabundle.length;
         out.pcrs = Object.fromEntries([...d.pcrs].map(([i, v]) => [i, v.toString('hex')]));
         for (const k of OPTIONAL) out[k] = d[k] === null ? null : d[k].toString('hex');
       } else out.reason = result.reason;

@@ -79,6 +79,10 @@ typedef struct cl_chunked {
 CL_MUST_CHECK int cl_chunked_next(cl_chunked *st, const uint8_t *in, size_t len, size_t *consumed,
                                   size_t *data_offset, size_t *data_len);
 
+/* Gives back the last n data bytes of the span just returned, when the
+ * receiver could not take them all; the next call returns them again. */
+void cl_chunked_unconsume(cl_chunked *st, size_t n);
+
 /* Percent-decoded value of a query parameter; *found false if absent. */
 CL_MUST_CHECK int cl_http_query_param(cl_slice query, const char *name, char *out, size_t out_len, bool *found);
 

@@ -114,13 +114,25 @@ void cl_loop_defer(cl_loop *loop, cl_deferred *d, void (*fn)(cl_deferred *d))
     loop->deferred = d;
 }
 
+/* First in, first out, batch by batch: work deferred while a batch runs
+ * waits for the next one.  An object released by a deferred call can
+ * therefore have no call of its own still queued behind the release. */
 static void run_deferred(cl_loop *loop)
 {
     while (loop->deferred) {
-        cl_deferred *d = loop->deferred;
-        loop->deferred = d->next;
-        d->pending = false;
-        d->fn(d);
+        cl_deferred *batch = NULL;
+        while (loop->deferred) { /* reverse the LIFO list */
+            cl_deferred *d = loop->deferred;
+            loop->deferred = d->next;
+            d->next = batch;
+            batch = d;
+        }
+        while (batch) {
+            cl_deferred *d = batch;
+            batch = d->next;
+            d->pending = false;
+            d->fn(d);
+        }
     }
 }
 

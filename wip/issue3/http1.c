@@ -338,6 +338,14 @@ enum {
     CH_DONE,
 };
 
+void cl_chunked_unconsume(cl_chunked *st, size_t n)
+{
+    if (n == 0)
+        return;
+    st->remaining += n;
+    st->state = CH_DATA;
+}
+
 static int hex_digit(uint8_t c)
 {
     if (c >= '0' && c <= '9')

@@ -1,0 +1,216 @@
+#include "cloister/address.h"
+#include "test.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char tmpdir[64];
+
+static void parses_vsock(void)
+{
+    cl_address a;
+    CHECK_OK(cl_address_parse("vsock:3:5000", &a));
+    CHECK(a.kind == CL_ADDR_VSOCK && a.cid == 3 && a.port == 5000);
+    CHECK_OK(cl_address_parse("vsock:4294967295:4294967295", &a));
+    CHECK(a.cid == UINT32_MAX && a.port == UINT32_MAX);
+    CHECK_OK(cl_address_parse("vsock:0:0", &a));
+    CHECK(a.cid == 0 && a.port == 0);
+}
+
+static void rejects_bad_vsock(void)
+{
+    static const char *const bad[] = {
+        "vsock:", "vsock:3", "vsock:3:", "vsock::5", "vsock:x:5", "vsock:3:x", "vsock:4294967296:1",
+        "vsock:1:4294967296", "vsock:-1:5", "vsock:3:5:6", "vsock: 3:5", "vsock:3:5 ", "vsock:0x3:5",
+        "vsock:99999999999999999999:1",
+    };
+    cl_address a;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cl_error_clear();
+        int rc = cl_address_parse(bad[i], &a);
+        if (rc != CL_EINVAL)
+            fprintf(stderr, "accepted bad vsock address '%s'\n", bad[i]);
+        CHECK(rc == CL_EINVAL);
+    }
+}
+
+static void parses_unix_with_length_limit(void)
+{
+    cl_address a;
+    CHECK_OK(cl_address_parse("unix:/run/cloister/nsm.sock", &a));
+    CHECK(a.kind == CL_ADDR_UNIX && !strcmp(a.path, "/run/cloister/nsm.sock"));
+    CHECK_OK(cl_address_parse("unix:relative.sock", &a));
+    CHECK(!strcmp(a.path, "relative.sock"));
+
+    char text[256] = "unix:";
+    memset(text + 5, 'a', 107); /* 107 bytes + NUL fill sun_path exactly */
+    text[5 + 107] = '\0';
+    CHECK_OK(cl_address_parse(text, &a));
+    CHECK(strlen(a.path) == 107);
+    text[5 + 107] = 'a';
+    text[5 + 108] = '\0';
+    CHECK_ERR(cl_address_parse(text, &a), CL_EINVAL, "limit is 107");
+    CHECK_ERR(cl_address_parse("unix:", &a), CL_EINVAL, "empty path");
+}
+
+static void parses_tcp(void)
+{
+    cl_address a;
+    CHECK_OK(cl_address_parse("tcp:127.0.0.1:8443", &a));
+    CHECK(a.kind == CL_ADDR_TCP && !strcmp(a.host, "127.0.0.1") && a.port == 8443);
+    CHECK_OK(cl_address_parse("tcp:localhost:0", &a));
+    CHECK(!strcmp(a.host, "localhost") && a.port == 0);
+    CHECK_OK(cl_address_parse("tcp:kms.us-east-1.amazonaws.com:443", &a));
+    CHECK(!strcmp(a.host, "kms.us-east-1.amazonaws.com") && a.port == 443);
+    CHECK_OK(cl_address_parse("tcp:[::1]:65535", &a));
+    CHECK(!strcmp(a.host, "::1") && a.port == 65535);
+    CHECK_OK(cl_address_parse("tcp:[2001:db8::7]:80", &a));
+    CHECK(!strcmp(a.host, "2001:db8::7"));
+}
+
+static void rejects_bad_tcp(void)
+{
+    static const char *const bad[] = {
+        "tcp:", "tcp:host", "tcp::80", "tcp:host:", "tcp:host:65536", "tcp:host:-1", "tcp:host:8o",
+        "tcp:::1:80", "tcp:[::1:80", "tcp:::1]:80", "tcp:[nothex]:80", "tcp:[]:80", "tcp:ho st:80",
+        "tcp:-host:80", "tcp:host/x:80", "TCP:host:80", "tcp:[::1]80", "udp:host:53", "", "host:80",
+        "/dev/nsm",
+    };
+    cl_address a;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cl_error_clear();
+        int rc = cl_address_parse(bad[i], &a);
+        if (rc != CL_EINVAL)
+            fprintf(stderr, "accepted bad address '%s'\n", bad[i]);
+        CHECK(rc == CL_EINVAL);
+    }
+    char longhost[400] = "tcp:";
+    memset(longhost + 4, 'h', 300);
+    strcpy(longhost + 304, ":80");
+    CHECK_ERR(cl_address_parse(longhost, &a), CL_EINVAL, "longer than");
+    CHECK_ERR(cl_address_parse(NULL, &a), CL_EINVAL, "no address");
+    CHECK_ERR(cl_address_parse("tcp:::1:80", &a), CL_EINVAL, "brackets");
+    CHECK_ERR(cl_address_parse("tcp:host:65536", &a), CL_EINVAL, "tcp port");
+}
+
+static void formats_round_trip(void)
+{
+    static const char *const texts[] = {"vsock:3:5000", "unix:/tmp/x.sock", "tcp:127.0.0.1:80", "tcp:[::1]:443",
+                                        "tcp:example.com:1"};
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        cl_address a, b;
+        char out[256];
+        CHECK_OK(cl_address_parse(texts[i], &a));
+        cl_address_format(&a, out, sizeof out);
+        CHECK(!strcmp(out, texts[i]));
+        CHECK_OK(cl_address_parse(out, &b));
+        CHECK(!memcmp(&a, &b, sizeof a));
+    }
+}
+
+static int accept_and_echo_byte(int listen_fd)
+{
+    int fd = accept(listen_fd, NULL, NULL);
+    if (fd < 0)
+        return -1;
+    char c;
+    int ok = read(fd, &c, 1) == 1 && write(fd, &c, 1) == 1;
+    close(fd);
+    return ok ? 0 : -1;
+}
+
+static void unix_listen_connect_and_stale_socket(void)
+{
+    char text[128];
+    snprintf(text, sizeof text, "unix:%s/a.sock", tmpdir);
+    cl_address a;
+    CHECK_OK(cl_address_parse(text, &a));
+    int lfd = -1, cfd = -1, lfd2 = -1;
+    CHECK_OK(cl_address_listen(&a, 4, &lfd));
+    CHECK(fcntl(lfd, F_GETFD) & FD_CLOEXEC);
+    CHECK_OK(cl_address_connect(&a, &cfd));
+    CHECK(cfd >= 0 && write(cfd, "x", 1) == 1);
+    CHECK(accept_and_echo_byte(lfd) == 0);
+    char c = 0;
+    CHECK(read(cfd, &c, 1) == 1 && c == 'x');
+    close(cfd);
+
+    /* A live listener is never displaced. */
+    CHECK_ERR(cl_address_listen(&a, 4, &lfd2), CL_EIO, "in use");
+    close(lfd);
+    /* Its socket file is now stale and is replaced. */
+    struct stat st;
+    CHECK(lstat(a.path, &st) == 0 && S_ISSOCK(st.st_mode));
+    CHECK_OK(cl_address_listen(&a, 4, &lfd2));
+    if (lfd2 >= 0)
+        close(lfd2);
+    unlink(a.path);
+
+    /* A regular file is not a socket and stays untouched. */
+    snprintf(text, sizeof text, "unix:%s/regular", tmpdir);
+    CHECK_OK(cl_address_parse(text, &a));
+    FILE *f = fopen(a.path, "w");
+    CHECK(f != NULL);
+    if (f) {
+        fputs("keep me", f);
+        fclose(f);
+    }
+    CHECK_ERR(cl_address_listen(&a, 4, &lfd2), CL_EINVAL, "not a socket");
+    CHECK(lstat(a.path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 7);
+    unlink(a.path);
+
+    snprintf(text, sizeof text, "unix:%s/missing.sock", tmpdir);
+    CHECK_OK(cl_address_parse(text, &a));
+    CHECK_ERR(cl_address_connect(&a, &cfd), CL_EIO, "cannot connect");
+    snprintf(text, sizeof text, "unix:%s/no/such/dir/x.sock", tmpdir);
+    CHECK_OK(cl_address_parse(text, &a));
+    CHECK_ERR(cl_address_listen(&a, 4, &lfd2), CL_EIO, NULL);
+}
+
+static void tcp_listen_connect(void)
+{
+    cl_address a;
+    int lfd = -1, cfd = -1;
+    CHECK_OK(cl_address_parse("tcp:127.0.0.1:0", &a));
+    CHECK_OK(cl_address_listen(&a, 4, &lfd));
+    if (lfd < 0)
+        return;
+    int one = 0;
+    socklen_t len = sizeof one;
+    CHECK(getsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, &len) == 0 && one);
+    struct sockaddr_in sin;
+    len = sizeof sin;
+    CHECK(getsockname(lfd, (struct sockaddr *)&sin, &len) == 0);
+    CHECK_ERR(cl_address_connect(&a, &cfd), CL_EINVAL, "port 0");
+    a.port = ntohs(sin.sin_port);
+    CHECK_OK(cl_address_connect(&a, &cfd));
+    CHECK(cfd >= 0 && write(cfd, "y", 1) == 1);
+    CHECK(accept_and_echo_byte(lfd) == 0);
+    char c = 0;
+    CHECK(read(cfd, &c, 1) == 1 && c == 'y');
+    close(cfd);
+    close(lfd);
+}
+
+int main(void)
+{
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/cloister-address-XXXXXX");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    RUN(parses_vsock);
+    RUN(rejects_bad_vsock);
+    RUN(parses_unix_with_length_limit);
+    RUN(parses_tcp);
+    RUN(rejects_bad_tcp);
+    RUN(formats_round_trip);
+    RUN(unix_listen_connect_and_stale_socket);
+    RUN(tcp_listen_connect);
+    rmdir(tmpdir);
+    return test_summary();
+}
