@@ -5,6 +5,8 @@
 int cmd_attest(int argc, char **argv);
 int cmd_nsm(int argc, char **argv);
 int cmd_nsm_sim(int argc, char **argv);
+int cmd_enclave(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
 
 /* Exit codes shared by the subcommands. */
 #define EXIT_REJECTED 1 /* a verification said no */

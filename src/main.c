@@ -13,6 +13,8 @@ struct command {
 };
 
 static const struct command commands[] = {
+    {"enclave", cmd_enclave, "serve HTTPS inside the enclave: attestation API and reverse proxy"},
+    {"verify", cmd_verify, "prove that an HTTPS endpoint is a given Nitro enclave"},
     {"attest", cmd_attest, "request, show and verify Nitro attestation documents"},
     {"nsm", cmd_nsm, "talk to the Nitro Secure Module (device or simulator)"},
     {"nsm-sim", cmd_nsm_sim, "run a faithful NSM simulator on a unix socket"},

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
@@ -160,6 +161,7 @@ static void release_client(cl_deferred *d)
     free(c->in);
     free(c->out);
     cl_buf_free(&c->local_body);
+    cl_buf_free(&c->local_head);
     free(c);
 }
 
@@ -512,6 +514,16 @@ static void start_request(client *c)
 
     c->route = cfg->route ? cfg->route(cfg->ctx, h) : -1;
     if (c->route >= 0) {
+        /* The head's slices point into the input buffer, which the body
+         * will overwrite: the handler gets a head parsed from a copy. */
+        cl_buf_reset(&c->local_head);
+        bool complete = false;
+        if (cl_buf_append(&c->local_head, c->in + c->in_off - h->head_len, h->head_len) < 0 ||
+            cl_http_parse_request(c->local_head.data, c->local_head.len, c->local_head.len, &c->head, &complete) < 0 ||
+            !complete) {
+            respond_error(c, 500, "out of memory");
+            return;
+        }
         cl_buf_reset(&c->local_body);
         if (h->body == CL_HTTP_BODY_LENGTH && h->content_length > cfg->max_local_body) {
             respond_error(c, 413, "request body too large");
@@ -1023,6 +1035,12 @@ int cl_server_start(const cl_server_config *cfg_in, int listen_fd, cl_server **o
     if (!cfg->max_connections)
         cfg->max_connections = 10000;
     s->listen_fd = listen_fd;
+    /* several loops wait on one listener: accept must never block */
+    int fl = fcntl(listen_fd, F_GETFL);
+    if (fl < 0 || fcntl(listen_fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        free(s);
+        return cl_error_set(CL_EIO, "listener: %s", strerror(errno));
+    }
     s->workers = calloc(cfg->threads, sizeof *s->workers);
     if (!s->workers) {
         free(s);

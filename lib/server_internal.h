@@ -76,6 +76,7 @@ struct client {
     cl_chunked req_chunked;
     bool req_body_done;
     cl_buf local_body;
+    cl_buf local_head; /* a local route's head, copied out of `in` */
     bool keep_alive;
     bool head_request;
     bool is_http10;

@@ -1,0 +1,795 @@
+/* cloister enclave: the daemon inside the enclave.  TLS is terminated here
+ * with a key generated inside the enclave; clients prove that through
+ * /enclave/attestation, whose document binds the certificate's hash; every
+ * other request is streamed to the application.  Flags and endpoints are
+ * those of brave's nitriding-daemon, plus a few of cloister's own. */
+#include "cloister/address.h"
+#include "cloister/encoding.h"
+#include "cloister/http.h"
+#include "cloister/log.h"
+#include "cloister/metrics.h"
+#include "cloister/nsm.h"
+#include "cloister/server.h"
+#include "cloister/supervise.h"
+#include "cloister/tls.h"
+#include "cloister/upstream.h"
+#include "commands.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define NONCE_LEN 20
+#define HASH_LEN 32
+#define USER_DATA_LEN (2 + HASH_LEN + 2 + HASH_LEN)
+#define ENTROPY_SEED_BYTES 256
+#define MAX_CONFIG_FILE (256 * 1024)
+
+/* ---- settings ---------------------------------------------------------- */
+
+typedef struct settings {
+    char *fqdn, *appurl, *appwebsrv, *appcmd, *prometheus_namespace;
+    char *listen, *nsm, *cert, *key, *config, *prometheus_listen;
+    unsigned ext_pub_port, intport, prometheus_port;
+    unsigned threads, max_header_bytes, header_timeout, idle_timeout, app_timeout, max_connections,
+        drain_timeout;
+    bool wait_for_app, disable_keep_alives, debug, disable_http2;
+} settings;
+
+enum opt_type { OPT_STRING, OPT_UINT, OPT_BOOL };
+
+typedef struct option_spec {
+    const char *name;
+    int type;
+    size_t offset;
+    unsigned max; /* OPT_UINT */
+    const char *arg, *help;
+} option_spec;
+
+#define S(field) offsetof(settings, field)
+
+static const option_spec option_specs[] = {
+    {"fqdn", OPT_STRING, S(fqdn), 0, "NAME", "the enclave's domain name, put in its certificate (required)"},
+    {"appurl", OPT_STRING, S(appurl), 0, "URL", "where the application's source code is, shown at /enclave"},
+    {"appwebsrv", OPT_STRING, S(appwebsrv), 0, "URL",
+     "the application's HTTP server: http://HOST:PORT, unix:PATH or tcp:HOST:PORT"},
+    {"appcmd", OPT_STRING, S(appcmd), 0, "CMD", "start the application with this shell command, restart it if it dies"},
+    {"ext-pub-port", OPT_UINT, S(ext_pub_port), 65535, "PORT", "public HTTPS port on all addresses (443)"},
+    {"intport", OPT_UINT, S(intport), 65535, "PORT", "internal plain-HTTP port on 127.0.0.1 for the application (8080)"},
+    {"prometheus-port", OPT_UINT, S(prometheus_port), 65535, "PORT", "serve /metrics on this port (0: off)"},
+    {"prometheus-namespace", OPT_STRING, S(prometheus_namespace), 0, "NS", "prefix of metric names (cloister)"},
+    {"wait-for-app", OPT_BOOL, S(wait_for_app), 0, NULL,
+     "open the public listener only when the application calls GET /enclave/ready"},
+    {"disable-keep-alives", OPT_BOOL, S(disable_keep_alives), 0, NULL, "close client connections after each response"},
+    {"debug", OPT_BOOL, S(debug), 0, NULL, "log at debug level (one line per request)"},
+    {"listen", OPT_STRING, S(listen), 0, "ADDR",
+     "public listener: vsock:CID:PORT, unix:PATH or tcp:HOST:PORT (overrides -ext-pub-port)"},
+    {"nsm", OPT_STRING, S(nsm), 0, "ADDR", "the NSM: a device path or unix:PATH of nsm-sim ($" CL_NSM_ENV ", /dev/nsm)"},
+    {"cert", OPT_STRING, S(cert), 0, "PEM", "static certificate (chain) instead of the generated one"},
+    {"key", OPT_STRING, S(key), 0, "PEM", "private key of --cert"},
+    {"config", OPT_STRING, S(config), 0, "FILE", "read settings from a JSON object with these names as keys"},
+    {"prometheus-listen", OPT_STRING, S(prometheus_listen), 0, "ADDR",
+     "metrics listener address (overrides -prometheus-port's 0.0.0.0)"},
+    {"threads", OPT_UINT, S(threads), 256, "N", "event loops for the public listener (0: one per core)"},
+    {"max-header-bytes", OPT_UINT, S(max_header_bytes), 1 << 20, "BYTES", "largest request head (16384)"},
+    {"header-timeout", OPT_UINT, S(header_timeout), 3600, "SECONDS",
+     "time for a client to send a whole request head (10)"},
+    {"idle-timeout", OPT_UINT, S(idle_timeout), 86400, "SECONDS", "close connections idle this long (60)"},
+    {"app-timeout", OPT_UINT, S(app_timeout), 86400, "SECONDS",
+     "time for the application to answer, and between its writes; then 504 (60)"},
+    {"max-connections", OPT_UINT, S(max_connections), 1000000, "N", "open client connections at most (10000)"},
+    {"drain-timeout", OPT_UINT, S(drain_timeout), 3600, "SECONDS",
+     "on SIGTERM, time for requests in flight to finish (30)"},
+    {"disable-http2", OPT_BOOL, S(disable_http2), 0, NULL, "do not offer HTTP/2 in ALPN"},
+};
+#define OPTION_COUNT (sizeof option_specs / sizeof option_specs[0])
+
+static void enclave_usage(FILE *out)
+{
+    fprintf(out, "usage: cloister enclave -fqdn NAME [-appwebsrv URL] [OPTIONS]\n\n"
+                 "Terminates TLS inside the enclave with a key that never leaves it, answers\n"
+                 "attestation requests that bind that key's certificate, and proxies everything\n"
+                 "else to the application.  A drop-in replacement for nitriding-daemon: options\n"
+                 "take one or two dashes, and -name=value or -name value.\n\n"
+                 "options:\n");
+    for (size_t i = 0; i < OPTION_COUNT; i++) {
+        char left[64];
+        snprintf(left, sizeof left, "-%s%s%s", option_specs[i].name, option_specs[i].arg ? " " : "",
+                 option_specs[i].arg ? option_specs[i].arg : "");
+        fprintf(out, "  %-28s %s\n", left, option_specs[i].help);
+    }
+    fprintf(out, "\npublic endpoints (HTTPS):\n"
+                 "  GET /enclave                       what this is\n"
+                 "  GET /enclave/attestation?nonce=H   base64 attestation document; H: 40 hex digits;\n"
+                 "                                     user_data = 0x1220 SHA-256(certificate DER)\n"
+                 "                                     0x1220 application key hash\n"
+                 "  GET /enclave/config                the running configuration (JSON)\n"
+                 "  anything else                      proxied to -appwebsrv\n"
+                 "internal endpoints (plain HTTP on 127.0.0.1:-intport):\n"
+                 "  GET  /enclave/ready                with -wait-for-app, opens the public listener\n"
+                 "                                     (200 the first time, 410 after)\n"
+                 "  POST /enclave/hash                 base64 SHA-256 of the application's key\n"
+                 "  GET  /enclave/attestation?nonce=H  as above\n"
+                 "\nSIGTERM or SIGINT: stop accepting, let requests in flight finish, stop the\n"
+                 "application, exit.\n");
+}
+
+static int set_option(settings *s, const option_spec *o, const char *value, const char *origin)
+{
+    void *field = (char *)s + o->offset;
+    switch (o->type) {
+    case OPT_STRING: {
+        char *copy = strdup(value);
+        CL_ENSURE(copy, CL_ENOMEM, "out of memory");
+        free(*(char **)field);
+        *(char **)field = copy;
+        return CL_OK;
+    }
+    case OPT_UINT: {
+        uint64_t v;
+        int rc = cl_parse_u64(value, o->max, &v);
+        if (rc < 0)
+            return cl_error_prefix(rc, "%s -%s: ", origin, o->name);
+        *(unsigned *)field = (unsigned)v;
+        return CL_OK;
+    }
+    default:
+        if (!strcmp(value, "true") || !strcmp(value, "1"))
+            *(bool *)field = true;
+        else if (!strcmp(value, "false") || !strcmp(value, "0"))
+            *(bool *)field = false;
+        else
+            return cl_error_set(CL_EINVAL, "%s -%s: expected true or false, got '%s'", origin, o->name, value);
+        return CL_OK;
+    }
+}
+
+static const option_spec *find_option(const char *name, size_t len)
+{
+    for (size_t i = 0; i < OPTION_COUNT; i++)
+        if (strlen(option_specs[i].name) == len && !memcmp(option_specs[i].name, name, len))
+            return &option_specs[i];
+    return NULL;
+}
+
+static int load_config_file(settings *s, const char *path)
+{
+    json_error_t jerr;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    CL_ENSURE(root, CL_EPARSE, "--config %s: line %d: %s", path, jerr.line, jerr.text);
+    int rc = CL_OK;
+    if (!json_is_object(root)) {
+        rc = cl_error_set(CL_EPARSE, "--config %s: expected a JSON object of settings", path);
+        goto out;
+    }
+    const char *key;
+    json_t *value;
+    json_object_foreach(root, key, value) {
+        const option_spec *o = find_option(key, strlen(key));
+        if (!o || !strcmp(key, "config")) {
+            rc = cl_error_set(CL_EINVAL, "--config %s: unknown setting \"%s\"", path, key);
+            goto out;
+        }
+        char text[32];
+        const char *v = NULL;
+        if (o->type == OPT_BOOL && json_is_boolean(value))
+            v = json_is_true(value) ? "true" : "false";
+        else if (o->type == OPT_UINT && json_is_integer(value) && json_integer_value(value) >= 0) {
+            snprintf(text, sizeof text, "%lld", (long long)json_integer_value(value));
+            v = text;
+        } else if (o->type == OPT_STRING && json_is_string(value))
+            v = json_string_value(value);
+        if (!v) {
+            rc = cl_error_set(CL_EINVAL, "--config %s: \"%s\" must be %s", path, key,
+                              o->type == OPT_BOOL ? "true or false"
+                              : o->type == OPT_UINT ? "a non-negative integer"
+                                                    : "a string");
+            goto out;
+        }
+        char origin[PATH_MAX + 16];
+        snprintf(origin, sizeof origin, "--config %s:", path);
+        CL_TRY_OUT(set_option(s, o, v, origin));
+    }
+out:
+    json_decref(root);
+    return rc;
+}
+
+/* Returns 0, or EXIT_USAGE after printing the problem, or -1 for --help. */
+static int parse_settings(int argc, char **argv, settings *s)
+{
+    *s = (settings){
+        .ext_pub_port = 443,
+        .intport = 8080,
+        .max_header_bytes = 16 * 1024,
+        .header_timeout = 10,
+        .idle_timeout = 60,
+        .app_timeout = 60,
+        .max_connections = 10000,
+        .drain_timeout = 30,
+    };
+    /* the config file first, so that flags override it */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 1; i < argc; i++) {
+            const char *arg = argv[i];
+            if (!strcmp(arg, "-h") || !strcmp(arg, "--help") || !strcmp(arg, "-help")) {
+                enclave_usage(stdout);
+                return -1;
+            }
+            if (arg[0] != '-' || !arg[1]) {
+                fprintf(stderr, "cloister enclave: unexpected argument '%s' (see --help)\n", arg);
+                return EXIT_USAGE;
+            }
+            const char *name = arg + (arg[1] == '-' ? 2 : 1);
+            const char *eq = strchr(name, '=');
+            size_t name_len = eq ? (size_t)(eq - name) : strlen(name);
+            const option_spec *o = find_option(name, name_len);
+            if (!o) {
+                fprintf(stderr, "cloister enclave: unknown option '%s' (see --help)\n", arg);
+                return EXIT_USAGE;
+            }
+            const char *value = eq ? eq + 1 : NULL;
+            if (!value && o->type == OPT_BOOL)
+                value = "true";
+            if (!value) {
+                if (i + 1 >= argc) {
+                    fprintf(stderr, "cloister enclave: -%s needs a value (%s)\n", o->name, o->arg);
+                    return EXIT_USAGE;
+                }
+                value = argv[++i];
+            }
+            bool is_config = !strcmp(o->name, "config");
+            if (pass == 0 && !is_config)
+                continue;
+            if (pass == 1 && is_config)
+                continue;
+            int rc = is_config ? load_config_file(s, value) : CL_OK;
+            if (rc == CL_OK)
+                rc = set_option(s, o, value, "");
+            if (rc < 0) {
+                fprintf(stderr, "cloister enclave: %s\n", cl_error_message());
+                return EXIT_USAGE;
+            }
+        }
+    }
+    if (!s->fqdn || !*s->fqdn) {
+        fprintf(stderr, "cloister enclave: -fqdn is required (the name clients use to reach the enclave)\n");
+        return EXIT_USAGE;
+    }
+    if (!s->cert != !s->key) {
+        fprintf(stderr, "cloister enclave: --cert and --key go together\n");
+        return EXIT_USAGE;
+    }
+    if (!s->prometheus_namespace)
+        s->prometheus_namespace = strdup("cloister");
+    if (s->max_header_bytes < 1024) {
+        fprintf(stderr, "cloister enclave: --max-header-bytes must be at least 1024\n");
+        return EXIT_USAGE;
+    }
+    if (!s->header_timeout || !s->idle_timeout || !s->app_timeout || !s->max_connections) {
+        fprintf(stderr, "cloister enclave: timeouts and --max-connections must be positive\n");
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
+static void settings_free(settings *s)
+{
+    char **strings[] = {&s->fqdn,   &s->appurl, &s->appwebsrv, &s->appcmd, &s->prometheus_namespace, &s->listen,
+                        &s->nsm,    &s->cert,   &s->key,       &s->config, &s->prometheus_listen};
+    for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
+        free(*strings[i]);
+        *strings[i] = NULL;
+    }
+}
+
+/* ---- the running enclave ------------------------------------------------ */
+
+enum route {
+    ROUTE_ENCLAVE,
+    ROUTE_ATTESTATION,
+    ROUTE_CONFIG,
+    ROUTE_READY,
+    ROUTE_HASH,
+    ROUTE_METRICS,
+    ROUTE_APP,
+    ROUTE_OTHER, /* unknown local paths: 404 */
+    ROUTE_COUNT,
+};
+
+static const char *const route_names[ROUTE_COUNT] = {"enclave", "attestation", "config", "ready",
+                                                     "hash",    "metrics",     "app",    "other"};
+
+enum listener_kind { LISTENER_PUBLIC, LISTENER_INTERNAL, LISTENER_METRICS };
+
+typedef struct enclave enclave;
+
+typedef struct listener_ctx {
+    enclave *e;
+    int kind;
+} listener_ctx;
+
+struct enclave {
+    settings s;
+    cl_nsm *nsm;
+    cl_tls_identity identity;
+    SSL_CTX *tls;
+    bool has_app;
+    cl_upstream_target app;
+    char public_addr[160];
+    cl_metrics *metrics;
+    cl_server_stats stats;
+    atomic_uint_fast64_t attestations;
+    cl_child *app_child;
+    listener_ctx ctx_public, ctx_internal, ctx_metrics;
+
+    pthread_mutex_t lock; /* guards what follows */
+    uint8_t app_hash[HASH_LEN];
+    bool public_opened, shutting_down;
+    cl_server *public_server, *internal_server, *metrics_server;
+};
+
+static bool path_is(const cl_http_head *h, const char *path)
+{
+    return cl_slice_eq(h->path, path);
+}
+
+static int route_request(void *ctx, const cl_http_head *h)
+{
+    listener_ctx *l = ctx;
+    if (l->kind == LISTENER_METRICS)
+        return path_is(h, "/metrics") ? ROUTE_METRICS : ROUTE_OTHER;
+    if (path_is(h, "/enclave/attestation"))
+        return ROUTE_ATTESTATION;
+    if (l->kind == LISTENER_INTERNAL) {
+        if (path_is(h, "/enclave/ready"))
+            return ROUTE_READY;
+        if (path_is(h, "/enclave/hash"))
+            return ROUTE_HASH;
+        return ROUTE_OTHER;
+    }
+    if (path_is(h, "/enclave") || path_is(h, "/enclave/"))
+        return ROUTE_ENCLAVE;
+    if (path_is(h, "/enclave/config"))
+        return ROUTE_CONFIG;
+    return -1; /* the application */
+}
+
+static void respond_text(cl_response *resp, int status, const char *text)
+{
+    resp->status = status;
+    resp->content_type = NULL;
+    if (cl_buf_append(&resp->body, text, strlen(text)) < 0)
+        resp->status = 500;
+}
+
+static bool method_is(const cl_request_info *req, const char *method, cl_response *resp)
+{
+    if (cl_slice_eq(req->head->method, method) ||
+        (!strcmp(method, "GET") && cl_slice_eq(req->head->method, "HEAD")))
+        return true;
+    char msg[64];
+    snprintf(msg, sizeof msg, "405: use %s\n", method);
+    respond_text(resp, 405, msg);
+    return false;
+}
+
+static void handle_attestation(enclave *e, const cl_request_info *req, cl_response *resp)
+{
+    char nonce_hex[2 * NONCE_LEN + 2];
+    bool found = false;
+    int rc = cl_http_query_param(req->head->query, "nonce", nonce_hex, sizeof nonce_hex, &found);
+    uint8_t nonce[NONCE_LEN];
+    if (rc < 0 || !found || strlen(nonce_hex) != 2 * NONCE_LEN ||
+        cl_hex_decode_fixed(nonce_hex, nonce, NONCE_LEN) < 0) {
+        respond_text(resp, 400, "400: nonce must be 40 hexadecimal digits (20 bytes): "
+                                "/enclave/attestation?nonce=<hex>\n");
+        return;
+    }
+    uint8_t user_data[USER_DATA_LEN];
+    user_data[0] = 0x12;
+    user_data[1] = 0x20;
+    memcpy(user_data + 2, e->identity.cert_sha256, HASH_LEN);
+    user_data[2 + HASH_LEN] = 0x12;
+    user_data[3 + HASH_LEN] = 0x20;
+    pthread_mutex_lock(&e->lock);
+    memcpy(user_data + 4 + HASH_LEN, e->app_hash, HASH_LEN);
+    pthread_mutex_unlock(&e->lock);
+
+    cl_buf doc = CL_BUF_INIT, b64 = CL_BUF_INIT;
+    rc = cl_nsm_attestation(e->nsm, user_data, sizeof user_data, nonce, sizeof nonce, NULL, 0, &doc);
+    if (rc == CL_OK)
+        rc = cl_base64_encode(doc.data, doc.len, &b64);
+    if (rc < 0) {
+        cl_log(CL_LOG_ERROR, "attestation_failed", "error", cl_error_message(), NULL);
+        respond_text(resp, 500, "500: the NSM did not produce an attestation document\n");
+    } else {
+        resp->status = 200;
+        if (cl_buf_append(&resp->body, b64.data, b64.len) < 0 || cl_buf_append(&resp->body, "\n", 1) < 0)
+            resp->status = 500;
+        atomic_fetch_add(&e->attestations, 1);
+    }
+    cl_buf_free(&doc);
+    cl_buf_free(&b64);
+}
+
+static void handle_enclave(enclave *e, cl_response *resp)
+{
+    char fp[2 * HASH_LEN + 1];
+    cl_hex_encode(e->identity.cert_sha256, HASH_LEN, fp);
+    char text[1024];
+    snprintf(text, sizeof text,
+             "This host runs inside an AWS Nitro Enclave, served by cloister.\n"
+             "TLS is terminated inside the enclave; its certificate's SHA-256 is %s.\n"
+             "Prove it: GET /enclave/attestation?nonce=<40 hex digits>, or run\n"
+             "  cloister verify https://%s\n"
+             "%s%s%s",
+             fp, e->s.fqdn, e->s.appurl ? "Application source: " : "", e->s.appurl ? e->s.appurl : "",
+             e->s.appurl ? "\n" : "");
+    respond_text(resp, 200, text);
+}
+
+static json_t *config_json(enclave *e)
+{
+    char fp[2 * HASH_LEN + 1];
+    cl_hex_encode(e->identity.cert_sha256, HASH_LEN, fp);
+    json_t *o = json_object();
+    json_object_set_new(o, "fqdn", json_string(e->s.fqdn));
+    json_object_set_new(o, "appurl", e->s.appurl ? json_string(e->s.appurl) : json_null());
+    json_object_set_new(o, "appwebsrv", e->s.appwebsrv ? json_string(e->s.appwebsrv) : json_null());
+    json_object_set_new(o, "appcmd", e->s.appcmd ? json_string(e->s.appcmd) : json_null());
+    json_object_set_new(o, "listen", json_string(e->public_addr));
+    json_object_set_new(o, "ext-pub-port", json_integer(e->s.ext_pub_port));
+    json_object_set_new(o, "intport", json_integer(e->s.intport));
+    json_object_set_new(o, "prometheus-port", json_integer(e->s.prometheus_port));
+    json_object_set_new(o, "prometheus-namespace", json_string(e->s.prometheus_namespace));
+    json_object_set_new(o, "wait-for-app", json_boolean(e->s.wait_for_app));
+    json_object_set_new(o, "disable-keep-alives", json_boolean(e->s.disable_keep_alives));
+    json_object_set_new(o, "disable-http2", json_boolean(e->s.disable_http2));
+    json_object_set_new(o, "debug", json_boolean(e->s.debug));
+    json_object_set_new(o, "tls-identity", json_string(e->s.cert ? "static" : "generated in the enclave"));
+    json_object_set_new(o, "certificate-sha256", json_string(fp));
+    json_object_set_new(o, "threads", json_integer(e->s.threads));
+    json_object_set_new(o, "max-header-bytes", json_integer(e->s.max_header_bytes));
+    json_object_set_new(o, "header-timeout", json_integer(e->s.header_timeout));
+    json_object_set_new(o, "idle-timeout", json_integer(e->s.idle_timeout));
+    json_object_set_new(o, "app-timeout", json_integer(e->s.app_timeout));
+    json_object_set_new(o, "max-connections", json_integer(e->s.max_connections));
+    json_object_set_new(o, "drain-timeout", json_integer(e->s.drain_timeout));
+    return o;
+}
+
+static void handle_config(enclave *e, cl_response *resp)
+{
+    json_t *o = config_json(e);
+    char *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    if (!text) {
+        respond_text(resp, 500, "500: out of memory\n");
+        return;
+    }
+    respond_text(resp, 200, text);
+    if (cl_buf_append(&resp->body, "\n", 1) < 0)
+        resp->status = 500;
+    resp->content_type = "application/json";
+    free(text);
+}
+
+static void handle_hash(enclave *e, const cl_request_info *req, cl_response *resp)
+{
+    cl_buf hash = CL_BUF_INIT;
+    if (cl_base64_decode(req->body, req->body_len, &hash) < 0 || hash.len != HASH_LEN) {
+        cl_buf_free(&hash);
+        respond_text(resp, 400, "400: expected the base64 of a 32-byte SHA-256 hash\n");
+        return;
+    }
+    pthread_mutex_lock(&e->lock);
+    memcpy(e->app_hash, hash.data, HASH_LEN);
+    pthread_mutex_unlock(&e->lock);
+    char hex[2 * HASH_LEN + 1];
+    cl_hex_encode(hash.data, HASH_LEN, hex);
+    cl_buf_free(&hash);
+    cl_log(CL_LOG_INFO, "app_key_hash_set", "sha256", hex, NULL);
+    respond_text(resp, 200, "ok\n");
+}
+
+static int open_public_locked(enclave *e);
+
+static void handle_ready(enclave *e, cl_response *resp)
+{
+    pthread_mutex_lock(&e->lock);
+    if (e->public_opened || e->shutting_down) {
+        pthread_mutex_unlock(&e->lock);
+        respond_text(resp, 410, "410: the public listener is already open\n");
+        return;
+    }
+    int rc = open_public_locked(e);
+    pthread_mutex_unlock(&e->lock);
+    if (rc < 0)
+        respond_text(resp, 500, "500: cannot open the public listener; see the enclave's log\n");
+    else
+        respond_text(resp, 200, "ready: the public listener is open\n");
+}
+
+static void handle_metrics(enclave *e, cl_response *resp)
+{
+    cl_buf *out = &resp->body;
+    int rc = cl_metrics_render(e->metrics, out);
+    rc |= cl_metrics_render_value(e->metrics, out, "tls_handshakes_total", "counter", "TLS handshakes completed.",
+                                  atomic_load(&e->stats.tls_handshakes));
+    rc |= cl_metrics_render_value(e->metrics, out, "tls_handshake_failures_total", "counter",
+                                  "TLS handshakes that failed.", atomic_load(&e->stats.tls_handshake_failures));
+    rc |= cl_metrics_render_value(e->metrics, out, "connections_open", "gauge", "Client connections open now.",
+                                  atomic_load(&e->stats.connections_open));
+    rc |= cl_metrics_render_value(e->metrics, out, "connections_total", "counter", "Client connections accepted.",
+                                  atomic_load(&e->stats.connections_total));
+    rc |= cl_metrics_render_value(e->metrics, out, "connections_refused_total", "counter",
+                                  "Connections refused over -max-connections.",
+                                  atomic_load(&e->stats.connections_refused));
+    rc |= cl_metrics_render_value(e->metrics, out, "attestations_total", "counter",
+                                  "Attestation documents served.", atomic_load(&e->attestations));
+    rc |= cl_metrics_render_value(e->metrics, out, "app_restarts_total", "counter",
+                                  "Times -appcmd was restarted after it died.",
+                                  e->app_child ? cl_child_restarts(e->app_child) : 0);
+    resp->status = rc < 0 ? 500 : 200;
+    resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
+}
+
+static void handle_request(void *ctx, int route, const cl_request_info *req, cl_response *resp)
+{
+    listener_ctx *l = ctx;
+    enclave *e = l->e;
+    switch (route) {
+    case ROUTE_ATTESTATION:
+        if (method_is(req, "GET", resp))
+            handle_attestation(e, req, resp);
+        return;
+    case ROUTE_ENCLAVE:
+        if (method_is(req, "GET", resp))
+            handle_enclave(e, resp);
+        return;
+    case ROUTE_CONFIG:
+        if (method_is(req, "GET", resp))
+            handle_config(e, resp);
+        return;
+    case ROUTE_READY:
+        if (method_is(req, "GET", resp))
+            handle_ready(e, resp);
+        return;
+    case ROUTE_HASH:
+        if (method_is(req, "POST", resp))
+            handle_hash(e, req, resp);
+        return;
+    case ROUTE_METRICS:
+        if (method_is(req, "GET", resp))
+            handle_metrics(e, resp);
+        return;
+    default:
+        respond_text(resp, 404, "404: not found\n");
+        return;
+    }
+}
+
+static void request_done(void *ctx, int route, int status, uint64_t duration_us)
+{
+    listener_ctx *l = ctx;
+    size_t r = route >= 0 ? (size_t)route : route == -1 ? ROUTE_APP : ROUTE_OTHER;
+    cl_metrics_observe(l->e->metrics, r, status, duration_us);
+    if (cl_log_get_level() <= CL_LOG_DEBUG) {
+        char code[8], us[24];
+        snprintf(code, sizeof code, "%d", status);
+        snprintf(us, sizeof us, "%llu", (unsigned long long)duration_us);
+        cl_log(CL_LOG_DEBUG, "request", "listener", l->kind == LISTENER_PUBLIC ? "public" : "internal", "route",
+               route_names[r], "status", code, "duration_us", us, NULL);
+    }
+}
+
+static int listen_on(const char *text, int *fd)
+{
+    cl_address addr;
+    CL_TRY(cl_address_parse(text, &addr));
+    return cl_address_listen(&addr, 4096, fd);
+}
+
+static int start_listener(enclave *e, const char *name, const char *addr_text, listener_ctx *ctx, bool public_,
+                          cl_server **out)
+{
+    int fd = -1;
+    int rc = listen_on(addr_text, &fd);
+    if (rc < 0)
+        return cl_error_prefix(rc, "%s listener %s: ", name, addr_text);
+    cl_server_config cfg = {
+        .name = name,
+        .tls = public_ ? e->tls : NULL,
+        .app = public_ && e->has_app ? &e->app : NULL,
+        .threads = public_ ? e->s.threads : 1,
+        .max_header_bytes = e->s.max_header_bytes,
+        .header_timeout_ms = e->s.header_timeout * 1000u,
+        .idle_timeout_ms = e->s.idle_timeout * 1000u,
+        .upstream_timeout_ms = e->s.app_timeout * 1000u,
+        .max_connections = public_ ? e->s.max_connections : 1024,
+        .disable_keep_alives = public_ && e->s.disable_keep_alives,
+        .enable_h2 = public_ && !e->s.disable_http2,
+        .route = route_request,
+        .handle = handle_request,
+        .done = request_done,
+        .ctx = ctx,
+        .stats = public_ ? &e->stats : NULL,
+    };
+    rc = cl_server_start(&cfg, fd, out);
+    if (rc < 0)
+        return cl_error_prefix(rc, "%s listener %s: ", name, addr_text);
+    cl_log(CL_LOG_INFO, "listening", "listener", name, "addr", addr_text, "tls", public_ ? "yes" : "no", NULL);
+    return CL_OK;
+}
+
+static int open_public_locked(enclave *e)
+{
+    int rc = start_listener(e, "public", e->public_addr, &e->ctx_public, true, &e->public_server);
+    if (rc < 0)
+        cl_log(CL_LOG_ERROR, "listen_failed", "listener", "public", "error", cl_error_message(), NULL);
+    else
+        e->public_opened = true;
+    return rc;
+}
+
+static int seed_entropy(enclave *e)
+{
+    uint8_t seed[ENTROPY_SEED_BYTES];
+    int rc = cl_nsm_get_random(e->nsm, seed, sizeof seed);
+    if (rc < 0)
+        return cl_error_prefix(rc, "seeding randomness from the NSM: ");
+    cl_tls_seed_entropy(seed, sizeof seed);
+    cl_wipe(seed, sizeof seed);
+    return CL_OK;
+}
+
+static int enclave_start(enclave *e)
+{
+    if (e->s.appwebsrv) {
+        int rc = cl_upstream_target_parse(e->s.appwebsrv, &e->app);
+        if (rc < 0)
+            return cl_error_prefix(rc, "-appwebsrv: ");
+        e->has_app = true;
+    }
+    if (e->s.listen)
+        snprintf(e->public_addr, sizeof e->public_addr, "%s", e->s.listen);
+    else
+        snprintf(e->public_addr, sizeof e->public_addr, "tcp:0.0.0.0:%u", e->s.ext_pub_port);
+    cl_address check;
+    int rc = cl_address_parse(e->public_addr, &check);
+    if (rc < 0)
+        return cl_error_prefix(rc, "--listen: ");
+
+    rc = cl_nsm_open(e->s.nsm, &e->nsm);
+    if (rc < 0)
+        return cl_error_prefix(rc, "no NSM (run inside an enclave, or give --nsm unix:PATH of cloister nsm-sim): ");
+    CL_TRY(seed_entropy(e));
+    cl_log(CL_LOG_INFO, "entropy_seeded", "source", "nsm", "bytes", "256", NULL);
+
+    if (e->s.cert) {
+        rc = cl_tls_identity_load(e->s.cert, e->s.key, &e->identity);
+        if (rc < 0)
+            return cl_error_prefix(rc, "--cert/--key: ");
+    } else {
+        CL_TRY(cl_tls_identity_generate(e->s.fqdn, &e->identity));
+    }
+    char fp[2 * HASH_LEN + 1];
+    cl_hex_encode(e->identity.cert_sha256, HASH_LEN, fp);
+    cl_log(CL_LOG_INFO, "tls_identity", "origin", e->s.cert ? "static" : "generated", "fqdn", e->s.fqdn,
+           "certificate_sha256", fp, NULL);
+    cl_tls_server_options topt = {.enable_h2 = !e->s.disable_http2};
+    CL_TRY(cl_tls_server_ctx(&e->identity, &topt, &e->tls));
+    CL_TRY(cl_metrics_new(e->s.prometheus_namespace, route_names, ROUTE_COUNT, &e->metrics));
+
+    e->ctx_public = (listener_ctx){e, LISTENER_PUBLIC};
+    e->ctx_internal = (listener_ctx){e, LISTENER_INTERNAL};
+    e->ctx_metrics = (listener_ctx){e, LISTENER_METRICS};
+    char addr[64];
+    snprintf(addr, sizeof addr, "tcp:127.0.0.1:%u", e->s.intport);
+    CL_TRY(start_listener(e, "internal", addr, &e->ctx_internal, false, &e->internal_server));
+    if (e->s.prometheus_port || e->s.prometheus_listen) {
+        if (!e->s.prometheus_listen)
+            snprintf(addr, sizeof addr, "tcp:0.0.0.0:%u", e->s.prometheus_port);
+        CL_TRY(start_listener(e, "metrics", e->s.prometheus_listen ? e->s.prometheus_listen : addr, &e->ctx_metrics,
+                              false, &e->metrics_server));
+    }
+    if (e->s.appcmd) {
+        cl_child_config cc = {.name = "app", .command = e->s.appcmd};
+        CL_TRY(cl_child_start(&cc, &e->app_child));
+    }
+    if (!e->s.wait_for_app) {
+        pthread_mutex_lock(&e->lock);
+        rc = open_public_locked(e);
+        pthread_mutex_unlock(&e->lock);
+        CL_TRY(rc);
+    } else {
+        cl_log(CL_LOG_INFO, "waiting_for_app", "hint", "the public listener opens on GET /enclave/ready", NULL);
+    }
+    return CL_OK;
+}
+
+static void enclave_stop(enclave *e)
+{
+    pthread_mutex_lock(&e->lock);
+    e->shutting_down = true;
+    pthread_mutex_unlock(&e->lock);
+    unsigned drain_ms = e->s.drain_timeout * 1000u;
+    cl_server *servers[] = {e->public_server, e->internal_server, e->metrics_server};
+    for (size_t i = 0; i < 3; i++)
+        if (servers[i])
+            cl_server_drain(servers[i], drain_ms);
+    for (size_t i = 0; i < 3; i++)
+        cl_server_wait(servers[i]);
+    e->public_server = e->internal_server = e->metrics_server = NULL;
+    cl_child_stop(e->app_child, 5000);
+    e->app_child = NULL;
+    SSL_CTX_free(e->tls);
+    cl_tls_identity_free(&e->identity);
+    cl_metrics_free(e->metrics);
+    cl_nsm_close(e->nsm);
+}
+
+int cmd_enclave(int argc, char **argv)
+{
+    cl_log_set_component("enclave");
+    enclave *e = calloc(1, sizeof *e);
+    if (!e) {
+        fprintf(stderr, "cloister enclave: out of memory\n");
+        return EXIT_FAILED;
+    }
+    pthread_mutex_init(&e->lock, NULL);
+    int status = parse_settings(argc, argv, &e->s);
+    if (status != 0) {
+        settings_free(&e->s);
+        free(e);
+        return status < 0 ? 0 : status;
+    }
+    if (e->s.debug)
+        cl_log_set_level(CL_LOG_DEBUG);
+
+    /* Every thread inherits this mask: termination signals are taken here
+     * with sigwait, never by a worker in the middle of its work. */
+    sigset_t wanted;
+    sigemptyset(&wanted);
+    sigaddset(&wanted, SIGTERM);
+    sigaddset(&wanted, SIGINT);
+    sigaddset(&wanted, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &wanted, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int rc = enclave_start(e);
+    if (rc < 0) {
+        cl_log(CL_LOG_ERROR, "start_failed", "error", cl_error_message(), NULL);
+        fprintf(stderr, "cloister enclave: %s\n", cl_error_message());
+        enclave_stop(e);
+        settings_free(&e->s);
+        free(e);
+        return EXIT_FAILED;
+    }
+    int sig = 0;
+    for (;;) {
+        if (sigwait(&wanted, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            cl_log(CL_LOG_INFO, "sighup_ignored", "hint", "restart to change settings", NULL);
+            continue;
+        }
+        break;
+    }
+    cl_log(CL_LOG_INFO, "draining", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", NULL);
+    enclave_stop(e);
+    cl_log(CL_LOG_INFO, "stopped", NULL);
+    settings_free(&e->s);
+    pthread_mutex_destroy(&e->lock);
+    free(e);
+    return 0;
+}
