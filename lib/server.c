@@ -529,6 +529,8 @@ static void start_request(client *c)
             respond_error(c, 413, "request body too large");
             return;
         }
+        if (c->head.expect_continue && !c->is_http10 && h->body != CL_HTTP_BODY_NONE)
+            out_append(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
         c->state = CLIENT_READ_LOCAL_BODY;
         return;
     }

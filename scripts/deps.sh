@@ -7,7 +7,7 @@ packages=(
   make cmake clang libclang-rt-14-dev pkg-config
   libssl-dev openssl libjansson-dev libnghttp2-dev
   nginx-light haproxy wrk nghttp2-client
-  ca-certificates curl iproute2 procps
+  ca-certificates curl iproute2 procps python3
 )
 
 missing=()

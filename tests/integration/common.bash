@@ -1,0 +1,101 @@
+# Shared by the integration scripts (sourced, not run).  Every process is
+# started through `spawn` so that cleanup can stop it by PID, also when a
+# check fails halfway.
+#
+#   work                  a fresh temporary directory, removed on exit
+#   spawn NAME CMD...     starts CMD in the background, output in $work/NAME.log
+#   wait_for_log NAME RE  waits until NAME's log matches RE (or NAME dies)
+#   stop NAME             SIGTERM, then wait for it
+#   free_port             prints a free TCP port on 127.0.0.1
+#   fail MESSAGE          prints the logs of every spawned process and exits 1
+
+CLOISTER=${CLOISTER:?set CLOISTER to the cloister binary}
+SOURCE_DIR=${CLOISTER_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+work=$(mktemp -d /tmp/cloister-it.XXXXXX)
+declare -A pids=()
+
+cleanup() {
+    local status=$?
+    for name in "${!pids[@]}"; do
+        kill "${pids[$name]}" 2>/dev/null || true
+    done
+    for name in "${!pids[@]}"; do
+        wait "${pids[$name]}" 2>/dev/null || true
+    done
+    rm -rf "$work"
+    exit "$status"
+}
+trap cleanup EXIT
+
+show_logs() {
+    for log in "$work"/*.log; do
+        [ -f "$log" ] || continue
+        echo "--- $(basename "$log") (last 30 lines) ---" >&2
+        tail -n 30 "$log" >&2
+    done
+}
+
+fail() {
+    echo "FAIL: $*" >&2
+    show_logs
+    exit 1
+}
+
+pass() {
+    echo "ok   $*"
+}
+
+spawn() {
+    local name=$1
+    shift
+    "$@" >"$work/$name.log" 2>&1 &
+    pids[$name]=$!
+}
+
+wait_for_log() {
+    local name=$1 pattern=$2 tries=${3:-200}
+    for _ in $(seq 1 "$tries"); do
+        grep -qE "$pattern" "$work/$name.log" 2>/dev/null && return 0
+        kill -0 "${pids[$name]}" 2>/dev/null || fail "$name exited early"
+        sleep 0.05
+    done
+    fail "$name did not log /$pattern/ in time"
+}
+
+stop() {
+    local name=$1
+    local pid=${pids[$name]:-}
+    [ -n "$pid" ] || return 0
+    kill "$pid" 2>/dev/null || true
+    local status=0
+    wait "$pid" 2>/dev/null || status=$?
+    unset "pids[$name]"
+    return $status
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+node_modules_present() {
+    [ -d "$SOURCE_DIR/tests/node/node_modules" ]
+}
+
+# start_sim: an NSM simulator on $work/nsm.sock with its state in $work/state.
+start_sim() {
+    spawn sim "$CLOISTER" nsm-sim --listen "unix:$work/nsm.sock" --state "$work/state"
+    wait_for_log sim '^nsm-sim: listening on '
+}
+
+# start_app NAME PORT: the Node test app on 127.0.0.1:PORT.
+start_app() {
+    spawn "$1" node "$SOURCE_DIR/tests/integration/app/app.js" --listen "127.0.0.1:$2"
+    wait_for_log "$1" 'app: listening on'
+}
+
+# start_enclave NAME ARGS...: cloister enclave with the simulator's NSM.
+start_enclave() {
+    local name=$1
+    shift
+    spawn "$name" "$CLOISTER" enclave -fqdn localhost --nsm "unix:$work/nsm.sock" "$@"
+}
