@@ -7,7 +7,7 @@
 #include <string.h>
 #include <time.h>
 
-static int hex_value(char c)
+int cl_hex_digit_value(uint8_t c)
 {
     if (c >= '0' && c <= '9')
         return c - '0';
@@ -35,7 +35,7 @@ int cl_hex_decode(const char *hex, cl_buf *out)
         return cl_error_set(CL_EINVAL, "hex string has an odd number of digits (%zu)", n);
     CL_TRY(cl_buf_reserve(out, n / 2));
     for (size_t i = 0; i < n; i += 2) {
-        int hi = hex_value(hex[i]), lo = hex_value(hex[i + 1]);
+        int hi = cl_hex_digit_value((uint8_t)hex[i]), lo = cl_hex_digit_value((uint8_t)hex[i + 1]);
         if (hi < 0 || lo < 0)
             return cl_error_set(CL_EINVAL, "invalid hex digit at position %zu", hi < 0 ? i : i + 1);
         out->data[out->len++] = (uint8_t)(hi << 4 | lo);

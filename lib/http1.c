@@ -1,6 +1,7 @@
 #include "cloister/http.h"
 
 #include "cloister/cursor.h"
+#include "cloister/encoding.h"
 
 #include <string.h>
 
@@ -28,6 +29,19 @@ static bool is_token(cl_slice s)
 static bool is_field_value_char(uint8_t c)
 {
     return c == '\t' || (c >= 0x20 && c != 0x7f);
+}
+
+/* uri-host [":" port] (RFC 3986): unreserved, pct-encoded, sub-delims,
+ * the colon and the brackets of IP literals. */
+static bool is_host_value(cl_slice s)
+{
+    for (size_t i = 0; i < s.len; i++) {
+        uint8_t c = s.data[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c && strchr("-._~%!$&'()*+,;=:[]", c))))
+            return false;
+    }
+    return true;
 }
 
 static cl_slice trim_ows(cl_slice s)
@@ -138,6 +152,7 @@ static int interpret_fields(cl_http_head *h, bool is_request)
         } else if (cl_slice_eq_nocase(name, "expect")) {
             h->expect_continue = cl_slice_eq_nocase(value, "100-continue");
         } else if (cl_slice_eq_nocase(name, "host")) {
+            CL_ENSURE(!is_request || is_host_value(value), CL_EPARSE, "HTTP: invalid Host header");
             h->host = value;
             hosts++;
         }
@@ -162,7 +177,10 @@ static int interpret_fields(cl_http_head *h, bool is_request)
     h->keep_alive = h->version_minor >= 1 ? !conn_close : (conn_keep_alive && !conn_close);
     if (!is_request && h->body == CL_HTTP_BODY_UNTIL_CLOSE)
         h->keep_alive = false;
-    h->upgrade = conn_upgrade && have_upgrade;
+    /* HTTP/1.0 requests' 100-continue and Upgrade are ignored (RFC 9110 10.1.1, 7.8) */
+    if (h->version_minor == 0)
+        h->expect_continue = false;
+    h->upgrade = conn_upgrade && have_upgrade && h->version_minor >= 1;
     return CL_OK;
 }
 
@@ -266,7 +284,12 @@ int cl_http_parse_response(const uint8_t *buf, size_t len, size_t max_head, cl_s
     CL_TRY(parse_fields(&c, h));
     h->head_len = end;
     CL_TRY(interpret_fields(h, false));
-    if (status < 200 || status == 204 || status == 304 || cl_slice_eq(request_method, "HEAD")) {
+    if (status / 100 == 2 && cl_slice_eq(request_method, "CONNECT")) {
+        /* the connection is a tunnel from the empty line on: framing
+         * fields are ignored (RFC 9112 6.3) and it is never reused */
+        h->body = CL_HTTP_BODY_NONE;
+        h->keep_alive = false;
+    } else if (status < 200 || status == 204 || status == 304 || cl_slice_eq(request_method, "HEAD")) {
         /* no body, whatever the headers say: the connection stays usable
          * unless Connection: close (interpret_fields assumed until-close) */
         h->body = CL_HTTP_BODY_NONE;
@@ -326,6 +349,7 @@ bool cl_http_is_hop_by_hop(const cl_http_head *head, cl_slice name)
 
 enum {
     CH_SIZE,
+    CH_SIZE_WS,
     CH_EXT,
     CH_SIZE_LF,
     CH_DATA,
@@ -346,17 +370,6 @@ void cl_chunked_unconsume(cl_chunked *st, size_t n)
     st->state = CH_DATA;
 }
 
-static int hex_digit(uint8_t c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 int cl_chunked_next(cl_chunked *st, const uint8_t *in, size_t len, size_t *consumed, size_t *data_offset,
                     size_t *data_len)
 {
@@ -367,7 +380,7 @@ int cl_chunked_next(cl_chunked *st, const uint8_t *in, size_t len, size_t *consu
         uint8_t c = in[i];
         switch (st->state) {
         case CH_SIZE: {
-            int d = hex_digit(c);
+            int d = cl_hex_digit_value(c);
             if (d >= 0) {
                 CL_ENSURE(st->size_digits < MAX_CHUNK_SIZE_DIGITS, CL_EPARSE, "chunked: chunk size too large");
                 st->remaining = st->remaining * 16 + (uint64_t)d;
@@ -376,20 +389,32 @@ int cl_chunked_next(cl_chunked *st, const uint8_t *in, size_t len, size_t *consu
                 CL_ENSURE(st->size_digits > 0, CL_EPARSE, "chunked: missing chunk size");
                 if (c == '\r')
                     st->state = CH_SIZE_LF;
-                else if (c == ';' || c == ' ' || c == '\t') {
+                else if (c == ';') {
                     st->state = CH_EXT;
                     st->line_len = 0;
-                } else
+                } else if (c == ' ' || c == '\t')
+                    st->state = CH_SIZE_WS;
+                else
                     return cl_error_set(CL_EPARSE, "chunked: invalid chunk size");
             }
             i++;
             break;
         }
+        case CH_SIZE_WS: /* BWS, then an extension or the end of the line: "5 6" is not a size */
+            if (c == '\r')
+                st->state = CH_SIZE_LF;
+            else if (c == ';') {
+                st->state = CH_EXT;
+                st->line_len = 0;
+            } else
+                CL_ENSURE(c == ' ' || c == '\t', CL_EPARSE, "chunked: invalid character after the chunk size");
+            i++;
+            break;
         case CH_EXT:
             if (c == '\r')
                 st->state = CH_SIZE_LF;
             else {
-                CL_ENSURE(c != '\n' && c != 0 && ++st->line_len <= MAX_CHUNK_LINE, CL_EPARSE,
+                CL_ENSURE(is_field_value_char(c) && ++st->line_len <= MAX_CHUNK_LINE, CL_EPARSE,
                           "chunked: invalid chunk extension");
             }
             i++;
@@ -438,7 +463,7 @@ int cl_chunked_next(cl_chunked *st, const uint8_t *in, size_t len, size_t *consu
             if (c == '\r')
                 st->state = CH_TRAILER_LF;
             else
-                CL_ENSURE(c != '\n' && c != 0 && ++st->line_len <= MAX_CHUNK_LINE, CL_EPARSE,
+                CL_ENSURE(is_field_value_char(c) && ++st->line_len <= MAX_CHUNK_LINE, CL_EPARSE,
                           "chunked: invalid trailer line");
             i++;
             break;
@@ -462,6 +487,9 @@ int cl_chunked_next(cl_chunked *st, const uint8_t *in, size_t len, size_t *consu
 int cl_http_query_param(cl_slice query, const char *name, char *out, size_t out_len, bool *found)
 {
     *found = false;
+    CL_ENSURE(out_len > 0, CL_EINVAL, "no room for query parameter %s", name);
+    if (query.len == 0)
+        return CL_OK; /* also a target without '?', whose query is {NULL, 0} */
     size_t name_len = strlen(name), start = 0;
     for (size_t i = 0; i <= query.len; i++) {
         if (i < query.len && query.data[i] != '&')
@@ -476,10 +504,12 @@ int cl_http_query_param(cl_slice query, const char *name, char *out, size_t out_
         for (size_t k = name_len + (pair.len > name_len); k < pair.len; k++) {
             uint8_t c = pair.data[k];
             if (c == '%') {
-                int hi = k + 1 < pair.len ? hex_digit(pair.data[k + 1]) : -1;
-                int lo = k + 2 < pair.len ? hex_digit(pair.data[k + 2]) : -1;
-                CL_ENSURE(hi >= 0 && lo >= 0, CL_EINVAL, "bad percent-encoding in query parameter %s", name);
+                int hi = k + 1 < pair.len ? cl_hex_digit_value(pair.data[k + 1]) : -1;
+                int lo = k + 2 < pair.len ? cl_hex_digit_value(pair.data[k + 2]) : -1;
+                CL_ENSURE(hi >= 0 && lo >= 0, CL_EPARSE, "bad percent-encoding in query parameter %s", name);
                 c = (uint8_t)(hi << 4 | lo);
+                /* the value is returned as a C string: a NUL would cut it short unseen */
+                CL_ENSURE(c != 0, CL_EPARSE, "NUL (%%00) in query parameter %s", name);
                 k += 2;
             } else if (c == '+') {
                 c = ' ';

@@ -11,6 +11,14 @@
 #define MAX_EVENTS 256
 #define MAX_WAIT_MS 1000
 
+/* A heap entry orders on the deadline its timer had when it was inserted or
+ * last re-sorted: moving a deadline later changes the timer, not the key,
+ * so the heap stays a heap. */
+typedef struct {
+    uint64_t key;
+    cl_timer *t;
+} heap_entry;
+
 struct cl_loop {
     int epfd;
     int wake_fd;
@@ -20,7 +28,7 @@ struct cl_loop {
     bool stopping;
     uint64_t now;
     cl_deferred *deferred;
-    cl_timer **heap; /* 1-based binary min-heap on deadline_ms */
+    heap_entry *heap; /* 1-based binary min-heap on key */
     size_t heap_len, heap_cap;
 };
 
@@ -143,16 +151,16 @@ uint64_t cl_loop_now(const cl_loop *loop)
 
 static void heap_swap(cl_loop *loop, size_t a, size_t b)
 {
-    cl_timer *t = loop->heap[a];
+    heap_entry e = loop->heap[a];
     loop->heap[a] = loop->heap[b];
-    loop->heap[b] = t;
-    loop->heap[a]->heap_index = a;
-    loop->heap[b]->heap_index = b;
+    loop->heap[b] = e;
+    loop->heap[a].t->heap_index = a;
+    loop->heap[b].t->heap_index = b;
 }
 
 static void heap_up(cl_loop *loop, size_t i)
 {
-    while (i > 1 && loop->heap[i / 2]->deadline_ms > loop->heap[i]->deadline_ms) {
+    while (i > 1 && loop->heap[i / 2].key > loop->heap[i].key) {
         heap_swap(loop, i, i / 2);
         i /= 2;
     }
@@ -162,9 +170,9 @@ static void heap_down(cl_loop *loop, size_t i)
 {
     for (;;) {
         size_t l = 2 * i, r = l + 1, m = i;
-        if (l <= loop->heap_len && loop->heap[l]->deadline_ms < loop->heap[m]->deadline_ms)
+        if (l <= loop->heap_len && loop->heap[l].key < loop->heap[m].key)
             m = l;
-        if (r <= loop->heap_len && loop->heap[r]->deadline_ms < loop->heap[m]->deadline_ms)
+        if (r <= loop->heap_len && loop->heap[r].key < loop->heap[m].key)
             m = r;
         if (m == i)
             return;
@@ -179,7 +187,7 @@ static void heap_remove(cl_loop *loop, cl_timer *t)
     t->heap_index = 0;
     if (i != loop->heap_len) {
         loop->heap[i] = loop->heap[loop->heap_len];
-        loop->heap[i]->heap_index = i;
+        loop->heap[i].t->heap_index = i;
         loop->heap_len--;
         heap_down(loop, i);
         heap_up(loop, i);
@@ -195,7 +203,7 @@ void cl_timer_start(cl_loop *loop, cl_timer *t, uint64_t delay_ms, cl_timer_fn f
     if (t->heap_index) {
         /* Moving a deadline later is the common case (activity on a
          * connection): leave the heap alone and re-check when it pops. */
-        if (deadline >= t->deadline_ms) {
+        if (deadline >= loop->heap[t->heap_index].key) {
             t->deadline_ms = deadline;
             return;
         }
@@ -203,14 +211,14 @@ void cl_timer_start(cl_loop *loop, cl_timer *t, uint64_t delay_ms, cl_timer_fn f
     }
     if (loop->heap_len + 1 >= loop->heap_cap) {
         size_t cap = loop->heap_cap ? loop->heap_cap * 2 : 64;
-        cl_timer **heap = realloc(loop->heap, cap * sizeof *heap);
+        heap_entry *heap = realloc(loop->heap, cap * sizeof *heap);
         if (!heap)
             return; /* the timer stays unscheduled; its owner's other limits still hold */
         loop->heap = heap;
         loop->heap_cap = cap;
     }
     t->deadline_ms = deadline;
-    loop->heap[++loop->heap_len] = t;
+    loop->heap[++loop->heap_len] = (heap_entry){deadline, t};
     t->heap_index = loop->heap_len;
     heap_up(loop, loop->heap_len);
 }
@@ -221,17 +229,17 @@ void cl_timer_stop(cl_loop *loop, cl_timer *t)
         heap_remove(loop, t);
 }
 
-/* The heap orders on the deadline each timer had when it was inserted or
- * last re-sorted; a popped timer whose deadline moved is re-sorted. */
+/* A due entry whose timer's deadline has moved later is re-sorted on the
+ * new deadline before it may fire, so that timers due in the same batch
+ * fire in deadline order. */
 static void run_timers(cl_loop *loop)
 {
-    while (loop->heap_len) {
-        cl_timer *t = loop->heap[1];
-        if (t->deadline_ms > loop->now) {
+    while (loop->heap_len && loop->heap[1].key <= loop->now) {
+        cl_timer *t = loop->heap[1].t;
+        if (t->deadline_ms != loop->heap[1].key) {
+            loop->heap[1].key = t->deadline_ms;
             heap_down(loop, 1);
-            if (loop->heap[1] != t)
-                continue;
-            return;
+            continue;
         }
         heap_remove(loop, t);
         t->fn(loop, t);
@@ -243,8 +251,10 @@ int cl_loop_run(cl_loop *loop)
     struct epoll_event events[MAX_EVENTS];
     while (!loop->stopping) {
         int wait = MAX_WAIT_MS;
-        if (loop->heap_len) {
-            uint64_t next = loop->heap[1]->deadline_ms;
+        if (loop->deferred) /* queued before the first run */
+            wait = 0;
+        else if (loop->heap_len) {
+            uint64_t next = loop->heap[1].key;
             wait = next <= loop->now ? 0 : next - loop->now < MAX_WAIT_MS ? (int)(next - loop->now) : MAX_WAIT_MS;
         }
         int n = epoll_wait(loop->epfd, events, MAX_EVENTS, wait);
@@ -259,6 +269,7 @@ int cl_loop_run(cl_loop *loop)
         run_timers(loop);
         run_deferred(loop);
     }
+    loop->stopping = false; /* the loop may be run again */
     return CL_OK;
 }
 

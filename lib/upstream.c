@@ -464,6 +464,7 @@ static bool retry_fresh(cl_upstream *u)
     conn_close(u->conn);
     u->conn = NULL;
     u->retried = true;
+    u->upstream_eof = false; /* that was the old connection's end, not the new one's */
     if (attach_conn(u, false) < 0)
         return false;
     memcpy(u->out, u->head_copy, u->head_len);

@@ -83,7 +83,9 @@ CL_MUST_CHECK int cl_chunked_next(cl_chunked *st, const uint8_t *in, size_t len,
  * receiver could not take them all; the next call returns them again. */
 void cl_chunked_unconsume(cl_chunked *st, size_t n);
 
-/* Percent-decoded value of a query parameter; *found false if absent. */
+/* Percent-decoded value of a query parameter ('+' is a space) as a C
+ * string; *found false if absent.  CL_EPARSE for bad percent-encoding or an
+ * encoded NUL, CL_ELIMIT when the value and its NUL exceed out_len. */
 CL_MUST_CHECK int cl_http_query_param(cl_slice query, const char *name, char *out, size_t out_len, bool *found);
 
 #endif

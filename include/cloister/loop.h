@@ -56,7 +56,8 @@ uint64_t cl_loop_now(const cl_loop *loop);
 void cl_timer_start(cl_loop *loop, cl_timer *t, uint64_t delay_ms, cl_timer_fn fn);
 void cl_timer_stop(cl_loop *loop, cl_timer *t);
 
-/* Runs until cl_loop_stop; returns 0 or an error from epoll. */
+/* Runs until cl_loop_stop (after which it may be run again); returns 0 or an
+ * error from epoll. */
 CL_MUST_CHECK int cl_loop_run(cl_loop *loop);
 void cl_loop_stop(cl_loop *loop);
 
