@@ -52,6 +52,17 @@ check_header x-keep-me 2
 for h in x-drop-me keep-alive proxy-connection te; do check_header "$h" '<absent>'; done
 pass "X-Forwarded-* set (client's X-Forwarded-For replaced), hop-by-hop headers removed"
 
+before=$(curl -sS "http://127.0.0.1:$app_port/count")
+for _ in $(seq 1 20); do c "$base/hello" >/dev/null; done
+after=$(curl -sS "http://127.0.0.1:$app_port/count")
+node -e '
+    const [a, b] = [JSON.parse(process.argv[1]), JSON.parse(process.argv[2])];
+    // 20 client connections, one after another: the pool keeps reusing one app connection
+    // (plus the direct /count connections of this check)
+    process.exit(b.connections - a.connections <= 3 ? 0 : 1);' "$before" "$after" ||
+    fail "app connections are not pooled: before $before, after $after"
+pass "keep-alive pool: 20 client connections, app connections reused ($before -> $after)"
+
 # ---- bodies -------------------------------------------------------------------
 want=$(node "$APP/app.js" --gen "$BIG" 7 | sha256sum | cut -c1-64)
 got=$(c "$base/bytes?n=$BIG&seed=7" | sha256sum | cut -c1-64)
