@@ -11,7 +11,8 @@
 # implementation, each document at its own timestamp, and prints
 # documents/second and the ratio.  Then times one real AWS document's
 # verification (nitro-2024-09-07-maxfields.b64 at its timestamp, AWS root)
-# when ../shared/vectors/nitro is there.
+# when ../shared/vectors/nitro is there.  Then, unless BENCH_PROXY=0, the TLS
+# reverse-proxy benchmark against nginx and haproxy (bench/proxy.sh).
 set -euo pipefail
 
 build=${1:?usage: bench/run.sh BUILD_DIR}
@@ -107,4 +108,16 @@ if [ -f "$maxfields" ]; then
     'BEGIN { printf "  node verify.js:  %8.1f us per verification\n", 1e6 / r }'
 else
   echo "skip: $maxfields is absent (shared test material not found)"
+fi
+
+if [ "${BENCH_PROXY:-1}" != 0 ]; then
+  echo
+  echo "TLS reverse proxy: cloister enclave, nginx, haproxy (bench/proxy.sh)"
+  "$src/bench/proxy.sh" "$build"
+fi
+
+if [ "${BENCH_HOST:-1}" != 0 ]; then
+  echo
+  echo "byte forwarding: cloister host against socat (bench/host.sh)"
+  "$src/bench/host.sh" "$build"
 fi

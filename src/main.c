@@ -18,6 +18,9 @@ static const struct command commands[] = {
     {"attest", cmd_attest, "request, show and verify Nitro attestation documents"},
     {"nsm", cmd_nsm, "talk to the Nitro Secure Module (device or simulator)"},
     {"nsm-sim", cmd_nsm_sim, "run a faithful NSM simulator on a unix socket"},
+    {"host", cmd_host, "the parent instance's side: forwards, outbound proxies, IMDS gate"},
+    {"imds-sim", cmd_imds_sim, "run an IMDSv2 stand-in (tokens, role credentials, identity)"},
+    {"watchdog", cmd_watchdog, "start one enclave and keep it alive: health checks, restarts, systemd"},
 };
 
 static void usage(FILE *out)
