@@ -640,6 +640,35 @@ int cl_verifier_verify(cl_verifier *v, const cl_attestation_doc *doc, uint64_t a
 
 /* ---- policy ---------------------------------------------------------- */
 
+int cl_attestation_policy_add_pcr(cl_attestation_policy *policy, const char *arg)
+{
+    const char *eq = strchr(arg, '=');
+    CL_ENSURE(eq, CL_EINVAL, "--pcr takes N=HEX, got '%s'", arg);
+    char index_text[8];
+    size_t n = (size_t)(eq - arg);
+    CL_ENSURE(n > 0 && n < sizeof index_text, CL_EINVAL, "--pcr: bad PCR index in '%s'", arg);
+    memcpy(index_text, arg, n);
+    index_text[n] = '\0';
+    uint64_t index;
+    int rc = cl_parse_u64(index_text, CL_PCR_COUNT - 1, &index);
+    if (rc < 0)
+        return cl_error_prefix(rc, "--pcr %s: ", index_text);
+    cl_buf value = CL_BUF_INIT;
+    rc = cl_hex_decode(eq + 1, &value);
+    if (rc < 0)
+        rc = cl_error_prefix(rc, "--pcr %llu: ", (unsigned long long)index);
+    else if (value.len != 32 && value.len != 48 && value.len != 64)
+        rc = cl_error_set(CL_EINVAL, "--pcr %llu: value is %zu bytes, must be 32, 48 or 64",
+                          (unsigned long long)index, value.len);
+    if (rc == CL_OK) {
+        memcpy(policy->pcr_values[index], value.data, value.len);
+        policy->pcr_lens[index] = value.len;
+        policy->pcr_mask |= 1u << index;
+    }
+    cl_buf_free(&value);
+    return rc;
+}
+
 int cl_attestation_check_policy(const cl_attestation_doc *doc, const cl_attestation_policy *policy,
                                 uint64_t at_ms)
 {

@@ -297,31 +297,6 @@ static int attest_show(int argc, char **argv)
 
 /* ---- verify ------------------------------------------------------------ */
 
-static int parse_pcr_option(const char *arg, cl_attestation_policy *policy)
-{
-    const char *eq = strchr(arg, '=');
-    CL_ENSURE(eq, CL_EINVAL, "--pcr takes N=HEX, got '%s'", arg);
-    char index_text[8];
-    size_t n = (size_t)(eq - arg);
-    CL_ENSURE(n > 0 && n < sizeof index_text, CL_EINVAL, "--pcr: bad PCR index in '%s'", arg);
-    memcpy(index_text, arg, n);
-    index_text[n] = '\0';
-    uint64_t index;
-    CL_TRY(cl_parse_u64(index_text, CL_PCR_COUNT - 1, &index));
-    cl_buf value = CL_BUF_INIT;
-    int rc = cl_hex_decode(eq + 1, &value);
-    if (rc == CL_OK && value.len != 32 && value.len != 48 && value.len != 64)
-        rc = cl_error_set(CL_EINVAL, "--pcr %llu: value is %zu bytes, must be 32, 48 or 64",
-                          (unsigned long long)index, value.len);
-    if (rc == CL_OK) {
-        memcpy(policy->pcr_values[index], value.data, value.len);
-        policy->pcr_lens[index] = value.len;
-        policy->pcr_mask |= 1u << index;
-    }
-    cl_buf_free(&value);
-    return rc;
-}
-
 enum { OPT_ROOT = 256, OPT_AT, OPT_NONCE, OPT_PCR, OPT_ALLOW_DEBUG, OPT_MAX_AGE, OPT_HELP };
 
 static int attest_verify(int argc, char **argv)
@@ -376,7 +351,7 @@ static int attest_verify(int argc, char **argv)
             policy.check_nonce = true;
             break;
         case OPT_PCR:
-            rc = parse_pcr_option(optarg, &policy);
+            rc = cl_attestation_policy_add_pcr(&policy, optarg);
             break;
         case OPT_ALLOW_DEBUG:
             policy.allow_debug = true;

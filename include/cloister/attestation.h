@@ -77,6 +77,10 @@ typedef struct cl_attestation_policy {
     uint64_t max_age_ms; /* 0: no age limit */
 } cl_attestation_policy;
 
+/* Adds "N=HEX" (PCR N, 0..31, must equal the 32, 48 or 64 bytes of HEX) to
+ * a policy: the syntax of every --pcr option. */
+CL_MUST_CHECK int cl_attestation_policy_add_pcr(cl_attestation_policy *policy, const char *n_equals_hex);
+
 /* Policy checks on a document, ages measured at at_ms. */
 CL_MUST_CHECK int cl_attestation_check_policy(const cl_attestation_doc *doc,
                                               const cl_attestation_policy *policy, uint64_t at_ms);
