@@ -46,7 +46,8 @@ wait_for_log enclave 'event=listening listener=internal'
 wait_for_log enclave 'event=waiting_for_app'
 if curl -sk --max-time 2 "https://127.0.0.1:$pub/hello" >/dev/null 2>&1; then fail "public listener open before /enclave/ready"; fi
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$int/enclave/ready")" = 200 ] || fail "first /enclave/ready"
-[ "$(curl -sk "https://127.0.0.1:$pub/hello")" = "hello from the app" ] || fail "public listener after /enclave/ready"
+got=$(curl -sk "https://127.0.0.1:$pub/hello" 2>&1) || true
+[ "$got" = "hello from the app" ] || fail "public listener after /enclave/ready: got '$got'"
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$int/enclave/ready")" = 410 ] || fail "second /enclave/ready"
 pass "-wait-for-app: public listener closed until /enclave/ready (200), then 410"
 

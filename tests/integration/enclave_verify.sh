@@ -68,6 +68,20 @@ expect_refused() { # NAME PATTERN ARGS...: cloister verify must exit 1 with PATT
     grep -q "$pattern" "$work/out" || fail "$name: expected /$pattern/ in: $(cat "$work/out")"
 }
 
+# ---- nonce validation on both listeners ------------------------------------------------
+int_port=$(sed -n 's/.*event=listening listener=internal addr=tcp:127.0.0.1:\([0-9]*\).*/\1/p' "$work/enclave.log")
+upper=$(head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n' | tr a-f A-F)
+for base in "$url" "http://127.0.0.1:$int_port"; do
+    code=$(curl -sk -o /dev/null -w '%{http_code}' "$base/enclave/attestation?nonce=$upper")
+    [ "$code" = 200 ] || fail "$base: an upper-case nonce got $code"
+    for bad in "" "nonce=" "nonce=${nonce:0:39}" "nonce=${nonce}0" "nonce=${nonce:0:38}zz" "nonce=${nonce:0:38}%00" \
+               "nonce=${nonce:0:38}+0" "nonce=$nonce$nonce"; do
+        code=$(curl -sk -o /dev/null -w '%{http_code}' "$base/enclave/attestation?$bad")
+        [ "$code" = 400 ] || fail "$base: nonce query '$bad' got $code, not 400"
+    done
+done
+pass "nonces: 40 hex digits of either case accepted; other lengths, characters and encodings get 400 (both listeners)"
+
 # ---- refusals ---------------------------------------------------------------------
 # The embedded AWS root does not vouch for the simulator.
 expect_refused "foreign root" 'trusted root' "$url"
