@@ -328,3 +328,22 @@ int cl_address_connect(const cl_address *a, int *fd_out)
     }
     return cl_error_set(CL_EINVAL, "unknown address kind %d", a->kind);
 }
+
+void cl_socket_file_remember(const cl_address *a, cl_socket_file *f)
+{
+    struct stat st;
+    f->set = a->kind == CL_ADDR_UNIX && stat(a->path, &st) == 0;
+    if (!f->set)
+        return;
+    snprintf(f->path, sizeof f->path, "%s", a->path);
+    f->dev = st.st_dev;
+    f->ino = st.st_ino;
+}
+
+void cl_socket_file_remove(cl_socket_file *f)
+{
+    struct stat st;
+    if (f->set && stat(f->path, &st) == 0 && st.st_dev == f->dev && st.st_ino == f->ino)
+        unlink(f->path);
+    f->set = false;
+}

@@ -3,6 +3,7 @@
 #include "host_internal.h"
 
 #include "cloister/log.h"
+#include "cloister/sd_notify.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -812,43 +813,38 @@ static int spawn_worker(parent *p, unsigned id)
 /* Reaps exited workers; outside a stop, restarts them unless they keep dying. */
 static int reap(parent *p, bool stopping, unsigned *alive)
 {
-    for (;;) {
+    /* only our workers: the watchdog thread reaps the enclave's processes */
+    for (unsigned i = 0; i < p->workers; i++) {
         int status;
-        pid_t pid = waitpid(-1, &status, WNOHANG);
-        if (pid <= 0)
-            break;
-        for (unsigned i = 0; i < p->workers; i++) {
-            if (p->pids[i] != pid)
-                continue;
-            p->pids[i] = 0;
-            (*alive)--;
-            /* its connections died with it */
-            int64_t lost = atomic_exchange(&p->shared->worker_active[i], 0);
-            atomic_fetch_sub(&p->shared->active, lost);
-            bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-            if (stopping && clean)
-                break;
-            char id[16], st[48];
-            snprintf(id, sizeof id, "%u", i);
-            if (WIFSIGNALED(status))
-                snprintf(st, sizeof st, "killed by signal %d", WTERMSIG(status));
-            else
-                snprintf(st, sizeof st, "exit status %d", WEXITSTATUS(status));
-            cl_log(CL_LOG_ERROR, "worker-exited", "worker", id, "status", st, "action",
-                   stopping ? "none (stopping)" : "restarting", NULL);
-            p->failures++;
-            if (stopping)
-                break;
-            uint64_t now = cl_monotonic_ms();
-            uint64_t oldest = p->restart_times[p->restarts % RESTARTS_PER_WINDOW];
-            if (p->restarts >= RESTARTS_PER_WINDOW && now - oldest < RESTART_WINDOW_MS)
-                return cl_error_set(CL_EIO, "workers exited %d times within %d s; giving up", RESTARTS_PER_WINDOW,
-                                    RESTART_WINDOW_MS / 1000);
-            p->restart_times[p->restarts++ % RESTARTS_PER_WINDOW] = now;
-            CL_TRY(spawn_worker(p, i));
-            (*alive)++;
-            break;
-        }
+        if (p->pids[i] <= 0 || waitpid(p->pids[i], &status, WNOHANG) != p->pids[i])
+            continue;
+        p->pids[i] = 0;
+        (*alive)--;
+        /* its connections died with it */
+        int64_t lost = atomic_exchange(&p->shared->worker_active[i], 0);
+        atomic_fetch_sub(&p->shared->active, lost);
+        bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        if (stopping && clean)
+            continue;
+        char id[16], st[48];
+        snprintf(id, sizeof id, "%u", i);
+        if (WIFSIGNALED(status))
+            snprintf(st, sizeof st, "killed by signal %d", WTERMSIG(status));
+        else
+            snprintf(st, sizeof st, "exit status %d", WEXITSTATUS(status));
+        cl_log(CL_LOG_ERROR, "worker-exited", "worker", id, "status", st, "action",
+               stopping ? "none (stopping)" : "restarting", NULL);
+        p->failures++;
+        if (stopping)
+            continue;
+        uint64_t now = cl_monotonic_ms();
+        uint64_t oldest = p->restart_times[p->restarts % RESTARTS_PER_WINDOW];
+        if (p->restarts >= RESTARTS_PER_WINDOW && now - oldest < RESTART_WINDOW_MS)
+            return cl_error_set(CL_EIO, "workers exited %d times within %d s; giving up", RESTARTS_PER_WINDOW,
+                                RESTART_WINDOW_MS / 1000);
+        p->restart_times[p->restarts++ % RESTARTS_PER_WINDOW] = now;
+        CL_TRY(spawn_worker(p, i));
+        (*alive)++;
     }
     return CL_OK;
 }
@@ -886,7 +882,7 @@ static void stop_workers(parent *p, unsigned alive)
     }
 }
 
-static int supervise(parent *p, int *stop_signal)
+static int supervise(parent *p, cl_watchdog *wd, int *stop_signal)
 {
     unsigned alive = p->workers;
     for (;;) {
@@ -895,10 +891,12 @@ static int supervise(parent *p, int *stop_signal)
             if (p->resolve_at[i] && p->resolve_at[i] < next)
                 next = p->resolve_at[i];
         int timeout = next == UINT64_MAX ? -1 : next <= now ? 0 : next - now > 60000 ? 60000 : (int)(next - now);
-        struct pollfd pfd = {.fd = p->sigfd, .events = POLLIN};
-        int n = poll(&pfd, 1, timeout);
+        struct pollfd pfd[2] = {{.fd = p->sigfd, .events = POLLIN}, {.fd = wd ? cl_watchdog_fd(wd) : -1, .events = POLLIN}};
+        int n = poll(pfd, 2, timeout);
         if (n < 0 && errno != EINTR)
             return cl_error_set(CL_EIO, "poll: %s", strerror(errno));
+        if (n > 0 && pfd[1].revents) /* the watchdog gave up: no enclave to serve */
+            return cl_watchdog_wait(wd);
         struct signalfd_siginfo si;
         while (read(p->sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
             if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
@@ -911,9 +909,16 @@ static int supervise(parent *p, int *stop_signal)
     }
 }
 
+static void notify(const char *state)
+{
+    if (cl_sd_notify(state) < 0)
+        cl_log(CL_LOG_WARN, "sd_notify_failed", "error", cl_error_message(), NULL);
+}
+
 int cl_host_run(const cl_host_config *cfg)
 {
-    CL_ENSURE(cfg->route_count > 0, CL_EINVAL, "nothing to do: no --forward, --outbound or --imds");
+    CL_ENSURE(cfg->route_count > 0 || cfg->watchdog, CL_EINVAL,
+              "nothing to do: no --forward, --outbound, --imds or enclave to run");
     CL_ENSURE(cfg->max_connections > 0 && cfg->idle_timeout_s > 0 && cfg->connect_timeout_s > 0 &&
                   cfg->resolve_interval_s > 0,
               CL_EINVAL, "limits and timeouts must be positive");
@@ -928,6 +933,8 @@ int cl_host_run(const cl_host_config *cfg)
         p.workers = CL_HOST_MAX_WORKERS;
     int rc = CL_OK;
     int stop_signal = 0;
+    cl_watchdog *wd = NULL;
+    cl_watchdog_notifier notifier = {0};
 
     sigset_t set, old;
     sigemptyset(&set);
@@ -1039,12 +1046,25 @@ int cl_host_run(const cl_host_config *cfg)
                    "(ulimit -Hn, systemd LimitNOFILE) or add --workers",
                    NULL);
         }
-        rc = supervise(&p, &stop_signal);
+        if (cfg->watchdog) {
+            /* after the workers: the first forks happen before the thread exists */
+            cl_watchdog_config wcfg = *cfg->watchdog;
+            wcfg.on_state = cl_watchdog_notify_systemd;
+            wcfg.on_state_ctx = &notifier;
+            rc = cl_watchdog_start(&wcfg, &wd);
+        } else {
+            notify("READY=1");
+        }
+        if (rc == CL_OK)
+            rc = supervise(&p, wd, &stop_signal);
     }
     if (rc < 0)
         cl_log(CL_LOG_ERROR, "failed", "detail", cl_error_message(), NULL);
     cl_log(CL_LOG_INFO, "stopping", "signal", stop_signal == SIGINT ? "SIGINT" : stop_signal ? "SIGTERM" : "none",
            NULL);
+    notify("STOPPING=1");
+    if (wd)
+        cl_watchdog_stop(wd); /* the enclave is terminated while the workers stop */
     unsigned alive = 0;
     for (unsigned i = 0; i < p.workers; i++)
         if (p.pids[i] > 0)
@@ -1058,6 +1078,12 @@ int cl_host_run(const cl_host_config *cfg)
     snprintf(refused, sizeof refused, "%llu", (unsigned long long)atomic_load(&p.shared->refused));
     cl_log(CL_LOG_INFO, "stopped", "accepted", accepted, "refused", refused, NULL);
 out:
+    if (wd) {
+        int wrc = cl_watchdog_wait(wd);
+        if (rc == CL_OK && wrc < 0)
+            rc = wrc;
+        cl_watchdog_free(wd);
+    }
     if (p.listeners)
         close_listeners(&p);
     if (p.sigfd >= 0)

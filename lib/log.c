@@ -14,6 +14,16 @@ static const char *log_component = "cloister";
  * different threads never interleave. */
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* A process that forks while another of its threads logs (cloister host
+ * restarting a worker while its watchdog thread runs) must not hand the
+ * child a lock that nobody will release. */
+static void fork_prepare(void) { pthread_mutex_lock(&log_lock); }
+static void fork_release(void) { pthread_mutex_unlock(&log_lock); }
+__attribute__((constructor)) static void log_atfork(void)
+{
+    pthread_atfork(fork_prepare, fork_release, fork_release);
+}
+
 void cl_log_set_level(int level) { atomic_store(&log_level, level); }
 int cl_log_get_level(void) { return atomic_load(&log_level); }
 void cl_log_set_component(const char *name) { log_component = name; }

@@ -1,4 +1,5 @@
 #include "cloister/watchdog.h"
+#include "cloister/sd_notify.h"
 
 #include "cloister/address.h"
 #include "cloister/log.h"
@@ -9,6 +10,7 @@
 #include <linux/vm_sockets.h>
 #include <netdb.h>
 #include <poll.h>
+#include <sys/prctl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -449,6 +451,9 @@ static int local_start(cl_watchdog *w, char *reason, size_t reason_len)
         sigprocmask(SIG_SETMASK, &none, NULL);
         signal(SIGPIPE, SIG_DFL);
         setpgid(0, 0);
+        /* a watchdog killed outright must not leave its enclave running
+         * (the watchdog thread, which forked this, lives until the end) */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
         int devnull = open("/dev/null", O_RDONLY);
         if (devnull >= 0)
             dup2(devnull, 0);
@@ -1149,4 +1154,17 @@ void cl_watchdog_free(cl_watchdog *w)
     if (w->thread_started)
         pthread_join(w->thread, NULL);
     watchdog_free(w);
+}
+
+void cl_watchdog_notify_systemd(void *ctx, int from, int to, const char *reason)
+{
+    (void)from;
+    cl_watchdog_notifier *n = ctx;
+    if (!cl_sd_notify_enabled())
+        return;
+    char status[512];
+    snprintf(status, sizeof status, "STATUS=enclave %s: %s", cl_watchdog_state_name(to), reason);
+    if (cl_sd_notify(status) < 0 ||
+        (to == CL_ENCLAVE_RUNNING && !atomic_exchange(&n->ready_sent, true) && cl_sd_notify("READY=1") < 0))
+        cl_log(CL_LOG_WARN, "sd_notify_failed", "error", cl_error_message(), NULL);
 }

@@ -335,6 +335,11 @@ struct enclave {
     uint8_t app_hash[HASH_LEN];
     bool public_opened, shutting_down;
     cl_server *public_server, *internal_server, *metrics_server;
+    /* unix listeners' files, removed at the end; own lock, as the public
+     * listener is opened with `lock` held */
+    pthread_mutex_t files_lock;
+    cl_socket_file socket_files[3];
+    size_t socket_file_count;
 };
 
 static bool path_is(const cl_http_head *h, const char *path)
@@ -592,20 +597,20 @@ static void request_done(void *ctx, int route, int status, uint64_t duration_us)
     }
 }
 
-static int listen_on(const char *text, int *fd)
-{
-    cl_address addr;
-    CL_TRY(cl_address_parse(text, &addr));
-    return cl_address_listen(&addr, 4096, fd);
-}
-
 static int start_listener(enclave *e, const char *name, const char *addr_text, listener_ctx *ctx, bool public_,
                           cl_server **out)
 {
     int fd = -1;
-    int rc = listen_on(addr_text, &fd);
+    cl_address addr;
+    int rc = cl_address_parse(addr_text, &addr);
+    if (rc == CL_OK)
+        rc = cl_address_listen(&addr, 4096, &fd);
     if (rc < 0)
         return cl_error_prefix(rc, "%s listener %s: ", name, addr_text);
+    pthread_mutex_lock(&e->files_lock);
+    if (e->socket_file_count < sizeof e->socket_files / sizeof e->socket_files[0])
+        cl_socket_file_remember(&addr, &e->socket_files[e->socket_file_count++]);
+    pthread_mutex_unlock(&e->files_lock);
     cl_server_config cfg = {
         .name = name,
         .tls = public_ ? e->tls : NULL,
@@ -730,6 +735,9 @@ static void enclave_stop(enclave *e)
     for (size_t i = 0; i < 3; i++)
         cl_server_wait(servers[i]);
     e->public_server = e->internal_server = e->metrics_server = NULL;
+    for (size_t i = 0; i < e->socket_file_count; i++)
+        cl_socket_file_remove(&e->socket_files[i]);
+    e->socket_file_count = 0;
     cl_child_stop(e->app_child, 5000);
     e->app_child = NULL;
     SSL_CTX_free(e->tls);
@@ -747,6 +755,7 @@ int cmd_enclave(int argc, char **argv)
         return EXIT_FAILED;
     }
     pthread_mutex_init(&e->lock, NULL);
+    pthread_mutex_init(&e->files_lock, NULL);
     int status = parse_settings(argc, argv, &e->s);
     if (status != 0) {
         settings_free(&e->s);
@@ -790,6 +799,7 @@ int cmd_enclave(int argc, char **argv)
     cl_log(CL_LOG_INFO, "stopped", NULL);
     settings_free(&e->s);
     pthread_mutex_destroy(&e->lock);
+    pthread_mutex_destroy(&e->files_lock);
     free(e);
     return 0;
 }

@@ -6,6 +6,8 @@
 #include "cloister/host.h"
 #include "cloister/imds.h"
 #include "cloister/log.h"
+#include "cloister/sd_notify.h"
+#include "cloister/watchdog.h"
 #include "commands.h"
 
 #include <arpa/inet.h>
@@ -36,6 +38,9 @@ typedef struct settings {
     /* vsock-proxy form only */
     char *listen;
     unsigned num_workers;
+    /* the enclave to keep alive (main form only): cloister watchdog's flags */
+    cl_watchdog_settings wd;
+    bool wd_given;
 } settings;
 
 enum opt_type { OPT_STRING, OPT_UINT, OPT_BOOL, OPT_LIST };
@@ -115,6 +120,13 @@ static void usage(FILE *out)
         fprintf(out, "  %-40s %s\n", left, o->help);
     }
     fprintf(out, "  %-40s %s\n\n", "-h, --help", "this text");
+    fprintf(out, "the enclave's life (main form; as cloister watchdog, which explains them):\n");
+    for (const cl_watchdog_flag *f = cl_watchdog_flags(); f->name; f++) {
+        char left[64];
+        snprintf(left, sizeof left, "    --%s%s%s", f->name, f->arg ? " " : "", f->arg ? f->arg : "");
+        fprintf(out, "  %-40s %s\n", left, f->help);
+    }
+    fprintf(out, "\n");
     fprintf(out,
             "--forward LISTEN=DEST: any address kinds on either side, e.g.\n"
             "  --forward tcp:0.0.0.0:443=vsock:16:443            clients to the enclave\n"
@@ -151,10 +163,17 @@ static void usage(FILE *out)
             "   \"imds\": \"vsock:3:8002\", \"idle-timeout\": 300, \"debug\": false}\n"
             "  Repeatable options take a string or an array of strings; flags given on the\n"
             "  command line override the file's values and add to its lists.\n\n"
+            "  The enclave's settings are keys too: {\"enclave-command\": \"...\", \"health-connect\": ...}.\n\n"
+            "With --run-enclave-eif (nitro-cli) or --enclave-command (a local stand-in), the host\n"
+            "also owns the enclave's life: it starts it, health-checks it, restarts it with\n"
+            "backoff within a budget and terminates it on SIGTERM; with $NOTIFY_SOCKET it sends\n"
+            "READY=1 once the enclave is first healthy (without an enclave: once the proxies\n"
+            "accept).  If the watchdog gives up, the host stops too (exit status 3).\n\n"
             "Logs: key=value lines on stderr; start, stop and DNS at info, refusals at warn,\n"
             "every connection at debug.  SIGTERM or SIGINT: stop accepting, close, exit 0.\n"
             "Exit status: 0 stopped by a signal, 1 a destination is not allowlisted, 2 bad\n"
-            "command line or configuration, 3 could not start (listen, resolve, ...).\n");
+            "command line or configuration, 3 could not start (listen, resolve, ...) or the\n"
+            "enclave's restart budget was exhausted.\n");
 }
 
 static int list_add(list *l, const char *value)
@@ -184,6 +203,7 @@ static void settings_free(settings *s)
     free(s->imds_endpoint);
     free(s->allowlist);
     free(s->config);
+    cl_watchdog_settings_free(&s->wd);
     free(s->listen);
 }
 
@@ -252,6 +272,23 @@ static int load_config_file(settings *s, const char *path)
     json_t *value;
     json_object_foreach(root, key, value) {
         const option_spec *o = find_long(key, strlen(key), false);
+        if (!o && cl_watchdog_flag_find(key)) {
+            char num[32];
+            const char *v = json_is_string(value)    ? json_string_value(value)
+                            : json_is_boolean(value) ? (json_is_true(value) ? "true" : "false")
+                            : NULL;
+            if (!v && json_is_integer(value) && json_integer_value(value) >= 0) {
+                snprintf(num, sizeof num, "%lld", (long long)json_integer_value(value));
+                v = num;
+            }
+            if (!v)
+                CL_FAIL_OUT(CL_EINVAL, "--config %s: \"%s\" must be a string, a number or a boolean", path, key);
+            rc = cl_watchdog_settings_set(&s->wd, key, v);
+            if (rc < 0)
+                CL_FAIL_OUT(rc, "--config %s: %s", path, cl_error_message());
+            s->wd_given = true;
+            continue;
+        }
         if (!o || !strcmp(key, "config"))
             CL_FAIL_OUT(CL_EINVAL, "--config %s: unknown setting \"%s\" (see cloister host --help)", path, key);
         char text[32];
@@ -342,6 +379,37 @@ static int parse_args(int argc, char **argv, bool vsock_proxy, settings *s, cons
                 o = find_long(name, len, vsock_proxy);
                 if (eq)
                     value = eq + 1;
+            }
+            if (!o && !vsock_proxy && arg[1] == '-') {
+                /* the watchdog's flags: cloister watchdog's table */
+                const char *name = arg + 2;
+                size_t len = strcspn(name, "=");
+                char flag[64];
+                const cl_watchdog_flag *f = NULL;
+                if (len < sizeof flag) {
+                    memcpy(flag, name, len);
+                    flag[len] = '\0';
+                    f = cl_watchdog_flag_find(flag);
+                }
+                if (f) {
+                    if (!value && !f->arg)
+                        value = "true";
+                    if (!value) {
+                        if (i + 1 >= argc) {
+                            fprintf(stderr, "%s: --%s needs a value (%s)\n", me, f->name, f->arg);
+                            return EXIT_USAGE;
+                        }
+                        value = argv[++i];
+                    }
+                    if (pass == 1) {
+                        if (cl_watchdog_settings_set(&s->wd, flag, value) < 0) {
+                            fprintf(stderr, "%s: %s\n", me, cl_error_message());
+                            return EXIT_USAGE;
+                        }
+                        s->wd_given = true;
+                    }
+                    continue;
+                }
             }
             if (!o) {
                 fprintf(stderr, "%s: unknown option '%s' (see --help)\n", me, arg);
@@ -552,6 +620,7 @@ static int run(const char *me, const settings *s, cl_host_route *routes, size_t 
         .connect_timeout_s = s->connect_timeout,
         .resolve_interval_s = s->resolve_interval,
         .no_splice = s->no_splice,
+        .watchdog = cl_watchdog_settings_active(&s->wd) ? &s->wd.config : NULL,
     };
     if (cl_host_run(&cfg) < 0) {
         fprintf(stderr, "%s: %s\n", me, cl_error_message());
@@ -634,6 +703,7 @@ int cmd_host(int argc, char **argv)
     if (argc >= 2 && !strcmp(argv[1], "vsock-proxy"))
         return cmd_vsock_proxy(argc - 1, argv + 1);
     const char *me = "cloister host";
+    cl_sd_notify_detach_env(); /* before any thread, and not for the enclave's processes */
     settings s;
     defaults(&s);
     cl_host_route *routes = NULL;
@@ -649,8 +719,18 @@ int cmd_host(int argc, char **argv)
     status = EXIT_USAGE;
     init_logging(&s);
     size_t total = s.forward.count + s.outbound.count + (s.imds ? 1 : 0);
-    if (total == 0) {
-        fprintf(stderr, "%s: nothing to do: give --forward, --outbound or --imds (see --help)\n", me);
+    bool enclave = cl_watchdog_settings_active(&s.wd);
+    if (s.wd_given && !enclave) {
+        fprintf(stderr, "%s: the enclave's options need --run-enclave-eif PATH or --enclave-command CMD\n", me);
+        goto out;
+    }
+    if (enclave && cl_watchdog_settings_check(&s.wd) < 0) {
+        fprintf(stderr, "%s: %s (see --help)\n", me, cl_error_message());
+        goto out;
+    }
+    if (total == 0 && !enclave) {
+        fprintf(stderr, "%s: nothing to do: give --forward, --outbound, --imds or an enclave to run (see --help)\n",
+                me);
         goto out;
     }
     if (s.imds_endpoint && !s.imds) {
@@ -661,7 +741,7 @@ int cmd_host(int argc, char **argv)
         fprintf(stderr, "%s: --allowlist applies to --outbound, and none is given\n", me);
         goto out;
     }
-    routes = calloc(total, sizeof *routes);
+    routes = calloc(total ? total : 1, sizeof *routes);
     if (!routes) {
         fprintf(stderr, "%s: out of memory\n", me);
         status = EXIT_FAILED;

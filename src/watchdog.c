@@ -27,7 +27,7 @@ static void usage(FILE *out)
                  "it as RUNNING) or as a local command (the stand-in used in development; alive while the\n"
                  "process runs), health-checked over its channel, terminated and restarted with\n"
                  "exponential backoff when it dies or turns unhealthy, within a restart budget.\n"
-                 "`cloister host` takes the same options.\n\n"
+                 "`cloister host` takes the same options and runs the watchdog beside its proxies.\n\n"
                  "options:\n");
     for (const cl_watchdog_flag *f = cl_watchdog_flags(); f->name; f++) {
         char left[64];
@@ -104,28 +104,10 @@ static int parse_args(int argc, char **argv, cl_watchdog_settings *s)
 
 /* ---- systemd -------------------------------------------------------------------------- */
 
-typedef struct notifier {
-    atomic_bool ready_sent;
-} notifier;
-
 static void notify(const char *state)
 {
     if (cl_sd_notify(state) < 0)
         cl_log(CL_LOG_WARN, "sd_notify_failed", "error", cl_error_message(), NULL);
-}
-
-/* Called from the watchdog thread on every state change. */
-static void on_state(void *ctx, int from, int to, const char *reason)
-{
-    (void)from;
-    notifier *n = ctx;
-    if (!cl_sd_notify_enabled())
-        return;
-    char status[512];
-    snprintf(status, sizeof status, "STATUS=enclave %s: %s", cl_watchdog_state_name(to), reason);
-    notify(status);
-    if (to == CL_ENCLAVE_RUNNING && !atomic_exchange(&n->ready_sent, true))
-        notify("READY=1");
 }
 
 /* ---- main --------------------------------------------------------------------------------- */
@@ -156,8 +138,8 @@ int cmd_watchdog(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
 
-    notifier n = {.ready_sent = false};
-    s.config.on_state = on_state;
+    cl_watchdog_notifier n = {.ready_sent = false};
+    s.config.on_state = cl_watchdog_notify_systemd;
     s.config.on_state_ctx = &n;
     cl_log(CL_LOG_INFO, "watchdog_started", "runner",
            s.config.runner == CL_WATCHDOG_LOCAL ? "local" : "nitro-cli", "enclave",

@@ -5,7 +5,9 @@
 
 #include "cloister/error.h"
 
+#include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 enum cl_address_kind { CL_ADDR_VSOCK, CL_ADDR_UNIX, CL_ADDR_TCP };
 
@@ -28,5 +30,17 @@ void cl_address_format(const cl_address *a, char *out, size_t out_len);
  * file but refuses to replace anything that is not a socket. */
 CL_MUST_CHECK int cl_address_listen(const cl_address *a, int backlog, int *fd_out);
 CL_MUST_CHECK int cl_address_connect(const cl_address *a, int *fd_out);
+
+/* The file of a unix listener, remembered right after listen() so that it
+ * is removed at the end only if it is still the one we made (another
+ * process may have replaced it since).  Other kinds: nothing to remove. */
+typedef struct cl_socket_file {
+    char path[CL_ADDRESS_PATH_MAX];
+    dev_t dev;
+    ino_t ino;
+    bool set;
+} cl_socket_file;
+void cl_socket_file_remember(const cl_address *a, cl_socket_file *f);
+void cl_socket_file_remove(cl_socket_file *f);
 
 #endif

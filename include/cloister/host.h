@@ -23,6 +23,7 @@
 
 #include "cloister/address.h"
 #include "cloister/error.h"
+#include "cloister/watchdog.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -54,6 +55,10 @@ typedef struct cl_host_config {
     unsigned connect_timeout_s;  /* to reach a destination, all its addresses */
     unsigned resolve_interval_s; /* DNS names are resolved again after this */
     bool no_splice;              /* always read()/write() */
+    /* The enclave whose life the host owns (started, health-checked,
+     * restarted, stopped on SIGTERM), or NULL.  When the watchdog gives up,
+     * the host stops too and cl_host_run fails. */
+    const cl_watchdog_config *watchdog;
 } cl_host_config;
 
 /* getaddrinfo() for a stream socket, limited to family (AF_UNSPEC: both),

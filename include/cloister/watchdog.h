@@ -39,6 +39,7 @@
 #include "cloister/error.h"
 #include "cloister/nitro_cli.h"
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -120,6 +121,14 @@ void cl_watchdog_free(cl_watchdog *w);
 int cl_watchdog_state(const cl_watchdog *w);
 void cl_watchdog_status_get(const cl_watchdog *w, cl_watchdog_status *out);
 const char *cl_watchdog_state_name(int state);
+
+/* A state callback that tells systemd (cloister/sd_notify.h): STATUS= on
+ * every change, READY=1 the first time the enclave is running.  ctx is a
+ * cl_watchdog_notifier that lives as long as the watchdog. */
+typedef struct cl_watchdog_notifier {
+    atomic_bool ready_sent;
+} cl_watchdog_notifier;
+void cl_watchdog_notify_systemd(void *ctx, int from, int to, const char *reason);
 
 /* ---- flags ------------------------------------------------------------------------------
  * The long options shared by `cloister watchdog` and `cloister host` (and
