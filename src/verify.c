@@ -4,19 +4,14 @@
  * document is fetched over the very TLS connection whose certificate it
  * must name, so a man in the middle with another certificate fails the
  * binding, and the fresh nonce rules out a replayed document. */
-#include "cloister/address.h"
 #include "cloister/attestation.h"
 #include "cloister/encoding.h"
-#include "cloister/http.h"
-#include "cloister/tls.h"
+#include "cloister/https_client.h"
 #include "commands.h"
 
-#include <arpa/inet.h>
 #include <getopt.h>
 #include <jansson.h>
-#include <openssl/err.h>
 #include <openssl/rand.h>
-#include <openssl/ssl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +22,6 @@
 #define HASH_LEN 32
 #define USER_DATA_LEN (2 * (2 + HASH_LEN)) /* nitriding: 0x12 0x20 cert hash 0x12 0x20 app hash */
 #define MAX_RESPONSE (256 * 1024)
-#define MAX_HEAD (16 * 1024)
 #define DEFAULT_TIMEOUT_S 10
 
 static void verify_usage(FILE *out)
@@ -58,134 +52,6 @@ static void verify_usage(FILE *out)
             DEFAULT_TIMEOUT_S);
 }
 
-typedef struct target {
-    char host[CL_ADDRESS_HOST_MAX]; /* without IPv6 brackets */
-    char authority[CL_ADDRESS_HOST_MAX + 8];
-    unsigned port;
-} target;
-
-static int parse_url(const char *url, target *t)
-{
-    static const char scheme[] = "https://";
-    CL_ENSURE(!strncmp(url, scheme, sizeof scheme - 1), CL_EINVAL,
-              "the URL must start with https:// (got '%s')", url);
-    const char *p = url + sizeof scheme - 1;
-    size_t end = strcspn(p, "/?#");
-    CL_ENSURE(p[end] == '\0' || !strcmp(p + end, "/"), CL_EINVAL,
-              "the URL names the enclave only (https://HOST[:PORT]), not a path: '%s'", url);
-    CL_ENSURE(end > 0 && end < sizeof t->authority, CL_EINVAL, "no host in '%s'", url);
-    CL_ENSURE(!memchr(p, '@', end), CL_EINVAL, "user information in the URL is not supported");
-    memcpy(t->authority, p, end);
-    t->authority[end] = '\0';
-
-    const char *host = t->authority, *port_text = NULL;
-    size_t host_len;
-    if (host[0] == '[') {
-        const char *close = strchr(host, ']');
-        CL_ENSURE(close, CL_EINVAL, "unterminated [IPv6] literal in '%s'", url);
-        host++;
-        host_len = (size_t)(close - host);
-        if (close[1] == ':')
-            port_text = close + 2;
-        else
-            CL_ENSURE(close[1] == '\0', CL_EINVAL, "junk after the [IPv6] literal in '%s'", url);
-    } else {
-        const char *colon = strchr(host, ':');
-        host_len = colon ? (size_t)(colon - host) : strlen(host);
-        if (colon)
-            port_text = colon + 1;
-    }
-    CL_ENSURE(host_len > 0 && host_len < sizeof t->host, CL_EINVAL, "no host in '%s'", url);
-    memcpy(t->host, host, host_len);
-    t->host[host_len] = '\0';
-    t->port = 443;
-    if (port_text) {
-        uint64_t port;
-        int rc = cl_parse_u64(port_text, 65535, &port);
-        if (rc < 0 || port == 0)
-            return cl_error_set(CL_EINVAL, "bad port in '%s'", url);
-        t->port = (unsigned)port;
-    }
-    return CL_OK;
-}
-
-static bool is_ip_literal(const char *host)
-{
-    unsigned char tmp[16];
-    return inet_pton(AF_INET, host, tmp) == 1 || inet_pton(AF_INET6, host, tmp) == 1;
-}
-
-/* The whole response of a Connection: close request. */
-static int tls_get(SSL *ssl, const target *t, const char *path, cl_buf *response)
-{
-    char request[1024];
-    int n = snprintf(request, sizeof request,
-                     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: cloister-verify\r\nAccept: */*\r\n"
-                     "Connection: close\r\n\r\n",
-                     path, t->authority);
-    CL_ENSURE(n > 0 && (size_t)n < sizeof request, CL_ELIMIT, "request too long");
-    CL_ENSURE(SSL_write(ssl, request, n) == n, CL_EIO, "sending the request failed");
-    for (;;) {
-        CL_TRY(cl_buf_reserve(response, 16384));
-        size_t room = response->cap - response->len;
-        if (response->len + room > MAX_RESPONSE)
-            room = MAX_RESPONSE - response->len;
-        CL_ENSURE(room > 0, CL_ELIMIT, "the response is larger than %d bytes", MAX_RESPONSE);
-        size_t got = 0;
-        if (SSL_read_ex(ssl, response->data + response->len, room, &got)) {
-            response->len += got;
-            continue;
-        }
-        int err = SSL_get_error(ssl, 0);
-        if (err == SSL_ERROR_ZERO_RETURN)
-            return CL_OK;
-        return cl_error_set(CL_EIO, "reading the response failed (TLS error %d)", err);
-    }
-}
-
-/* The body of a complete 200 response, framing checked. */
-static int response_body(const cl_buf *response, cl_buf *body)
-{
-    cl_http_head head;
-    bool complete = false;
-    int rc = cl_http_parse_response(response->data, response->len, MAX_HEAD, (cl_slice){(const uint8_t *)"GET", 3}, &head,
-                                    &complete);
-    if (rc < 0)
-        return cl_error_prefix(rc, "malformed HTTP response: ");
-    CL_ENSURE(complete, CL_EPARSE, "the connection closed before the response head ended");
-    const uint8_t *rest = response->data + head.head_len;
-    size_t rest_len = response->len - head.head_len;
-    if (head.status != 200) {
-        size_t show = rest_len < 200 ? rest_len : 200;
-        while (show && (rest[show - 1] == '\n' || rest[show - 1] == '\r'))
-            show--;
-        return cl_error_set(CL_EVERIFY, "GET /enclave/attestation answered %d: %.*s", head.status, (int)show,
-                            (const char *)rest);
-    }
-    switch (head.body) {
-    case CL_HTTP_BODY_LENGTH:
-        CL_ENSURE(rest_len >= head.content_length, CL_EPARSE, "the body ended after %zu of %llu bytes",
-                  rest_len, (unsigned long long)head.content_length);
-        return cl_buf_append(body, rest, (size_t)head.content_length);
-    case CL_HTTP_BODY_CHUNKED: {
-        cl_chunked st = {0};
-        size_t off = 0;
-        while (!st.done) {
-            size_t consumed = 0, data_off = 0, data_len = 0;
-            CL_TRY(cl_chunked_next(&st, rest + off, rest_len - off, &consumed, &data_off, &data_len));
-            CL_ENSURE(consumed > 0 || st.done, CL_EPARSE, "the chunked body ended early");
-            CL_TRY(cl_buf_append(body, rest + off + data_off, data_len));
-            off += consumed;
-        }
-        return CL_OK;
-    }
-    case CL_HTTP_BODY_UNTIL_CLOSE:
-        return cl_buf_append(body, rest, rest_len);
-    default:
-        return cl_error_set(CL_EPARSE, "the 200 response has no body");
-    }
-}
-
 typedef struct proof {
     uint8_t nonce[NONCE_LEN];
     uint8_t cert_sha256[HASH_LEN];
@@ -195,65 +61,34 @@ typedef struct proof {
     bool parsed;
 } proof;
 
-/* Connects, asks for a document with a fresh nonce, keeps the peer
- * certificate of that same connection.  CL_EIO-class errors: could not
+/* Asks for a document with a fresh nonce over a new TLS connection and
+ * keeps that connection's certificate.  CL_EIO-class errors: could not
  * check; CL_EVERIFY: the server said no. */
-static int fetch(const target *t, const char *connect_to, proof *p)
+static int fetch(const cl_https_target *t, const char *connect_to, proof *p)
 {
-    int rc = CL_OK, fd = -1;
-    SSL_CTX *ctx = NULL;
-    SSL *ssl = NULL;
-    cl_buf response = CL_BUF_INIT, body = CL_BUF_INIT;
-    cl_address addr;
-    char where[CL_ADDRESS_HOST_MAX + 16];
-    if (connect_to) {
-        CL_TRY_OUT(cl_address_parse(connect_to, &addr));
-    } else {
-        snprintf(where, sizeof where, strchr(t->host, ':') ? "tcp:[%s]:%u" : "tcp:%s:%u", t->host, t->port);
-        CL_TRY_OUT(cl_address_parse(where, &addr));
-    }
-    CL_TRY_OUT(cl_address_connect(&addr, &fd));
-
-    CL_TRY_OUT(cl_tls_client_ctx_unverified(&ctx));
-    /* a peer that closes without close_notify has still ended the
-     * response: the HTTP framing decides whether it was complete */
-    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
-    ssl = SSL_new(ctx);
-    CL_ENSURE_OUT(ssl && SSL_set_fd(ssl, fd), CL_ECRYPTO, "cannot set up TLS");
-    if (!is_ip_literal(t->host))
-        SSL_set_tlsext_host_name(ssl, t->host);
-    static const unsigned char alpn[] = "\x08http/1.1";
-    SSL_set_alpn_protos(ssl, alpn, sizeof alpn - 1);
-    if (SSL_connect(ssl) != 1) {
-        unsigned long e = ERR_peek_last_error();
-        rc = cl_error_set(CL_EIO, "TLS handshake with %s failed: %s", t->authority,
-                          e ? ERR_reason_error_string(e) : "connection closed");
-        goto out;
-    }
-    X509 *peer = SSL_get0_peer_certificate(ssl);
-    CL_ENSURE_OUT(peer, CL_EVERIFY, "the server presented no certificate");
-    CL_TRY_OUT(cl_tls_cert_sha256(peer, p->cert_sha256));
-    snprintf(p->tls_version, sizeof p->tls_version, "%s", SSL_get_version(ssl));
-
-    CL_ENSURE_OUT(RAND_bytes(p->nonce, NONCE_LEN) == 1, CL_ECRYPTO, "no randomness for the nonce");
+    CL_ENSURE(RAND_bytes(p->nonce, NONCE_LEN) == 1, CL_ECRYPTO, "no randomness for the nonce");
     char nonce_hex[2 * NONCE_LEN + 1], path[96];
     cl_hex_encode(p->nonce, NONCE_LEN, nonce_hex);
     snprintf(path, sizeof path, "/enclave/attestation?nonce=%s", nonce_hex);
-    CL_TRY_OUT(tls_get(ssl, t, path, &response));
-    CL_TRY_OUT(response_body(&response, &body));
-    rc = cl_base64_decode(body.data, body.len, &p->document);
-    if (rc < 0)
-        rc = cl_error_set(CL_EVERIFY, "the attestation response is not base64 (%s)", cl_error_message());
-out:
-    ERR_clear_error();
-    if (ssl)
-        SSL_shutdown(ssl);
-    SSL_free(ssl);
-    SSL_CTX_free(ctx);
-    if (fd >= 0)
-        close(fd);
-    cl_buf_free(&response);
-    cl_buf_free(&body);
+    cl_https_response r;
+    int rc = cl_https_get(t, connect_to, path, MAX_RESPONSE, &r);
+    if (r.tls_version[0]) {
+        memcpy(p->cert_sha256, r.cert_sha256, HASH_LEN);
+        snprintf(p->tls_version, sizeof p->tls_version, "%s", r.tls_version);
+    }
+    if (rc == CL_OK && r.status != 200) {
+        size_t show = r.body.len < 200 ? r.body.len : 200;
+        while (show && (r.body.data[show - 1] == '\n' || r.body.data[show - 1] == '\r'))
+            show--;
+        rc = cl_error_set(CL_EVERIFY, "GET /enclave/attestation answered %d: %.*s", r.status, (int)show,
+                          (const char *)r.body.data);
+    }
+    if (rc == CL_OK) {
+        rc = cl_base64_decode(r.body.data, r.body.len, &p->document);
+        if (rc < 0)
+            rc = cl_error_set(CL_EVERIFY, "the attestation response is not base64 (%s)", cl_error_message());
+    }
+    cl_https_response_free(&r);
     return rc;
 }
 
@@ -473,8 +308,8 @@ int cmd_verify(int argc, char **argv)
         return EXIT_USAGE;
     }
     const char *url = argv[optind];
-    target t;
-    if (parse_url(url, &t) < 0) {
+    cl_https_target t;
+    if (cl_https_target_parse(url, &t) < 0) {
         fprintf(stderr, "cloister verify: %s\n", cl_error_message());
         return EXIT_USAGE;
     }
