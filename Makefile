@@ -16,8 +16,10 @@ build: deps
 	@CC=clang cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 
+# the whole local deployment: nsm-sim, the enclave in its own network
+# namespace, cloister host, IMDS; Ctrl-C stops it
 run: build
-	@scripts/demo.sh $(BUILD)
+	@$(BUILD)/cloister dev
 
 test: build
 	@scripts/node-deps.sh

@@ -1,0 +1,749 @@
+/* cloister dev: the whole Nitro picture on one machine.
+ *
+ *   nsm-sim           the NSM, on a unix socket
+ *   cloister host     outside: HTTPS for the user on 127.0.0.1:PORT forwarded to
+ *                     the enclave's listener, the IMDS gate, and the watchdog
+ *                     that starts the enclave and keeps it alive
+ *   cloister enclave  inside its own network namespace with only lo (as root),
+ *                     running the example app with -appcmd
+ *   imds-sim          the instance metadata service, on loopback
+ *
+ * The vsock links are unix sockets in one run directory, the only thing
+ * the two sides share.  Everything started here runs in its own process
+ * group with a parent-death signal, and everything is stopped and removed
+ * on exit. */
+#include "cloister/address.h"
+#include "cloister/encoding.h"
+#include "cloister/https_client.h"
+#include "commands.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <getopt.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_PORT 8443
+#define ENCLAVE_INTPORT 8080 /* inside the namespace: nitriding's defaults */
+#define ENCLAVE_APPPORT 8081
+#define START_TIMEOUT_MS 60000
+#define STOP_TIMEOUT_MS 15000
+
+static void dev_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: cloister dev [--check] [--port N] [--app CMD [--app-port N]] [--no-netns]\n"
+            "                    [--run-dir DIR]\n"
+            "\n"
+            "Runs the whole picture on one machine: the NSM simulator; the enclave side\n"
+            "(cloister enclave and the example app) in its own network namespace with only lo\n"
+            "when run as root; the host side (cloister host: forwards, IMDS gate, watchdog)\n"
+            "outside; a local IMDS; the vsock links as unix sockets in a run directory.  Then it\n"
+            "proves the enclave with cloister verify and shows how to try it.\n"
+            "\n"
+            "  --check          start, verify, make one request to the app and one from the app\n"
+            "                   out through the host (IMDS), stop; exit 0 only if all worked\n"
+            "  --port N         HTTPS for you on 127.0.0.1:N (%d)\n"
+            "  --app CMD        run CMD as the application instead of examples/hello/app.py;\n"
+            "                   it must serve HTTP on 127.0.0.1:--app-port (%d)\n"
+            "  --no-netns       do not isolate the enclave side (also the automatic fallback\n"
+            "                   when not root or without network namespaces; it is logged)\n"
+            "  --run-dir DIR    use DIR (created, must not exist) instead of a temporary one\n"
+            "\n"
+            "Ctrl-C or SIGTERM stops everything and removes the run directory: no process,\n"
+            "namespace, socket or file is left.  Exit status: 0 ok, 1 something failed (its\n"
+            "log is shown), 2 bad command line.\n",
+            DEFAULT_PORT, ENCLAVE_APPPORT);
+}
+
+typedef struct proc {
+    const char *name;
+    pid_t pid;
+    char log[PATH_MAX];
+} proc;
+
+typedef struct dev {
+    char self[PATH_MAX];   /* this cloister binary */
+    char run[PATH_MAX];    /* the run directory */
+    bool made_run;
+    int sigfd;
+    bool stop_requested;
+    bool isolated;
+    unsigned port, imds_port, intport, appport;
+    proc sim, imds, host;
+} dev;
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    fputc('\n', stdout);
+    fflush(stdout);
+}
+
+/* A process of our own: its own process group (Ctrl-C reaches only us, and
+ * we stop things in order), killed if we die, output in its log file. */
+static int spawn(dev *d, proc *p, const char *name, char *const argv[])
+{
+    p->name = name;
+    snprintf(p->log, sizeof p->log, "%s/%s.log", d->run, name);
+    int log = open(p->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    CL_ENSURE(log >= 0, CL_EIO, "cannot create %s: %s", p->log, strerror(errno));
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        setpgid(0, 0);
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent)
+            _exit(127);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        int devnull = open("/dev/null", O_RDONLY);
+        if (devnull >= 0)
+            dup2(devnull, 0);
+        dup2(log, 1);
+        dup2(log, 2);
+        execv(argv[0], argv);
+        dprintf(2, "cannot run %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(log);
+    CL_ENSURE(pid > 0, CL_EIO, "fork: %s", strerror(errno));
+    setpgid(pid, pid);
+    p->pid = pid;
+    return CL_OK;
+}
+
+/* False once p has exited (and reaps it). */
+static bool alive(proc *p)
+{
+    if (p->pid <= 0)
+        return false;
+    int status;
+    if (waitpid(p->pid, &status, WNOHANG) == p->pid) {
+        p->pid = -status - 1; /* remembered for the report: <= -1 */
+        return false;
+    }
+    return true;
+}
+
+static void describe_exit(const proc *p, char *out, size_t len)
+{
+    int status = -p->pid - 1;
+    if (WIFSIGNALED(status))
+        snprintf(out, len, "killed by signal %d", WTERMSIG(status));
+    else
+        snprintf(out, len, "exit status %d", WEXITSTATUS(status));
+}
+
+static void show_log(const proc *p, int lines)
+{
+    FILE *f = fopen(p->log, "r");
+    if (!f)
+        return;
+    char *all[64] = {0};
+    char buf[1024];
+    int n = 0;
+    if (lines > 64)
+        lines = 64;
+    while (fgets(buf, sizeof buf, f)) {
+        free(all[n % lines]);
+        all[n % lines] = strdup(buf);
+        n++;
+    }
+    fclose(f);
+    fprintf(stderr, "--- %s (last lines of %s) ---\n", p->name, p->log);
+    for (int i = n > lines ? n - lines : 0; i < n; i++) {
+        fputs(all[i % lines] ? all[i % lines] : "", stderr);
+        free(all[i % lines]);
+        all[i % lines] = NULL;
+    }
+}
+
+/* Takes pending SIGINT/SIGTERM (stop) and SIGCHLD (looked at by callers). */
+static void take_signals(dev *d)
+{
+    struct signalfd_siginfo si;
+    while (read(d->sigfd, &si, sizeof si) == (ssize_t)sizeof si)
+        if (si.ssi_signo == SIGINT || si.ssi_signo == SIGTERM)
+            d->stop_requested = true;
+}
+
+static void pause_ms(dev *d, int ms)
+{
+    struct pollfd pfd = {.fd = d->sigfd, .events = POLLIN};
+    poll(&pfd, 1, ms);
+    take_signals(d);
+}
+
+static int stop_proc(dev *d, proc *p)
+{
+    if (!alive(p))
+        return CL_OK;
+    kill(p->pid, SIGTERM);
+    uint64_t deadline = now_ms() + STOP_TIMEOUT_MS;
+    while (alive(p) && now_ms() < deadline)
+        pause_ms(d, 50);
+    if (alive(p)) {
+        fprintf(stderr, "cloister dev: %s did not stop in %d s; killing it\n", p->name, STOP_TIMEOUT_MS / 1000);
+        kill(-p->pid, SIGKILL);
+        kill(p->pid, SIGKILL);
+        waitpid(p->pid, NULL, 0);
+        p->pid = -1;
+    }
+    return CL_OK;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)ftw;
+    if ((flag == FTW_DP ? rmdir(path) : unlink(path)) < 0 && errno != ENOENT)
+        fprintf(stderr, "cloister dev: cannot remove %s: %s\n", path, strerror(errno));
+    return 0;
+}
+
+static void stop_all(dev *d)
+{
+    /* the host first: it terminates the enclave, which still needs its NSM */
+    stop_proc(d, &d->host);
+    stop_proc(d, &d->imds);
+    stop_proc(d, &d->sim);
+    if (d->made_run)
+        nftw(d->run, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Waits until ready() holds, while proc stays alive; false on timeout,
+ * exit or a stop request (with the reason said). */
+static bool wait_for(dev *d, proc *p, const char *what, bool (*ready)(dev *), int timeout_ms)
+{
+    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+    for (;;) {
+        if (ready(d))
+            return true;
+        if (d->stop_requested)
+            return false;
+        if (!alive(p)) {
+            char st[64];
+            describe_exit(p, st, sizeof st);
+            fprintf(stderr, "cloister dev: %s exited while starting (%s)\n", p->name, st);
+            show_log(p, 30);
+            return false;
+        }
+        if (now_ms() > deadline) {
+            fprintf(stderr, "cloister dev: %s: not within %d s\n", what, timeout_ms / 1000);
+            show_log(p, 30);
+            return false;
+        }
+        pause_ms(d, 50);
+    }
+}
+
+static bool sim_ready(dev *d)
+{
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/nsm.sock", d->run);
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+static bool tcp_accepts(unsigned port)
+{
+    char text[32];
+    snprintf(text, sizeof text, "tcp:127.0.0.1:%u", port);
+    cl_address a;
+    int fd = -1;
+    if (cl_address_parse(text, &a) < 0 || cl_address_connect(&a, &fd) < 0)
+        return false;
+    close(fd);
+    return true;
+}
+
+static bool imds_ready(dev *d) { return tcp_accepts(d->imds_port); }
+
+/* Runs `cloister verify` on the forward, output to RUN/verify.txt. */
+static int run_verify(dev *d)
+{
+    char url[64], root[PATH_MAX + 16], out[PATH_MAX + 16];
+    snprintf(url, sizeof url, "https://127.0.0.1:%u", d->port);
+    snprintf(root, sizeof root, "%s/state/root.pem", d->run);
+    snprintf(out, sizeof out, "%s/verify.txt", d->run);
+    pid_t pid = fork();
+    if (pid == 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execl(d->self, d->self, "verify", url, "--root", root, "--timeout", "10", (char *)NULL);
+        _exit(127);
+    }
+    if (pid < 0)
+        return -1;
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static bool verified(dev *d) { return run_verify(d) == 0; }
+
+static void print_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    char buf[1024];
+    while (fgets(buf, sizeof buf, f))
+        fputs(buf, stdout);
+    fclose(f);
+    fflush(stdout);
+}
+
+/* The enclave's pid: the watchdog logs each start. */
+static pid_t enclave_pid(const dev *d)
+{
+    FILE *f = fopen(d->host.log, "r");
+    if (!f)
+        return -1;
+    char line[4096];
+    pid_t pid = -1;
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "event=enclave_started runner=local pid=");
+        if (p)
+            pid = (pid_t)atoi(p + strlen("event=enclave_started runner=local pid="));
+    }
+    fclose(f);
+    return pid;
+}
+
+/* "lo" or "lo eth0 ...": the interfaces of pid's network namespace. */
+static void interfaces_of(pid_t pid, char *out, size_t len)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/net/dev", (int)pid);
+    out[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    char line[512];
+    size_t used = 0;
+    for (int i = 0; fgets(line, sizeof line, f); i++) {
+        char *colon = strchr(line, ':');
+        if (i < 2 || !colon)
+            continue; /* the two header lines */
+        *colon = '\0';
+        char *name = line + strspn(line, " ");
+        int n = snprintf(out + used, len - used, "%s%s", used ? " " : "", name);
+        if (n < 0 || (size_t)n >= len - used)
+            break;
+        used += (size_t)n;
+    }
+    fclose(f);
+}
+
+static bool same_netns(pid_t a, pid_t b)
+{
+    char pa[64], pb[64];
+    struct stat sa, sb;
+    snprintf(pa, sizeof pa, "/proc/%d/ns/net", (int)a);
+    snprintf(pb, sizeof pb, "/proc/%d/ns/net", (int)b);
+    return stat(pa, &sa) == 0 && stat(pb, &sb) == 0 && sa.st_ino == sb.st_ino;
+}
+
+/* Can this process make a network namespace?  Tried once, with the tool
+ * the enclave command uses. */
+static bool netns_possible(const char **why)
+{
+    if (geteuid() != 0) {
+        *why = "not running as root";
+        return false;
+    }
+    int status = system("unshare --net true >/dev/null 2>&1");
+    if (status != 0) {
+        *why = "unshare --net failed (no network namespaces here?)";
+        return false;
+    }
+    return true;
+}
+
+static unsigned free_port(void)
+{
+    cl_address a;
+    int fd = -1;
+    if (cl_address_parse("tcp:127.0.0.1:0", &a) < 0 || cl_address_listen(&a, 1, &fd) < 0)
+        return 0;
+    struct sockaddr_in sin;
+    socklen_t len = sizeof sin;
+    unsigned port = getsockname(fd, (struct sockaddr *)&sin, &len) == 0 ? ntohs(sin.sin_port) : 0;
+    close(fd);
+    return port;
+}
+
+/* A word for sh -c, single-quoted. */
+static int shell_quote(cl_buf *out, const char *word)
+{
+    CL_TRY(cl_buf_append(out, "'", 1));
+    for (const char *p = word; *p; p++)
+        CL_TRY(*p == '\'' ? cl_buf_append(out, "'\\''", 4) : cl_buf_append(out, p, 1));
+    return cl_buf_append(out, "' ", 2);
+}
+
+/* The local runner's command: the enclave daemon with the app, inside a
+ * fresh network namespace whose lo is brought up first. */
+static int enclave_command(const dev *d, const char *app_cmd, bool wait_for_app, cl_buf *out)
+{
+    char nsm[PATH_MAX + 32], listen[PATH_MAX + 32], imds[PATH_MAX + 32], intport[16], appurl[64];
+    snprintf(nsm, sizeof nsm, "unix:%s/nsm.sock", d->run);
+    snprintf(listen, sizeof listen, "unix:%s/enclave.sock", d->run);
+    snprintf(imds, sizeof imds, "CLOISTER_IMDS_SOCKET=%s/imds.sock", d->run);
+    snprintf(intport, sizeof intport, "%u", d->intport);
+    snprintf(appurl, sizeof appurl, "http://127.0.0.1:%u", d->appport);
+    CL_TRY(cl_buf_append(out, "exec env ", 9));
+    CL_TRY(shell_quote(out, imds));
+    if (d->isolated) {
+        /* unshare(1) execs without forking, so the watchdog's pid stays the enclave's */
+        CL_TRY(cl_buf_append(out, "unshare --net sh -c 'ip link set lo up && exec \"$0\" \"$@\"' ", 58));
+    }
+    const char *words[] = {d->self, "enclave", "-fqdn", "localhost", "--nsm", nsm, "--listen", listen,
+                           "-intport", intport, "-appwebsrv", appurl, "-appcmd", app_cmd};
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+        CL_TRY(shell_quote(out, words[i]));
+    if (wait_for_app)
+        CL_TRY(cl_buf_append(out, "-wait-for-app", 13));
+    return cl_buf_append(out, "", 1);
+}
+
+/* examples/hello/app.py beside the build directory, or under $CLOISTER_SOURCE_DIR. */
+static bool find_example_app(const dev *d, char *out, size_t len)
+{
+    const char *src = getenv("CLOISTER_SOURCE_DIR");
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", d->self);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *slash = '\0';
+    const char *candidates[3] = {src, dir, NULL};
+    for (size_t i = 0; i < 2; i++) {
+        if (!candidates[i])
+            continue;
+        const char *fmt = i == 0 ? "%s/examples/hello/app.py" : "%s/../examples/hello/app.py";
+        snprintf(out, len, fmt, candidates[i]);
+        if (access(out, R_OK) == 0) {
+            char *real = realpath(out, NULL);
+            if (real) {
+                snprintf(out, len, "%s", real);
+                free(real);
+            }
+            return true;
+        }
+    }
+    return false;
+}
+
+/* --check: one request to the app, one from it out through the host. */
+static bool exercise(dev *d)
+{
+    cl_https_target t = {.host = "127.0.0.1", .port = d->port};
+    snprintf(t.authority, sizeof t.authority, "127.0.0.1:%u", d->port);
+    bool ok = true;
+    static const struct {
+        const char *path, *want, *what;
+    } checks[] = {
+        {"/api/hello", "hello from inside the enclave", "client -> host forward -> enclave TLS -> app"},
+        {"/region", "us-east-1", "app -> host IMDS gate (IMDSv2 token) -> imds-sim"},
+    };
+    for (size_t i = 0; i < sizeof checks / sizeof checks[0]; i++) {
+        cl_https_response r;
+        int rc = cl_https_get(&t, NULL, checks[i].path, 64 * 1024, &r);
+        bool good = rc == CL_OK && r.status == 200 && r.body.len &&
+                    memmem(r.body.data, r.body.len, checks[i].want, strlen(checks[i].want));
+        if (good)
+            say("ok    GET %-11s %d  (%s)", checks[i].path, r.status, checks[i].what);
+        else if (rc < 0)
+            say("FAIL  GET %-11s %s", checks[i].path, cl_error_message());
+        else
+            say("FAIL  GET %-11s %d: %.*s", checks[i].path, r.status, (int)(r.body.len > 200 ? 200 : r.body.len),
+                (const char *)r.body.data);
+        ok = ok && good;
+        cl_https_response_free(&r);
+    }
+    return ok;
+}
+
+enum { OPT_CHECK = 256, OPT_PORT, OPT_APP, OPT_APP_PORT, OPT_NO_NETNS, OPT_RUN_DIR, OPT_HELP };
+
+int cmd_dev(int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"check", no_argument, NULL, OPT_CHECK},       {"port", required_argument, NULL, OPT_PORT},
+        {"app", required_argument, NULL, OPT_APP},     {"app-port", required_argument, NULL, OPT_APP_PORT},
+        {"no-netns", no_argument, NULL, OPT_NO_NETNS}, {"run-dir", required_argument, NULL, OPT_RUN_DIR},
+        {"help", no_argument, NULL, OPT_HELP},         {NULL, 0, NULL, 0},
+    };
+    dev d;
+    memset(&d, 0, sizeof d);
+    d.sigfd = -1;
+    d.port = DEFAULT_PORT;
+    d.appport = ENCLAVE_APPPORT;
+    bool check = false, no_netns = false, app_port_given = false;
+    const char *app = NULL, *run_dir = NULL;
+    int opt;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        uint64_t v = 0;
+        switch (opt) {
+        case OPT_CHECK:
+            check = true;
+            break;
+        case OPT_PORT:
+        case OPT_APP_PORT:
+            if (cl_parse_u64(optarg, 65535, &v) < 0 || v == 0) {
+                fprintf(stderr, "cloister dev: --%s takes a TCP port (1..65535), got '%s'\n",
+                        opt == OPT_PORT ? "port" : "app-port", optarg);
+                return EXIT_USAGE;
+            }
+            if (opt == OPT_PORT)
+                d.port = (unsigned)v;
+            else {
+                d.appport = (unsigned)v;
+                app_port_given = true;
+            }
+            break;
+        case OPT_APP:
+            app = optarg;
+            break;
+        case OPT_NO_NETNS:
+            no_netns = true;
+            break;
+        case OPT_RUN_DIR:
+            run_dir = optarg;
+            break;
+        case OPT_HELP:
+            dev_usage(stdout);
+            return 0;
+        default:
+            dev_usage(stderr);
+            return EXIT_USAGE;
+        }
+    }
+    if (optind != argc) {
+        fprintf(stderr, "cloister dev: unexpected argument '%s' (see --help)\n", argv[optind]);
+        return EXIT_USAGE;
+    }
+    if (app_port_given && !app) {
+        fprintf(stderr, "cloister dev: --app-port goes with --app\n");
+        return EXIT_USAGE;
+    }
+    ssize_t n = readlink("/proc/self/exe", d.self, sizeof d.self - 1);
+    if (n <= 0) {
+        fprintf(stderr, "cloister dev: cannot find this program's path: %s\n", strerror(errno));
+        return EXIT_FAILED;
+    }
+    d.self[n] = '\0';
+    char example[PATH_MAX];
+    if (!app && !find_example_app(&d, example, sizeof example)) {
+        fprintf(stderr, "cloister dev: examples/hello/app.py not found beside %s; give --app CMD\n", d.self);
+        return EXIT_USAGE;
+    }
+    if (tcp_accepts(d.port)) {
+        fprintf(stderr, "cloister dev: 127.0.0.1:%u is already in use (another cloister dev?); give --port N\n",
+                d.port);
+        return EXIT_FAILED;
+    }
+
+    if (run_dir) {
+        if (mkdir(run_dir, 0700) < 0) {
+            fprintf(stderr, "cloister dev: --run-dir %s: %s\n", run_dir, strerror(errno));
+            return EXIT_USAGE;
+        }
+        char *real = realpath(run_dir, NULL);
+        snprintf(d.run, sizeof d.run, "%s", real ? real : run_dir);
+        free(real);
+    } else {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(d.run, sizeof d.run, "%s/cloister-dev.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+        if (!mkdtemp(d.run)) {
+            fprintf(stderr, "cloister dev: cannot make a run directory: %s\n", strerror(errno));
+            return EXIT_FAILED;
+        }
+    }
+    d.made_run = true;
+    /* unix socket paths must fit in sun_path */
+    if (strlen(d.run) + sizeof "/enclave.sock" > CL_ADDRESS_PATH_MAX) {
+        fprintf(stderr, "cloister dev: the run directory's path is too long for unix sockets: %s\n", d.run);
+        rmdir(d.run);
+        return EXIT_USAGE;
+    }
+
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    d.sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    signal(SIGPIPE, SIG_IGN);
+
+    int status = 1;
+    cl_buf enclave_cmd = CL_BUF_INIT, app_cmd = CL_BUF_INIT;
+    const char *why = "--no-netns";
+    d.isolated = !no_netns && netns_possible(&why);
+    d.intport = d.isolated ? ENCLAVE_INTPORT : free_port();
+    if (!d.isolated && !app)
+        d.appport = free_port();
+    d.imds_port = free_port();
+    say("cloister dev: run directory %s", d.run);
+    if (!d.isolated)
+        say("cloister dev: WARNING: the enclave side is NOT isolated (%s): it shares this machine's network",
+            why);
+
+    char nsm_listen[PATH_MAX + 16], state[PATH_MAX + 16];
+    snprintf(nsm_listen, sizeof nsm_listen, "unix:%s/nsm.sock", d.run);
+    snprintf(state, sizeof state, "%s/state", d.run);
+    char *sim_argv[] = {d.self, "nsm-sim", "--listen", nsm_listen, "--state", state, "--image", d.self, NULL};
+    if (spawn(&d, &d.sim, "nsm-sim", sim_argv) < 0 ||
+        !wait_for(&d, &d.sim, "the NSM simulator's socket", sim_ready, 10000))
+        goto out;
+
+    char imds_listen[64], imds_endpoint[64];
+    snprintf(imds_listen, sizeof imds_listen, "tcp:127.0.0.1:%u", d.imds_port);
+    snprintf(imds_endpoint, sizeof imds_endpoint, "http://127.0.0.1:%u", d.imds_port);
+    char *imds_argv[] = {d.self, "imds-sim", "--listen", imds_listen, "--region", "us-east-1", NULL};
+    if (spawn(&d, &d.imds, "imds-sim", imds_argv) < 0 ||
+        !wait_for(&d, &d.imds, "the IMDS stand-in", imds_ready, 10000))
+        goto out;
+
+    if (app) {
+        if (cl_buf_append(&app_cmd, app, strlen(app) + 1) < 0)
+            goto out;
+    } else {
+        char root[PATH_MAX + 16];
+        snprintf(root, sizeof root, "%s/state/root.pem", d.run);
+        cl_buf_reset(&app_cmd);
+        if (cl_buf_append(&app_cmd, "exec python3 ", 13) < 0 || shell_quote(&app_cmd, example) < 0)
+            goto out;
+        char tail[PATH_MAX + 96];
+        int len = snprintf(tail, sizeof tail, "--port %u --internal %u --root ", d.appport, d.intport);
+        if (cl_buf_append(&app_cmd, tail, (size_t)len) < 0 || shell_quote(&app_cmd, root) < 0 ||
+            cl_buf_append(&app_cmd, "", 1) < 0)
+            goto out;
+    }
+    if (enclave_command(&d, (const char *)app_cmd.data, app == NULL, &enclave_cmd) < 0) {
+        fprintf(stderr, "cloister dev: %s\n", cl_error_message());
+        goto out;
+    }
+    char forward[PATH_MAX + 64], imds_gate[PATH_MAX + 16], health[PATH_MAX + 32];
+    snprintf(forward, sizeof forward, "tcp:127.0.0.1:%u=unix:%s/enclave.sock", d.port, d.run);
+    snprintf(imds_gate, sizeof imds_gate, "unix:%s/imds.sock", d.run);
+    snprintf(health, sizeof health, "unix:%s/enclave.sock", d.run);
+    char *host_argv[] = {d.self, "host", "--forward", forward, "--imds", imds_gate, "--imds-endpoint", imds_endpoint,
+                         "--enclave-command", (char *)enclave_cmd.data, "--health-connect", health,
+                         "--health-interval", "1s", "--backoff-initial", "500ms", "--stop-grace", "5s", NULL};
+    if (spawn(&d, &d.host, "host", host_argv) < 0)
+        goto out;
+    say("cloister dev: starting: nsm-sim, imds-sim, cloister host, and through its watchdog cloister enclave%s",
+        app ? " with your app" : " with examples/hello/app.py");
+    if (!wait_for(&d, &d.host, "the enclave to be proven through the host", verified, START_TIMEOUT_MS)) {
+        if (!d.stop_requested) {
+            char path[PATH_MAX + 16];
+            snprintf(path, sizeof path, "%s/verify.txt", d.run);
+            print_file(path);
+        }
+        goto out;
+    }
+
+    pid_t epid = enclave_pid(&d);
+    char ifaces[256] = "";
+    if (epid > 0)
+        interfaces_of(epid, ifaces, sizeof ifaces);
+    bool own_ns = epid > 0 && !same_netns(epid, getpid());
+    say("\ncloister dev: the whole picture is up");
+    say("  nsm-sim    unix:%s/nsm.sock, root certificate %s/state/root.pem", d.run, d.run);
+    say("  enclave    cloister enclave (pid %d) + %s; network: %s (interfaces: %s)", (int)epid,
+        app ? "your app" : "examples/hello/app.py", own_ns ? "its own namespace" : "this machine's, NOT isolated",
+        ifaces[0] ? ifaces : "?");
+    say("  host       cloister host: tcp:127.0.0.1:%u -> unix:%s/enclave.sock (vsock stand-in),", d.port, d.run);
+    say("             IMDS gate unix:%s/imds.sock -> imds-sim on 127.0.0.1:%u, watchdog on the enclave", d.run,
+        d.imds_port);
+    say("\ncloister verify https://127.0.0.1:%u --root %s/state/root.pem:", d.port, d.run);
+    char vpath[PATH_MAX + 16];
+    snprintf(vpath, sizeof vpath, "%s/verify.txt", d.run);
+    print_file(vpath);
+
+    if (check) {
+        say("\ncloister dev --check: requests through the deployment");
+        bool ok = exercise(&d);
+        if (d.isolated && !own_ns) {
+            say("FAIL  the enclave is not in its own network namespace");
+            ok = false;
+        }
+        status = ok ? 0 : 1;
+        say("\ncloister dev --check: %s", ok ? "passed" : "FAILED");
+        if (!ok)
+            show_log(&d.host, 30);
+        goto out;
+    }
+
+    say("\nTry it:");
+    say("  curl -k https://127.0.0.1:%u/api/hello", d.port);
+    say("  curl -k https://127.0.0.1:%u/region            (the app asks IMDS through the host)", d.port);
+    say("  %s verify https://127.0.0.1:%u --root %s/state/root.pem", d.self, d.port, d.run);
+    say("  a browser: https://127.0.0.1:%u/ (it warns about the self-signed certificate: trust comes", d.port);
+    say("  from the attestation, which cloister verify checks)");
+    say("  logs: %s/{host,nsm-sim,imds-sim}.log (the enclave's and the app's are in host.log)", d.run);
+    say("Ctrl-C stops everything and removes %s.", d.run);
+    while (!d.stop_requested) {
+        pause_ms(&d, 500);
+        proc *procs[] = {&d.host, &d.sim, &d.imds};
+        for (size_t i = 0; i < 3; i++) {
+            if (alive(procs[i]))
+                continue;
+            char st[64];
+            describe_exit(procs[i], st, sizeof st);
+            fprintf(stderr, "cloister dev: %s exited (%s); stopping everything\n", procs[i]->name, st);
+            show_log(procs[i], 30);
+            goto out;
+        }
+    }
+    status = 0;
+out:
+    if (d.stop_requested && status != 0 && !check)
+        status = 0; /* stopped by the user: not a failure */
+    say("cloister dev: stopping");
+    stop_all(&d);
+    cl_buf_free(&enclave_cmd);
+    cl_buf_free(&app_cmd);
+    if (d.sigfd >= 0)
+        close(d.sigfd);
+    say("cloister dev: stopped; %s removed", d.run);
+    return status;
+}

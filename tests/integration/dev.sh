@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# cloister dev: the whole picture on one machine.  --check end to end; an
+# interactive run whose enclave is in its own network namespace with only lo;
+# SIGTERM and SIGINT stop everything and leave no process, namespace, socket
+# or file behind; bad command lines.
+set -euo pipefail
+source "$(dirname "$0")/common.bash"
+command -v python3 >/dev/null || { echo "skip: python3 is not installed (the example app)"; exit 77; }
+root_user=0
+[ "$(id -u)" = 0 ] && unshare --net true 2>/dev/null && root_user=1
+
+# Everything a run left: processes naming its run directory, the directory itself.
+leftovers() { # RUN_DIR
+    python3 - "$1" <<'PY'
+import os, sys
+run = sys.argv[1].encode()
+found = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if int(pid) == os.getpid():
+        continue
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if run in f.read():
+                found.append(pid)
+    except OSError:
+        pass  # gone meanwhile
+if os.path.exists(sys.argv[1]):
+    found.append("directory " + sys.argv[1])
+print(" ".join(found))
+PY
+}
+in_netns() { # INODE: pids whose network namespace is INODE
+    local found=""
+    for ns in /proc/[0-9]*/ns/net; do
+        [ "$(stat -L -c %i "$ns" 2>/dev/null)" = "$1" ] && found+=" $(basename "$(dirname "$(dirname "$ns")")")"
+    done 2>/dev/null
+    echo "$found"
+}
+
+# ---- --check ------------------------------------------------------------------------
+port=$(free_port)
+status=0
+"$CLOISTER" dev --check --port "$port" >"$work/check.out" 2>&1 || status=$?
+run=$(sed -n 's/^cloister dev: run directory //p' "$work/check.out")
+[ "$status" = 0 ] || { cat "$work/check.out" >&2; fail "cloister dev --check: exit $status"; }
+for want in 'verdict: PROVEN' 'ok    GET /api/hello  200' 'ok    GET /region     200' 'cloister dev --check: passed' \
+            'app key hash     [0-9a-f]{64}'; do
+    grep -qE -- "$want" "$work/check.out" || fail "--check output lacks /$want/: $(cat "$work/check.out")"
+done
+if [ "$root_user" = 1 ]; then
+    grep -q 'network: its own namespace (interfaces: lo)' "$work/check.out" || fail "the enclave was not isolated"
+fi
+[ -n "$run" ] || fail "no run directory named"
+[ -z "$(leftovers "$run")" ] || fail "--check left behind:$(leftovers "$run")"
+pass "cloister dev --check: proven, app reached through the host, IMDS reached from the app, nothing left"
+
+# ---- interactive, stopped by SIGTERM, then by SIGINT ---------------------------------
+for sig in TERM INT; do
+    port=$(free_port)
+    spawn "dev$sig" "$CLOISTER" dev --port "$port"
+    wait_for_log "dev$sig" '^Ctrl-C stops everything' 1200
+    run=$(sed -n 's/^cloister dev: run directory //p' "$work/dev$sig.log")
+    [ "$(curl -sk "https://127.0.0.1:$port/api/hello" | python3 -c 'import json,sys; print(json.load(sys.stdin)["message"])')" = \
+        "hello from inside the enclave" ] || fail "the app through https://127.0.0.1:$port"
+    "$CLOISTER" verify "https://127.0.0.1:$port" --root "$run/state/root.pem" >/dev/null || fail "verify while running"
+    epid=$(sed -n 's/.*cloister enclave (pid \([0-9]*\)).*/\1/p' "$work/dev$sig.log")
+    [ -n "$epid" ] && kill -0 "$epid" || fail "no enclave pid in the output"
+    ns=$(stat -L -c %i "/proc/$epid/ns/net")
+    if [ "$root_user" = 1 ]; then
+        [ "$ns" != "$(stat -L -c %i /proc/self/ns/net)" ] || fail "the enclave shares this network namespace"
+        ifaces=$(awk -F: 'NR > 2 {gsub(/ /, "", $1); print $1}' "/proc/$epid/net/dev" | tr '\n' ' ')
+        [ "$ifaces" = "lo " ] || fail "the enclave's namespace has interfaces: $ifaces"
+        # from inside, the host's loopback services are out of reach
+        port_outside=$(free_port)
+        python3 -c 'import socket,sys,time; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1); time.sleep(5)' "$port_outside" &
+        listener=$!
+        sleep 0.3
+        if nsenter --net="/proc/$epid/ns/net" bash -c "exec 3<>/dev/tcp/127.0.0.1/$port_outside" 2>/dev/null; then
+            kill "$listener"; fail "the enclave's namespace reaches the host's 127.0.0.1"
+        fi
+        kill "$listener" 2>/dev/null || true
+        wait "$listener" 2>/dev/null || true
+    fi
+    pid=${pids[dev$sig]}
+    kill -"$sig" "$pid"
+    status=0
+    wait "$pid" || status=$?
+    unset "pids[dev$sig]"
+    [ "$status" = 0 ] || fail "cloister dev exited $status on SIG$sig: $(tail -5 "$work/dev$sig.log")"
+    grep -q "cloister dev: stopped; $run removed" "$work/dev$sig.log" || fail "no stop report after SIG$sig"
+    [ -z "$(leftovers "$run")" ] || fail "SIG$sig left behind:$(leftovers "$run")"
+    if [ "$root_user" = 1 ]; then
+        [ -z "$(in_netns "$ns")" ] || fail "processes still in the enclave's namespace after SIG$sig:$(in_netns "$ns")"
+    fi
+done
+if [ "$root_user" = 1 ]; then
+    pass "interactive: enclave in its own namespace with only lo; SIGTERM and SIGINT leave no process, namespace or file"
+else
+    pass "interactive (not root: no namespace): SIGTERM and SIGINT leave no process or file"
+fi
+
+# ---- the fallback without isolation is said --------------------------------------------
+port=$(free_port)
+"$CLOISTER" dev --check --no-netns --port "$port" >"$work/nonetns.out" 2>&1 || fail "--no-netns --check: $(cat "$work/nonetns.out")"
+grep -q 'WARNING: the enclave side is NOT isolated (--no-netns)' "$work/nonetns.out" || fail "the fallback is not said"
+grep -q 'NOT isolated (interfaces:' "$work/nonetns.out" || fail "the report does not say the network is shared"
+pass "--no-netns: works, and says clearly that the enclave side is not isolated"
+
+# ---- bad command lines, a port in use ---------------------------------------------------
+for args in "--port 0" "--port x" "--app-port 9000" "extra" "--bogus"; do
+    status=0
+    # shellcheck disable=SC2086
+    "$CLOISTER" dev $args >"$work/out" 2>&1 || status=$?
+    [ "$status" = 2 ] || fail "'dev $args': exit $status, expected 2"
+    grep -q 'cloister dev\|usage' "$work/out" || fail "'dev $args' did not say what is wrong"
+done
+busy=$(free_port)
+python3 -c 'import socket,sys,time; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1); time.sleep(5)' "$busy" &
+holder=$!
+sleep 0.3
+status=0
+"$CLOISTER" dev --check --port "$busy" >"$work/busy.out" 2>&1 || status=$?
+kill "$holder" 2>/dev/null || true
+wait "$holder" 2>/dev/null || true
+[ "$status" = 3 ] && grep -q "127.0.0.1:$busy is already in use" "$work/busy.out" || fail "port in use: exit $status: $(cat "$work/busy.out")"
+pass "bad command lines exit 2; a port in use is named (exit 3)"
