@@ -1,5 +1,8 @@
 #include "server_internal.h"
 
+#include "cloister/log.h"
+#include "cloister/proxy_protocol.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -183,7 +186,7 @@ void cl_client_close(client *c)
     int fd = c->watch.fd;
     cl_loop_unwatch(w->loop, &c->watch);
     if (c->ssl) {
-        if (c->state != CLIENT_HANDSHAKE)
+        if (c->state != CLIENT_HANDSHAKE && c->state != CLIENT_PROXY_HEADER)
             SSL_shutdown(c->ssl); /* best effort close_notify; never waits */
         SSL_free(c->ssl);
         c->ssl = NULL;
@@ -710,11 +713,50 @@ static void handshake(client *c)
     cl_client_close(c);
 }
 
+static void format_peer(const struct sockaddr_storage *sa, char *out, size_t len);
+
+/* The PROXY v2 header, read with MSG_PEEK so that not one byte of what
+ * follows (TLS) is taken; the header is consumed once it is whole. */
+#define MAX_PROXY_HEADER 4096
+static void read_proxy_header(client *c)
+{
+    uint8_t buf[MAX_PROXY_HEADER];
+    ssize_t n = recv(c->watch.fd, buf, sizeof buf, MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        cl_client_close(c);
+        return;
+    }
+    cl_pp2_header h;
+    bool complete = false;
+    if (cl_pp2_parse(buf, (size_t)n, &h, &complete) < 0 || (!complete && (size_t)n == sizeof buf)) {
+        cl_log(CL_LOG_WARN, "proxy_header_refused", "listener", c->w->server->cfg.name, "peer", c->peer, "error",
+               complete || (size_t)n < sizeof buf ? cl_error_message() : "header longer than accepted", NULL);
+        cl_client_close(c);
+        return;
+    }
+    if (!complete)
+        return; /* the rest arrives later: a new edge */
+    if (recv(c->watch.fd, buf, h.header_len, 0) != (ssize_t)h.header_len) {
+        cl_client_close(c);
+        return;
+    }
+    if (h.command == CL_PP2_PROXY && (h.src.ss_family == AF_INET || h.src.ss_family == AF_INET6))
+        format_peer(&h.src, c->peer, sizeof c->peer);
+    c->state = c->ssl ? CLIENT_HANDSHAKE : CLIENT_READ_HEAD;
+}
+
 static void client_pump(client *c)
 {
     const cl_server_config *cfg = &c->w->server->cfg;
     for (int rounds = 0; !c->closed; rounds++) {
         bool progress = false;
+        if (c->state == CLIENT_PROXY_HEADER) {
+            read_proxy_header(c);
+            if (c->closed || c->state == CLIENT_PROXY_HEADER)
+                return;
+        }
         if (c->state == CLIENT_HANDSHAKE) {
             handshake(c);
             if (c->closed || c->state == CLIENT_HANDSHAKE || c->state == CLIENT_H2)
@@ -935,7 +977,7 @@ static void on_accept(cl_loop *loop, cl_watch *watch, uint32_t events)
         c->out = out;
         c->out_cap = OUT_CAP;
         c->route = -1;
-        c->state = ssl ? CLIENT_HANDSHAKE : CLIENT_READ_HEAD;
+        c->state = s->cfg.proxy_protocol ? CLIENT_PROXY_HEADER : ssl ? CLIENT_HANDSHAKE : CLIENT_READ_HEAD;
         if (ssl)
             SSL_set_accept_state(ssl);
         format_peer(&sa, c->peer, sizeof c->peer);
@@ -994,7 +1036,8 @@ static void on_wake(cl_loop *loop, void *ctx)
         next = c->next;
         if (c->state == CLIENT_H2)
             cl_h2_drain(c);
-        else if ((c->state == CLIENT_READ_HEAD && c->in_off == c->in_len) || c->state == CLIENT_HANDSHAKE)
+        else if ((c->state == CLIENT_READ_HEAD && c->in_off == c->in_len) || c->state == CLIENT_HANDSHAKE ||
+                 c->state == CLIENT_PROXY_HEADER)
             cl_client_close(c);
         else
             c->keep_alive = false;

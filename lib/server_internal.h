@@ -37,6 +37,7 @@ struct worker {
 };
 
 enum client_state {
+    CLIENT_PROXY_HEADER, /* before TLS: the PROXY protocol v2 header */
     CLIENT_HANDSHAKE,
     CLIENT_READ_HEAD,
     CLIENT_READ_LOCAL_BODY,

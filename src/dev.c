@@ -434,7 +434,7 @@ static int enclave_command(const dev *d, const char *app_cmd, bool wait_for_app,
         CL_TRY(cl_buf_append(out, "unshare --net sh -c 'ip link set lo up && exec \"$0\" \"$@\"' ", 58));
     }
     const char *words[] = {d->self, "enclave", "-fqdn", "localhost", "--nsm", nsm, "--listen", listen,
-                           "-intport", intport, "-appwebsrv", appurl, "-appcmd", app_cmd};
+                           "-intport", intport, "-appwebsrv", appurl, "-appcmd", app_cmd, "--proxy-protocol"};
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
         CL_TRY(shell_quote(out, words[i]));
     if (wait_for_app)
@@ -478,7 +478,8 @@ static bool exercise(dev *d)
     static const struct {
         const char *path, *want, *what;
     } checks[] = {
-        {"/api/hello", "hello from inside the enclave", "client -> host forward -> enclave TLS -> app"},
+        {"/api/hello", "\"client\": \"127.0.0.1\"",
+         "client -> host forward (PROXY v2) -> enclave TLS -> app, which sees the client's address"},
         {"/region", "us-east-1", "app -> host IMDS gate (IMDSv2 token) -> imds-sim"},
     };
     for (size_t i = 0; i < sizeof checks / sizeof checks[0]; i++) {
@@ -662,7 +663,7 @@ int cmd_dev(int argc, char **argv)
         goto out;
     }
     char forward[PATH_MAX + 64], imds_gate[PATH_MAX + 16], health[PATH_MAX + 32];
-    snprintf(forward, sizeof forward, "tcp:127.0.0.1:%u=unix:%s/enclave.sock", d.port, d.run);
+    snprintf(forward, sizeof forward, "tcp:127.0.0.1:%u=unix:%s/enclave.sock,proxy-protocol", d.port, d.run);
     snprintf(imds_gate, sizeof imds_gate, "unix:%s/imds.sock", d.run);
     snprintf(health, sizeof health, "unix:%s/enclave.sock", d.run);
     char *host_argv[] = {d.self, "host", "--forward", forward, "--imds", imds_gate, "--imds-endpoint", imds_endpoint,

@@ -41,7 +41,7 @@ typedef struct settings {
     unsigned ext_pub_port, intport, prometheus_port;
     unsigned threads, max_header_bytes, header_timeout, idle_timeout, app_timeout, max_connections,
         drain_timeout;
-    bool wait_for_app, disable_keep_alives, debug, disable_http2;
+    bool wait_for_app, disable_keep_alives, debug, disable_http2, proxy_protocol;
 } settings;
 
 enum opt_type { OPT_STRING, OPT_UINT, OPT_BOOL };
@@ -89,6 +89,9 @@ static const option_spec option_specs[] = {
     {"drain-timeout", OPT_UINT, S(drain_timeout), 3600, "SECONDS",
      "on SIGTERM, time for requests in flight to finish (30)"},
     {"disable-http2", OPT_BOOL, S(disable_http2), 0, NULL, "do not offer HTTP/2 in ALPN"},
+    {"proxy-protocol", OPT_BOOL, S(proxy_protocol), 0, NULL,
+     "public connections start with a PROXY protocol v2 header (cloister host --forward ...,proxy-protocol):"
+     " required, and trusted for the client address (X-Forwarded-For)"},
 };
 #define OPTION_COUNT (sizeof option_specs / sizeof option_specs[0])
 
@@ -623,6 +626,7 @@ static int start_listener(enclave *e, const char *name, const char *addr_text, l
         .max_connections = public_ ? e->s.max_connections : 1024,
         .disable_keep_alives = public_ && e->s.disable_keep_alives,
         .enable_h2 = public_ && !e->s.disable_http2,
+        .proxy_protocol = public_ && e->s.proxy_protocol,
         .route = route_request,
         .handle = handle_request,
         .done = request_done,

@@ -61,6 +61,11 @@ typedef struct cl_server_config {
     unsigned max_connections;     /* default 10000 */
     bool disable_keep_alives;
     bool enable_h2;
+    /* Every connection starts with a PROXY protocol v2 header, before TLS:
+     * required (a connection without a valid one is closed), and its
+     * source address is the client's (X-Forwarded-For, logs).  LOCAL
+     * headers keep the connection's own peer. */
+    bool proxy_protocol;
     cl_route_fn route;
     cl_handle_fn handle;
     cl_done_fn done;

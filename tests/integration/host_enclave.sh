@@ -86,3 +86,28 @@ done
 "$CLOISTER" host --help >"$work/help"
 grep -q -- '--enclave-command CMD' "$work/help" || fail "--help does not show the enclave's options"
 pass "bad enclave options exit 2 naming the problem; --help lists them"
+
+# ---- PROXY protocol v2 from the host's forward, trusted by the enclave -------------------
+node_modules_present || { echo "skip: PROXY protocol part: tests/node/node_modules is absent"; exit 0; }
+app_port=$(free_port)
+start_app app "$app_port"
+pp_sock="$work/pp.sock"
+spawn ppenclave "$CLOISTER" enclave -fqdn localhost --nsm "unix:$work/nsm.sock" --listen "unix:$pp_sock" \
+    -intport "$(free_port)" -appwebsrv "http://127.0.0.1:$app_port" --proxy-protocol
+wait_for_log ppenclave 'event=listening listener=public'
+pp_pub=$(free_port)
+spawn pphost "$CLOISTER" host --forward "tcp:127.0.0.1:$pp_pub=unix:$pp_sock,proxy-protocol"
+wait_for_log pphost 'event=started'
+xff() { # ARGS...: the X-Forwarded-For the app saw
+    curl -sk --max-time 10 "$@" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).headers["x-forwarded-for"]))'
+}
+[ "$(xff --interface 127.0.0.2 -H 'X-Forwarded-For: 6.6.6.6' "https://127.0.0.1:$pp_pub/echo-headers")" = 127.0.0.2 ] ||
+    fail "HTTP/1.1: X-Forwarded-For is not the client address from the PROXY header"
+[ "$(xff --http2 --interface 127.0.0.3 "https://127.0.0.1:$pp_pub/echo-headers")" = 127.0.0.3 ] ||
+    fail "HTTP/2: X-Forwarded-For is not the client address from the PROXY header"
+# Straight to the enclave's socket, without a header: refused before TLS.
+if curl -sk --max-time 5 --unix-socket "$pp_sock" https://localhost/echo-headers >/dev/null 2>&1; then
+    fail "a connection without a PROXY header was served"
+fi
+wait_for_log ppenclave 'event=proxy_header_refused'
+pass "PROXY v2 from cloister host: the client's address becomes X-Forwarded-For (h1 and h2); no header: refused"
