@@ -72,14 +72,13 @@ for sig in TERM INT; do
         [ "$ifaces" = "lo " ] || fail "the enclave's namespace has interfaces: $ifaces"
         # from inside, the host's loopback services are out of reach
         port_outside=$(free_port)
-        python3 -c 'import socket,sys,time; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1); time.sleep(5)' "$port_outside" &
-        listener=$!
-        sleep 0.3
+        spawn outside python3 -c 'import socket,sys,time; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(8); print("listening", flush=True); time.sleep(30)' "$port_outside"
+        wait_for_log outside '^listening'
+        (exec 3<>"/dev/tcp/127.0.0.1/$port_outside") 2>/dev/null || fail "the outside listener is not reachable from here"
         if nsenter --net="/proc/$epid/ns/net" bash -c "exec 3<>/dev/tcp/127.0.0.1/$port_outside" 2>/dev/null; then
-            kill "$listener"; fail "the enclave's namespace reaches the host's 127.0.0.1"
+            fail "the enclave's namespace reaches the host's 127.0.0.1"
         fi
-        kill "$listener" 2>/dev/null || true
-        wait "$listener" 2>/dev/null || true
+        stop outside || true
     fi
     pid=${pids[dev$sig]}
     kill -"$sig" "$pid"
@@ -115,12 +114,10 @@ for args in "--port 0" "--port x" "--app-port 9000" "extra" "--bogus"; do
     grep -q 'cloister dev\|usage' "$work/out" || fail "'dev $args' did not say what is wrong"
 done
 busy=$(free_port)
-python3 -c 'import socket,sys,time; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1); time.sleep(5)' "$busy" &
-holder=$!
-sleep 0.3
+spawn holder python3 -c 'import socket,sys,time; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(8); print("holding", flush=True); time.sleep(30)' "$busy"
+wait_for_log holder '^holding'
 status=0
 "$CLOISTER" dev --check --port "$busy" >"$work/busy.out" 2>&1 || status=$?
-kill "$holder" 2>/dev/null || true
-wait "$holder" 2>/dev/null || true
+stop holder || true
 [ "$status" = 3 ] && grep -q "127.0.0.1:$busy is already in use" "$work/busy.out" || fail "port in use: exit $status: $(cat "$work/busy.out")"
 pass "bad command lines exit 2; a port in use is named (exit 3)"
