@@ -2,6 +2,7 @@
  * processes) and each worker's event loop, listeners and pools. */
 #include "host_internal.h"
 
+#include "cloister/dns.h"
 #include "cloister/log.h"
 #include "cloister/sd_notify.h"
 
@@ -193,9 +194,13 @@ static void addresses_text(const host_dest *d, char *out, size_t out_len)
 }
 
 /* Fills d for r: once for unix, vsock and IP literals, by DNS for names.
- * *changed says whether the addresses differ from before. */
-static int dest_fill(const cl_host_config *cfg, const cl_host_route *r, host_dest *d, bool *changed)
+ * *changed says whether the addresses differ from before; *again_ms is
+ * when to resolve again (the TTL, between 1 s and --resolve-interval). */
+static int dest_fill(const cl_host_config *cfg, const cl_host_route *r, host_dest *d, bool *changed,
+                     uint64_t *again_ms, cl_dns_result *dns)
 {
+    *again_ms = (uint64_t)cfg->resolve_interval_s * 1000;
+    dns->source = NULL;
     struct sockaddr_storage addrs[CL_HOST_MAX_ADDRS];
     socklen_t lens[CL_HOST_MAX_ADDRS];
     size_t n = 0;
@@ -225,7 +230,16 @@ static int dest_fill(const cl_host_config *cfg, const cl_host_route *r, host_des
                       r->dest.host, f == AF_INET ? "IPv4" : "IPv6", cfg->family == AF_INET ? "-4" : "-6");
             n = 1;
         } else {
-            CL_TRY(cl_host_resolve(r->dest.host, r->dest.port, cfg->family, addrs, lens, CL_HOST_MAX_ADDRS, &n));
+            CL_TRY(cl_dns_resolve(r->dest.host, r->dest.port, cfg->family, cfg->dns_server, dns));
+            for (n = 0; n < dns->count && n < CL_HOST_MAX_ADDRS; n++) {
+                addrs[n] = dns->addrs[n];
+                lens[n] = dns->lens[n];
+            }
+            if (dns->ttl_known) {
+                uint64_t ttl_ms = (uint64_t)(dns->ttl_s ? dns->ttl_s : 1) * 1000;
+                if (ttl_ms < *again_ms)
+                    *again_ms = ttl_ms;
+            }
         }
         break;
     default:
@@ -756,13 +770,17 @@ static void close_listeners(parent *p)
     p->listener_count = 0;
 }
 
-static void log_resolved(const cl_host_route *r, const host_dest *d, bool changed, const char *kind)
+static void log_resolved(const cl_host_route *r, const host_dest *d, bool changed, const char *kind,
+                         const cl_dns_result *dns, uint64_t again_ms)
 {
-    char addrs[1024], port[8];
+    char addrs[1024], port[8], ttl[16], again[24];
     addresses_text(d, addrs, sizeof addrs);
     snprintf(port, sizeof port, "%u", r->dest.port);
+    snprintf(ttl, sizeof ttl, "%u", dns->ttl_s);
+    snprintf(again, sizeof again, "%llu", (unsigned long long)(again_ms / 1000));
     cl_log(CL_LOG_INFO, "resolved", "route", kind, "name", r->dest.host, "port", port, "addresses", addrs, "changed",
-           changed ? "yes" : "no", NULL);
+           changed ? "yes" : "no", "source", dns->source ? dns->source : "-", "ttl", dns->ttl_known ? ttl : "-",
+           "again_in_s", again, NULL);
 }
 
 static void resolve_due(parent *p)
@@ -773,13 +791,15 @@ static void resolve_due(parent *p)
             continue;
         const cl_host_route *r = &p->cfg->routes[i];
         bool changed = false;
-        if (dest_fill(p->cfg, r, &p->shared->dests[i], &changed) < 0)
+        uint64_t again_ms;
+        cl_dns_result dns;
+        if (dest_fill(p->cfg, r, &p->shared->dests[i], &changed, &again_ms, &dns) < 0)
             /* keep the addresses we have: a DNS hiccup must not cut the enclave off */
             cl_log(CL_LOG_WARN, "resolve-failed", "route", route_kind_name(r->kind), "name", r->dest.host, "detail",
                    cl_error_message(), "action", "keeping the previous addresses", NULL);
         else
-            log_resolved(r, &p->shared->dests[i], changed, route_kind_name(r->kind));
-        p->resolve_at[i] = cl_monotonic_ms() + (uint64_t)p->cfg->resolve_interval_s * 1000;
+            log_resolved(r, &p->shared->dests[i], changed, route_kind_name(r->kind), &dns, again_ms);
+        p->resolve_at[i] = cl_monotonic_ms() + again_ms;
     }
 }
 
@@ -960,7 +980,9 @@ int cl_host_run(const cl_host_config *cfg)
         CL_TRY_OUT(dest_init(&p.shared->dests[i]));
         p.dests_ready++;
         bool changed;
-        rc = dest_fill(cfg, r, &p.shared->dests[i], &changed);
+        uint64_t again_ms;
+        cl_dns_result dns;
+        rc = dest_fill(cfg, r, &p.shared->dests[i], &changed, &again_ms, &dns);
         if (rc < 0) {
             char dest[CL_ADDRESS_PATH_MAX + 16];
             cl_address_format(&r->dest, dest, sizeof dest);
@@ -968,8 +990,8 @@ int cl_host_run(const cl_host_config *cfg)
             goto out;
         }
         if (route_named(r)) {
-            log_resolved(r, &p.shared->dests[i], true, route_kind_name(r->kind));
-            p.resolve_at[i] = cl_monotonic_ms() + (uint64_t)cfg->resolve_interval_s * 1000;
+            log_resolved(r, &p.shared->dests[i], true, route_kind_name(r->kind), &dns, again_ms);
+            p.resolve_at[i] = cl_monotonic_ms() + again_ms;
         }
     }
     CL_TRY_OUT(open_listeners(&p));

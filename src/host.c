@@ -2,6 +2,7 @@
  * forwards (tcp -> vsock), outbound proxies for the enclave (vsock -> a DNS
  * name, with vsock-proxy's allowlist), and the enclave's IMDS gate. */
 #include "cloister/allowlist.h"
+#include "cloister/dns.h"
 #include "cloister/encoding.h"
 #include "cloister/host.h"
 #include "cloister/imds.h"
@@ -32,7 +33,7 @@ typedef struct list {
 
 typedef struct settings {
     list forward, outbound;
-    char *imds, *imds_endpoint, *allowlist, *config;
+    char *imds, *imds_endpoint, *allowlist, *config, *dns_server;
     bool proxy_protocol, ipv4, ipv6, no_splice, debug;
     unsigned resolve_interval, idle_timeout, connect_timeout, max_connections, workers;
     /* vsock-proxy form only */
@@ -72,7 +73,9 @@ static const option_spec option_specs[] = {
     {"ipv4", '4', OPT_BOOL, S(ipv4), 0, 0, true, NULL, "use only IPv4 addresses of DNS names"},
     {"ipv6", '6', OPT_BOOL, S(ipv6), 0, 0, true, NULL, "use only IPv6 addresses of DNS names"},
     {"resolve-interval", 0, OPT_UINT, S(resolve_interval), 1, 86400, true, "SECONDS",
-     "resolve DNS names again after (60)"},
+     "resolve DNS names again after their TTL, at most after (60)"},
+    {"dns-server", 0, OPT_STRING, S(dns_server), 0, 0, true, "IP[:PORT]",
+     "ask this DNS server instead of /etc/resolv.conf's"},
     {"idle-timeout", 0, OPT_UINT, S(idle_timeout), 1, 7 * 86400, true, "SECONDS",
      "close connections idle this long (600)"},
     {"connect-timeout", 0, OPT_UINT, S(connect_timeout), 1, 3600, true, "SECONDS",
@@ -134,9 +137,11 @@ static void usage(FILE *out)
             "  With ',proxy-protocol' (or --proxy-protocol for all) DEST first receives a PROXY\n"
             "  protocol v2 header with the client's address (IPv4/IPv6/unix; vsock as UNSPEC).\n"
             "--outbound LISTEN=HOST:PORT, e.g. --outbound vsock:3:8000=kms.us-east-1.amazonaws.com:443\n"
-            "  HOST is resolved at start (failure stops the start) and every --resolve-interval\n"
-            "  seconds after (each time logged as event=resolved; on failure the previous\n"
-            "  addresses stay); connections try the addresses in order.\n"
+            "  HOST is resolved at start (failure stops the start) and again when its DNS TTL has\n"
+            "  passed (at least 1 s, at most --resolve-interval; names from /etc/hosts and\n"
+            "  answers without a TTL: every --resolve-interval), each time logged as\n"
+            "  event=resolved with the TTL; on failure the previous addresses stay.  A then AAAA\n"
+            "  answers, tried in that order by connections.\n"
             "--imds LISTEN: an HTTP/1.1 gate, one request per connection, to --imds-endpoint,\n"
             "  allowing exactly these calls (others get 403, bodies 400):\n");
     const char *calls = cl_imds_allowed_calls();
@@ -156,7 +161,7 @@ static void usage(FILE *out)
             "and its address equals REMOTE_ADDR (case-insensitively) or resolves to REMOTE_ADDR's\n"
             "address; otherwise it refuses to start (exit status 1).  -w/--num_workers is\n"
             "accepted and ignored (one event loop per core serves any number of connections).\n"
-            "DNS names are re-resolved every --resolve-interval seconds rather than per DNS TTL.\n\n"
+            "DNS names are resolved again when their TTL has passed, as in the main form.\n\n"
             "--config FILE (main form): a JSON object whose keys are the long option names, e.g.\n"
             "  {\"forward\": [\"tcp:0.0.0.0:443=vsock:16:443,proxy-protocol\"],\n"
             "   \"outbound\": \"vsock:3:8000=kms.us-east-1.amazonaws.com:443\",\n"
@@ -203,6 +208,7 @@ static void settings_free(settings *s)
     free(s->imds_endpoint);
     free(s->allowlist);
     free(s->config);
+    free(s->dns_server);
     cl_watchdog_settings_free(&s->wd);
     free(s->listen);
 }
@@ -620,6 +626,7 @@ static int run(const char *me, const settings *s, cl_host_route *routes, size_t 
         .connect_timeout_s = s->connect_timeout,
         .resolve_interval_s = s->resolve_interval,
         .no_splice = s->no_splice,
+        .dns_server = s->dns_server,
         .watchdog = cl_watchdog_settings_active(&s->wd) ? &s->wd.config : NULL,
     };
     if (cl_host_run(&cfg) < 0) {
@@ -731,6 +738,10 @@ int cmd_host(int argc, char **argv)
     if (total == 0 && !enclave) {
         fprintf(stderr, "%s: nothing to do: give --forward, --outbound, --imds or an enclave to run (see --help)\n",
                 me);
+        goto out;
+    }
+    if (s.dns_server && cl_dns_server_check(s.dns_server) < 0) {
+        fprintf(stderr, "%s: --dns-server: %s\n", me, cl_error_message());
         goto out;
     }
     if (s.imds_endpoint && !s.imds) {

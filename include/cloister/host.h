@@ -53,7 +53,8 @@ typedef struct cl_host_config {
     unsigned max_connections;    /* open connections across all workers */
     unsigned idle_timeout_s;     /* no byte either way for this long: closed */
     unsigned connect_timeout_s;  /* to reach a destination, all its addresses */
-    unsigned resolve_interval_s; /* DNS names are resolved again after this */
+    unsigned resolve_interval_s; /* DNS names are resolved again after their TTL, at most this */
+    const char *dns_server;      /* "IP[:PORT]" to ask instead of /etc/resolv.conf's servers, or NULL */
     bool no_splice;              /* always read()/write() */
     /* The enclave whose life the host owns (started, health-checked,
      * restarted, stopped on SIGTERM), or NULL.  When the watchdog gives up,
