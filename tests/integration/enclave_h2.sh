@@ -28,7 +28,7 @@ int=$(free_port)
 metrics=$(free_port)
 start_app app "$app_port"
 start_enclave enclave --listen "tcp:127.0.0.1:$pub" -intport "$int" -appwebsrv "http://127.0.0.1:$app_port" \
-    --prometheus-listen "tcp:127.0.0.1:$metrics" --app-timeout 2 --drain-timeout 10
+    --prometheus-listen "tcp:127.0.0.1:$metrics" --app-timeout 5 --drain-timeout 10
 wait_for_log enclave 'event=listening listener=public'
 base="https://127.0.0.1:$pub"
 c() { curl -sS -k --http2 --max-time 60 "$@"; }
@@ -145,7 +145,7 @@ code=$(c -o /dev/null -w '%{http_code}' -T - -X POST "$base/enclave" <"$work/100
 pass "oversized head -> 431, oversized local body -> 413 (with and without a length)"
 
 # ---- app failures ---------------------------------------------------------------------------
-code=$(c -o /dev/null -w '%{http_code}' "$base/slow?ms=4000")
+code=$(c -o /dev/null -w '%{http_code}' "$base/slow?ms=8000")
 [ "$code" = 504 ] || fail "slow app over h2: expected 504, got $code"
 code=$(c -o /dev/null -w '%{http_code}' "$base/abort")
 [ "$code" = 502 ] || fail "app closing without an answer over h2: expected 502, got $code"
