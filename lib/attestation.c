@@ -640,6 +640,22 @@ int cl_verifier_verify(cl_verifier *v, const cl_attestation_doc *doc, uint64_t a
 
 /* ---- policy ---------------------------------------------------------- */
 
+int cl_verifier_new_with_roots(const char *const *pem_paths, size_t count, cl_verifier **out)
+{
+    *out = NULL;
+    cl_verifier *v = NULL;
+    CL_TRY(cl_verifier_new(count == 0, &v));
+    for (size_t i = 0; i < count; i++) {
+        int rc = cl_verifier_add_root_pem_file(v, pem_paths[i]);
+        if (rc < 0) {
+            cl_verifier_free(v);
+            return cl_error_prefix(rc, "--root %s: ", pem_paths[i]);
+        }
+    }
+    *out = v;
+    return CL_OK;
+}
+
 int cl_attestation_policy_add_pcr(cl_attestation_policy *policy, const char *arg)
 {
     const char *eq = strchr(arg, '=');

@@ -88,33 +88,12 @@ int cl_host_resolve(const char *host, unsigned port, int family, struct sockaddr
                     size_t max, size_t *n)
 {
     *n = 0;
-    char service[8];
-    snprintf(service, sizeof service, "%u", port);
-    struct addrinfo hints = {.ai_family = family, .ai_socktype = SOCK_STREAM};
-    struct addrinfo *res = NULL;
-    int gai = getaddrinfo(host, service, &hints, &res);
-    if (gai != 0)
-        return cl_error_set(CL_EIO, "cannot resolve %s%s: %s", host,
-                            family == AF_INET ? " (IPv4 only)" : family == AF_INET6 ? " (IPv6 only)" : "",
-                            gai == EAI_SYSTEM ? strerror(errno) : gai_strerror(gai));
-    for (struct addrinfo *ai = res; ai && *n < max; ai = ai->ai_next) {
-        if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) || ai->ai_addrlen > sizeof *out)
-            continue;
-        struct sockaddr_storage ss;
-        memset(&ss, 0, sizeof ss);
-        memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
-        bool dup = false;
-        for (size_t i = 0; i < *n && !dup; i++)
-            dup = same_sockaddr(&out[i], lens[i], &ss, (socklen_t)ai->ai_addrlen);
-        if (dup)
-            continue;
-        out[*n] = ss;
-        lens[*n] = (socklen_t)ai->ai_addrlen;
-        (*n)++;
+    cl_dns_result r;
+    CL_TRY(cl_dns_resolve(host, port, family, NULL, &r));
+    for (; *n < r.count && *n < max; (*n)++) {
+        out[*n] = r.addrs[*n];
+        lens[*n] = r.lens[*n];
     }
-    freeaddrinfo(res);
-    CL_ENSURE(*n > 0, CL_ENOTFOUND, "%s has no %s address", host,
-              family == AF_INET ? "IPv4" : family == AF_INET6 ? "IPv6" : "IP");
     return CL_OK;
 }
 

@@ -388,9 +388,7 @@ static int attest_verify(int argc, char **argv)
     policy.nonce = nonce.data;
     policy.nonce_len = nonce.len;
 
-    int rc = cl_verifier_new(root_count == 0, &verifier);
-    for (size_t i = 0; rc == CL_OK && i < root_count; i++)
-        rc = cl_verifier_add_root_pem_file(verifier, roots[i]);
+    int rc = cl_verifier_new_with_roots(roots, root_count, &verifier);
     if (rc < 0) {
         fprintf(stderr, "cloister attest verify: %s\n", cl_error_message());
         status = EXIT_FAILED;

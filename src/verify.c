@@ -315,15 +315,9 @@ int cmd_verify(int argc, char **argv)
     }
 
     cl_verifier *verifier = NULL;
-    int rc = cl_verifier_new(root_count == 0, &verifier);
-    for (size_t i = 0; rc == CL_OK && i < root_count; i++) {
-        rc = cl_verifier_add_root_pem_file(verifier, roots[i]);
-        if (rc < 0)
-            rc = cl_error_prefix(rc, "--root %s: ", roots[i]);
-    }
+    int rc = cl_verifier_new_with_roots(roots, root_count, &verifier);
     if (rc < 0) {
         fprintf(stderr, "cloister verify: %s\n", cl_error_message());
-        cl_verifier_free(verifier);
         return rc == CL_ENOMEM ? EXIT_FAILED : EXIT_USAGE;
     }
 

@@ -58,6 +58,9 @@ void cl_verifier_free(cl_verifier *v);
 /* Adds a trusted root from a PEM file (all certificates in it) or DER. */
 CL_MUST_CHECK int cl_verifier_add_root_pem_file(cl_verifier *v, const char *path);
 CL_MUST_CHECK int cl_verifier_add_root_der(cl_verifier *v, const uint8_t *der, size_t len);
+/* A verifier trusting the PEM files given (each --root option), or the
+ * embedded AWS root when there are none; errors name the file. */
+CL_MUST_CHECK int cl_verifier_new_with_roots(const char *const *pem_paths, size_t count, cl_verifier **out);
 /* Bounds the certificate cache (default 1024 entries; 0 disables it). */
 void cl_verifier_set_cache_size(cl_verifier *v, size_t entries);
 void cl_verifier_cache_stats(cl_verifier *v, uint64_t *hits, uint64_t *misses);
