@@ -942,7 +942,15 @@ static void on_accept(cl_loop *loop, cl_watch *watch, uint32_t events)
     (void)events;
     worker *w = (worker *)((char *)watch - offsetof(worker, listen_watch));
     cl_server *s = w->server;
-    for (int i = 0; i < 64; i++) {
+    /* The listener is level-triggered and exclusive: what one loop leaves in
+     * the backlog wakes another.  So with several loops, each takes a few at
+     * a time and none beyond its share, or a burst of connections (a load
+     * balancer's, a benchmark's) would all land on the first loop awake. */
+    int batch = s->worker_count > 1 ? 4 : 64;
+    for (int i = 0; i < batch; i++) {
+        if (s->worker_count > 1 && i > 0 &&
+            w->client_count > atomic_load(&s->open_connections) / s->worker_count + 2)
+            break;
         struct sockaddr_storage sa;
         socklen_t sa_len = sizeof sa;
         int fd = accept4(watch->fd, (struct sockaddr *)&sa, &sa_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
