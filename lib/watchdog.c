@@ -900,15 +900,16 @@ static bool budget_allows(cl_watchdog *w, uint64_t now)
 
 static void finish(cl_watchdog *w, int result, const char *msg)
 {
+    /* the descriptor first: whoever cl_watchdog_wait() releases may poll it */
+    char byte = 1;
+    ssize_t ignored = write(w->done[1], &byte, 1);
+    (void)ignored;
     pthread_mutex_lock(&w->lock);
     w->result = result;
     snprintf(w->result_msg, sizeof w->result_msg, "%s", msg);
     w->finished = true;
     pthread_cond_broadcast(&w->cond);
     pthread_mutex_unlock(&w->lock);
-    char byte = 1;
-    ssize_t ignored = write(w->done[1], &byte, 1);
-    (void)ignored;
 }
 
 static void *watchdog_thread(void *arg)
