@@ -10,6 +10,7 @@ int cmd_verify(int argc, char **argv);
 int cmd_host(int argc, char **argv);
 int cmd_imds_sim(int argc, char **argv);
 int cmd_watchdog(int argc, char **argv);
+int cmd_kms(int argc, char **argv);
 int cmd_kms_local(int argc, char **argv);
 
 /* Exit codes shared by the subcommands. */

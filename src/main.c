@@ -21,6 +21,7 @@ static const struct command commands[] = {
     {"host", cmd_host, "the parent instance's side: forwards, outbound proxies, IMDS gate"},
     {"imds-sim", cmd_imds_sim, "run an IMDSv2 stand-in (tokens, role credentials, identity)"},
     {"watchdog", cmd_watchdog, "start one enclave and keep it alive: health checks, restarts, systemd"},
+    {"kms", cmd_kms, "AWS KMS calls, with an attested Recipient inside the enclave"},
     {"kms-local", cmd_kms_local, "run a local AWS KMS: SigV4, key policies on attestation, Recipient"},
 };
 
