@@ -533,8 +533,10 @@ static bool open_blob(call *c, const cl_buf *blob, const char *key_text, const c
     }
     if (!find_key(c, id, false, key))
         return false;
-    if (!key_usable(c, key) || !authorize(c, key, action, r, ec))
+    if (!key_usable(c, key) || !authorize(c, key, action, r, ec)) {
+        cl_kms_key_free(key);
         return false;
+    }
     cl_buf aad = CL_BUF_INIT;
     int rc = cl_buf_append(&aad, blob->data, BLOB_HEADER);
     if (rc == CL_OK)
@@ -545,13 +547,12 @@ static bool open_blob(call *c, const cl_buf *blob, const char *key_text, const c
     if (rc == CL_EVERIFY) {
         cl_error_clear();
         fail(c, "InvalidCiphertextException", NULL);
-        return false;
-    }
-    if (rc < 0) {
+    } else if (rc < 0) {
         fail(c, "KMSInternalException", "%s", cl_error_message());
-        return false;
     }
-    return true;
+    if (rc < 0)
+        cl_kms_key_free(key);
+    return rc == CL_OK;
 }
 
 /* Plaintext, or with a Recipient CiphertextForRecipient instead. */
