@@ -52,7 +52,8 @@ static void usage(FILE *out)
             "  --credentials K:S[:ARN] an access key the server accepts (repeatable, at least one);\n"
             "                          ARN: the caller's principal (arn:aws:iam::ACCOUNT:user/K)\n"
             "  --root PEM              trust these roots for Recipient documents (repeatable), e.g.\n"
-            "                          nsm-sim's STATE/root.pem; default: the AWS Nitro Enclaves root\n"
+            "                          nsm-sim's STATE/root.pem, or 'aws' for the embedded AWS Nitro\n"
+            "                          Enclaves root; default: the AWS root only\n"
             "  --region R              the region in ARNs and SigV4 scopes (us-east-1)\n"
             "  --account ID            the 12-digit account in ARNs (" CL_KMS_DEFAULT_ACCOUNT ")\n"
             "  --tls                   serve HTTPS: a CA kept in DIR (DIR/ca.pem for clients) issues a\n"
@@ -453,12 +454,15 @@ int cmd_kms_local(int argc, char **argv)
         fprintf(stderr, "cloister kms-local: %s\n", cl_error_message());
         goto out;
     }
-    if (cl_verifier_new(nroots == 0, &verifier) < 0) {
+    bool aws_root = nroots == 0;
+    for (size_t i = 0; i < nroots; i++)
+        aws_root |= !strcmp(roots[i], "aws");
+    if (cl_verifier_new(aws_root, &verifier) < 0) {
         fprintf(stderr, "cloister kms-local: %s\n", cl_error_message());
         goto out;
     }
     for (size_t i = 0; i < nroots; i++)
-        if (cl_verifier_add_root_pem_file(verifier, roots[i]) < 0) {
+        if (strcmp(roots[i], "aws") && cl_verifier_add_root_pem_file(verifier, roots[i]) < 0) {
             fprintf(stderr, "cloister kms-local: --root %s: %s\n", roots[i], cl_error_message());
             status = EXIT_USAGE;
             goto out;

@@ -15,11 +15,17 @@
 //       (DOC: raw attestation document file); writes CiphertextForRecipient
 //       to OUT, prints "ERROR=<type>" instead when refused, and fails if a
 //       Plaintext came back.
+//   node kms_sdk.js skewed ENDPOINT AKID SECRET    a clock 10 minutes slow is refused
+//   node kms_sdk.js encrypt ENDPOINT AKID SECRET KEY TEXT       prints BLOB=
+//   node kms_sdk.js decrypt-blob ENDPOINT AKID SECRET BLOB      prints PLAINTEXT=
 //   node kms_sdk.js put-policy ENDPOINT AKID SECRET KEY POLICY.json
+// ENDPOINT is http(s)://HOST:PORT or unix:PATH (the SDK over a unix socket).
 'use strict';
 
 const fs = require('node:fs');
+const http = require('node:http');
 const https = require('node:https');
+const net = require('node:net');
 const kms = require('@aws-sdk/client-kms');
 
 function client(endpoint, akid, secret, ca) {
@@ -29,8 +35,15 @@ function client(endpoint, akid, secret, ca) {
         credentials: { accessKeyId: akid, secretAccessKey: secret },
         maxAttempts: 1,
     };
-    if (ca) {
-        const { NodeHttpHandler } = require('@smithy/node-http-handler');
+    const { NodeHttpHandler } = require('@smithy/node-http-handler');
+    if (endpoint.startsWith('unix:')) {
+        // the same SDK over a unix socket: an agent whose connections go there
+        const path = endpoint.slice(5);
+        const agent = new http.Agent({ keepAlive: true });
+        agent.createConnection = (opts, cb) => net.connect(path, cb);
+        cfg.endpoint = 'http://localhost';
+        cfg.requestHandler = new NodeHttpHandler({ httpAgent: agent });
+    } else if (ca) {
         cfg.requestHandler = new NodeHttpHandler({ httpsAgent: new https.Agent({ ca: fs.readFileSync(ca) }) });
     }
     return new kms.KMSClient(cfg);
@@ -178,6 +191,16 @@ async function main() {
     } else if (mode === 'expect-error') {
         const c = client(endpoint, akid, secret, rest[1]);
         await expectError(c.send(new kms.ListKeysCommand({})), rest[0], `ListKeys refused`);
+    } else if (mode === 'skewed') {
+        // a client whose clock is 10 minutes behind, no retry to correct it
+        const c = client(endpoint, akid, secret);
+        c.config.systemClockOffset = -10 * 60 * 1000;
+        const e = await expectError(c.send(new kms.ListKeysCommand({})), 'InvalidSignatureException', 'a skewed clock');
+        check(e && /^Signature expired: \d{8}T\d{6}Z is now earlier than/.test(e.message), `skew message: ${e && e.message}`);
+    } else if (mode === 'encrypt') {
+        const c = client(endpoint, akid, secret);
+        const out = await c.send(new kms.EncryptCommand({ KeyId: rest[0], Plaintext: Buffer.from(rest[1]) }));
+        console.log(`BLOB=${Buffer.from(out.CiphertextBlob).toString('base64')}`);
     } else if (mode === 'decrypt-blob') {
         const c = client(endpoint, akid, secret);
         const out = await c.send(new kms.DecryptCommand({ CiphertextBlob: Buffer.from(rest[0], 'base64') }));
