@@ -48,7 +48,8 @@ static int copy_field(char *dst, size_t cap, const char *src, const char *what)
     CL_ENSURE(n < cap, CL_ELIMIT, "%s is longer than %zu characters", what, cap - 1);
     for (size_t i = 0; i < n; i++)
         CL_ENSURE(src[i] > 0x20 && src[i] < 0x7f, CL_EINVAL, "%s holds a character that is not printable ASCII", what);
-    memcpy(dst, src, n);
+    if (n)
+        memcpy(dst, src, n);
     dst[n] = '\0';
     return CL_OK;
 }
