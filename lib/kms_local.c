@@ -149,6 +149,15 @@ static const char *get_string(call *c, const char *name, bool required)
         fail(c, "SerializationException", "%s must be a string", name);
         return NULL;
     }
+    size_t n = strlen(name);
+    bool identifier = (n > 2 && !strcmp(name + n - 2, "Id")) || (n > 4 && !strcmp(name + n - 4, "Name"));
+    if (identifier && json_string_length(v) == 0) {
+        fail(c, "ValidationException",
+             "1 validation error detected: Value '' at '%c%s' failed to satisfy constraint: Member must have length "
+             "greater than or equal to 1",
+             name[0] + 32, name + 1);
+        return NULL;
+    }
     return json_string_value(v);
 }
 

@@ -463,6 +463,12 @@ static void handle_end_to_end(void)
     r = call_kms(k, "Encrypt", "{\"Plaintext\": \"AA==\"}", now, type);
     CHECK(!strcmp(type, "ValidationException"));
     json_decref(r);
+    r = call_kms(k, "Encrypt", "{\"KeyId\": \"\", \"Plaintext\": \"AA==\"}", now, type);
+    CHECK(!strcmp(type, "ValidationException"));
+    json_decref(r);
+    r = call_kms(k, "DescribeKey", "{\"KeyId\": \"not-a-key\"}", now, type);
+    CHECK(!strcmp(type, "NotFoundException"));
+    json_decref(r);
 
     /* a policy allowing Decrypt only to the simulator's PCR0 */
     char pcr0[97], policy[4096], escaped[8192];
