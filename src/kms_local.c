@@ -119,6 +119,12 @@ static int load_master(const char *file, const char *dir, uint8_t out[CL_KMS_MAS
         cl_buf_free(&b);
         return rc;
     }
+    char db[PATH_MAX];
+    snprintf(db, sizeof db, "%s/kms.db", dir);
+    CL_ENSURE(access(db, F_OK) != 0, CL_EINVAL,
+              "%s exists but no master key was given: use --master-key-file or $" MASTER_ENV
+              " with the key it was created with",
+              db);
     CL_ENSURE(RAND_bytes(out, CL_KMS_MASTER_KEY_LEN) == 1, CL_ECRYPTO, "no randomness");
     char hex[2 * CL_KMS_MASTER_KEY_LEN + 2];
     cl_hex_encode(out, CL_KMS_MASTER_KEY_LEN, hex);

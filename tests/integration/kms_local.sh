@@ -176,6 +176,26 @@ CLOISTER_KMS_MASTER_KEY=$(printf '00%.0s' $(seq 32)) timeout 10 "$CLOISTER" kms-
 [ "$status" -ne 0 ] && grep -q 'master key' "$work/err" || fail "a wrong master key was not refused: $(cat "$work/err")"
 pass "keys survive a restart; another master key is refused at start"
 
+# the master key from a file, then the same key from the environment; none given is refused
+openssl rand -hex 32 >"$work/master.hex"
+spawn kms2 "$CLOISTER" kms-local --listen "tcp:127.0.0.1:$port" --state "$work/kms2" --credentials "$AK:$SK" \
+    --master-key-file "$work/master.hex"
+wait_for_log kms2 '^kms-local: listening on '
+[ ! -e "$work/kms2/master.key" ] || fail "a master.key was written although --master-key-file was given"
+key2=$(sdk basic "$EP" "$AK" "$SK" | sed -n 's/^BLOB=//p')
+stop kms2
+CLOISTER_KMS_MASTER_KEY=$(cat "$work/master.hex") spawn kms2 "$CLOISTER" kms-local --listen "tcp:127.0.0.1:$port" \
+    --state "$work/kms2" --credentials "$AK:$SK"
+wait_for_log kms2 '^kms-local: listening on '
+[ "$(sdk decrypt-blob "$EP" "$AK" "$SK" "$key2")" = "PLAINTEXT=survives restarts" ] || fail "master key from the environment"
+stop kms2
+status=0
+timeout 10 "$CLOISTER" kms-local --listen "tcp:127.0.0.1:$port" --state "$work/kms2" --credentials "$AK:$SK" \
+    2>"$work/err" || status=$?
+[ "$status" -ne 0 ] && grep -q 'no master key was given' "$work/err" || fail "no master key for an existing state: $(cat "$work/err")"
+[ ! -e "$work/kms2/master.key" ] || fail "a master.key was generated for an existing state"
+pass "master key from --master-key-file and from \$CLOISTER_KMS_MASTER_KEY; none for an existing state is refused"
+
 # ---- TLS with the written CA; the SDK over a unix socket ---------------------------------------------
 tport=$(free_port)
 spawn tls "$CLOISTER" kms-local --listen "tcp:127.0.0.1:$tport" --state "$work/kms" --credentials "$AK:$SK" --tls
