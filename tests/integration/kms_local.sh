@@ -83,7 +83,7 @@ start_kms() {
 start_kms
 [ "$(stat -c %a "$work/kms/master.key")" = 600 ] || fail "master.key is not 0600"
 
-sdk basic "$EP" "$AK" "$SK" >"$work/basic.out" || { cat "$work/basic.out"; fail "AWS SDK basic operations"; }
+sdk basic "$EP" "$AK" "$SK" >"$work/basic.out" 2>&1 || { cat "$work/basic.out" >&2; fail "AWS SDK basic operations"; }
 grep -c '^ok ' "$work/basic.out" | grep -qv '^0$' || fail "no checks ran"
 pass "AWS SDK: CreateKey/Describe/aliases/Encrypt/Decrypt/ReEncrypt/GenerateDataKey/GenerateRandom/policies/states ($(grep -c '^ok ' "$work/basic.out") checks)"
 blob=$(sed -n 's/^BLOB=//p' "$work/basic.out")
@@ -163,6 +163,16 @@ fi
 out=$(sdk decrypt-blob "$EP" "$AK" "$SK" "$eblob" 2>&1 || true)
 echo "$out" | grep -q 'AccessDeniedException' || fail "Decrypt without a Recipient of a PCR0-bound key: $out"
 pass "refused: another PCR0, a debug-mode enclave, a tampered, a foreign-root and an expired document, no Recipient"
+
+# ---- four SDK clients at once on one server ---------------------------------------------------------
+for i in 1 2 3 4; do
+    sdk basic "$EP" "$AK" "$SK" >"$work/par$i.out" 2>&1 &
+    par[$i]=$!
+done
+for i in 1 2 3 4; do
+    wait "${par[$i]}" || { cat "$work/par$i.out"; fail "parallel SDK client $i"; }
+done
+pass "four SDK clients at once: every check passes"
 
 # ---- restarts, master key -----------------------------------------------------------------------
 stop kms
