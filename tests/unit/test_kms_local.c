@@ -172,6 +172,20 @@ static void sigv4_rejections(void)
     s.h[4].value = sl("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20231114/us-east-1/kms/aws4_request");
     CHECK_OK(verify(&s, now, &res));
     CHECK(res.status == CL_SIGV4_INCOMPLETE && strstr(res.message, "'Signature'"));
+    make_request(&s, EX_AKID, EX_SECRET, now, "ListKeys", "{}");
+    s.h[4].value = sl("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20231114/us-east-1/kms/aws4_request, "
+                      "SignedHeaders=x-host;x-amz-date, Signature=00");
+    CHECK_OK(verify(&s, now, &res));
+    CHECK(res.status == CL_SIGV4_INCOMPLETE && strstr(res.message, "'Host'"));
+
+    /* a query that cannot be canonicalized is a mismatch, not an internal error */
+    make_request(&s, EX_AKID, EX_SECRET, now, "ListKeys", "{}");
+    char query[1024] = "";
+    for (int i = 0; i < 100; i++)
+        strcat(query, "a=b&");
+    s.req.query = sl(query);
+    CHECK_OK(verify(&s, now, &res));
+    CHECK(res.status == CL_SIGV4_MISMATCH);
 }
 
 /* ---- policies ------------------------------------------------------------------------------ */
