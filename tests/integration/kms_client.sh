@@ -255,6 +255,18 @@ curl -sk "https://127.0.0.1:$pp/enclave/config" | python3 -c \
 stop enc || true
 pass "enclave: secrets opened with a Recipient before the listeners, GET /enclave/secrets/NAME internal only, -appcmd env"
 
+# the same settings from --config: "secret" takes a string or an array
+cat >"$work/enclave.json" <<EOF
+{"fqdn": "localhost", "nsm": "unix:$work/nsm.sock", "listen": "tcp:127.0.0.1:$pp", "intport": $ip,
+ "kms-imds": "unix:$work/imds.sock", "kms-proxy": "unix:$work/kms.sock", "kms-ca-file": "$CA",
+ "secret": ["db=@$work/pcr.ct", "api_key=$api_ct"]}
+EOF
+spawn enc3 "$CLOISTER" enclave --config "$work/enclave.json"
+wait_for_log enc3 'event=listening listener=public'
+[ "$(curl -sS "http://127.0.0.1:$ip/enclave/secrets/api_key")" = "sk_live_0123456789" ] || fail "--config secrets"
+stop enc3 || true
+pass "the secrets and KMS settings from --config JSON"
+
 # a secret that cannot be opened stops the start, naming it; so does one for another enclave
 st=0
 "$CLOISTER" enclave -fqdn localhost --nsm "unix:$work/nsm.sock" -listen "tcp:127.0.0.1:$pp" -intport "$ip" \
