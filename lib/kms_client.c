@@ -122,7 +122,6 @@ int cl_http_perform(CURL *h, cl_http_call *call)
     curl_easy_setopt(h, CURLOPT_URL, call->url);
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_VERBOSE, getenv("CLOISTER_CURL_VERBOSE") ? 1L : 0L);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, call->headers);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)call->timeout_ms);
@@ -135,7 +134,10 @@ int cl_http_perform(CURL *h, cl_http_call *call)
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(h, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-    curl_easy_setopt(h, CURLOPT_CAINFO, call->ca_file);
+    /* NULL would not mean "the default" but "no CA file": leave curl's
+     * default (the system store) unless a file is given */
+    if (call->ca_file)
+        curl_easy_setopt(h, CURLOPT_CAINFO, call->ca_file);
     if (!strcmp(call->method, "POST")) {
         curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, NULL);
         curl_easy_setopt(h, CURLOPT_POST, 1L);
