@@ -13,6 +13,7 @@
  * group with a parent-death signal, and everything is stopped and removed
  * on exit. */
 #include "cloister/address.h"
+#include "cloister/buf.h"
 #include "cloister/encoding.h"
 #include "cloister/https_client.h"
 #include "commands.h"
@@ -21,6 +22,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <getopt.h>
 #include <limits.h>
 #include <poll.h>
@@ -51,12 +54,15 @@ static void dev_usage(FILE *out)
             "\n"
             "Runs the whole picture on one machine: the NSM simulator; the enclave side\n"
             "(cloister enclave and the example app) in its own network namespace with only lo\n"
-            "when run as root; the host side (cloister host: forwards, IMDS gate, watchdog)\n"
-            "outside; a local IMDS; the vsock links as unix sockets in a run directory.  Then it\n"
+            "when run as root; the host side (cloister host: forwards, IMDS gate, KMS proxy,\n"
+            "watchdog) outside; a local IMDS and a local KMS (kms-local, with a key only this\n"
+            "enclave's PCR0 opens, whose secret the enclave opens at start); the vsock links as\n"
+            "unix sockets in a run directory.  Then it\n"
             "proves the enclave with cloister verify and shows how to try it.\n"
             "\n"
-            "  --check          start, verify, make one request to the app and one from the app\n"
-            "                   out through the host (IMDS), stop; exit 0 only if all worked\n"
+            "  --check          start, verify, make requests to the app, from the app out through\n"
+            "                   the host (IMDS), check the KMS secret the enclave opened and a\n"
+            "                   Decrypt refused for another PCR0, stop; exit 0 only if all worked\n"
             "  --port N         HTTPS for you on 127.0.0.1:N (%d)\n"
             "  --app CMD        run CMD as the application instead of examples/hello/app.py;\n"
             "                   it must serve HTTP on 127.0.0.1:--app-port (%d)\n"
@@ -83,8 +89,12 @@ typedef struct dev {
     int sigfd;
     bool stop_requested;
     bool isolated;
-    unsigned port, imds_port, intport, appport;
-    proc sim, imds, host;
+    unsigned port, imds_port, intport, appport, kms_port;
+    proc sim, imds, host, kms;
+    char role_key[32], role_secret[64];   /* the instance role's credentials (imds-sim, kms-local) */
+    char oper_key[32], oper_secret[64];   /* the operator's, who encrypts outside the enclave */
+    char pcr0[2 * 48 + 1];                /* the enclave's: SHA-384 of this binary, as nsm-sim measures it */
+    char secret_sha256[2 * 32 + 1];       /* of the demo secret, which only the enclave opens */
 } dev;
 
 static uint64_t now_ms(void)
@@ -232,6 +242,7 @@ static void stop_all(dev *d)
 {
     /* the host first: it terminates the enclave, which still needs its NSM */
     stop_proc(d, &d->host);
+    stop_proc(d, &d->kms);
     stop_proc(d, &d->imds);
     stop_proc(d, &d->sim);
     if (d->made_run)
@@ -433,13 +444,193 @@ static int enclave_command(const dev *d, const char *app_cmd, bool wait_for_app,
         /* unshare(1) execs without forking, so the watchdog's pid stays the enclave's */
         CL_TRY(cl_buf_append(out, "unshare --net sh -c 'ip link set lo up && exec \"$0\" \"$@\"' ", 58));
     }
+    char kms_imds[PATH_MAX + 32], kms_proxy[PATH_MAX + 32], kms_ca[PATH_MAX + 32], secret[PATH_MAX + 48];
+    snprintf(kms_imds, sizeof kms_imds, "unix:%s/imds.sock", d->run);
+    snprintf(kms_proxy, sizeof kms_proxy, "unix:%s/kms.sock", d->run);
+    snprintf(kms_ca, sizeof kms_ca, "%s/kms/ca.pem", d->run);
+    snprintf(secret, sizeof secret, "demo=@%s/secret-dev.ct", d->run);
     const char *words[] = {d->self, "enclave", "-fqdn", "localhost", "--nsm", nsm, "--listen", listen,
-                           "-intport", intport, "-appwebsrv", appurl, "-appcmd", app_cmd, "--proxy-protocol"};
+                           "-intport", intport, "-appwebsrv", appurl, "-appcmd", app_cmd, "--proxy-protocol",
+                           "-kms-imds", kms_imds, "-kms-proxy", kms_proxy, "-kms-ca-file", kms_ca,
+                           "-secret", secret};
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
         CL_TRY(shell_quote(out, words[i]));
     if (wait_for_app)
         CL_TRY(cl_buf_append(out, "-wait-for-app", 13));
     return cl_buf_append(out, "", 1);
+}
+
+/* Random credentials in AWS's shapes: AKIA + 16 of base32, 40 of base64. */
+static int make_credentials(char *key, size_t key_len, char *secret, size_t secret_len)
+{
+    static const char b32[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    uint8_t r[56];
+    CL_ENSURE(key_len > 20 && secret_len > 40 && RAND_bytes(r, sizeof r) == 1, CL_ECRYPTO, "no randomness");
+    memcpy(key, "AKIA", 4);
+    for (int i = 0; i < 16; i++)
+        key[4 + i] = b32[r[i] % 32];
+    key[20] = '\0';
+    for (int i = 0; i < 40; i++)
+        secret[i] = b64[r[16 + i] % 64];
+    secret[40] = '\0';
+    cl_wipe(r, sizeof r);
+    return CL_OK;
+}
+
+static int file_sha384_hex(const char *path, char out[2 * 48 + 1])
+{
+    cl_buf data = CL_BUF_INIT;
+    CL_TRY(cl_read_file(path, 256u << 20, &data));
+    uint8_t md[48];
+    unsigned len = 0;
+    int ok = EVP_Digest(data.data, data.len, md, &len, EVP_sha384(), NULL);
+    cl_buf_free(&data);
+    CL_ENSURE(ok == 1 && len == 48, CL_ECRYPTO, "SHA-384 of %s failed", path);
+    cl_hex_encode(md, 48, out);
+    return CL_OK;
+}
+
+static int write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    CL_ENSURE(f, CL_EIO, "cannot create %s: %s", path, strerror(errno));
+    bool ok = fputs(text, f) >= 0;
+    ok = fclose(f) == 0 && ok;
+    CL_ENSURE(ok, CL_EIO, "cannot write %s", path);
+    return CL_OK;
+}
+
+/* A key policy: the account encrypts; Decrypt only for a Recipient whose
+ * attested PCR0 is pcr0. */
+static int write_policy(const char *path, const char *pcr0)
+{
+    char text[2048];
+    snprintf(text, sizeof text,
+             "{\"Version\": \"2012-10-17\", \"Statement\": [\n"
+             "  {\"Sid\": \"the account manages and encrypts\", \"Effect\": \"Allow\",\n"
+             "   \"Principal\": {\"AWS\": \"arn:aws:iam::111122223333:root\"},\n"
+             "   \"Action\": [\"kms:Encrypt\", \"kms:DescribeKey\", \"kms:GetKeyPolicy\", \"kms:PutKeyPolicy\"],"
+             " \"Resource\": \"*\"},\n"
+             "  {\"Sid\": \"only the enclave decrypts\", \"Effect\": \"Allow\",\n"
+             "   \"Principal\": {\"AWS\": \"arn:aws:iam::111122223333:root\"},\n"
+             "   \"Action\": [\"kms:Decrypt\"], \"Resource\": \"*\",\n"
+             "   \"Condition\": {\"StringEqualsIgnoreCase\": {\"kms:RecipientAttestation:PCR0\": \"%s\"}}}]}\n",
+             pcr0);
+    return write_text(path, text);
+}
+
+static bool kms_ready(dev *d)
+{
+    FILE *f = fopen(d->kms.log, "r");
+    if (!f)
+        return false;
+    char line[512];
+    bool up = false;
+    while (!up && fgets(line, sizeof line, f))
+        up = strncmp(line, "kms-local: listening on ", 24) == 0;
+    fclose(f);
+    return up;
+}
+
+/* Runs this binary with argv (a subcommand and its arguments), output to
+ * RUN/NAME.out; its exit status, or -1. */
+static int run_self(dev *d, const char *name, char *const argv[])
+{
+    char out[PATH_MAX + 32];
+    snprintf(out, sizeof out, "%s/%s.out", d->run, name);
+    pid_t pid = fork();
+    if (pid == 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execv(d->self, argv);
+        _exit(127);
+    }
+    if (pid < 0)
+        return -1;
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static bool file_contains(const char *path, const char *needle)
+{
+    cl_buf b = CL_BUF_INIT;
+    bool found = cl_read_file(path, 1 << 20, &b) == CL_OK && b.len && memmem(b.data, b.len, needle, strlen(needle));
+    cl_buf_free(&b);
+    return found;
+}
+
+/* kms-local with two keys: alias/dev opens for this enclave's PCR0,
+ * alias/other-pcr0 for another image's only; the demo secret encrypted
+ * under each by the operator, outside the enclave. */
+static bool start_kms(dev *d)
+{
+    char pol_dev[PATH_MAX + 32], pol_other[PATH_MAX + 32], state[PATH_MAX + 16], listen[64], root[PATH_MAX + 32];
+    char creds_role[128], creds_oper[128], key_dev[PATH_MAX + 48], key_other[PATH_MAX + 48];
+    char other_pcr0[2 * 48 + 1];
+    memset(other_pcr0, 'a', 96);
+    other_pcr0[96] = '\0';
+    snprintf(pol_dev, sizeof pol_dev, "%s/policy-dev.json", d->run);
+    snprintf(pol_other, sizeof pol_other, "%s/policy-other-pcr0.json", d->run);
+    if (write_policy(pol_dev, d->pcr0) < 0 || write_policy(pol_other, other_pcr0) < 0) {
+        fprintf(stderr, "cloister dev: %s\n", cl_error_message());
+        return false;
+    }
+    snprintf(state, sizeof state, "%s/kms", d->run);
+    snprintf(listen, sizeof listen, "tcp:127.0.0.1:%u", d->kms_port);
+    snprintf(root, sizeof root, "%s/state/root.pem", d->run);
+    snprintf(creds_role, sizeof creds_role, "%s:%s", d->role_key, d->role_secret);
+    snprintf(creds_oper, sizeof creds_oper, "%s:%s", d->oper_key, d->oper_secret);
+    snprintf(key_dev, sizeof key_dev, "alias/dev=%s", pol_dev);
+    snprintf(key_other, sizeof key_other, "alias/other-pcr0=%s", pol_other);
+    char *kms_argv[] = {d->self, "kms-local", "--listen", listen, "--state", state, "--region", "us-east-1", "--tls",
+                        "--credentials", creds_role, "--credentials", creds_oper, "--root", root, "--key", key_dev,
+                        "--key", key_other, NULL};
+    if (spawn(d, &d->kms, "kms-local", kms_argv) < 0 || !wait_for(d, &d->kms, "kms-local", kms_ready, 15000))
+        return false;
+
+    /* the operator: a random secret, encrypted under each key, straight to kms-local */
+    uint8_t raw[24];
+    char secret[2 * sizeof raw + 16], plain[PATH_MAX + 16], endpoint[64], ca[PATH_MAX + 16];
+    if (RAND_bytes(raw, sizeof raw) != 1)
+        return false;
+    memcpy(secret, "dev-", 4);
+    cl_hex_encode(raw, sizeof raw, secret + 4);
+    cl_wipe(raw, sizeof raw);
+    uint8_t md[32];
+    unsigned mdlen = 0;
+    EVP_Digest(secret, strlen(secret), md, &mdlen, EVP_sha256(), NULL);
+    cl_hex_encode(md, 32, d->secret_sha256);
+    snprintf(plain, sizeof plain, "%s/secret.txt", d->run);
+    snprintf(endpoint, sizeof endpoint, "https://localhost:%u", d->kms_port);
+    snprintf(ca, sizeof ca, "%s/kms/ca.pem", d->run);
+    bool ok = write_text(plain, secret) == CL_OK;
+    cl_wipe(secret, sizeof secret);
+    const char *keys[2] = {"alias/dev", "alias/other-pcr0"}, *names[2] = {"secret-dev.ct", "secret-other-pcr0.ct"};
+    for (int i = 0; ok && i < 2; i++) {
+        char out[PATH_MAX + 32];
+        snprintf(out, sizeof out, "%s/%s", d->run, names[i]);
+        char *enc_argv[] = {d->self, "kms", "--region", "us-east-1", "--endpoint", endpoint, "--ca-file", ca,
+                            "--access-key-id", d->oper_key, "--secret-access-key", d->oper_secret, "encrypt",
+                            "--key-id", (char *)keys[i], "--in", plain, "-o", out, NULL};
+        ok = run_self(d, "encrypt", enc_argv) == 0;
+        if (!ok) {
+            char path[PATH_MAX + 16];
+            snprintf(path, sizeof path, "%s/encrypt.out", d->run);
+            fprintf(stderr, "cloister dev: encrypting the demo secret under %s failed:\n", keys[i]);
+            print_file(path);
+        }
+    }
+    unlink(plain);
+    return ok;
 }
 
 /* examples/hello/app.py beside the build directory, or under $CLOISTER_SOURCE_DIR. */
@@ -497,7 +688,36 @@ static bool exercise(dev *d)
         ok = ok && good;
         cl_https_response_free(&r);
     }
-    return ok;
+    /* the app's view of the secret the enclave opened: its SHA-256 */
+    cl_https_response r;
+    char want[96];
+    snprintf(want, sizeof want, "\"sha256\": \"%s\"", d->secret_sha256);
+    int rc = cl_https_get(&t, NULL, "/secret", 64 * 1024, &r);
+    bool good = rc == CL_OK && r.status == 200 && r.body.len && memmem(r.body.data, r.body.len, want, strlen(want));
+    say("%s  GET /secret     %d  (a KMS secret bound to PCR0, opened inside with a Recipient through the host)",
+        good ? "ok  " : "FAIL", rc == CL_OK ? r.status : 0);
+    ok = ok && good;
+    if (rc == CL_OK)
+        cl_https_response_free(&r);
+
+    /* a key whose policy names another image's PCR0: refused to this enclave */
+    char nsm[PATH_MAX + 16], imds[PATH_MAX + 16], proxy[PATH_MAX + 16], ca[PATH_MAX + 16], in[PATH_MAX + 32],
+        out[PATH_MAX + 32];
+    snprintf(nsm, sizeof nsm, "unix:%s/nsm.sock", d->run);
+    snprintf(imds, sizeof imds, "unix:%s/imds.sock", d->run);
+    snprintf(proxy, sizeof proxy, "unix:%s/kms.sock", d->run);
+    snprintf(ca, sizeof ca, "%s/kms/ca.pem", d->run);
+    snprintf(in, sizeof in, "%s/secret-other-pcr0.ct", d->run);
+    snprintf(out, sizeof out, "%s/denied.out", d->run);
+    char *argv[] = {d->self, "kms", "--imds", imds, "--proxy", proxy, "--ca-file", ca, "--nsm", nsm, "--max-attempts",
+                    "1", "decrypt", "--in", in, "-o", "/dev/null", NULL};
+    int status = run_self(d, "denied", argv);
+    good = status == 1 && file_contains(out, "AccessDeniedException");
+    say("%s  Decrypt under a key bound to another PCR0: %s", good ? "ok  " : "FAIL",
+        good ? "AccessDeniedException, as it must" : "NOT refused as expected");
+    if (!good)
+        print_file(out);
+    return ok && good;
 }
 
 enum { OPT_CHECK = 256, OPT_PORT, OPT_APP, OPT_APP_PORT, OPT_NO_NETNS, OPT_RUN_DIR, OPT_HELP };
@@ -638,9 +858,21 @@ int cmd_dev(int argc, char **argv)
     char imds_listen[64], imds_endpoint[64];
     snprintf(imds_listen, sizeof imds_listen, "tcp:127.0.0.1:%u", d.imds_port);
     snprintf(imds_endpoint, sizeof imds_endpoint, "http://127.0.0.1:%u", d.imds_port);
-    char *imds_argv[] = {d.self, "imds-sim", "--listen", imds_listen, "--region", "us-east-1", NULL};
+    if (make_credentials(d.role_key, sizeof d.role_key, d.role_secret, sizeof d.role_secret) < 0 ||
+        make_credentials(d.oper_key, sizeof d.oper_key, d.oper_secret, sizeof d.oper_secret) < 0 ||
+        file_sha384_hex(d.self, d.pcr0) < 0) {
+        fprintf(stderr, "cloister dev: %s\n", cl_error_message());
+        goto out;
+    }
+    char role_creds[128];
+    snprintf(role_creds, sizeof role_creds, "%s:%s", d.role_key, d.role_secret);
+    char *imds_argv[] = {d.self, "imds-sim", "--listen", imds_listen, "--region", "us-east-1", "--credentials",
+                         role_creds, NULL};
     if (spawn(&d, &d.imds, "imds-sim", imds_argv) < 0 ||
         !wait_for(&d, &d.imds, "the IMDS stand-in", imds_ready, 10000))
+        goto out;
+    d.kms_port = free_port();
+    if (!start_kms(&d))
         goto out;
 
     if (app) {
@@ -666,7 +898,10 @@ int cmd_dev(int argc, char **argv)
     snprintf(forward, sizeof forward, "tcp:127.0.0.1:%u=unix:%s/enclave.sock,proxy-protocol", d.port, d.run);
     snprintf(imds_gate, sizeof imds_gate, "unix:%s/imds.sock", d.run);
     snprintf(health, sizeof health, "unix:%s/enclave.sock", d.run);
+    char outbound[PATH_MAX + 64];
+    snprintf(outbound, sizeof outbound, "unix:%s/kms.sock=127.0.0.1:%u", d.run, d.kms_port);
     char *host_argv[] = {d.self, "host", "--forward", forward, "--imds", imds_gate, "--imds-endpoint", imds_endpoint,
+                         "--outbound", outbound,
                          "--enclave-command", (char *)enclave_cmd.data, "--health-connect", health,
                          "--health-interval", "1s", "--backoff-initial", "500ms", "--stop-grace", "5s", NULL};
     if (spawn(&d, &d.host, "host", host_argv) < 0)
@@ -693,8 +928,11 @@ int cmd_dev(int argc, char **argv)
         app ? "your app" : "examples/hello/app.py", own_ns ? "its own namespace" : "this machine's, NOT isolated",
         ifaces[0] ? ifaces : "?");
     say("  host       cloister host: tcp:127.0.0.1:%u -> unix:%s/enclave.sock (vsock stand-in),", d.port, d.run);
-    say("             IMDS gate unix:%s/imds.sock -> imds-sim on 127.0.0.1:%u, watchdog on the enclave", d.run,
-        d.imds_port);
+    say("             IMDS gate unix:%s/imds.sock -> imds-sim on 127.0.0.1:%u,", d.run, d.imds_port);
+    say("             KMS proxy unix:%s/kms.sock -> kms-local on 127.0.0.1:%u, watchdog on the enclave", d.run,
+        d.kms_port);
+    say("  kms-local  key alias/dev opens only for a Recipient attested with PCR0=%.16s...; the enclave", d.pcr0);
+    say("             opened the secret \"demo\" with it at start (credentials from IMDS, through the host)");
     say("\ncloister verify https://127.0.0.1:%u --root %s/state/root.pem:", d.port, d.run);
     char vpath[PATH_MAX + 16];
     snprintf(vpath, sizeof vpath, "%s/verify.txt", d.run);
@@ -717,10 +955,12 @@ int cmd_dev(int argc, char **argv)
     say("\nTry it:");
     say("  curl -k https://127.0.0.1:%u/api/hello", d.port);
     say("  curl -k https://127.0.0.1:%u/region            (the app asks IMDS through the host)", d.port);
+    say("  curl -k https://127.0.0.1:%u/secret            (the SHA-256 of the KMS secret only the enclave opens)",
+        d.port);
     say("  %s verify https://127.0.0.1:%u --root %s/state/root.pem", d.self, d.port, d.run);
     say("  a browser: https://127.0.0.1:%u/ (it warns about the self-signed certificate: trust comes", d.port);
     say("  from the attestation, which cloister verify checks)");
-    say("  logs: %s/{host,nsm-sim,imds-sim}.log (the enclave's and the app's are in host.log)", d.run);
+    say("  logs: %s/{host,nsm-sim,imds-sim,kms-local}.log (the enclave's and the app's are in host.log)", d.run);
     say("Ctrl-C stops everything and removes %s.", d.run);
     while (!d.stop_requested) {
         pause_ms(&d, 500);

@@ -42,12 +42,16 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: cloister imds-sim --listen ADDR [--role NAME] [--region R] [--instance-id ID]\n\n"
+            "usage: cloister imds-sim --listen ADDR [--role NAME] [--region R] [--instance-id ID]\n"
+            "                        [--credentials ACCESS_KEY_ID:SECRET]\n\n"
             "An EC2 instance metadata service (IMDSv2 required) for tests and local runs.\n\n"
             "  --listen ADDR       tcp:HOST:PORT or unix:PATH\n"
             "  --role NAME         the instance profile's role (cloister-enclave-role)\n"
             "  --region R          the region (us-east-1)\n"
-            "  --instance-id ID    the instance id (random i-... by default)\n\n"
+            "  --instance-id ID    the instance id (random i-... by default)\n"
+            "  --credentials K:S   the role's access key id and secret (random by default), so\n"
+            "                      that a local KMS can be told them; the session token is\n"
+            "                      random and renewed at each rotation either way\n\n"
             "  PUT /latest/api/token               X-aws-ec2-metadata-token-ttl-seconds: 1..21600\n"
             "                                      (else 400); with X-Forwarded-For: 403\n"
             "  GET (with X-aws-ec2-metadata-token, else 401):\n"
@@ -75,6 +79,7 @@ typedef struct sim {
     size_t token_count;
     /* credentials */
     char access_key[24], secret_key[48], session_token[512];
+    bool fixed_key; /* --credentials: the same key id and secret at every rotation */
     int64_t cred_updated, cred_expires;
     int fds[MAX_CONNECTIONS];
     int active;
@@ -130,9 +135,11 @@ static const char base64_chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqr
 
 static void new_credentials(sim *s)
 {
-    strcpy(s->access_key, "ASIA");
-    random_text(s->access_key + 4, 16, "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567");
-    random_text(s->secret_key, 40, base64_chars);
+    if (!s->fixed_key) {
+        strcpy(s->access_key, "ASIA");
+        random_text(s->access_key + 4, 16, "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567");
+        random_text(s->secret_key, 40, base64_chars);
+    }
     strcpy(s->session_token, "IQoJb3JpZ2luX2Vj");
     random_text(s->session_token + 16, 420, base64_chars);
     s->cred_updated = (int64_t)time(NULL);
@@ -564,9 +571,11 @@ int cmd_imds_sim(int argc, char **argv)
     static const struct option options[] = {
         {"listen", required_argument, NULL, 'l'}, {"role", required_argument, NULL, 'r'},
         {"region", required_argument, NULL, 'g'}, {"instance-id", required_argument, NULL, 'i'},
+        {"credentials", required_argument, NULL, 'c'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
     const char *listen_text = NULL, *role = "cloister-enclave-role", *region = "us-east-1", *instance_id = NULL;
+    const char *credentials = NULL;
     int opt;
     optind = 1;
     opterr = 0;
@@ -576,6 +585,7 @@ int cmd_imds_sim(int argc, char **argv)
         case 'r': role = optarg; break;
         case 'g': region = optarg; break;
         case 'i': instance_id = optarg; break;
+        case 'c': credentials = optarg; break;
         case 'h': usage(stdout); return 0;
         default:
             fprintf(stderr, "cloister imds-sim: unknown option or missing value: %s\n", argv[optind - 1]);
@@ -617,6 +627,27 @@ int cmd_imds_sim(int argc, char **argv)
         return EXIT_FAILED;
     }
     sim_init(s, role, region, instance_id);
+    if (credentials) {
+        const char *colon = strchr(credentials, ':');
+        size_t klen = colon ? (size_t)(colon - credentials) : 0, slen = colon ? strlen(colon + 1) : 0;
+        bool ok = klen >= 16 && klen < sizeof s->access_key && slen >= 16 && slen < sizeof s->secret_key;
+        for (size_t i = 0; ok && i < klen; i++)
+            ok = (credentials[i] >= 'A' && credentials[i] <= 'Z') || (credentials[i] >= '0' && credentials[i] <= '9');
+        for (size_t i = 0; ok && i < slen; i++)
+            ok = strchr(base64_chars, colon[1 + i]) != NULL;
+        if (!ok) {
+            fprintf(stderr, "cloister imds-sim: --credentials takes ACCESS_KEY_ID:SECRET (16-23 of A-Z0-9, then"
+                            " 16-47 base64 characters)\n");
+            free(s);
+            return EXIT_USAGE;
+        }
+        memcpy(s->access_key, credentials, klen);
+        s->access_key[klen] = '\0';
+        memcpy(s->secret_key, colon + 1, slen);
+        s->secret_key[slen] = '\0';
+        s->fixed_key = true;
+    }
+
     int status = EXIT_FAILED;
     int listen_fd = -1;
     struct stat ours = {0};

@@ -11,7 +11,8 @@ It does what a real enclave app does with nitriding's internal API:
      over the unix socket standing in for vsock:3:8002).
 
 Standard library only.  Routes: / (a page), /api/hello (JSON), /region (the
-region, read from IMDS through the host).
+region, read from IMDS through the host), /secret (the SHA-256 of the secret
+the enclave opened with KMS at start; the secret itself never leaves).
 """
 import argparse
 import base64
@@ -86,6 +87,8 @@ that names the SHA-256 of exactly the certificate of that connection.</p>
 <p>This app's own key hash, as the attestation reports it: <code>{app_hash}</code></p>
 <p>Also: <a href="/api/hello">/api/hello</a> (JSON), <a href="/region">/region</a>
 (read from the instance metadata service through the host's IMDS gate),
+<a href="/secret">/secret</a> (the SHA-256 of a KMS secret that only an enclave with this
+PCR0 can open),
 <a href="/enclave">/enclave</a> and <code>/enclave/attestation?nonce=&lt;40 hex digits&gt;</code>
 (answered by cloister enclave itself).</p>
 </body></html>
@@ -126,6 +129,15 @@ def main():
                     "client": self.headers.get("X-Forwarded-For"),
                     "time": int(time.time()),
                 }) + "\n")
+            elif self.path == "/secret":
+                # the enclave opened it at start (KMS, with a Recipient); it is
+                # served only on the internal listener, and never shown here
+                status, text = internal("GET", "/enclave/secrets/demo", port=args.internal)
+                if status != 200:
+                    self.reply(502, "text/plain; charset=utf-8", f"no secret from the enclave: {status}\n")
+                else:
+                    digest = hashlib.sha256(text.encode()).hexdigest()
+                    self.reply(200, "application/json", json.dumps({"secret": "demo", "sha256": digest}) + "\n")
             elif self.path == "/region":
                 try:
                     self.reply(200, "text/plain; charset=utf-8", imds_region().strip() + "\n")

@@ -43,7 +43,8 @@ status=0
 "$CLOISTER" dev --check --port "$port" >"$work/check.out" 2>&1 || status=$?
 run=$(sed -n 's/^cloister dev: run directory //p' "$work/check.out")
 [ "$status" = 0 ] || { cat "$work/check.out" >&2; fail "cloister dev --check: exit $status"; }
-for want in 'verdict: PROVEN' 'ok    GET /api/hello  200' 'ok    GET /region     200' 'cloister dev --check: passed' \
+for want in 'verdict: PROVEN' 'ok    GET /api/hello  200' 'ok    GET /region     200' 'ok    GET /secret     200' \
+            'Decrypt under a key bound to another PCR0: AccessDeniedException' 'cloister dev --check: passed' \
             'app key hash     [0-9a-f]{64}'; do
     grep -qE -- "$want" "$work/check.out" || fail "--check output lacks /$want/: $(cat "$work/check.out")"
 done
@@ -52,7 +53,7 @@ if [ "$root_user" = 1 ]; then
 fi
 [ -n "$run" ] || fail "no run directory named"
 [ -z "$(leftovers "$run")" ] || fail "--check left behind:$(leftovers "$run")"
-pass "cloister dev --check: proven, app reached through the host, IMDS reached from the app, nothing left"
+pass "cloister dev --check: proven; app reached through the host; IMDS from the app; the KMS secret opened inside, another PCR0 refused; nothing left"
 
 # ---- interactive, stopped by SIGTERM, then by SIGINT ---------------------------------
 for sig in TERM INT; do
@@ -63,6 +64,8 @@ for sig in TERM INT; do
     [ "$(curl -sk "https://127.0.0.1:$port/api/hello" | python3 -c 'import json,sys; print(json.load(sys.stdin)["message"])')" = \
         "hello from inside the enclave" ] || fail "the app through https://127.0.0.1:$port"
     "$CLOISTER" verify "https://127.0.0.1:$port" --root "$run/state/root.pem" >/dev/null || fail "verify while running"
+    curl -sk "https://127.0.0.1:$port/secret" | grep -qE '"sha256": "[0-9a-f]{64}"' || fail "GET /secret"
+    [ ! -e "$run/secret.txt" ] || fail "the demo secret's plaintext was left in the run directory"
     epid=$(sed -n 's/.*cloister enclave (pid \([0-9]*\)).*/\1/p' "$work/dev$sig.log")
     [ -n "$epid" ] && kill -0 "$epid" || fail "no enclave pid in the output"
     ns=$(stat -L -c %i "/proc/$epid/ns/net")
