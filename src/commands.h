@@ -10,6 +10,7 @@ int cmd_verify(int argc, char **argv);
 int cmd_host(int argc, char **argv);
 int cmd_imds_sim(int argc, char **argv);
 int cmd_watchdog(int argc, char **argv);
+int cmd_keyholder(int argc, char **argv);
 
 /* Exit codes shared by the subcommands. */
 #define EXIT_REJECTED 1 /* a verification said no */
