@@ -162,6 +162,9 @@ int cl_kh_request_encode(cl_buf *b, const cl_kh_request *r)
     case CL_KH_LOGOUT:
     case CL_KH_LIST_OBJECTS:
         return cl_buf_append_be(b, r->slot, 4);
+    case CL_KH_GET_OBJECT:
+        CL_TRY(cl_buf_append_be(b, r->slot, 4));
+        return cl_buf_append_be(b, r->handle, 4);
     case CL_KH_SIGN:
     case CL_KH_DECRYPT:
         CL_TRY(cl_buf_append_be(b, r->slot, 4));
@@ -199,7 +202,7 @@ int cl_kh_request_decode(const uint8_t *data, size_t len, bool provisioning, cl_
     cl_cursor c = cl_cursor_make(data, len);
     CL_TRY(cl_cursor_u8(&c, &out->type));
     bool prov_type = out->type >= CL_KH_PUT_TOKEN && out->type <= CL_KH_STATUS;
-    bool token_type = out->type >= CL_KH_LIST_TOKENS && out->type <= CL_KH_DECRYPT;
+    bool token_type = out->type >= CL_KH_LIST_TOKENS && out->type <= CL_KH_GET_OBJECT;
     if (provisioning ? !prov_type : !token_type)
         return cl_error_set(CL_ENOTFOUND, "message type 0x%02x is not one of the %s socket", out->type,
                             provisioning ? "provisioning" : "token");
@@ -215,6 +218,10 @@ int cl_kh_request_decode(const uint8_t *data, size_t len, bool provisioning, cl_
     case CL_KH_LOGOUT:
     case CL_KH_LIST_OBJECTS:
         CL_TRY(cl_cursor_be32(&c, &out->slot));
+        break;
+    case CL_KH_GET_OBJECT:
+        CL_TRY(cl_cursor_be32(&c, &out->slot));
+        CL_TRY(cl_cursor_be32(&c, &out->handle));
         break;
     case CL_KH_SIGN:
     case CL_KH_DECRYPT:

@@ -537,20 +537,60 @@ out:
     return rv;
 }
 
+/* Asks the key-holder for one object by handle (it may belong to the
+ * previous key generation, which listings no longer show) and keeps it
+ * with the old objects. */
+static object *fetch_object(CK_SLOT_ID id, CK_OBJECT_HANDLE h)
+{
+    slot *s = &g_slots[id];
+    if (h == 0 || h > UINT32_MAX)
+        return NULL;
+    cl_buf reply = CL_BUF_INIT;
+    cl_cursor pl;
+    cl_kh_request r = {.type = CL_KH_GET_OBJECT, .slot = (uint32_t)id, .handle = (uint32_t)h};
+    object *o = NULL;
+    cl_kh_object_info in[1];
+    size_t n = 0;
+    if (kh_call(&r, &reply, &pl) != CKR_OK || cl_kh_decode_objects(&pl, in, 1, &n) < 0 || n != 1 ||
+        in[0].handle != h)
+        goto out;
+    if (s->nold == CL_KH_MAX_OBJECTS) {
+        object_clear(&s->old[0]);
+        memmove(&s->old[0], &s->old[1], (CL_KH_MAX_OBJECTS - 1) * sizeof s->old[0]);
+        s->nold--;
+    }
+    o = &s->old[s->nold];
+    if (object_build(o, &in[0], (cl_slice){NULL, 0}) < 0) {
+        object_clear(o);
+        ERR_clear_error();
+        o = NULL;
+        goto out;
+    }
+    s->nold++;
+out:
+    cl_buf_free(&reply);
+    return o;
+}
+
 static object *find_object(CK_SLOT_ID id, CK_OBJECT_HANDLE h, bool logged_in)
 {
     slot *s = &g_slots[id];
-    for (int pass = 0; pass < 2; pass++) {
-        for (size_t i = 0; i < s->ncur; i++)
+    object *o = NULL;
+    for (int pass = 0; pass < 3 && !o; pass++) {
+        for (size_t i = 0; i < s->ncur && !o; i++)
             if (s->cur[i].handle == h)
-                return s->cur[i].is_private && !logged_in ? NULL : &s->cur[i];
-        for (size_t i = 0; i < s->nold; i++)
+                o = &s->cur[i];
+        for (size_t i = 0; i < s->nold && !o; i++)
             if (s->old[i].handle == h)
-                return s->old[i].is_private && !logged_in ? NULL : &s->old[i];
+                o = &s->old[i];
+        if (o)
+            break;
         if (pass == 0 && refresh_objects(id) != CKR_OK)
             return NULL;
+        if (pass == 1)
+            o = fetch_object(id, h);
     }
-    return NULL;
+    return o && o->is_private && !logged_in ? NULL : o;
 }
 
 /* ---- helpers ------------------------------------------------------------------------- */

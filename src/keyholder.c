@@ -567,7 +567,10 @@ static uint32_t list_tokens(cl_buf *reply, bool with_age)
     return rc < 0 ? CL_KH_ST_INTERNAL : 0;
 }
 
-static uint32_t list_objects(const conn *cx, uint32_t slot, cl_buf *reply)
+/* The current generation's objects; with `handle`, only the object of
+ * that handle, from the current or the previous generation (so that a
+ * process that found a key before a rotation can still use it). */
+static uint32_t list_objects(uint32_t slot, uint32_t handle, cl_buf *reply)
 {
     uint32_t st = 0;
     pthread_mutex_lock(&kh.lock);
@@ -577,11 +580,17 @@ static uint32_t list_objects(const conn *cx, uint32_t slot, cl_buf *reply)
         st = CL_KH_ST_NO_SLOT;
         goto out;
     }
-    (void)cx;
     const generation *g = t->cur;
+    if (handle && !(g && (handle == g->h_priv || handle == g->h_pub || handle == g->h_cert))) {
+        g = t->prev;
+        if (!(g && (handle == g->h_priv || handle == g->h_pub || handle == g->h_cert))) {
+            st = CL_KH_ST_NO_OBJECT;
+            goto out;
+        }
+    }
     int rc = cl_buf_append_u8(reply, CL_KH_OK);
     if (rc == 0)
-        rc = cl_buf_append_be(reply, g ? 3 : 0, 2);
+        rc = cl_buf_append_be(reply, !g ? 0 : handle ? 1 : 3, 2);
     if (g && rc == 0) {
         cl_slice id = {g->id, sizeof g->id}, label = {(const uint8_t *)g->object_label, strlen(g->object_label)};
         cl_kh_object_info objs[3] = {
@@ -590,7 +599,8 @@ static uint32_t list_objects(const conn *cx, uint32_t slot, cl_buf *reply)
             {g->h_cert, CL_KH_CLASS_CERTIFICATE, CL_KH_KEY_NONE, id, label, {g->cert, g->cert_len}},
         };
         for (int i = 0; i < 3 && rc == 0; i++)
-            rc = cl_kh_encode_object(reply, &objs[i]);
+            if (!handle || objs[i].handle == handle)
+                rc = cl_kh_encode_object(reply, &objs[i]);
     }
     if (rc < 0)
         st = CL_KH_ST_INTERNAL;
@@ -686,7 +696,9 @@ static uint32_t handle(conn *cx, const cl_kh_request *r, cl_buf *reply)
         cx->logged_in[r->slot] = 0;
         return 0;
     case CL_KH_LIST_OBJECTS:
-        return list_objects(cx, r->slot, reply);
+        return list_objects(r->slot, 0, reply);
+    case CL_KH_GET_OBJECT:
+        return r->handle ? list_objects(r->slot, r->handle, reply) : CL_KH_ST_NO_OBJECT;
     case CL_KH_SIGN:
     case CL_KH_DECRYPT:
         return key_op(cx, r, reply);

@@ -45,6 +45,7 @@ enum cl_kh_type {
     CL_KH_LIST_OBJECTS = 0x04, /* slot -> objects */
     CL_KH_SIGN = 0x05,         /* slot, handle, op, hash, mgf, salt, data -> blob */
     CL_KH_DECRYPT = 0x06,      /* slot, handle, op, hash, mgf, label, data -> blob */
+    CL_KH_GET_OBJECT = 0x07,   /* slot, handle -> objects (one): also a previous generation's */
     /* provisioning socket */
     CL_KH_PUT_TOKEN = 0x41,    /* label, pin, object label, key source, key ref, chain -> slot, generation */
     CL_KH_DELETE_TOKEN = 0x42, /* label -> ok */

@@ -449,11 +449,14 @@ static int cmd_sign(const char *label, const char *pin, int count)
     bool ec = get_ulong(s, key, CKA_KEY_TYPE) == CKK_EC;
     static const uint8_t msg[] = "message";
     for (int i = 0; i < count; i++) {
-        uint8_t sig[1024];
-        CK_MECHANISM m = {ec ? CKM_ECDSA_SHA256 : CKM_SHA256_RSA_PKCS, NULL, 0};
+        uint8_t sig[1024], d[32];
+        unsigned dl;
+        digest("SHA256", msg, sizeof msg, d, &dl);
+        /* mechanisms p11-kit's RPC carries: CKM_ECDSA over a digest, SHA256_RSA_PKCS */
+        CK_MECHANISM m = {ec ? CKM_ECDSA : CKM_SHA256_RSA_PKCS, NULL, 0};
         RV(f->C_SignInit(s, &m, key), CKR_OK);
         CK_ULONG sl = sizeof sig;
-        RV(f->C_Sign(s, (CK_BYTE_PTR)msg, sizeof msg, sig, &sl), CKR_OK);
+        RV(f->C_Sign(s, ec ? d : (CK_BYTE_PTR)msg, ec ? dl : sizeof msg, sig, &sl), CKR_OK);
         verify(pub, "SHA256", ec ? 0 : RSA_PKCS1_PADDING, msg, sizeof msg, sig, sl, ec, "signature");
     }
     printf("ok   %d signatures verified\n", count);
