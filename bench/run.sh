@@ -121,3 +121,9 @@ if [ "${BENCH_HOST:-1}" != 0 ]; then
   echo "byte forwarding: cloister host against socat (bench/host.sh)"
   "$src/bench/host.sh" "$build"
 fi
+
+if [ "${BENCH_PKCS11:-1}" != 0 ]; then
+  echo
+  echo "nginx handshakes with the key in a file, the cloister token, SoftHSM2 (bench/pkcs11.sh)"
+  "$src/bench/pkcs11.sh" "$build"
+fi
