@@ -113,28 +113,59 @@ for kind in file cloister softhsm; do
     [ "$ok" = 1 ] || { cat "$tmp/ng/$kind.err" "$tmp/nginx-$kind.log" >&2; echo "bench/pkcs11: nginx ($kind) not serving" >&2; exit 1; }
 done
 
-measure() { # KIND -> handshakes/s
-    local out
+# The server side's processes for each kind: nginx (master, workers) and,
+# behind the engine, p11-kit server's per-connection processes (and the
+# key-holder).  Their CPU time per handshake does not depend on what else
+# the (shared) machine is doing, unlike the rate.
+server_pids() {
+    local master
+    master=$(cat "$tmp/ng/$1.pid")
+    echo "$master" $(pgrep -P "$master")
+    case $1 in
+    cloister) echo "${started[1]}" $(pgrep -P "${started[1]}") "${started[0]}" ;;
+    softhsm) echo "${started[2]}" $(pgrep -P "${started[2]}") ;;
+    esac
+}
+cpu_ticks() { # PIDS... -> utime+stime, clock ticks
+    local t=0 p f
+    for p in "$@"; do
+        f=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        f=${f##*) }
+        set -- $f
+        t=$((t + ${12} + ${13}))
+    done
+    echo "$t"
+}
+hz=$(getconf CLK_TCK)
+measure() { # KIND -> "handshakes/s cpu-us-per-handshake"
+    local out pids c0 c1
+    pids=$(server_pids "$1")
+    c0=$(cpu_ticks $pids)
     out=$(h2load --h1 -n "$requests" -c "$clients" "https://127.0.0.1:${ports[$1]}/" 2>&1)
+    c1=$(cpu_ticks $pids)
     echo "$out" | grep -q "$requests succeeded, 0 failed" || { echo "$out" >&2; echo "bench/pkcs11: failures ($1)" >&2; exit 1; }
-    echo "$out" | sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p'
+    echo "$(echo "$out" | sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p')" \
+        "$(awk -v d=$((c1 - c0)) -v hz="$hz" -v n="$requests" 'BEGIN { printf "%.0f", d * 1e6 / hz / n }')"
 }
 measure file >/dev/null # warm-up
-declare -A results
+measure cloister >/dev/null
+measure softhsm >/dev/null
+declare -A rates cpus
 for r in $(seq "$rounds"); do
     for kind in file cloister softhsm; do
-        v=$(measure "$kind")
-        results[$kind]+="$v "
-        echo "  round $r $kind: $v handshakes/s"
+        read -r v c <<<"$(measure "$kind")"
+        rates[$kind]+="$v "
+        cpus[$kind]+="$c "
+        echo "  round $r $kind: $v handshakes/s, server CPU $c us/handshake"
     done
 done
 median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-file=$(echo "${results[file]}" | median)
-clo=$(echo "${results[cloister]}" | median)
-hsm=$(echo "${results[softhsm]}" | median)
 echo
-echo "nginx new TLS 1.3 handshakes/s, ECDSA P-256, median of $rounds x $requests ($clients clients, $(nproc) cores):"
-awk -v f="$file" -v c="$clo" -v h="$hsm" 'BEGIN {
-    printf "  (a) file key                     %8.0f\n", f
-    printf "  (b) cloister token over RPC      %8.0f   %.2fx of (a)  %.2fx of (c)\n", c, c / f, c / h
-    printf "  (c) SoftHSM2 over the same RPC   %8.0f   %.2fx of (a)\n", h, h / f }'
+echo "nginx new TLS 1.3 handshakes, ECDSA P-256, median of $rounds x $requests ($clients clients, $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg)):"
+awk -v f="$(echo "${rates[file]}" | median)" -v c="$(echo "${rates[cloister]}" | median)" \
+    -v h="$(echo "${rates[softhsm]}" | median)" -v fc="$(echo "${cpus[file]}" | median)" \
+    -v cc="$(echo "${cpus[cloister]}" | median)" -v hc="$(echo "${cpus[softhsm]}" | median)" 'BEGIN {
+    printf "                                   handshakes/s          server CPU us/handshake\n"
+    printf "  (a) file key                     %6.0f                %6.0f\n", f, fc
+    printf "  (b) cloister token over RPC      %6.0f  %.2fx (a) %.2fx (c)  %6.0f  (a)/(b) = %.2fx, (c)/(b) = %.2fx\n", c, c / f, c / h, cc, fc / cc, hc / cc
+    printf "  (c) SoftHSM2 over the same RPC   %6.0f  %.2fx (a)         %6.0f  (a)/(c) = %.2fx\n", h, h / f, hc, fc / hc }'

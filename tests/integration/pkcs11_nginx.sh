@@ -120,6 +120,8 @@ declare -A port
 for t in p256 p384 rsa; do port[$t]=$(free_port); done
 nginx_conf() { # writes nginx.conf with the p256 server's chain file $1
     {
+        # workers as root: p11-kit server's unix socket admits one uid (-u), and the master
+        # (root) and the workers both connect; over vsock on Nitro there is no such check
         echo "daemon off; user root; worker_processes 2; pid $work/nginx/nginx.pid;"
         echo "error_log $work/nginx/error.log info; env P11_KIT_SERVER_ADDRESS;"
         echo "events { worker_connections 512; }"
