@@ -69,6 +69,15 @@ for t in p256 p384 rsa; do
 done
 "$PROBE" "$MODULE" args >"$work/probe-args.txt" 2>&1 || { cat "$work/probe-args.txt"; fail "p11probe args"; }
 pass "module directly: every mechanism signs/decrypts and verifies, keys sensitive, unsupported calls refused"
+if [ -e "$BUILD/libcloister-pkcs11-asan.so" ] && [ -x "$BUILD/tests/p11probe_asan" ]; then
+    for t in p256 p384 rsa; do
+        ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 "$BUILD/tests/p11probe_asan" "$BUILD/libcloister-pkcs11-asan.so" \
+            check "$t" "$PIN" >"$work/asan-$t.txt" 2>&1 || { cat "$work/asan-$t.txt"; fail "p11probe check $t (ASan)"; }
+    done
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 "$BUILD/tests/p11probe_asan" "$BUILD/libcloister-pkcs11-asan.so" args \
+        >"$work/asan-args.txt" 2>&1 || { cat "$work/asan-args.txt"; fail "p11probe args (ASan)"; }
+    pass "the same checks against the module built with ASan+UBSan (leak detection on): clean"
+fi
 
 # ---- p11-kit server, as in the enclave (unix socket instead of vsock) -----------------------
 P11SOCK=$work/p11.sock
