@@ -99,10 +99,16 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* Bumped whenever a key is released; connection threads then drop their
+ * cached signing context (which holds a reference to the key) within a
+ * second, so that an expired, deleted or rotated-out key is really gone. */
+static _Atomic uint64_t key_epoch;
+
 static void generation_free(generation *g)
 {
     if (!g)
         return;
+    key_epoch++;
     EVP_PKEY_free(g->pkey); /* OpenSSL clears the private components */
     free(g->spki);
     free(g->cert);
@@ -370,6 +376,7 @@ typedef struct conn {
      * it holds its own reference to the key */
     EVP_PKEY_CTX *sctx;
     EVP_PKEY *skey;
+    uint64_t sepoch; /* key_epoch when the context was made */
     uint32_t sop, ssalt;
     uint8_t shash, smgf;
 } conn;
@@ -419,6 +426,7 @@ static uint32_t sign_ctx(conn *cx, EVP_PKEY *pkey, const cl_kh_request *r)
     }
     cx->sctx = ctx;
     cx->skey = pkey;
+    cx->sepoch = key_epoch;
     cx->sop = r->op;
     cx->shash = r->hash;
     cx->smgf = r->mgf_hash;
@@ -741,6 +749,17 @@ static void *serve_conn(void *arg)
     cl_buf frame = CL_BUF_INIT, reply = CL_BUF_INIT;
     for (;;) {
         bool eof = false;
+        /* idle: drop a cached context whose key may have been released */
+        while (cx->sctx) {
+            struct pollfd p = {cx->fd, POLLIN, 0};
+            if (poll(&p, 1, 1000) != 0)
+                break;
+            if (cx->sepoch != key_epoch) {
+                EVP_PKEY_CTX_free(cx->sctx);
+                cx->sctx = NULL;
+                cx->skey = NULL;
+            }
+        }
         if (cl_kh_read_frame(cx->fd, cx->provisioning ? CL_KH_MAX_FRAME : TOKEN_FRAME_MAX, &frame, &eof) < 0) {
             if (!eof)
                 cl_log(CL_LOG_DEBUG, "connection_dropped", "error", cl_error_message(), NULL);
