@@ -62,6 +62,13 @@ static CK_SLOT_ID find_slot(const char *label)
         if (!memcmp(ti.label, label, l) && (l == 32 || ti.label[l] == ' '))
             return slots[i];
     }
+    fprintf(stderr, "p11probe: %lu slots:", (unsigned long)n);
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_TOKEN_INFO ti;
+        if (f->C_GetTokenInfo(slots[i], &ti) == CKR_OK)
+            fprintf(stderr, " '%.32s'", (const char *)ti.label);
+    }
+    fprintf(stderr, "\n");
     CHECK(0, "no token labelled %s", label);
     return 0;
 }
