@@ -137,12 +137,22 @@ cpu_ticks() { # PIDS... -> utime+stime, clock ticks
     echo "$t"
 }
 hz=$(getconf CLK_TCK)
-measure() { # KIND -> "handshakes/s cpu-us-per-handshake"
-    local out pids c0 c1
+declare -A split
+measure() { # KIND -> "handshakes/s cpu-us-per-handshake"; split[KIND]: nginx/p11-kit/key-holder
+    local out pids c0 c1 master ng kit kh ng0 kit0 kh0
     pids=$(server_pids "$1")
-    c0=$(cpu_ticks $pids)
+    master=$(cat "$tmp/ng/$1.pid")
+    ng=$(echo "$master" $(pgrep -P "$master"))
+    kit="" kh=""
+    case $1 in
+    cloister) kit=$(echo "${started[1]}" $(pgrep -P "${started[1]}")) kh=${started[0]} ;;
+    softhsm) kit=$(echo "${started[2]}" $(pgrep -P "${started[2]}")) ;;
+    esac
+    c0=$(cpu_ticks $pids) ng0=$(cpu_ticks $ng) kit0=$(cpu_ticks $kit) kh0=$(cpu_ticks $kh)
     out=$(h2load --h1 -n "$requests" -c "$clients" "https://127.0.0.1:${ports[$1]}/" 2>&1)
     c1=$(cpu_ticks $pids)
+    split[$1]=$(awk -v a=$(($(cpu_ticks $ng) - ng0)) -v b=$(($(cpu_ticks $kit) - kit0)) -v c=$(($(cpu_ticks $kh) - kh0)) \
+        -v hz="$hz" -v n="$requests" 'BEGIN { k = 1e6 / hz / n; printf "nginx %.0f, p11-kit server %.0f, key-holder %.0f", a * k, b * k, c * k }')
     echo "$out" | grep -q "$requests succeeded, 0 failed" || { echo "$out" >&2; echo "bench/pkcs11: failures ($1)" >&2; exit 1; }
     echo "$(echo "$out" | sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p')" \
         "$(awk -v d=$((c1 - c0)) -v hz="$hz" -v n="$requests" 'BEGIN { printf "%.0f", d * 1e6 / hz / n }')"
@@ -153,10 +163,11 @@ measure softhsm >/dev/null
 declare -A rates cpus
 for r in $(seq "$rounds"); do
     for kind in file cloister softhsm; do
-        read -r v c <<<"$(measure "$kind")"
+        measure "$kind" >"$tmp/m.txt"
+        read -r v c <"$tmp/m.txt"
         rates[$kind]+="$v "
         cpus[$kind]+="$c "
-        echo "  round $r $kind: $v handshakes/s, server CPU $c us/handshake"
+        echo "  round $r $kind: $v handshakes/s, server CPU $c us/handshake (${split[$kind]})"
     done
 done
 median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
