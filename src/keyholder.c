@@ -871,7 +871,7 @@ static int token_from_flag(const char *spec)
          *object = NULL;
     for (char *kv = strtok_r(NULL, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(kv, '=');
-        CL_ENSURE_OUT(eq, CL_EINVAL, "--token: '%s' is not KEY=VALUE", kv);
+        CL_ENSURE_OUT(eq, CL_EINVAL, "'%s' is not KEY=VALUE", kv);
         *eq = 0;
         if (!strcmp(kv, "key"))
             key = eq + 1;
@@ -882,10 +882,10 @@ static int token_from_flag(const char *spec)
         else if (!strcmp(kv, "object"))
             object = eq + 1;
         else
-            CL_FAIL_OUT(CL_EINVAL, "--token: unknown field '%s'", kv);
+            CL_FAIL_OUT(CL_EINVAL, "unknown field '%s'", kv);
     }
     CL_ENSURE_OUT(label && key && cert && pin_file, CL_EINVAL,
-                  "--token needs LABEL,key=NAME,cert=PATH,pin-file=PATH");
+                  "needs LABEL,key=NAME,cert=PATH,pin-file=PATH");
     CL_TRY_OUT(read_file(pin_file, CL_KH_PIN_MAX + 2, &pin));
     while (pin.len && (pin.data[pin.len - 1] == '\n' || pin.data[pin.len - 1] == '\r'))
         pin.len--;
@@ -898,8 +898,8 @@ static int token_from_flag(const char *spec)
                        .key_ref = {(const uint8_t *)key, strlen(key)},
                        .chain = {chain.data, chain.len}};
     CL_ENSURE_OUT(cl_kh_label_valid(r.label) && cl_kh_label_valid(r.object_label), CL_EINVAL,
-                  "--token: labels are 1..%d characters without spaces or URI delimiters", CL_KH_LABEL_MAX);
-    CL_ENSURE_OUT(pin.len >= CL_KH_PIN_MIN && pin.len <= CL_KH_PIN_MAX, CL_EINVAL, "--token: PIN of %d..%d bytes",
+                  "labels are 1..%d characters without spaces or URI delimiters", CL_KH_LABEL_MAX);
+    CL_ENSURE_OUT(pin.len >= CL_KH_PIN_MIN && pin.len <= CL_KH_PIN_MAX, CL_EINVAL, "PIN of %d..%d bytes",
                   CL_KH_PIN_MIN, CL_KH_PIN_MAX);
     uint32_t slot, st;
     uint64_t gen;
