@@ -1411,7 +1411,7 @@ EXPORT CK_RV C_SignUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR part, CK_ULONG len)
         }
         RETURN(CKR_OK);
     }
-    if (s->acc.len + len > CL_KH_DATA_MAX) {
+    if (len > CL_KH_DATA_MAX - s->acc.len) {
         sign_end(s);
         RETURN(CKR_DATA_LEN_RANGE);
     }
