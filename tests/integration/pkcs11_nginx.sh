@@ -79,6 +79,31 @@ if [ -e "$BUILD/libcloister-pkcs11-asan.so" ] && [ -x "$BUILD/tests/p11probe_asa
     pass "the same checks against the module built with ASan+UBSan (leak detection on): clean"
 fi
 
+# a key-holder that is absent, or answers garbage, gives CKR_DEVICE_ERROR and no crash
+CLOISTER_KEYHOLDER=unix:$work/absent.sock "$PROBE" "$MODULE" down >"$work/down.txt" 2>&1 ||
+    { cat "$work/down.txt"; fail "absent key-holder"; }
+python3 - "$work/garbage.sock" <<'EOF' &
+import os, socket, struct, sys
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)
+replies = [b'\x7f', struct.pack('>I', 100) + b'short', struct.pack('>I', 2) + b'\x80\x00',
+           struct.pack('>I', 3) + b'\x80\xff\xff', b'']
+for r in replies * 4:
+    c, _ = s.accept()
+    try:
+        c.recv(65536); c.sendall(r)
+    except OSError:
+        pass
+    c.close()
+EOF
+pids[garbage]=$!
+for _ in $(seq 100); do [ -S "$work/garbage.sock" ] && break; sleep 0.05; done
+for _ in 1 2; do
+    CLOISTER_KEYHOLDER=unix:$work/garbage.sock "$PROBE" "$MODULE" down >"$work/down.txt" 2>&1 ||
+        { cat "$work/down.txt"; fail "garbage from the key-holder"; }
+done
+kill "${pids[garbage]}" 2>/dev/null || true
+pass "key-holder absent or answering garbage (bad type, short frame, truncated lists): CKR_DEVICE_ERROR, no crash"
+
 # ---- p11-kit server, as in the enclave (unix socket instead of vsock) -----------------------
 P11SOCK=$work/p11.sock
 spawn p11kit p11-kit server -f --provider "$MODULE" -n "$P11SOCK" "pkcs11:"

@@ -10,6 +10,8 @@
  *   p11probe MODULE lockout TOKEN PIN N      N wrong PINs lock the token
  *   p11probe MODULE sign TOKEN PIN COUNT     COUNT ECDSA/RSA signatures, verified
  *   p11probe MODULE args                     bad arguments and call order
+ *   p11probe MODULE down                     the key-holder unreachable or answering
+ *                                            garbage: CKR_DEVICE_ERROR, no crash
  *
  * --rpc: through p11-kit 0.24's RPC, which does not carry the parameters of
  * the combined hash+PSS mechanisms: those must fail with CKR_MECHANISM_INVALID
@@ -491,10 +493,20 @@ static int cmd_args(void)
     return 0;
 }
 
+static int cmd_down(void)
+{
+    CK_ULONG n = 0;
+    RV(f->C_GetSlotList(CK_TRUE, NULL, &n), CKR_DEVICE_ERROR);
+    RV(f->C_GetTokenInfo(0, &(CK_TOKEN_INFO){0}), CKR_DEVICE_ERROR);
+    RV(f->C_OpenSession(0, CKF_SERIAL_SESSION, NULL, NULL, &(CK_SESSION_HANDLE){0}), CKR_SLOT_ID_INVALID);
+    printf("ok   key-holder unusable: CKR_DEVICE_ERROR, no slots\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: p11probe MODULE check|lockout|sign|args ...\n");
+        fprintf(stderr, "usage: p11probe MODULE check|lockout|sign|args|down ...\n");
         return 2;
     }
     for (int i = 0; i < argc; i++)
@@ -519,6 +531,8 @@ int main(int argc, char **argv)
         rc = cmd_sign(argv[3], argv[4], atoi(argv[5]));
     else if (!strcmp(cmd, "args") && argc == 3)
         rc = cmd_args();
+    else if (!strcmp(cmd, "down") && argc == 3)
+        rc = cmd_down();
     else
         fprintf(stderr, "p11probe: bad arguments\n");
     f->C_Finalize(NULL);
