@@ -319,5 +319,11 @@ pass "rotation (new key and certificate, nginx -s reload) under $total fresh han
 stop nginx || true
 stop p11kit || true
 stop watchdog || true
+# the watchdog restarted the key-holder exactly once (the kill above), never on its own
+starts=$(grep -c 'event=enclave_state from=[a-z]* to=starting' "$work/watchdog.log" || true)
+[ "$starts" = 2 ] || fail "the key-holder was started $starts times (expected 2: the start and after the kill)"
+if grep -q 'AddressSanitizer\|runtime error:\|LeakSanitizer' "$work"/*.log; then
+    fail "sanitizer report: $(grep -h 'AddressSanitizer\|runtime error:\|LeakSanitizer' "$work"/*.log | head -3)"
+fi
 grep -q 'event=stopped keys=wiped' "$work/watchdog.log" || fail "the key-holder did not wipe its keys on exit"
 pass "key-holder wipes its keys on SIGTERM"
