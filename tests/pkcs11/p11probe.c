@@ -30,6 +30,7 @@
 
 static CK_FUNCTION_LIST *f;
 static bool rpc;
+static void *lib;
 
 /* the mechanisms p11-kit 0.24's RPC drops from lists and refuses */
 static bool rpc_filtered(CK_MECHANISM_TYPE m)
@@ -490,6 +491,27 @@ static int cmd_args(void)
     RV(f->C_FindObjects(424242, &(CK_OBJECT_HANDLE){0}, 1, &n), CKR_SESSION_HANDLE_INVALID);
     RV(f->C_GetFunctionStatus(1), CKR_FUNCTION_NOT_PARALLEL);
     printf("ok   initialization order, bad arguments and handles give their CKR_ errors\n");
+    /* PKCS#11 3.0 interface discovery, where the module offers it */
+    typedef struct {
+        CK_CHAR *name;
+        void *list;
+        CK_FLAGS flags;
+    } iface;
+    CK_RV (*get_iface)(CK_UTF8CHAR *, CK_VERSION *, iface **, CK_FLAGS) =
+        (CK_RV (*)(CK_UTF8CHAR *, CK_VERSION *, iface **, CK_FLAGS))dlsym(lib, "C_GetInterface");
+    CK_RV (*get_list)(iface *, CK_ULONG *) = (CK_RV (*)(iface *, CK_ULONG *))dlsym(lib, "C_GetInterfaceList");
+    if (get_iface && get_list) {
+        iface *i = NULL, all[4];
+        CK_ULONG count = 4;
+        RV(get_iface((CK_UTF8CHAR *)"PKCS 11", NULL, &i, 0), CKR_OK);
+        CHECK(i && i->list == f && !strcmp((const char *)i->name, "PKCS 11"), "C_GetInterface");
+        CK_VERSION v240 = {2, 40}, v30 = {3, 0};
+        RV(get_iface(NULL, &v240, &i, 0), CKR_OK);
+        RV(get_iface(NULL, &v30, &i, 0), CKR_ARGUMENTS_BAD);
+        RV(get_list(all, &count), CKR_OK);
+        CHECK(count == 1 && all[0].list == f, "C_GetInterfaceList");
+        printf("ok   C_GetInterface/C_GetInterfaceList offer the v2.40 function list\n");
+    }
     return 0;
 }
 
@@ -515,7 +537,7 @@ int main(int argc, char **argv)
             argc--;
             memmove(&argv[i], &argv[i + 1], (size_t)(argc - i) * sizeof *argv);
         }
-    void *lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
     CHECK(lib, "dlopen %s: %s", argv[1], dlerror());
     CK_C_GetFunctionList gfl = (CK_C_GetFunctionList)dlsym(lib, "C_GetFunctionList");
     CHECK(gfl && gfl(&f) == CKR_OK, "C_GetFunctionList");
