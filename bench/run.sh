@@ -12,7 +12,8 @@
 # documents/second and the ratio.  Then times one real AWS document's
 # verification (nitro-2024-09-07-maxfields.b64 at its timestamp, AWS root)
 # when ../shared/vectors/nitro is there.  Then, unless BENCH_PROXY=0, the TLS
-# reverse-proxy benchmark against nginx and haproxy (bench/proxy.sh).
+# reverse-proxy benchmark against nginx and haproxy (bench/proxy.sh), then (unless BENCH_KMS=0)
+# KMS Decrypt with a Recipient through the host proxy to kms-local (bench/kms.sh).
 set -euo pipefail
 
 build=${1:?usage: bench/run.sh BUILD_DIR}
@@ -120,4 +121,10 @@ if [ "${BENCH_HOST:-1}" != 0 ]; then
   echo
   echo "byte forwarding: cloister host against socat (bench/host.sh)"
   "$src/bench/host.sh" "$build"
+fi
+
+if [ "${BENCH_KMS:-1}" != 0 ]; then
+  echo
+  echo "KMS Decrypt with a Recipient through the host proxy to kms-local (bench/kms.sh)"
+  "$src/bench/kms.sh" "$build"
 fi

@@ -141,6 +141,46 @@ out:
     return rc;
 }
 
+int cl_tls_identity_load_key_mem(const char *cert_path, const uint8_t *key, size_t key_len, cl_tls_identity *out)
+{
+    memset(out, 0, sizeof *out);
+    int rc = CL_OK;
+    CL_ENSURE(key_len > 0 && key_len < INT32_MAX, CL_EINVAL, "the TLS private key is empty");
+    FILE *f = fopen(cert_path, "r");
+    CL_ENSURE(f, CL_EIO, "cannot open %s", cert_path);
+    out->cert = PEM_read_X509(f, NULL, NULL, NULL);
+    if (out->cert) {
+        out->chain = sk_X509_new_null();
+        X509 *extra;
+        while (out->chain && (extra = PEM_read_X509(f, NULL, NULL, NULL)) != NULL)
+            sk_X509_push(out->chain, extra);
+    }
+    fclose(f);
+    ERR_clear_error();
+    CL_ENSURE_OUT(out->cert, CL_EINVAL, "%s holds no PEM certificate", cert_path);
+    BIO *b = BIO_new_mem_buf(key, (int)key_len);
+    CL_ENSURE_OUT(b, CL_ENOMEM, "out of memory");
+    out->key = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+    BIO_free(b);
+    if (!out->key) {
+        const unsigned char *p = key;
+        out->key = d2i_AutoPrivateKey(NULL, &p, (long)key_len);
+        if (out->key && p != key + key_len) {
+            EVP_PKEY_free(out->key);
+            out->key = NULL;
+        }
+    }
+    CL_ENSURE_OUT(out->key, CL_EINVAL, "the TLS private key is neither PEM nor DER");
+    CL_ENSURE_OUT(X509_check_private_key(out->cert, out->key) == 1, CL_EINVAL,
+                  "the TLS private key does not match the certificate in %s", cert_path);
+    CL_TRY_OUT(cl_tls_cert_sha256(out->cert, out->cert_sha256));
+out:
+    ERR_clear_error();
+    if (rc < 0)
+        cl_tls_identity_free(out);
+    return rc;
+}
+
 void cl_tls_identity_free(cl_tls_identity *id)
 {
     EVP_PKEY_free(id->key); /* OpenSSL clears private key material on free */

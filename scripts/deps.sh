@@ -5,7 +5,8 @@ set -euo pipefail
 
 packages=(
   make cmake clang libclang-rt-14-dev pkg-config
-  libssl-dev openssl libjansson-dev libnghttp2-dev
+  libssl-dev openssl libjansson-dev libnghttp2-dev libcurl4-openssl-dev
+  libsqlite3-dev
   nginx-light haproxy wrk nghttp2-client socat
   ca-certificates curl iproute2 procps python3
 )

@@ -6,6 +6,7 @@
 #include "cloister/address.h"
 #include "cloister/encoding.h"
 #include "cloister/http.h"
+#include "cloister/kms.h"
 #include "cloister/log.h"
 #include "cloister/metrics.h"
 #include "cloister/nsm.h"
@@ -32,6 +33,10 @@
 #define USER_DATA_LEN (2 + HASH_LEN + 2 + HASH_LEN)
 #define ENTROPY_SEED_BYTES 256
 #define MAX_CONFIG_FILE (256 * 1024)
+#define MAX_SECRETS 64
+#define SECRET_NAME_MAX 64
+#define MAX_CIPHERTEXT_FILE (64 * 1024)
+#define SECRETS_PREFIX "/enclave/secrets/"
 
 /* ---- settings ---------------------------------------------------------- */
 
@@ -42,9 +47,14 @@ typedef struct settings {
     unsigned threads, max_header_bytes, header_timeout, idle_timeout, app_timeout, max_connections,
         drain_timeout;
     bool wait_for_app, disable_keep_alives, debug, disable_http2, proxy_protocol;
+    /* KMS secrets opened at start */
+    char *secrets[MAX_SECRETS]; /* "NAME=BASE64" or "NAME=@FILE" */
+    size_t secret_count;
+    char *tls_key_ciphertext, *kms_region, *kms_endpoint, *kms_proxy, *kms_ca_file, *kms_imds;
+    bool secrets_env;
 } settings;
 
-enum opt_type { OPT_STRING, OPT_UINT, OPT_BOOL };
+enum opt_type { OPT_STRING, OPT_UINT, OPT_BOOL, OPT_LIST };
 
 typedef struct option_spec {
     const char *name;
@@ -92,11 +102,25 @@ static const option_spec option_specs[] = {
     {"proxy-protocol", OPT_BOOL, S(proxy_protocol), 0, NULL,
      "public connections start with a PROXY protocol v2 header (cloister host --forward ...,proxy-protocol):"
      " required, and trusted for the client address (X-Forwarded-For)"},
+    {"secret", OPT_LIST, S(secrets), 0, "NAME=B64|@FILE",
+     "a KMS ciphertext (base64, or a file of raw or base64 bytes) opened at start with a Recipient (repeatable)"},
+    {"secrets-env", OPT_BOOL, S(secrets_env), 0, NULL, "also give each secret to -appcmd as environment variable NAME"},
+    {"tls-key-ciphertext", OPT_STRING, S(tls_key_ciphertext), 0, "B64|@FILE",
+     "the private key of --cert as a KMS ciphertext (PEM or DER inside), instead of --key"},
+    {"kms-region", OPT_STRING, S(kms_region), 0, "R", "KMS's region ($AWS_REGION, else IMDS's)"},
+    {"kms-endpoint", OPT_STRING, S(kms_endpoint), 0, "URL", "https://HOST[:PORT] (https://kms.REGION.amazonaws.com)"},
+    {"kms-proxy", OPT_STRING, S(kms_proxy), 0, "ADDR", "the host's outbound proxy to KMS (vsock:3:8000)"},
+    {"kms-ca-file", OPT_STRING, S(kms_ca_file), 0, "PEM", "CAs for KMS's certificate instead of the system's"},
+    {"kms-imds", OPT_STRING, S(kms_imds), 0, "ADDR",
+     "credentials from IMDSv2 through cloister host --imds (else $AWS_ACCESS_KEY_ID...)"},
 };
 #define OPTION_COUNT (sizeof option_specs / sizeof option_specs[0])
 
 static void enclave_usage(FILE *out)
 {
+    /* one write(): a reader that stops early (grep -q) must not cut us off */
+    static char buffer[16384];
+    setvbuf(out, buffer, _IOFBF, sizeof buffer);
     fprintf(out, "usage: cloister enclave -fqdn NAME [-appwebsrv URL] [OPTIONS]\n\n"
                  "Terminates TLS inside the enclave with a key that never leaves it, answers\n"
                  "attestation requests that bind that key's certificate, and proxies everything\n"
@@ -121,6 +145,7 @@ static void enclave_usage(FILE *out)
                  "                                     (200 the first time, 410 after)\n"
                  "  POST /enclave/hash                 base64 SHA-256 of the application's key\n"
                  "  GET  /enclave/attestation?nonce=H  as above\n"
+                 "  GET  /enclave/secrets/NAME         the plaintext of -secret NAME (opened at start)\n"
                  "\nSIGTERM or SIGINT: stop accepting, let requests in flight finish, stop the\n"
                  "application, exit.\n");
 }
@@ -134,6 +159,15 @@ static int set_option(settings *s, const option_spec *o, const char *value, cons
         CL_ENSURE(copy, CL_ENOMEM, "out of memory");
         free(*(char **)field);
         *(char **)field = copy;
+        return CL_OK;
+    }
+    case OPT_LIST: {
+        size_t *count = (size_t *)((char *)s + offsetof(settings, secret_count));
+        if (*count == MAX_SECRETS)
+            return cl_error_set(CL_ELIMIT, "%s -%s: at most %d", origin, o->name, MAX_SECRETS);
+        char *copy = strdup(value);
+        CL_ENSURE(copy, CL_ENOMEM, "out of memory");
+        ((char **)field)[(*count)++] = copy;
         return CL_OK;
     }
     case OPT_UINT: {
@@ -181,6 +215,18 @@ static int load_config_file(settings *s, const char *path)
             rc = cl_error_set(CL_EINVAL, "--config %s: unknown setting \"%s\"", path, key);
             goto out;
         }
+        if (o->type == OPT_LIST && json_is_array(value)) {
+            size_t i;
+            json_t *item;
+            json_array_foreach(value, i, item) {
+                if (!json_is_string(item)) {
+                    rc = cl_error_set(CL_EINVAL, "--config %s: \"%s\" must be strings", path, key);
+                    goto out;
+                }
+                CL_TRY_OUT(set_option(s, o, json_string_value(item), "--config"));
+            }
+            continue;
+        }
         char text[32];
         const char *v = NULL;
         if (o->type == OPT_BOOL && json_is_boolean(value))
@@ -188,7 +234,7 @@ static int load_config_file(settings *s, const char *path)
         else if (o->type == OPT_UINT && json_is_integer(value) && json_integer_value(value) >= 0) {
             snprintf(text, sizeof text, "%lld", (long long)json_integer_value(value));
             v = text;
-        } else if (o->type == OPT_STRING && json_is_string(value))
+        } else if ((o->type == OPT_STRING || o->type == OPT_LIST) && json_is_string(value))
             v = json_string_value(value);
         if (!v) {
             rc = cl_error_set(CL_EINVAL, "--config %s: \"%s\" must be %s", path, key,
@@ -267,7 +313,11 @@ static int parse_settings(int argc, char **argv, settings *s)
         fprintf(stderr, "cloister enclave: -fqdn is required (the name clients use to reach the enclave)\n");
         return EXIT_USAGE;
     }
-    if (!s->cert != !s->key) {
+    if (s->tls_key_ciphertext && (!s->cert || s->key)) {
+        fprintf(stderr, "cloister enclave: --tls-key-ciphertext goes with --cert and replaces --key\n");
+        return EXIT_USAGE;
+    }
+    if (!s->cert != !(s->key || s->tls_key_ciphertext)) {
         fprintf(stderr, "cloister enclave: --cert and --key go together\n");
         return EXIT_USAGE;
     }
@@ -292,6 +342,17 @@ static void settings_free(settings *s)
         free(*strings[i]);
         *strings[i] = NULL;
     }
+    char **kms_strings[] = {&s->tls_key_ciphertext, &s->kms_region, &s->kms_endpoint,
+                            &s->kms_proxy,          &s->kms_ca_file, &s->kms_imds};
+    for (size_t i = 0; i < sizeof kms_strings / sizeof kms_strings[0]; i++) {
+        free(*kms_strings[i]);
+        *kms_strings[i] = NULL;
+    }
+    for (size_t i = 0; i < s->secret_count; i++) {
+        free(s->secrets[i]);
+        s->secrets[i] = NULL;
+    }
+    s->secret_count = 0;
 }
 
 /* ---- the running enclave ------------------------------------------------ */
@@ -303,17 +364,23 @@ enum route {
     ROUTE_READY,
     ROUTE_HASH,
     ROUTE_METRICS,
+    ROUTE_SECRET,
     ROUTE_APP,
     ROUTE_OTHER, /* unknown local paths: 404 */
     ROUTE_COUNT,
 };
 
-static const char *const route_names[ROUTE_COUNT] = {"enclave", "attestation", "config", "ready",
-                                                     "hash",    "metrics",     "app",    "other"};
+static const char *const route_names[ROUTE_COUNT] = {"enclave", "attestation", "config", "ready", "hash",
+                                                     "metrics", "secret",      "app",    "other"};
 
 enum listener_kind { LISTENER_PUBLIC, LISTENER_INTERNAL, LISTENER_METRICS };
 
 typedef struct enclave enclave;
+
+typedef struct secret {
+    char name[SECRET_NAME_MAX + 1];
+    cl_buf value; /* the plaintext; wiped when freed */
+} secret;
 
 typedef struct listener_ctx {
     enclave *e;
@@ -333,6 +400,8 @@ struct enclave {
     atomic_uint_fast64_t attestations;
     cl_child *app_child;
     listener_ctx ctx_public, ctx_internal, ctx_metrics;
+    secret secrets[MAX_SECRETS]; /* set before any listener opens, read-only after */
+    size_t secret_count;
 
     pthread_mutex_t lock; /* guards what follows */
     uint8_t app_hash[HASH_LEN];
@@ -362,6 +431,8 @@ static int route_request(void *ctx, const cl_http_head *h)
             return ROUTE_READY;
         if (path_is(h, "/enclave/hash"))
             return ROUTE_HASH;
+        if (h->path.len > strlen(SECRETS_PREFIX) && !memcmp(h->path.data, SECRETS_PREFIX, strlen(SECRETS_PREFIX)))
+            return ROUTE_SECRET;
         return ROUTE_OTHER;
     }
     if (path_is(h, "/enclave") || path_is(h, "/enclave/"))
@@ -463,7 +534,14 @@ static json_t *config_json(enclave *e)
     json_object_set_new(o, "disable-keep-alives", json_boolean(e->s.disable_keep_alives));
     json_object_set_new(o, "disable-http2", json_boolean(e->s.disable_http2));
     json_object_set_new(o, "debug", json_boolean(e->s.debug));
-    json_object_set_new(o, "tls-identity", json_string(e->s.cert ? "static" : "generated in the enclave"));
+    json_object_set_new(o, "tls-identity", json_string(e->s.tls_key_ciphertext ? "static, key opened from KMS"
+                                                       : e->s.cert               ? "static"
+                                                                                 : "generated in the enclave"));
+    json_t *names = json_array();
+    for (size_t i = 0; i < e->secret_count; i++)
+        json_array_append_new(names, json_string(e->secrets[i].name));
+    json_object_set_new(o, "secrets", names);
+    json_object_set_new(o, "secrets-env", json_boolean(e->s.secrets_env));
     json_object_set_new(o, "certificate-sha256", json_string(fp));
     json_object_set_new(o, "threads", json_integer(e->s.threads));
     json_object_set_new(o, "max-header-bytes", json_integer(e->s.max_header_bytes));
@@ -551,6 +629,24 @@ static void handle_metrics(enclave *e, cl_response *resp)
     resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
 }
 
+/* GET /enclave/secrets/NAME, internal listener only. */
+static void handle_secret(enclave *e, const cl_request_info *req, cl_response *resp)
+{
+    cl_slice name = req->head->path;
+    name.data += strlen(SECRETS_PREFIX);
+    name.len -= strlen(SECRETS_PREFIX);
+    for (size_t i = 0; i < e->secret_count; i++) {
+        if (strlen(e->secrets[i].name) == name.len && !memcmp(e->secrets[i].name, name.data, name.len)) {
+            resp->status = 200;
+            resp->content_type = "application/octet-stream";
+            if (cl_buf_append(&resp->body, e->secrets[i].value.data, e->secrets[i].value.len) < 0)
+                resp->status = 500;
+            return;
+        }
+    }
+    respond_text(resp, 404, "404: no such secret (see -secret)\n");
+}
+
 static void handle_request(void *ctx, int route, const cl_request_info *req, cl_response *resp)
 {
     listener_ctx *l = ctx;
@@ -579,6 +675,10 @@ static void handle_request(void *ctx, int route, const cl_request_info *req, cl_
     case ROUTE_METRICS:
         if (method_is(req, "GET", resp))
             handle_metrics(e, resp);
+        return;
+    case ROUTE_SECRET:
+        if (method_is(req, "GET", resp))
+            handle_secret(e, req, resp);
         return;
     default:
         respond_text(resp, 404, "404: not found\n");
@@ -661,6 +761,160 @@ static int seed_entropy(enclave *e)
     return CL_OK;
 }
 
+/* ---- secrets from KMS ----------------------------------------------------- */
+
+static bool secret_name_valid(const char *n, size_t len)
+{
+    if (len == 0 || len > SECRET_NAME_MAX || (n[0] >= '0' && n[0] <= '9'))
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!((n[i] >= 'a' && n[i] <= 'z') || (n[i] >= 'A' && n[i] <= 'Z') || (n[i] >= '0' && n[i] <= '9') ||
+              n[i] == '_'))
+            return false;
+    return true;
+}
+
+/* "BASE64" inline, or "@FILE" holding raw or base64 bytes. */
+static int load_ciphertext(const char *spec, cl_buf *out)
+{
+    if (spec[0] == '@') {
+        cl_buf raw = CL_BUF_INIT;
+        int rc = cl_read_file(spec + 1, MAX_CIPHERTEXT_FILE, &raw);
+        if (rc == CL_OK)
+            rc = cl_decode_binary_or_base64(raw.data, raw.len, out);
+        cl_buf_free(&raw);
+        if (rc < 0)
+            return cl_error_prefix(rc, "%s: ", spec + 1);
+    } else {
+        CL_TRY(cl_base64_decode((const uint8_t *)spec, strlen(spec), out));
+    }
+    CL_ENSURE(out->len > 0, CL_EINVAL, "the ciphertext is empty");
+    return CL_OK;
+}
+
+static int open_one(cl_kms *kms, const char *spec, cl_buf *plaintext)
+{
+    cl_buf ct = CL_BUF_INIT;
+    int rc = load_ciphertext(spec, &ct);
+    if (rc == CL_OK)
+        rc = cl_kms_decrypt(kms, NULL, ct.data, ct.len, plaintext);
+    cl_buf_free(&ct);
+    return rc;
+}
+
+/* Every -secret and --tls-key-ciphertext is opened with a Recipient
+ * before any listener opens; the first that fails stops the start. */
+static int open_secrets(enclave *e)
+{
+    if (!e->s.secret_count && !e->s.tls_key_ciphertext)
+        return CL_OK;
+    for (size_t i = 0; i < e->s.secret_count; i++) {
+        const char *spec = e->s.secrets[i];
+        const char *eq = strchr(spec, '=');
+        size_t n = eq ? (size_t)(eq - spec) : 0;
+        CL_ENSURE(eq && eq[1] && secret_name_valid(spec, n), CL_EINVAL,
+                  "-secret '%.*s...': expected NAME=BASE64 or NAME=@FILE, NAME of letters, digits and _ "
+                  "(not first), at most %d", (int)(n ? n : strlen(spec) > 20 ? 20 : strlen(spec)), spec,
+                  SECRET_NAME_MAX);
+        for (size_t j = 0; j < i; j++)
+            CL_ENSURE(strncmp(e->s.secrets[j], spec, n + 1) != 0, CL_EINVAL, "-secret %.*s is given twice", (int)n,
+                      spec);
+        memcpy(e->secrets[i].name, spec, n);
+        e->secrets[i].name[n] = '\0';
+    }
+    cl_kms_setup setup = {
+        .region = e->s.kms_region,
+        .endpoint = e->s.kms_endpoint,
+        .proxy = e->s.kms_proxy ? e->s.kms_proxy : "vsock:3:8000",
+        .ca_file = e->s.kms_ca_file,
+        .imds = e->s.kms_imds,
+        .recipient = true,
+        .nsm_client = e->nsm,
+    };
+    cl_kms_session ks;
+    int rc = cl_kms_session_open(&setup, &ks);
+    if (rc < 0)
+        return cl_error_prefix(rc, "KMS for the secrets: ");
+    cl_log(CL_LOG_INFO, "kms_session", "region", ks.region, "proxy", setup.proxy, "credentials",
+           cl_aws_credentials_source(ks.credentials), "recipient", "RSA-2048", NULL);
+    for (size_t i = 0; i < e->s.secret_count; i++) {
+        rc = open_one(ks.kms, strchr(e->s.secrets[i], '=') + 1, &e->secrets[i].value);
+        if (rc < 0) {
+            rc = cl_error_prefix(rc, "secret \"%s\" cannot be opened: ", e->secrets[i].name);
+            goto out;
+        }
+        e->secret_count = i + 1;
+        char bytes[24];
+        snprintf(bytes, sizeof bytes, "%zu", e->secrets[i].value.len);
+        cl_log(CL_LOG_INFO, "secret_opened", "name", e->secrets[i].name, "bytes", bytes, "key_id",
+               cl_kms_key_id(ks.kms), NULL);
+    }
+    if (e->s.tls_key_ciphertext) {
+        cl_buf key = CL_BUF_INIT;
+        rc = open_one(ks.kms, e->s.tls_key_ciphertext, &key);
+        if (rc == CL_OK)
+            rc = cl_tls_identity_load_key_mem(e->s.cert, key.data, key.len, &e->identity);
+        cl_buf_free(&key);
+        if (rc < 0) {
+            rc = cl_error_prefix(rc, "--tls-key-ciphertext cannot be opened: ");
+            goto out;
+        }
+        cl_log(CL_LOG_INFO, "tls_key_opened", "key_id", cl_kms_key_id(ks.kms), NULL);
+    }
+out:
+    cl_kms_session_close(&ks);
+    return rc;
+}
+
+static void free_secrets(enclave *e)
+{
+    for (size_t i = 0; i < MAX_SECRETS; i++)
+        cl_buf_free(&e->secrets[i].value);
+    e->secret_count = 0;
+}
+
+/* NAME=value for -appcmd; values with a NUL byte cannot be. */
+static int secrets_environment(enclave *e, char ***out)
+{
+    *out = NULL;
+    if (!e->s.secrets_env || !e->secret_count)
+        return CL_OK;
+    char **env = calloc(e->secret_count + 1, sizeof *env);
+    CL_ENSURE(env, CL_ENOMEM, "out of memory");
+    for (size_t i = 0; i < e->secret_count; i++) {
+        const secret *sc = &e->secrets[i];
+        if (memchr(sc->value.data, 0, sc->value.len)) {
+            for (size_t j = 0; j < i; j++)
+                cl_free_secret(env[j], strlen(env[j]));
+            free(env);
+            return cl_error_set(CL_EINVAL, "secret \"%s\" holds a NUL byte and cannot be an environment variable "
+                                           "(-secrets-env); read it from /enclave/secrets/%s instead",
+                                sc->name, sc->name);
+        }
+        size_t n = strlen(sc->name) + 1 + sc->value.len + 1;
+        env[i] = malloc(n);
+        if (!env[i]) {
+            for (size_t j = 0; j < i; j++)
+                cl_free_secret(env[j], strlen(env[j]));
+            free(env);
+            return cl_error_set(CL_ENOMEM, "out of memory");
+        }
+        memcpy(env[i], sc->name, strlen(sc->name));
+        env[i][strlen(sc->name)] = '=';
+        memcpy(env[i] + strlen(sc->name) + 1, sc->value.data, sc->value.len);
+        env[i][n - 1] = '\0';
+    }
+    *out = env;
+    return CL_OK;
+}
+
+static void free_environment(char **env)
+{
+    for (size_t i = 0; env && env[i]; i++)
+        cl_free_secret(env[i], strlen(env[i]));
+    free(env);
+}
+
 static int enclave_start(enclave *e)
 {
     if (e->s.appwebsrv) {
@@ -684,7 +938,11 @@ static int enclave_start(enclave *e)
     CL_TRY(seed_entropy(e));
     cl_log(CL_LOG_INFO, "entropy_seeded", "source", "nsm", "bytes", "256", NULL);
 
-    if (e->s.cert) {
+    CL_TRY(open_secrets(e));
+
+    if (e->s.tls_key_ciphertext) {
+        /* loaded by open_secrets */
+    } else if (e->s.cert) {
         rc = cl_tls_identity_load(e->s.cert, e->s.key, &e->identity);
         if (rc < 0)
             return cl_error_prefix(rc, "--cert/--key: ");
@@ -712,8 +970,12 @@ static int enclave_start(enclave *e)
                               false, &e->metrics_server));
     }
     if (e->s.appcmd) {
-        cl_child_config cc = {.name = "app", .command = e->s.appcmd};
-        CL_TRY(cl_child_start(&cc, &e->app_child));
+        char **env = NULL;
+        CL_TRY(secrets_environment(e, &env));
+        cl_child_config cc = {.name = "app", .command = e->s.appcmd, .env = env};
+        rc = cl_child_start(&cc, &e->app_child);
+        free_environment(env);
+        CL_TRY(rc);
     }
     if (!e->s.wait_for_app) {
         pthread_mutex_lock(&e->lock);
@@ -748,6 +1010,7 @@ static void enclave_stop(enclave *e)
     cl_tls_identity_free(&e->identity);
     cl_metrics_free(e->metrics);
     cl_nsm_close(e->nsm);
+    free_secrets(e);
 }
 
 int cmd_enclave(int argc, char **argv)

@@ -22,6 +22,8 @@ static const struct command commands[] = {
     {"imds-sim", cmd_imds_sim, "run an IMDSv2 stand-in (tokens, role credentials, identity)"},
     {"watchdog", cmd_watchdog, "start one enclave and keep it alive: health checks, restarts, systemd"},
     {"dev", cmd_dev, "the whole picture on one machine: nsm-sim, enclave, host, IMDS (make run)"},
+    {"kms", cmd_kms, "AWS KMS calls, with an attested Recipient inside the enclave"},
+    {"kms-local", cmd_kms_local, "run a local AWS KMS: SigV4, key policies on attestation, Recipient"},
 };
 
 static void usage(FILE *out)

@@ -22,6 +22,10 @@ typedef struct cl_tls_identity {
 
 CL_MUST_CHECK int cl_tls_identity_generate(const char *fqdn, cl_tls_identity *out);
 CL_MUST_CHECK int cl_tls_identity_load(const char *cert_pem_path, const char *key_pem_path, cl_tls_identity *out);
+/* The same with the private key given in memory (PEM or DER), e.g. as it
+ * came out of KMS; the caller wipes its copy. */
+CL_MUST_CHECK int cl_tls_identity_load_key_mem(const char *cert_pem_path, const uint8_t *key, size_t key_len,
+                                               cl_tls_identity *out);
 void cl_tls_identity_free(cl_tls_identity *id);
 
 typedef struct cl_tls_server_options {
