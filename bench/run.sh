@@ -128,3 +128,9 @@ if [ "${BENCH_KMS:-1}" != 0 ]; then
   echo "KMS Decrypt with a Recipient through the host proxy to kms-local (bench/kms.sh)"
   "$src/bench/kms.sh" "$build"
 fi
+
+if [ "${BENCH_PKCS11:-1}" != 0 ]; then
+  echo
+  echo "nginx handshakes with the key in a file, the cloister token, SoftHSM2 (bench/pkcs11.sh)"
+  "$src/bench/pkcs11.sh" "$build"
+fi

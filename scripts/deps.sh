@@ -9,6 +9,7 @@ packages=(
   libsqlite3-dev
   nginx-light haproxy wrk nghttp2-client socat
   ca-certificates curl iproute2 procps python3
+  nginx libp11-kit-dev p11-kit p11-kit-modules libengine-pkcs11-openssl opensc softhsm2
 )
 
 missing=()

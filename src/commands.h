@@ -13,6 +13,7 @@ int cmd_watchdog(int argc, char **argv);
 int cmd_dev(int argc, char **argv);
 int cmd_kms(int argc, char **argv);
 int cmd_kms_local(int argc, char **argv);
+int cmd_keyholder(int argc, char **argv);
 
 /* Exit codes shared by the subcommands. */
 #define EXIT_REJECTED 1 /* a verification said no */
