@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The ACM-style bundle path for the PKCS#11 token end to end, in a cloister-dev-style set-up on one machine:
-#   - nsm-sim (PCR0 set), kms-local with TLS, `cloister host --outbound unix:RUN/kms.sock=...` standing
+#   - nsm-sim (PCR0 set), imds-sim behind `cloister host --imds` (the key-holder's credentials and
+#     region), kms-local with TLS, `cloister host --outbound unix:RUN/kms.sock=...` standing
 #     in for vsock:3:8000; the key-holder (the enclave's key process) with its KMS settings, on unix
 #     sockets; `p11-kit server` serving libcloister-pkcs11.so; Debian's nginx on 127.0.0.1 through
 #     the pkcs11 engine and p11-kit's client module
@@ -31,7 +32,6 @@ REGION=eu-west-1
 PCR0=$(printf '%096d' 7 | tr 0 c)
 PCR0_OTHER=$(printf '%096d' 9 | tr 0 d)
 OP_ID=AKIAOPERATOR0000000 OP_SECRET=operator-secret-key
-EN_ID=AKIAENCLAVEROLE0000 EN_SECRET=enclave-role-secret
 mkdir -p "$work/nginx/tmp" "$work/srv" "$work/keys"
 
 # ---- certificates: a CA and three leaves (two for the rotation, one bound to another PCR0) ------
@@ -62,11 +62,22 @@ policy() { # PCR0 -> a key policy: operators encrypt, only that enclave decrypts
    "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": "$1"}}}]}
 EOF
 }
+# the key-holder's credentials: the instance role, from imds-sim behind `cloister host --imds`
+m=$(free_port)
+spawn imds_sim "$CLOISTER" imds-sim --listen "tcp:127.0.0.1:$m" --role enclave-role --region "$REGION"
+wait_for_log imds_sim 'event=listening'
+spawn imds "$CLOISTER" host --imds "unix:$work/imds.sock" --imds-endpoint "http://127.0.0.1:$m"
+wait_for_log imds 'event=started'
+token=$(curl -sS --unix-socket "$work/imds.sock" -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
+    http://169.254.169.254/latest/api/token)
+curl -sS --unix-socket "$work/imds.sock" -H "X-aws-ec2-metadata-token: $token" \
+    http://169.254.169.254/latest/meta-data/iam/security-credentials/enclave-role >"$work/role.json"
+role_creds=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(c["AccessKeyId"]+":"+c["SecretAccessKey"])' "$work/role.json")
 policy "$PCR0" >"$work/web-policy.json"
 policy "$PCR0_OTHER" >"$work/other-policy.json"
 kp=$(free_port)
 spawn kms "$CLOISTER" kms-local --listen "tcp:127.0.0.1:$kp" --state "$work/kms" --region "$REGION" --tls \
-    --credentials "$OP_ID:$OP_SECRET" --credentials "$EN_ID:$EN_SECRET" --root "$work/state/root.pem" \
+    --credentials "$OP_ID:$OP_SECRET" --credentials "$role_creds" --root "$work/state/root.pem" \
     --key "alias/web=$work/web-policy.json" --key "alias/other-enclave=$work/other-policy.json"
 wait_for_log kms '^kms-local: listening on '
 CA=$work/kms/ca.pem
@@ -106,11 +117,12 @@ pass "acm pack-key: bundles {certificate, certificateChain, encryptedPrivateKey}
 
 # ---- the key-holder with its KMS settings, p11-kit server -------------------------------------
 KH=$work/kh.sock PROV=$work/prov.sock
-spawn kh env AWS_ACCESS_KEY_ID=$EN_ID AWS_SECRET_ACCESS_KEY=$EN_SECRET \
+spawn kh env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY \
     "$CLOISTER" keyholder serve --socket "unix:$KH" --provision "unix:$PROV" --token-ttl 4s \
-    --kms-region "$REGION" --kms-proxy "unix:$work/kms.sock" --kms-ca-file "$CA" --nsm "unix:$work/nsm.sock"
+    --kms-imds "unix:$work/imds.sock" --kms-proxy "unix:$work/kms.sock" --kms-ca-file "$CA" --nsm "unix:$work/nsm.sock"
 wait_for_log kh 'keyholder: ready'
-grep -q 'event=kms_session region=eu-west-1 proxy=unix:' "$work/kh.log" || fail "no KMS session in the key-holder"
+grep -q 'event=kms_session region=eu-west-1 proxy=unix:.* credentials=imds' "$work/kh.log" ||
+    fail "no KMS session with IMDS credentials in the key-holder"
 P11SOCK=$work/p11.sock
 export CLOISTER_KEYHOLDER=unix:$KH # the module's key-holder, in p11-kit server's environment
 spawn p11kit p11-kit server -f --provider "$MODULE" -n "$P11SOCK" "pkcs11:"
@@ -142,13 +154,21 @@ python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["certificate"]="-
 st=0
 acm_once "$work/bad2.json" bad >/dev/null 2>"$work/err" || st=$?
 [ "$st" = 1 ] && grep -q 'not a valid PEM X.509 certificate' "$work/err" || fail "bad certificate: $st $(cat "$work/err")"
+python3 -c 'import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); a["certificate"]=b["certificate"]; json.dump(a,open(sys.argv[3],"w"))' \
+    "$work/srv/a.json" "$work/srv/b.json" "$work/mismatch.json"
+st=0
+acm_once "$work/mismatch.json" mismatch >/dev/null 2>"$work/err" || st=$?
+[ "$st" = 1 ] && grep -q 'key unreadable or not matching the certificate' "$work/err" ||
+    fail "key of a, certificate of b: $st $(cat "$work/err")"
+grep -q "event=token_put_failed token=mismatch error=\"the certificate's public key is not the key's\"" "$work/kh.log" ||
+    fail "the key-holder did not log the mismatch"
 st=0
 acm_once "$work/nonexistent.json" bad >/dev/null 2>"$work/err" || st=$?
 [ "$st" = 3 ] && grep -q 'nonexistent.json' "$work/err" || fail "missing bundle: $st $(cat "$work/err")"
 st=0
 "$CLOISTER" host acm --bundle ftp://x/y --token t --provision "unix:$PROV" >/dev/null 2>"$work/err" || st=$?
 [ "$st" = 2 ] && grep -q 'only http:// and https://' "$work/err" || fail "ftp URL: $st $(cat "$work/err")"
-pass "refused: a bundle bound to another PCR0 (exit 1, 'KMS refused ...', AccessDeniedException in the key-holder's log, no files), unknown fields, a broken certificate, a missing file, a non-HTTP URL"
+pass "refused: a bundle bound to another PCR0 (exit 1, 'KMS refused ...', AccessDeniedException in the key-holder's log, no files), a certificate that is not the key's, unknown fields, a broken certificate, a missing file, a non-HTTP URL"
 
 # ---- host acm provisions; nginx serves ------------------------------------------------------------
 cp "$work/srv/a.json" "$work/bundle.json"
