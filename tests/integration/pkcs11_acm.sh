@@ -306,13 +306,15 @@ acm_once "https://localhost:$sp/b.json" url >/dev/null 2>"$work/err" || st=$?
 stop https || true
 pass "--bundle http:// and https:// (libcurl, --ca-file) provision; HTTP 404, a failed TLS handshake and an untrusted certificate exit 3 with the reason; no --pin-file: a random PIN"
 
-# ---- expiry: no refresh for longer than the key-holder's --token-ttl -----------------------------
-stop acm || true
+# ---- expiry: KMS out of reach, so no refresh succeeds for longer than --token-ttl -----------------
+stop outbound || true
+wait_for_log acm 'event=bundle_refused token=web why=refresh .*KMS unreachable from the enclave' 100
 for _ in $(seq 120); do grep -q 'event=token_expired token=web' "$work/kh.log" && break; sleep 0.1; done
 grep -q 'event=token_expired token=web' "$work/kh.log" || fail "the token did not expire without refresh"
 if get >/dev/null 2>&1; then fail "nginx still completes handshakes with an expired token"; fi
 "$CLOISTER" keyholder status --provision "unix:$PROV" | grep -q '^token=web .* expired' || fail "status: not expired"
-pass "without host acm's refresh the token expires after --token-ttl 4s: its key is wiped, handshakes fail"
+stop acm || true
+pass "KMS out of reach (outbound proxy stopped): refreshes refused as 'KMS unreachable from the enclave', the token expires after --token-ttl 4s, its key is wiped, handshakes fail"
 
 stop nginx || true
 stop p11kit || true
