@@ -374,6 +374,8 @@ const char *cl_kh_status_name(uint32_t status)
     case CL_KH_ST_NOT_IMPLEMENTED: return "not implemented";
     case CL_KH_ST_BUSY: return "limit reached";
     case CL_KH_ST_ALREADY_LOGGED_IN: return "already logged in";
+    case CL_KH_ST_KMS_REFUSED: return "KMS refused to open the key for this enclave";
+    case CL_KH_ST_KMS_UNAVAILABLE: return "KMS unreachable from the enclave";
     default: return "unknown status";
     }
 }

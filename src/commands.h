@@ -14,6 +14,8 @@ int cmd_dev(int argc, char **argv);
 int cmd_kms(int argc, char **argv);
 int cmd_kms_local(int argc, char **argv);
 int cmd_keyholder(int argc, char **argv);
+int cmd_host_acm(int argc, char **argv); /* `cloister host acm`, dispatched by cmd_host */
+int cmd_acm(int argc, char **argv);
 
 /* Exit codes shared by the subcommands. */
 #define EXIT_REJECTED 1 /* a verification said no */

@@ -105,7 +105,8 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: cloister host [OPTIONS]\n"
             "       cloister host vsock-proxy [-4|-6] [--config FILE] [-w N] [--listen ADDR] [OPTIONS]\n"
-            "                                 LOCAL_PORT REMOTE_ADDR REMOTE_PORT\n\n"
+            "                                 LOCAL_PORT REMOTE_ADDR REMOTE_PORT\n"
+            "       cloister host acm --bundle FILE|URL --token LABEL --provision ADDR [...] (see its --help)\n\n"
             "The parent instance's side of an enclave: forwards connections into it, proxies its\n"
             "connections out to allowed services, and gates its instance metadata calls.\n"
             "Addresses are vsock:CID:PORT, unix:PATH or tcp:HOST:PORT ([v6] in brackets).\n\n"
@@ -709,6 +710,8 @@ int cmd_host(int argc, char **argv)
 {
     if (argc >= 2 && !strcmp(argv[1], "vsock-proxy"))
         return cmd_vsock_proxy(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "acm"))
+        return cmd_host_acm(argc - 1, argv + 1); /* host_acm.c */
     const char *me = "cloister host";
     cl_sd_notify_detach_env(); /* before any thread, and not for the enclave's processes */
     settings s;

@@ -18,6 +18,7 @@
 #include "cloister/log.h"
 #include "cloister/watchdog.h"
 #include "commands.h"
+#include "keyholder_kms.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -290,13 +291,13 @@ static int token_put(const cl_kh_request *r, uint32_t *slot_out, uint64_t *gen_o
     generation *g = NULL;
     *status = CL_KH_ST_BAD_KEY;
     if (r->key_source == CL_KH_SRC_KMS) {
-        *status = CL_KH_ST_NOT_IMPLEMENTED;
-        return cl_error_set(CL_EINVAL, "KMS-ciphertext keys are not implemented yet (needs KMS Decrypt "
-                                       "with Recipient)");
+        CL_TRY_OUT(kh_kms_open(r->key_ref, &key_pem, status)); /* keyholder_kms.c */
+        *status = CL_KH_ST_BAD_KEY;
+    } else {
+        char path[4400];
+        CL_TRY_OUT(key_path(r->key_ref, path, sizeof path));
+        CL_TRY_OUT(read_file(path, 1 << 20, &key_pem));
     }
-    char path[4400];
-    CL_TRY_OUT(key_path(r->key_ref, path, sizeof path));
-    CL_TRY_OUT(read_file(path, 1 << 20, &key_pem));
     CL_TRY_OUT(generation_make(&key_pem, r->chain, r->object_label, &g));
 
     pthread_mutex_lock(&kh.lock);
@@ -934,8 +935,9 @@ static void serve_usage(FILE *out)
             "                         default 0 (never); 250ms, 5s, 2m, 1h\n"
             "  --rotation-grace DUR   the previous key stays usable this long after a rotation; default 60s\n"
             "  --debug                also log every signature's raw operation (never its data)\n"
-            "\n"
-            "Prints 'keyholder: ready' once listening.  SIGTERM/SIGINT wipe the keys and exit.\n");
+            "\n");
+    kh_kms_usage(out);
+    fprintf(out, "\nPrints 'keyholder: ready' once listening.  SIGTERM/SIGINT wipe the keys and exit.\n");
 }
 
 static int cmd_serve(int argc, char **argv)
@@ -946,6 +948,7 @@ static int cmd_serve(int argc, char **argv)
         {"max-pin-failures", required_argument, NULL, 'm'}, {"token-ttl", required_argument, NULL, 'T'},
         {"rotation-grace", required_argument, NULL, 'g'}, {"debug", no_argument, NULL, 'd'},
         {"help", no_argument, NULL, 'h'},
+        KH_KMS_LONG_OPTIONS,
         {NULL, 0, NULL, 0}};
     const char *socket_addr = NULL, *prov_addr = NULL;
     const char *token_specs[CL_KH_MAX_TOKENS];
@@ -997,7 +1000,14 @@ static int cmd_serve(int argc, char **argv)
         }
         case 'd': cl_log_set_level(CL_LOG_DEBUG); break;
         case 'h': serve_usage(stdout); return 0;
-        default: serve_usage(stderr); return EXIT_USAGE;
+        default:
+            if (c >= KH_KMS_OPT_FIRST && c < KH_KMS_OPT_END) {
+                if (kh_kms_option(c, optarg) < 0)
+                    return EXIT_USAGE;
+                break;
+            }
+            serve_usage(stderr);
+            return EXIT_USAGE;
         }
     }
     if (!socket_addr || optind != argc) {
@@ -1007,6 +1017,10 @@ static int cmd_serve(int argc, char **argv)
     cl_log_set_component("keyholder");
     /* no core dumps, no ptrace by other processes of the same user */
     prctl(PR_SET_DUMPABLE, 0);
+    if (kh_kms_start() < 0) {
+        fprintf(stderr, "keyholder: %s\n", cl_error_message());
+        return EXIT_FAILED;
+    }
     for (size_t i = 0; i < ntokens; i++) {
         if (token_from_flag(token_specs[i]) < 0) {
             fprintf(stderr, "keyholder: --token: %s\n", cl_error_message());
@@ -1054,6 +1068,7 @@ static int cmd_serve(int argc, char **argv)
     for (size_t i = 0; i < CL_KH_MAX_TOKENS; i++)
         if (kh.tokens[i].used)
             token_clear(&kh.tokens[i]);
+    kh_kms_stop();
     cl_log(CL_LOG_INFO, "stopped", "keys", "wiped", NULL);
     /* threads still serving connections hold no key of their own beyond
      * their cached context; the process ends here */
@@ -1095,8 +1110,8 @@ static void client_usage(FILE *out)
             "(same key and certificate) or rotates it (new key or certificate: the previous key stays\n"
             "usable for the key-holder's --rotation-grace); the PIN is set each time and unlocks a\n"
             "locked token.  The key is NAME, a PEM file inside the key-holder's --key-dir: the key\n"
-            "comes from inside the enclave, never through this channel.  (The KMS-ciphertext source,\n"
-            "key source 2 in the protocol, is not implemented yet.)\n");
+            "comes from inside the enclave, never through this channel.  (Keys provisioned as KMS\n"
+            "ciphertexts, opened inside the enclave: `cloister host acm`.)\n");
 }
 
 static int cmd_client(const char *verb, int argc, char **argv)

@@ -21,6 +21,7 @@ static const struct command commands[] = {
     {"host", cmd_host, "the parent instance's side: forwards, outbound proxies, IMDS gate"},
     {"imds-sim", cmd_imds_sim, "run an IMDSv2 stand-in (tokens, role credentials, identity)"},
     {"keyholder", cmd_keyholder, "hold the PKCS#11 token's keys inside the enclave; provision tokens"},
+    {"acm", cmd_acm, "ACM-style certificate bundles: pack a key with KMS for the enclave's token"},
     {"watchdog", cmd_watchdog, "start one enclave and keep it alive: health checks, restarts, systemd"},
     {"dev", cmd_dev, "the whole picture on one machine: nsm-sim, enclave, host, IMDS (make run)"},
     {"kms", cmd_kms, "AWS KMS calls, with an attested Recipient inside the enclave"},

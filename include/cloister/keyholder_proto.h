@@ -72,6 +72,8 @@ enum cl_kh_status {
     CL_KH_ST_NOT_IMPLEMENTED = 14, /* provisioning: a key source this build cannot open */
     CL_KH_ST_BUSY = 15,         /* limits: too many tokens */
     CL_KH_ST_ALREADY_LOGGED_IN = 16,
+    CL_KH_ST_KMS_REFUSED = 17,  /* provisioning: KMS would not open the ciphertext for this enclave */
+    CL_KH_ST_KMS_UNAVAILABLE = 18, /* provisioning: KMS could not be reached (network, credentials, NSM) */
 };
 
 /* Raw operations; hash-then-sign mechanisms are hashed by the module. */
@@ -91,7 +93,7 @@ enum cl_kh_key_type { CL_KH_KEY_NONE = 0, CL_KH_KEY_RSA = 1, CL_KH_KEY_EC = 2 };
 
 enum cl_kh_key_source {
     CL_KH_SRC_FILE = 1, /* key_ref: a PEM file's name inside the key-holder's key directory */
-    CL_KH_SRC_KMS = 2,  /* key_ref: a KMS ciphertext for Decrypt with Recipient (not implemented yet) */
+    CL_KH_SRC_KMS = 2,  /* key_ref: a KMS CiphertextBlob, opened with Decrypt and a Recipient */
 };
 
 #define CL_KH_TOKEN_LOCKED 0x01

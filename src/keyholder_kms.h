@@ -1,0 +1,42 @@
+/* The key-holder's KMS key source (CL_KH_SRC_KMS): a provisioned key that
+ * arrives as a KMS CiphertextBlob and is opened here, inside the enclave,
+ * with Decrypt and a Recipient.  Settings from `keyholder serve`'s command
+ * line, the same as `cloister enclave`'s -kms-* ones. */
+#ifndef CLOISTER_SRC_KEYHOLDER_KMS_H
+#define CLOISTER_SRC_KEYHOLDER_KMS_H
+
+#include "cloister/buf.h"
+#include "cloister/slice.h"
+
+#include <getopt.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* getopt codes KH_KMS_OPT_FIRST.. for the options listed by KH_KMS_LONG_OPTIONS */
+#define KH_KMS_OPT_FIRST 0x1000
+#define KH_KMS_LONG_OPTIONS                                                                                      \
+    {"kms-region", required_argument, NULL, KH_KMS_OPT_FIRST + 0},                                               \
+        {"kms-endpoint", required_argument, NULL, KH_KMS_OPT_FIRST + 1},                                         \
+        {"kms-proxy", required_argument, NULL, KH_KMS_OPT_FIRST + 2},                                            \
+        {"kms-ca-file", required_argument, NULL, KH_KMS_OPT_FIRST + 3},                                          \
+        {"kms-imds", required_argument, NULL, KH_KMS_OPT_FIRST + 4},                                             \
+        {"kms-role", required_argument, NULL, KH_KMS_OPT_FIRST + 5}, {"nsm", required_argument, NULL, KH_KMS_OPT_FIRST + 6}
+#define KH_KMS_OPT_END (KH_KMS_OPT_FIRST + 7)
+
+/* Records one option; 0 or -1 (message printed). */
+int kh_kms_option(int code, const char *value);
+/* The options' help lines. */
+void kh_kms_usage(FILE *out);
+/* Opens the KMS session (credentials, NSM, the Recipient's RSA key) when
+ * any KMS option was given; a failure stops the start.  0 or a cl_err. */
+int kh_kms_start(void);
+bool kh_kms_enabled(void);
+/* Opens a CiphertextBlob into key (a cl_buf, wiped when freed).  On failure
+ * *status is the reply's status (CL_KH_ST_KMS_REFUSED: KMS answered no;
+ * CL_KH_ST_KMS_UNAVAILABLE: it could not be asked; CL_KH_ST_NOT_IMPLEMENTED:
+ * no KMS settings) and the error message says why. */
+int kh_kms_open(cl_slice ciphertext, cl_buf *key, uint32_t *status);
+void kh_kms_stop(void);
+
+#endif
