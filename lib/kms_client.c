@@ -43,6 +43,7 @@ static void curl_init_once(void)
 
 int cl_curl_init(void)
 {
+    CL_TRY(cl_curl_load());
     pthread_once(&curl_once, curl_init_once);
     CL_ENSURE(curl_init_code == CURLE_OK, CL_EIO, "libcurl: %s", curl_easy_strerror(curl_init_code));
     return CL_OK;

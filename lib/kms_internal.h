@@ -8,7 +8,7 @@
 #include "cloister/buf.h"
 #include "cloister/error.h"
 
-#include <curl/curl.h>
+#include "curl_lazy.h"
 #include <stdbool.h>
 #include <stdint.h>
 

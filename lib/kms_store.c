@@ -1,9 +1,10 @@
 /* kms-local's SQLite state. */
 #include "cloister/kms_store.h"
 
+#include "sqlite_lazy.h"
+
 #include <openssl/evp.h>
 #include <openssl/rand.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,6 +131,7 @@ out:
 int cl_kms_store_open(const char *path, const uint8_t master[CL_KMS_MASTER_KEY_LEN], cl_kms_store **out)
 {
     *out = NULL;
+    CL_TRY(cl_sqlite_load());
     cl_kms_store *s = calloc(1, sizeof *s);
     CL_ENSURE(s, CL_ENOMEM, "out of memory");
     memcpy(s->master, master, CL_KMS_MASTER_KEY_LEN);

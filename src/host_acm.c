@@ -21,7 +21,7 @@
 #include "cloister/watchdog.h"
 #include "commands.h"
 
-#include <curl/curl.h>
+#include "curl_lazy.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -116,6 +116,9 @@ static int fetch(const acm_opts *o, cl_buf *out)
         int rc = cl_read_file(o->bundle, CL_ACM_BUNDLE_MAX, out);
         return rc < 0 ? cl_error_prefix(rc, "bundle %s: ", o->bundle) : CL_OK;
     }
+    int lrc = cl_curl_load();
+    if (lrc < 0)
+        return cl_error_prefix(lrc, "bundle %s: ", o->bundle);
     CURL *c = curl_easy_init();
     CL_ENSURE(c, CL_ENOMEM, "libcurl");
     char err[CURL_ERROR_SIZE] = "";
