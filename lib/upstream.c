@@ -183,8 +183,12 @@ static void on_conn_event(cl_loop *loop, cl_watch *w, uint32_t events)
         exchange_io(c->user, events);
         return;
     }
-    /* An idle connection that becomes readable was closed by the app (or
-     * sent bytes nobody asked for): either way it is no longer usable. */
+    /* Edge-triggered, an idle connection also reports that it became
+     * writable (the ACK of the last request arriving late): that is no news.
+     * Readable, it was closed by the app (or sent bytes nobody asked for):
+     * either way it is no longer usable. */
+    if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+        return;
     idle_unlink(c);
     conn_close(c);
 }
