@@ -297,32 +297,16 @@ static bool tcp_accepts(unsigned port)
 
 static bool imds_ready(dev *d) { return tcp_accepts(d->imds_port); }
 
-/* Runs `cloister verify` on the forward, output to RUN/verify.txt. */
+static int run_self(dev *d, const char *name, char *const argv[]);
+
+/* Runs `cloister verify` on the forward, output to RUN/verify.out. */
 static int run_verify(dev *d)
 {
-    char url[64], root[PATH_MAX + 16], out[PATH_MAX + 16];
+    char url[64], root[PATH_MAX + 16];
     snprintf(url, sizeof url, "https://127.0.0.1:%u", d->port);
     snprintf(root, sizeof root, "%s/state/root.pem", d->run);
-    snprintf(out, sizeof out, "%s/verify.txt", d->run);
-    pid_t pid = fork();
-    if (pid == 0) {
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execl(d->self, d->self, "verify", url, "--root", root, "--timeout", "10", (char *)NULL);
-        _exit(127);
-    }
-    if (pid < 0)
-        return -1;
-    int status;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    char *argv[] = {d->self, "verify", url, "--root", root, "--timeout", "10", NULL};
+    return run_self(d, "verify", argv);
 }
 
 static bool verified(dev *d) { return run_verify(d) == 0; }
@@ -911,7 +895,7 @@ int cmd_dev(int argc, char **argv)
     if (!wait_for(&d, &d.host, "the enclave to be proven through the host", verified, START_TIMEOUT_MS)) {
         if (!d.stop_requested) {
             char path[PATH_MAX + 16];
-            snprintf(path, sizeof path, "%s/verify.txt", d.run);
+            snprintf(path, sizeof path, "%s/verify.out", d.run);
             print_file(path);
         }
         goto out;
@@ -935,7 +919,7 @@ int cmd_dev(int argc, char **argv)
     say("             opened the secret \"demo\" with it at start (credentials from IMDS, through the host)");
     say("\ncloister verify https://127.0.0.1:%u --root %s/state/root.pem:", d.port, d.run);
     char vpath[PATH_MAX + 16];
-    snprintf(vpath, sizeof vpath, "%s/verify.txt", d.run);
+    snprintf(vpath, sizeof vpath, "%s/verify.out", d.run);
     print_file(vpath);
 
     if (check) {
