@@ -326,6 +326,11 @@ int cl_tls_server_ctx(const cl_tls_identity *id, const cl_tls_server_options *op
     CL_ENSURE_OUT(SSL_CTX_set_ex_data(ctx, ticket_keys_index, keys) == 1, CL_ECRYPTO, "SSL_CTX_set_ex_data");
     keys = NULL;
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);
+    /* Resumption is by ticket alone: a server-side session cache would
+     * only cost an insert per handshake and periodic scans of thousands of
+     * sessions, and one ticket per handshake is enough for a client. */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_num_tickets(ctx, 1);
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, opt && opt->enable_h2 ? (void *)1 : NULL);
     SSL_CTX_set_num_tickets(ctx, 1);
 out:

@@ -1,6 +1,8 @@
 #include "cloister/upstream.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -214,6 +216,12 @@ static int conn_open(cl_upstream_pool *pool, app_conn **out)
     const cl_upstream_target *t = &pool->target;
     int fd = socket(t->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     CL_ENSURE(fd >= 0, CL_EIO, "socket: %s", strerror(errno));
+    if (t->family == AF_INET || t->family == AF_INET6) {
+        /* a request head and its body go out as separate writes: Nagle
+         * would hold the second until the app's delayed ACK */
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
     bool connecting = false;
     if (connect(fd, (const struct sockaddr *)&t->sa, t->sa_len) < 0) {
         if (errno == EINPROGRESS) {
