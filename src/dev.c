@@ -948,8 +948,8 @@ int cmd_dev(int argc, char **argv)
     say("Ctrl-C stops everything and removes %s.", d.run);
     while (!d.stop_requested) {
         pause_ms(&d, 500);
-        proc *procs[] = {&d.host, &d.sim, &d.imds};
-        for (size_t i = 0; i < 3; i++) {
+        proc *procs[] = {&d.host, &d.sim, &d.imds, &d.kms};
+        for (size_t i = 0; i < sizeof procs / sizeof procs[0]; i++) {
             if (alive(procs[i]))
                 continue;
             char st[64];
