@@ -64,6 +64,23 @@ node -e '
     fail "app connections are not pooled: before $before, after $after"
 pass "keep-alive pool: 20 client connections, app connections reused ($before -> $after)"
 
+# Clients that close right after their response (wrk with Connection: close, 4 at a time):
+# the pool must still keep its app connections (a late ACK once closed 3 of 4 of them).
+if command -v wrk >/dev/null; then
+    before=$(curl -sS "http://127.0.0.1:$app_port/count")
+    wrk -t1 -c4 -d2s -H 'Connection: close' "$base/hello" >"$work/wrk.out" 2>&1 || fail "wrk: $(cat "$work/wrk.out")"
+    after=$(curl -sS "http://127.0.0.1:$app_port/count")
+    node -e '
+        const [a, b] = [JSON.parse(process.argv[1]), JSON.parse(process.argv[2])];
+        const requests = b.requests - a.requests, conns = b.connections - a.connections;
+        console.log(`${requests} requests on ${conns} new app connections`);
+        process.exit(requests >= 100 && conns <= 16 ? 0 : 1);' "$before" "$after" >"$work/pool.out" ||
+        fail "Connection: close clients: $(cat "$work/pool.out")"
+    pass "Connection: close clients: $(cat "$work/pool.out") (the pool survives clients that hang up)"
+else
+    echo "skip: wrk is not installed (scripts/deps.sh installs it): Connection: close pool check"
+fi
+
 # ---- bodies -------------------------------------------------------------------
 want=$(node "$APP/app.js" --gen "$BIG" 7 | sha256sum | cut -c1-64)
 got=$(c "$base/bytes?n=$BIG&seed=7" | sha256sum | cut -c1-64)
