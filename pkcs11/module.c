@@ -1247,6 +1247,29 @@ EXPORT CK_RV C_GetObjectSize(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ULONG
 
 /* ---- signing ------------------------------------------------------------------------- */
 
+/* What C_SignInit and C_DecryptInit both require, with g_lock held: a
+ * logged-in session, a mechanism of this module that can do `need`, and a
+ * private key of that mechanism's type. */
+static CK_RV key_operation(const session *s, CK_MECHANISM_PTR mechanism, CK_OBJECT_HANDLE key, CK_FLAGS need,
+                           const mech **m_out, object **o_out)
+{
+    if (!g_slots[s->slot].logged_in)
+        return CKR_USER_NOT_LOGGED_IN;
+    const mech *m = mech_find(mechanism->mechanism);
+    if (!m || !(m->flags & need))
+        return CKR_MECHANISM_INVALID;
+    object *o = find_object(s->slot, key, true);
+    if (!o)
+        return CKR_KEY_HANDLE_INVALID;
+    if (o->klass != CKO_PRIVATE_KEY)
+        return CKR_KEY_FUNCTION_NOT_PERMITTED;
+    if (o->key_type != m->key_type)
+        return CKR_KEY_TYPE_INCONSISTENT;
+    *m_out = m;
+    *o_out = o;
+    return CKR_OK;
+}
+
 EXPORT CK_RV C_SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mechanism, CK_OBJECT_HANDLE key)
 {
     if (!mechanism)
@@ -1257,18 +1280,11 @@ EXPORT CK_RV C_SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mechanism, CK_OBJE
         RETURN(CKR_SESSION_HANDLE_INVALID);
     if (s->sign_state != OP_NONE)
         RETURN(CKR_OPERATION_ACTIVE);
-    if (!g_slots[s->slot].logged_in)
-        RETURN(CKR_USER_NOT_LOGGED_IN);
-    const mech *m = mech_find(mechanism->mechanism);
-    if (!m || !(m->flags & CKF_SIGN))
-        RETURN(CKR_MECHANISM_INVALID);
-    object *o = find_object(s->slot, key, true);
-    if (!o)
-        RETURN(CKR_KEY_HANDLE_INVALID);
-    if (o->klass != CKO_PRIVATE_KEY)
-        RETURN(CKR_KEY_FUNCTION_NOT_PERMITTED);
-    if (o->key_type != m->key_type)
-        RETURN(CKR_KEY_TYPE_INCONSISTENT);
+    const mech *m;
+    object *o;
+    CK_RV rv = key_operation(s, mechanism, key, CKF_SIGN, &m, &o);
+    if (rv != CKR_OK)
+        RETURN(rv);
     s->op = m->op;
     s->prehash = m->prehash;
     s->hash = s->mgf = 0;
@@ -1447,18 +1463,11 @@ EXPORT CK_RV C_DecryptInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mechanism, CK_O
         RETURN(CKR_SESSION_HANDLE_INVALID);
     if (s->decrypting)
         RETURN(CKR_OPERATION_ACTIVE);
-    if (!g_slots[s->slot].logged_in)
-        RETURN(CKR_USER_NOT_LOGGED_IN);
-    const mech *m = mech_find(mechanism->mechanism);
-    if (!m || !(m->flags & CKF_DECRYPT))
-        RETURN(CKR_MECHANISM_INVALID);
-    object *o = find_object(s->slot, key, true);
-    if (!o)
-        RETURN(CKR_KEY_HANDLE_INVALID);
-    if (o->klass != CKO_PRIVATE_KEY)
-        RETURN(CKR_KEY_FUNCTION_NOT_PERMITTED);
-    if (o->key_type != CKK_RSA)
-        RETURN(CKR_KEY_TYPE_INCONSISTENT);
+    const mech *m;
+    object *o;
+    CK_RV rv = key_operation(s, mechanism, key, CKF_DECRYPT, &m, &o);
+    if (rv != CKR_OK)
+        RETURN(rv);
     s->dec_op = m->op;
     s->dec_hash = s->dec_mgf = 0;
     s->dec_label_len = 0;
