@@ -189,3 +189,14 @@ int cl_parse_u64(const char *s, uint64_t max, uint64_t *out)
     *out = v;
     return CL_OK;
 }
+
+int cl_parse_bool(const char *s, bool *out)
+{
+    if (!strcmp(s, "true") || !strcmp(s, "1"))
+        *out = true;
+    else if (!strcmp(s, "false") || !strcmp(s, "0"))
+        *out = false;
+    else
+        return cl_error_set(CL_EINVAL, "expected true or false, got '%s'", s);
+    return CL_OK;
+}

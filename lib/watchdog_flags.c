@@ -129,13 +129,7 @@ static int set_flag(cl_watchdog_settings *s, const char *name, const char *value
         return CL_OK;
     }
     if (!strcmp(name, "debug-mode")) {
-        if (!strcmp(value, "true") || !strcmp(value, "1"))
-            c->run.debug_mode = true;
-        else if (!strcmp(value, "false") || !strcmp(value, "0"))
-            c->run.debug_mode = false;
-        else
-            return cl_error_set(CL_EINVAL, "expected true or false, got '%s'", value);
-        return CL_OK;
+        return cl_parse_bool(value, &c->run.debug_mode);
     }
     if (!strcmp(name, "enclave-name")) {
         CL_ENSURE(*value && value[0] != '-', CL_EINVAL, "'%s' is not an enclave name", value);

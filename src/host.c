@@ -238,12 +238,8 @@ static int set_option(settings *s, const option_spec *o, const char *value, cons
         return CL_OK;
     }
     default:
-        if (!strcmp(value, "true") || !strcmp(value, "1"))
-            *(bool *)field = true;
-        else if (!strcmp(value, "false") || !strcmp(value, "0"))
-            *(bool *)field = false;
-        else
-            return cl_error_set(CL_EINVAL, "%s--%s: expected true or false, got '%s'", origin, o->name, value);
+        if (cl_parse_bool(value, (bool *)field) < 0)
+            return cl_error_prefix(CL_EINVAL, "%s--%s: ", origin, o->name);
         return CL_OK;
     }
 }

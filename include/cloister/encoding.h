@@ -34,6 +34,9 @@ CL_MUST_CHECK int cl_decode_binary_or_base64(const uint8_t *data, size_t len, cl
 /* RFC 3339 UTC with seconds, "2024-09-07T18:00:00Z"; out holds 21+ bytes. */
 void cl_format_time(int64_t unix_seconds, char out[32]);
 
+/* "true"/"1" or "false"/"0", as flags and configuration files spell them. */
+CL_MUST_CHECK int cl_parse_bool(const char *s, bool *out);
+
 /* Parses a decimal unsigned integer with an explicit maximum. */
 CL_MUST_CHECK int cl_parse_u64(const char *s, uint64_t max, uint64_t *out);
 
