@@ -364,8 +364,9 @@ backend_accepts() {
   curl -sf "http://127.0.0.1:$backend_port/status" | awk 'NR == 3 { print $1 }'
 }
 
-cloister_handshakes() {
-  curl -sf "http://127.0.0.1:$metrics_port/metrics" | awk '$1 ~ /tls_handshakes_total$/ { print $2 }'
+# cloister_counter NAME: one of cloister's TLS counters (handshakes, resumptions).
+cloister_counter() {
+  curl -sf "http://127.0.0.1:$metrics_port/metrics" | awk -v m="tls_$1_total" '$1 ~ (m "$") { print $2 }'
 }
 
 # resumes HOST:PORT: whether a session from one connection is resumed on the
@@ -423,7 +424,7 @@ measure() {
 
   # 2. a new connection per request (wrk resumes sessions: see below)
   [ "$warm" -gt 0 ] && wrk_run "$work/$name-warm2.txt" "$url" "$warm" -H 'Connection: close'
-  [ "$name" = cloister ] && hs0=$(cloister_handshakes)
+  [ "$name" = cloister ] && hs0=$(cloister_counter handshakes) rs0=$(cloister_counter resumptions)
   b0=$(backend_accepts)
   wrk_run "$work/$name-hs.txt" "$url" "$secs" -H 'Connection: close'
   b1=$(backend_accepts)
@@ -432,8 +433,8 @@ measure() {
   r_bconn[$name]="$((b1 - b0)) for $n requests"
   echo "   Connection: close (wrk):     $n requests, ${r_hs[$name]}/s, $((b1 - b0)) new backend connections"
   if [ "$name" = cloister ]; then
-    hs1=$(cloister_handshakes)
-    r_note[$name]="cloister's tls_handshakes_total rose by $((hs1 - hs0)) during the $n requests of wrk's Connection: close run"
+    hs1=$(cloister_counter handshakes) rs1=$(cloister_counter resumptions)
+    r_note[$name]="cloister: $((rs1 - rs0)) of $((hs1 - hs0)) TLS handshakes resumed a session during the $n requests of wrk's Connection: close run"
     echo "   ${r_note[$name]}"
   fi
   e=$(errors_of "$work/$name-hs.txt")

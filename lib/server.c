@@ -688,8 +688,11 @@ static void handshake(client *c)
     ERR_clear_error();
     int r = SSL_do_handshake(c->ssl);
     if (r == 1) {
-        if (stats)
+        if (stats) {
             atomic_fetch_add(&stats->tls_handshakes, 1);
+            if (SSL_session_reused(c->ssl))
+                atomic_fetch_add(&stats->tls_resumptions, 1);
+        }
         const unsigned char *alpn = NULL;
         unsigned alpn_len = 0;
         SSL_get0_alpn_selected(c->ssl, &alpn, &alpn_len);

@@ -202,6 +202,7 @@ typedef struct ticket_keys {
     pthread_mutex_t lock;
     ticket_key current, previous;
     unsigned rotation_s;
+    EVP_CIPHER *aes; /* fetched once: an implicit fetch per ticket costs name lookups under a lock */
 } ticket_keys;
 
 static int ticket_keys_index = -1;
@@ -213,6 +214,7 @@ static void free_ticket_keys(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int id
     ticket_keys *keys = ptr;
     if (keys) {
         pthread_mutex_destroy(&keys->lock);
+        EVP_CIPHER_free(keys->aes);
         cl_free_secret(keys, sizeof *keys);
     }
 }
@@ -253,7 +255,11 @@ static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
         result = RAND_bytes(iv, EVP_MAX_IV_LENGTH) == 1 ? 1 : -1;
     } else if (!memcmp(name, keys->current.name, TICKET_NAME_LEN)) {
         k = keys->current;
-        result = 1;
+        /* TLS 1.3 sends a new ticket after a resumption only when asked
+         * to (2).  Without one, a client that keeps one session per server
+         * (wrk, curl, most browsers) has spent the ticket it just used and
+         * does a full handshake next time: half the resumptions were lost. */
+        result = SSL_version(ssl) >= TLS1_3_VERSION ? 2 : 1;
     } else if (!memcmp(name, keys->previous.name, TICKET_NAME_LEN) &&
                now - keys->previous.created < 2 * (time_t)keys->rotation_s) {
         k = keys->previous;
@@ -269,8 +275,8 @@ static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
             OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
             OSSL_PARAM_construct_end(),
         };
-        int ok = enc ? EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv)
-                     : EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv);
+        int ok = enc ? EVP_EncryptInit_ex(cctx, keys->aes, NULL, k.aes, iv)
+                     : EVP_DecryptInit_ex(cctx, keys->aes, NULL, k.aes, iv);
         if (ok != 1 || EVP_MAC_CTX_set_params(hctx, params) != 1)
             result = -1;
     }
@@ -315,12 +321,13 @@ int cl_tls_server_ctx(const cl_tls_identity *id, const cl_tls_server_options *op
     for (int i = 0; id->chain && i < sk_X509_num(id->chain); i++)
         if (SSL_CTX_add1_chain_cert(ctx, sk_X509_value(id->chain, i)) != 1)
             CL_OSSL_OUT(CL_EINVAL, "cannot use the certificate chain");
-    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF); /* tickets only: no per-session state */
     pthread_once(&ticket_index_once, make_ticket_index);
     keys = calloc(1, sizeof *keys);
     CL_ENSURE_OUT(keys, CL_ENOMEM, "out of memory");
     pthread_mutex_init(&keys->lock, NULL);
     keys->rotation_s = opt && opt->ticket_rotation_s ? opt->ticket_rotation_s : DEFAULT_TICKET_ROTATION_S;
+    keys->aes = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
+    CL_ENSURE_OUT(keys->aes, CL_ECRYPTO, "AES-256-CBC is not available for session tickets");
     CL_ENSURE_OUT(new_ticket_key(&keys->current) && new_ticket_key(&keys->previous), CL_ECRYPTO,
                   "cannot make session ticket keys");
     CL_ENSURE_OUT(SSL_CTX_set_ex_data(ctx, ticket_keys_index, keys) == 1, CL_ECRYPTO, "SSL_CTX_set_ex_data");
@@ -332,10 +339,10 @@ int cl_tls_server_ctx(const cl_tls_identity *id, const cl_tls_server_options *op
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_num_tickets(ctx, 1);
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, opt && opt->enable_h2 ? (void *)1 : NULL);
-    SSL_CTX_set_num_tickets(ctx, 1);
 out:
     if (keys) {
         pthread_mutex_destroy(&keys->lock);
+        EVP_CIPHER_free(keys->aes);
         cl_free_secret(keys, sizeof *keys);
     }
     if (rc < 0)

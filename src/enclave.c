@@ -607,6 +607,9 @@ static void handle_metrics(enclave *e, cl_response *resp)
     int rc = cl_metrics_render(e->metrics, out);
     rc |= cl_metrics_render_value(e->metrics, out, "tls_handshakes_total", "counter", "TLS handshakes completed.",
                                   atomic_load(&e->stats.tls_handshakes));
+    rc |= cl_metrics_render_value(e->metrics, out, "tls_resumptions_total", "counter",
+                                  "TLS handshakes that resumed a session from a ticket.",
+                                  atomic_load(&e->stats.tls_resumptions));
     rc |= cl_metrics_render_value(e->metrics, out, "tls_handshake_failures_total", "counter",
                                   "TLS handshakes that failed.", atomic_load(&e->stats.tls_handshake_failures));
     rc |= cl_metrics_render_value(e->metrics, out, "connections_open", "gauge", "Client connections open now.",

@@ -44,6 +44,7 @@ typedef struct cl_server_stats {
     atomic_uint_fast64_t connections_open;
     atomic_uint_fast64_t connections_total;
     atomic_uint_fast64_t tls_handshakes;
+    atomic_uint_fast64_t tls_resumptions; /* of tls_handshakes, those that resumed a session */
     atomic_uint_fast64_t tls_handshake_failures;
     atomic_uint_fast64_t connections_refused; /* over max_connections */
 } cl_server_stats;

@@ -66,9 +66,20 @@ pass "keep-alive pool: 20 client connections, app connections reused ($before ->
 
 # Clients that close right after their response (wrk with Connection: close, 4 at a time):
 # the pool must still keep its app connections (a late ACK once closed 3 of 4 of them).
+# Each wrk connection offers the ticket of the one before it (one SSL object,
+# SSL_clear between connections): every TLS 1.3 resumption must hand out a
+# fresh ticket, or every other handshake is a full one.
+tls_counter() {
+    curl -sS "http://127.0.0.1:$metrics/metrics" | awk -v m="cloister_tls_$1_total" '$1 == m { print $2 }'
+}
 if command -v wrk >/dev/null; then
     before=$(curl -sS "http://127.0.0.1:$app_port/count")
+    hs0=$(tls_counter handshakes) resumed0=$(tls_counter resumptions)
     wrk -t1 -c4 -d2s -H 'Connection: close' "$base/hello" >"$work/wrk.out" 2>&1 || fail "wrk: $(cat "$work/wrk.out")"
+    hs=$(($(tls_counter handshakes) - hs0)) resumed=$(($(tls_counter resumptions) - resumed0))
+    [ "$hs" -ge 100 ] && [ $((resumed * 100)) -ge $((hs * 90)) ] ||
+        fail "wrk Connection: close: only $resumed of $hs TLS handshakes resumed a session (want 90%)"
+    pass "wrk Connection: close: $resumed of $hs TLS handshakes resumed a session"
     after=$(curl -sS "http://127.0.0.1:$app_port/count")
     node -e '
         const [a, b] = [JSON.parse(process.argv[1]), JSON.parse(process.argv[2])];
