@@ -6,7 +6,9 @@
 #   bench/proxy.sh BUILD_DIR --smoke   no timing: each proxy returns the file to
 #                                      curl -k, wrk and s_time run for 1 s each
 #
-# Environment: BENCH_SECONDS (10) per measurement, BENCH_WARMUP (2) seconds of
+# Environment: BENCH_SECONDS (5) per measurement, BENCH_ROUNDS (3) of each
+# measurement (the table gives the medians), BENCH_KINDS (which of them:
+# "keepalive close full"), BENCH_WARMUP (2) seconds of
 # warm-up before each wrk run, BENCH_CONNECTIONS (64), BENCH_THREADS (2, wrk
 # threads), BENCH_STIME_PROCS (16 openssl s_time processes), BENCH_KEEP=1
 # keeps the work directory (configurations, logs, wrk outputs).
@@ -22,7 +24,9 @@
 #   cloister  cloister enclave (with cloister nsm-sim as its NSM)
 #   nginx     worker_processes N, proxy_pass to an upstream with keepalive 64
 #   haproxy   nbthread N, mode http, http-reuse always
-# Each is started, measured and stopped in turn (never two at once):
+# All three are started (and their idle memory noted), then measured in
+# rounds: in each, every measurement below runs against each proxy in turn
+# (never two under load at once), in an order rotated from round to round:
 #   1. keep-alive:      wrk -tT -cC -dS --latency       -> requests/s, p99
 #   2. new connections: wrk ... -H 'Connection: close'  -> requests/s, each a
 #                       new TCP connection and TLS handshake; wrk resumes its
@@ -40,7 +44,12 @@ build=$(cd "$build" && pwd)
 smoke=0
 [ "${2:-}" = --smoke ] && smoke=1
 cloister=$build/cloister
-secs=${BENCH_SECONDS:-10}
+secs=${BENCH_SECONDS:-5}
+rounds=${BENCH_ROUNDS:-3}
+kinds=${BENCH_KINDS:-keepalive close full}
+for kind in $kinds; do
+  case $kind in keepalive | close | full) ;; *) echo "bench-proxy: BENCH_KINDS: unknown '$kind' (keepalive, close, full)" >&2; exit 2 ;; esac
+done
 warm=${BENCH_WARMUP:-2}
 conns=${BENCH_CONNECTIONS:-64}
 wthreads=${BENCH_THREADS:-2}
@@ -49,6 +58,7 @@ ncpu=$(nproc)
 if [ "$smoke" = 1 ]; then
   secs=1
   warm=0
+  rounds=1
 fi
 
 die() {
@@ -383,15 +393,24 @@ resumes() {
   fi
 }
 
-# ---- one proxy at a time ------------------------------------------------------------
+# ---- the runs -------------------------------------------------------------------------
 declare -A r_ka r_p99 r_hs r_full r_idle r_peak r_pss r_tls r_err r_note r_nproc r_h2 r_resume r_bconn r_bconn_full
+declare -A all_ka all_p99 all_hs all_full bconn_n bconn_req bconn_full_n bconn_full_req hs_total rs_total urls
 
-measure() {
-  local name=$1 port tree url body hs0 hs1 n e b0 b1
+# median of the numbers given ("-" for none: a kind not measured)
+median() {
+  [ $# -gt 0 ] || { echo -; return; }
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# prepare NAME: start it, check it serves the file, note its idle memory.
+prepare() {
+  local name=$1 port url body
   port=$(free_port)
   echo "== $name"
   "start_$name" "$port"
   url=https://127.0.0.1:$port/file
+  urls[$name]=$url
   wait_for "$name" curl -skf --http1.1 -o /dev/null "$url"
   sleep 0.5
   # shellcheck disable=SC2046
@@ -410,51 +429,78 @@ measure() {
   fi
   r_resume[$name]=$(resumes "127.0.0.1:$port")
   echo "   resumes a TLS session from a ticket: ${r_resume[$name]}"
+  r_err[$name]=
+  all_ka[$name]= all_p99[$name]= all_hs[$name]= all_full[$name]=
+  bconn_n[$name]=0 bconn_req[$name]=0 bconn_full_n[$name]=0 bconn_full_req[$name]=0
+  hs_total[$name]=0 rs_total[$name]=0
+}
 
-  # 1. keep-alive
+# run_keepalive / run_close / run_full NAME ROUND: one measurement, kept for the median.
+run_keepalive() {
+  local name=$1 round=$2 url=${urls[$1]} out b0 b1 e
+  out=$work/$name-ka-$round.txt
   [ "$warm" -gt 0 ] && wrk_run "$work/$name-warm.txt" "$url" "$warm"
   b0=$(backend_accepts)
-  wrk_run "$work/$name-ka.txt" "$url" "$secs" --latency
+  wrk_run "$out" "$url" "$secs" --latency
   b1=$(backend_accepts)
-  r_ka[$name]=$(rps_of "$work/$name-ka.txt")
-  r_p99[$name]=$(p99_of "$work/$name-ka.txt")
-  r_err[$name]="$(errors_of "$work/$name-ka.txt")"
-  [ -n "${r_err[$name]}" ] && r_err[$name]="keep-alive run: ${r_err[$name]}"
-  echo "   keep-alive:                  $(requests_of "$work/$name-ka.txt") requests, ${r_ka[$name]}/s, p99 ${r_p99[$name]} ms, $((b1 - b0)) new backend connections"
+  all_ka[$name]+=" $(rps_of "$out")"
+  all_p99[$name]+=" $(p99_of "$out")"
+  e=$(errors_of "$out")
+  [ -n "$e" ] && r_err[$name]+="keep-alive run $round: $e"
+  echo "   $name keep-alive:                  $(requests_of "$out") requests, $(rps_of "$out")/s, p99 $(p99_of "$out") ms, $((b1 - b0)) new backend connections"
+}
 
-  # 2. a new connection per request (wrk resumes sessions: see below)
+run_close() {
+  local name=$1 round=$2 url=${urls[$1]} out b0 b1 n e hs0 rs0
+  out=$work/$name-hs-$round.txt
   [ "$warm" -gt 0 ] && wrk_run "$work/$name-warm2.txt" "$url" "$warm" -H 'Connection: close'
   [ "$name" = cloister ] && hs0=$(cloister_counter handshakes) rs0=$(cloister_counter resumptions)
   b0=$(backend_accepts)
-  wrk_run "$work/$name-hs.txt" "$url" "$secs" -H 'Connection: close'
+  wrk_run "$out" "$url" "$secs" -H 'Connection: close'
   b1=$(backend_accepts)
-  r_hs[$name]=$(rps_of "$work/$name-hs.txt")
-  n=$(requests_of "$work/$name-hs.txt")
-  r_bconn[$name]="$((b1 - b0)) for $n requests"
-  echo "   Connection: close (wrk):     $n requests, ${r_hs[$name]}/s, $((b1 - b0)) new backend connections"
+  n=$(requests_of "$out")
+  all_hs[$name]+=" $(rps_of "$out")"
+  bconn_n[$name]=$((bconn_n[$name] + b1 - b0)) bconn_req[$name]=$((bconn_req[$name] + n))
+  echo "   $name Connection: close (wrk):     $n requests, $(rps_of "$out")/s, $((b1 - b0)) new backend connections"
   if [ "$name" = cloister ]; then
-    hs1=$(cloister_counter handshakes) rs1=$(cloister_counter resumptions)
-    r_note[$name]="cloister: $((rs1 - rs0)) of $((hs1 - hs0)) TLS handshakes resumed a session during the $n requests of wrk's Connection: close run"
-    echo "   ${r_note[$name]}"
+    hs_total[$name]=$((hs_total[$name] + $(cloister_counter handshakes) - hs0))
+    rs_total[$name]=$((rs_total[$name] + $(cloister_counter resumptions) - rs0))
   fi
-  e=$(errors_of "$work/$name-hs.txt")
-  [ -n "$e" ] && r_err[$name]="${r_err[$name]}Connection: close run: $e"
+  e=$(errors_of "$out")
+  [ -n "$e" ] && r_err[$name]+="Connection: close run $round: $e"
+  return 0
+}
 
-  # 2b. full handshakes
+run_full() {
+  local name=$1 round=$2 b0 b1
   b0=$(backend_accepts)
-  stime_run "$work/$name-stime.txt" "127.0.0.1:$port" "$secs"
+  local addr=${urls[$name]#https://}
+  stime_run "$work/$name-stime-$round.txt" "${addr%/file}" "$secs"
   b1=$(backend_accepts)
-  r_full[$name]=$stime_rate
-  r_bconn_full[$name]="$((b1 - b0)) for $stime_n"
-  echo "   full handshakes (s_time -new): $stime_n connections, $stime_rate/s, $((b1 - b0)) new backend connections"
-  [ -n "${r_err[$name]}" ] && echo "   WARNING: wrk reported: ${r_err[$name]}"
+  all_full[$name]+=" $stime_rate"
+  bconn_full_n[$name]=$((bconn_full_n[$name] + b1 - b0)) bconn_full_req[$name]=$((bconn_full_req[$name] + stime_n))
+  echo "   $name full handshakes (s_time -new): $stime_n connections, $stime_rate/s, $((b1 - b0)) new backend connections"
+}
 
-  # 3. memory
+# finish NAME: medians, memory after the runs, then stop it.
+finish() {
+  local name=$1 tree pss=0 p v
+  # shellcheck disable=SC2086
+  r_ka[$name]=$(median ${all_ka[$name]})
+  # shellcheck disable=SC2086
+  r_p99[$name]=$(median ${all_p99[$name]})
+  # shellcheck disable=SC2086
+  r_hs[$name]=$(median ${all_hs[$name]})
+  # shellcheck disable=SC2086
+  r_full[$name]=$(median ${all_full[$name]})
+  r_bconn[$name]="${bconn_n[$name]} for ${bconn_req[$name]} requests"
+  r_bconn_full[$name]="${bconn_full_n[$name]} for ${bconn_full_req[$name]}"
+  [ "$name" = cloister ] &&
+    r_note[$name]="cloister: ${rs_total[$name]} of ${hs_total[$name]} TLS handshakes resumed a session in wrk's Connection: close runs"
   kill -0 "${pids[$name]}" 2>/dev/null || { show_log "$name"; die "$name died during the runs"; }
   tree=$(tree_pids "${pids[$name]}")
   # shellcheck disable=SC2086
   r_peak[$name]=$(sum_status VmHWM $tree)
-  local pss=0 p v
   for p in $tree; do
     v=$(awk '$1 == "Pss:" { print $2 }' "/proc/$p/smaps_rollup" 2>/dev/null || true)
     pss=$((pss + ${v:-0}))
@@ -467,8 +513,25 @@ measure() {
 }
 
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
-for proxy in cloister nginx haproxy; do
-  measure "$proxy"
+proxies=(cloister nginx haproxy)
+for proxy in "${proxies[@]}"; do
+  prepare "$proxy"
+done
+# Rounds, each proxy in turn and the order rotated from round to round, so
+# that a noisy minute of the machine is shared out rather than falling on
+# one of them; the table gives the median of the rounds.
+for round in $(seq 1 "$rounds"); do
+  order=("${proxies[@]:$(((round - 1) % 3))}" "${proxies[@]:0:$(((round - 1) % 3))}")
+  echo "== round $round of $rounds (${order[*]})"
+  for kind in $kinds; do
+    for proxy in "${order[@]}"; do
+      "run_$kind" "$proxy" "$round"
+    done
+  done
+done
+for proxy in "${proxies[@]}"; do
+  [ -n "${r_err[$proxy]}" ] && echo "   WARNING: wrk against $proxy reported: ${r_err[$proxy]}"
+  finish "$proxy"
 done
 
 # ---- which handshakes were those? ------------------------------------------------------
@@ -515,12 +578,13 @@ fi
 
 # ---- the table -------------------------------------------------------------------------
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0 || a == "?" || b == "?") print "n/a"; else printf "%.2fx", a / b }'; }
-fmt() { awk -v v="$1" 'BEGIN { printf "%.0f", v }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0 || a == "?" || b == "?" || a == "-" || b == "-") print "n/a"; else printf "%.2fx", a / b }'; }
+fmt() { awk -v v="$1" 'BEGIN { if (v == "-") print v; else printf "%.0f", v }'; }
 {
   echo "TLS reverse proxy in front of one nginx (1 worker) serving a 100-byte file, all on 127.0.0.1"
   echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), load average before: $load0"
-  echo "wrk -t$wthreads -c$conns -d${secs}s after ${warm}s warm-up; $stime_procs x openssl s_time -new for ${secs}s"
+  echo "wrk -t$wthreads -c$conns -d${secs}s after ${warm}s warm-up; $stime_procs x openssl s_time -new for ${secs}s;"
+  echo "medians of $rounds rounds, each proxy in turn in every round, the order rotated between rounds"
   echo "ECDSA P-256 certificate, cloister's TLS algorithms for all three; one event loop per core ($ncpu)"
   echo "  cloister: $("$cloister" --version 2>/dev/null | head -n 1) ($build)"
   echo "  nginx:    $(nginx -v 2>&1 | sed 's/^nginx version: //'), worker_processes $ncpu"
