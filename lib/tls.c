@@ -255,10 +255,10 @@ static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
         result = RAND_bytes(iv, EVP_MAX_IV_LENGTH) == 1 ? 1 : -1;
     } else if (!memcmp(name, keys->current.name, TICKET_NAME_LEN)) {
         k = keys->current;
-        /* TLS 1.3 sends a new ticket after a resumption only when asked
-         * to (2).  Without one, a client that keeps one session per server
-         * (wrk, curl, most browsers) has spent the ticket it just used and
-         * does a full handshake next time: half the resumptions were lost. */
+        /* OpenSSL sends a TLS 1.3 ticket after a resumption only when
+         * asked to (2).  Without one, wrk (one SSL object carried from
+         * connection to connection) made a full handshake after every
+         * resumed one; and RFC 8446 C.4 wants tickets used once. */
         result = SSL_version(ssl) >= TLS1_3_VERSION ? 2 : 1;
     } else if (!memcmp(name, keys->previous.name, TICKET_NAME_LEN) &&
                now - keys->previous.created < 2 * (time_t)keys->rotation_s) {
