@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -243,11 +244,28 @@ static int listen_tcp(const cl_address *a, int backlog, int *fd_out)
     return CL_OK;
 }
 
+bool cl_vsock_disabled(void)
+{
+    const char *v = getenv("CLOISTER_NO_VSOCK");
+    return v && *v && strcmp(v, "0") != 0;
+}
+
+int cl_socket(int family, int type)
+{
+    if (family == AF_VSOCK && cl_vsock_disabled()) {
+        errno = EPERM;
+        return -1;
+    }
+    return socket(family, type, 0);
+}
+
 static int listen_vsock(const cl_address *a, int backlog, int *fd_out)
 {
     struct sockaddr_vm svm;
     fill_vsock(a, &svm);
-    int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CL_ENSURE(!cl_vsock_disabled(), CL_EINVAL, "vsock:%u:%u: vsock is disabled here (CLOISTER_NO_VSOCK)", a->cid,
+              a->port);
+    int fd = cl_socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC);
     CL_ENSURE(fd >= 0, CL_EIO, "vsock socket: %s", strerror(errno));
     if (bind(fd, (struct sockaddr *)&svm, sizeof svm) < 0 || listen(fd, backlog) < 0) {
         int saved = errno;
@@ -271,7 +289,9 @@ int cl_address_listen(const cl_address *a, int backlog, int *fd_out)
 
 static int connect_one(int family, const struct sockaddr *sa, socklen_t sa_len, const char *what, int *fd_out)
 {
-    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CL_ENSURE(family != AF_VSOCK || !cl_vsock_disabled(), CL_EINVAL, "%s: vsock is disabled here (CLOISTER_NO_VSOCK)",
+              what);
+    int fd = cl_socket(family, SOCK_STREAM | SOCK_CLOEXEC);
     CL_ENSURE(fd >= 0, CL_EIO, "socket for %s: %s", what, strerror(errno));
     if (connect(fd, sa, sa_len) < 0) {
         int saved = errno;

@@ -391,7 +391,7 @@ int host_connect_start(const struct sockaddr *sa, socklen_t len, int *fd_out, bo
     *fd_out = -1;
     *in_progress = false;
     *err = 0;
-    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = cl_socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
         *err = errno;
         return -1;

@@ -68,7 +68,7 @@ static curl_socket_t dial_open(void *clientp, curlsocktype purpose, struct curl_
     svm.svm_family = AF_VSOCK;
     svm.svm_cid = d->addr->cid;
     svm.svm_port = d->addr->port;
-    int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = cl_socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC);
     if (fd < 0) {
         snprintf(d->error, sizeof d->error, "cannot open a vsock socket: %s", strerror(errno));
         return CURL_SOCKET_BAD;

@@ -214,7 +214,7 @@ static void pool_put(cl_upstream_pool *pool, app_conn *c)
 static int conn_open(cl_upstream_pool *pool, app_conn **out)
 {
     const cl_upstream_target *t = &pool->target;
-    int fd = socket(t->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = cl_socket(t->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
     CL_ENSURE(fd >= 0, CL_EIO, "socket: %s", strerror(errno));
     if (t->family == AF_INET || t->family == AF_INET6) {
         /* a request head and its body go out as separate writes: Nagle

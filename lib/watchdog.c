@@ -218,7 +218,7 @@ static int wait_fd(int fd, short events, uint64_t deadline, const char *what)
 /* A non-blocking connect finished within the deadline. */
 static int connect_within(int family, const struct sockaddr *sa, socklen_t len, uint64_t deadline, int *fd_out)
 {
-    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int fd = cl_socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK);
     CL_ENSURE(fd >= 0, CL_EIO, "socket: %s", strerror(errno));
     int rc = CL_OK;
     if (connect(fd, sa, len) < 0) {

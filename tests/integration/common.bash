@@ -10,6 +10,9 @@
 #   fail MESSAGE          prints the logs of every spawned process and exits 1
 
 CLOISTER=${CLOISTER:?set CLOISTER to the cloister binary}
+# Every cloister started here refuses AF_VSOCK (cl_socket): the unix
+# stand-in is the only vsock path tests may use, also when run by hand.
+export CLOISTER_NO_VSOCK=1
 SOURCE_DIR=${CLOISTER_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 work=$(mktemp -d /tmp/cloister-it.XXXXXX)
 declare -A pids=()

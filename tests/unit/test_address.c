@@ -1,7 +1,9 @@
 #include "cloister/address.h"
 #include "test.h"
 
+#include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -196,6 +198,41 @@ static void tcp_listen_connect(void)
     close(lfd);
 }
 
+/* Only the refusal is exercised: each vsock call below is made after
+ * cl_vsock_disabled() said yes, so none of them can reach socket(2). */
+static void vsock_refused_when_disabled(void)
+{
+    const char *saved = getenv("CLOISTER_NO_VSOCK");
+    char keep[16] = "";
+    if (saved)
+        snprintf(keep, sizeof keep, "%s", saved);
+    setenv("CLOISTER_NO_VSOCK", "0", 1);
+    CHECK(!cl_vsock_disabled());
+    setenv("CLOISTER_NO_VSOCK", "", 1);
+    CHECK(!cl_vsock_disabled());
+    setenv("CLOISTER_NO_VSOCK", "1", 1);
+    CHECK(cl_vsock_disabled());
+    if (cl_vsock_disabled()) {
+        errno = 0;
+        CHECK(cl_socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC) == -1 && errno == EPERM);
+        cl_address a;
+        CHECK_OK(cl_address_parse("vsock:3:5000", &a));
+        int fd = -1;
+        CHECK_ERR(cl_address_listen(&a, 8, &fd), CL_EINVAL, "vsock is disabled here (CLOISTER_NO_VSOCK)");
+        CHECK_ERR(cl_address_connect(&a, &fd), CL_EINVAL, "vsock:3:5000: vsock is disabled here");
+        CHECK(fd == -1);
+    }
+    /* other families are untouched */
+    int ufd = cl_socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC);
+    CHECK(ufd >= 0);
+    if (ufd >= 0)
+        close(ufd);
+    if (saved)
+        setenv("CLOISTER_NO_VSOCK", keep, 1);
+    else
+        unsetenv("CLOISTER_NO_VSOCK");
+}
+
 int main(void)
 {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/cloister-address-XXXXXX");
@@ -211,6 +248,7 @@ int main(void)
     RUN(formats_round_trip);
     RUN(unix_listen_connect_and_stale_socket);
     RUN(tcp_listen_connect);
+    RUN(vsock_refused_when_disabled);
     rmdir(tmpdir);
     return test_summary();
 }
