@@ -110,10 +110,9 @@ out:
     return rc;
 }
 
-int cl_tls_identity_load(const char *cert_path, const char *key_path, cl_tls_identity *out)
+/* The leaf and any further certificates of a PEM file, into out. */
+static int read_certificates(const char *cert_path, cl_tls_identity *out)
 {
-    memset(out, 0, sizeof *out);
-    int rc = CL_OK;
     FILE *f = fopen(cert_path, "r");
     CL_ENSURE(f, CL_EIO, "cannot open %s", cert_path);
     out->cert = PEM_read_X509(f, NULL, NULL, NULL);
@@ -125,8 +124,16 @@ int cl_tls_identity_load(const char *cert_path, const char *key_path, cl_tls_ide
     }
     fclose(f);
     ERR_clear_error();
-    CL_ENSURE_OUT(out->cert, CL_EINVAL, "%s holds no PEM certificate", cert_path);
-    f = fopen(key_path, "r");
+    CL_ENSURE(out->cert, CL_EINVAL, "%s holds no PEM certificate", cert_path);
+    return CL_OK;
+}
+
+int cl_tls_identity_load(const char *cert_path, const char *key_path, cl_tls_identity *out)
+{
+    memset(out, 0, sizeof *out);
+    int rc = CL_OK;
+    CL_TRY_OUT(read_certificates(cert_path, out));
+    FILE *f = fopen(key_path, "r");
     CL_ENSURE_OUT(f, CL_EIO, "cannot open %s", key_path);
     out->key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
     fclose(f);
@@ -146,18 +153,7 @@ int cl_tls_identity_load_key_mem(const char *cert_path, const uint8_t *key, size
     memset(out, 0, sizeof *out);
     int rc = CL_OK;
     CL_ENSURE(key_len > 0 && key_len < INT32_MAX, CL_EINVAL, "the TLS private key is empty");
-    FILE *f = fopen(cert_path, "r");
-    CL_ENSURE(f, CL_EIO, "cannot open %s", cert_path);
-    out->cert = PEM_read_X509(f, NULL, NULL, NULL);
-    if (out->cert) {
-        out->chain = sk_X509_new_null();
-        X509 *extra;
-        while (out->chain && (extra = PEM_read_X509(f, NULL, NULL, NULL)) != NULL)
-            sk_X509_push(out->chain, extra);
-    }
-    fclose(f);
-    ERR_clear_error();
-    CL_ENSURE_OUT(out->cert, CL_EINVAL, "%s holds no PEM certificate", cert_path);
+    CL_TRY_OUT(read_certificates(cert_path, out));
     BIO *b = BIO_new_mem_buf(key, (int)key_len);
     CL_ENSURE_OUT(b, CL_ENOMEM, "out of memory");
     out->key = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
