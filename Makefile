@@ -5,7 +5,7 @@ CC ?= clang
 JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build run test fuzz bench clean
+.PHONY: all deps build run test fuzz bench tcb clean
 
 all: build
 
@@ -31,6 +31,10 @@ fuzz: build
 bench: build
 	@scripts/node-deps.sh
 	@bench/run.sh $(BUILD)
+
+# lines of code inside the enclave: the trusted computing base
+tcb:
+	@scripts/tcb.sh
 
 clean:
 	rm -rf $(BUILD)
