@@ -32,13 +32,6 @@ struct cl_loop {
     size_t heap_len, heap_cap;
 };
 
-uint64_t cl_monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static void on_wake(cl_loop *loop, cl_watch *w, uint32_t events)
 {
     (void)events;

@@ -7,6 +7,7 @@
 
 #pragma GCC visibility push(default)
 
+#include "cloister/core/clock.h"
 #include "cloister/core/error.h"
 
 #include <stdbool.h>
@@ -66,8 +67,6 @@ void cl_loop_stop(cl_loop *loop);
 /* Thread-safe: makes the loop call fn(loop, ctx) from its own thread. */
 void cl_loop_set_wake_handler(cl_loop *loop, cl_wake_fn fn, void *ctx);
 void cl_loop_wake(cl_loop *loop);
-
-uint64_t cl_monotonic_ms(void);
 
 #pragma GCC visibility pop
 
