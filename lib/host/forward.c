@@ -9,7 +9,7 @@
  * none.  A direction whose source reached EOF shuts the destination down
  * for writing once its last chunk is out; when both directions are shut
  * the connection is done. */
-#include "host/host_internal.h"
+#include "host/host_worker.h"
 
 #include "cloister/core/log.h"
 #include "cloister/core/proxy_protocol.h"

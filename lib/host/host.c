@@ -2,7 +2,7 @@
  * processes) and each worker's main loop, which hands accepted connections
  * to their kind (forward.c, imds.c); what the kinds share is in
  * host_worker.c. */
-#include "host/host_internal.h"
+#include "host/host_worker.h"
 
 #include "cloister/host/dns.h"
 #include "cloister/core/log.h"

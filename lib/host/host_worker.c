@@ -3,7 +3,7 @@
  * connects, pipe and buffer pools, rate-limited warnings.  host.c (the
  * parent and the worker's main loop) sits above it and dispatches accepted
  * connections to the kinds, so no kind needs host.c. */
-#include "host/host_internal.h"
+#include "host/host_worker.h"
 
 #include "cloister/core/log.h"
 

@@ -8,7 +8,7 @@
 #include "cloister/core/buf.h"
 #include "cloister/core/http.h"
 #include "cloister/core/log.h"
-#include "host/host_internal.h"
+#include "host/host_worker.h"
 
 #include <errno.h>
 #include <stdio.h>

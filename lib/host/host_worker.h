@@ -1,7 +1,8 @@
-/* Shared by host.c (processes, listeners, DNS), forward.c (forwarded
- * connections) and imds.c (the IMDS gate).  Not installed. */
-#ifndef CLOISTER_HOST_INTERNAL_H
-#define CLOISTER_HOST_INTERNAL_H
+/* What the connection kinds (forward.c, imds.c) share with the worker that
+ * runs them (host_worker.c) and with host.c, which starts the workers and
+ * dispatches accepted connections to the kinds.  Not installed. */
+#ifndef CLOISTER_HOST_WORKER_H
+#define CLOISTER_HOST_WORKER_H
 
 #include "cloister/host/host.h"
 #include "cloister/core/loop.h"
