@@ -3,7 +3,7 @@
  * the key encrypted with KMS (or kms-local) under a key whose policy names
  * the enclaves allowed to open it.  Runs where the key is (an operator's
  * machine); `cloister host acm` provisions the result. */
-#include "cloister/host/acm_bundle.h"
+#include "cloister/core/acm_bundle.h"
 #include "cloister/core/encoding.h"
 #include "cloister/enclave/kms.h"
 #include "commands.h"

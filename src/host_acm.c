@@ -12,7 +12,7 @@
  * Then it polls the bundle: a changed bundle rotates the token and reloads
  * NGINX gracefully; the current bundle is put again every --refresh, so the
  * key-holder opens it again with KMS and the token's TTL restarts. */
-#include "cloister/host/acm_bundle.h"
+#include "cloister/core/acm_bundle.h"
 #include "cloister/core/address.h"
 #include "cloister/core/buf.h"
 #include "cloister/core/encoding.h"

@@ -1,6 +1,6 @@
 /* ACM-style bundles: strict parsing of {certificate, certificateChain,
  * encryptedPrivateKey}, canonical PEM, the encoder, every malformed class. */
-#include "cloister/host/acm_bundle.h"
+#include "cloister/core/acm_bundle.h"
 #include "cloister/core/encoding.h"
 #include "test.h"
 

@@ -1,6 +1,6 @@
 /* ACM-style certificate bundles: strict JSON, certificates parsed and
  * re-encoded, the ciphertext decoded from base64. */
-#include "cloister/host/acm_bundle.h"
+#include "cloister/core/acm_bundle.h"
 #include "cloister/core/encoding.h"
 
 #include <jansson.h>
