@@ -604,7 +604,8 @@ static bool start_kms(dev *d)
         snprintf(out, sizeof out, "%s/%s", d->run, names[i]);
         char *enc_argv[] = {d->self, "kms", "--region", "us-east-1", "--endpoint", endpoint, "--ca-file", ca,
                             "--access-key-id", d->oper_key, "--secret-access-key", d->oper_secret, "encrypt",
-                            "--key-id", (char *)keys[i], "--in", plain, "-o", out, NULL};
+                            "--key-id", (char *)keys[i], "--purpose", "enclave-secret:demo", "--in", plain, "-o", out,
+                            NULL};
         ok = run_self(d, "encrypt", enc_argv) == 0;
         if (!ok) {
             char path[PATH_MAX + 16];
@@ -694,7 +695,7 @@ static bool exercise(dev *d)
     snprintf(in, sizeof in, "%s/secret-other-pcr0.ct", d->run);
     snprintf(out, sizeof out, "%s/denied.out", d->run);
     char *argv[] = {d->self, "kms", "--imds", imds, "--proxy", proxy, "--ca-file", ca, "--nsm", nsm, "--max-attempts",
-                    "1", "decrypt", "--in", in, "-o", "/dev/null", NULL};
+                    "1", "decrypt", "--purpose", "enclave-secret:demo", "--in", in, "-o", "/dev/null", NULL};
     int status = run_self(d, "denied", argv);
     good = status == 1 && file_contains(out, "AccessDeniedException");
     say("%s  Decrypt under a key bound to another PCR0: %s", good ? "ok  " : "FAIL",
