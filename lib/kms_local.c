@@ -476,7 +476,7 @@ static bool authorize(call *c, const cl_kms_key *key, const char *action, const 
         ctx.encryption_context = ec->pairs;
         ctx.encryption_context_len = ec->count;
     }
-    int d = cl_kms_policy_evaluate(p, &ctx);
+    cl_kms_decision d = cl_kms_policy_evaluate(p, &ctx);
     cl_kms_policy_free(p);
     if (d == CL_KMS_ALLOW)
         return true;
@@ -624,7 +624,7 @@ static bool check_policy_text(call *c, const char *text, bool bypass)
      * change it again. */
     cl_kms_policy_context ctx = {.action = "kms:PutKeyPolicy", .principal = c->principal, .account = c->k->account,
                                  .resource = "*"};
-    int d = cl_kms_policy_evaluate(p, &ctx);
+    cl_kms_decision d = cl_kms_policy_evaluate(p, &ctx);
     cl_kms_policy_free(p);
     if (!bypass && d != CL_KMS_ALLOW) {
         fail(c, "MalformedPolicyDocumentException",

@@ -262,9 +262,11 @@ static int eval(const char *json, const cl_kms_policy_context *ctx)
     int rc = cl_kms_policy_parse(json, strlen(json), &p);
     if (rc < 0)
         return -100;
-    int d = cl_kms_policy_evaluate(p, ctx);
+    cl_kms_decision d = cl_kms_policy_evaluate(p, ctx);
     cl_kms_policy_free(p);
-    return d;
+    /* a decision is never mistaken for CL_OK by a caller that tests rc == 0 */
+    CHECK(d != CL_OK && (d == CL_KMS_ALLOW || d == CL_KMS_IMPLICIT_DENY || d == CL_KMS_EXPLICIT_DENY));
+    return (int)d;
 }
 
 #define PCR0_A "aa00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000bb"
