@@ -708,6 +708,29 @@ static void handle_end_to_end(void)
     CHECK(cms_open(json_string_value(json_object_get(r, "CiphertextForRecipient")), &pt) && pt.len == 16);
     cl_buf_free(&pt);
     json_decref(r);
+    /* a Recipient document is good for 5 minutes, as with KMS: a captured one cannot be replayed later */
+    r = call_kms(k, "GenerateRandom", big, now + 4 * 60 * 1000, type);
+    CHECK(!type[0] && json_object_get(r, "CiphertextForRecipient"));
+    json_decref(r);
+    r = call_kms(k, "GenerateRandom", big, now + 6 * 60 * 1000, type);
+    CHECK(!strcmp(type, "ValidationException") && !json_object_get(r, "CiphertextForRecipient"));
+    const char *msg = json_string_value(json_object_get(r, "message"));
+    CHECK(msg && strstr(msg, "s old, more than the allowed 300 s"));
+    json_decref(r);
+    cl_kms_local_free(k);
+    cl_kms_store_close(store);
+    /* the bound is configurable */
+    {
+        uint8_t master[32] = {1};
+        CHECK_OK(cl_kms_store_open(":memory:", master, &store));
+        cl_kms_credential cred = {EX_AKID, EX_SECRET, NULL};
+        cl_kms_local_config cfg = {.region = "us-east-1", .credentials = &cred, .credential_count = 1,
+                                   .verifier = trust_sim, .store = store, .recipient_max_age_ms = 60 * 1000};
+        CHECK_OK(cl_kms_local_new(&cfg, &k));
+        r = call_kms(k, "GenerateRandom", big, now + 2 * 60 * 1000, type);
+        CHECK(!strcmp(type, "ValidationException") && !json_object_get(r, "CiphertextForRecipient"));
+        json_decref(r);
+    }
     free(big);
     free(docb64);
     cl_kms_local_free(k);
