@@ -26,7 +26,7 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: cloister acm pack-key --key PEM --cert PEM [--chain PEM] --key-id ID [-o FILE]\n"
+            "usage: cloister acm pack-key --key PEM --cert PEM [--chain PEM] --key-id ID --token LABEL [-o FILE]\n"
             "                             [--region R] [--endpoint URL] [--proxy ADDR] [--ca-file PEM]\n"
             "                             [--imds ADDR [--role R] | --access-key-id ID --secret-access-key K\n"
             "                              [--session-token T]]\n"
@@ -41,6 +41,9 @@ static void usage(FILE *out)
             "  --cert PEM       its certificate (the leaf; it must carry the key's public key)\n"
             "  --chain PEM      the intermediates (default: none)\n"
             "  --key-id ID      KMS key id, ARN or alias/NAME\n"
+            "  --token LABEL    the PKCS#11 token the key is for (`host acm --token`): the ciphertext\n"
+            "                   carries the encryption context purpose=pkcs11-token, token=LABEL and the\n"
+            "                   key-holder opens it for that token only\n"
             "  -o FILE          write the bundle here (default stdout)\n"
             "  KMS: --region, --endpoint, --proxy, --ca-file, --imds, --role, --access-key-id,\n"
             "  --secret-access-key, --session-token as for `cloister kms` (credentials else from the\n"
@@ -111,7 +114,7 @@ static int write_out(const char *path, const cl_buf *b)
 static int pack_key(int argc, char **argv)
 {
     enum { O_KEY = 256, O_CERT, O_CHAIN, O_KEY_ID, O_REGION, O_ENDPOINT, O_PROXY, O_CA, O_IMDS, O_ROLE, O_AKID,
-           O_SECRET, O_TOKEN };
+           O_SECRET, O_TOKEN, O_LABEL };
     static const struct option opts[] = {
         {"key", required_argument, NULL, O_KEY},           {"cert", required_argument, NULL, O_CERT},
         {"chain", required_argument, NULL, O_CHAIN},       {"key-id", required_argument, NULL, O_KEY_ID},
@@ -120,8 +123,9 @@ static int pack_key(int argc, char **argv)
         {"imds", required_argument, NULL, O_IMDS},         {"role", required_argument, NULL, O_ROLE},
         {"access-key-id", required_argument, NULL, O_AKID}, {"secret-access-key", required_argument, NULL, O_SECRET},
         {"session-token", required_argument, NULL, O_TOKEN}, {"output", required_argument, NULL, 'o'},
+        {"token", required_argument, NULL, O_LABEL},
         {"help", no_argument, NULL, 'h'},                  {NULL, 0, NULL, 0}};
-    const char *key = NULL, *cert = NULL, *chain = NULL, *key_id = NULL, *output = NULL;
+    const char *key = NULL, *cert = NULL, *chain = NULL, *key_id = NULL, *output = NULL, *label = NULL;
     cl_kms_setup setup = {0};
     int c;
     optind = 1;
@@ -140,13 +144,19 @@ static int pack_key(int argc, char **argv)
         case O_AKID: setup.access_key_id = optarg; break;
         case O_SECRET: setup.secret_access_key = optarg; break;
         case O_TOKEN: setup.session_token = optarg; break;
+        case O_LABEL: label = optarg; break;
         case 'o': output = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return EXIT_USAGE;
         }
     }
-    if (optind != argc || !key || !cert || !key_id) {
-        fprintf(stderr, "cloister acm pack-key: --key, --cert and --key-id are required (see --help)\n");
+    if (optind != argc || !key || !cert || !key_id || !label) {
+        fprintf(stderr, "cloister acm pack-key: --key, --cert, --key-id and --token are required (see --help)\n");
+        return EXIT_USAGE;
+    }
+    cl_kms_purpose_context purpose;
+    if (cl_kms_purpose_context_make(CL_KMS_PURPOSE_PKCS11_TOKEN, label, &purpose) < 0) {
+        fprintf(stderr, "cloister acm pack-key: --token: %s\n", cl_error_message());
         return EXIT_USAGE;
     }
     int status = EXIT_USAGE;
@@ -172,7 +182,7 @@ static int pack_key(int argc, char **argv)
         goto out;
     }
     session = true;
-    cl_kms_options ko = {.key_id = key_id};
+    cl_kms_options ko = {.key_id = key_id, .context = purpose.entries, .context_count = purpose.count};
     if (cl_kms_encrypt(ks.kms, &ko, key_pem.data, key_pem.len, &blob) < 0) {
         fprintf(stderr, "cloister acm pack-key: %s\n", cl_error_message());
         status = cl_kms_error_type(ks.kms)[0] ? EXIT_REJECTED : EXIT_FAILED;

@@ -37,11 +37,14 @@ static void attest_usage(FILE *out)
             "  --root PEM        trust the certificates in PEM instead of the embedded AWS Nitro\n"
             "                    Enclaves root (repeatable)\n"
             "  --at T            verification time: now (default), doc (each document's own\n"
-            "                    timestamp) or milliseconds since the epoch\n"
+            "                    timestamp: the certificates are judged then; --max-age still\n"
+            "                    measures the age against the clock, now) or milliseconds since\n"
+            "                    the epoch (certificates and age judged at that time)\n"
             "  --nonce HEX       require this nonce\n"
             "  --pcr N=HEX       require PCR N (0..31) to equal HEX (repeatable)\n"
             "  --allow-debug     accept debug-mode enclaves (PCR0 all zero); refused by default\n"
-            "  --max-age S       refuse documents whose timestamp is more than S seconds old\n");
+            "  --max-age S       refuse documents whose timestamp is more than S seconds before the\n"
+            "                    verification time (now with --at doc), or in the future; S >= 1\n");
 }
 
 /* ---- request ----------------------------------------------------------- */
@@ -411,8 +414,14 @@ static int attest_verify(int argc, char **argv)
         }
         uint64_t at = at_mode == AT_DOC ? doc.timestamp_ms : at_mode == AT_FIXED ? at_fixed : cl_now_ms();
         rc = cl_verifier_verify(verifier, &doc, at);
+        /* A document's age is how long before the verification time it was
+         * made.  With --at doc the certificates are judged at the document's
+         * own time (an archived document whose certificates have since
+         * expired), but its age against its own timestamp is always 0: so
+         * the age is measured against the clock, now. */
+        uint64_t age_at = at_mode == AT_DOC ? cl_now_ms() : at;
         if (rc == CL_OK)
-            rc = cl_attestation_check_policy(&doc, &policy, at);
+            rc = cl_attestation_check_policy(&doc, &policy, age_at);
         if (rc == CL_OK) {
             char when[32];
             cl_format_time((int64_t)(doc.timestamp_ms / 1000), when);

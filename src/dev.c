@@ -485,15 +485,23 @@ static int write_text(const char *path, const char *text)
     return CL_OK;
 }
 
-/* A key policy: the account encrypts; Decrypt only for a Recipient whose
- * attested PCR0 is pcr0. */
+/* Who calls kms-local: the instance role's session (what IMDS hands to
+ * anything on the parent) and the operator, each with its own ARN. */
+#define DEV_ROLE_ARN "arn:aws:sts::111122223333:assumed-role/cloister-dev-instance/i-0cloisterdev"
+#define DEV_OPERATOR_ARN "arn:aws:iam::111122223333:user/cloister-dev-operator"
+
+/* A key policy: only the operator administers and encrypts; Decrypt only
+ * for a Recipient whose attested PCR0 is pcr0.  Not the account root for
+ * administration: in kms-local :root is every access key of the account,
+ * the instance role's too, which anything on the parent gets from IMDS and
+ * which could then rewrite the policy without the PCR0 condition. */
 static int write_policy(const char *path, const char *pcr0)
 {
     char text[2048];
     snprintf(text, sizeof text,
              "{\"Version\": \"2012-10-17\", \"Statement\": [\n"
-             "  {\"Sid\": \"the account manages and encrypts\", \"Effect\": \"Allow\",\n"
-             "   \"Principal\": {\"AWS\": \"arn:aws:iam::111122223333:root\"},\n"
+             "  {\"Sid\": \"the operator manages and encrypts\", \"Effect\": \"Allow\",\n"
+             "   \"Principal\": {\"AWS\": \"" DEV_OPERATOR_ARN "\"},\n"
              "   \"Action\": [\"kms:Encrypt\", \"kms:DescribeKey\", \"kms:GetKeyPolicy\", \"kms:PutKeyPolicy\"],"
              " \"Resource\": \"*\"},\n"
              "  {\"Sid\": \"only the enclave decrypts\", \"Effect\": \"Allow\",\n"
@@ -558,7 +566,7 @@ static bool file_contains(const char *path, const char *needle)
 static bool start_kms(dev *d)
 {
     char pol_dev[PATH_MAX + 32], pol_other[PATH_MAX + 32], state[PATH_MAX + 16], listen[64], root[PATH_MAX + 32];
-    char creds_role[128], creds_oper[128], key_dev[PATH_MAX + 48], key_other[PATH_MAX + 48];
+    char creds_role[256], creds_oper[256], key_dev[PATH_MAX + 48], key_other[PATH_MAX + 48];
     char other_pcr0[2 * 48 + 1];
     memset(other_pcr0, 'a', 96);
     other_pcr0[96] = '\0';
@@ -571,8 +579,8 @@ static bool start_kms(dev *d)
     snprintf(state, sizeof state, "%s/kms", d->run);
     snprintf(listen, sizeof listen, "tcp:127.0.0.1:%u", d->kms_port);
     snprintf(root, sizeof root, "%s/state/root.pem", d->run);
-    snprintf(creds_role, sizeof creds_role, "%s:%s", d->role_key, d->role_secret);
-    snprintf(creds_oper, sizeof creds_oper, "%s:%s", d->oper_key, d->oper_secret);
+    snprintf(creds_role, sizeof creds_role, "%s:%s:" DEV_ROLE_ARN, d->role_key, d->role_secret);
+    snprintf(creds_oper, sizeof creds_oper, "%s:%s:" DEV_OPERATOR_ARN, d->oper_key, d->oper_secret);
     snprintf(key_dev, sizeof key_dev, "alias/dev=%s", pol_dev);
     snprintf(key_other, sizeof key_other, "alias/other-pcr0=%s", pol_other);
     char *kms_argv[] = {d->self, "kms-local", "--listen", listen, "--state", state, "--region", "us-east-1", "--tls",
@@ -604,7 +612,8 @@ static bool start_kms(dev *d)
         snprintf(out, sizeof out, "%s/%s", d->run, names[i]);
         char *enc_argv[] = {d->self, "kms", "--region", "us-east-1", "--endpoint", endpoint, "--ca-file", ca,
                             "--access-key-id", d->oper_key, "--secret-access-key", d->oper_secret, "encrypt",
-                            "--key-id", (char *)keys[i], "--in", plain, "-o", out, NULL};
+                            "--key-id", (char *)keys[i], "--purpose", "enclave-secret:demo", "--in", plain, "-o", out,
+                            NULL};
         ok = run_self(d, "encrypt", enc_argv) == 0;
         if (!ok) {
             char path[PATH_MAX + 16];
@@ -694,7 +703,7 @@ static bool exercise(dev *d)
     snprintf(in, sizeof in, "%s/secret-other-pcr0.ct", d->run);
     snprintf(out, sizeof out, "%s/denied.out", d->run);
     char *argv[] = {d->self, "kms", "--imds", imds, "--proxy", proxy, "--ca-file", ca, "--nsm", nsm, "--max-attempts",
-                    "1", "decrypt", "--in", in, "-o", "/dev/null", NULL};
+                    "1", "decrypt", "--purpose", "enclave-secret:demo", "--in", in, "-o", "/dev/null", NULL};
     int status = run_self(d, "denied", argv);
     good = status == 1 && file_contains(out, "AccessDeniedException");
     say("%s  Decrypt under a key bound to another PCR0: %s", good ? "ok  " : "FAIL",

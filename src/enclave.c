@@ -103,10 +103,13 @@ static const option_spec option_specs[] = {
      "public connections start with a PROXY protocol v2 header (cloister host --forward ...,proxy-protocol):"
      " required, and trusted for the client address (X-Forwarded-For)"},
     {"secret", OPT_LIST, S(secrets), 0, "NAME=B64|@FILE",
-     "a KMS ciphertext (base64, or a file of raw or base64 bytes) opened at start with a Recipient (repeatable)"},
+     "a KMS ciphertext (base64, or a file of raw or base64 bytes) opened at start with a Recipient and the "
+     "encryption context purpose=enclave-secret, name=NAME (cloister kms encrypt --purpose enclave-secret:NAME) "
+     "(repeatable)"},
     {"secrets-env", OPT_BOOL, S(secrets_env), 0, NULL, "also give each secret to -appcmd as environment variable NAME"},
     {"tls-key-ciphertext", OPT_STRING, S(tls_key_ciphertext), 0, "B64|@FILE",
-     "the private key of --cert as a KMS ciphertext (PEM or DER inside), instead of --key"},
+     "the private key of --cert as a KMS ciphertext (PEM or DER inside), instead of --key; it must carry the "
+     "encryption context purpose=enclave-tls-key (cloister kms encrypt --purpose enclave-tls-key)"},
     {"kms-region", OPT_STRING, S(kms_region), 0, "R", "KMS's region ($AWS_REGION, else IMDS's)"},
     {"kms-endpoint", OPT_STRING, S(kms_endpoint), 0, "URL", "https://HOST[:PORT] (https://kms.REGION.amazonaws.com)"},
     {"kms-proxy", OPT_STRING, S(kms_proxy), 0, "ADDR", "the host's outbound proxy to KMS (vsock:3:8000)"},
@@ -791,12 +794,23 @@ static int load_ciphertext(const char *spec, cl_buf *out)
     return CL_OK;
 }
 
-static int open_one(cl_kms *kms, const char *spec, cl_buf *plaintext)
+/* Opens a ciphertext only with the encryption context of its purpose
+ * (include/cloister/enclave/kms.h): KMS refuses one made for anything else, so the
+ * parent cannot hand a token's key in as the TLS key, nor one secret's
+ * ciphertext in under another secret's name. */
+static int open_one(cl_kms *kms, const char *spec, const char *purpose, const char *name, cl_buf *plaintext)
 {
+    cl_kms_purpose_context ctx;
+    CL_TRY(cl_kms_purpose_context_make(purpose, name, &ctx));
     cl_buf ct = CL_BUF_INIT;
     int rc = load_ciphertext(spec, &ct);
+    cl_kms_options o = {.context = ctx.entries, .context_count = ctx.count};
     if (rc == CL_OK)
-        rc = cl_kms_decrypt(kms, NULL, ct.data, ct.len, plaintext);
+        rc = cl_kms_decrypt(kms, &o, ct.data, ct.len, plaintext);
+    if (rc < 0 && !strcmp(cl_kms_error_type(kms), "InvalidCiphertextException"))
+        rc = cl_error_prefix(rc, "not made for purpose=%s%s%s (`cloister kms encrypt --purpose %s%s%s`) or damaged: ",
+                             purpose, name ? (strcmp(purpose, CL_KMS_PURPOSE_SECRET) ? ", token=" : ", name=") : "",
+                             name ? name : "", purpose, name ? ":" : "", name ? name : "");
     cl_buf_free(&ct);
     return rc;
 }
@@ -837,7 +851,8 @@ static int open_secrets(enclave *e)
     cl_log(CL_LOG_INFO, "kms_session", "region", ks.region, "proxy", setup.proxy, "credentials",
            cl_aws_credentials_source(ks.credentials), "recipient", "RSA-2048", NULL);
     for (size_t i = 0; i < e->s.secret_count; i++) {
-        rc = open_one(ks.kms, strchr(e->s.secrets[i], '=') + 1, &e->secrets[i].value);
+        rc = open_one(ks.kms, strchr(e->s.secrets[i], '=') + 1, CL_KMS_PURPOSE_SECRET, e->secrets[i].name,
+                      &e->secrets[i].value);
         if (rc < 0) {
             rc = cl_error_prefix(rc, "secret \"%s\" cannot be opened: ", e->secrets[i].name);
             goto out;
@@ -850,7 +865,7 @@ static int open_secrets(enclave *e)
     }
     if (e->s.tls_key_ciphertext) {
         cl_buf key = CL_BUF_INIT;
-        rc = open_one(ks.kms, e->s.tls_key_ciphertext, &key);
+        rc = open_one(ks.kms, e->s.tls_key_ciphertext, CL_KMS_PURPOSE_TLS_KEY, NULL, &key);
         if (rc == CL_OK)
             rc = cl_tls_identity_load_key_mem(e->s.cert, key.data, key.len, &e->identity);
         cl_buf_free(&key);

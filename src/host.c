@@ -567,14 +567,14 @@ static int resolve_for_allowlist(void *ctx, const char *host, struct sockaddr_st
 }
 
 /* 0, EXIT_REJECTED or EXIT_FAILED (after printing why). */
-static int check_allowlist(const char *me, const cl_allowlist *a, const cl_address *dest, int family)
+static int check_allowlist(const char *me, const cl_allowlist *a, const cl_address *dest, int family,
+                           const char *dns_server)
 {
-    struct sockaddr_storage addrs[CL_HOST_MAX_ADDRS];
-    socklen_t lens[CL_HOST_MAX_ADDRS];
-    size_t n = 0;
+    cl_dns_result r;
+    const struct sockaddr_storage *addrs = r.addrs;
     char port[8];
     snprintf(port, sizeof port, "%u", dest->port);
-    if (cl_host_resolve(dest->host, dest->port, family, addrs, lens, CL_HOST_MAX_ADDRS, &n) < 0) {
+    if (cl_dns_resolve(dest->host, dest->port, family, dns_server, &r) < 0) {
         fprintf(stderr, "%s: cannot check %s against the allowlist: %s\n", me, dest->host, cl_error_message());
         return EXIT_FAILED;
     }
@@ -611,7 +611,8 @@ static void init_logging(const settings *s)
     cl_log_set_level(s->debug ? CL_LOG_DEBUG : CL_LOG_INFO);
 }
 
-static int run(const char *me, const settings *s, cl_host_route *routes, size_t count)
+/* allow: checked against every resolution of an outbound name, or NULL */
+static int run(const char *me, const settings *s, cl_host_route *routes, size_t count, const cl_allowlist *allow)
 {
     cl_host_config cfg = {
         .routes = routes,
@@ -624,6 +625,7 @@ static int run(const char *me, const settings *s, cl_host_route *routes, size_t 
         .resolve_interval_s = s->resolve_interval,
         .no_splice = s->no_splice,
         .dns_server = s->dns_server,
+        .allowlist = allow,
         .watchdog = cl_watchdog_settings_active(&s->wd) ? &s->wd.config : NULL,
     };
     if (cl_host_run(&cfg) < 0) {
@@ -692,10 +694,11 @@ static int cmd_vsock_proxy(int argc, char **argv)
                 s.config ? "" : " (give one with --config FILE)");
         goto out;
     }
-    status = check_allowlist(me, &allow, &route.dest, s.ipv4 ? AF_INET : s.ipv6 ? AF_INET6 : AF_UNSPEC);
+    status = check_allowlist(me, &allow, &route.dest, s.ipv4 ? AF_INET : s.ipv6 ? AF_INET6 : AF_UNSPEC,
+                             s.dns_server);
     if (status != 0)
         goto out;
-    status = run(me, &s, &route, 1);
+    status = run(me, &s, &route, 1, &allow);
 out:
     cl_allowlist_free(&allow);
     settings_free(&s);
@@ -798,12 +801,13 @@ int cmd_host(int argc, char **argv)
         for (size_t i = 0; i < count; i++) {
             if (routes[i].kind != CL_ROUTE_OUTBOUND)
                 continue;
-            status = check_allowlist(me, &allow, &routes[i].dest, s.ipv4 ? AF_INET : s.ipv6 ? AF_INET6 : AF_UNSPEC);
+            status = check_allowlist(me, &allow, &routes[i].dest, s.ipv4 ? AF_INET : s.ipv6 ? AF_INET6 : AF_UNSPEC,
+                                     s.dns_server);
             if (status != 0)
                 goto out;
         }
     }
-    status = run(me, &s, routes, count);
+    status = run(me, &s, routes, count, s.allowlist ? &allow : NULL);
 out:
     cl_allowlist_free(&allow);
     free(routes);

@@ -11,6 +11,7 @@
  * keys, certificates and signatures only.  A rotation keeps the previous
  * key generation for --rotation-grace so that workers still presenting the
  * old certificate can finish their handshakes. */
+#include "cloister/core/acm_bundle.h"
 #include "cloister/core/address.h"
 #include "cloister/core/buf.h"
 #include "cloister/core/encoding.h"
@@ -258,6 +259,8 @@ static int generation_make(const cl_buf *key_pem, cl_slice chain, cl_slice objec
     EVP_PKEY *pub = X509_get0_pubkey(leaf);
     CL_ENSURE_OUT(pub && EVP_PKEY_eq(pub, g->pkey) == 1, CL_EVERIFY,
                   "the certificate's public key is not the key's");
+    /* the chain a client is shown must be one chain: every signature up to its last certificate */
+    CL_TRY_OUT(cl_acm_chain_verify(chain.data, chain.len));
     int n = i2d_PUBKEY(g->pkey, &g->spki);
     CL_ENSURE_OUT(n > 0 && n <= CL_KH_DER_MAX, CL_ECRYPTO, "public key encoding");
     g->spki_len = (size_t)n;
@@ -291,7 +294,7 @@ static int token_put(const cl_kh_request *r, uint32_t *slot_out, uint64_t *gen_o
     generation *g = NULL;
     *status = CL_KH_ST_BAD_KEY;
     if (r->key_source == CL_KH_SRC_KMS) {
-        CL_TRY_OUT(kh_kms_open(r->key_ref, &key_pem, status)); /* keyholder_kms.c */
+        CL_TRY_OUT(kh_kms_open(r->label, r->key_ref, &key_pem, status)); /* keyholder_kms.c */
         *status = CL_KH_ST_BAD_KEY;
     } else {
         char path[4400];

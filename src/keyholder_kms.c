@@ -15,6 +15,8 @@ static struct {
     pthread_mutex_t lock;
     bool enabled, started;
     const char *region, *endpoint, *proxy, *ca_file, *imds, *role, *nsm;
+    const char *key_ids[KH_KMS_KEY_IDS_MAX];
+    size_t key_id_count;
     cl_kms_session session;
 } kk = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -22,6 +24,19 @@ int kh_kms_option(int code, const char *value)
 {
     const char **slots[] = {&kk.region, &kk.endpoint, &kk.proxy, &kk.ca_file, &kk.imds, &kk.role, &kk.nsm};
     int i = code - KH_KMS_OPT_FIRST;
+    if (i == 7 && value && *value) { /* --kms-key-id, repeatable */
+        if (kk.key_id_count == KH_KMS_KEY_IDS_MAX) {
+            fprintf(stderr, "keyholder: at most %d --kms-key-id\n", KH_KMS_KEY_IDS_MAX);
+            return -1;
+        }
+        if (strlen(value) > 2048) {
+            fprintf(stderr, "keyholder: --kms-key-id: at most 2048 characters\n");
+            return -1;
+        }
+        kk.key_ids[kk.key_id_count++] = value;
+        kk.enabled = true;
+        return 0;
+    }
     if (i < 0 || i >= (int)(sizeof slots / sizeof slots[0]) || !value || !*value) {
         fprintf(stderr, "keyholder: empty KMS option value\n");
         return -1;
@@ -43,6 +58,10 @@ void kh_kms_usage(FILE *out)
             "  --kms-imds ADDR        credentials from IMDSv2 (cloister host --imds, e.g. vsock:3:8002);\n"
             "                         else $AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY[/$AWS_SESSION_TOKEN]\n"
             "  --kms-role NAME        the instance profile's role (default: the one IMDS names)\n"
+            "  --kms-key-id ID        a KMS key whose ciphertexts may become tokens: key ARN, key id,\n"
+            "                         alias/NAME or alias ARN (repeatable, at most 8; required).  A\n"
+            "                         ciphertext under any other key is refused, and each must carry\n"
+            "                         the context purpose=pkcs11-token, token=LABEL (acm pack-key --token)\n"
             "  --nsm ADDR             the NSM for the Recipient's attestation documents (unix:PATH of\n"
             "                         nsm-sim; default $CLOISTER_NSM, else /dev/nsm)\n");
 }
@@ -56,6 +75,8 @@ int kh_kms_start(void)
 {
     if (!kk.enabled)
         return CL_OK;
+    CL_ENSURE(kk.key_id_count > 0, CL_EINVAL,
+              "KMS key source: --kms-key-id is required (the KMS keys whose ciphertexts may become tokens)");
     cl_kms_setup setup = {
         .region = kk.region,
         .endpoint = kk.endpoint,
@@ -77,25 +98,80 @@ int kh_kms_start(void)
     return CL_OK;
 }
 
-int kh_kms_open(cl_slice ciphertext, cl_buf *key, uint32_t *status)
+bool kh_kms_key_id_matches(const char *wanted, const char *answered)
+{
+    if (!strcmp(wanted, answered))
+        return true;
+    if (!strncmp(wanted, "arn:", 4))
+        return false; /* a key ARN must be the very one */
+    size_t wl = strlen(wanted), al = strlen(answered);
+    /* a bare key id: the ARN ends in ":key/ID" */
+    return al > wl + 5 && !strcmp(answered + al - wl, wanted) && !memcmp(answered + al - wl - 5, ":key/", 5);
+}
+
+static bool is_alias(const char *id)
+{
+    return !strncmp(id, "alias/", 6) || (!strncmp(id, "arn:", 4) && strstr(id, ":alias/"));
+}
+
+int kh_kms_open(cl_slice label, cl_slice ciphertext, cl_buf *key, uint32_t *status)
 {
     if (!kk.started) {
         *status = CL_KH_ST_NOT_IMPLEMENTED;
         return cl_error_set(CL_EINVAL, "this key-holder has no KMS settings (--kms-proxy, --kms-region, ...): "
                                        "KMS-ciphertext keys are not accepted");
     }
+    char label_text[CL_KH_LABEL_MAX + 1];
+    if (label.len == 0 || label.len > CL_KH_LABEL_MAX) {
+        *status = CL_KH_ST_BAD_KEY;
+        return cl_error_set(CL_EINVAL, "token label of 1..%d bytes", CL_KH_LABEL_MAX);
+    }
+    memcpy(label_text, label.data, label.len);
+    label_text[label.len] = '\0';
+    cl_kms_purpose_context purpose;
+    int rc = cl_kms_purpose_context_make(CL_KMS_PURPOSE_PKCS11_TOKEN, label_text, &purpose);
+    if (rc < 0) {
+        *status = CL_KH_ST_BAD_KEY;
+        return rc;
+    }
+    char type[96] = "", key_id[2100] = "";
+    const char *used = NULL;
     pthread_mutex_lock(&kk.lock);
-    int rc = cl_kms_decrypt(kk.session.kms, NULL, ciphertext.data, ciphertext.len, key);
-    char type[96];
-    snprintf(type, sizeof type, "%s", rc < 0 ? cl_kms_error_type(kk.session.kms) : "");
-    char key_id[256];
-    snprintf(key_id, sizeof key_id, "%s", cl_kms_key_id(kk.session.kms));
+    /* One Decrypt per accepted key, each naming it as KeyId: KMS answers
+     * IncorrectKeyException when the ciphertext is under another key, and
+     * checks aliases itself. */
+    for (size_t i = 0; i < kk.key_id_count; i++) {
+        used = kk.key_ids[i];
+        cl_kms_options o = {.key_id = used, .context = purpose.entries, .context_count = purpose.count};
+        cl_buf_reset(key);
+        rc = cl_kms_decrypt(kk.session.kms, &o, ciphertext.data, ciphertext.len, key);
+        snprintf(type, sizeof type, "%s", rc < 0 ? cl_kms_error_type(kk.session.kms) : "");
+        snprintf(key_id, sizeof key_id, "%s", cl_kms_key_id(kk.session.kms));
+        if (rc == CL_OK || strcmp(type, "IncorrectKeyException") || i + 1 == kk.key_id_count)
+            break;
+        cl_error_clear();
+    }
     pthread_mutex_unlock(&kk.lock);
     if (rc < 0) {
         *status = type[0] ? CL_KH_ST_KMS_REFUSED : CL_KH_ST_KMS_UNAVAILABLE;
+        if (!strcmp(type, "IncorrectKeyException"))
+            return cl_error_prefix(rc, "the key's KMS ciphertext is not under a KMS key this key-holder was started "
+                                       "with (--kms-key-id): ");
+        if (!strcmp(type, "InvalidCiphertextException"))
+            return cl_error_prefix(rc, "the key's KMS ciphertext was not made for token \"%s\" (it must carry the "
+                                       "encryption context purpose=" CL_KMS_PURPOSE_PKCS11_TOKEN
+                                       ", token=%s, as `acm pack-key --token %s` makes; a ciphertext for another "
+                                       "purpose, e.g. the enclave's TLS key, is refused) or is damaged: ",
+                                   label_text, label_text, label_text);
         return cl_error_prefix(rc, "the key's KMS ciphertext cannot be opened in this enclave: ");
     }
-    cl_log(CL_LOG_INFO, "kms_key_opened", "key_id", key_id, NULL);
+    if (!is_alias(used) && !kh_kms_key_id_matches(used, key_id)) {
+        cl_buf_reset(key);
+        *status = CL_KH_ST_KMS_REFUSED;
+        return cl_error_set(CL_EVERIFY, "KMS answered for key %s, not for %s (--kms-key-id)", key_id, used);
+    }
+    cl_log(CL_LOG_INFO, "kms_key_opened", "key_id", key_id, "token", label_text, "purpose",
+           CL_KMS_PURPOSE_PKCS11_TOKEN, NULL);
     return CL_OK;
 }
 

@@ -57,6 +57,10 @@ static void usage(FILE *out)
             "                           /dev/nsm (default $" CL_NSM_ENV ", else /dev/nsm)\n"
             "  --key-id ID              key id, ARN or alias/NAME\n"
             "  --context K=V            encryption context entry (repeatable)\n"
+            "  --purpose P[:NAME]       the context cloister requires for what the ciphertext is for:\n"
+            "                           pkcs11-token:LABEL (acm pack-key, key-holder), enclave-tls-key\n"
+            "                           (enclave --tls-key-ciphertext), enclave-secret:NAME (enclave\n"
+            "                           -secret NAME=...); adds purpose=P and token= or name=NAME\n"
             "  --encryption-algorithm A (SYMMETRIC_DEFAULT)\n"
             "  --max-attempts N         tries per call, retrying throttling and 5xx with backoff (5)\n"
             "  --timeout SECONDS        per attempt (10)\n"
@@ -73,11 +77,13 @@ typedef struct args {
     bool base64, stats;
     cl_kms_context_entry context[MAX_CONTEXT];
     size_t context_count;
+    char purpose[32];
+    cl_kms_purpose_context purpose_context;
 } args;
 
 enum {
     O_REGION = 256, O_ENDPOINT, O_PROXY, O_CA, O_IMDS, O_ROLE, O_AKID, O_SECRET, O_TOKEN, O_RECIPIENT, O_NSM,
-    O_KEY_ID, O_CONTEXT, O_ALG, O_ATTEMPTS, O_TIMEOUT, O_STATS, O_IN, O_KEY_SPEC, O_BYTES, O_BASE64
+    O_KEY_ID, O_CONTEXT, O_PURPOSE, O_ALG, O_ATTEMPTS, O_TIMEOUT, O_STATS, O_IN, O_KEY_SPEC, O_BYTES, O_BASE64
 };
 
 static const struct option long_options[] = {
@@ -94,6 +100,7 @@ static const struct option long_options[] = {
     {"nsm", required_argument, NULL, O_NSM},
     {"key-id", required_argument, NULL, O_KEY_ID},
     {"context", required_argument, NULL, O_CONTEXT},
+    {"purpose", required_argument, NULL, O_PURPOSE},
     {"encryption-algorithm", required_argument, NULL, O_ALG},
     {"max-attempts", required_argument, NULL, O_ATTEMPTS},
     {"timeout", required_argument, NULL, O_TIMEOUT},
@@ -170,6 +177,16 @@ static int parse_args(int argc, char **argv, args *a)
             a->context[a->context_count++] = (cl_kms_context_entry){optarg, eq + 1};
             break;
         }
+        case O_PURPOSE:
+            if (a->purpose[0])
+                return bad("--purpose is given twice (%s)", optarg);
+            if (cl_kms_purpose_context_parse(optarg, a->purpose, sizeof a->purpose, &a->purpose_context) < 0)
+                return bad("--purpose: %s", cl_error_message());
+            if (a->context_count + a->purpose_context.count > MAX_CONTEXT)
+                return bad("more than %s --context entries", "64");
+            for (size_t i = 0; i < a->purpose_context.count; i++)
+                a->context[a->context_count++] = a->purpose_context.entries[i];
+            break;
         case O_ATTEMPTS:
             if ((rc = number(optarg, 20, "--max-attempts", &a->setup.max_attempts)))
                 return rc;

@@ -39,7 +39,8 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: cloister kms-local --listen ADDR --state DIR [--credentials ACCESS_KEY_ID:SECRET[:ARN]]...\n"
             "                          [--root PEM]... [--region R] [--account ID] [--tls [--tls-name NAME]...]\n"
-            "                          [--key alias/NAME[=POLICY.json]]... [--master-key-file FILE] [--threads N]\n\n"
+            "                          [--key alias/NAME[=POLICY.json]]... [--master-key-file FILE] [--threads N]\n"
+            "                          [--recipient-max-age S]\n\n"
             "A local AWS KMS: the KMS JSON 1.1 protocol (POST /, X-Amz-Target: TrentService.<Op>,\n"
             "SigV4-signed) for CreateKey, DescribeKey, ListKeys, CreateAlias, ListAliases, Encrypt,\n"
             "Decrypt, ReEncrypt, GenerateDataKey, GenerateDataKeyWithoutPlaintext, GenerateRandom,\n"
@@ -50,7 +51,8 @@ static void usage(FILE *out)
             "  --listen ADDR           tcp:HOST:PORT or unix:PATH\n"
             "  --state DIR             keys and aliases (DIR/kms.db, SQLite), created 0700 if absent\n"
             "  --credentials K:S[:ARN] an access key the server accepts (repeatable, at least one);\n"
-            "                          ARN: the caller's principal (arn:aws:iam::ACCOUNT:user/K)\n"
+            "                          ARN: the caller's principal (default arn:aws:iam::ACCOUNT:user/K;\n"
+            "                          an instance role's: arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION)\n"
             "  --root PEM              trust these roots for Recipient documents (repeatable), e.g.\n"
             "                          nsm-sim's STATE/root.pem, or 'aws' for the embedded AWS Nitro\n"
             "                          Enclaves root; default: the AWS root only\n"
@@ -64,9 +66,13 @@ static void usage(FILE *out)
             "  --master-key-file FILE  the key that seals key material: 32 bytes, raw or 64 hex digits;\n"
             "                          else $" MASTER_ENV " (64 hex digits); else DIR/master.key,\n"
             "                          generated 0600 on first start\n"
-            "  --threads N             event loops (default 2)\n\n"
+            "  --threads N             event loops (default 2)\n"
+            "  --recipient-max-age S   refuse a Recipient's attestation document older than S seconds\n"
+            "                          (or more than 5 minutes in the future), as KMS does (300)\n\n"
             "Without a Policy, CreateKey gives AWS's default policy: the account's root principal\n"
-            "may do kms:*, which here means every configured access key of the account.\n"
+            "may do kms:*.  There is no IAM layer here: a policy naming arn:aws:iam::ACCOUNT:root\n"
+            "(or the bare account) grants EVERY configured access key of the account, an instance\n"
+            "role's included.  Name principals by their ARN to grant only them.\n"
             "Prints 'kms-local: listening on ADDR' once ready; SIGINT or SIGTERM stop it.\n");
 }
 
@@ -354,6 +360,7 @@ int cmd_kms_local(int argc, char **argv)
         {"tls", no_argument, NULL, 't'},           {"tls-name", required_argument, NULL, 'n'},
         {"key", required_argument, NULL, 'k'},     {"master-key-file", required_argument, NULL, 'm'},
         {"threads", required_argument, NULL, 'T'}, {"help", no_argument, NULL, 'h'},
+        {"recipient-max-age", required_argument, NULL, 'A'},
         {NULL, 0, NULL, 0},
     };
     const char *listen_text = NULL, *state = NULL, *region = "us-east-1", *account = CL_KMS_DEFAULT_ACCOUNT;
@@ -361,7 +368,7 @@ int cmd_kms_local(int argc, char **argv)
     char *cred_text[MAX_LIST], *roots[MAX_LIST], *names[MAX_LIST], *keys[MAX_LIST];
     size_t ncred = 0, nroots = 0, nnames = 0, nkeys = 0;
     bool tls = false;
-    uint64_t threads = 2;
+    uint64_t threads = 2, recipient_max_age_s = CL_KMS_RECIPIENT_MAX_AGE_MS / 1000;
     int opt;
     optind = 1;
     opterr = 0;
@@ -373,6 +380,10 @@ int cmd_kms_local(int argc, char **argv)
         case 'a': account = optarg; break;
         case 't': tls = true; break;
         case 'm': master_file = optarg; break;
+        case 'A':
+            if (cl_parse_u64(optarg, 7 * 86400, &recipient_max_age_s) < 0 || recipient_max_age_s == 0)
+                return fail_usage("--recipient-max-age: expected 1..604800 seconds, got '%s'", optarg);
+            break;
         case 'T':
             if (cl_parse_u64(optarg, 64, &threads) < 0 || threads == 0)
                 return fail_usage("--threads: expected 1..64, got '%s'", optarg);
@@ -424,10 +435,12 @@ int cmd_kms_local(int argc, char **argv)
         if (arn)
             *arn++ = '\0';
         creds[i] = (cl_kms_credential){.access_key_id = cred_copy[i], .secret = colon + 1, .principal = arn};
-        if (arn && strncmp(arn, "arn:aws:iam::", 13)) {
+        if (arn && strncmp(arn, "arn:aws:iam::", 13) && strncmp(arn, "arn:aws:sts::", 13)) {
             for (size_t j = 0; j <= i; j++)
                 free(cred_copy[j]);
-            return fail_usage("--credentials: principal '%s' is not an IAM ARN (arn:aws:iam::ACCOUNT:...)", arn);
+            return fail_usage("--credentials: principal '%s' is not an IAM or STS ARN (arn:aws:iam::ACCOUNT:... or "
+                              "arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION)",
+                              arn);
         }
     }
     cl_address addr;
@@ -486,6 +499,7 @@ int cmd_kms_local(int argc, char **argv)
         .credential_count = ncred,
         .verifier = verifier,
         .store = store,
+        .recipient_max_age_ms = recipient_max_age_s * 1000,
     };
     if (cl_kms_local_new(&cfg, &kms) < 0) {
         fprintf(stderr, "cloister kms-local: %s\n", cl_error_message());

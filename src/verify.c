@@ -268,6 +268,9 @@ int cmd_verify(int argc, char **argv)
             break;
         case OPT_MAX_AGE:
             rc = cl_parse_u64(optarg, 365ull * 86400, &v);
+            /* 0 would switch the timestamp checks off (max_age_ms 0 means no limit) */
+            if (rc == CL_OK && v == 0)
+                rc = cl_error_set(CL_EINVAL, "must be at least 1 second (0 would turn the timestamp checks off)");
             if (rc < 0)
                 rc = cl_error_prefix(rc, "--max-age: ");
             policy.max_age_ms = v * 1000;

@@ -9,6 +9,8 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
+#include <stdbool.h>
 #include <string.h>
 
 #define PEM_BEGIN "-----BEGIN CERTIFICATE-----"
@@ -121,6 +123,15 @@ int cl_acm_bundle_parse(const uint8_t *json, size_t len, cl_acm_bundle *out)
     CL_TRY_OUT(string_field(root, "certificateChain", &s, &sl));
     CL_TRY_OUT(pem_certs("bundle certificateChain", s, sl, CL_ACM_CHAIN_CERTS_MAX, &out->chain, &out->chain_count,
                          NULL));
+    {
+        cl_buf full = CL_BUF_INIT;
+        rc = cl_acm_bundle_full_chain(out, &full);
+        if (rc == CL_OK)
+            rc = cl_acm_chain_verify(full.data, full.len);
+        cl_buf_free(&full);
+        if (rc < 0)
+            CL_TRY_OUT(cl_error_prefix(rc, "bundle: "));
+    }
     CL_TRY_OUT(string_field(root, "encryptedPrivateKey", &s, &sl));
     CL_ENSURE_OUT(sl > 0, CL_EPARSE, "bundle: \"encryptedPrivateKey\" is empty");
     CL_ENSURE_OUT(sl <= (CL_ACM_CIPHERTEXT_MAX / 3 + 1) * 4 + 64, CL_ELIMIT,
@@ -155,6 +166,16 @@ int cl_acm_bundle_encode(const uint8_t *cert_pem, size_t cert_len, const uint8_t
     CL_TRY_OUT(pem_certs("certificate", cert_pem, cert_len, 1, &cert, &count, NULL));
     CL_ENSURE_OUT(count == 1, CL_EPARSE, "certificate: no PEM certificate");
     CL_TRY_OUT(pem_certs("chain", chain_pem, chain_len, CL_ACM_CHAIN_CERTS_MAX, &chain, &count, NULL));
+    {
+        cl_buf full = CL_BUF_INIT;
+        rc = cl_buf_append(&full, cert.data, cert.len);
+        if (rc == CL_OK && chain.len)
+            rc = cl_buf_append(&full, chain.data, chain.len);
+        if (rc == CL_OK)
+            rc = cl_acm_chain_verify(full.data, full.len);
+        cl_buf_free(&full);
+        CL_TRY_OUT(rc);
+    }
     CL_ENSURE_OUT(ct_len > 0 && ct_len <= CL_ACM_CIPHERTEXT_MAX, CL_ELIMIT, "ciphertext of %zu bytes", ct_len);
     CL_TRY_OUT(cl_base64_encode(ciphertext, ct_len, &b64));
     root = json_object();
@@ -175,6 +196,49 @@ out:
     cl_buf_free(&cert);
     cl_buf_free(&chain);
     cl_buf_free(&b64);
+    return rc;
+}
+
+int cl_acm_chain_verify(const uint8_t *pem, size_t len)
+{
+    int rc = CL_OK;
+    X509 *certs[CL_ACM_CHAIN_CERTS_MAX + 2] = {0};
+    size_t n = 0;
+    CL_ENSURE(len > 0 && len <= INT32_MAX, CL_EPARSE, "certificate chain: empty or too long");
+    BIO *in = BIO_new_mem_buf(pem, (int)len);
+    CL_ENSURE(in, CL_ENOMEM, "out of memory");
+    for (;;) {
+        X509 *x = PEM_read_bio_X509(in, NULL, NULL, NULL);
+        if (!x)
+            break;
+        if (n == CL_ACM_CHAIN_CERTS_MAX + 1) {
+            X509_free(x);
+            CL_FAIL_OUT(CL_ELIMIT, "certificate chain: more than %d certificates", CL_ACM_CHAIN_CERTS_MAX + 1);
+        }
+        certs[n++] = x;
+    }
+    ERR_clear_error(); /* the end of the PEM text */
+    CL_ENSURE_OUT(n > 0, CL_EPARSE, "certificate chain: no PEM certificate");
+    for (size_t i = 0; i < n; i++) {
+        X509 *issuer = i + 1 < n ? certs[i + 1] : certs[i];
+        bool last = i + 1 == n;
+        if (last && X509_check_issued(issuer, certs[i]) != X509_V_OK)
+            break; /* its issuer is not part of the chain */
+        CL_ENSURE_OUT(X509_NAME_cmp(X509_get_issuer_name(certs[i]), X509_get_subject_name(issuer)) == 0, CL_EVERIFY,
+                      "certificate chain: certificate %zu's issuer is not certificate %zu's subject", i + 1, i + 2);
+        EVP_PKEY *key = X509_get0_pubkey(issuer);
+        int ok = key ? X509_verify(certs[i], key) : -1;
+        ERR_clear_error();
+        CL_ENSURE_OUT(ok == 1, CL_EVERIFY,
+                      last ? "certificate chain: the last certificate (%zu, self-issued) has a broken self-signature"
+                           : "certificate chain: certificate %zu's signature does not verify with the next "
+                             "certificate's key",
+                      i + 1);
+    }
+out:
+    for (size_t i = 0; i < n; i++)
+        X509_free(certs[i]);
+    BIO_free(in);
     return rc;
 }
 

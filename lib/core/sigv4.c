@@ -2,6 +2,7 @@
  * and verification with AWS's error types and messages. */
 #include "cloister/core/sigv4.h"
 
+#include "cloister/core/cursor.h"
 #include "cloister/core/encoding.h"
 
 #include <openssl/crypto.h>
@@ -378,6 +379,110 @@ static bool names_header(const char *list, const char *name)
     return false;
 }
 
+/* The parameters after the algorithm and its space. */
+static cl_slice auth_params(cl_slice auth, size_t skip)
+{
+    return (cl_slice){auth.data + skip, auth.len - skip};
+}
+
+static cl_slice trim_spaces(cl_slice s)
+{
+    while (s.len && s.data[0] == ' ') {
+        s.data++;
+        s.len--;
+    }
+    while (s.len && s.data[s.len - 1] == ' ')
+        s.len--;
+    return s;
+}
+
+/* "Credential=..., SignedHeaders=..., Signature=...": each parameter
+ * exactly once, in any order, no other parameter, none empty.  A parser
+ * that skipped what it did not know, or let a second Signature= replace
+ * the first, would judge a header other than the one AWS judges.  Fills the
+ * three values (NUL-terminated, each at most cap - 1 bytes) or refuses. */
+static bool parse_authorization(cl_slice params, char *credential, char *signed_headers, char *signature, size_t cap,
+                                cl_sigv4_result *res)
+{
+    static const char *const names[3] = {"Credential", "SignedHeaders", "Signature"};
+    char *const values[3] = {credential, signed_headers, signature};
+    bool seen[3] = {false, false, false};
+    cl_cursor c = cl_cursor_make(params.data, params.len);
+    while (!cl_cursor_at_end(&c)) {
+        cl_slice part, name, value;
+        bool found = false;
+        if (cl_cursor_until(&c, ',', &part, &found) < 0 || !found) {
+            part = (cl_slice){c.data + c.pos, cl_cursor_remaining(&c)};
+            c.pos = c.len;
+        } else if (cl_cursor_at_end(&c)) {
+            refuse(res, CL_SIGV4_INCOMPLETE, "Authorization header ends with a ','.");
+            return false;
+        }
+        part = trim_spaces(part);
+        cl_cursor pc = cl_cursor_make(part.data, part.len);
+        if (cl_cursor_until(&pc, '=', &name, &found) < 0 || !found || name.len == 0) {
+            refuse(res, CL_SIGV4_INCOMPLETE, "Authorization header parameter '%.*s' is not NAME=VALUE.",
+                   (int)(part.len > 32 ? 32 : part.len), (const char *)part.data);
+            return false;
+        }
+        value = (cl_slice){pc.data + pc.pos, cl_cursor_remaining(&pc)};
+        int i = 0;
+        while (i < 3 && !cl_slice_eq(name, names[i]))
+            i++;
+        if (i == 3) {
+            refuse(res, CL_SIGV4_INCOMPLETE,
+                   "Authorization header has an unknown parameter '%.*s' (Credential, SignedHeaders and Signature "
+                   "only).",
+                   (int)(name.len > 32 ? 32 : name.len), (const char *)name.data);
+            return false;
+        }
+        if (seen[i]) {
+            refuse(res, CL_SIGV4_INCOMPLETE, "Authorization header has '%s' more than once.", names[i]);
+            return false;
+        }
+        if (value.len == 0 || !slice_to_text(value, values[i], cap)) {
+            refuse(res, CL_SIGV4_INCOMPLETE, "Authorization header parameter '%s' is empty or malformed.", names[i]);
+            return false;
+        }
+        seen[i] = true;
+    }
+    if (!seen[0] || !seen[1] || !seen[2]) {
+        refuse(res, CL_SIGV4_INCOMPLETE, "%s%s%s",
+               !seen[0] ? "Authorization header requires 'Credential' parameter. " : "",
+               !seen[1] ? "Authorization header requires 'SignedHeaders' parameter. " : "",
+               !seen[2] ? "Authorization header requires 'Signature' parameter. " : "");
+        return false;
+    }
+    return true;
+}
+
+/* As AWS: besides host, X-Amz-Target (which names the operation),
+ * Content-Type and every x-amz-* header the request carries must be
+ * signed, or a captured request could be re-targeted or re-dressed. */
+static bool all_required_signed(const cl_sigv4_request *req, const char *signed_headers, cl_sigv4_result *res)
+{
+    for (size_t i = 0; i < req->header_count; i++) {
+        cl_slice n = req->headers[i].name;
+        bool amz = n.len > 6 && cl_slice_eq_nocase((cl_slice){n.data, 6}, "x-amz-");
+        if (!amz && !cl_slice_eq_nocase(n, "content-type"))
+            continue;
+        char lower[128];
+        if (n.len >= sizeof lower) {
+            refuse(res, CL_SIGV4_INCOMPLETE, "A header name is too long to be signed.");
+            return false;
+        }
+        for (size_t j = 0; j < n.len; j++)
+            lower[j] = (char)(n.data[j] >= 'A' && n.data[j] <= 'Z' ? n.data[j] + 32 : n.data[j]);
+        lower[n.len] = '\0';
+        if (!names_header(signed_headers, lower)) {
+            refuse(res, CL_SIGV4_INCOMPLETE, "'%.*s' must be a 'SignedHeader' in the AWS Authorization.", (int)n.len,
+                   (const char *)n.data);
+            return false;
+        }
+    }
+    return true;
+}
+
 int cl_sigv4_verify(const cl_sigv4_request *req, const char *region, const char *service, cl_sigv4_lookup_fn lookup,
                     void *ctx, int64_t now_s, cl_sigv4_result *res)
 {
@@ -399,27 +504,9 @@ int cl_sigv4_verify(const cl_sigv4_request *req, const char *region, const char 
                "accepted).");
         return CL_OK;
     }
-    char *credential = NULL, *signed_headers = NULL, *signature = NULL;
-    char *save = NULL;
-    for (char *part = strtok_r(text + alen + 1, ",", &save); part; part = strtok_r(NULL, ",", &save)) {
-        while (*part == ' ')
-            part++;
-        char *end = part + strlen(part);
-        while (end > part && end[-1] == ' ')
-            *--end = '\0';
-        if (!strncmp(part, "Credential=", 11))
-            credential = part + 11;
-        else if (!strncmp(part, "SignedHeaders=", 14))
-            signed_headers = part + 14;
-        else if (!strncmp(part, "Signature=", 10))
-            signature = part + 10;
-    }
-    if (!credential || !signed_headers || !signature) {
-        refuse(res, CL_SIGV4_INCOMPLETE, "%s%s%s", !credential ? "Authorization header requires 'Credential' parameter. " : "",
-               !signed_headers ? "Authorization header requires 'SignedHeaders' parameter. " : "",
-               !signature ? "Authorization header requires 'Signature' parameter. " : "");
+    char credential[sizeof text], signed_headers[sizeof text], signature[sizeof text];
+    if (!parse_authorization(auth_params(*auth, alen + 1), credential, signed_headers, signature, sizeof text, res))
         return CL_OK;
-    }
     /* Credential=AKID/DATE/REGION/SERVICE/aws4_request */
     char *fields[5] = {0};
     size_t nf = 0;
@@ -446,6 +533,8 @@ int cl_sigv4_verify(const cl_sigv4_request *req, const char *region, const char 
         refuse(res, CL_SIGV4_INCOMPLETE, "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.");
         return CL_OK;
     }
+    if (!all_required_signed(req, signed_headers, res))
+        return CL_OK;
     const cl_slice *date_h = header(req, "X-Amz-Date");
     char amz_date[32];
     int64_t signed_at = 0;

@@ -537,6 +537,38 @@ static int kms_call(cl_kms *k, const char *op, const char *body, json_t **answer
     }
 }
 
+/* ---- purposes ------------------------------------------------------------ */
+
+int cl_kms_purpose_context_make(const char *purpose, const char *name, cl_kms_purpose_context *out)
+{
+    memset(out, 0, sizeof *out);
+    CL_ENSURE(purpose, CL_EINVAL, "no purpose");
+    bool named = !strcmp(purpose, CL_KMS_PURPOSE_PKCS11_TOKEN) || !strcmp(purpose, CL_KMS_PURPOSE_SECRET);
+    CL_ENSURE(named || !strcmp(purpose, CL_KMS_PURPOSE_TLS_KEY), CL_EINVAL,
+              "unknown purpose '%.64s' (" CL_KMS_PURPOSE_PKCS11_TOKEN ":LABEL, " CL_KMS_PURPOSE_TLS_KEY
+              " or " CL_KMS_PURPOSE_SECRET ":NAME)",
+              purpose);
+    CL_ENSURE(!named || (name && *name), CL_EINVAL, "purpose %s needs a name (%s:%s)", purpose, purpose,
+              !strcmp(purpose, CL_KMS_PURPOSE_SECRET) ? "NAME" : "LABEL");
+    CL_ENSURE(named || !name, CL_EINVAL, "purpose %s takes no name", purpose);
+    out->entries[0] = (cl_kms_context_entry){"purpose", purpose};
+    out->count = 1;
+    if (named)
+        out->entries[out->count++] =
+            (cl_kms_context_entry){!strcmp(purpose, CL_KMS_PURPOSE_SECRET) ? "name" : "token", name};
+    return CL_OK;
+}
+
+int cl_kms_purpose_context_parse(const char *spec, char *purpose_out, size_t purpose_len, cl_kms_purpose_context *out)
+{
+    const char *colon = strchr(spec, ':');
+    size_t n = colon ? (size_t)(colon - spec) : strlen(spec);
+    CL_ENSURE(n > 0 && n < purpose_len, CL_EINVAL, "purpose '%.64s': expected PURPOSE or PURPOSE:NAME", spec);
+    memcpy(purpose_out, spec, n);
+    purpose_out[n] = '\0';
+    return cl_kms_purpose_context_make(purpose_out, colon ? colon + 1 : NULL, out);
+}
+
 /* ---- request and answer fields ------------------------------------------ */
 
 static int set_b64(json_t *o, const char *key, const uint8_t *data, size_t len)

@@ -4,6 +4,7 @@
  * host_worker.c. */
 #include "host/host_worker.h"
 
+#include "cloister/host/allowlist.h"
 #include "cloister/host/dns.h"
 #include "cloister/core/log.h"
 #include "cloister/host/sd_notify.h"
@@ -120,6 +121,48 @@ static void addresses_text(const host_dest *d, char *out, size_t out_len)
     }
 }
 
+static int resolve_entry(void *ctx, const char *host, struct sockaddr_storage *addrs, size_t max, size_t *n)
+{
+    socklen_t lens[CL_HOST_MAX_ADDRS];
+    if (max > CL_HOST_MAX_ADDRS)
+        max = CL_HOST_MAX_ADDRS;
+    return cl_host_resolve(host, 0, *(const int *)ctx, addrs, lens, max, n);
+}
+
+/* Keeps, of the n addresses a destination name resolved to, those the
+ * allowlist allows (each checked as vsock-proxy checks the first); the
+ * others are logged and dropped.  CL_EVERIFY when none is left. */
+static int allowlist_filter(const cl_host_config *cfg, const cl_host_route *r, struct sockaddr_storage *addrs,
+                            socklen_t *lens, size_t *n)
+{
+    size_t kept = 0;
+    char refused[512] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < *n; i++) {
+        const cl_allow_entry *m = NULL;
+        int family = cfg->family;
+        if (cl_allowlist_check(cfg->allowlist, r->dest.host, (uint16_t)r->dest.port, (const struct sockaddr *)&addrs[i],
+                               resolve_entry, &family, &m) == CL_OK) {
+            addrs[kept] = addrs[i];
+            lens[kept] = lens[i];
+            kept++;
+            continue;
+        }
+        cl_error_clear();
+        char text[INET6_ADDRSTRLEN + 8], port[8];
+        cl_host_sockaddr_text((const struct sockaddr *)&addrs[i], false, text, sizeof text);
+        snprintf(port, sizeof port, "%u", r->dest.port);
+        cl_log(CL_LOG_WARN, "refused", "route", "outbound", "name", r->dest.host, "port", port, "address", text,
+               "reason", "resolved to an address not in the allowlist", NULL);
+        int w = snprintf(refused + used, sizeof refused - used, "%s%s", used ? " " : "", text);
+        if (w > 0 && (size_t)w < sizeof refused - used)
+            used += (size_t)w;
+    }
+    *n = kept;
+    CL_ENSURE(kept > 0, CL_EVERIFY, "%s resolved only to addresses not in the allowlist (%s)", r->dest.host, refused);
+    return CL_OK;
+}
+
 /* Fills d for r: once for unix, vsock and IP literals, by DNS for names.
  * *changed says whether the addresses differ from before; *again_ms is
  * when to resolve again (the TTL, between 1 s and --resolve-interval). */
@@ -167,6 +210,8 @@ static int dest_fill(const cl_host_config *cfg, const cl_host_route *r, host_des
                 if (ttl_ms < *again_ms)
                     *again_ms = ttl_ms;
             }
+            if (cfg->allowlist && r->kind == CL_ROUTE_OUTBOUND)
+                CL_TRY(allowlist_filter(cfg, r, addrs, lens, &n));
         }
         break;
     default:

@@ -5,6 +5,7 @@
  * strictly and sent back with its own Content-Length.  Anything else is
  * answered 403 here and never reaches IMDS. */
 #include "cloister/core/imds_policy.h"
+
 #include "cloister/core/buf.h"
 #include "cloister/core/http.h"
 #include "cloister/core/log.h"

@@ -33,6 +33,7 @@ struct cl_kms_local {
     size_t cred_count;
     cl_verifier *verifier;
     cl_kms_store *store;
+    uint64_t recipient_max_age_ms;
 };
 
 /* One request being answered. */
@@ -430,7 +431,9 @@ static bool get_recipient(call *c, recipient *r)
         fail(c, "ValidationException", "this kms-local trusts no attestation root");
         return false;
     }
-    int rc = cl_attestation_verify(c->k->verifier, raw.data, raw.len, NULL, c->now_ms, &r->doc);
+    /* debug documents are KMS's to judge through the policy's PCR conditions, as KMS does */
+    cl_attestation_policy age = {.allow_debug = true, .max_age_ms = c->k->recipient_max_age_ms};
+    int rc = cl_attestation_verify(c->k->verifier, raw.data, raw.len, &age, c->now_ms, &r->doc);
     cl_buf_free(&raw);
     if (rc < 0) {
         fail(c, "ValidationException", "The attestation document in the Recipient is not valid: %s",
@@ -476,7 +479,7 @@ static bool authorize(call *c, const cl_kms_key *key, const char *action, const 
         ctx.encryption_context = ec->pairs;
         ctx.encryption_context_len = ec->count;
     }
-    int d = cl_kms_policy_evaluate(p, &ctx);
+    cl_kms_decision d = cl_kms_policy_evaluate(p, &ctx);
     cl_kms_policy_free(p);
     if (d == CL_KMS_ALLOW)
         return true;
@@ -624,7 +627,7 @@ static bool check_policy_text(call *c, const char *text, bool bypass)
      * change it again. */
     cl_kms_policy_context ctx = {.action = "kms:PutKeyPolicy", .principal = c->principal, .account = c->k->account,
                                  .resource = "*"};
-    int d = cl_kms_policy_evaluate(p, &ctx);
+    cl_kms_decision d = cl_kms_policy_evaluate(p, &ctx);
     cl_kms_policy_free(p);
     if (!bypass && d != CL_KMS_ALLOW) {
         fail(c, "MalformedPolicyDocumentException",
@@ -1291,6 +1294,7 @@ int cl_kms_local_new(const cl_kms_local_config *cfg, cl_kms_local **out)
     k->account = strdup(cfg->account ? cfg->account : CL_KMS_DEFAULT_ACCOUNT);
     k->creds = calloc(cfg->credential_count ? cfg->credential_count : 1, sizeof *k->creds);
     k->verifier = cfg->verifier;
+    k->recipient_max_age_ms = cfg->recipient_max_age_ms ? cfg->recipient_max_age_ms : CL_KMS_RECIPIENT_MAX_AGE_MS;
     k->store = cfg->store;
     if (!k->region || !k->account || !k->creds) {
         cl_kms_local_free(k);

@@ -338,7 +338,7 @@ static bool statement_applies(json_t *st, const cl_kms_policy_context *ctx)
     return !cond || condition_holds(cond, ctx);
 }
 
-int cl_kms_policy_evaluate(const cl_kms_policy *p, const cl_kms_policy_context *ctx)
+cl_kms_decision cl_kms_policy_evaluate(const cl_kms_policy *p, const cl_kms_policy_context *ctx)
 {
     bool allowed = false;
     size_t i;

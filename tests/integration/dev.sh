@@ -38,6 +38,68 @@ in_netns() { # INODE: pids whose network namespace is INODE
 }
 
 # ---- --check ------------------------------------------------------------------------
+role_pcr_check() { # RUN_DIR: what the instance role may do with alias/dev (output in $work/role.out)
+    local run=$1 token creds
+    token=$(curl -sS --unix-socket "$run/imds.sock" -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
+        http://169.254.169.254/latest/api/token) || return 1
+    role=$(curl -sS --unix-socket "$run/imds.sock" -H "X-aws-ec2-metadata-token: $token" \
+        http://169.254.169.254/latest/meta-data/iam/security-credentials/) || return 1
+    curl -sS --unix-socket "$run/imds.sock" -H "X-aws-ec2-metadata-token: $token" \
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/$role" >"$work/role.json" || return 1
+    # kms-local through the host's KMS proxy, SigV4 by hand (kms has no PutKeyPolicy verb)
+    python3 - "$run" "$work/role.json" >"$work/role.out" 2>&1 <<'PY'
+import datetime, hashlib, hmac, json, socket, ssl, sys
+run, creds = sys.argv[1], json.load(open(sys.argv[2]))
+host, region = "kms.us-east-1.amazonaws.com", "us-east-1"
+def call(op, body):
+    body = json.dumps(body).encode()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    headers = {"content-type": "application/x-amz-json-1.1", "host": host, "x-amz-date": amz_date,
+               "x-amz-target": "TrentService." + op}
+    if creds.get("Token"):
+        headers["x-amz-security-token"] = creds["Token"]
+    names = ";".join(sorted(headers))
+    canonical = "\n".join(["POST", "/", "", "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)), names,
+                           hashlib.sha256(body).hexdigest()])
+    scope = f"{day}/{region}/kms/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = ("AWS4" + creds["SecretAccessKey"]).encode()
+    for part in (day, region, "kms", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    sig = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={creds['AccessKeyId']}/{scope}, "
+                                f"SignedHeaders={names}, Signature={sig}")
+    raw = socket.socket(socket.AF_UNIX)
+    raw.connect(run + "/kms.sock")
+    ctx = ssl.create_default_context(cafile=run + "/kms/ca.pem")
+    s = ctx.wrap_socket(raw, server_hostname=host)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    s.sendall(f"POST / HTTP/1.1\r\n{head}content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body)
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, json.loads(data.split(b"\r\n\r\n", 1)[1] or b"{}")
+open_policy = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+    "Principal": {"AWS": "arn:aws:iam::111122223333:root"}, "Action": "kms:*", "Resource": "*"}]})
+status, answer = call("ListAliases", {})
+print("ListAliases", status)
+key_id = [a["TargetKeyId"] for a in answer.get("Aliases", []) if a["AliasName"] == "alias/dev"]
+assert status == 200 and key_id, "alias/dev not listed"
+status, answer = call("PutKeyPolicy", {"KeyId": key_id[0], "PolicyName": "default", "Policy": open_policy})
+print("PutKeyPolicy", status, answer)
+assert status == 400 and answer.get("__type") == "AccessDeniedException", "the role rewrote the key policy"
+assert "assumed-role/" in answer.get("message", ""), "the role has no ARN of its own"
+import base64
+ct = base64.b64encode(open(run + "/secret-dev.ct", "rb").read()).decode()
+status, answer = call("Decrypt", {"CiphertextBlob": ct, "EncryptionContext": {"purpose": "enclave-secret", "name": "demo"}})
+print("Decrypt", status, answer)
+assert status == 400 and answer.get("__type") == "AccessDeniedException", "the role decrypted without attestation"
+print("role refused")
+PY
+}
+
 port=$(free_port)
 status=0
 "$CLOISTER" dev --check --port "$port" >"$work/check.out" 2>&1 || status=$?
@@ -66,6 +128,12 @@ for sig in TERM INT; do
     "$CLOISTER" verify "https://127.0.0.1:$port" --root "$run/state/root.pem" >/dev/null || fail "verify while running"
     curl -sk "https://127.0.0.1:$port/secret" | grep -qE '"sha256": "[0-9a-f]{64}"' || fail "GET /secret"
     [ ! -e "$run/secret.txt" ] || fail "the demo secret's plaintext was left in the run directory"
+    if [ "$sig" = TERM ]; then
+        # The instance role's credentials, as anything on the parent gets them from IMDS, can neither
+        # rewrite the PCR0-bound key's policy (only the operator administers it) nor decrypt without
+        # an attestation document.
+        role_pcr_check "$run" || fail "the instance role's credentials: $(cat "$work/role.out")"
+    fi
     epid=$(sed -n 's/.*cloister enclave (pid \([0-9]*\)).*/\1/p' "$work/dev$sig.log")
     [ -n "$epid" ] && kill -0 "$epid" || fail "no enclave pid in the output"
     ns=$(stat -L -c %i "/proc/$epid/ns/net")

@@ -144,13 +144,16 @@ expect_refused "debug mode" 'debug' "https://127.0.0.1:$dpub" --root "$work/dsta
 pass "a debug-mode enclave is refused, and accepted with --allow-debug"
 
 # ---- usage and unreachable servers ---------------------------------------------------
-for args in "" "http://127.0.0.1:$pub" "https://127.0.0.1:$pub/some/path" "https://127.0.0.1:0" "$url --pcr 99=00" "$url --timeout 0"; do
+for args in "" "http://127.0.0.1:$pub" "https://127.0.0.1:$pub/some/path" "https://127.0.0.1:0" "$url --pcr 99=00" "$url --timeout 0" "$url --max-age 0"; do
     status=0
     # shellcheck disable=SC2086
     "$CLOISTER" verify $args >"$work/out" 2>&1 || status=$?
     [ "$status" = 2 ] || fail "'verify $args': expected exit 2, got $status"
     grep -q 'cloister verify:' "$work/out" || fail "'verify $args' did not say what is wrong"
 done
+"$CLOISTER" verify "$url" --root "$root" --max-age 0 >"$work/out" 2>&1 || true
+grep -q -- '--max-age: must be at least 1 second' "$work/out" ||
+    fail "--max-age 0 is not refused with its reason (it would switch the timestamp checks off)"
 closed=$(free_port)
 status=0
 "$CLOISTER" verify "https://127.0.0.1:$closed" --root "$root" >"$work/out" 2>&1 || status=$?

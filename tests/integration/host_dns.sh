@@ -63,6 +63,42 @@ wait_for_log host2 'event=resolve-failed route=outbound name=svc.cloister.test' 
     fail "after a failed resolution the previous addresses were not kept"
 pass "--resolve-interval bounds a long TTL; DNS failing keeps the previous addresses (logged at warn)"
 
+# DNS rebinding: with --allowlist, every resolution is checked, not only the first at start.  The
+# allowlist names 127.0.0.1; the name is re-bound to 127.0.0.2 (outside it) after its TTL: the new
+# address is refused and logged, and connections keep going to 127.0.0.1.
+stop host2 || true
+echo "{\"$name\": {\"ip\": \"127.0.0.1\", \"ttl\": 1}}" >"$work/zone.json"
+spawn dns2 python3 "$here/dns_server.py" "$dns_port" "$work/zone.json"
+wait_for_log dns2 '^dns: listening'
+printf 'allowlist:\n- {address: 127.0.0.1, port: %s}\n' "$port" >"$work/allow.yaml"
+spawn host3 "$CLOISTER" host --outbound "unix:$work/out3.sock=$name:$port" --dns-server "127.0.0.1:$dns_port" \
+    --allowlist "$work/allow.yaml"
+wait_for_log host3 'event=started'
+through3() { python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1]); print(s.recv(16).decode().strip())' "$work/out3.sock"; }
+[ "$(through3)" = A ] || fail "allowlisted 127.0.0.1 not reached"
+echo "{\"$name\": {\"ip\": \"127.0.0.2\", \"ttl\": 1}}" >"$work/zone.json"
+wait_for_log host3 "event=refused route=outbound name=$name port=$port address=127.0.0.2 reason=\"resolved to an address not in the allowlist\"" 100
+for _ in 1 2 3 4 5; do
+    [ "$(through3)" = A ] || fail "DNS rebinding: a connection went to 127.0.0.2, outside the allowlist"
+done
+! grep -q "event=resolved route=outbound name=$name .*addresses=127.0.0.2" "$work/host3.log" ||
+    fail "127.0.0.2 was taken as the destination's address"
+grep -q "event=resolve-failed route=outbound name=$name .*not in the allowlist (127.0.0.2)" "$work/host3.log" ||
+    fail "the refused re-resolution is not logged as such: $(grep "$name" "$work/host3.log" | tail -3)"
+# back inside the allowlist: followed again
+echo "{\"$name\": {\"ip\": \"127.0.0.1\", \"ttl\": 1}}" >"$work/zone.json"
+sleep 2.5
+[ "$(through3)" = A ] || fail "127.0.0.1 again"
+stop host3 || true
+# a name that resolves outside the allowlist at start is refused at start
+echo "{\"$name\": {\"ip\": \"127.0.0.2\", \"ttl\": 1}}" >"$work/zone.json"
+status=0
+"$CLOISTER" host --outbound "unix:$work/out4.sock=$name:$port" --dns-server "127.0.0.1:$dns_port" \
+    --allowlist "$work/allow.yaml" >"$work/start.out" 2>&1 || status=$?
+[ "$status" != 0 ] || fail "a start with the name outside the allowlist succeeded"
+stop dns2 || true
+pass "DNS rebinding: a re-resolution to an address outside the allowlist is refused and logged, connections stay on the allowlisted address"
+
 for bad in "::1" "x.y" "127.0.0.1:0" "127.0.0.1:99999"; do
     status=0
     "$CLOISTER" host --outbound "unix:$work/bad.sock=$name:$port" --dns-server "$bad" >"$work/out" 2>&1 || status=$?

@@ -226,12 +226,14 @@ pass "ThrottlingException and 503 retried with backoff (3 attempts); headers, Si
 
 # ---- cloister enclave: secrets at boot ------------------------------------------------------------
 echo -n "sk_live_0123456789" >"$work/api.txt"
-api_ct=$(op encrypt --key-id alias/pcr-bound --in "$work/api.txt")
+api_ct=$(op encrypt --key-id alias/pcr-bound --purpose enclave-secret:api_key --in "$work/api.txt")
+# each secret's ciphertext carries purpose=enclave-secret and its name (the enclave requires both)
+op encrypt --key-id alias/pcr-bound --purpose enclave-secret:db --in "$work/secret.txt" >"$work/db.ct"
 ip=$(free_port)
 pp=$(free_port)
 kms_flags=(-kms-imds "unix:$work/imds.sock" -kms-proxy "unix:$work/kms.sock" -kms-ca-file "$CA")
 start_enclave enc -listen "tcp:127.0.0.1:$pp" -intport "$ip" "${kms_flags[@]}" \
-    -secret "db=@$work/pcr.ct" -secret "api_key=$api_ct" -secrets-env \
+    -secret "db=@$work/db.ct" -secret "api_key=$api_ct" -secrets-env \
     -appcmd "env > $work/app.env; exec sleep 60"
 wait_for_log enc 'event=listening listener=public'
 grep -q 'event=secret_opened name=db bytes=41' "$work/enc.log" || fail "db not logged as opened"
@@ -259,7 +261,7 @@ pass "enclave: secrets opened with a Recipient before the listeners, GET /enclav
 cat >"$work/enclave.json" <<EOF
 {"fqdn": "localhost", "nsm": "unix:$work/nsm.sock", "listen": "tcp:127.0.0.1:$pp", "intport": $ip,
  "kms-imds": "unix:$work/imds.sock", "kms-proxy": "unix:$work/kms.sock", "kms-ca-file": "$CA",
- "secret": ["db=@$work/pcr.ct", "api_key=$api_ct"]}
+ "secret": ["db=@$work/db.ct", "api_key=$api_ct"]}
 EOF
 spawn enc3 "$CLOISTER" enclave --config "$work/enclave.json"
 wait_for_log enc3 'event=listening listener=public'
@@ -270,13 +272,13 @@ pass "the secrets and KMS settings from --config JSON"
 # a secret that cannot be opened stops the start, naming it; so does one for another enclave
 st=0
 "$CLOISTER" enclave -fqdn localhost --nsm "unix:$work/nsm.sock" -listen "tcp:127.0.0.1:$pp" -intport "$ip" \
-    "${kms_flags[@]}" -secret "db=@$work/pcr.ct" -secret "broken=AQIDBAUGBwgJCgsMDQ4PEA==" >"$work/bad.log" 2>&1 || st=$?
-[ $st = 3 ] && grep -q 'secret "broken" cannot be opened: KMS Decrypt: InvalidCiphertextException' "$work/bad.log" ||
+    "${kms_flags[@]}" -secret "db=@$work/db.ct" -secret "broken=AQIDBAUGBwgJCgsMDQ4PEA==" >"$work/bad.log" 2>&1 || st=$?
+[ $st = 3 ] && grep -q 'secret "broken" cannot be opened: not made for purpose=enclave-secret, name=broken .*KMS Decrypt: InvalidCiphertextException' "$work/bad.log" ||
     fail "broken secret: exit $st: $(cat "$work/bad.log")"
 ! grep -q 'event=listening' "$work/bad.log" || fail "a listener opened although a secret failed"
 st=0
 "$CLOISTER" enclave -fqdn localhost --nsm "unix:$work/nsm2.sock" -listen "tcp:127.0.0.1:$pp" -intport "$ip" \
-    "${kms_flags[@]}" -secret "db=@$work/pcr.ct" >"$work/bad.log" 2>&1 || st=$?
+    "${kms_flags[@]}" -secret "db=@$work/db.ct" >"$work/bad.log" 2>&1 || st=$?
 [ $st = 3 ] && grep -q 'secret "db" cannot be opened: KMS Decrypt: AccessDeniedException' "$work/bad.log" ||
     fail "other enclave: exit $st: $(cat "$work/bad.log")"
 st=0
@@ -288,7 +290,9 @@ pass "a secret that cannot be opened (bad ciphertext, another enclave's PCR0, ba
 # --tls-key-ciphertext: the certificate's private key is a KMS ciphertext
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=localhost" \
     -addext "subjectAltName=DNS:localhost" -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
-op encrypt --key-id alias/pcr-bound --in "$work/tls.key" >"$work/tls.key.ct"
+op encrypt --key-id alias/pcr-bound --purpose enclave-tls-key --in "$work/tls.key" >"$work/tls.key.ct"
+op encrypt --key-id alias/pcr-bound --purpose enclave-tls-key --in "$work/secret.txt" >"$work/notkey.ct"
+op encrypt --key-id alias/pcr-bound --purpose pkcs11-token:web --in "$work/tls.key" >"$work/tokenkey.ct"
 start_enclave enc2 -listen "tcp:127.0.0.1:$pp" -intport "$ip" "${kms_flags[@]}" --cert "$work/tls.pem" \
     --tls-key-ciphertext "@$work/tls.key.ct"
 wait_for_log enc2 'event=listening listener=public'
@@ -298,7 +302,24 @@ curl -sS --cacert "$work/tls.pem" --resolve "localhost:$pp:127.0.0.1" "https://l
 stop enc2 || true
 st=0
 "$CLOISTER" enclave -fqdn localhost --nsm "unix:$work/nsm.sock" -intport "$ip" "${kms_flags[@]}" --cert "$work/tls.pem" \
-    --tls-key-ciphertext "@$work/pcr.ct" >"$work/bad.log" 2>&1 || st=$?
+    --tls-key-ciphertext "@$work/notkey.ct" >"$work/bad.log" 2>&1 || st=$?
 [ $st = 3 ] && grep -q -- '--tls-key-ciphertext cannot be opened: the TLS private key is neither PEM nor DER' \
     "$work/bad.log" || fail "not a key: $st $(cat "$work/bad.log")"
 pass "--tls-key-ciphertext: HTTPS with a key opened from KMS inside the enclave; a ciphertext of no key stops the start"
+
+# the parent hands in ciphertexts made for something else: each is refused by KMS (the context is
+# authenticated), naming the purpose the enclave wanted
+for wrong in "$work/db.ct" "$work/pcr.ct" "$work/tokenkey.ct"; do
+    st=0
+    "$CLOISTER" enclave -fqdn localhost --nsm "unix:$work/nsm.sock" -intport "$ip" "${kms_flags[@]}" \
+        --cert "$work/tls.pem" --tls-key-ciphertext "@$wrong" >"$work/bad.log" 2>&1 || st=$?
+    [ $st = 3 ] && grep -q -- '--tls-key-ciphertext cannot be opened: not made for purpose=enclave-tls-key' "$work/bad.log" &&
+        grep -q InvalidCiphertextException "$work/bad.log" || fail "TLS key of another purpose ($wrong): $st $(cat "$work/bad.log")"
+    ! grep -q 'event=listening' "$work/bad.log" || fail "a listener opened with a wrong-purpose TLS key"
+done
+st=0
+"$CLOISTER" enclave -fqdn localhost --nsm "unix:$work/nsm.sock" -intport "$ip" "${kms_flags[@]}" \
+    -secret "db=$api_ct" >"$work/bad.log" 2>&1 || st=$?
+[ $st = 3 ] && grep -q 'secret "db" cannot be opened: not made for purpose=enclave-secret, name=db' "$work/bad.log" ||
+    fail "api_key's ciphertext as db: $st $(cat "$work/bad.log")"
+pass "wrong purpose refused: a secret's, a context-free and a PKCS#11 token's ciphertext as the TLS key; one secret's ciphertext under another secret's name"

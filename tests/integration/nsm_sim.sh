@@ -181,6 +181,20 @@ if "$CLOISTER" attest --help >/dev/null 2>&1; then
     status=0
     "$CLOISTER" attest verify "$work/doc.cbor" >/dev/null 2>&1 || status=$?
     [ "$status" -ne 0 ] || fail "simulator document verified against the AWS root"
+    # --at doc judges the certificates at the document's time, and its age against now: a
+    # document more than --max-age old is refused (the age check used to compare the document
+    # with itself and always pass)
+    sleep 2.2
+    status=0
+    "$CLOISTER" attest verify --root "$state/root.pem" --at doc --max-age 1 "$work/doc.cbor" >"$work/age.out" 2>&1 ||
+        status=$?
+    [ "$status" -ne 0 ] && grep -q 'rejected: document is [0-9]* s old, more than the allowed 1 s' "$work/age.out" ||
+        fail "--at doc --max-age 1 accepted a document older than 2 s: $(cat "$work/age.out")"
+    "$CLOISTER" attest verify --root "$state/root.pem" --at doc --max-age 3600 "$work/doc.cbor" >/dev/null ||
+        fail "--at doc --max-age 3600 refused a fresh document"
+    status=0
+    "$CLOISTER" attest verify --root "$state/root.pem" --max-age 0 "$work/doc.cbor" >/dev/null 2>&1 || status=$?
+    [ "$status" = 2 ] || fail "attest verify --max-age 0: exit $status"
 fi
 
 root_before=$(sha256sum "$state/root.pem")

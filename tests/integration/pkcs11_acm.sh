@@ -14,6 +14,10 @@
 #     curl loops run: no request lost; a bundle whose key is bound to another PCR0 is refused with a
 #     clear error and the old token keeps working; refresh re-decrypts; expiry without refresh
 #   - --bundle http://... from a local HTTP server; bad bundles and bad URLs
+#   - the parent as the attacker (issue 11): the enclave's own TLS-key ciphertext (purpose
+#     enclave-tls-key) provisioned as a token with a forged certificate and the parent's PIN, a
+#     ciphertext made for another token, one under a KMS key the key-holder was not started with
+#     (--kms-key-id), a bundle whose chain signature is broken: each refused with its reason
 set -euo pipefail
 source "$(dirname "$0")/common.bash"
 
@@ -32,7 +36,7 @@ REGION=eu-west-1
 PCR0=$(printf '%096d' 7 | tr 0 c)
 PCR0_OTHER=$(printf '%096d' 9 | tr 0 d)
 OP_ID=AKIAOPERATOR0000000 OP_SECRET=operator-secret-key
-mkdir -p "$work/nginx/tmp" "$work/srv" "$work/keys"
+mkdir -p "$work/nginx/tmp" "$work/srv" "$work/keys" "$work/khkeys"
 
 # ---- certificates: a CA and three leaves (two for the rotation, one bound to another PCR0) ------
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/ca.key" -out "$work/ca.pem" \
@@ -78,21 +82,28 @@ policy "$PCR0_OTHER" >"$work/other-policy.json"
 kp=$(free_port)
 spawn kms "$CLOISTER" kms-local --listen "tcp:127.0.0.1:$kp" --state "$work/kms" --region "$REGION" --tls \
     --credentials "$OP_ID:$OP_SECRET" --credentials "$role_creds" --root "$work/state/root.pem" \
-    --key "alias/web=$work/web-policy.json" --key "alias/other-enclave=$work/other-policy.json"
+    --key "alias/web=$work/web-policy.json" --key "alias/other-enclave=$work/other-policy.json" \
+    --key "alias/spare=$work/web-policy.json"
 wait_for_log kms '^kms-local: listening on '
 CA=$work/kms/ca.pem
 spawn outbound "$CLOISTER" host --outbound "unix:$work/kms.sock=127.0.0.1:$kp"
 wait_for_log outbound 'event=started'
 
 # ---- the bundles, made by the operator ------------------------------------------------------------
-pack() { # KEY CERT KEY-ID OUT
+pack() { # KEY CERT KEY-ID OUT TOKEN
     "$CLOISTER" acm pack-key --region "$REGION" --endpoint "https://localhost:$kp" --ca-file "$CA" \
         --access-key-id "$OP_ID" --secret-access-key "$OP_SECRET" --key "$1" --cert "$2" --chain "$work/ca.pem" \
-        --key-id "$3" -o "$4" 2>"$work/pack.err" || fail "pack-key $1: $(cat "$work/pack.err")"
+        --key-id "$3" --token "$5" -o "$4" 2>"$work/pack.err" || fail "pack-key $1: $(cat "$work/pack.err")"
 }
-pack "$work/keys/a.key" "$work/a.crt" alias/web "$work/srv/a.json"
-pack "$work/keys/b.key" "$work/b.crt" alias/web "$work/srv/b.json"
-pack "$work/keys/c.key" "$work/c.crt" alias/other-enclave "$work/srv/c.json"
+pack "$work/keys/a.key" "$work/a.crt" alias/web "$work/srv/a.json" web
+web_arn=$(sed -n 's/^cloister acm pack-key: key encrypted under \(arn:[^ ]*\) .*/\1/p' "$work/pack.err")
+[ -n "$web_arn" ] || fail "pack-key did not name the key's ARN: $(cat "$work/pack.err")"
+pack "$work/keys/b.key" "$work/b.crt" alias/web "$work/srv/b.json" web
+pack "$work/keys/c.key" "$work/c.crt" alias/other-enclave "$work/srv/c.json" web
+pack "$work/keys/a.key" "$work/a.crt" alias/web "$work/srv/url-a.json" url
+pack "$work/keys/b.key" "$work/b.crt" alias/web "$work/srv/url-b.json" url
+pack "$work/keys/a.key" "$work/a.crt" alias/spare "$work/spare.json" web
+pack "$work/keys/a.key" "$work/a.crt" alias/web "$work/for-other-token.json" other
 python3 - "$work/srv/a.json" "$work/a.crt" <<'EOF' || fail "bundle shape"
 import base64, json, sys
 d = json.load(open(sys.argv[1]))
@@ -110,7 +121,7 @@ st=0
 [ "$st" = 1 ] && grep -q AccessDeniedException "$work/err" || fail "the operator could decrypt the bundle's key ($st)"
 st=0
 "$CLOISTER" acm pack-key --region "$REGION" --endpoint "https://localhost:$kp" --ca-file "$CA" --access-key-id "$OP_ID" \
-    --secret-access-key "$OP_SECRET" --key "$work/keys/a.key" --cert "$work/b.crt" --key-id alias/web \
+    --secret-access-key "$OP_SECRET" --key "$work/keys/a.key" --cert "$work/b.crt" --key-id alias/web --token web \
     >/dev/null 2>"$work/err" || st=$?
 [ "$st" = 2 ] && grep -q "do not belong together" "$work/err" || fail "pack-key with a foreign certificate: $st $(cat "$work/err")"
 pass "acm pack-key: bundles {certificate, certificateChain, encryptedPrivateKey} with kms-local; the operator cannot open them; a key/certificate mismatch is refused"
@@ -119,7 +130,8 @@ pass "acm pack-key: bundles {certificate, certificateChain, encryptedPrivateKey}
 KH=$work/kh.sock PROV=$work/prov.sock
 spawn kh env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY \
     "$CLOISTER" keyholder serve --socket "unix:$KH" --provision "unix:$PROV" --token-ttl 4s \
-    --kms-imds "unix:$work/imds.sock" --kms-proxy "unix:$work/kms.sock" --kms-ca-file "$CA" --nsm "unix:$work/nsm.sock"
+    --kms-imds "unix:$work/imds.sock" --kms-proxy "unix:$work/kms.sock" --kms-ca-file "$CA" --nsm "unix:$work/nsm.sock" \
+    --kms-key-id "$web_arn" --kms-key-id alias/other-enclave --key-dir "$work/khkeys"
 wait_for_log kh 'keyholder: ready'
 grep -q 'event=kms_session region=eu-west-1 proxy=unix:.* credentials=imds' "$work/kh.log" ||
     fail "no KMS session with IMDS credentials in the key-holder"
@@ -157,10 +169,10 @@ acm_once "$work/bad2.json" bad >/dev/null 2>"$work/err" || st=$?
 python3 -c 'import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); a["certificate"]=b["certificate"]; json.dump(a,open(sys.argv[3],"w"))' \
     "$work/srv/a.json" "$work/srv/b.json" "$work/mismatch.json"
 st=0
-acm_once "$work/mismatch.json" mismatch >/dev/null 2>"$work/err" || st=$?
+acm_once "$work/mismatch.json" web >/dev/null 2>"$work/err" || st=$?
 [ "$st" = 1 ] && grep -q 'key unreadable or not matching the certificate' "$work/err" ||
     fail "key of a, certificate of b: $st $(cat "$work/err")"
-grep -q "event=token_put_failed token=mismatch error=\"the certificate's public key is not the key's\"" "$work/kh.log" ||
+grep -q "event=token_put_failed token=web error=\"the certificate's public key is not the key's\"" "$work/kh.log" ||
     fail "the key-holder did not log the mismatch"
 st=0
 acm_once "$work/nonexistent.json" bad >/dev/null 2>"$work/err" || st=$?
@@ -169,6 +181,80 @@ st=0
 "$CLOISTER" host acm --bundle ftp://x/y --token t --provision "unix:$PROV" >/dev/null 2>"$work/err" || st=$?
 [ "$st" = 2 ] && grep -q 'only http:// and https://' "$work/err" || fail "ftp URL: $st $(cat "$work/err")"
 pass "refused: a bundle bound to another PCR0 (exit 1, 'KMS refused ...', AccessDeniedException in the key-holder's log, no files), a certificate that is not the key's, unknown fields, a broken certificate, a missing file, a non-HTTP URL"
+
+# ---- the parent as the attacker --------------------------------------------------------------------
+# The enclave's own TLS key is kept as a KMS ciphertext (purpose=enclave-tls-key, under the enclave's
+# key alias/web) which the parent stores and relays at every start.  The parent knows its public key
+# (the enclave's certificate shows it), forges a certificate for it under a CA of its own, and asks
+# the key-holder for a token holding that ciphertext with a PIN of its choice: with the token it
+# could sign as the attested enclave.  The key-holder must refuse, naming why.
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/enclave-tls.key" 2>/dev/null
+"$CLOISTER" kms --region "$REGION" --endpoint "https://localhost:$kp" --ca-file "$CA" --access-key-id "$OP_ID" \
+    --secret-access-key "$OP_SECRET" encrypt --key-id alias/web --purpose enclave-tls-key \
+    --in "$work/enclave-tls.key" >"$work/enclave-tls.ct" 2>"$work/err" || fail "TLS key ciphertext: $(cat "$work/err")"
+openssl pkey -in "$work/enclave-tls.key" -pubout -out "$work/enclave-tls.pub"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/evil-ca.key" \
+    -out "$work/evil-ca.pem" -subj "/CN=parent's own CA" -days 1 2>/dev/null
+openssl x509 -new -subj /CN=localhost -force_pubkey "$work/enclave-tls.pub" -CA "$work/evil-ca.pem" \
+    -CAkey "$work/evil-ca.key" -days 1 -out "$work/forged.pem" 2>/dev/null || fail "forging the certificate"
+python3 - "$work/forged.pem" "$work/evil-ca.pem" "$work/enclave-tls.ct" "$work/attack.json" <<'EOF2'
+import json, sys
+json.dump({"certificate": open(sys.argv[1]).read(), "certificateChain": open(sys.argv[2]).read(),
+           "encryptedPrivateKey": open(sys.argv[3]).read().strip()}, open(sys.argv[4], "w"))
+EOF2
+echo "the-parent-s-pin" >"$work/parent-pin"
+st=0
+acm_once "$work/attack.json" web --pin-file "$work/parent-pin" >"$work/out" 2>"$work/err" || st=$?
+[ "$st" = 1 ] || fail "ATTACK: the enclave's TLS-key ciphertext became a PKCS#11 token (exit $st): $(cat "$work/out" "$work/err")"
+grep 'event=token_put_failed token=web' "$work/kh.log" | tail -1 |
+    grep -q 'the key.s KMS ciphertext was not made for token \\"web\\" (it must carry the encryption context purpose=pkcs11-token, token=web.*InvalidCiphertextException' ||
+    fail "the TLS-key ciphertext was refused without its reason: $(grep token_put_failed "$work/kh.log" | tail -1)"
+! "$CLOISTER" keyholder status --provision "unix:$PROV" | grep -q '^token=web ' || fail "a token web exists after the attack"
+[ ! -e "$work/once/web.conf" ] || fail "the refused attack wrote an nginx stanza"
+# the same with the TLS key encrypted without any context (as cloister made such ciphertexts before
+# purposes existed): refused too
+"$CLOISTER" kms --region "$REGION" --endpoint "https://localhost:$kp" --ca-file "$CA" --access-key-id "$OP_ID" \
+    --secret-access-key "$OP_SECRET" encrypt --key-id alias/web --in "$work/enclave-tls.key" >"$work/enclave-tls-noctx.ct"
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["encryptedPrivateKey"]=open(sys.argv[2]).read().strip(); json.dump(d,open(sys.argv[3],"w"))' \
+    "$work/attack.json" "$work/enclave-tls-noctx.ct" "$work/attack-noctx.json"
+st=0
+acm_once "$work/attack-noctx.json" web --pin-file "$work/parent-pin" >"$work/out" 2>"$work/err" || st=$?
+[ "$st" = 1 ] && grep 'event=token_put_failed token=web' "$work/kh.log" | tail -1 | grep -q 'was not made for token' ||
+    fail "ATTACK: a context-free TLS-key ciphertext became a PKCS#11 token (exit $st): $(cat "$work/out" "$work/err")"
+! "$CLOISTER" keyholder status --provision "unix:$PROV" | grep -q '^token=web ' || fail "a token web exists after the attack"
+# the same with a token key made for another token
+st=0
+acm_once "$work/for-other-token.json" web --pin-file "$work/parent-pin" >/dev/null 2>"$work/err" || st=$?
+[ "$st" = 1 ] && grep 'event=token_put_failed token=web' "$work/kh.log" | tail -1 | grep -q 'was not made for token' ||
+    fail "a key made for token 'other' became token web: $st $(cat "$work/err")"
+# a ciphertext under a KMS key the key-holder was not started with (alias/spare: same policy, not pinned)
+st=0
+acm_once "$work/spare.json" web >/dev/null 2>"$work/err" || st=$?
+[ "$st" = 1 ] && grep 'event=token_put_failed token=web' "$work/kh.log" | tail -1 |
+    grep -q 'not under a KMS key this key-holder was started with (--kms-key-id).*IncorrectKeyException' ||
+    fail "a ciphertext under an unpinned key: $st $(grep token_put_failed "$work/kh.log" | tail -1)"
+# a bundle whose chain signature is broken: an impostor CA with the real CA's name
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/impostor.key" \
+    -out "$work/impostor.pem" -subj "/CN=cloister acm test CA" -days 2 2>/dev/null
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["certificateChain"]=open(sys.argv[2]).read(); json.dump(d,open(sys.argv[3],"w"))' \
+    "$work/srv/a.json" "$work/impostor.pem" "$work/broken-chain.json"
+st=0
+acm_once "$work/broken-chain.json" web >/dev/null 2>"$work/err" || st=$?
+[ "$st" = 1 ] && grep -q "certificate chain: certificate 1's signature does not verify" "$work/err" ||
+    fail "host acm took a bundle with a broken chain: $st $(cat "$work/err")"
+# and the key-holder itself (the parent need not run host acm): a put with that chain
+cp "$work/keys/a.key" "$work/khkeys/a.key"
+cat "$work/a.crt" "$work/impostor.pem" >"$work/broken-chain.pem"
+st=0
+"$CLOISTER" keyholder put --provision "unix:$PROV" --token chaintest --pin-file "$work/parent-pin" --key a.key \
+    --chain "$work/broken-chain.pem" >/dev/null 2>"$work/err" || st=$?
+[ "$st" != 0 ] && grep -q "event=token_put_failed token=chaintest error=\"certificate chain: certificate 1's signature does not verify" \
+    "$work/kh.log" || fail "the key-holder took a broken chain: $st $(cat "$work/err")"
+cat "$work/a.crt" "$work/ca.pem" >"$work/good-chain.pem"
+"$CLOISTER" keyholder put --provision "unix:$PROV" --token chaintest --pin-file "$work/parent-pin" --key a.key \
+    --chain "$work/good-chain.pem" >/dev/null 2>"$work/err" || fail "the key-holder refused a good chain: $(cat "$work/err")"
+"$CLOISTER" keyholder delete --provision "unix:$PROV" --token chaintest >/dev/null || fail "delete chaintest"
+pass "the parent as attacker: the enclave's TLS-key ciphertext with a forged certificate and the parent's PIN, a key made for another token, a key under an unpinned KMS key, a broken chain signature (host acm and the key-holder): all refused with the reason"
 
 # ---- host acm provisions; nginx serves ------------------------------------------------------------
 cp "$work/srv/a.json" "$work/bundle.json"
@@ -274,7 +360,7 @@ pass "refresh every 1 s: the key-holder opened the ciphertext with KMS again ($(
 hp=$(free_port)
 spawn http python3 -m http.server "$hp" --bind 127.0.0.1 --directory "$work/srv"
 for _ in $(seq 100); do curl -s "http://127.0.0.1:$hp/" >/dev/null 2>&1 && break; sleep 0.05; done
-acm_once "http://127.0.0.1:$hp/a.json" url >"$work/out" 2>"$work/err" || fail "--bundle URL: $(cat "$work/err")"
+acm_once "http://127.0.0.1:$hp/url-a.json" url >"$work/out" 2>"$work/err" || fail "--bundle URL: $(cat "$work/err")"
 grep -q '^token=url ' "$work/out" || fail "--once output: $(cat "$work/out")"
 [ "$(openssl x509 -in "$work/once/url.chain.pem" -noout -fingerprint -sha256)" = \
   "$(openssl x509 -in "$work/a.crt" -noout -fingerprint -sha256)" ] || fail "chain from the URL"
@@ -283,7 +369,7 @@ st=0
 acm_once "http://127.0.0.1:$hp/missing.json" url >/dev/null 2>"$work/err" || st=$?
 [ "$st" = 3 ] && grep -q 'HTTP status 404' "$work/err" || fail "404 URL: $st $(cat "$work/err")"
 st=0
-acm_once "https://127.0.0.1:$hp/a.json" url >/dev/null 2>"$work/err" || st=$?
+acm_once "https://127.0.0.1:$hp/url-a.json" url >/dev/null 2>"$work/err" || st=$?
 [ "$st" = 3 ] || fail "https:// to a plain HTTP server: $st $(cat "$work/err")"
 grep -qE 'pin-value=[0-9a-f]{32}";$' "$work/once/url.conf" || fail "no random 32-hex PIN without --pin-file"
 # https: a TLS server with a certificate from the test CA
@@ -296,12 +382,12 @@ c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain(sys.argv[3], sys.
 s.socket = c.wrap_socket(s.socket, server_side=True)
 print("https: listening", flush=True); s.serve_forever()' "$sp" "$work/srv" "$work/a.crt" "$work/keys/a.key"
 wait_for_log https 'https: listening'
-acm_once "https://localhost:$sp/b.json" url --ca-file "$work/ca.pem" >/dev/null 2>"$work/err" ||
+acm_once "https://localhost:$sp/url-b.json" url --ca-file "$work/ca.pem" >/dev/null 2>"$work/err" ||
     fail "--bundle https:// with --ca-file: $(cat "$work/err")"
 [ "$(openssl x509 -in "$work/once/url.chain.pem" -noout -fingerprint -sha256)" = \
   "$(openssl x509 -in "$work/b.crt" -noout -fingerprint -sha256)" ] || fail "chain from the https URL"
 st=0
-acm_once "https://localhost:$sp/b.json" url >/dev/null 2>"$work/err" || st=$?
+acm_once "https://localhost:$sp/url-b.json" url >/dev/null 2>"$work/err" || st=$?
 [ "$st" = 3 ] && grep -qi 'certificate' "$work/err" || fail "https:// without the CA: $st $(cat "$work/err")"
 stop https || true
 pass "--bundle http:// and https:// (libcurl, --ca-file) provision; HTTP 404, a failed TLS handshake and an untrusted certificate exit 3 with the reason; no --pin-file: a random PIN"

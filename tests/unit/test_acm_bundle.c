@@ -8,8 +8,11 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
-/* A self-signed P-256 certificate, PEM, into out (appended). */
-static void make_cert(const char *cn, cl_buf *out, uint8_t sha[32])
+/* A P-256 certificate named cn, signed by signer_key under issuer's name
+ * (self-issued when issuer is NULL), PEM, into out (appended).  Returns
+ * the certificate and, in *key_out, its key (both owned by the caller). */
+static X509 *make_cert_by(const char *cn, X509 *issuer, EVP_PKEY *signer_key, cl_buf *out, uint8_t sha[32],
+                          EVP_PKEY **key_out)
 {
     EVP_PKEY *k = EVP_EC_gen("P-256");
     X509 *x = X509_new();
@@ -19,8 +22,8 @@ static void make_cert(const char *cn, cl_buf *out, uint8_t sha[32])
     X509_set_pubkey(x, k);
     X509_NAME *n = X509_get_subject_name(x);
     X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
-    X509_set_issuer_name(x, n);
-    X509_sign(x, k, EVP_sha256());
+    X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : n);
+    X509_sign(x, signer_key ? signer_key : k, EVP_sha256());
     BIO *b = BIO_new(BIO_s_mem());
     PEM_write_bio_X509(b, x);
     char *p;
@@ -34,8 +37,8 @@ static void make_cert(const char *cn, cl_buf *out, uint8_t sha[32])
         OPENSSL_free(der);
     }
     BIO_free(b);
-    X509_free(x);
-    EVP_PKEY_free(k);
+    *key_out = k;
+    return x;
 }
 
 static cl_buf leaf, inter1, inter2;
@@ -250,11 +253,83 @@ static void test_fields(void)
     cl_buf_free(&chain);
 }
 
+/* The chain is one chain: every link's signature, up to the last certificate. */
+static void test_chain_signatures(void)
+{
+    cl_buf pem = CL_BUF_INIT, j = CL_BUF_INIT;
+    CHECK_OK(cl_buf_append(&pem, leaf.data, leaf.len));
+    CHECK_OK(cl_buf_append(&pem, inter1.data, inter1.len));
+    CHECK_OK(cl_buf_append(&pem, inter2.data, inter2.len));
+    CHECK_OK(cl_acm_chain_verify(pem.data, pem.len));
+    /* a stranger with intermediate 1's name: the leaf's signature does not verify */
+    EVP_PKEY *k1 = NULL, *k2 = NULL, *k3 = NULL;
+    cl_buf forged = CL_BUF_INIT;
+    X509 *fake = make_cert_by("intermediate 1", NULL, NULL, &forged, NULL, &k1);
+    cl_buf_reset(&pem);
+    CHECK_OK(cl_buf_append(&pem, leaf.data, leaf.len));
+    CHECK_OK(cl_buf_append(&pem, forged.data, forged.len));
+    CHECK_ERR(cl_acm_chain_verify(pem.data, pem.len), CL_EVERIFY, "certificate 1's signature does not verify");
+    CHECK_ERR(cl_acm_bundle_encode(leaf.data, leaf.len, forged.data, forged.len, (const uint8_t *)"x", 1, &j),
+              CL_EVERIFY, "signature does not verify");
+    /* the same through a bundle's JSON */
+    cl_buf_reset(&j);
+    CHECK_OK(cl_buf_append(&j, "{\"certificate\": ", 16));
+    json_str(&j, &leaf);
+    CHECK_OK(cl_buf_append(&j, ", \"certificateChain\": ", 22));
+    json_str(&j, &forged);
+    app(&j, ", \"encryptedPrivateKey\": \"AQIDBAUGBwgJCgsMDQ4PEA==\"}");
+    expect_bad((const char *)j.data, CL_EVERIFY, "bundle: certificate chain: certificate 1's signature");
+    /* out of order: the leaf's issuer is not the next certificate */
+    cl_buf_reset(&pem);
+    CHECK_OK(cl_buf_append(&pem, leaf.data, leaf.len));
+    CHECK_OK(cl_buf_append(&pem, inter2.data, inter2.len));
+    CHECK_ERR(cl_acm_chain_verify(pem.data, pem.len), CL_EVERIFY, "certificate 1's issuer is not certificate 2's");
+    /* a self-issued last certificate signed by another key */
+    cl_buf bad_root = CL_BUF_INIT;
+    EVP_PKEY *other = EVP_EC_gen("P-256");
+    X509 *root = make_cert_by("root", NULL, other, &bad_root, NULL, &k2);
+    CHECK_ERR(cl_acm_chain_verify(bad_root.data, bad_root.len), CL_EVERIFY, "broken self-signature");
+    /* a middle link signed by the wrong key */
+    cl_buf mid = CL_BUF_INIT, low = CL_BUF_INIT;
+    X509 *m = make_cert_by("mid", root, other, &mid, NULL, &k3); /* signed by the key root names... */
+    EVP_PKEY *k4 = NULL;
+    X509 *l = make_cert_by("low", m, other, &low, NULL, &k4);   /* ...but mid's key did not sign low */
+    cl_buf_reset(&pem);
+    CHECK_OK(cl_buf_append(&pem, low.data, low.len));
+    CHECK_OK(cl_buf_append(&pem, mid.data, mid.len));
+    CHECK_ERR(cl_acm_chain_verify(pem.data, pem.len), CL_EVERIFY, "certificate 1's signature");
+    CHECK_ERR(cl_acm_chain_verify((const uint8_t *)"no pem", 6), CL_EPARSE, "no PEM certificate");
+    X509_free(fake);
+    X509_free(root);
+    X509_free(m);
+    X509_free(l);
+    EVP_PKEY_free(k1);
+    EVP_PKEY_free(k2);
+    EVP_PKEY_free(k3);
+    EVP_PKEY_free(k4);
+    EVP_PKEY_free(other);
+    cl_buf_free(&pem);
+    cl_buf_free(&j);
+    cl_buf_free(&forged);
+    cl_buf_free(&bad_root);
+    cl_buf_free(&mid);
+    cl_buf_free(&low);
+}
+
 int main(void)
 {
-    make_cert("leaf", &leaf, leaf_sha);
-    make_cert("intermediate 1", &inter1, NULL);
-    make_cert("intermediate 2", &inter2, NULL);
+    /* one chain: leaf <- intermediate 1 <- intermediate 2 (self-signed) */
+    EVP_PKEY *k2 = NULL, *k1 = NULL, *kl = NULL;
+    X509 *x2 = make_cert_by("intermediate 2", NULL, NULL, &inter2, NULL, &k2);
+    X509 *x1 = make_cert_by("intermediate 1", x2, k2, &inter1, NULL, &k1);
+    X509 *xl = make_cert_by("leaf", x1, k1, &leaf, leaf_sha, &kl);
+    X509_free(x2);
+    X509_free(x1);
+    X509_free(xl);
+    EVP_PKEY_free(k2);
+    EVP_PKEY_free(k1);
+    EVP_PKEY_free(kl);
+    RUN(test_chain_signatures);
     RUN(test_parse_good);
     RUN(test_encode_roundtrip);
     RUN(test_malformed);

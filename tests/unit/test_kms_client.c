@@ -318,8 +318,31 @@ static void unreachable_proxy(void)
     cl_aws_credentials_provider_free(p);
 }
 
+/* The encryption contexts that bind a ciphertext to what it is for. */
+static void purpose_contexts(void)
+{
+    cl_kms_purpose_context c;
+    char purpose[32];
+    CHECK_OK(cl_kms_purpose_context_make(CL_KMS_PURPOSE_PKCS11_TOKEN, "web", &c));
+    CHECK(c.count == 2 && !strcmp(c.entries[0].key, "purpose") && !strcmp(c.entries[0].value, "pkcs11-token") &&
+          !strcmp(c.entries[1].key, "token") && !strcmp(c.entries[1].value, "web"));
+    CHECK_OK(cl_kms_purpose_context_make(CL_KMS_PURPOSE_TLS_KEY, NULL, &c));
+    CHECK(c.count == 1 && !strcmp(c.entries[0].value, "enclave-tls-key"));
+    CHECK_OK(cl_kms_purpose_context_parse("enclave-secret:db", purpose, sizeof purpose, &c));
+    CHECK(c.count == 2 && !strcmp(c.entries[0].value, "enclave-secret") && !strcmp(c.entries[1].key, "name") &&
+          !strcmp(c.entries[1].value, "db"));
+    CHECK_ERR(cl_kms_purpose_context_make(CL_KMS_PURPOSE_TLS_KEY, "x", &c), CL_EINVAL, "takes no name");
+    CHECK_ERR(cl_kms_purpose_context_make(CL_KMS_PURPOSE_PKCS11_TOKEN, NULL, &c), CL_EINVAL, "needs a name");
+    CHECK_ERR(cl_kms_purpose_context_make(CL_KMS_PURPOSE_SECRET, "", &c), CL_EINVAL, "needs a name");
+    CHECK_ERR(cl_kms_purpose_context_parse("anything:x", purpose, sizeof purpose, &c), CL_EINVAL, "unknown purpose");
+    CHECK_ERR(cl_kms_purpose_context_parse(":x", purpose, sizeof purpose, &c), CL_EINVAL, "expected PURPOSE");
+    CHECK_ERR(cl_kms_purpose_context_parse("enclave-tls-key:", purpose, sizeof purpose, &c), CL_EINVAL,
+              "takes no name");
+}
+
 int main(void)
 {
+    RUN(purpose_contexts);
     RUN(error_shapes);
     RUN(what_is_retried);
     RUN(imds_credentials_json);

@@ -88,8 +88,18 @@ typedef struct signed_req {
     cl_sigv4_request req;
 } signed_req;
 
+static void make_request_signing(signed_req *s, const char *akid, const char *secret, int64_t at_s, const char *op,
+                                 const char *body, const char *signed_list);
+
 static void make_request(signed_req *s, const char *akid, const char *secret, int64_t at_s, const char *op,
                          const char *body)
+{
+    make_request_signing(s, akid, secret, at_s, op, body, "content-type;host;x-amz-date;x-amz-target");
+}
+
+/* The same, signing only the headers in signed_list. */
+static void make_request_signing(signed_req *s, const char *akid, const char *secret, int64_t at_s, const char *op,
+                                 const char *body, const char *signed_list)
 {
     memset(s, 0, sizeof *s);
     cl_sigv4_format_date(at_s, s->date);
@@ -100,8 +110,7 @@ static void make_request(signed_req *s, const char *akid, const char *secret, in
     s->h[3] = (cl_http_header){sl("X-Amz-Target"), sl(s->target)};
     s->req = (cl_sigv4_request){sl("POST"), sl("/"), sl(""), s->h, 4, (const uint8_t *)body, strlen(body)};
     cl_buf a = CL_BUF_INIT;
-    if (cl_sigv4_authorization(&s->req, akid, secret, "us-east-1", "kms", s->date,
-                               "content-type;host;x-amz-date;x-amz-target", &a) == CL_OK &&
+    if (cl_sigv4_authorization(&s->req, akid, secret, "us-east-1", "kms", s->date, signed_list, &a) == CL_OK &&
         a.len < sizeof s->auth) {
         memcpy(s->auth, a.data, a.len);
     }
@@ -188,6 +197,63 @@ static void sigv4_rejections(void)
     CHECK(res.status == CL_SIGV4_MISMATCH);
 }
 
+/* The Authorization header's parameters: each exactly once, no other. */
+static void sigv4_authorization_parameters(void)
+{
+    int64_t now = 1700000000;
+    signed_req s;
+    cl_sigv4_result res;
+    make_request(&s, EX_AKID, EX_SECRET, now, "ListKeys", "{}");
+    char good[1024], text[2048];
+    snprintf(good, sizeof good, "%s", s.auth);
+    const char *sig = strstr(good, "Signature=");
+    CHECK(sig != NULL);
+    if (!sig)
+        return;
+    const char *cred = strstr(good, "Credential="), *sh = strstr(good, "SignedHeaders=");
+    /* reordered and with extra spaces: still the same header */
+    snprintf(text, sizeof text, "AWS4-HMAC-SHA256 %s,  %.*s , %.*s", sig, (int)(sh - cred - 2), cred,
+             (int)(sig - sh - 2), sh);
+    s.h[4].value = sl(text);
+    CHECK_OK(verify(&s, now, &res));
+    CHECK(res.status == CL_SIGV4_OK);
+    /* an unknown parameter (strtok_r skipped it) */
+    snprintf(text, sizeof text, "%s, Foo=bar", good);
+    s.h[4].value = sl(text);
+    CHECK_OK(verify(&s, now, &res));
+    CHECK(res.status == CL_SIGV4_INCOMPLETE && strstr(res.message, "unknown parameter 'Foo'"));
+    /* a repeated Signature= (the second overrode the first): refused, whichever is right */
+    snprintf(text, sizeof text, "%.*sSignature=%064d, %s", (int)(sig - good), good, 0, sig);
+    s.h[4].value = sl(text);
+    CHECK_OK(verify(&s, now, &res));
+    CHECK(res.status == CL_SIGV4_INCOMPLETE && strstr(res.message, "'Signature' more than once"));
+    snprintf(text, sizeof text, "%s, %s", good, sig);
+    s.h[4].value = sl(text);
+    CHECK_OK(verify(&s, now, &res));
+    CHECK(res.status == CL_SIGV4_INCOMPLETE && strstr(res.message, "'Signature' more than once"));
+    snprintf(text, sizeof text, "%s, %.*s", good, (int)(sh - cred - 2), cred);
+    s.h[4].value = sl(text);
+    CHECK_OK(verify(&s, now, &res));
+    CHECK(res.status == CL_SIGV4_INCOMPLETE && strstr(res.message, "'Credential' more than once"));
+    /* missing ones, each named */
+    snprintf(text, sizeof text, "AWS4-HMAC-SHA256 %s", sig);
+    s.h[4].value = sl(text);
+    CHECK_OK(verify(&s, now, &res));
+    CHECK(res.status == CL_SIGV4_INCOMPLETE && strstr(res.message, "'Credential'") &&
+          strstr(res.message, "'SignedHeaders'") && !strstr(res.message, "'Signature'"));
+    /* empty values, a part without '=', a trailing comma, a case variant of a name */
+    const char *bad[] = {"AWS4-HMAC-SHA256 Credential=, SignedHeaders=host, Signature=00",
+                         "AWS4-HMAC-SHA256 Credential=A/B/C/D/aws4_request, SignedHeaders, Signature=00",
+                         "AWS4-HMAC-SHA256 Credential=A/B/C/D/aws4_request, SignedHeaders=host, Signature=00,",
+                         "AWS4-HMAC-SHA256 credential=A/B/C/D/aws4_request, SignedHeaders=host, Signature=00",
+                         "AWS4-HMAC-SHA256 Credential=A/B/C/D/aws4_request,, SignedHeaders=host, Signature=00"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        s.h[4].value = sl(bad[i]);
+        CHECK_OK(verify(&s, now, &res));
+        CHECK(res.status == CL_SIGV4_INCOMPLETE);
+    }
+}
+
 /* ---- policies ------------------------------------------------------------------------------ */
 
 static int eval(const char *json, const cl_kms_policy_context *ctx)
@@ -196,9 +262,11 @@ static int eval(const char *json, const cl_kms_policy_context *ctx)
     int rc = cl_kms_policy_parse(json, strlen(json), &p);
     if (rc < 0)
         return -100;
-    int d = cl_kms_policy_evaluate(p, ctx);
+    cl_kms_decision d = cl_kms_policy_evaluate(p, ctx);
     cl_kms_policy_free(p);
-    return d;
+    /* a decision is never mistaken for CL_OK by a caller that tests rc == 0 */
+    CHECK(d != CL_OK && (d == CL_KMS_ALLOW || d == CL_KMS_IMPLICIT_DENY || d == CL_KMS_EXPLICIT_DENY));
+    return (int)d;
 }
 
 #define PCR0_A "aa00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000bb"
@@ -436,6 +504,57 @@ static void pcr0_hex(cl_nsm_sim *sim, char out[97])
     cl_nsm_close(nsm);
 }
 
+/* A captured request re-targeted after signing: X-Amz-Target names the
+ * operation, so it (with Content-Type and every x-amz-* header) must be
+ * signed, as AWS requires.  Signing only host and x-amz-date used to pass. */
+static void sigv4_retargeted(void)
+{
+    int64_t now = 1700000000;
+    signed_req s;
+    cl_sigv4_result res;
+    make_request_signing(&s, EX_AKID, EX_SECRET, now, "ListKeys", "{}", "host;x-amz-date");
+    s.h[3].value = sl("TrentService.GenerateRandom");
+    CHECK_OK(verify(&s, now, &res));
+    CHECK(res.status == CL_SIGV4_INCOMPLETE && strstr(res.message, "'Content-Type' must be a 'SignedHeader'"));
+    make_request_signing(&s, EX_AKID, EX_SECRET, now, "ListKeys", "{}", "content-type;host;x-amz-date");
+    s.h[3].value = sl("TrentService.GenerateRandom");
+    CHECK_OK(verify(&s, now, &res));
+    CHECK(res.status == CL_SIGV4_INCOMPLETE && strstr(res.message, "'X-Amz-Target' must be a 'SignedHeader'"));
+    make_request_signing(&s, EX_AKID, EX_SECRET, now, "ListKeys", "{}", "content-type;host;x-amz-target");
+    CHECK_OK(verify(&s, now, &res));
+    CHECK(res.status == CL_SIGV4_INCOMPLETE && strstr(res.message, "'X-Amz-Date' must be a 'SignedHeader'"));
+    /* an extra x-amz-* header added after signing */
+    make_request(&s, EX_AKID, EX_SECRET, now, "ListKeys", "{}");
+    cl_http_header h[6];
+    memcpy(h, s.h, sizeof s.h);
+    h[5] = (cl_http_header){sl("x-amz-security-token"), sl("added")};
+    s.req.headers = h;
+    s.req.header_count = 6;
+    CHECK_OK(verify(&s, now, &res));
+    CHECK(res.status == CL_SIGV4_INCOMPLETE && strstr(res.message, "'x-amz-security-token' must be a"));
+
+    /* through kms-local's request -> reply core: the re-targeted request gets no answer but the refusal */
+    cl_kms_store *store = NULL;
+    cl_kms_local *k = new_kms(&store, trust_sim);
+    uint64_t now_ms = cl_now_ms();
+    make_request(&s, EX_AKID, EX_SECRET, (int64_t)(now_ms / 1000), "ListKeys", "{}");
+    cl_kms_response r = {.body = CL_BUF_INIT};
+    CHECK_OK(cl_kms_local_handle(k, &s.req, now_ms, &r));
+    CHECK(r.status == 200); /* signed as AWS wants, the same core answers */
+    cl_buf_free(&r.body);
+    r = (cl_kms_response){.body = CL_BUF_INIT};
+    /* a ListKeys whose signature left out X-Amz-Target, replayed as GenerateRandom */
+    make_request_signing(&s, EX_AKID, EX_SECRET, (int64_t)(now_ms / 1000), "ListKeys", "{\"NumberOfBytes\": 32}",
+                         "content-type;host;x-amz-date");
+    s.h[3].value = sl("TrentService.GenerateRandom");
+    CHECK_OK(cl_kms_local_handle(k, &s.req, now_ms, &r));
+    CHECK(r.status == 400 && !strcmp(r.error_type, "IncompleteSignatureException"));
+    CHECK(!r.body.data || !memmem(r.body.data, r.body.len, "Plaintext", 9));
+    cl_buf_free(&r.body);
+    cl_kms_local_free(k);
+    cl_kms_store_close(store);
+}
+
 static void handle_end_to_end(void)
 {
     cl_kms_store *store = NULL;
@@ -589,6 +708,29 @@ static void handle_end_to_end(void)
     CHECK(cms_open(json_string_value(json_object_get(r, "CiphertextForRecipient")), &pt) && pt.len == 16);
     cl_buf_free(&pt);
     json_decref(r);
+    /* a Recipient document is good for 5 minutes, as with KMS: a captured one cannot be replayed later */
+    r = call_kms(k, "GenerateRandom", big, now + 4 * 60 * 1000, type);
+    CHECK(!type[0] && json_object_get(r, "CiphertextForRecipient"));
+    json_decref(r);
+    r = call_kms(k, "GenerateRandom", big, now + 6 * 60 * 1000, type);
+    CHECK(!strcmp(type, "ValidationException") && !json_object_get(r, "CiphertextForRecipient"));
+    const char *msg = json_string_value(json_object_get(r, "message"));
+    CHECK(msg && strstr(msg, "s old, more than the allowed 300 s"));
+    json_decref(r);
+    cl_kms_local_free(k);
+    cl_kms_store_close(store);
+    /* the bound is configurable */
+    {
+        uint8_t master[32] = {1};
+        CHECK_OK(cl_kms_store_open(":memory:", master, &store));
+        cl_kms_credential cred = {EX_AKID, EX_SECRET, NULL};
+        cl_kms_local_config cfg = {.region = "us-east-1", .credentials = &cred, .credential_count = 1,
+                                   .verifier = trust_sim, .store = store, .recipient_max_age_ms = 60 * 1000};
+        CHECK_OK(cl_kms_local_new(&cfg, &k));
+        r = call_kms(k, "GenerateRandom", big, now + 2 * 60 * 1000, type);
+        CHECK(!strcmp(type, "ValidationException") && !json_object_get(r, "CiphertextForRecipient"));
+        json_decref(r);
+    }
     free(big);
     free(docb64);
     cl_kms_local_free(k);
@@ -675,11 +817,13 @@ int main(void)
 
     RUN(sigv4_documented_example);
     RUN(sigv4_rejections);
+    RUN(sigv4_authorization_parameters);
     RUN(policy_parse_errors);
     RUN(policy_evaluation);
     RUN(store_restart_and_master_key);
     RUN(cms_shape_and_refusals);
     RUN(handle_end_to_end);
+    RUN(sigv4_retargeted);
 
     cl_nsm_sim_free(sim_normal);
     cl_nsm_sim_free(sim_debug);

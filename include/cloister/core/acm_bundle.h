@@ -37,6 +37,14 @@ CL_MUST_CHECK int cl_acm_bundle_full_chain(const cl_acm_bundle *b, cl_buf *out);
  * the certificates are checked as the parse checks them. */
 CL_MUST_CHECK int cl_acm_bundle_encode(const uint8_t *cert_pem, size_t cert_len, const uint8_t *chain_pem,
                                        size_t chain_len, const uint8_t *ciphertext, size_t ct_len, cl_buf *out);
+/* Checks a PEM chain, leaf first: each certificate names the next as its
+ * issuer and carries a valid signature by the next one's key, up to the
+ * last certificate (verified against its own key when it is self-issued;
+ * otherwise its issuer, the root, is not in the chain).  No trust anchor
+ * and no dates: it proves the chain is one chain, not that it is trusted.
+ * At most CL_ACM_CHAIN_CERTS_MAX + 1 certificates.  CL_EVERIFY naming the
+ * broken link. */
+CL_MUST_CHECK int cl_acm_chain_verify(const uint8_t *pem, size_t len);
 /* True when both bundles carry the same certificates and ciphertext. */
 int cl_acm_bundle_equal(const cl_acm_bundle *a, const cl_acm_bundle *b);
 void cl_acm_bundle_free(cl_acm_bundle *b);

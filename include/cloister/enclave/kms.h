@@ -153,6 +153,36 @@ typedef struct cl_kms_options {
     unsigned number_of_bytes;         /* GenerateDataKey instead of key_spec: 1..1024 */
 } cl_kms_options;
 
+/* ---- what a ciphertext is for ------------------------------------------ */
+
+/* Every KMS ciphertext cloister opens is bound to its purpose by an
+ * encryption context, set when it is made and required when it is opened.
+ * KMS authenticates the context as additional data, so a ciphertext made
+ * for one purpose cannot be opened as another: the parent, which stores
+ * them all, cannot hand the enclave's TLS key to the key-holder as a
+ * PKCS#11 token, nor swap two secrets' names.
+ *   purpose=pkcs11-token, token=LABEL    a key-holder token's private key
+ *   purpose=enclave-tls-key              `cloister enclave --tls-key-ciphertext`
+ *   purpose=enclave-secret, name=NAME    `cloister enclave -secret NAME=...` */
+#define CL_KMS_PURPOSE_PKCS11_TOKEN "pkcs11-token"
+#define CL_KMS_PURPOSE_TLS_KEY "enclave-tls-key"
+#define CL_KMS_PURPOSE_SECRET "enclave-secret"
+
+typedef struct cl_kms_purpose_context {
+    cl_kms_context_entry entries[2];
+    size_t count;
+} cl_kms_purpose_context;
+
+/* The context of a purpose: name is the token label (pkcs11-token), the
+ * secret's name (enclave-secret) or NULL (enclave-tls-key).  Borrows the
+ * strings.  CL_EINVAL for an unknown purpose or a name missing or given
+ * when the purpose takes none. */
+CL_MUST_CHECK int cl_kms_purpose_context_make(const char *purpose, const char *name, cl_kms_purpose_context *out);
+/* "PURPOSE" or "PURPOSE:NAME" (the --purpose syntax) into a context;
+ * borrows spec (which it does not modify: name points after the colon). */
+CL_MUST_CHECK int cl_kms_purpose_context_parse(const char *spec, char *purpose_out, size_t purpose_len,
+                                               cl_kms_purpose_context *out);
+
 CL_MUST_CHECK int cl_kms_encrypt(cl_kms *k, const cl_kms_options *o, const uint8_t *plaintext, size_t len,
                                  cl_buf *ciphertext_blob);
 CL_MUST_CHECK int cl_kms_decrypt(cl_kms *k, const cl_kms_options *o, const uint8_t *ciphertext_blob, size_t len,

@@ -58,6 +58,12 @@ typedef struct cl_host_config {
     unsigned resolve_interval_s; /* DNS names are resolved again after their TTL, at most this */
     const char *dns_server;      /* "IP[:PORT]" to ask instead of /etc/resolv.conf's servers, or NULL */
     bool no_splice;              /* always read()/write() */
+    /* vsock-proxy's allowlist for the outbound routes, or NULL.  Every
+     * resolution of an outbound destination's name is checked against it,
+     * address by address, the first at start and each one after a TTL:
+     * an address that matches no entry is never used (DNS rebinding), and
+     * when none does the previous addresses stay, logged as refused. */
+    const struct cl_allowlist *allowlist;
     /* The enclave whose life the host owns (started, health-checked,
      * restarted, stopped on SIGTERM), or NULL.  When the watchdog gives up,
      * the host stops too and cl_host_run fails. */

@@ -42,7 +42,13 @@ typedef struct cl_kms_local_config {
     size_t credential_count;
     cl_verifier *verifier; /* trusted roots for Recipient documents; not owned */
     cl_kms_store *store;   /* not owned */
+    /* A Recipient's attestation document older than this (or more than
+     * 5 minutes in the future) is refused, as KMS refuses stale ones, so a
+     * document captured once cannot be replayed for long.  0: the default. */
+    uint64_t recipient_max_age_ms;
 } cl_kms_local_config;
+
+#define CL_KMS_RECIPIENT_MAX_AGE_MS (5 * 60 * 1000)
 
 typedef struct cl_kms_local cl_kms_local;
 

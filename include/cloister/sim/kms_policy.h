@@ -52,9 +52,19 @@ typedef struct cl_kms_policy_context {
     size_t encryption_context_len;
 } cl_kms_policy_context;
 
-enum cl_kms_decision { CL_KMS_IMPLICIT_DENY, CL_KMS_ALLOW, CL_KMS_EXPLICIT_DENY };
+/* A decision, not an error code: none of them is 0 (CL_OK), so a caller
+ * that treated the result as "0 = fine" could not mistake a deny for an
+ * allow, and the compiler sees a distinct type. */
+typedef enum cl_kms_decision {
+    CL_KMS_IMPLICIT_DENY = 1, /* no statement allows */
+    CL_KMS_ALLOW = 2,
+    CL_KMS_EXPLICIT_DENY = 3, /* a Deny statement matched: it wins */
+} cl_kms_decision;
+_Static_assert(CL_KMS_IMPLICIT_DENY != 0 && CL_KMS_ALLOW != 0 && CL_KMS_EXPLICIT_DENY != 0,
+               "no decision may equal CL_OK");
 
-int cl_kms_policy_evaluate(const cl_kms_policy *p, const cl_kms_policy_context *ctx);
+__attribute__((warn_unused_result)) cl_kms_decision cl_kms_policy_evaluate(const cl_kms_policy *p,
+                                                                           const cl_kms_policy_context *ctx);
 
 /* AWS's default key policy: the account's root principal may do kms:*. */
 CL_MUST_CHECK int cl_kms_policy_default(const char *account, char **out_json);
