@@ -633,8 +633,8 @@ static void start_request(h2_stream *s, bool end_stream)
     /* The checks the HTTP/1.1 parser makes of the request line and Host:
      * origin-form only (an absolute URI's host could differ from the one
      * the app is given), no userinfo in the authority. */
-    cl_slice method = pseudo_value(s, PSEUDO_METHOD), path = pseudo_value(s, PSEUDO_PATH);
-    bool asterisk = path.len == 1 && path.data[0] == '*' && cl_slice_eq(method, "OPTIONS");
+    cl_slice path = pseudo_value(s, PSEUDO_PATH);
+    bool asterisk = path.len == 1 && path.data[0] == '*';
     if (!asterisk && (!path.len || path.data[0] != '/')) {
         respond_error(s, 400, "the :path must be a path (origin-form)");
         return;

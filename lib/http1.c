@@ -210,7 +210,7 @@ static int parse_version(cl_slice v, int *minor)
     return CL_OK;
 }
 
-/* Origin-form ("/path?query"), "*" for OPTIONS, authority-form for
+/* Origin-form ("/path?query"), "*" (OPTIONS), authority-form for
  * CONNECT.  The absolute-form ("http://host/path") is refused: its host
  * could differ from the Host header the app is given, and the app would
  * see a target no browser sends to an origin server. */
@@ -221,10 +221,8 @@ static int check_target_form(cl_slice method, cl_slice target)
                   CL_EPARSE, "HTTP: CONNECT needs a host:port target");
         return CL_OK;
     }
-    if (target.len == 1 && target.data[0] == '*') {
-        CL_ENSURE(cl_slice_eq(method, "OPTIONS"), CL_EPARSE, "HTTP: the target * is for OPTIONS only");
-        return CL_OK;
-    }
+    if (target.len == 1 && target.data[0] == '*')
+        return CL_OK; /* OPTIONS, and SSDP's M-SEARCH */
     CL_ENSURE(target.data[0] == '/', CL_EPARSE, "HTTP: the request target must be a path (origin-form)");
     return CL_OK;
 }
