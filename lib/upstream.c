@@ -24,6 +24,7 @@ typedef struct app_conn {
     struct app_conn *next_idle, *prev_idle;
     cl_upstream *user;
     bool connecting;
+    cl_deferred release;
 } app_conn;
 
 struct cl_upstream_pool {
@@ -138,7 +139,13 @@ int cl_upstream_pool_new(cl_loop *loop, const cl_upstream_target *target, const 
 
 static void wake_waiters(cl_deferred *d);
 
-static void conn_close(app_conn *c)
+static void release_conn(cl_deferred *d)
+{
+    free((app_conn *)((char *)d - offsetof(app_conn, release)));
+}
+
+/* Closes the connection; the caller frees it. */
+static void conn_shut(app_conn *c)
 {
     cl_upstream_pool *pool = c->pool;
     pool->open_conns--;
@@ -149,7 +156,15 @@ static void conn_close(app_conn *c)
     if (fd >= 0)
         close(fd);
     cl_timer_stop(pool->loop, &c->idle_timer);
-    free(c);
+}
+
+static void conn_close(app_conn *c)
+{
+    conn_shut(c);
+    /* An event for it may still be in the batch the loop is running (an
+     * exchange aborted by its owner from another connection's event): the
+     * loop skips an unwatched entry, but the entry must still be there. */
+    cl_loop_defer(c->pool->loop, &c->release, release_conn);
 }
 
 static void idle_unlink(app_conn *c)
@@ -173,7 +188,8 @@ void cl_upstream_pool_free(cl_upstream_pool *pool)
     while (pool->idle) {
         app_conn *c = pool->idle;
         idle_unlink(c);
-        conn_close(c);
+        conn_shut(c); /* the loop runs no more: free now */
+        free(c);
     }
     while (pool->free_exchanges) {
         cl_upstream *u = pool->free_exchanges;
