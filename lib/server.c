@@ -1099,7 +1099,7 @@ int cl_server_start(const cl_server_config *cfg_in, int listen_fd, cl_server **o
     if (!cfg->max_connections)
         cfg->max_connections = 10000;
     if (!cfg->h2_max_streams)
-        cfg->h2_max_streams = 32;
+        cfg->h2_max_streams = 100;
     if (!cfg->max_app_connections)
         cfg->max_app_connections = 512;
     if (!cfg->max_buffered_body)

@@ -97,7 +97,7 @@ static const option_spec option_specs[] = {
      "time for the application to answer, and between its writes; then 504 (60)"},
     {"max-connections", OPT_UINT, S(max_connections), 1000000, "N", "open client connections at most (10000)"},
     {"h2-max-streams", OPT_UINT, S(h2_max_streams), 1000, "N",
-     "concurrent HTTP/2 streams per connection, so requests to the app per connection (32)"},
+     "concurrent HTTP/2 streams per connection, so requests to the app per connection (100)"},
     {"max-app-connections", OPT_UINT, S(max_app_connections), 1000000, "N",
      "connections to the application at most; requests beyond wait for one, up to -app-timeout, then 503 (512)"},
     {"max-buffered-body", OPT_UINT, S(max_buffered_body), 0xffffffffu, "BYTES",
@@ -266,7 +266,7 @@ static int parse_settings(int argc, char **argv, settings *s)
         .app_timeout = 60,
         .max_connections = 10000,
         .drain_timeout = 30,
-        .h2_max_streams = 32,
+        .h2_max_streams = 100,
         .max_app_connections = 512,
         .max_buffered_body = 128u << 20,
     };

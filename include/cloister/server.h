@@ -62,7 +62,7 @@ typedef struct cl_server_config {
     unsigned max_connections;     /* default 10000 */
     /* What one client can make the app and this process hold:
      * concurrent HTTP/2 streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS,
-     * so at most that many app exchanges per connection; default 32),
+     * so at most that many app exchanges per connection; default 100),
      * connections to the app over the whole server (shared out evenly
      * among the threads; requests beyond wait for one; default 512), and
      * HTTP/2 request body bytes received and not yet taken by the app, over
