@@ -275,13 +275,13 @@ static int conn_open(cl_upstream_pool *pool, app_conn **out)
     }
     c->pool = pool;
     c->connecting = connecting;
-    pool->open_conns++;
     int rc = cl_loop_watch(pool->loop, &c->watch, fd, on_conn_event);
     if (rc < 0) {
         close(fd);
         free(c);
         return rc;
     }
+    pool->open_conns++;
     *out = c;
     return CL_OK;
 }
