@@ -1,4 +1,4 @@
-/* The HTTP/1.1 parser in front of the public listener (lib/http1.c):
+/* The HTTP/1.1 parser in front of the public listener (lib/core/http1.c):
  * request heads, response heads and the chunked decoder, fed arbitrary
  * bytes.  The first byte picks the part (and, for responses, the request
  * method; for chunked, how the input is cut).  Beyond "no crash, no read
@@ -9,7 +9,7 @@
  *  - the chunked decoder gives the same data and the same outcome whether
  *    the input comes whole, byte by byte or in random pieces, and when the
  *    receiver takes only part of each span (cl_chunked_unconsume). */
-#include "cloister/http.h"
+#include "cloister/core/http.h"
 
 #include <stdlib.h>
 #include <string.h>
