@@ -45,7 +45,7 @@ typedef struct settings {
     char *listen, *nsm, *cert, *key, *config, *prometheus_listen;
     unsigned ext_pub_port, intport, prometheus_port;
     unsigned threads, max_header_bytes, header_timeout, idle_timeout, app_timeout, max_connections,
-        drain_timeout;
+        drain_timeout, h2_max_streams, max_app_connections, max_buffered_body;
     bool wait_for_app, disable_keep_alives, debug, disable_http2, proxy_protocol;
     /* KMS secrets opened at start */
     char *secrets[MAX_SECRETS]; /* "NAME=BASE64" or "NAME=@FILE" */
@@ -96,6 +96,12 @@ static const option_spec option_specs[] = {
     {"app-timeout", OPT_UINT, S(app_timeout), 86400, "SECONDS",
      "time for the application to answer, and between its writes; then 504 (60)"},
     {"max-connections", OPT_UINT, S(max_connections), 1000000, "N", "open client connections at most (10000)"},
+    {"h2-max-streams", OPT_UINT, S(h2_max_streams), 1000, "N",
+     "concurrent HTTP/2 streams per connection, so requests to the app per connection (100)"},
+    {"max-app-connections", OPT_UINT, S(max_app_connections), 1000000, "N",
+     "connections to the application at most; requests beyond wait for one, up to -app-timeout, then 503 (512)"},
+    {"max-buffered-body", OPT_UINT, S(max_buffered_body), 0xffffffffu, "BYTES",
+     "HTTP/2 request body bytes held for a slow application, all connections together; beyond, 503 (134217728)"},
     {"drain-timeout", OPT_UINT, S(drain_timeout), 3600, "SECONDS",
      "on SIGTERM, time for requests in flight to finish (30)"},
     {"disable-http2", OPT_BOOL, S(disable_http2), 0, NULL, "do not offer HTTP/2 in ALPN"},
@@ -263,6 +269,9 @@ static int parse_settings(int argc, char **argv, settings *s)
         .app_timeout = 60,
         .max_connections = 10000,
         .drain_timeout = 30,
+        .h2_max_streams = 100,
+        .max_app_connections = 512,
+        .max_buffered_body = 128u << 20,
     };
     /* the config file first, so that flags override it */
     for (int pass = 0; pass < 2; pass++) {
@@ -326,8 +335,14 @@ static int parse_settings(int argc, char **argv, settings *s)
         fprintf(stderr, "cloister enclave: --max-header-bytes must be at least 1024\n");
         return EXIT_USAGE;
     }
-    if (!s->header_timeout || !s->idle_timeout || !s->app_timeout || !s->max_connections) {
-        fprintf(stderr, "cloister enclave: timeouts and --max-connections must be positive\n");
+    if (!s->header_timeout || !s->idle_timeout || !s->app_timeout || !s->max_connections || !s->h2_max_streams ||
+        !s->max_app_connections) {
+        fprintf(stderr, "cloister enclave: timeouts, --max-connections, --h2-max-streams and --max-app-connections"
+                        " must be positive\n");
+        return EXIT_USAGE;
+    }
+    if (s->max_buffered_body < 65536) {
+        fprintf(stderr, "cloister enclave: --max-buffered-body must be at least 65536\n");
         return EXIT_USAGE;
     }
     return 0;
@@ -549,6 +564,9 @@ static json_t *config_json(enclave *e)
     json_object_set_new(o, "app-timeout", json_integer(e->s.app_timeout));
     json_object_set_new(o, "max-connections", json_integer(e->s.max_connections));
     json_object_set_new(o, "drain-timeout", json_integer(e->s.drain_timeout));
+    json_object_set_new(o, "h2-max-streams", json_integer(e->s.h2_max_streams));
+    json_object_set_new(o, "max-app-connections", json_integer(e->s.max_app_connections));
+    json_object_set_new(o, "max-buffered-body", json_integer(e->s.max_buffered_body));
     return o;
 }
 
@@ -726,6 +744,9 @@ static int start_listener(enclave *e, const char *name, const char *addr_text, l
         .idle_timeout_ms = e->s.idle_timeout * 1000u,
         .upstream_timeout_ms = e->s.app_timeout * 1000u,
         .max_connections = public_ ? e->s.max_connections : 1024,
+        .h2_max_streams = e->s.h2_max_streams,
+        .max_app_connections = e->s.max_app_connections,
+        .max_buffered_body = e->s.max_buffered_body,
         .disable_keep_alives = public_ && e->s.disable_keep_alives,
         .enable_h2 = public_ && !e->s.disable_http2,
         .proxy_protocol = public_ && e->s.proxy_protocol,

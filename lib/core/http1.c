@@ -210,6 +210,31 @@ static int parse_version(cl_slice v, int *minor)
     return CL_OK;
 }
 
+/* Origin-form ("/path?query"), "*" (OPTIONS), authority-form for
+ * CONNECT.  The absolute-form ("http://host/path") is refused: its host
+ * could differ from the Host header the app is given, and the app would
+ * see a target no browser sends to an origin server. */
+static int check_target_form(cl_slice method, cl_slice target)
+{
+    if (cl_slice_eq(method, "CONNECT")) {
+        CL_ENSURE(target.data[0] != '/' && is_host_value(target) && memchr(target.data, ':', target.len),
+                  CL_EPARSE, "HTTP: CONNECT needs a host:port target");
+        return CL_OK;
+    }
+    if (target.len == 1 && target.data[0] == '*')
+        return CL_OK; /* OPTIONS, and SSDP's M-SEARCH */
+    CL_ENSURE(target.data[0] == '/', CL_EPARSE, "HTTP: the request target must be a path (origin-form)");
+    return CL_OK;
+}
+
+bool cl_http_is_host_value(cl_slice s)
+{
+    if (s.len == 0 || !is_host_value(s))
+        return false;
+    /* no userinfo ("user@host"): is_host_value has no '@' already */
+    return true;
+}
+
 static int locate_head(const uint8_t *buf, size_t len, size_t max_head, size_t *skip, size_t *end, bool *complete)
 {
     *complete = false;
@@ -250,6 +275,7 @@ int cl_http_parse_request(const uint8_t *buf, size_t len, size_t max_head, cl_ht
         CL_ENSURE(h->target.data[i] > 0x20 && h->target.data[i] < 0x7f, CL_EPARSE,
                   "HTTP: invalid character in the request target");
     CL_TRY(parse_version((cl_slice){sp2 + 1, line.len - (size_t)(sp2 + 1 - line.data)}, &h->version_minor));
+    CL_TRY(check_target_form(h->method, h->target));
     const uint8_t *q = memchr(h->target.data, '?', h->target.len);
     h->path = (cl_slice){h->target.data, q ? (size_t)(q - h->target.data) : h->target.len};
     h->query = q ? (cl_slice){q + 1, h->target.len - h->path.len - 1} : (cl_slice){NULL, 0};
@@ -322,8 +348,67 @@ static bool slices_eq_nocase(cl_slice a, cl_slice b)
     return true;
 }
 
+/* The name as CGI-style gateways see it: lower case, '_' for '-'. */
+static bool normalised_eq(cl_slice name, const char *text, size_t *underscores)
+{
+    size_t n = strlen(text);
+    if (name.len != n)
+        return false;
+    size_t u = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c = name.data[i];
+        if (c == '_') {
+            c = '-';
+            u++;
+        } else if (c >= 'A' && c <= 'Z') {
+            c += 32;
+        }
+        if (c != (uint8_t)text[i])
+            return false;
+    }
+    if (underscores)
+        *underscores = u;
+    return true;
+}
+
+static bool normalised_prefix(cl_slice name, const char *text)
+{
+    size_t n = strlen(text);
+    return name.len >= n && normalised_eq((cl_slice){name.data, n}, text, NULL);
+}
+
+bool cl_http_is_proxy_owned(cl_slice name)
+{
+    /* Client-address and forwarding fields (RFC 7239 and the de facto ones
+     * frameworks and CDNs read); any case, '_' for '-'. */
+    static const char *const forwarding[] = {
+        "forwarded",        "x-real-ip",           "x-client-ip",      "client-ip",
+        "true-client-ip",   "x-cluster-client-ip", "cf-connecting-ip", "fastly-client-ip",
+        "x-original-forwarded-for", "x-originating-ip", "x-remote-ip", "x-remote-addr",
+    };
+    if (normalised_prefix(name, "x-forwarded"))
+        return true; /* X-Forwarded-For/-Proto/-Host/-Port/-Prefix/-Server/-Ssl, X-Forwarded */
+    for (size_t i = 0; i < sizeof forwarding / sizeof forwarding[0]; i++)
+        if (normalised_eq(name, forwarding[i], NULL))
+            return true;
+    /* Fields cloister writes itself, spelt with '_': a gateway that maps
+     * both spellings to one variable (HTTP_HOST, HTTP_CONTENT_LENGTH) must
+     * not see the client's. */
+    static const char *const own[] = {"host", "content-length", "transfer-encoding", "connection"};
+    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) {
+        size_t underscores = 0;
+        if (normalised_eq(name, own[i], &underscores) && underscores)
+            return true;
+    }
+    return false;
+}
+
 bool cl_http_is_hop_by_hop(const cl_http_head *head, cl_slice name)
 {
+    /* Host and the framing fields are never the connection's: a sender
+     * naming them in Connection must not make them vanish (RFC 9110 7.6.1). */
+    if (cl_slice_eq_nocase(name, "host") || cl_slice_eq_nocase(name, "content-length"))
+        return false;
     static const char *const fixed[] = {"connection", "keep-alive", "proxy-connection", "te",
                                         "transfer-encoding", "upgrade", "trailer", "proxy-authenticate",
                                         "proxy-authorization"};

@@ -8,8 +8,13 @@
  *  - request bodies: automatic WINDOW_UPDATEs are off, and the client's
  *    window is given back (nghttp2_session_consume) only for bytes the app
  *    has taken, so a slow app slows its client down.  What the app has not
- *    taken yet waits here, bounded by the stream window, and all streams
- *    together by the connection window;
+ *    taken yet waits here, bounded by the stream window (256 KiB), all
+ *    streams together by the connection window (1 MiB), and all
+ *    connections together by max_buffered_body (a stream that would go
+ *    beyond is answered 503).  At most h2_max_streams streams, and so app
+ *    exchanges, per connection (SETTINGS_MAX_CONCURRENT_STREAMS; nghttp2
+ *    refuses more), and the app connections of the whole server are
+ *    capped in upstream.c, where the exchanges beyond wait;
  *  - response bodies: at most H2_RESP_BUF bytes per stream wait between
  *    the app and nghttp2; the DATA provider defers while that buffer is
  *    empty and the exchange is paused while it is full.
@@ -26,9 +31,8 @@
 #include <string.h>
 #include <time.h>
 
-#define H2_MAX_STREAMS 128
-#define H2_STREAM_WINDOW (1 << 20) /* request body bytes in flight per stream */
-#define H2_CONN_WINDOW (4 << 20)   /* ... and for all streams of a connection */
+#define H2_STREAM_WINDOW (256 << 10) /* request body bytes in flight per stream */
+#define H2_CONN_WINDOW (1 << 20)     /* ... and for all streams of a connection */
 #define H2_RESP_BUF (64 * 1024)    /* response body bytes held per stream */
 #define H2_DISCARD_MAX (1 << 20)   /* request body read past after a complete response, then RST_STREAM */
 #define H2_GOAWAY_GRACE_MS 1000    /* shutdown notice to final GOAWAY, if the PING is not answered first */
@@ -195,11 +199,29 @@ static void ack(h2_stream *s, size_t n)
         s->h->failed = true;
 }
 
+/* Request body bytes waiting for the app, counted server-wide. */
+static atomic_size_t *buffered_counter(h2_stream *s)
+{
+    return &s->h->c->w->server->buffered_body;
+}
+
+static void pending_pop(h2_stream *s, size_t n)
+{
+    queue_pop(&s->req_pending, n);
+    atomic_fetch_sub(buffered_counter(s), n);
+}
+
+static void pending_free(h2_stream *s)
+{
+    atomic_fetch_sub(buffered_counter(s), queue_size(&s->req_pending));
+    queue_free(&s->req_pending);
+}
+
 /* The app will not take the rest of the request body: it is dropped. */
 static void drop_pending(h2_stream *s)
 {
     ack(s, queue_size(&s->req_pending));
-    queue_free(&s->req_pending);
+    pending_free(s);
 }
 
 /* Moves waiting request body bytes to the app. */
@@ -209,7 +231,7 @@ static void forward_pending(h2_stream *s)
         size_t took = cl_upstream_send(s->up, s->req_pending.data + s->req_pending.off, queue_size(&s->req_pending));
         if (!took)
             break;
-        queue_pop(&s->req_pending, took);
+        pending_pop(s, took);
         ack(s, took);
     }
     if (s->up && s->req_end && !queue_size(&s->req_pending))
@@ -350,10 +372,8 @@ static void synth_head(const h2_stream *s, cl_http_head *hd)
 
 static bool forwarded_as_is(const cl_http_head *hd, cl_slice name)
 {
-    static const char *const dropped[] = {"host",           "content-length",   "cookie",
-                                          "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
-                                          "http2-settings"};
-    if (cl_http_is_hop_by_hop(hd, name))
+    static const char *const dropped[] = {"host", "content-length", "cookie", "http2-settings"};
+    if (cl_http_is_hop_by_hop(hd, name) || cl_http_is_proxy_owned(name))
         return false;
     for (size_t i = 0; i < sizeof dropped / sizeof dropped[0]; i++)
         if (cl_slice_eq_nocase(name, dropped[i]))
@@ -610,6 +630,34 @@ static void start_request(h2_stream *s, bool end_stream)
         respond_error(s, 400, cl_error_message());
         return;
     }
+    /* The checks the HTTP/1.1 parser makes of the request line and Host:
+     * origin-form only (an absolute URI's host could differ from the one
+     * the app is given), no userinfo in the authority. */
+    cl_slice path = pseudo_value(s, PSEUDO_PATH);
+    bool asterisk = path.len == 1 && path.data[0] == '*';
+    if (!asterisk && (!path.len || path.data[0] != '/')) {
+        respond_error(s, 400, "the :path must be a path (origin-form)");
+        return;
+    }
+    for (size_t i = 0; i < path.len; i++) {
+        if (path.data[i] <= 0x20 || path.data[i] >= 0x7f) {
+            respond_error(s, 400, "invalid character in :path");
+            return;
+        }
+    }
+    cl_slice authority = pseudo_value(s, PSEUDO_AUTHORITY);
+    if (s->has_pseudo[PSEUDO_AUTHORITY] && !cl_http_is_host_value(authority)) {
+        respond_error(s, 400, "invalid :authority (a host and port, no userinfo)");
+        return;
+    }
+    for (size_t i = 0; i < s->field_count; i++) {
+        const h2_field *f = &s->field[i];
+        if (ascii_eq_nocase(s->fields.data + f->name_off, f->name_len, "host") &&
+            !cl_http_is_host_value(field_slice(s, f->value_off, f->value_len))) {
+            respond_error(s, 400, "invalid host header");
+            return;
+        }
+    }
     s->body_mode = end_stream ? CL_HTTP_BODY_NONE : s->has_content_length ? CL_HTTP_BODY_LENGTH : CL_HTTP_BODY_CHUNKED;
     cl_http_head hd;
     synth_head(s, &hd);
@@ -666,8 +714,21 @@ static void take_body(h2_stream *s, const uint8_t *data, size_t len)
     }
     size_t took = queue_size(&s->req_pending) ? 0 : cl_upstream_send(s->up, data, len);
     ack(s, took);
-    if (took < len && queue_push(&s->req_pending, data + took, len - took) < 0)
+    if (took == len)
+        return;
+    /* The window bounds what one connection can make us hold; this bounds
+     * all of them together. */
+    size_t rest = len - took;
+    if (atomic_fetch_add(buffered_counter(s), rest) + rest > cfg->max_buffered_body) {
+        atomic_fetch_sub(buffered_counter(s), rest);
+        ack(s, rest);
+        respond_error(s, 503, "too much request body is waiting for the app");
+        return;
+    }
+    if (queue_push(&s->req_pending, data + took, rest) < 0) {
+        atomic_fetch_sub(buffered_counter(s), rest);
         reset_stream(s, NGHTTP2_INTERNAL_ERROR);
+    }
 }
 
 static void request_end(h2_stream *s)
@@ -707,7 +768,7 @@ static void stream_free(h2_conn *h, h2_stream *s)
     cl_buf_free(&s->fields);
     cl_buf_free(&s->local_body);
     cl_buf_free(&s->resp_body);
-    queue_free(&s->req_pending);
+    pending_free(s);
     free(s->resp_buf);
     free(s);
 }
@@ -763,8 +824,15 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
                     : ascii_eq_nocase(name, namelen, ":path")      ? PSEUDO_PATH
                     : ascii_eq_nocase(name, namelen, ":authority") ? PSEUDO_AUTHORITY
                                                                    : -1;
-        if (which < 0)
-            return 0; /* :scheme; nghttp2 rejects the others */
+        if (which < 0) {
+            /* :scheme; nghttp2 rejects the others.  The app is told https
+             * (X-Forwarded-Proto): a request claiming another scheme is not
+             * one for this origin. */
+            if (ascii_eq_nocase(name, namelen, ":scheme") &&
+                !ascii_eq_nocase(value, valuelen, h->c->ssl ? "https" : "http"))
+                s->head_error = "unsupported :scheme";
+            return 0;
+        }
         if (s->has_pseudo[which]) {
             s->head_error = "repeated pseudo-header";
             return 0;
@@ -1064,7 +1132,7 @@ int cl_h2_attach(client *c)
     /* what we accept as a head, in RFC 9113's accounting (32 bytes per field) */
     uint32_t max_list = (uint32_t)(cfg->max_header_bytes + 32 * CL_HTTP_MAX_HEADERS);
     nghttp2_settings_entry iv[] = {
-        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, H2_MAX_STREAMS},
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, cfg->h2_max_streams},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_STREAM_WINDOW},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, max_list},
     };

@@ -211,6 +211,12 @@ static void on_client_timeout(cl_loop *loop, cl_timer *t)
 {
     (void)loop;
     client *c = (client *)((char *)t - offsetof(client, timer));
+    /* Waiting for the app's answer is not the client being idle: the app
+     * has its own timeout (-app-timeout), as on HTTP/2. */
+    if (c->state == CLIENT_PROXY && c->up && c->req_body_done && !c->resp_head_sent) {
+        cl_client_touch(c);
+        return;
+    }
     cl_client_close(c);
 }
 
@@ -466,9 +472,7 @@ static int build_upstream_head(client *c, cl_buf *out)
     rc |= cl_buf_append(out, " HTTP/1.1\r\n", 11);
     for (size_t i = 0; i < h->header_count; i++) {
         cl_slice name = h->headers[i].name;
-        if (cl_http_is_hop_by_hop(h, name) || header_is(name, "content-length") ||
-            header_is(name, "x-forwarded-for") || header_is(name, "x-forwarded-proto") ||
-            header_is(name, "x-forwarded-host"))
+        if (cl_http_is_hop_by_hop(h, name) || header_is(name, "content-length") || cl_http_is_proxy_owned(name))
             continue;
         rc |= cl_buf_append(out, name.data, name.len);
         rc |= cl_buf_append(out, ": ", 2);
@@ -675,6 +679,10 @@ static bool read_client(client *c, bool *progress)
     if (n > 0) {
         c->in_len += (size_t)n;
         *progress = true;
+        /* A body arriving is activity, however slowly it comes; the head
+         * alone has a fixed budget (arm_header_timer). */
+        if (c->state != CLIENT_READ_HEAD)
+            cl_client_touch(c);
     } else if (n < 0) {
         c->peer_eof = true;
         *progress = true;
@@ -1090,6 +1098,12 @@ int cl_server_start(const cl_server_config *cfg_in, int listen_fd, cl_server **o
         cfg->upstream_timeout_ms = 60000;
     if (!cfg->max_connections)
         cfg->max_connections = 10000;
+    if (!cfg->h2_max_streams)
+        cfg->h2_max_streams = 100;
+    if (!cfg->max_app_connections)
+        cfg->max_app_connections = 512;
+    if (!cfg->max_buffered_body)
+        cfg->max_buffered_body = (size_t)128 << 20;
     s->listen_fd = listen_fd;
     /* several loops wait on one listener: accept must never block */
     int fl = fcntl(listen_fd, F_GETFL);
@@ -1109,7 +1123,12 @@ int cl_server_start(const cl_server_config *cfg_in, int listen_fd, cl_server **o
         .response_timeout_ms = cfg->upstream_timeout_ms,
         .idle_timeout_ms = 30000,
         .max_idle = 256,
+        /* each loop its share, so that a connection freed on one loop
+         * never has to wake a request waiting on another */
+        .max_connections = (cfg->max_app_connections + cfg->threads - 1) / cfg->threads,
     };
+    if (limits.max_idle > limits.max_connections)
+        limits.max_idle = limits.max_connections;
     for (unsigned i = 0; i < cfg->threads && rc == CL_OK; i++) {
         worker *w = &s->workers[i];
         w->server = s;

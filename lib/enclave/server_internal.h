@@ -17,6 +17,7 @@ struct cl_server {
     unsigned worker_count;
     atomic_uint open_connections;
     atomic_bool draining;
+    atomic_size_t buffered_body; /* HTTP/2 request body bytes waiting for the app */
     unsigned drain_timeout_ms;
     cl_server_stats own_stats;
 };

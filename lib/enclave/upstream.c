@@ -11,8 +11,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define OUT_CAP (24 * 1024) /* a request head up to 16 KiB plus forwarding headers */
-#define IN_CAP (16 * 1024)
+#define OUT_CAP (24 * 1024) /* at least: a request head up to 16 KiB plus forwarding headers */
+#define OUT_HEAD_SLACK (8 * 1024) /* forwarding headers on top of the largest request head */
+#define IN_CAP (16 * 1024)       /* at least; a response head up to max_header_bytes fits */
 #define CHUNK_HEAD_MAX 20   /* "ffffffffffffffff\r\n" */
 #define FREE_EXCHANGES_MAX 64
 
@@ -23,6 +24,7 @@ typedef struct app_conn {
     struct app_conn *next_idle, *prev_idle;
     cl_upstream *user;
     bool connecting;
+    cl_deferred release;
 } app_conn;
 
 struct cl_upstream_pool {
@@ -33,6 +35,10 @@ struct cl_upstream_pool {
     size_t idle_count;
     cl_upstream *free_exchanges;
     size_t free_count;
+    size_t out_cap, in_cap;
+    size_t open_conns; /* connecting, in use and idle: at most limits.max_connections */
+    cl_upstream *wait_head, *wait_tail; /* exchanges waiting for a connection, oldest first */
+    cl_deferred wake;
 };
 
 struct cl_upstream {
@@ -45,12 +51,15 @@ struct cl_upstream {
     size_t head_len;
     char method[16];
 
-    uint8_t out[OUT_CAP];
+    bool queued; /* waiting for a connection (limits.max_connections) */
+    cl_upstream *next_wait, *prev_wait;
+
+    uint8_t *out; /* out_cap and in_cap bytes, allocated when the exchange starts, kept on the free list */
     size_t out_off, out_len;
     int body_mode;
     bool body_started, body_done, body_end_queued, send_blocked, tunnel_shutdown_pending;
 
-    uint8_t in[IN_CAP];
+    uint8_t *in;
     size_t in_off, in_len;
     bool got_response_bytes, head_seen, tunnel, upgrade_requested, upstream_eof;
     int resp_body;
@@ -121,19 +130,41 @@ int cl_upstream_pool_new(cl_loop *loop, const cl_upstream_target *target, const 
     pool->loop = loop;
     pool->target = *target;
     pool->limits = *limits;
+    pool->out_cap = limits->max_header_bytes + OUT_HEAD_SLACK > OUT_CAP ? limits->max_header_bytes + OUT_HEAD_SLACK
+                                                                      : OUT_CAP;
+    pool->in_cap = limits->max_header_bytes > IN_CAP ? limits->max_header_bytes : IN_CAP;
     *out = pool;
     return CL_OK;
 }
 
-static void conn_close(app_conn *c)
+static void wake_waiters(cl_deferred *d);
+
+static void release_conn(cl_deferred *d)
+{
+    free((app_conn *)((char *)d - offsetof(app_conn, release)));
+}
+
+/* Closes the connection; the caller frees it. */
+static void conn_shut(app_conn *c)
 {
     cl_upstream_pool *pool = c->pool;
+    pool->open_conns--;
+    if (pool->wait_head)
+        cl_loop_defer(pool->loop, &pool->wake, wake_waiters);
     int fd = c->watch.fd;
     cl_loop_unwatch(pool->loop, &c->watch);
     if (fd >= 0)
         close(fd);
     cl_timer_stop(pool->loop, &c->idle_timer);
-    free(c);
+}
+
+static void conn_close(app_conn *c)
+{
+    conn_shut(c);
+    /* An event for it may still be in the batch the loop is running (an
+     * exchange aborted by its owner from another connection's event): the
+     * loop skips an unwatched entry, but the entry must still be there. */
+    cl_loop_defer(c->pool->loop, &c->release, release_conn);
 }
 
 static void idle_unlink(app_conn *c)
@@ -157,11 +188,14 @@ void cl_upstream_pool_free(cl_upstream_pool *pool)
     while (pool->idle) {
         app_conn *c = pool->idle;
         idle_unlink(c);
-        conn_close(c);
+        conn_shut(c); /* the loop runs no more: free now */
+        free(c);
     }
     while (pool->free_exchanges) {
         cl_upstream *u = pool->free_exchanges;
         pool->free_exchanges = u->next_free;
+        free(u->out);
+        free(u->in);
         free(u);
     }
     free(pool);
@@ -209,6 +243,8 @@ static void pool_put(cl_upstream_pool *pool, app_conn *c)
     pool->idle = c;
     pool->idle_count++;
     cl_timer_start(pool->loop, &c->idle_timer, pool->limits.idle_timeout_ms, on_idle_timeout);
+    if (pool->wait_head)
+        cl_loop_defer(pool->loop, &pool->wake, wake_waiters);
 }
 
 static int conn_open(cl_upstream_pool *pool, app_conn **out)
@@ -245,6 +281,7 @@ static int conn_open(cl_upstream_pool *pool, app_conn **out)
         free(c);
         return rc;
     }
+    pool->open_conns++;
     *out = c;
     return CL_OK;
 }
@@ -256,13 +293,31 @@ static void release_exchange(cl_deferred *d)
     cl_upstream *u = (cl_upstream *)((char *)d - offsetof(cl_upstream, release));
     cl_upstream_pool *pool = u->pool;
     free(u->head_copy);
+    u->head_copy = NULL;
     if (pool->free_count < FREE_EXCHANGES_MAX) {
         u->next_free = pool->free_exchanges;
         pool->free_exchanges = u;
         pool->free_count++;
     } else {
+        free(u->out);
+        free(u->in);
         free(u);
     }
+}
+
+static void wait_unlink(cl_upstream *u)
+{
+    cl_upstream_pool *pool = u->pool;
+    if (u->prev_wait)
+        u->prev_wait->next_wait = u->next_wait;
+    else
+        pool->wait_head = u->next_wait;
+    if (u->next_wait)
+        u->next_wait->prev_wait = u->prev_wait;
+    else
+        pool->wait_tail = u->prev_wait;
+    u->next_wait = u->prev_wait = NULL;
+    u->queued = false;
 }
 
 /* Ends the exchange: no callbacks after this; memory goes back after the
@@ -273,6 +328,8 @@ static void finish(cl_upstream *u, bool reuse_conn)
         return;
     u->finished = true;
     cl_timer_stop(u->pool->loop, &u->timer);
+    if (u->queued)
+        wait_unlink(u);
     if (u->conn) {
         if (reuse_conn)
             pool_put(u->pool, u->conn);
@@ -297,7 +354,9 @@ static void on_timeout(cl_loop *loop, cl_timer *t)
 {
     (void)loop;
     cl_upstream *u = (cl_upstream *)((char *)t - offsetof(cl_upstream, timer));
-    if (!u->head_seen)
+    if (u->queued)
+        fail(u, 503, "too many requests to the app are in progress");
+    else if (!u->head_seen)
         fail(u, 504, "the app did not answer in time");
     else
         fail(u, 0, "the app stalled while sending the response");
@@ -348,22 +407,63 @@ static void deferred_connect_error(cl_deferred *d)
     fail(u, 502, "the app is not reachable");
 }
 
+/* A connection may be had now: an idle one, or room for one more. */
+static bool slot_free(const cl_upstream_pool *pool)
+{
+    return pool->idle || !pool->limits.max_connections || pool->open_conns < pool->limits.max_connections;
+}
+
+/* Puts the head in the output buffer and connects. */
+static void start_exchange(cl_upstream *u)
+{
+    cl_upstream_pool *pool = u->pool;
+    if ((!u->out && !(u->out = malloc(pool->out_cap))) || (!u->in && !(u->in = malloc(pool->in_cap)))) {
+        cl_loop_defer(pool->loop, &u->kick, deferred_connect_error);
+        return;
+    }
+    memcpy(u->out, u->head_copy, u->head_len);
+    u->out_len = u->head_len;
+    if (attach_conn(u, true) < 0) {
+        /* reported from the loop, like every other outcome */
+        cl_loop_defer(pool->loop, &u->kick, deferred_connect_error);
+        return;
+    }
+    arm_timer(u);
+    schedule_kick(u);
+}
+
+static void wake_waiters(cl_deferred *d)
+{
+    cl_upstream_pool *pool = (cl_upstream_pool *)((char *)d - offsetof(cl_upstream_pool, wake));
+    while (pool->wait_head && slot_free(pool)) {
+        cl_upstream *u = pool->wait_head;
+        wait_unlink(u);
+        start_exchange(u);
+    }
+}
+
 int cl_upstream_begin(cl_upstream_pool *pool, const cl_upstream_ops *ops, void *owner, const uint8_t *head,
                       size_t head_len, cl_slice method, int body, bool upgrade, cl_upstream **out)
 {
-    CL_ENSURE(head_len <= OUT_CAP - CHUNK_HEAD_MAX, CL_ELIMIT, "request head of %zu bytes is too large", head_len);
+    CL_ENSURE(head_len <= pool->out_cap - CHUNK_HEAD_MAX, CL_ELIMIT, "request head of %zu bytes is too large",
+              head_len);
+    uint8_t *head_copy = malloc(head_len);
+    CL_ENSURE(head_copy, CL_ENOMEM, "out of memory");
     cl_upstream *u = pool->free_exchanges;
     if (u) {
         pool->free_exchanges = u->next_free;
         pool->free_count--;
     } else {
-        u = malloc(sizeof *u);
-        CL_ENSURE(u, CL_ENOMEM, "out of memory");
+        u = calloc(1, sizeof *u);
+        if (!u) {
+            free(head_copy);
+            return cl_error_set(CL_ENOMEM, "out of memory");
+        }
     }
-    /* reset everything but the two big buffers */
-    memset(u, 0, offsetof(cl_upstream, out));
-    memset(&u->out_off, 0, offsetof(cl_upstream, in) - offsetof(cl_upstream, out_off));
-    memset(&u->in_off, 0, sizeof *u - offsetof(cl_upstream, in_off));
+    uint8_t *obuf = u->out, *ibuf = u->in;
+    memset(u, 0, sizeof *u);
+    u->out = obuf;
+    u->in = ibuf;
     u->pool = pool;
     u->ops = ops;
     u->owner = owner;
@@ -372,27 +472,31 @@ int cl_upstream_begin(cl_upstream_pool *pool, const cl_upstream_ops *ops, void *
     u->upgrade_requested = upgrade;
     snprintf(u->method, sizeof u->method, "%.*s", (int)(method.len < 15 ? method.len : 15),
              (const char *)method.data);
-    memcpy(u->out, head, head_len);
-    u->out_len = head_len;
-    u->head_copy = malloc(head_len);
-    if (u->head_copy) {
-        memcpy(u->head_copy, head, head_len);
-        u->head_len = head_len;
-    }
+    memcpy(head_copy, head, head_len);
+    u->head_copy = head_copy;
+    u->head_len = head_len;
     *out = u;
-    if (attach_conn(u, true) < 0) {
-        /* reported from the loop, like every other outcome */
-        cl_loop_defer(pool->loop, &u->kick, deferred_connect_error);
+    if (!pool->wait_head && slot_free(pool)) {
+        start_exchange(u);
         return CL_OK;
     }
-    arm_timer(u);
-    schedule_kick(u);
+    /* Every app connection this loop may have is busy: wait for one,
+     * holding no buffer and no descriptor, for at most the app's timeout. */
+    u->queued = true;
+    u->send_blocked = true; /* on_send_ready once it can take body bytes */
+    u->prev_wait = pool->wait_tail;
+    if (pool->wait_tail)
+        pool->wait_tail->next_wait = u;
+    else
+        pool->wait_head = u;
+    pool->wait_tail = u;
+    cl_timer_start(pool->loop, &u->timer, pool->limits.response_timeout_ms, on_timeout);
     return CL_OK;
 }
 
 static bool out_has_room(const cl_upstream *u, size_t n)
 {
-    return OUT_CAP - u->out_len >= n;
+    return u->pool->out_cap - u->out_len >= n;
 }
 
 static void compact_out(cl_upstream *u)
@@ -408,8 +512,10 @@ size_t cl_upstream_send(cl_upstream *u, const uint8_t *data, size_t len)
 {
     if (u->finished || len == 0)
         return 0;
+    if (u->queued)
+        return 0; /* send_blocked is set: on_send_ready follows */
     compact_out(u);
-    size_t room = OUT_CAP - u->out_len, take;
+    size_t room = u->pool->out_cap - u->out_len, take;
     if (u->body_mode == CL_HTTP_BODY_CHUNKED && !u->tunnel) {
         if (room <= CHUNK_HEAD_MAX + 2) {
             u->send_blocked = true;
@@ -558,12 +664,14 @@ static bool deliver(cl_upstream *u)
             cl_http_head head;
             bool complete;
             cl_slice method = {(const uint8_t *)u->method, strlen(u->method)};
-            if (cl_http_parse_response(p, avail, u->pool->limits.max_header_bytes, method, &head, &complete) < 0) {
-                fail(u, 502, "the app sent a malformed response head");
+            int prc = cl_http_parse_response(p, avail, u->pool->limits.max_header_bytes, method, &head, &complete);
+            if (prc < 0) {
+                fail(u, 502, prc == CL_ELIMIT ? "the app's response head is larger than the head limit"
+                                              : "the app sent a malformed response head");
                 return false;
             }
             if (!complete) {
-                if (u->in_off > 0 && u->in_len == IN_CAP) {
+                if (u->in_off > 0 && u->in_len == u->pool->in_cap) {
                     memmove(u->in, p, avail);
                     u->in_off = 0;
                     u->in_len = avail;
@@ -692,14 +800,14 @@ static void exchange_io(cl_upstream *u, uint32_t events)
     while (!u->owner_blocked && !u->upstream_eof) {
         if (u->in_off == u->in_len)
             u->in_off = u->in_len = 0;
-        if (u->in_len == IN_CAP) {
+        if (u->in_len == u->pool->in_cap) {
             if (u->in_off == 0)
                 break;
             memmove(u->in, u->in + u->in_off, u->in_len - u->in_off);
             u->in_len -= u->in_off;
             u->in_off = 0;
         }
-        ssize_t n = recv(c->watch.fd, u->in + u->in_len, IN_CAP - u->in_len, 0);
+        ssize_t n = recv(c->watch.fd, u->in + u->in_len, u->pool->in_cap - u->in_len, 0);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR)
                 break;

@@ -138,8 +138,14 @@ static void targets_and_methods(void)
     CHECK(slice_is(h.method, "OPTIONS") && slice_is(h.target, "*"));
     CHECK(req_ok("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", &h));
     CHECK(slice_is(h.target, "example.com:443"));
-    CHECK(req_ok("GET http://example.com/x?y HTTP/1.1\r\nHost: example.com\r\n\r\n", &h));
-    CHECK(slice_is(h.path, "http://example.com/x") && slice_is(h.query, "y"));
+    /* the absolute-form would give the app a host other than Host's: refused */
+    CHECK(req_rc("GET http://example.com/x?y HTTP/1.1\r\nHost: example.com\r\n\r\n") == CL_EPARSE);
+    CHECK(req_rc("GET https://evil.example/ HTTP/1.1\r\nHost: a\r\n\r\n") == CL_EPARSE);
+    CHECK(req_rc("GET x/y HTTP/1.1\r\nHost: a\r\n\r\n") == CL_EPARSE);
+    CHECK(req_rc("CONNECT /x HTTP/1.1\r\nHost: a\r\n\r\n") == CL_EPARSE);
+    CHECK(req_rc("CONNECT user@example.com:443 HTTP/1.1\r\nHost: a\r\n\r\n") == CL_EPARSE);
+    /* userinfo in Host */
+    CHECK(req_rc("GET / HTTP/1.1\r\nHost: user:pw@a\r\n\r\n") == CL_EPARSE);
     /* any token is a method; methods are case-sensitive and kept as sent */
     CHECK(req_ok("M-SEARCH * HTTP/1.1\r\nHost: a\r\n\r\n", &h));
     CHECK(slice_is(h.method, "M-SEARCH"));
@@ -671,6 +677,55 @@ static void hop_by_hop(void)
     CHECK(!hop(&h, "X-Fo") && !hop(&h, "X-Foo2") && !hop(&h, "bar") && !hop(&h, ""));
     CHECK(!hop(&h, "Host") && !hop(&h, "X-Foo,"));
     CHECK(hop(&h, "close")); /* a connection option names a field, whatever it is */
+
+    /* Host and Content-Length are never the connection's, whatever Connection names */
+    CHECK(req_ok("GET / HTTP/1.1\r\nHost: a\r\nConnection: host, Content-Length, HOST, x-y\r\n\r\n", &h));
+    CHECK(!hop(&h, "Host") && !hop(&h, "host") && !hop(&h, "Content-Length"));
+    CHECK(hop(&h, "X-Y"));
+}
+
+static bool owned(const char *name)
+{
+    return cl_http_is_proxy_owned((cl_slice){(const uint8_t *)name, strlen(name)});
+}
+
+static void proxy_owned_fields(void)
+{
+    const char *dropped[] = {"X-Forwarded-For", "x_forwarded_for", "X_FORWARDED_FOR", "x-forwarded_for",
+                             "X-Forwarded-Proto", "X_Forwarded_Host", "X-Forwarded-Port", "x-forwarded-prefix",
+                             "X-Forwarded", "Forwarded", "FORWARDED", "X-Real-IP", "x_real_ip", "X-Client-IP",
+                             "Client-IP", "client_ip", "True-Client-IP", "X-Cluster-Client-IP", "CF-Connecting-IP",
+                             "Fastly-Client-IP", "X-Original-Forwarded-For", "X-Originating-IP", "X-Remote-IP",
+                             "X-Remote-Addr", "Content_Length", "Transfer_Encoding", "HOST_", "Ho_st", "Connection_",
+                             "host_"};
+    (void)dropped;
+    for (size_t i = 0; i < sizeof dropped / sizeof dropped[0]; i++) {
+        bool want = strcmp(dropped[i], "HOST_") && strcmp(dropped[i], "Ho_st") && strcmp(dropped[i], "Connection_") &&
+                    strcmp(dropped[i], "host_");
+        if (owned(dropped[i]) != want)
+            fprintf(stderr, "proxy-owned(%s) should be %d\n", dropped[i], want);
+        CHECK(owned(dropped[i]) == want);
+    }
+    const char *kept[] = {"Host", "Content-Length", "Transfer-Encoding", "X-Forward", "Forwarded-For", "X-Real",
+                          "X-Real-IPs", "Forwardeds", "Cookie", "X-Request-Id", "", "X-Keep-Me", "Real-IP"};
+    for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++) {
+        if (owned(kept[i]))
+            fprintf(stderr, "%s should not be proxy-owned\n", kept[i]);
+        CHECK(!owned(kept[i]));
+    }
+}
+
+static bool host_value(const char *v)
+{
+    return cl_http_is_host_value((cl_slice){(const uint8_t *)v, strlen(v)});
+}
+
+static void host_values(void)
+{
+    CHECK(host_value("example.com") && host_value("example.com:443") && host_value("[::1]:8443") &&
+          host_value("127.0.0.1"));
+    CHECK(!host_value("") && !host_value("user@example.com") && !host_value("u:p@example.com:443") &&
+          !host_value("a b") && !host_value("a/b") && !host_value("a\\b"));
 }
 
 /* ---- chunked ---- */
@@ -1104,6 +1159,8 @@ int main(void)
     RUN(responses);
     RUN(responses_without_body);
     RUN(hop_by_hop);
+    RUN(proxy_owned_fields);
+    RUN(host_values);
     RUN(chunked_whole_and_split);
     RUN(chunked_every_split);
     RUN(chunked_valid_forms);

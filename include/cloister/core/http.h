@@ -67,6 +67,18 @@ const cl_slice *cl_http_header_get(const cl_http_head *head, const char *name);
  * Upgrade, Trailer, and any field named in a Connection header. */
 bool cl_http_is_hop_by_hop(const cl_http_head *head, cl_slice name);
 
+/* True for fields the app must only ever get from cloister, which drops
+ * the client's copies: every name starting "X-Forwarded", Forwarded,
+ * X-Real-IP, X-Client-IP, Client-IP, True-Client-IP, X-Cluster-Client-IP,
+ * CF-Connecting-IP, Fastly-Client-IP, X-Original-Forwarded-For,
+ * X-Originating-IP, X-Remote-IP, X-Remote-Addr, compared in any case with
+ * '_' taken as '-' (as CGI-style gateways map them to one variable); and
+ * Host, Content-Length, Transfer-Encoding, Connection spelt with a '_'. */
+bool cl_http_is_proxy_owned(cl_slice name);
+
+/* A Host or :authority value: uri-host [":" port], no userinfo. */
+bool cl_http_is_host_value(cl_slice value);
+
 /* Chunked transfer coding, fed in pieces.  Each call consumes framing and
  * returns at most one span of payload data; `done` is set after the last
  * chunk and the trailer section. */

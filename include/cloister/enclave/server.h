@@ -62,6 +62,17 @@ typedef struct cl_server_config {
     unsigned idle_timeout_ms;     /* default 60 s */
     unsigned upstream_timeout_ms; /* default 60 s */
     unsigned max_connections;     /* default 10000 */
+    /* What one client can make the app and this process hold:
+     * concurrent HTTP/2 streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS,
+     * so at most that many app exchanges per connection; default 100),
+     * connections to the app over the whole server (shared out evenly
+     * among the threads; requests beyond wait for one; default 512), and
+     * HTTP/2 request body bytes received and not yet taken by the app, over
+     * the whole server (a stream that would go beyond is answered 503;
+     * default 128 MiB). */
+    unsigned h2_max_streams;
+    unsigned max_app_connections;
+    size_t max_buffered_body;
     bool disable_keep_alives;
     bool enable_h2;
     /* Every connection starts with a PROXY protocol v2 header, before TLS:

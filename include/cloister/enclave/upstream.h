@@ -39,6 +39,11 @@ typedef struct cl_upstream_limits {
     unsigned response_timeout_ms; /* until the response head, and between body reads */
     unsigned idle_timeout_ms;     /* of pooled connections */
     size_t max_idle;              /* pooled connections kept */
+    /* Connections to the app at most (connecting, busy and idle; 0: no
+     * limit).  Exchanges beyond wait, without buffers or descriptors, for
+     * a connection to come free, and fail with 503 after
+     * response_timeout_ms. */
+    size_t max_connections;
 } cl_upstream_limits;
 
 CL_MUST_CHECK int cl_upstream_pool_new(cl_loop *loop, const cl_upstream_target *target,
