@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 
 #include <linux/vm_sockets.h>
@@ -68,7 +69,9 @@ static curl_socket_t dial_open(void *clientp, curlsocktype purpose, struct curl_
     svm.svm_family = AF_VSOCK;
     svm.svm_cid = d->addr->cid;
     svm.svm_port = d->addr->port;
-    int fd = cl_socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC);
+    struct sockaddr_un sun;
+    int standin = cl_vsock_standin_sockaddr(&svm, false, &sun);
+    int fd = standin > 0 ? socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0) : cl_socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC);
     if (fd < 0) {
         snprintf(d->error, sizeof d->error, "cannot open a vsock socket: %s", strerror(errno));
         return CURL_SOCKET_BAD;
