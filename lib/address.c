@@ -8,6 +8,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -468,4 +469,52 @@ void cl_socket_file_remove(cl_socket_file *f)
     if (f->set && stat(f->path, &st) == 0 && st.st_dev == f->dev && st.st_ino == f->ino)
         unlink(f->path);
     f->set = false;
+}
+
+/* ---- links between the enclave and its parent -------------------------------- */
+
+static bool env_set(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0") != 0;
+}
+
+static bool path_in_standin(const struct sockaddr_un *sun, socklen_t len)
+{
+    const char *dir = standin_dir();
+    if (!dir || len <= offsetof(struct sockaddr_un, sun_path) || !sun->sun_path[0])
+        return false;
+    size_t n = strlen(dir);
+    return strncmp(sun->sun_path, dir, n) == 0 && sun->sun_path[n] == '/';
+}
+
+bool cl_socket_is_link(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+        return false;
+    if (ss.ss_family == AF_VSOCK)
+        return true;
+    if (ss.ss_family != AF_UNIX)
+        return false;
+    if (path_in_standin((struct sockaddr_un *)&ss, len))
+        return true;
+    len = sizeof ss;
+    return getpeername(fd, (struct sockaddr *)&ss, &len) == 0 && ss.ss_family == AF_UNIX &&
+           path_in_standin((struct sockaddr_un *)&ss, len);
+}
+
+ssize_t cl_link_recv(int fd, void *buf, size_t len, int flags)
+{
+    if ((flags & MSG_PEEK) && env_set("CLOISTER_LINK_NO_PEEK") && cl_socket_is_link(fd)) {
+        errno = EOPNOTSUPP;
+        return -1;
+    }
+    return recv(fd, buf, len, flags);
+}
+
+bool cl_link_no_splice(void)
+{
+    return env_set("CLOISTER_LINK_NO_SPLICE");
 }

@@ -724,7 +724,7 @@ static void format_peer(const struct sockaddr_storage *sa, char *out, size_t len
 static void read_proxy_header(client *c)
 {
     uint8_t buf[MAX_PROXY_HEADER];
-    ssize_t n = recv(c->watch.fd, buf, sizeof buf, MSG_PEEK);
+    ssize_t n = cl_link_recv(c->watch.fd, buf, sizeof buf, MSG_PEEK);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
     if (n <= 0) {

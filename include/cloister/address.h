@@ -61,6 +61,17 @@ CL_MUST_CHECK int cl_vsock_standin_sockaddr(const struct sockaddr_vm *svm, bool 
 CL_MUST_CHECK int cl_sockaddr_final(const struct sockaddr *sa, socklen_t len, bool listening,
                                     struct sockaddr_storage *out, socklen_t *out_len);
 
+/* Links between the enclave and its parent: AF_VSOCK sockets, and under
+ * the stand-in the unix sockets in CLOISTER_VSOCK_STANDIN's directory. */
+bool cl_socket_is_link(int fd);
+/* recv(2) for any socket that may be such a link.  The kernel nitro-cli
+ * 1.5.0 gives enclaves (4.14) answers MSG_PEEK on vsock with EOPNOTSUPP;
+ * with CLOISTER_LINK_NO_PEEK set, MSG_PEEK on a link fails so here too. */
+ssize_t cl_link_recv(int fd, void *buf, size_t len, int flags);
+/* CLOISTER_LINK_NO_SPLICE set: splice(2) on a link fails with EINVAL, as
+ * on vsock, which has no splice_read. */
+bool cl_link_no_splice(void);
+
 /* The file of a unix listener, remembered right after listen() so that it
  * is removed at the end only if it is still the one we made (another
  * process may have replaced it since).  Other kinds: nothing to remove. */
