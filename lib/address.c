@@ -7,6 +7,7 @@
 #include <linux/vm_sockets.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -514,7 +515,16 @@ ssize_t cl_link_recv(int fd, void *buf, size_t len, int flags)
     return recv(fd, buf, len, flags);
 }
 
+static bool no_splice_cached;
+static pthread_once_t no_splice_once = PTHREAD_ONCE_INIT;
+
+static void no_splice_read(void)
+{
+    no_splice_cached = env_set("CLOISTER_LINK_NO_SPLICE");
+}
+
 bool cl_link_no_splice(void)
 {
-    return env_set("CLOISTER_LINK_NO_SPLICE");
+    pthread_once(&no_splice_once, no_splice_read);
+    return no_splice_cached;
 }

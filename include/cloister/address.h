@@ -68,8 +68,9 @@ bool cl_socket_is_link(int fd);
  * 1.5.0 gives enclaves (4.14) answers MSG_PEEK on vsock with EOPNOTSUPP;
  * with CLOISTER_LINK_NO_PEEK set, MSG_PEEK on a link fails so here too. */
 ssize_t cl_link_recv(int fd, void *buf, size_t len, int flags);
-/* CLOISTER_LINK_NO_SPLICE set: splice(2) on a link fails with EINVAL, as
- * on vsock, which has no splice_read. */
+/* CLOISTER_LINK_NO_SPLICE set (read once per process): splice(2) from a
+ * link fails with EINVAL, as on the enclave's 4.14 vsock, which has no
+ * splice_read; callers that splice check it with cl_socket_is_link. */
 bool cl_link_no_splice(void);
 
 /* The file of a unix listener, remembered right after listen() so that it

@@ -31,6 +31,21 @@ body=$(curl -sk --max-time 10 -X POST --data-binary @/dev/null "https://127.0.0.
 [ -n "$body" ] && [ "$body" != 000 ] || fail "POST through the host got no answer"
 pass "client -> host (PROXY v2) -> vsock:16:443 stand-in -> enclave, with MSG_PEEK and splice failing on the link"
 
+# the same link named by its unix path: the host would splice, the seam makes
+# splice from the link fail with EINVAL as vsock does, and it copies instead
+pub2=$(free_port)
+spawn host2 "$CLOISTER" host --forward "tcp:127.0.0.1:$pub2=unix:$CLOISTER_VSOCK_STANDIN/16.443,proxy-protocol"
+wait_for_log host2 'event=started'
+nonce=$(printf '%040d' 0 | tr 0 a)
+for i in 1 2; do
+    curl -sk --max-time 10 "https://127.0.0.1:$pub2/enclave/attestation?nonce=$nonce" -o "$work/att" \
+        -w '%{http_code}' >"$work/code" 2>&1 || true
+    [ "$(cat "$work/code")" = 200 ] && [ "$(stat -c %s "$work/att")" -gt 1000 ] ||
+        fail "attestation through the splice-refusing host: $(cat "$work/code")"
+done
+stop host2 || true
+pass "splice from the link refused (EINVAL): the host copies with read/write, whole responses arrive"
+
 # Straight to the enclave's link, as the parent would write: the header
 # byte by byte, then in two pieces, then in one segment with the ClientHello.
 python3 - "$CLOISTER_VSOCK_STANDIN/16.443" <<'PY' || fail "direct PROXY v2 + TLS clients"
