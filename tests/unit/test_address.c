@@ -299,6 +299,53 @@ static void vsock_standin_meets_listener_and_dialer(void)
     rmdir(dir);
 }
 
+/* MSG_PEEK fails with EOPNOTSUPP on links only, and only with the seam set */
+static void link_recv_refuses_peek_on_links(void)
+{
+    setenv("CLOISTER_NO_VSOCK", "1", 1);
+    char dir[96];
+    snprintf(dir, sizeof dir, "%s/lk", tmpdir);
+    CHECK(mkdir(dir, 0700) == 0);
+    setenv("CLOISTER_VSOCK_STANDIN", dir, 1);
+    setenv("CLOISTER_VSOCK_STANDIN_CID", "16", 1);
+    cl_address link;
+    CHECK_OK(cl_address_parse("vsock:4294967295:5005", &link));
+    int lfd = -1, cfd = -1, afd = -1;
+    CHECK_OK(cl_address_listen(&link, 4, &lfd));
+    CHECK_OK(cl_address_parse("vsock:16:5005", &link));
+    CHECK_OK(cl_address_connect(&link, &cfd));
+    if (lfd >= 0 && cfd >= 0) {
+        afd = accept(lfd, NULL, NULL);
+        CHECK(afd >= 0 && write(cfd, "pp", 2) == 2);
+        char b[2];
+        CHECK(cl_socket_is_link(afd) && cl_socket_is_link(cfd));
+        unsetenv("CLOISTER_LINK_NO_PEEK");
+        CHECK(cl_link_recv(afd, b, 1, MSG_PEEK) == 1);
+        setenv("CLOISTER_LINK_NO_PEEK", "1", 1);
+        errno = 0;
+        CHECK(cl_link_recv(afd, b, 1, MSG_PEEK) == -1 && errno == EOPNOTSUPP);
+        CHECK(cl_link_recv(afd, b, 2, 0) == 2 && b[0] == 'p');
+        /* a socketpair is no link: peeking there is left alone */
+        int sp[2];
+        CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sp) == 0);
+        CHECK(!cl_socket_is_link(sp[0]));
+        CHECK(write(sp[1], "x", 1) == 1 && cl_link_recv(sp[0], b, 1, MSG_PEEK) == 1);
+        close(sp[0]);
+        close(sp[1]);
+    }
+    unsetenv("CLOISTER_LINK_NO_PEEK");
+    unsetenv("CLOISTER_VSOCK_STANDIN_CID");
+    unsetenv("CLOISTER_VSOCK_STANDIN");
+    int fds[] = {lfd, cfd, afd};
+    for (size_t i = 0; i < 3; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    char path[160];
+    snprintf(path, sizeof path, "%s/16.5005", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/cloister-address-XXXXXX");
@@ -316,6 +363,7 @@ int main(void)
     RUN(tcp_listen_connect);
     RUN(vsock_refused_when_disabled);
     RUN(vsock_standin_meets_listener_and_dialer);
+    RUN(link_recv_refuses_peek_on_links);
     rmdir(tmpdir);
     return test_summary();
 }
