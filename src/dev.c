@@ -50,7 +50,7 @@ static void dev_usage(FILE *out)
 {
     fprintf(out,
             "usage: cloister dev [--check] [--port N] [--app CMD [--app-port N]] [--no-netns]\n"
-            "                    [--run-dir DIR]\n"
+            "                    [--run-dir DIR] [--fidelity nitro|loose]\n"
             "\n"
             "Runs the whole picture on one machine: the NSM simulator; the enclave side\n"
             "(cloister enclave and the example app) in its own network namespace with only lo\n"
@@ -69,6 +69,11 @@ static void dev_usage(FILE *out)
             "  --no-netns       do not isolate the enclave side (also the automatic fallback\n"
             "                   when not root or without network namespaces; it is logged)\n"
             "  --run-dir DIR    use DIR (created, must not exist) instead of a temporary one\n"
+            "  --fidelity nitro the enclave side as on Nitro (the default): vsock addresses through\n"
+            "                   the vsock code, unix sockets only at the last bind/connect\n"
+            "                   (RUN/vsock/CID.PORT); no MSG_PEEK and no splice on the links; lo\n"
+            "                   left down for cloister enclave to bring up (docs/local-vs-nitro.md)\n"
+            "  --fidelity loose the links as plain unix: addresses, without those seams\n"
             "\n"
             "Ctrl-C or SIGTERM stops everything and removes the run directory: no process,\n"
             "namespace, socket or file is left.  Exit status: 0 ok, 1 something failed (its\n"
@@ -89,6 +94,7 @@ typedef struct dev {
     int sigfd;
     bool stop_requested;
     bool isolated;
+    bool loose; /* --fidelity loose: unix: links, no seams */
     unsigned port, imds_port, intport, appport, kms_port;
     proc sim, imds, host, kms;
     char role_key[32], role_secret[64];   /* the instance role's credentials (imds-sim, kms-local) */
@@ -412,25 +418,52 @@ static int shell_quote(cl_buf *out, const char *word)
     return cl_buf_append(out, "' ", 2);
 }
 
+/* The links between the two sides.  --fidelity nitro: the vsock addresses
+ * of Nitro (the enclave CID 16 listening on VMADDR_CID_ANY, the parent CID
+ * 3), which the stand-in (CLOISTER_VSOCK_STANDIN=RUN/vsock) turns into unix
+ * sockets only at the last bind/connect.  loose: plain unix sockets. */
+enum link_kind { LINK_ENCLAVE_LISTEN, LINK_ENCLAVE, LINK_IMDS, LINK_KMS };
+static void link_addr(const dev *d, enum link_kind k, char *out, size_t len)
+{
+    static const char *const vsock[] = {"vsock:4294967295:443", "vsock:16:443", "vsock:3:8002", "vsock:3:8000"};
+    static const char *const file[] = {"enclave.sock", "enclave.sock", "imds.sock", "kms.sock"};
+    if (d->loose)
+        snprintf(out, len, "unix:%s/%s", d->run, file[k]);
+    else
+        snprintf(out, len, "%s", vsock[k]);
+}
+
 /* The local runner's command: the enclave daemon with the app, inside a
- * fresh network namespace whose lo is brought up first. */
+ * fresh network namespace whose lo is down, as AWS's enclave init leaves
+ * it: cloister enclave brings it up itself. */
 static int enclave_command(const dev *d, const char *app_cmd, bool wait_for_app, cl_buf *out)
 {
     char nsm[PATH_MAX + 32], listen[PATH_MAX + 32], imds[PATH_MAX + 32], intport[16], appurl[64];
     snprintf(nsm, sizeof nsm, "unix:%s/nsm.sock", d->run);
-    snprintf(listen, sizeof listen, "unix:%s/enclave.sock", d->run);
-    snprintf(imds, sizeof imds, "CLOISTER_IMDS_SOCKET=%s/imds.sock", d->run);
+    link_addr(d, LINK_ENCLAVE_LISTEN, listen, sizeof listen);
+    if (d->loose)
+        snprintf(imds, sizeof imds, "CLOISTER_IMDS_SOCKET=%s/imds.sock", d->run);
+    else /* the app has no vsock code: it is given the stand-in's file of vsock:3:8002 */
+        snprintf(imds, sizeof imds, "CLOISTER_IMDS_SOCKET=%s/vsock/3.8002", d->run);
     snprintf(intport, sizeof intport, "%u", d->intport);
     snprintf(appurl, sizeof appurl, "http://127.0.0.1:%u", d->appport);
     CL_TRY(cl_buf_append(out, "exec env ", 9));
     CL_TRY(shell_quote(out, imds));
+    if (!d->loose) {
+        /* the enclave's side of the stand-in: CID 16; its links refuse
+         * MSG_PEEK and splice as the enclave kernel's vsock does */
+        static const char *const seams[] = {"CLOISTER_VSOCK_STANDIN_CID=16", "CLOISTER_LINK_NO_PEEK=1",
+                                            "CLOISTER_LINK_NO_SPLICE=1"};
+        for (size_t i = 0; i < sizeof seams / sizeof seams[0]; i++)
+            CL_TRY(shell_quote(out, seams[i]));
+    }
     if (d->isolated) {
         /* unshare(1) execs without forking, so the watchdog's pid stays the enclave's */
-        CL_TRY(cl_buf_append(out, "unshare --net sh -c 'ip link set lo up && exec \"$0\" \"$@\"' ", 58));
+        CL_TRY(cl_buf_append(out, "unshare --net ", 14));
     }
     char kms_imds[PATH_MAX + 32], kms_proxy[PATH_MAX + 32], kms_ca[PATH_MAX + 32], secret[PATH_MAX + 48];
-    snprintf(kms_imds, sizeof kms_imds, "unix:%s/imds.sock", d->run);
-    snprintf(kms_proxy, sizeof kms_proxy, "unix:%s/kms.sock", d->run);
+    link_addr(d, LINK_IMDS, kms_imds, sizeof kms_imds);
+    link_addr(d, LINK_KMS, kms_proxy, sizeof kms_proxy);
     snprintf(kms_ca, sizeof kms_ca, "%s/kms/ca.pem", d->run);
     snprintf(secret, sizeof secret, "demo=@%s/secret-dev.ct", d->run);
     const char *words[] = {d->self, "enclave", "-fqdn", "localhost", "--nsm", nsm, "--listen", listen,
@@ -697,8 +730,8 @@ static bool exercise(dev *d)
     char nsm[PATH_MAX + 16], imds[PATH_MAX + 16], proxy[PATH_MAX + 16], ca[PATH_MAX + 16], in[PATH_MAX + 32],
         out[PATH_MAX + 32];
     snprintf(nsm, sizeof nsm, "unix:%s/nsm.sock", d->run);
-    snprintf(imds, sizeof imds, "unix:%s/imds.sock", d->run);
-    snprintf(proxy, sizeof proxy, "unix:%s/kms.sock", d->run);
+    link_addr(d, LINK_IMDS, imds, sizeof imds);
+    link_addr(d, LINK_KMS, proxy, sizeof proxy);
     snprintf(ca, sizeof ca, "%s/kms/ca.pem", d->run);
     snprintf(in, sizeof in, "%s/secret-other-pcr0.ct", d->run);
     snprintf(out, sizeof out, "%s/denied.out", d->run);
@@ -713,7 +746,7 @@ static bool exercise(dev *d)
     return ok && good;
 }
 
-enum { OPT_CHECK = 256, OPT_PORT, OPT_APP, OPT_APP_PORT, OPT_NO_NETNS, OPT_RUN_DIR, OPT_HELP };
+enum { OPT_CHECK = 256, OPT_PORT, OPT_APP, OPT_APP_PORT, OPT_NO_NETNS, OPT_RUN_DIR, OPT_FIDELITY, OPT_HELP };
 
 int cmd_dev(int argc, char **argv)
 {
@@ -721,6 +754,7 @@ int cmd_dev(int argc, char **argv)
         {"check", no_argument, NULL, OPT_CHECK},       {"port", required_argument, NULL, OPT_PORT},
         {"app", required_argument, NULL, OPT_APP},     {"app-port", required_argument, NULL, OPT_APP_PORT},
         {"no-netns", no_argument, NULL, OPT_NO_NETNS}, {"run-dir", required_argument, NULL, OPT_RUN_DIR},
+        {"fidelity", required_argument, NULL, OPT_FIDELITY},
         {"help", no_argument, NULL, OPT_HELP},         {NULL, 0, NULL, 0},
     };
     dev d;
@@ -760,6 +794,13 @@ int cmd_dev(int argc, char **argv)
             break;
         case OPT_RUN_DIR:
             run_dir = optarg;
+            break;
+        case OPT_FIDELITY:
+            if (strcmp(optarg, "nitro") && strcmp(optarg, "loose")) {
+                fprintf(stderr, "cloister dev: --fidelity is nitro or loose, got '%s'\n", optarg);
+                return EXIT_USAGE;
+            }
+            d.loose = !strcmp(optarg, "loose");
             break;
         case OPT_HELP:
             dev_usage(stdout);
@@ -836,6 +877,21 @@ int cmd_dev(int argc, char **argv)
         d.appport = free_port();
     d.imds_port = free_port();
     say("cloister dev: run directory %s", d.run);
+    if (!d.loose) {
+        /* the parent's side of the vsock stand-in (CID 3), inherited by
+         * every process; the enclave's command sets its own CID.  No real
+         * AF_VSOCK socket may be opened by any of them. */
+        char standin[PATH_MAX + 8];
+        snprintf(standin, sizeof standin, "%s/vsock", d.run);
+        if (mkdir(standin, 0700) < 0) {
+            fprintf(stderr, "cloister dev: cannot make %s: %s\n", standin, strerror(errno));
+            goto out;
+        }
+        setenv("CLOISTER_VSOCK_STANDIN", standin, 1);
+        setenv("CLOISTER_VSOCK_STANDIN_CID", "3", 1);
+        setenv("CLOISTER_LINK_NO_SPLICE", "1", 1);
+        setenv("CLOISTER_NO_VSOCK", "1", 1);
+    }
     if (!d.isolated)
         say("cloister dev: WARNING: the enclave side is NOT isolated (%s): it shares this machine's network",
             why);
@@ -887,12 +943,13 @@ int cmd_dev(int argc, char **argv)
         fprintf(stderr, "cloister dev: %s\n", cl_error_message());
         goto out;
     }
-    char forward[PATH_MAX + 64], imds_gate[PATH_MAX + 16], health[PATH_MAX + 32];
-    snprintf(forward, sizeof forward, "tcp:127.0.0.1:%u=unix:%s/enclave.sock,proxy-protocol", d.port, d.run);
-    snprintf(imds_gate, sizeof imds_gate, "unix:%s/imds.sock", d.run);
-    snprintf(health, sizeof health, "unix:%s/enclave.sock", d.run);
+    char forward[PATH_MAX + 64], imds_gate[PATH_MAX + 16], health[PATH_MAX + 32], kms_link[PATH_MAX + 16];
+    link_addr(&d, LINK_ENCLAVE, health, sizeof health);
+    link_addr(&d, LINK_IMDS, imds_gate, sizeof imds_gate);
+    link_addr(&d, LINK_KMS, kms_link, sizeof kms_link);
+    snprintf(forward, sizeof forward, "tcp:127.0.0.1:%u=%s,proxy-protocol", d.port, health);
     char outbound[PATH_MAX + 64];
-    snprintf(outbound, sizeof outbound, "unix:%s/kms.sock=127.0.0.1:%u", d.run, d.kms_port);
+    snprintf(outbound, sizeof outbound, "%s=127.0.0.1:%u", kms_link, d.kms_port);
     char *host_argv[] = {d.self, "host", "--forward", forward, "--imds", imds_gate, "--imds-endpoint", imds_endpoint,
                          "--outbound", outbound,
                          "--enclave-command", (char *)enclave_cmd.data, "--health-connect", health,
@@ -920,10 +977,18 @@ int cmd_dev(int argc, char **argv)
     say("  enclave    cloister enclave (pid %d) + %s; network: %s (interfaces: %s)", (int)epid,
         app ? "your app" : "examples/hello/app.py", own_ns ? "its own namespace" : "this machine's, NOT isolated",
         ifaces[0] ? ifaces : "?");
-    say("  host       cloister host: tcp:127.0.0.1:%u -> unix:%s/enclave.sock (vsock stand-in),", d.port, d.run);
-    say("             IMDS gate unix:%s/imds.sock -> imds-sim on 127.0.0.1:%u,", d.run, d.imds_port);
-    say("             KMS proxy unix:%s/kms.sock -> kms-local on 127.0.0.1:%u, watchdog on the enclave", d.run,
-        d.kms_port);
+    say("  host       cloister host: tcp:127.0.0.1:%u -> %s (%s),", d.port, health,
+        d.loose ? "unix sockets for vsock: --fidelity loose" : "vsock code, unix stand-in at the last connect");
+    say("             IMDS gate %s -> imds-sim on 127.0.0.1:%u,", imds_gate, d.imds_port);
+    say("             KMS proxy %s -> kms-local on 127.0.0.1:%u, watchdog on the enclave", kms_link, d.kms_port);
+    /* dev no longer brings lo up: in a fresh namespace the enclave must */
+    bool lo_by_enclave = file_contains(d.host.log, "event=loopback_up interface=lo");
+    if (own_ns)
+        say("  loopback   %s", lo_by_enclave ? "lo was down in the enclave's namespace; cloister enclave brought it up"
+                                             : "cloister enclave did NOT log bringing lo up");
+    if (!d.loose)
+        say("  fidelity   nitro: vsock stand-in %s/vsock/CID.PORT (enclave CID 16, parent 3); no MSG_PEEK, no\n"
+            "             splice on the links; lo left down for cloister enclave (docs/local-vs-nitro.md)", d.run);
     say("  kms-local  key alias/dev opens only for a Recipient attested with PCR0=%.16s...; the enclave", d.pcr0);
     say("             opened the secret \"demo\" with it at start (credentials from IMDS, through the host)");
     say("\ncloister verify https://127.0.0.1:%u --root %s/state/root.pem:", d.port, d.run);
@@ -936,6 +1001,10 @@ int cmd_dev(int argc, char **argv)
         bool ok = exercise(&d);
         if (d.isolated && !own_ns) {
             say("FAIL  the enclave is not in its own network namespace");
+            ok = false;
+        }
+        if (own_ns && !lo_by_enclave) {
+            say("FAIL  lo of the enclave's namespace was not brought up by cloister enclave");
             ok = false;
         }
         status = ok ? 0 : 1;

@@ -4,6 +4,7 @@
  * other request is streamed to the application.  Flags and endpoints are
  * those of brave's nitriding-daemon, plus a few of cloister's own. */
 #include "cloister/core/address.h"
+#include "cloister/core/netif.h"
 #include "cloister/core/encoding.h"
 #include "cloister/core/http.h"
 #include "cloister/enclave/kms.h"
@@ -952,6 +953,14 @@ static void free_environment(char **env)
 
 static int enclave_start(enclave *e)
 {
+    /* AWS's enclave init leaves lo down; the internal listener and the
+     * app need 127.0.0.1 */
+    bool lo_was_down;
+    int lo_rc = cl_netif_up("lo", &lo_was_down);
+    if (lo_rc < 0)
+        return cl_error_prefix(lo_rc, "loopback: ");
+    if (lo_was_down)
+        cl_log(CL_LOG_INFO, "loopback_up", "interface", "lo", "detail", "lo was down; brought it up", NULL);
     if (e->s.appwebsrv) {
         int rc = cl_upstream_target_parse(e->s.appwebsrv, &e->app);
         if (rc < 0)

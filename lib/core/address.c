@@ -7,7 +7,9 @@
 #include <linux/vm_sockets.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -259,10 +261,105 @@ int cl_socket(int family, int type)
     return socket(family, type, 0);
 }
 
+/* ---- the vsock stand-in ----------------------------------------------------
+ * Everything above the last socket()/bind()/connect() runs as for vsock;
+ * only the sockaddr_vm is turned into the unix socket DIR/CID.PORT here. */
+
+static const char *standin_dir(void)
+{
+    const char *d = getenv("CLOISTER_VSOCK_STANDIN");
+    return d && *d ? d : NULL;
+}
+
+bool cl_vsock_standin_active(void)
+{
+    return standin_dir() != NULL;
+}
+
+/* The CID this process has in the stand-in picture (the enclave's CID for
+ * the enclave, 3 for the parent); 0 when not given. */
+static int standin_local_cid(uint32_t *cid)
+{
+    *cid = 0;
+    const char *v = getenv("CLOISTER_VSOCK_STANDIN_CID");
+    if (!v || !*v)
+        return CL_OK;
+    uint64_t n;
+    int rc = cl_parse_u64(v, UINT32_MAX, &n);
+    if (rc < 0)
+        return cl_error_prefix(rc, "CLOISTER_VSOCK_STANDIN_CID: ");
+    CL_ENSURE(n != VMADDR_CID_ANY && n > VMADDR_CID_LOCAL, CL_EINVAL,
+              "CLOISTER_VSOCK_STANDIN_CID must name one CID (2 or more), got %s", v);
+    *cid = (uint32_t)n;
+    return CL_OK;
+}
+
+int cl_vsock_standin_sockaddr(const struct sockaddr_vm *svm, bool listening, struct sockaddr_un *out)
+{
+    const char *dir = standin_dir();
+    if (!dir)
+        return 0;
+    uint32_t local;
+    CL_TRY(standin_local_cid(&local));
+    uint32_t cid = svm->svm_cid;
+    if (listening) {
+        /* vsock binds only to this machine's CIDs; ANY means "all of mine" */
+        if (cid == VMADDR_CID_ANY || cid == VMADDR_CID_LOCAL) {
+            CL_ENSURE(local, CL_EINVAL,
+                      "vsock stand-in: a listener on CID %u needs CLOISTER_VSOCK_STANDIN_CID (this side's CID)", cid);
+            cid = local;
+        }
+        CL_ENSURE(!local || cid == local, CL_EINVAL,
+                  "vsock stand-in: cannot listen on CID %u, this side is CID %u (as vsock: EADDRNOTAVAIL)", cid, local);
+    } else if (cid == VMADDR_CID_LOCAL) {
+        CL_ENSURE(local, CL_EINVAL, "vsock stand-in: CID 1 (local) needs CLOISTER_VSOCK_STANDIN_CID");
+        cid = local;
+    }
+    CL_ENSURE(cid != VMADDR_CID_ANY, CL_EINVAL, "vsock stand-in: cannot connect to CID %u (VMADDR_CID_ANY)", cid);
+    memset(out, 0, sizeof *out);
+    out->sun_family = AF_UNIX;
+    int n = snprintf(out->sun_path, sizeof out->sun_path, "%s/%u.%u", dir, cid, svm->svm_port);
+    CL_ENSURE(n > 0 && (size_t)n < sizeof out->sun_path, CL_EINVAL,
+              "vsock stand-in: CLOISTER_VSOCK_STANDIN=%s makes a socket path longer than %zu bytes", dir,
+              sizeof out->sun_path - 1);
+    return 1;
+}
+
+int cl_sockaddr_final(const struct sockaddr *sa, socklen_t len, bool listening, struct sockaddr_storage *out,
+                      socklen_t *out_len)
+{
+    CL_ENSURE(len <= sizeof *out, CL_EINVAL, "socket address of %u bytes", (unsigned)len);
+    if (sa->sa_family == AF_VSOCK && len >= sizeof(struct sockaddr_vm)) {
+        struct sockaddr_un sun;
+        int r = cl_vsock_standin_sockaddr((const struct sockaddr_vm *)sa, listening, &sun);
+        CL_TRY(r);
+        if (r) {
+            memset(out, 0, sizeof *out);
+            memcpy(out, &sun, sizeof sun);
+            *out_len = sizeof sun;
+            return CL_OK;
+        }
+    }
+    memset(out, 0, sizeof *out);
+    memcpy(out, sa, len);
+    *out_len = len;
+    return CL_OK;
+}
+
 static int listen_vsock(const cl_address *a, int backlog, int *fd_out)
 {
     struct sockaddr_vm svm;
     fill_vsock(a, &svm);
+    struct sockaddr_un sun;
+    int standin = cl_vsock_standin_sockaddr(&svm, true, &sun);
+    if (standin < 0)
+        return cl_error_prefix(standin, "vsock:%u:%u: ", a->cid, a->port);
+    if (standin) {
+        cl_address u = {.kind = CL_ADDR_UNIX};
+        memcpy(u.path, sun.sun_path, sizeof u.path);
+        int rc = listen_unix(&u, backlog, fd_out);
+        return rc < 0 ? cl_error_prefix(rc, "vsock:%u:%u (stand-in): ", a->cid, a->port) : rc;
+    }
     CL_ENSURE(!cl_vsock_disabled(), CL_EINVAL, "vsock:%u:%u: vsock is disabled here (CLOISTER_NO_VSOCK)", a->cid,
               a->port);
     int fd = cl_socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC);
@@ -287,8 +384,15 @@ int cl_address_listen(const cl_address *a, int backlog, int *fd_out)
     return cl_error_set(CL_EINVAL, "unknown address kind %d", a->kind);
 }
 
-static int connect_one(int family, const struct sockaddr *sa, socklen_t sa_len, const char *what, int *fd_out)
+static int connect_one(const struct sockaddr *given, socklen_t given_len, const char *what, int *fd_out)
 {
+    struct sockaddr_storage ss;
+    socklen_t sa_len;
+    int rc = cl_sockaddr_final(given, given_len, false, &ss, &sa_len);
+    if (rc < 0)
+        return cl_error_prefix(rc, "%s: ", what);
+    const struct sockaddr *sa = (const struct sockaddr *)&ss;
+    int family = sa->sa_family;
     CL_ENSURE(family != AF_VSOCK || !cl_vsock_disabled(), CL_EINVAL, "%s: vsock is disabled here (CLOISTER_NO_VSOCK)",
               what);
     int fd = cl_socket(family, SOCK_STREAM | SOCK_CLOEXEC);
@@ -336,14 +440,14 @@ int cl_address_connect(const cl_address *a, int *fd_out)
     case CL_ADDR_UNIX: {
         struct sockaddr_un sun;
         CL_TRY(fill_unix(a, &sun));
-        return connect_one(AF_UNIX, (struct sockaddr *)&sun, sizeof sun, what, fd_out);
+        return connect_one((struct sockaddr *)&sun, sizeof sun, what, fd_out);
     }
     case CL_ADDR_TCP:
         return connect_tcp(a, fd_out);
     case CL_ADDR_VSOCK: {
         struct sockaddr_vm svm;
         fill_vsock(a, &svm);
-        return connect_one(AF_VSOCK, (struct sockaddr *)&svm, sizeof svm, what, fd_out);
+        return connect_one((struct sockaddr *)&svm, sizeof svm, what, fd_out);
     }
     }
     return cl_error_set(CL_EINVAL, "unknown address kind %d", a->kind);
@@ -366,4 +470,61 @@ void cl_socket_file_remove(cl_socket_file *f)
     if (f->set && stat(f->path, &st) == 0 && st.st_dev == f->dev && st.st_ino == f->ino)
         unlink(f->path);
     f->set = false;
+}
+
+/* ---- links between the enclave and its parent -------------------------------- */
+
+static bool env_set(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0") != 0;
+}
+
+static bool path_in_standin(const struct sockaddr_un *sun, socklen_t len)
+{
+    const char *dir = standin_dir();
+    if (!dir || len <= offsetof(struct sockaddr_un, sun_path) || !sun->sun_path[0])
+        return false;
+    size_t n = strlen(dir);
+    return strncmp(sun->sun_path, dir, n) == 0 && sun->sun_path[n] == '/';
+}
+
+bool cl_socket_is_link(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+        return false;
+    if (ss.ss_family == AF_VSOCK)
+        return true;
+    if (ss.ss_family != AF_UNIX)
+        return false;
+    if (path_in_standin((struct sockaddr_un *)&ss, len))
+        return true;
+    len = sizeof ss;
+    return getpeername(fd, (struct sockaddr *)&ss, &len) == 0 && ss.ss_family == AF_UNIX &&
+           path_in_standin((struct sockaddr_un *)&ss, len);
+}
+
+ssize_t cl_link_recv(int fd, void *buf, size_t len, int flags)
+{
+    if ((flags & MSG_PEEK) && env_set("CLOISTER_LINK_NO_PEEK") && cl_socket_is_link(fd)) {
+        errno = EOPNOTSUPP;
+        return -1;
+    }
+    return recv(fd, buf, len, flags);
+}
+
+static bool no_splice_cached;
+static pthread_once_t no_splice_once = PTHREAD_ONCE_INIT;
+
+static void no_splice_read(void)
+{
+    no_splice_cached = env_set("CLOISTER_LINK_NO_SPLICE");
+}
+
+bool cl_link_no_splice(void)
+{
+    pthread_once(&no_splice_once, no_splice_read);
+    return no_splice_cached;
 }

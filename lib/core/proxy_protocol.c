@@ -161,6 +161,17 @@ static int check_tlvs(const uint8_t *header, size_t header_len, cl_cursor *c)
     return CL_OK;
 }
 
+size_t cl_pp2_bytes_wanted(const uint8_t *buf, size_t len)
+{
+    if (len < CL_PP2_FIXED_LEN)
+        return CL_PP2_FIXED_LEN;
+    cl_cursor c = cl_cursor_make(buf + CL_PP2_FIXED_LEN - 2, 2);
+    uint16_t body_len = 0;
+    if (cl_cursor_be16(&c, &body_len) < 0)
+        return CL_PP2_FIXED_LEN;
+    return CL_PP2_FIXED_LEN + (size_t)body_len;
+}
+
 int cl_pp2_parse(const uint8_t *buf, size_t len, cl_pp2_header *out, bool *complete)
 {
     *complete = false;

@@ -14,9 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 
-#include <linux/vm_sockets.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stddef.h>
+#include <unistd.h>
 
 #define DEFAULT_ATTEMPTS 5
 #define DEFAULT_BACKOFF_MS 100
@@ -49,36 +53,149 @@ int cl_curl_init(void)
     return CL_OK;
 }
 
-typedef struct dial_ctx {
-    const cl_address *addr;
-    char error[256];
-} dial_ctx;
+/* vsock: libcurl 7.88 turns the address of every socket it connects into
+ * text (Curl_addr2string: AF_INET, AF_INET6, AF_UNIX only), so an AF_VSOCK
+ * socket swapped in through CURLOPT_OPENSOCKETFUNCTION fails the transfer
+ * with CURLE_FAILED_INIT before it connects.  Instead cloister dials vsock
+ * itself (cl_address_connect, the same code as every other vsock link) and
+ * curl reaches that connection through its own unix-socket support: an
+ * abstract unix socket with a random name, accepted once, only from this
+ * process (SO_PEERCRED), relayed byte for byte.  curl still does TLS with
+ * the URL's host as SNI and certificate name; the relay sees ciphertext. */
+typedef struct dial_relay {
+    int listen_fd, conn_fd, peer_fd, stop[2];
+    pthread_t thread;
+    bool started;
+    char name[48]; /* the abstract name, without its leading NUL */
+} dial_relay;
 
-/* vsock: curl connects the socket itself (libcurl 7.88 does not honour
- * CURL_SOCKOPT_ALREADY_CONNECTED), so the socket is opened as AF_VSOCK
- * and the address curl will connect to is replaced by the vsock one; a
- * sockaddr_vm has the size of the struct sockaddr curl hands us. */
-static curl_socket_t dial_open(void *clientp, curlsocktype purpose, struct curl_sockaddr *address)
+#define DIAL_RELAY_INIT {.listen_fd = -1, .conn_fd = -1, .peer_fd = -1, .stop = {-1, -1}}
+
+static bool send_all(int fd, const char *p, size_t n)
 {
-    (void)purpose;
-    dial_ctx *d = clientp;
-    _Static_assert(sizeof(struct sockaddr_vm) <= sizeof address->addr, "sockaddr_vm fits");
-    struct sockaddr_vm svm;
-    memset(&svm, 0, sizeof svm);
-    svm.svm_family = AF_VSOCK;
-    svm.svm_cid = d->addr->cid;
-    svm.svm_port = d->addr->port;
-    int fd = cl_socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC);
-    if (fd < 0) {
-        snprintf(d->error, sizeof d->error, "cannot open a vsock socket: %s", strerror(errno));
-        return CURL_SOCKET_BAD;
+    while (n) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return false;
+        p += w;
+        n -= (size_t)w;
     }
-    address->family = AF_VSOCK;
-    address->socktype = SOCK_STREAM;
-    address->protocol = 0;
-    address->addrlen = sizeof svm;
-    memcpy(&address->addr, &svm, sizeof svm);
-    return fd;
+    return true;
+}
+
+static bool accept_own(dial_relay *r)
+{
+    for (;;) {
+        struct pollfd p[2] = {{.fd = r->listen_fd, .events = POLLIN}, {.fd = r->stop[0], .events = POLLIN}};
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            return false;
+        }
+        if (p[1].revents)
+            return false;
+        int fd = accept4(r->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+            continue;
+        struct ucred cred;
+        socklen_t len = sizeof cred;
+        /* abstract names are visible to the whole network namespace */
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid == getpid()) {
+            r->conn_fd = fd;
+            return true;
+        }
+        close(fd);
+    }
+}
+
+static void *relay_main(void *arg)
+{
+    dial_relay *r = arg;
+    if (!accept_own(r))
+        return NULL;
+    int fds[2] = {r->conn_fd, r->peer_fd};
+    bool open_in[2] = {true, true};
+    char buf[16384];
+    while (open_in[0] || open_in[1]) {
+        struct pollfd p[3] = {{.fd = open_in[0] ? fds[0] : -1, .events = POLLIN},
+                              {.fd = open_in[1] ? fds[1] : -1, .events = POLLIN},
+                              {.fd = r->stop[0], .events = POLLIN}};
+        if (poll(p, 3, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (p[2].revents)
+            break;
+        bool failed = false;
+        for (int i = 0; i < 2 && !failed; i++) {
+            if (!p[i].revents)
+                continue;
+            ssize_t n = recv(fds[i], buf, sizeof buf, 0);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0) {
+                open_in[i] = false;
+                shutdown(fds[1 - i], SHUT_WR);
+                failed = n < 0;
+            } else if (!send_all(fds[1 - i], buf, (size_t)n)) {
+                failed = true;
+            }
+        }
+        if (failed)
+            break;
+    }
+    /* the other side sees the end (curl: a closed connection) */
+    shutdown(r->conn_fd, SHUT_RDWR);
+    shutdown(r->peer_fd, SHUT_RDWR);
+    cl_wipe(buf, sizeof buf);
+    return NULL;
+}
+
+static int relay_start(dial_relay *r, const cl_address *a)
+{
+    CL_TRY(cl_address_connect(a, &r->peer_fd));
+    uint8_t rnd[12];
+    CL_ENSURE(RAND_bytes(rnd, sizeof rnd) == 1, CL_EIO, "no random bytes for the dial relay's name");
+    char hex[2 * sizeof rnd + 1];
+    for (size_t i = 0; i < sizeof rnd; i++)
+        snprintf(hex + 2 * i, 3, "%02x", rnd[i]);
+    snprintf(r->name, sizeof r->name, "cloister-dial-%s", hex);
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    size_t n = strlen(r->name);
+    memcpy(sun.sun_path + 1, r->name, n);
+    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
+    r->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CL_ENSURE(r->listen_fd >= 0, CL_EIO, "dial relay: socket: %s", strerror(errno));
+    CL_ENSURE(bind(r->listen_fd, (struct sockaddr *)&sun, len) == 0 && listen(r->listen_fd, 4) == 0, CL_EIO,
+              "dial relay: cannot listen on an abstract unix socket: %s", strerror(errno));
+    CL_ENSURE(pipe2(r->stop, O_CLOEXEC) == 0, CL_EIO, "dial relay: pipe: %s", strerror(errno));
+    int e = pthread_create(&r->thread, NULL, relay_main, r);
+    CL_ENSURE(e == 0, CL_EIO, "dial relay: cannot start a thread: %s", strerror(e));
+    r->started = true;
+    return CL_OK;
+}
+
+static void relay_stop(dial_relay *r)
+{
+    if (r->started) {
+        ssize_t w;
+        do
+            w = write(r->stop[1], "x", 1);
+        while (w < 0 && errno == EINTR);
+        /* a relay blocked in send() to a peer that does not read */
+        shutdown(r->peer_fd, SHUT_RDWR);
+        pthread_join(r->thread, NULL);
+    }
+    int *fds[] = {&r->listen_fd, &r->conn_fd, &r->peer_fd, &r->stop[0], &r->stop[1]};
+    for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
+        if (*fds[i] >= 0) {
+            close(*fds[i]);
+            *fds[i] = -1;
+        }
+    r->started = false;
 }
 
 static size_t on_body(char *data, size_t size, size_t n, void *userp)
@@ -115,7 +232,7 @@ int cl_http_perform(CURL *h, cl_http_call *call)
     call->status = 0;
     call->response = (cl_buf)CL_BUF_INIT;
     call->request_id[0] = '\0';
-    dial_ctx dial = {call->dial, ""};
+    dial_relay relay = DIAL_RELAY_INIT;
     char errbuf[CURL_ERROR_SIZE] = "";
     struct curl_slist *resolve = NULL;
     int rc = CL_OK;
@@ -155,7 +272,6 @@ int cl_http_perform(CURL *h, cl_http_call *call)
     }
     curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, NULL);
     curl_easy_setopt(h, CURLOPT_CONNECT_TO, NULL);
-    curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, NULL);
     if (call->dial) {
         /* The URL's host stays the TLS name (SNI, certificate check) and
          * the Host header; the bytes go to the address.  No DNS lookup of
@@ -171,29 +287,34 @@ int cl_http_perform(CURL *h, cl_http_call *call)
             CL_FAIL_OUT(CL_EINVAL, "cannot read the host of %s", call->url);
         }
         char entry[CL_ADDRESS_HOST_MAX + 340];
-        if (call->dial->kind == CL_ADDR_TCP)
-            snprintf(entry, sizeof entry, "%s:%s:%s%s%s:%u", host, port, strchr(call->dial->host, ':') ? "[" : "",
-                     call->dial->host, strchr(call->dial->host, ':') ? "]" : "", call->dial->port);
-        else
-            snprintf(entry, sizeof entry, "%s:%s:127.0.0.1", host, port);
+        snprintf(entry, sizeof entry, "%s:%s:%s%s%s:%u", host, port, strchr(call->dial->host, ':') ? "[" : "",
+                 call->dial->host, strchr(call->dial->host, ':') ? "]" : "", call->dial->port);
         curl_free(host);
         curl_free(port);
         curl_url_cleanup(u);
-        resolve = curl_slist_append(NULL, entry);
-        CL_ENSURE_OUT(resolve, CL_ENOMEM, "out of memory");
         curl_easy_setopt(h, CURLOPT_PROXY, "");
         switch (call->dial->kind) {
         case CL_ADDR_TCP:
+            resolve = curl_slist_append(NULL, entry);
+            CL_ENSURE_OUT(resolve, CL_ENOMEM, "out of memory");
             curl_easy_setopt(h, CURLOPT_CONNECT_TO, resolve);
             break;
         case CL_ADDR_UNIX:
             curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, call->dial->path);
             break;
-        default:
-            curl_easy_setopt(h, CURLOPT_RESOLVE, resolve);
-            curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, dial_open);
-            curl_easy_setopt(h, CURLOPT_OPENSOCKETDATA, &dial);
+        default: {
+            int relay_rc = relay_start(&relay, call->dial);
+            if (relay_rc < 0) {
+                char a[CL_ADDRESS_PATH_MAX + 16];
+                cl_address_format(call->dial, a, sizeof a);
+                rc = cl_error_prefix(relay_rc, "%s via %s: ", call->url, a);
+                goto out;
+            }
+            curl_easy_setopt(h, CURLOPT_ABSTRACT_UNIX_SOCKET, relay.name);
+            /* the relay lives for this transfer only */
+            curl_easy_setopt(h, CURLOPT_FORBID_REUSE, 1L);
             break;
+        }
         }
     }
     call->curl_code = curl_easy_perform(h);
@@ -204,14 +325,14 @@ int cl_http_perform(CURL *h, cl_http_call *call)
             cl_address_format(call->dial, a, sizeof a);
             snprintf(via, sizeof via, " via %s", a);
         }
-        CL_FAIL_OUT(CL_EIO, "%s%s: %s%s%s", call->url, via, dial.error[0] ? dial.error : curl_easy_strerror(call->curl_code),
-                    errbuf[0] && !dial.error[0] ? ": " : "", errbuf[0] && !dial.error[0] ? errbuf : "");
+        CL_FAIL_OUT(CL_EIO, "%s%s: %s%s%s", call->url, via, curl_easy_strerror(call->curl_code), errbuf[0] ? ": " : "",
+                    errbuf);
     }
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &call->status);
 out:
     /* the handle must not keep pointers into this frame */
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
-    curl_easy_setopt(h, CURLOPT_OPENSOCKETDATA, NULL);
+    relay_stop(&relay);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
     curl_easy_setopt(h, CURLOPT_RESOLVE, NULL);
     curl_easy_setopt(h, CURLOPT_CONNECT_TO, NULL);

@@ -726,36 +726,44 @@ static void handshake(client *c)
 
 static void format_peer(const struct sockaddr_storage *sa, char *out, size_t len);
 
-/* The PROXY v2 header, read with MSG_PEEK so that not one byte of what
- * follows (TLS) is taken; the header is consumed once it is whole. */
+/* The PROXY v2 header, read with plain reads of exactly the bytes it still
+ * lacks (the fixed part, then the length it announces) into c->in, so that
+ * not one byte of what follows (TLS) leaves the socket.  Not MSG_PEEK: the
+ * enclave kernel of nitro-cli 1.5.0 (4.14) answers it on vsock with
+ * EOPNOTSUPP. */
 #define MAX_PROXY_HEADER 4096
 static void read_proxy_header(client *c)
 {
-    uint8_t buf[MAX_PROXY_HEADER];
-    ssize_t n = recv(c->watch.fd, buf, sizeof buf, MSG_PEEK);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return;
-    if (n <= 0) {
-        cl_client_close(c);
-        return;
+    size_t cap = c->in_cap < MAX_PROXY_HEADER ? c->in_cap : MAX_PROXY_HEADER;
+    for (;;) {
+        cl_pp2_header h;
+        bool complete = false;
+        size_t want = cl_pp2_bytes_wanted(c->in, c->in_len);
+        int rc = c->in_len ? cl_pp2_parse(c->in, c->in_len, &h, &complete) : CL_OK;
+        if (rc < 0 || (!complete && want > cap)) {
+            cl_log(CL_LOG_WARN, "proxy_header_refused", "listener", c->w->server->cfg.name, "peer", c->peer, "error",
+                   rc < 0 ? cl_error_message() : "header longer than accepted", NULL);
+            cl_client_close(c);
+            return;
+        }
+        if (complete) {
+            if (h.command == CL_PP2_PROXY && (h.src.ss_family == AF_INET || h.src.ss_family == AF_INET6))
+                format_peer(&h.src, c->peer, sizeof c->peer);
+            c->in_len = c->in_off = 0;
+            c->state = c->ssl ? CLIENT_HANDSHAKE : CLIENT_READ_HEAD;
+            return;
+        }
+        ssize_t n = read(c->watch.fd, c->in + c->in_len, want - c->in_len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return; /* the rest arrives later: a new edge */
+        if (n <= 0) {
+            cl_client_close(c);
+            return;
+        }
+        c->in_len += (size_t)n;
     }
-    cl_pp2_header h;
-    bool complete = false;
-    if (cl_pp2_parse(buf, (size_t)n, &h, &complete) < 0 || (!complete && (size_t)n == sizeof buf)) {
-        cl_log(CL_LOG_WARN, "proxy_header_refused", "listener", c->w->server->cfg.name, "peer", c->peer, "error",
-               complete || (size_t)n < sizeof buf ? cl_error_message() : "header longer than accepted", NULL);
-        cl_client_close(c);
-        return;
-    }
-    if (!complete)
-        return; /* the rest arrives later: a new edge */
-    if (recv(c->watch.fd, buf, h.header_len, 0) != (ssize_t)h.header_len) {
-        cl_client_close(c);
-        return;
-    }
-    if (h.command == CL_PP2_PROXY && (h.src.ss_family == AF_INET || h.src.ss_family == AF_INET6))
-        format_peer(&h.src, c->peer, sizeof c->peer);
-    c->state = c->ssl ? CLIENT_HANDSHAKE : CLIENT_READ_HEAD;
 }
 
 static void client_pump(client *c)

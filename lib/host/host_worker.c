@@ -5,6 +5,7 @@
  * connections to the kinds, so no kind needs host.c. */
 #include "host/host_worker.h"
 
+#include "cloister/core/address.h"
 #include "cloister/core/log.h"
 
 #include <arpa/inet.h>
@@ -220,11 +221,18 @@ void host_conn_remove(host_worker *w, host_conn *c)
     }
 }
 
-int host_connect_start(const struct sockaddr *sa, socklen_t len, int *fd_out, bool *in_progress, int *err)
+int host_connect_start(const struct sockaddr *given, socklen_t given_len, int *fd_out, bool *in_progress, int *err)
 {
     *fd_out = -1;
     *in_progress = false;
     *err = 0;
+    struct sockaddr_storage final;
+    socklen_t len;
+    if (cl_sockaddr_final(given, given_len, false, &final, &len) < 0) {
+        *err = EADDRNOTAVAIL;
+        return -1;
+    }
+    const struct sockaddr *sa = (const struct sockaddr *)&final;
     int fd = cl_socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
         *err = errno;

@@ -216,9 +216,15 @@ static int wait_fd(int fd, short events, uint64_t deadline, const char *what)
 }
 
 /* A non-blocking connect finished within the deadline. */
-static int connect_within(int family, const struct sockaddr *sa, socklen_t len, uint64_t deadline, int *fd_out)
+static int connect_within(int family, const struct sockaddr *given, socklen_t given_len, uint64_t deadline,
+                          int *fd_out)
 {
-    int fd = cl_socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK);
+    (void)family;
+    struct sockaddr_storage final;
+    socklen_t len;
+    CL_TRY(cl_sockaddr_final(given, given_len, false, &final, &len));
+    const struct sockaddr *sa = (const struct sockaddr *)&final;
+    int fd = cl_socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK);
     CL_ENSURE(fd >= 0, CL_EIO, "socket: %s", strerror(errno));
     int rc = CL_OK;
     if (connect(fd, sa, len) < 0) {

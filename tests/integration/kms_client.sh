@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The KMS client end to end, in the set-up of an enclave on one machine:
 #   - cloister nsm-sim (the NSM), cloister imds-sim behind `cloister host --imds` (credentials),
-#     cloister kms-local with TLS (KMS), `cloister host --outbound unix:RUN/kms.sock=127.0.0.1:PORT`
-#     standing in for vsock:3:8000; the enclave side dials unix:RUN/kms.sock, TLS to kms-local's CA
-#     with SNI kms.eu-west-1.amazonaws.com
+#     cloister kms-local with TLS (KMS), `cloister host --outbound vsock:3:8000=127.0.0.1:PORT`;
+#     the enclave side dials vsock:3:8000 and vsock:3:8002 (IMDS) through the vsock code, with the
+#     unix stand-in (CLOISTER_VSOCK_STANDIN) only at the last connect(); TLS to kms-local's CA with
+#     SNI kms.eu-west-1.amazonaws.com
 #   - an operator encrypts outside the enclave (static credentials, direct connection)
 #   - `cloister kms` inside: IMDSv2 credentials, Decrypt / GenerateDataKey / GenerateRandom with a
 #     Recipient through the proxy; a key policy on PCR0 refuses the same calls without a Recipient
@@ -24,6 +25,11 @@ fi
 command -v openssl >/dev/null && command -v curl >/dev/null || { echo "skip: needs openssl and curl"; exit 77; }
 
 REGION=eu-west-1
+# vsock as in the enclave; the stand-in puts the sockets at $work/vsock/CID.PORT
+export CLOISTER_VSOCK_STANDIN=$work/vsock
+mkdir -p "$CLOISTER_VSOCK_STANDIN"
+IMDS=vsock:3:8002
+KMSP=vsock:3:8000
 PCR0=$(printf '%096d' 7 | tr 0 a)
 PCR0_OTHER=$(printf '%096d' 9 | tr 0 b)
 
@@ -37,12 +43,12 @@ cat "$work/state/root.pem" "$work/state2/root.pem" >"$work/roots.pem"
 m=$(free_port)
 spawn imds_sim "$CLOISTER" imds-sim --listen "tcp:127.0.0.1:$m" --role enclave-role --region "$REGION"
 wait_for_log imds_sim 'event=listening'
-spawn imds "$CLOISTER" host --imds "unix:$work/imds.sock" --imds-endpoint "http://127.0.0.1:$m"
+spawn imds "$CLOISTER" host --imds "$IMDS" --imds-endpoint "http://127.0.0.1:$m"
 wait_for_log imds 'event=started'
 # kms-local must know the role's key: read it the way the instance would.
-token=$(curl -sS --unix-socket "$work/imds.sock" -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
+token=$(curl -sS --unix-socket "$CLOISTER_VSOCK_STANDIN/3.8002" -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
     http://169.254.169.254/latest/api/token)
-curl -sS --unix-socket "$work/imds.sock" -H "X-aws-ec2-metadata-token: $token" \
+curl -sS --unix-socket "$CLOISTER_VSOCK_STANDIN/3.8002" -H "X-aws-ec2-metadata-token: $token" \
     http://169.254.169.254/latest/meta-data/iam/security-credentials/enclave-role >"$work/role.json"
 role_creds=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(c["AccessKeyId"]+":"+c["SecretAccessKey"])' "$work/role.json")
 
@@ -60,7 +66,7 @@ spawn kms "$CLOISTER" kms-local --listen "tcp:127.0.0.1:$kp" --state "$work/kms"
     --root "$work/roots.pem" --key alias/app --key "alias/pcr-bound=$work/pcr-policy.json"
 wait_for_log kms '^kms-local: listening on '
 CA=$work/kms/ca.pem
-spawn outbound "$CLOISTER" host --outbound "unix:$work/kms.sock=127.0.0.1:$kp"
+spawn outbound "$CLOISTER" host --outbound "$KMSP=127.0.0.1:$kp"
 wait_for_log outbound 'event=started'
 
 # the operator, outside the enclave: static credentials, straight to the endpoint
@@ -70,7 +76,7 @@ op() {
 }
 # inside: IMDSv2 credentials through the gate, KMS through the outbound proxy, Recipient from the NSM
 inside() {
-    "$CLOISTER" kms --imds "unix:$work/imds.sock" --proxy "unix:$work/kms.sock" --ca-file "$CA" \
+    "$CLOISTER" kms --imds "$IMDS" --proxy "$KMSP" --ca-file "$CA" \
         --nsm "unix:$work/nsm.sock" "$@"
 }
 
@@ -89,7 +95,19 @@ grep -q 'credentials=imds' "$work/stats" || fail "credentials did not come from 
 grep -q 'target=/latest/api/token' "$work/imds_sim.log" && \
     grep -q 'target=/latest/meta-data/iam/security-credentials/enclave-role' "$work/imds_sim.log" ||
     fail "imds-sim did not see the IMDSv2 token and credentials calls"
-pass "Encrypt outside (static credentials, direct), Decrypt inside: IMDSv2 credentials, Recipient, unix:kms.sock proxy"
+pass "Encrypt outside (static credentials, direct), Decrypt inside: IMDSv2 credentials, Recipient, vsock:3:8000 proxy (stand-in)"
+
+# curl's own unix-socket path (the same listeners, named by their files) still works
+"$CLOISTER" kms --imds "unix:$CLOISTER_VSOCK_STANDIN/3.8002" --proxy "unix:$CLOISTER_VSOCK_STANDIN/3.8000" \
+    --ca-file "$CA" --nsm "unix:$work/nsm.sock" decrypt --in "$work/app.ct" -o "$work/out2.txt" ||
+    fail "decrypt over unix: addresses"
+cmp -s "$work/out2.txt" "$work/secret.txt" || fail "unix: decrypt differs"
+# without the stand-in the vsock path opens AF_VSOCK, which CLOISTER_NO_VSOCK refuses
+st=0
+env -u CLOISTER_VSOCK_STANDIN "$CLOISTER" kms --imds "$IMDS" --proxy "$KMSP" --ca-file "$CA" \
+    --nsm "unix:$work/nsm.sock" decrypt --in "$work/app.ct" >/dev/null 2>"$work/err" || st=$?
+[ $st != 0 ] && grep -q 'CLOISTER_NO_VSOCK' "$work/err" || fail "vsock without the stand-in: $st $(cat "$work/err")"
+pass "the same listeners through curl's unix: path; without the stand-in, CLOISTER_NO_VSOCK refuses the vsock dial"
 
 # a raw ciphertext file is accepted too; --base64 output; the region came from IMDS
 inside decrypt --in "$work/pcr.ct.bin" --base64 >"$work/out.b64" || fail "decrypt of a raw blob"
@@ -102,7 +120,7 @@ op decrypt --in "$work/pcr.ct" >/dev/null 2>"$work/err"; st=$?
 set -e
 [ $st = 1 ] && grep -q 'AccessDeniedException' "$work/err" || fail "no Recipient: want AccessDenied exit 1, got $st: $(cat "$work/err")"
 set +e
-"$CLOISTER" kms --imds "unix:$work/imds.sock" --proxy "unix:$work/kms.sock" --ca-file "$CA" \
+"$CLOISTER" kms --imds "$IMDS" --proxy "$KMSP" --ca-file "$CA" \
     --nsm "unix:$work/nsm2.sock" decrypt --in "$work/pcr.ct" >/dev/null 2>"$work/err"; st=$?
 set -e
 [ $st = 1 ] && grep -q 'AccessDeniedException' "$work/err" || fail "other PCR0: want AccessDenied, got $st: $(cat "$work/err")"
@@ -143,11 +161,11 @@ expect_fail 1 "InvalidCiphertextException" inside decrypt --in "$work/garbage.ct
 expect_fail 1 "KMS Encrypt: " "$CLOISTER" kms --region "$REGION" --endpoint "https://localhost:$kp" --ca-file "$CA" \
     --access-key-id AKIAOPERATOR0000000 --secret-access-key wrong-secret encrypt --key-id alias/app --in "$work/secret.txt"
 grep -qE 'InvalidSignatureException|SignatureDoesNotMatch' "$work/err" || fail "bad secret: $(cat "$work/err")"
-expect_fail 3 "certificate" "$CLOISTER" kms --region "$REGION" --proxy "unix:$work/kms.sock" \
+expect_fail 3 "certificate" "$CLOISTER" kms --region "$REGION" --proxy "$KMSP" \
     --access-key-id AKIAOPERATOR0000000 --secret-access-key operator-secret-key --max-attempts 1 \
     encrypt --key-id alias/app --in "$work/secret.txt"
 # the TLS name is the endpoint's host: kms-local's certificate does not name us-west-2
-expect_fail 3 "kms.us-west-2.amazonaws.com" "$CLOISTER" kms --region us-west-2 --proxy "unix:$work/kms.sock" \
+expect_fail 3 "kms.us-west-2.amazonaws.com" "$CLOISTER" kms --region us-west-2 --proxy "$KMSP" \
     --ca-file "$CA" --access-key-id AKIAOPERATOR0000000 --secret-access-key operator-secret-key --max-attempts 1 \
     encrypt --key-id alias/app --in "$work/secret.txt"
 grep -qiE "certificate|SSL|subject" "$work/err" || fail "wrong name: $(cat "$work/err")"
@@ -231,7 +249,7 @@ api_ct=$(op encrypt --key-id alias/pcr-bound --purpose enclave-secret:api_key --
 op encrypt --key-id alias/pcr-bound --purpose enclave-secret:db --in "$work/secret.txt" >"$work/db.ct"
 ip=$(free_port)
 pp=$(free_port)
-kms_flags=(-kms-imds "unix:$work/imds.sock" -kms-proxy "unix:$work/kms.sock" -kms-ca-file "$CA")
+kms_flags=(-kms-imds "$IMDS" -kms-proxy "$KMSP" -kms-ca-file "$CA")
 start_enclave enc -listen "tcp:127.0.0.1:$pp" -intport "$ip" "${kms_flags[@]}" \
     -secret "db=@$work/db.ct" -secret "api_key=$api_ct" -secrets-env \
     -appcmd "env > $work/app.env; exec sleep 60"
@@ -260,7 +278,7 @@ pass "enclave: secrets opened with a Recipient before the listeners, GET /enclav
 # the same settings from --config: "secret" takes a string or an array
 cat >"$work/enclave.json" <<EOF
 {"fqdn": "localhost", "nsm": "unix:$work/nsm.sock", "listen": "tcp:127.0.0.1:$pp", "intport": $ip,
- "kms-imds": "unix:$work/imds.sock", "kms-proxy": "unix:$work/kms.sock", "kms-ca-file": "$CA",
+ "kms-imds": "$IMDS", "kms-proxy": "$KMSP", "kms-ca-file": "$CA",
  "secret": ["db=@$work/db.ct", "api_key=$api_ct"]}
 EOF
 spawn enc3 "$CLOISTER" enclave --config "$work/enclave.json"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The ACM-style bundle path for the PKCS#11 token end to end, in a cloister-dev-style set-up on one machine:
 #   - nsm-sim (PCR0 set), imds-sim behind `cloister host --imds` (the key-holder's credentials and
-#     region), kms-local with TLS, `cloister host --outbound unix:RUN/kms.sock=...` standing
-#     in for vsock:3:8000; the key-holder (the enclave's key process) with its KMS settings, on unix
-#     sockets; `p11-kit server` serving libcloister-pkcs11.so; Debian's nginx on 127.0.0.1 through
+#     region), kms-local with TLS, `cloister host --outbound vsock:3:8000=...`; the key-holder (the
+#     enclave's key process) with its KMS settings on vsock:3:8000/8002 through the vsock stand-in
+#     (CLOISTER_VSOCK_STANDIN, unix sockets only at the last connect), its other sockets unix; `p11-kit server` serving libcloister-pkcs11.so; Debian's nginx on 127.0.0.1 through
 #     the pkcs11 engine and p11-kit's client module
 #   - `cloister acm pack-key` makes bundles with kms-local (key policy: the simulator's PCR0); the
 #     operator who made them cannot decrypt them
@@ -30,6 +30,8 @@ for need in nginx p11-kit curl openssl python3; do
 done
 [ -e "$CLIENT" ] && [ -e "$ENGINE" ] || { echo "skip: p11-kit-modules or libengine-pkcs11-openssl missing"; exit 77; }
 [ -e "$MODULE" ] || fail "build libcloister-pkcs11.so first"
+export CLOISTER_VSOCK_STANDIN=$work/vsock
+mkdir -p "$CLOISTER_VSOCK_STANDIN"
 "$CLOISTER" acm --help >/dev/null 2>&1 || fail "this build has no 'cloister acm'"
 
 REGION=eu-west-1
@@ -70,11 +72,11 @@ EOF
 m=$(free_port)
 spawn imds_sim "$CLOISTER" imds-sim --listen "tcp:127.0.0.1:$m" --role enclave-role --region "$REGION"
 wait_for_log imds_sim 'event=listening'
-spawn imds "$CLOISTER" host --imds "unix:$work/imds.sock" --imds-endpoint "http://127.0.0.1:$m"
+spawn imds "$CLOISTER" host --imds vsock:3:8002 --imds-endpoint "http://127.0.0.1:$m"
 wait_for_log imds 'event=started'
-token=$(curl -sS --unix-socket "$work/imds.sock" -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
+token=$(curl -sS --unix-socket "$CLOISTER_VSOCK_STANDIN/3.8002" -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
     http://169.254.169.254/latest/api/token)
-curl -sS --unix-socket "$work/imds.sock" -H "X-aws-ec2-metadata-token: $token" \
+curl -sS --unix-socket "$CLOISTER_VSOCK_STANDIN/3.8002" -H "X-aws-ec2-metadata-token: $token" \
     http://169.254.169.254/latest/meta-data/iam/security-credentials/enclave-role >"$work/role.json"
 role_creds=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(c["AccessKeyId"]+":"+c["SecretAccessKey"])' "$work/role.json")
 policy "$PCR0" >"$work/web-policy.json"
@@ -86,7 +88,7 @@ spawn kms "$CLOISTER" kms-local --listen "tcp:127.0.0.1:$kp" --state "$work/kms"
     --key "alias/spare=$work/web-policy.json"
 wait_for_log kms '^kms-local: listening on '
 CA=$work/kms/ca.pem
-spawn outbound "$CLOISTER" host --outbound "unix:$work/kms.sock=127.0.0.1:$kp"
+spawn outbound "$CLOISTER" host --outbound "vsock:3:8000=127.0.0.1:$kp"
 wait_for_log outbound 'event=started'
 
 # ---- the bundles, made by the operator ------------------------------------------------------------
@@ -130,10 +132,10 @@ pass "acm pack-key: bundles {certificate, certificateChain, encryptedPrivateKey}
 KH=$work/kh.sock PROV=$work/prov.sock
 spawn kh env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY \
     "$CLOISTER" keyholder serve --socket "unix:$KH" --provision "unix:$PROV" --token-ttl 4s \
-    --kms-imds "unix:$work/imds.sock" --kms-proxy "unix:$work/kms.sock" --kms-ca-file "$CA" --nsm "unix:$work/nsm.sock" \
+    --kms-imds vsock:3:8002 --kms-proxy vsock:3:8000 --kms-ca-file "$CA" --nsm "unix:$work/nsm.sock" \
     --kms-key-id "$web_arn" --kms-key-id alias/other-enclave --key-dir "$work/khkeys"
 wait_for_log kh 'keyholder: ready'
-grep -q 'event=kms_session region=eu-west-1 proxy=unix:.* credentials=imds' "$work/kh.log" ||
+grep -q 'event=kms_session region=eu-west-1 proxy=vsock:3:8000 credentials=imds' "$work/kh.log" ||
     fail "no KMS session with IMDS credentials in the key-holder"
 P11SOCK=$work/p11.sock
 export CLOISTER_KEYHOLDER=unix:$KH # the module's key-holder, in p11-kit server's environment

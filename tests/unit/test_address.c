@@ -233,6 +233,119 @@ static void vsock_refused_when_disabled(void)
         unsetenv("CLOISTER_NO_VSOCK");
 }
 
+/* The stand-in with CLOISTER_NO_VSOCK=1 throughout: a slip that reached a
+ * real AF_VSOCK socket would fail with EPERM instead of opening one. */
+static void vsock_standin_meets_listener_and_dialer(void)
+{
+    setenv("CLOISTER_NO_VSOCK", "1", 1);
+    char dir[96];
+    snprintf(dir, sizeof dir, "%s/vs", tmpdir);
+    CHECK(mkdir(dir, 0700) == 0);
+    setenv("CLOISTER_VSOCK_STANDIN", dir, 1);
+    unsetenv("CLOISTER_VSOCK_STANDIN_CID");
+    cl_address any, enclave, parent, other;
+    CHECK_OK(cl_address_parse("vsock:4294967295:443", &any));
+    CHECK_OK(cl_address_parse("vsock:16:443", &enclave));
+    CHECK_OK(cl_address_parse("vsock:3:8000", &parent));
+    CHECK_OK(cl_address_parse("vsock:17:443", &other));
+    int lfd = -1, cfd = -1;
+    /* VMADDR_CID_ANY means "my CIDs": the stand-in must be told which */
+    CHECK_ERR(cl_address_listen(&any, 8, &lfd), CL_EINVAL, "needs CLOISTER_VSOCK_STANDIN_CID");
+    setenv("CLOISTER_VSOCK_STANDIN_CID", "16", 1);
+    CHECK_OK(cl_address_listen(&any, 8, &lfd));
+    char path[160];
+    snprintf(path, sizeof path, "%s/16.443", dir);
+    struct stat st;
+    CHECK(stat(path, &st) == 0 && S_ISSOCK(st.st_mode));
+    /* bound to CID 16: a listener on another CID fails, as vsock's bind() */
+    int bad = -1;
+    CHECK_ERR(cl_address_listen(&other, 8, &bad), CL_EINVAL, "cannot listen on CID 17, this side is CID 16");
+    /* the parent dials the enclave's CID and meets the ANY listener */
+    setenv("CLOISTER_VSOCK_STANDIN_CID", "3", 1);
+    CHECK_OK(cl_address_connect(&enclave, &cfd));
+    if (lfd >= 0 && cfd >= 0) {
+        int afd = accept(lfd, NULL, NULL);
+        CHECK(afd >= 0);
+        CHECK(write(cfd, "v", 1) == 1);
+        char c = 0;
+        CHECK(afd >= 0 && read(afd, &c, 1) == 1 && c == 'v');
+        if (afd >= 0)
+            close(afd);
+    }
+    /* nobody listens on CID 17 */
+    int nfd = -1;
+    CHECK_ERR(cl_address_connect(&other, &nfd), CL_EIO, "vsock:17:443");
+    /* the parent listening on its explicit CID 3 */
+    int pfd = -1;
+    CHECK_OK(cl_address_listen(&parent, 8, &pfd));
+    snprintf(path, sizeof path, "%s/3.8000", dir);
+    CHECK(stat(path, &st) == 0);
+    setenv("CLOISTER_VSOCK_STANDIN_CID", "x", 1);
+    CHECK_ERR(cl_address_connect(&parent, &nfd), CL_EINVAL, "CLOISTER_VSOCK_STANDIN_CID");
+    unsetenv("CLOISTER_VSOCK_STANDIN_CID");
+    unsetenv("CLOISTER_VSOCK_STANDIN");
+    /* without the stand-in the same address is refused again */
+    CHECK_ERR(cl_address_connect(&enclave, &nfd), CL_EINVAL, "vsock is disabled here");
+    if (lfd >= 0)
+        close(lfd);
+    if (cfd >= 0)
+        close(cfd);
+    if (pfd >= 0)
+        close(pfd);
+    snprintf(path, sizeof path, "%s/16.443", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/3.8000", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
+/* MSG_PEEK fails with EOPNOTSUPP on links only, and only with the seam set */
+static void link_recv_refuses_peek_on_links(void)
+{
+    setenv("CLOISTER_NO_VSOCK", "1", 1);
+    char dir[96];
+    snprintf(dir, sizeof dir, "%s/lk", tmpdir);
+    CHECK(mkdir(dir, 0700) == 0);
+    setenv("CLOISTER_VSOCK_STANDIN", dir, 1);
+    setenv("CLOISTER_VSOCK_STANDIN_CID", "16", 1);
+    cl_address link;
+    CHECK_OK(cl_address_parse("vsock:4294967295:5005", &link));
+    int lfd = -1, cfd = -1, afd = -1;
+    CHECK_OK(cl_address_listen(&link, 4, &lfd));
+    CHECK_OK(cl_address_parse("vsock:16:5005", &link));
+    CHECK_OK(cl_address_connect(&link, &cfd));
+    if (lfd >= 0 && cfd >= 0) {
+        afd = accept(lfd, NULL, NULL);
+        CHECK(afd >= 0 && write(cfd, "pp", 2) == 2);
+        char b[2];
+        CHECK(cl_socket_is_link(afd) && cl_socket_is_link(cfd));
+        unsetenv("CLOISTER_LINK_NO_PEEK");
+        CHECK(cl_link_recv(afd, b, 1, MSG_PEEK) == 1);
+        setenv("CLOISTER_LINK_NO_PEEK", "1", 1);
+        errno = 0;
+        CHECK(cl_link_recv(afd, b, 1, MSG_PEEK) == -1 && errno == EOPNOTSUPP);
+        CHECK(cl_link_recv(afd, b, 2, 0) == 2 && b[0] == 'p');
+        /* a socketpair is no link: peeking there is left alone */
+        int sp[2];
+        CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sp) == 0);
+        CHECK(!cl_socket_is_link(sp[0]));
+        CHECK(write(sp[1], "x", 1) == 1 && cl_link_recv(sp[0], b, 1, MSG_PEEK) == 1);
+        close(sp[0]);
+        close(sp[1]);
+    }
+    unsetenv("CLOISTER_LINK_NO_PEEK");
+    unsetenv("CLOISTER_VSOCK_STANDIN_CID");
+    unsetenv("CLOISTER_VSOCK_STANDIN");
+    int fds[] = {lfd, cfd, afd};
+    for (size_t i = 0; i < 3; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    char path[160];
+    snprintf(path, sizeof path, "%s/16.5005", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/cloister-address-XXXXXX");
@@ -249,6 +362,8 @@ int main(void)
     RUN(unix_listen_connect_and_stale_socket);
     RUN(tcp_listen_connect);
     RUN(vsock_refused_when_disabled);
+    RUN(vsock_standin_meets_listener_and_dialer);
+    RUN(link_recv_refuses_peek_on_links);
     rmdir(tmpdir);
     return test_summary();
 }

@@ -208,7 +208,12 @@ static void every_prefix_is_incomplete(void)
         bool complete = true;
         int rc = cl_pp2_parse(out.data, n, &h, &complete);
         CHECK(rc == 0 && !complete);
+        /* a reader that reads only what is wanted stops at the header's end */
+        size_t want = cl_pp2_bytes_wanted(out.data, n);
+        CHECK(want > n && want <= out.len);
+        CHECK(n < CL_PP2_FIXED_LEN ? want == CL_PP2_FIXED_LEN : want == out.len);
     }
+    CHECK(cl_pp2_bytes_wanted(out.data, out.len) == out.len);
     cl_buf_free(&out);
 }
 

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 enum cl_address_kind { CL_ADDR_VSOCK, CL_ADDR_UNIX, CL_ADDR_TCP };
@@ -39,6 +40,40 @@ CL_MUST_CHECK int cl_address_connect(const cl_address *a, int *fd_out);
  * agent, and no test may open a vsock socket whatever address it is given. */
 int cl_socket(int family, int type);
 bool cl_vsock_disabled(void);
+
+/* The vsock stand-in (a seam for tests and `cloister dev`): with
+ * CLOISTER_VSOCK_STANDIN=DIR set, every vsock address still goes through
+ * the vsock code, and only the last bind()/connect() is made on the unix
+ * socket DIR/CID.PORT instead.  A listener on VMADDR_CID_ANY (or CID 1)
+ * binds DIR/LOCAL.PORT, LOCAL being CLOISTER_VSOCK_STANDIN_CID (the CID
+ * this side has: the enclave's CID inside it, 3 on the parent); a listener
+ * on another CID than LOCAL fails as vsock's bind() does.  A dialer naming
+ * CID C meets the listener of the side whose CID is C.  No AF_VSOCK socket
+ * is opened, so this works with CLOISTER_NO_VSOCK set. */
+struct sockaddr;
+struct sockaddr_vm;
+struct sockaddr_un;
+struct sockaddr_storage;
+bool cl_vsock_standin_active(void);
+/* 1 and *out filled when the stand-in applies, 0 when not, or an error. */
+CL_MUST_CHECK int cl_vsock_standin_sockaddr(const struct sockaddr_vm *svm, bool listening, struct sockaddr_un *out);
+/* The address to give the last bind()/connect(): sa itself, or for
+ * AF_VSOCK under the stand-in, its unix socket.  Every place that makes a
+ * socket from a sockaddr calls it right before socket(). */
+CL_MUST_CHECK int cl_sockaddr_final(const struct sockaddr *sa, socklen_t len, bool listening,
+                                    struct sockaddr_storage *out, socklen_t *out_len);
+
+/* Links between the enclave and its parent: AF_VSOCK sockets, and under
+ * the stand-in the unix sockets in CLOISTER_VSOCK_STANDIN's directory. */
+bool cl_socket_is_link(int fd);
+/* recv(2) for any socket that may be such a link.  The kernel nitro-cli
+ * 1.5.0 gives enclaves (4.14) answers MSG_PEEK on vsock with EOPNOTSUPP;
+ * with CLOISTER_LINK_NO_PEEK set, MSG_PEEK on a link fails so here too. */
+ssize_t cl_link_recv(int fd, void *buf, size_t len, int flags);
+/* CLOISTER_LINK_NO_SPLICE set (read once per process): splice(2) from a
+ * link fails with EINVAL, as on the enclave's 4.14 vsock, which has no
+ * splice_read; callers that splice check it with cl_socket_is_link. */
+bool cl_link_no_splice(void);
 
 /* The file of a unix listener, remembered right after listen() so that it
  * is removed at the end only if it is still the one we made (another

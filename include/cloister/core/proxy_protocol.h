@@ -66,6 +66,11 @@ typedef struct cl_pp2_header {
  * filled; bytes that cannot start a v2 header fail with CL_EPARSE at once. */
 CL_MUST_CHECK int cl_pp2_parse(const uint8_t *buf, size_t len, cl_pp2_header *out, bool *complete);
 
+/* How many bytes the whole header has, judged from its first len bytes:
+ * the fixed part until it is there, then what its length field says.  A
+ * reader that reads only up to this never takes a byte of what follows. */
+size_t cl_pp2_bytes_wanted(const uint8_t *buf, size_t len);
+
 /* The value of the first TLV of `type` in a parsed header. */
 CL_MUST_CHECK int cl_pp2_find_tlv(const cl_pp2_header *h, uint8_t type, cl_slice *value, bool *found);
 
