@@ -270,6 +270,20 @@ static const char *json_type_wanted(const cl_opt *o)
     }
 }
 
+/* Names the option in a value's error (unless its set function did). */
+static int name_error(const cl_options *spec, const cl_opt *o, int rc)
+{
+    if (o->flags & CL_OPT_SELF_NAMED)
+        return rc;
+    return cl_error_prefix(rc, "%s%s: ", dash(spec), o->name);
+}
+
+static int config_error(const cl_options *spec, const char *path, const cl_opt *o, int rc)
+{
+    name_error(spec, o, rc);
+    return cl_error_prefix(rc, "--config %s: ", path);
+}
+
 static int set_from_json(const cl_options *spec, const char *path, const cl_opt *o, void *base, const char *key,
                          json_t *value)
 {
@@ -291,14 +305,14 @@ static int set_from_json(const cl_options *spec, const char *path, const cl_opt 
             CL_ENSURE(json_is_string(item), CL_EINVAL, "--config %s: \"%s\"[%zu] must be a string", path, key, i);
             int rc = set_value(o, base, json_string_value(item));
             if (rc < 0)
-                return cl_error_prefix(rc, "--config %s: %s%s: ", path, dash(spec), o->name);
+                return config_error(spec, path, o, rc);
         }
         return CL_OK;
     }
     CL_ENSURE(v, CL_EINVAL, "--config %s: \"%s\" must be %s", path, key, json_type_wanted(o));
     int rc = set_value(o, base, v);
     if (rc < 0)
-        return cl_error_prefix(rc, "--config %s: %s%s: ", path, dash(spec), o->name);
+        return config_error(spec, path, o, rc);
     return CL_OK;
 }
 
@@ -341,9 +355,7 @@ int cl_options_set(const cl_options *spec, const char *name, const char *value)
     if (o->type == CL_OPT_CONFIG)
         return load_json(spec, value, NULL);
     int rc = set_value(o, base, value);
-    if (rc < 0)
-        return cl_error_prefix(rc, "%s%s: ", dash(spec), o->name);
-    return CL_OK;
+    return rc < 0 ? name_error(spec, o, rc) : CL_OK;
 }
 
 /* ---- checking a spec ------------------------------------------------------------------------ */
@@ -548,7 +560,7 @@ int cl_options_parse(const cl_options *spec, int argc, char **argv, cl_options_r
             continue;
         rc = set_value(t->opt, t->base, t->value);
         if (rc < 0) {
-            cl_error_prefix(rc, "%s%s: ", dash(spec), t->opt->name);
+            name_error(spec, t->opt, rc);
             goto out;
         }
         given[t->index] = true;

@@ -56,6 +56,7 @@ enum {
     CL_OPT_NONEMPTY = 1u << 1, /* strings and list items: "" is refused */
     CL_OPT_NO_JSON = 1u << 2,  /* not a key of --config files (CL_OPT_CONFIG never is) */
     CL_OPT_REPEAT = 1u << 3,   /* CL_OPT_CALL: may be given more than once (others: the last one wins) */
+    CL_OPT_SELF_NAMED = 1u << 4, /* `set`'s messages name the option already: no "--name: " prefix */
 };
 
 typedef struct cl_opt {
