@@ -538,7 +538,7 @@ int cl_options_parse(const cl_options *spec, int argc, char **argv, cl_options_r
     int rc = CL_OK;
     size_t ntokens = 0, total = option_total(spec);
     token *tokens = calloc(argc > 0 ? (size_t)argc : 1, sizeof *tokens);
-    bool *given = calloc(total ? total : 1, sizeof *given);
+    bool *given = out->given = calloc(total ? total : 1, sizeof *given);
     out->positional = calloc(argc > 0 ? (size_t)argc : 1, sizeof *out->positional);
     CL_ENSURE_OUT(tokens && given && out->positional, CL_ENOMEM, "out of memory");
     CL_TRY_OUT(scan(spec, argc, argv, tokens, &ntokens, out));
@@ -575,7 +575,6 @@ int cl_options_parse(const cl_options *spec, int argc, char **argv, cl_options_r
         }
 out:
     free(tokens);
-    free(given);
     return rc;
 }
 
@@ -622,9 +621,29 @@ void cl_options_free(const cl_options *spec, cl_options_result *out)
     }
     if (out) {
         free(out->positional);
+        free(out->given);
         out->positional = NULL;
+        out->given = NULL;
         out->positional_count = 0;
     }
+}
+
+bool cl_options_given(const cl_options *spec, const cl_options_result *r, const char *name)
+{
+    void *base;
+    size_t index;
+    return r->given && find_long(spec, name, strlen(name), &base, &index) && r->given[index];
+}
+
+bool cl_options_section_given(const cl_options *spec, const cl_options_result *r, size_t i)
+{
+    size_t k = 0;
+    for (size_t j = 0; j < i && j < spec->section_count; j++)
+        k += spec->sections[j].count;
+    for (size_t j = 0; r->given && i < spec->section_count && j < spec->sections[i].count; j++)
+        if (r->given[k + j])
+            return true;
+    return false;
 }
 
 /* ---- --help --------------------------------------------------------------------------------- */

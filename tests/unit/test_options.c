@@ -428,6 +428,7 @@ static void composed_tables(void)
     };
     static const cl_opt outer_table[] = {
         {.name = "ipv4", .short_name = '4', CL_OPT_FLAG(outer, ipv4), .help = "IPv4 only"},
+        {.name = "config", .type = CL_OPT_CONFIG, .arg = "FILE", .help = "JSON settings (the path is not kept)"},
     };
     outer o = {0};
     cl_opt_section sec[] = {CL_OPT_SECTION("options", outer_table, &o),
@@ -441,6 +442,18 @@ static void composed_tables(void)
     char *argv2[] = {"x", "-4", "--restart-budget=0", NULL};
     CHECK_OK(cl_options_parse(&host, 3, argv2, &r));
     CHECK(o.ipv4 && o.wd.budget == 0 && o.wd.command == NULL);
+    CHECK(cl_options_given(&host, &r, "ipv4") && cl_options_given(&host, &r, "restart-budget"));
+    CHECK(!cl_options_given(&host, &r, "enclave-command") && !cl_options_given(&host, &r, "nope"));
+    CHECK(cl_options_section_given(&host, &r, 0) && cl_options_section_given(&host, &r, 1));
+    cl_options_free(NULL, &r);
+    char *argv3[] = {"x", "--config", (char *)path, NULL};
+    CHECK_OK(cl_options_parse(&host, 3, argv3, &r));
+    CHECK(cl_options_given(&host, &r, "enclave-command") && cl_options_given(&host, &r, "ipv4"));
+    CHECK(!cl_options_given(&host, &r, "restart-budget") && cl_options_given(&host, &r, "config"));
+    cl_options_free(NULL, &r);
+    char *argv4[] = {"x", "-4", NULL};
+    CHECK_OK(cl_options_parse(&host, 2, argv4, &r));
+    CHECK(cl_options_section_given(&host, &r, 0) && !cl_options_section_given(&host, &r, 1));
     CHECK_OK(cl_options_load_json(&host, path));
     CHECK(o.wd.command && !strcmp(o.wd.command, "sleep 1"));
     CHECK_OK(cl_options_set(&host, "restart-budget", "7"));

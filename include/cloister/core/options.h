@@ -129,6 +129,7 @@ typedef struct cl_options_result {
     bool help; /* --help was asked: nothing was applied */
     char **positional; /* borrowed from argv */
     size_t positional_count;
+    bool *given; /* per option, sections in order: set by the command line or a --config file */
 } cl_options_result;
 
 /* Defaults, then --config files, then the command line (see the top). */
@@ -150,10 +151,17 @@ CL_MUST_CHECK int cl_options_load_json(const cl_options *spec, const char *path)
  * when no section has it. */
 const cl_opt *cl_options_find(const cl_options *spec, const char *name, void **base);
 
+/* Whether the option was given (command line or --config) in the parse
+ * that filled r; false for unknown names. */
+bool cl_options_given(const cl_options *spec, const cl_options_result *r, const char *name);
+/* Whether any option of section i was given (e.g. the watchdog's, inside host). */
+bool cl_options_section_given(const cl_options *spec, const cl_options_result *r, size_t i);
+
 /* The --help text (malloc'd; NULL when out of memory). */
 char *cl_options_help(const cl_options *spec);
 
-/* Frees the strings and lists the options own, and the positional array. */
+/* Frees the strings and lists the options own, and r's arrays (spec or r
+ * may be NULL). */
 void cl_options_free(const cl_options *spec, cl_options_result *out);
 
 /* Checks a spec: names unique across sections, field sizes, defaults that
