@@ -5,10 +5,12 @@
 #include "cloister/core/encoding.h"
 
 #include <jansson.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define HELP_WIDTH 100    /* --help lines wrap here */
 #define HELP_LEFT_MAX 34  /* a longer "--name ARG" puts its text on the next line */
@@ -592,9 +594,18 @@ int cl_options_main(const cl_options *spec, int argc, char **argv, cl_options_re
         fprintf(stderr, "%s: out of memory\n", spec->prog);
         return CL_ENOMEM;
     }
-    /* one write: a reader that stops early (grep -q) must not cut us off */
-    fwrite(text, 1, strlen(text), stdout);
+    /* one write(): a reader that stops early (grep -q) must not cut us off
+     * with SIGPIPE between two chunks of stdio's buffer */
     fflush(stdout);
+    size_t len = strlen(text), done = 0;
+    while (done < len) {
+        ssize_t n = write(STDOUT_FILENO, text + done, len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        done += (size_t)n;
+    }
     free(text);
     return 1;
 }
