@@ -413,7 +413,8 @@ static int check_option(const cl_options *spec, const cl_opt *o, const void *bas
         else if (o->type == CL_OPT_UINT || o->type == CL_OPT_DURATION || o->type == CL_OPT_SIZE)
             rc = number_value(o, o->def, &v);
         else
-            CL_ENSURE(o->type != CL_OPT_CONFIG, CL_EINVAL, "%s: --%s: a --config has no default", spec->prog, n);
+            CL_ENSURE(o->type != CL_OPT_CONFIG && o->type != CL_OPT_LIST, CL_EINVAL,
+                      "%s: --%s: lists and --config have no default (flags would add to it)", spec->prog, n);
         if (rc < 0)
             return cl_error_prefix(rc, "%s: --%s: default: ", spec->prog, n);
     }

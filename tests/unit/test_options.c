@@ -478,14 +478,16 @@ static void composed_tables(void)
 
 static void bad_specs(void)
 {
-    settings t;
+    settings t = {0};
     static const cl_opt bad_default[] = {{.name = "port", CL_OPT_UINT_AT(settings, port, 1, 10), .def = "11"}};
     static const cl_opt too_wide[] = {{.name = "level", CL_OPT_UINT_AT(settings, level, 0, 256)}};
     static const cl_opt help_name[] = {{.name = "help", CL_OPT_FLAG(settings, debug)}};
     static const cl_opt bool_arg[] = {{.name = "x", CL_OPT_FLAG(settings, debug), .arg = "X"}};
     static const cl_opt no_fn[] = {{.name = "x", .type = CL_OPT_CALL}};
     static const cl_opt dashed[] = {{.name = "-x", CL_OPT_FLAG(settings, debug)}};
-    const cl_opt *tables[] = {bad_default, too_wide, help_name, bool_arg, no_fn, dashed};
+    static const cl_opt list_default[] = {{.name = "x", CL_OPT_LIST_AT(settings, forward, 0), .def = "a"}};
+    static const cl_opt short_dash[] = {{.name = "x", .short_name = '-', CL_OPT_FLAG(settings, debug)}};
+    const cl_opt *tables[] = {bad_default, too_wide, help_name, bool_arg, no_fn, dashed, list_default, short_dash};
     for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
         cl_opt_section sec[] = {{NULL, tables[i], 1, &t}};
         cl_options sp = {.prog = "x", .sections = sec, .section_count = 1};
