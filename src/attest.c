@@ -2,9 +2,9 @@
 #include "cloister/core/attestation.h"
 #include "cloister/core/encoding.h"
 #include "cloister/enclave/nsm.h"
+#include "cloister/core/options.h"
 #include "commands.h"
 
-#include <getopt.h>
 #include <jansson.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -16,47 +16,29 @@
 
 #define MAX_INPUT_FILE (1024 * 1024)
 
-static void attest_usage(FILE *out)
-{
-    fprintf(out,
-            "usage: cloister attest request [--nsm ADDR] [--nonce HEX] [--user-data HEX]\n"
-            "                               [--public-key PEM] [-o FILE]\n"
-            "       cloister attest show FILE\n"
-            "       cloister attest verify [--root PEM]... [--at now|doc|UNIX_MS] [--nonce HEX]\n"
-            "                              [--pcr N=HEX]... [--allow-debug] [--max-age SECONDS] FILE...\n"
-            "\n"
-            "request  asks the NSM for a document and writes the raw COSE_Sign1 bytes (to stdout\n"
-            "         unless -o).  ADDR is unix:PATH (simulator) or a device path; default\n"
-            "         $" CL_NSM_ENV ", else " CL_NSM_DEFAULT_DEVICE ".  --public-key puts the PEM key's\n"
-            "         DER SubjectPublicKeyInfo in the document.\n"
-            "show     prints the decoded document as JSON (without verifying it).\n"
-            "verify   verifies each FILE (raw CBOR or base64, '-' for stdin) in one process, one\n"
-            "         line per file, exit 0 only if all are valid.  Checks: the COSE ES384\n"
-            "         signature, the certificate chain to a trusted root at the verification\n"
-            "         time, then the policy options.\n"
-            "  --root PEM        trust the certificates in PEM instead of the embedded AWS Nitro\n"
-            "                    Enclaves root (repeatable)\n"
-            "  --at T            verification time: now (default), doc (each document's own\n"
-            "                    timestamp: the certificates are judged then; --max-age still\n"
-            "                    measures the age against the clock, now) or milliseconds since\n"
-            "                    the epoch (certificates and age judged at that time)\n"
-            "  --nonce HEX       require this nonce\n"
-            "  --pcr N=HEX       require PCR N (0..31) to equal HEX (repeatable)\n"
-            "  --allow-debug     accept debug-mode enclaves (PCR0 all zero); refused by default\n"
-            "  --max-age S       refuse documents whose timestamp is more than S seconds before the\n"
-            "                    verification time (now with --at doc), or in the future; S >= 1\n");
-}
+static const char usage_text[] =
+    "usage: cloister attest request [--nsm ADDR] [--nonce HEX] [--user-data HEX]\n"
+    "                               [--public-key PEM] [-o FILE]\n"
+    "       cloister attest show FILE\n"
+    "       cloister attest verify [--root PEM]... [--at now|doc|UNIX_MS] [--nonce HEX]\n"
+    "                              [--pcr N=HEX]... [--allow-debug] [--max-age SECONDS] FILE...\n"
+    "\n"
+    "request  asks the NSM for a document and writes the raw COSE_Sign1 bytes (to stdout\n"
+    "         unless -o).\n"
+    "show     prints the decoded document as JSON (without verifying it).\n"
+    "verify   verifies each FILE (raw CBOR or base64, '-' for stdin) in one process, one\n"
+    "         line per file, exit 0 only if all are valid.  Checks: the COSE ES384\n"
+    "         signature, the certificate chain to a trusted root at the verification\n"
+    "         time, then the policy options.\n"
+    "\n";
 
 /* ---- request ----------------------------------------------------------- */
 
-static int hex_option(const char *name, const char *value, size_t max, cl_buf *out)
+static int hex_value(const char *value, size_t max, cl_buf *out)
 {
     cl_buf_reset(out);
-    int rc = cl_hex_decode(value, out);
-    if (rc < 0)
-        return cl_error_prefix(rc, "%s: ", name);
-    if (out->len > max)
-        return cl_error_set(CL_EINVAL, "%s: %zu bytes, at most %zu accepted", name, out->len, max);
+    CL_TRY(cl_hex_decode(value, out));
+    CL_ENSURE(out->len <= max, CL_EINVAL, "%zu bytes, at most %zu accepted", out->len, max);
     return CL_OK;
 }
 
@@ -101,76 +83,70 @@ static int write_output(const char *path, const uint8_t *data, size_t len)
     return CL_OK;
 }
 
-enum { OPT_NSM = 300, OPT_USER_DATA, OPT_PUBLIC_KEY, OPT_REQ_NONCE, OPT_REQ_HELP };
+typedef struct request {
+    char *nsm, *output;
+    cl_buf nonce, user_data, public_key;
+    bool has_nonce, has_user_data, has_public_key;
+} request;
+
+static int set_request_nonce(void *base, const char *value)
+{
+    request *r = base;
+    r->has_nonce = true;
+    return hex_value(value, CL_ATTESTATION_MAX_FIELD_LEN, &r->nonce);
+}
+
+static int set_user_data(void *base, const char *value)
+{
+    request *r = base;
+    r->has_user_data = true;
+    return hex_value(value, CL_ATTESTATION_MAX_FIELD_LEN, &r->user_data);
+}
+
+static int set_public_key(void *base, const char *value)
+{
+    request *r = base;
+    r->has_public_key = true;
+    cl_buf_reset(&r->public_key);
+    CL_TRY(public_key_der(value, &r->public_key));
+    CL_ENSURE(r->public_key.len <= CL_ATTESTATION_MAX_FIELD_LEN, CL_EINVAL, "%zu bytes of DER, at most %d accepted",
+              r->public_key.len, CL_ATTESTATION_MAX_FIELD_LEN);
+    return CL_OK;
+}
+
+static const cl_opt request_options[] = {
+    {.name = "nsm", CL_OPT_STR(request, nsm), .arg = "ADDR",
+     .help = "unix:PATH (simulator) or a device path ($" CL_NSM_ENV ", else " CL_NSM_DEFAULT_DEVICE ")"},
+    {.name = "nonce", CL_OPT_CALLBACK(set_request_nonce), .arg = "HEX", .help = "the document's nonce"},
+    {.name = "user-data", CL_OPT_CALLBACK(set_user_data), .arg = "HEX", .help = "the document's user_data"},
+    {.name = "public-key", CL_OPT_CALLBACK(set_public_key), .arg = "PEM",
+     .help = "put the PEM key's DER SubjectPublicKeyInfo in the document"},
+    {.name = "output", .short_name = 'o', CL_OPT_STR(request, output), .arg = "FILE",
+     .help = "write the document here (default: standard output)"},
+};
 
 static int attest_request(int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"nsm", required_argument, NULL, OPT_NSM},
-        {"nonce", required_argument, NULL, OPT_REQ_NONCE},
-        {"user-data", required_argument, NULL, OPT_USER_DATA},
-        {"public-key", required_argument, NULL, OPT_PUBLIC_KEY},
-        {"output", required_argument, NULL, 'o'},
-        {"help", no_argument, NULL, OPT_REQ_HELP},
-        {NULL, 0, NULL, 0},
-    };
-    const char *nsm_addr = NULL, *output = NULL;
-    cl_buf nonce = CL_BUF_INIT, user_data = CL_BUF_INIT, public_key = CL_BUF_INIT, document = CL_BUF_INIT;
-    bool has_nonce = false, has_user_data = false, has_public_key = false;
+    request q = {.nonce = CL_BUF_INIT, .user_data = CL_BUF_INIT, .public_key = CL_BUF_INIT};
+    cl_opt_section sections[] = {CL_OPT_SECTION("request options", request_options, &q)};
+    cl_options spec = {.prog = "cloister attest request", .usage = usage_text, .sections = sections,
+                       .section_count = 1};
+    cl_options_result r;
+    cl_buf document = CL_BUF_INIT;
     cl_nsm *nsm = NULL;
-    int status = EXIT_USAGE, rc = CL_OK;
-    optind = 1;
-    int opt;
-    while ((opt = getopt_long(argc, argv, "o:h", options, NULL)) != -1) {
-        switch (opt) {
-        case OPT_NSM:
-            nsm_addr = optarg;
-            break;
-        case OPT_REQ_NONCE:
-            rc = hex_option("--nonce", optarg, CL_ATTESTATION_MAX_FIELD_LEN, &nonce);
-            has_nonce = true;
-            break;
-        case OPT_USER_DATA:
-            rc = hex_option("--user-data", optarg, CL_ATTESTATION_MAX_FIELD_LEN, &user_data);
-            has_user_data = true;
-            break;
-        case OPT_PUBLIC_KEY:
-            cl_buf_reset(&public_key);
-            rc = public_key_der(optarg, &public_key);
-            if (rc == CL_OK && public_key.len > CL_ATTESTATION_MAX_FIELD_LEN)
-                rc = cl_error_set(CL_EINVAL, "--public-key: %zu bytes of DER, at most %d accepted", public_key.len,
-                                  CL_ATTESTATION_MAX_FIELD_LEN);
-            has_public_key = true;
-            break;
-        case 'o':
-            output = optarg;
-            break;
-        case 'h':
-        case OPT_REQ_HELP:
-            attest_usage(stdout);
-            status = 0;
-            goto out;
-        default:
-            attest_usage(stderr);
-            goto out;
-        }
-        if (rc < 0) {
-            fprintf(stderr, "cloister attest request: %s\n", cl_error_message());
-            goto out;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "cloister attest request: unexpected argument '%s'\n", argv[optind]);
+    int status = cl_options_main(&spec, argc, argv, &r);
+    if (status != 0) {
+        status = status > 0 ? 0 : EXIT_USAGE;
         goto out;
     }
     status = EXIT_FAILED;
-    rc = cl_nsm_open(nsm_addr, &nsm);
+    int rc = cl_nsm_open(q.nsm, &nsm);
     if (rc == CL_OK)
-        rc = cl_nsm_attestation(nsm, has_user_data ? user_data.data : NULL, user_data.len,
-                                has_nonce ? nonce.data : NULL, nonce.len,
-                                has_public_key ? public_key.data : NULL, public_key.len, &document);
+        rc = cl_nsm_attestation(nsm, q.has_user_data ? q.user_data.data : NULL, q.user_data.len,
+                                q.has_nonce ? q.nonce.data : NULL, q.nonce.len,
+                                q.has_public_key ? q.public_key.data : NULL, q.public_key.len, &document);
     if (rc == CL_OK)
-        rc = write_output(output, document.data, document.len);
+        rc = write_output(q.output, document.data, document.len);
     if (rc < 0) {
         fprintf(stderr, "cloister attest request: %s\n", cl_error_message());
         goto out;
@@ -178,9 +154,10 @@ static int attest_request(int argc, char **argv)
     status = 0;
 out:
     cl_nsm_close(nsm);
-    cl_buf_free(&nonce);
-    cl_buf_free(&user_data);
-    cl_buf_free(&public_key);
+    cl_options_free(&spec, &r);
+    cl_buf_free(&q.nonce);
+    cl_buf_free(&q.user_data);
+    cl_buf_free(&q.public_key);
     cl_buf_free(&document);
     return status;
 }
@@ -252,18 +229,25 @@ static int load_document(const char *path, cl_buf *raw)
 
 static int attest_show(int argc, char **argv)
 {
-    if (argc != 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        attest_usage(argc == 2 ? stdout : stderr);
-        return argc == 2 ? 0 : EXIT_USAGE;
+    cl_options spec = {.prog = "cloister attest show", .usage = usage_text, .positional = "FILE", .max_positional = 1};
+    cl_options_result r;
+    int status = cl_options_main(&spec, argc, argv, &r);
+    const char *path = r.positional_count == 1 ? r.positional[0] : NULL;
+    cl_options_free(&spec, &r);
+    if (status != 0)
+        return status > 0 ? 0 : EXIT_USAGE;
+    if (!path) {
+        fprintf(stderr, "cloister attest show: expected FILE (see --help)\n");
+        return EXIT_USAGE;
     }
     cl_buf raw = CL_BUF_INIT;
     cl_attestation_doc doc;
-    int rc = load_document(argv[1], &raw);
+    int rc = load_document(path, &raw);
     if (rc == CL_OK)
         rc = cl_attestation_parse(raw.data, raw.len, &doc);
     cl_buf_free(&raw);
     if (rc < 0) {
-        fprintf(stderr, "cloister attest show: %s: %s\n", argv[1], cl_error_message());
+        fprintf(stderr, "cloister attest show: %s: %s\n", path, cl_error_message());
         return EXIT_REJECTED;
     }
     json_t *j = json_object();
@@ -300,98 +284,83 @@ static int attest_show(int argc, char **argv)
 
 /* ---- verify ------------------------------------------------------------ */
 
-enum { OPT_ROOT = 256, OPT_AT, OPT_NONCE, OPT_PCR, OPT_ALLOW_DEBUG, OPT_MAX_AGE, OPT_HELP };
+typedef struct verify {
+    cl_opt_list roots;
+    enum { AT_NOW, AT_DOC, AT_FIXED } at_mode;
+    uint64_t at_fixed, max_age_s;
+    cl_buf nonce;
+    bool allow_debug;
+    cl_attestation_policy policy;
+} verify;
+
+static int set_at(void *base, const char *value)
+{
+    verify *v = base;
+    if (!strcmp(value, "now"))
+        v->at_mode = AT_NOW;
+    else if (!strcmp(value, "doc"))
+        v->at_mode = AT_DOC;
+    else {
+        v->at_mode = AT_FIXED;
+        CL_TRY(cl_parse_u64(value, UINT64_MAX / 2, &v->at_fixed));
+    }
+    return CL_OK;
+}
+
+static int set_verify_nonce(void *base, const char *value)
+{
+    verify *v = base;
+    cl_buf_reset(&v->nonce);
+    v->policy.check_nonce = true;
+    return cl_hex_decode(value, &v->nonce);
+}
+
+static int add_pcr(void *base, const char *value)
+{
+    return cl_attestation_policy_add_pcr(&((verify *)base)->policy, value);
+}
+
+static const cl_opt verify_options[] = {
+    {.name = "root", CL_OPT_LIST_AT(verify, roots, 16), .flags = CL_OPT_NONEMPTY, .arg = "PEM",
+     .help = "trust the certificates in PEM instead of the embedded AWS Nitro Enclaves root (repeatable)"},
+    {.name = "at", CL_OPT_CALLBACK(set_at), .arg = "T",
+     .help = "verification time: now (default), doc (each document's own timestamp: the certificates are "
+             "judged then, --max-age still measures the age against now) or milliseconds since the epoch"},
+    {.name = "nonce", CL_OPT_CALLBACK(set_verify_nonce), .arg = "HEX", .help = "require this nonce"},
+    {.name = "pcr", CL_OPT_CALLBACK(add_pcr), .flags = CL_OPT_REPEAT | CL_OPT_SELF_NAMED, .arg = "N=HEX",
+     .help = "require PCR N (0..31) to equal HEX (repeatable)"},
+    {.name = "allow-debug", CL_OPT_FLAG(verify, allow_debug),
+     .help = "accept debug-mode enclaves (PCR0 all zero); refused by default"},
+    {.name = "max-age", CL_OPT_DURATION_AT(verify, max_age_s, 1000, 1, UINT64_MAX / 1000), .arg = "SECONDS",
+     .help = "refuse documents made more than this before the verification time (now with --at doc), or in the "
+             "future; at least 1 (seconds, or 90s, 5m, 1h)"},
+};
 
 static int attest_verify(int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"root", required_argument, NULL, OPT_ROOT},
-        {"at", required_argument, NULL, OPT_AT},
-        {"nonce", required_argument, NULL, OPT_NONCE},
-        {"pcr", required_argument, NULL, OPT_PCR},
-        {"allow-debug", no_argument, NULL, OPT_ALLOW_DEBUG},
-        {"max-age", required_argument, NULL, OPT_MAX_AGE},
-        {"help", no_argument, NULL, OPT_HELP},
-        {NULL, 0, NULL, 0},
-    };
-    cl_attestation_policy policy = {0};
-    cl_buf nonce = CL_BUF_INIT;
-    const char *roots[16];
-    size_t root_count = 0;
-    enum { AT_NOW, AT_DOC, AT_FIXED } at_mode = AT_NOW;
-    uint64_t at_fixed = 0;
-    int status = EXIT_USAGE;
+    verify v = {.nonce = CL_BUF_INIT};
+    cl_attestation_policy *policy = &v.policy;
+    cl_opt_section sections[] = {CL_OPT_SECTION("verify options", verify_options, &v)};
+    cl_options spec = {.prog = "cloister attest verify", .usage = usage_text, .positional = "FILE...",
+                       .sections = sections, .section_count = 1};
+    cl_options_result r;
     cl_verifier *verifier = NULL;
-
-    optind = 1;
-    int opt;
-    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
-        int rc = CL_OK;
-        switch (opt) {
-        case OPT_ROOT:
-            if (root_count == sizeof roots / sizeof roots[0])
-                rc = cl_error_set(CL_EINVAL, "too many --root options");
-            else
-                roots[root_count++] = optarg;
-            break;
-        case OPT_AT:
-            if (!strcmp(optarg, "now"))
-                at_mode = AT_NOW;
-            else if (!strcmp(optarg, "doc"))
-                at_mode = AT_DOC;
-            else {
-                at_mode = AT_FIXED;
-                rc = cl_parse_u64(optarg, UINT64_MAX / 2, &at_fixed);
-                if (rc < 0)
-                    cl_error_prefix(rc, "--at: ");
-            }
-            break;
-        case OPT_NONCE:
-            cl_buf_reset(&nonce);
-            rc = cl_hex_decode(optarg, &nonce);
-            if (rc < 0)
-                cl_error_prefix(rc, "--nonce: ");
-            policy.check_nonce = true;
-            break;
-        case OPT_PCR:
-            rc = cl_attestation_policy_add_pcr(&policy, optarg);
-            break;
-        case OPT_ALLOW_DEBUG:
-            policy.allow_debug = true;
-            break;
-        case OPT_MAX_AGE: {
-            uint64_t seconds;
-            rc = cl_parse_u64(optarg, UINT64_MAX / 1000, &seconds);
-            if (rc < 0)
-                cl_error_prefix(rc, "--max-age: ");
-            else if (seconds == 0)
-                rc = cl_error_set(CL_EINVAL, "--max-age must be at least 1 second");
-            policy.max_age_ms = seconds * 1000;
-            break;
-        }
-        case 'h':
-        case OPT_HELP:
-            attest_usage(stdout);
-            status = 0;
-            goto out;
-        default:
-            attest_usage(stderr);
-            goto out;
-        }
-        if (rc < 0) {
-            fprintf(stderr, "cloister attest verify: %s\n", cl_error_message());
-            goto out;
-        }
-    }
-    if (optind >= argc) {
-        fprintf(stderr, "cloister attest verify: no document given\n");
-        attest_usage(stderr);
+    int status = cl_options_main(&spec, argc, argv, &r);
+    if (status != 0) {
+        status = status > 0 ? 0 : EXIT_USAGE;
         goto out;
     }
-    policy.nonce = nonce.data;
-    policy.nonce_len = nonce.len;
+    status = EXIT_USAGE;
+    if (r.positional_count == 0) {
+        fprintf(stderr, "cloister attest verify: no document given (see --help)\n");
+        goto out;
+    }
+    policy->allow_debug = v.allow_debug;
+    policy->max_age_ms = v.max_age_s * 1000;
+    policy->nonce = v.nonce.data;
+    policy->nonce_len = v.nonce.len;
 
-    int rc = cl_verifier_new_with_roots(roots, root_count, &verifier);
+    int rc = cl_verifier_new_with_roots((const char **)v.roots.items, v.roots.count, &verifier);
     if (rc < 0) {
         fprintf(stderr, "cloister attest verify: %s\n", cl_error_message());
         status = EXIT_FAILED;
@@ -399,8 +368,8 @@ static int attest_verify(int argc, char **argv)
     }
 
     status = 0;
-    for (int i = optind; i < argc; i++) {
-        const char *path = argv[i];
+    for (size_t i = 0; i < r.positional_count; i++) {
+        const char *path = r.positional[i];
         cl_buf raw = CL_BUF_INIT;
         cl_attestation_doc doc;
         rc = load_document(path, &raw);
@@ -412,16 +381,16 @@ static int attest_verify(int argc, char **argv)
             cl_buf_free(&raw);
             continue;
         }
-        uint64_t at = at_mode == AT_DOC ? doc.timestamp_ms : at_mode == AT_FIXED ? at_fixed : cl_now_ms();
+        uint64_t at = v.at_mode == AT_DOC ? doc.timestamp_ms : v.at_mode == AT_FIXED ? v.at_fixed : cl_now_ms();
         rc = cl_verifier_verify(verifier, &doc, at);
         /* A document's age is how long before the verification time it was
          * made.  With --at doc the certificates are judged at the document's
          * own time (an archived document whose certificates have since
          * expired), but its age against its own timestamp is always 0: so
          * the age is measured against the clock, now. */
-        uint64_t age_at = at_mode == AT_DOC ? cl_now_ms() : at;
+        uint64_t age_at = v.at_mode == AT_DOC ? cl_now_ms() : at;
         if (rc == CL_OK)
-            rc = cl_attestation_check_policy(&doc, &policy, age_at);
+            rc = cl_attestation_check_policy(&doc, policy, age_at);
         if (rc == CL_OK) {
             char when[32];
             cl_format_time((int64_t)(doc.timestamp_ms / 1000), when);
@@ -436,8 +405,21 @@ static int attest_verify(int argc, char **argv)
     }
 out:
     cl_verifier_free(verifier);
-    cl_buf_free(&nonce);
+    cl_options_free(&spec, &r);
+    cl_buf_free(&v.nonce);
     return status;
+}
+
+/* The overview: every subcommand's options. */
+static void attest_usage(FILE *out)
+{
+    cl_opt_section sections[] = {CL_OPT_SECTION("request options", request_options, NULL),
+                                 CL_OPT_SECTION("verify options", verify_options, NULL)};
+    cl_options spec = {.prog = "cloister attest", .usage = usage_text, .sections = sections, .section_count = 2};
+    char *text = cl_options_help(&spec);
+    if (text)
+        fputs(text, out);
+    free(text);
 }
 
 int cmd_attest(int argc, char **argv)

@@ -12,11 +12,11 @@
 #include "cloister/core/http.h"
 #include "cloister/core/imds_policy.h"
 #include "cloister/core/log.h"
+#include "cloister/core/options.h"
 #include "commands.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -39,28 +39,37 @@
 #define CREDENTIALS_REFRESH_S (15 * 60)
 #define TOKEN_CHARS 56
 
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "usage: cloister imds-sim --listen ADDR [--role NAME] [--region R] [--instance-id ID]\n"
-            "                        [--credentials ACCESS_KEY_ID:SECRET]\n\n"
-            "An EC2 instance metadata service (IMDSv2 required) for tests and local runs.\n\n"
-            "  --listen ADDR       tcp:HOST:PORT or unix:PATH\n"
-            "  --role NAME         the instance profile's role (cloister-enclave-role)\n"
-            "  --region R          the region (us-east-1)\n"
-            "  --instance-id ID    the instance id (random i-... by default)\n"
-            "  --credentials K:S   the role's access key id and secret (random by default), so\n"
-            "                      that a local KMS can be told them; the session token is\n"
-            "                      random and renewed at each rotation either way\n\n"
-            "  PUT /latest/api/token               X-aws-ec2-metadata-token-ttl-seconds: 1..21600\n"
-            "                                      (else 400); with X-Forwarded-For: 403\n"
-            "  GET (with X-aws-ec2-metadata-token, else 401):\n"
-            "    /latest/meta-data/iam/security-credentials/[ROLE]   role name / credentials JSON\n"
-            "    /latest/meta-data/iam/info, /latest/meta-data/{instance-id,instance-type,ami-id,\n"
-            "    local-hostname,local-ipv4,placement/region,placement/availability-zone}\n"
-            "    /latest/dynamic/instance-identity/document\n\n"
-            "Logs one key=value line per request (component imds-sim); SIGINT or SIGTERM stop it.\n");
-}
+static const char usage_text[] =
+    "usage: cloister imds-sim --listen ADDR [--role NAME] [--region R] [--instance-id ID]\n"
+    "                        [--credentials ACCESS_KEY_ID:SECRET]\n\n"
+    "An EC2 instance metadata service (IMDSv2 required) for tests and local runs.\n\n";
+
+static const char epilog[] =
+    "  PUT /latest/api/token               X-aws-ec2-metadata-token-ttl-seconds: 1..21600\n"
+    "                                      (else 400); with X-Forwarded-For: 403\n"
+    "  GET (with X-aws-ec2-metadata-token, else 401):\n"
+    "    /latest/meta-data/iam/security-credentials/[ROLE]   role name / credentials JSON\n"
+    "    /latest/meta-data/iam/info, /latest/meta-data/{instance-id,instance-type,ami-id,\n"
+    "    local-hostname,local-ipv4,placement/region,placement/availability-zone}\n"
+    "    /latest/dynamic/instance-identity/document\n\n"
+    "Logs one key=value line per request (component imds-sim); SIGINT or SIGTERM stop it.\n";
+
+typedef struct settings {
+    char *listen, *role, *region, *instance_id, *credentials;
+} settings;
+
+static const cl_opt options[] = {
+    {.name = "listen", CL_OPT_STR(settings, listen), .flags = CL_OPT_REQUIRED, .arg = "ADDR",
+     .help = "tcp:HOST:PORT or unix:PATH"},
+    {.name = "role", CL_OPT_STR(settings, role), .def = "cloister-enclave-role", .arg = "NAME",
+     .help = "the instance profile's role"},
+    {.name = "region", CL_OPT_STR(settings, region), .def = "us-east-1", .arg = "R", .help = "the region"},
+    {.name = "instance-id", CL_OPT_STR(settings, instance_id), .arg = "ID",
+     .help = "the instance id (random i-... by default)"},
+    {.name = "credentials", CL_OPT_STR(settings, credentials), .arg = "K:S",
+     .help = "the role's access key id and secret (random by default), so that a local KMS can be told them; "
+             "the session token is random and renewed at each rotation either way"},
+};
 
 /* ---- state ------------------------------------------------------------------------------ */
 
@@ -566,40 +575,32 @@ static void stop_connections(sim *s)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* Checks the settings and runs; the options layer owns the strings. */
+static int run_sim(const settings *o);
+
 int cmd_imds_sim(int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"listen", required_argument, NULL, 'l'}, {"role", required_argument, NULL, 'r'},
-        {"region", required_argument, NULL, 'g'}, {"instance-id", required_argument, NULL, 'i'},
-        {"credentials", required_argument, NULL, 'c'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
-    };
-    const char *listen_text = NULL, *role = "cloister-enclave-role", *region = "us-east-1", *instance_id = NULL;
-    const char *credentials = NULL;
-    int opt;
-    optind = 1;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
-        switch (opt) {
-        case 'l': listen_text = optarg; break;
-        case 'r': role = optarg; break;
-        case 'g': region = optarg; break;
-        case 'i': instance_id = optarg; break;
-        case 'c': credentials = optarg; break;
-        case 'h': usage(stdout); return 0;
-        default:
-            fprintf(stderr, "cloister imds-sim: unknown option or missing value: %s\n", argv[optind - 1]);
-            return EXIT_USAGE;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "cloister imds-sim: unexpected argument '%s'\n", argv[optind]);
-        return EXIT_USAGE;
-    }
-    if (!listen_text) {
-        fprintf(stderr, "cloister imds-sim: --listen ADDR is required (see --help)\n");
-        return EXIT_USAGE;
-    }
+    settings o = {0};
+    cl_opt_section sections[] = {CL_OPT_SECTION("options", options, &o)};
+    cl_options spec = {.prog = "cloister imds-sim",
+                       .usage = usage_text,
+                       .epilog = epilog,
+                       .sections = sections,
+                       .section_count = 1};
+    cl_options_result r;
+    int status = cl_options_main(&spec, argc, argv, &r);
+    if (status == 0)
+        status = run_sim(&o);
+    else
+        status = status > 0 ? 0 : EXIT_USAGE;
+    cl_options_free(&spec, &r);
+    return status;
+}
+
+static int run_sim(const settings *o)
+{
+    const char *listen_text = o->listen, *role = o->role, *region = o->region, *instance_id = o->instance_id;
+    const char *credentials = o->credentials;
     if (!cl_imds_role_name_valid(role, strlen(role))) {
         fprintf(stderr, "cloister imds-sim: --role '%s' is not a valid IAM role name (1-64 of A-Za-z0-9+=,.@_-)\n",
                 role);

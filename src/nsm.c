@@ -1,9 +1,9 @@
 /* cloister nsm: one NSM request from the command line. */
 #include "cloister/core/encoding.h"
 #include "cloister/enclave/nsm.h"
+#include "cloister/core/options.h"
 #include "commands.h"
 
-#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,24 +12,40 @@
 #define RANDOM_MAX 4096
 #define NSM_PCR_INDEX_MAX 65535
 
-static void usage(FILE *out)
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+typedef struct settings {
+    char *nsm;
+} settings;
+
+static const cl_opt options[] = {
+    {.name = "nsm", CL_OPT_STR(settings, nsm), .arg = "ADDR",
+     .help = "unix:PATH (the simulator, see 'cloister nsm-sim') or a device path ($" CL_NSM_ENV
+             ", else " CL_NSM_DEFAULT_DEVICE ")"},
+};
+
+static const char usage_text[] =
+    "usage: cloister nsm [--nsm ADDR] COMMAND\n"
+    "\n"
+    "  describe          DescribeNSM, printed as one JSON object: version, module_id,\n"
+    "                    max_pcrs, locked_pcrs, digest\n"
+    "  pcr N             DescribePCR: prints \"HEX locked\" or \"HEX unlocked\"\n"
+    "  extend N HEX      ExtendPCR with the bytes of HEX; prints the new value in hex\n"
+    "  lock N            LockPCR: PCR N refuses ExtendPCR from now on\n"
+    "  lock-range N      LockPCRs: locks PCR0 .. PCR(N-1)\n"
+    "  random N          N random bytes (1.." STR(RANDOM_MAX) ") from GetRandom, printed in hex\n"
+    "\n";
+
+static const char epilog[] = "Exit status: 0 done, 2 bad command line, 3 the NSM refused (\"NSM error NAME\") or\n"
+                             "could not be reached.\n";
+
+static void usage(const cl_options *spec, FILE *out)
 {
-    fprintf(out,
-            "usage: cloister nsm [--nsm ADDR] COMMAND\n"
-            "\n"
-            "  describe          DescribeNSM, printed as one JSON object: version, module_id,\n"
-            "                    max_pcrs, locked_pcrs, digest\n"
-            "  pcr N             DescribePCR: prints \"HEX locked\" or \"HEX unlocked\"\n"
-            "  extend N HEX      ExtendPCR with the bytes of HEX; prints the new value in hex\n"
-            "  lock N            LockPCR: PCR N refuses ExtendPCR from now on\n"
-            "  lock-range N      LockPCRs: locks PCR0 .. PCR(N-1)\n"
-            "  random N          N random bytes (1..%d) from GetRandom, printed in hex\n"
-            "\n"
-            "ADDR is unix:PATH (the simulator, see 'cloister nsm-sim') or a device path; the\n"
-            "default is $" CL_NSM_ENV ", else " CL_NSM_DEFAULT_DEVICE ".\n"
-            "Exit status: 0 done, 2 bad command line, 3 the NSM refused (\"NSM error NAME\") or\n"
-            "could not be reached.\n",
-            RANDOM_MAX);
+    char *text = cl_options_help(spec);
+    if (text)
+        fputs(text, out);
+    free(text);
 }
 
 static int fail(const char *what)
@@ -83,7 +99,7 @@ static int parse_number(const char *text, uint64_t max, const char *what, uint64
     return 0;
 }
 
-static int run(cl_nsm *nsm, int argc, char **argv)
+static int run(const cl_options *spec, cl_nsm *nsm, int argc, char **argv)
 {
     const char *cmd = argv[0];
     char what[64];
@@ -149,7 +165,7 @@ static int run(cl_nsm *nsm, int argc, char **argv)
     }
 bad:
     fprintf(stderr, "cloister nsm: unknown command or wrong arguments: %s\n", cmd);
-    usage(stderr);
+    usage(spec, stderr);
     return EXIT_USAGE;
 }
 
@@ -165,41 +181,41 @@ static bool known_command(const char *cmd)
 
 int cmd_nsm(int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"nsm", required_argument, NULL, 'n'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *addr = NULL;
-    int opt;
-    optind = 1;
-    opterr = 0;
-    /* '+': options end at the command, so "extend 16 -" style data is not an option. */
-    while ((opt = getopt_long(argc, argv, "+h", options, NULL)) != -1) {
-        switch (opt) {
-        case 'n': addr = optarg; break;
-        case 'h': usage(stdout); return 0;
-        default:
-            fprintf(stderr, "cloister nsm: unknown option or missing value: %s\n", argv[optind - 1]);
-            usage(stderr);
-            return EXIT_USAGE;
-        }
+    settings s = {0};
+    cl_opt_section sections[] = {CL_OPT_SECTION("options", options, &s)};
+    /* options end at the command, so "extend 16 -" style data is not an option */
+    cl_options spec = {.prog = "cloister nsm",
+                       .usage = usage_text,
+                       .epilog = epilog,
+                       .positional = "COMMAND",
+                       .flags = CL_OPTIONS_STOP_AT_POSITIONAL,
+                       .sections = sections,
+                       .section_count = 1};
+    cl_options_result r;
+    int status = cl_options_main(&spec, argc, argv, &r);
+    if (status != 0) {
+        status = status > 0 ? 0 : EXIT_USAGE;
+        goto out;
     }
-    if (optind >= argc) {
-        usage(stderr);
-        return EXIT_USAGE;
+    status = EXIT_USAGE;
+    if (r.positional_count == 0) {
+        usage(&spec, stderr);
+        goto out;
     }
-    if (!known_command(argv[optind])) {
-        fprintf(stderr, "cloister nsm: unknown command '%s'\n", argv[optind]);
-        usage(stderr);
-        return EXIT_USAGE;
+    if (!known_command(r.positional[0])) {
+        fprintf(stderr, "cloister nsm: unknown command '%s'\n", r.positional[0]);
+        usage(&spec, stderr);
+        goto out;
     }
     cl_nsm *nsm = NULL;
-    if (cl_nsm_open(addr, &nsm) < 0) {
+    if (cl_nsm_open(s.nsm, &nsm) < 0) {
         fprintf(stderr, "cloister nsm: %s\n", cl_error_message());
-        return EXIT_FAILED;
+        status = EXIT_FAILED;
+        goto out;
     }
-    int status = run(nsm, argc - optind, argv + optind);
+    status = run(&spec, nsm, (int)r.positional_count, r.positional);
     cl_nsm_close(nsm);
+out:
+    cl_options_free(&spec, &r);
     return status;
 }

@@ -1,12 +1,12 @@
 /* cloister nsm-sim: a faithful NSM on a unix socket, one thread per client. */
 #include "cloister/core/address.h"
 #include "cloister/core/encoding.h"
+#include "cloister/core/options.h"
 #include "cloister/sim/nsm_sim.h"
 #include "commands.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -25,36 +25,26 @@
  * notices the closed connection and reconnects before its next request. */
 #define IDLE_TIMEOUT_SECONDS 600
 
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "usage: cloister nsm-sim --listen unix:PATH --state DIR [--pcr N=HEX]... [--image FILE]\n"
-            "                        [--instance-id ID] [--debug]\n"
-            "\n"
-            "Runs a Nitro Secure Module simulator that speaks the real NSM's CBOR protocol, each\n"
-            "message framed by a 4-byte big-endian length.  Point clients at it with\n"
-            "--nsm unix:PATH or " CL_NSM_ENV "=unix:PATH.\n"
-            "\n"
-            "  --listen unix:PATH   socket to serve on (a stale socket file is replaced)\n"
-            "  --state DIR          keeps the CA keys (0600) and certificates, reused across runs;\n"
-            "                       DIR/root.pem is the root to trust when verifying documents\n"
-            "  --pcr N=HEX          start PCR N (0..31) at HEX (48 bytes, 96 hex digits); repeatable\n"
-            "  --image FILE         PCR0 = SHA-384 of FILE's bytes\n"
-            "  --instance-id ID     parent instance id (letters, digits, '-'); default: generated\n"
-            "                       once and kept in DIR/instance-id\n"
-            "  --debug              a debug-mode enclave: PCR0, PCR1 and PCR2 all zero\n"
-            "\n"
-            "Like real hardware it has 32 SHA-384 PCRs with PCR0..15 locked from the start.\n"
-            "Defaults: PCRn for n = 0, 1, 2 is SHA-384 of the ASCII text \"cloister nsm-sim PCRn\"\n"
-            "(PCR0 from --image when given); PCR4 = SHA-384(48 zero bytes || instance id), as\n"
-            "Nitro extends it with the parent's instance id; every other PCR starts at zero.\n"
-            "Attestation documents are signed by a leaf certificate valid for 3 hours, issued\n"
-            "under root -> regional -> zonal -> instance CAs (all P-384, ecdsa-with-SHA384).\n"
-            "\n"
-            "Logs one key=value line per event to stderr and prints\n"
-            "  nsm-sim: listening on unix:PATH root=DIR/root.pem module_id=...\n"
-            "once ready.  SIGINT or SIGTERM stop it and remove the socket file.\n");
-}
+static const char usage_text[] =
+    "usage: cloister nsm-sim --listen unix:PATH --state DIR [--pcr N=HEX]... [--image FILE]\n"
+    "                        [--instance-id ID] [--debug]\n"
+    "\n"
+    "Runs a Nitro Secure Module simulator that speaks the real NSM's CBOR protocol, each\n"
+    "message framed by a 4-byte big-endian length.  Point clients at it with\n"
+    "--nsm unix:PATH or " CL_NSM_ENV "=unix:PATH.\n"
+    "\n";
+
+static const char epilog[] =
+    "Like real hardware it has 32 SHA-384 PCRs with PCR0..15 locked from the start.\n"
+    "Defaults: PCRn for n = 0, 1, 2 is SHA-384 of the ASCII text \"cloister nsm-sim PCRn\"\n"
+    "(PCR0 from --image when given); PCR4 = SHA-384(48 zero bytes || instance id), as\n"
+    "Nitro extends it with the parent's instance id; every other PCR starts at zero.\n"
+    "Attestation documents are signed by a leaf certificate valid for 3 hours, issued\n"
+    "under root -> regional -> zonal -> instance CAs (all P-384, ecdsa-with-SHA384).\n"
+    "\n"
+    "Logs one key=value line per event to stderr and prints\n"
+    "  nsm-sim: listening on unix:PATH root=DIR/root.pem module_id=...\n"
+    "once ready.  SIGINT or SIGTERM stop it and remove the socket file.\n";
 
 /* ---- logging and signals ------------------------------------------------------- */
 
@@ -214,82 +204,73 @@ static int accept_loop(server *srv, int listen_fd)
 
 /* ---- options -------------------------------------------------------------------- */
 
-static int parse_pcr_option(const char *arg, cl_nsm_sim_config *cfg)
+typedef struct settings {
+    char *listen, *state, *image, *instance_id;
+    bool debug;
+    cl_nsm_sim_config *cfg; /* where --pcr puts its values */
+} settings;
+
+static int parse_pcr_option(void *base, const char *arg)
 {
+    cl_nsm_sim_config *cfg = ((settings *)base)->cfg;
     const char *eq = strchr(arg, '=');
-    CL_ENSURE(eq, CL_EINVAL, "--pcr %s: expected N=HEX", arg);
+    CL_ENSURE(eq, CL_EINVAL, "%s: expected N=HEX", arg);
     char index_text[8];
     size_t n = (size_t)(eq - arg);
-    CL_ENSURE(n > 0 && n < sizeof index_text, CL_EINVAL, "--pcr %s: bad PCR index", arg);
+    CL_ENSURE(n > 0 && n < sizeof index_text, CL_EINVAL, "%s: bad PCR index", arg);
     memcpy(index_text, arg, n);
     index_text[n] = '\0';
     uint64_t index;
     int rc = cl_parse_u64(index_text, CL_NSM_SIM_PCRS - 1, &index);
     if (rc < 0)
-        return cl_error_prefix(rc, "--pcr %s: PCR index (0..31): ", arg);
-    CL_ENSURE(!(cfg->pcr_mask & (1u << index)), CL_EINVAL, "--pcr %s: PCR%llu given twice", arg,
-              (unsigned long long)index);
+        return cl_error_prefix(rc, "%s: PCR index (0..31): ", arg);
+    CL_ENSURE(!(cfg->pcr_mask & (1u << index)), CL_EINVAL, "%s: PCR%llu given twice", arg, (unsigned long long)index);
     rc = cl_hex_decode_fixed(eq + 1, cfg->pcr_values[index], CL_NSM_SIM_PCR_LEN);
     if (rc < 0)
-        return cl_error_prefix(rc, "--pcr %s: ", arg);
+        return cl_error_prefix(rc, "%s: ", arg);
     cfg->pcr_mask |= 1u << index;
     return CL_OK;
 }
 
+static const cl_opt options[] = {
+    {.name = "listen", CL_OPT_STR(settings, listen), .flags = CL_OPT_REQUIRED, .arg = "unix:PATH",
+     .help = "socket to serve on (a stale socket file is replaced)"},
+    {.name = "state", CL_OPT_STR(settings, state), .flags = CL_OPT_REQUIRED | CL_OPT_NONEMPTY, .arg = "DIR",
+     .help = "keeps the CA keys (0600) and certificates, reused across runs; DIR/root.pem is the root to trust "
+             "when verifying documents"},
+    {.name = "pcr", CL_OPT_CALLBACK(parse_pcr_option), .flags = CL_OPT_REPEAT, .arg = "N=HEX",
+     .help = "start PCR N (0..31) at HEX (48 bytes, 96 hex digits); repeatable"},
+    {.name = "image", CL_OPT_STR(settings, image), .arg = "FILE", .help = "PCR0 = SHA-384 of FILE's bytes"},
+    {.name = "instance-id", CL_OPT_STR(settings, instance_id), .arg = "ID",
+     .help = "parent instance id (letters, digits, '-'); default: generated once and kept in DIR/instance-id"},
+    {.name = "debug", CL_OPT_FLAG(settings, debug), .help = "a debug-mode enclave: PCR0, PCR1 and PCR2 all zero"},
+};
+
 int cmd_nsm_sim(int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"listen", required_argument, NULL, 'l'},
-        {"state", required_argument, NULL, 's'},
-        {"pcr", required_argument, NULL, 'p'},
-        {"image", required_argument, NULL, 'i'},
-        {"instance-id", required_argument, NULL, 'I'},
-        {"debug", no_argument, NULL, 'd'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
     cl_nsm_sim_config *cfg = calloc(1, sizeof *cfg);
     if (!cfg) {
         fprintf(stderr, "cloister nsm-sim: out of memory\n");
         return EXIT_FAILED;
     }
-    const char *listen_text = NULL;
-    int status = EXIT_USAGE;
-    int opt;
-    optind = 1;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
-        switch (opt) {
-        case 'l': listen_text = optarg; break;
-        case 's': cfg->state_dir = optarg; break;
-        case 'i': cfg->image_path = optarg; break;
-        case 'I': cfg->instance_id = optarg; break;
-        case 'd': cfg->debug = true; break;
-        case 'p':
-            if (parse_pcr_option(optarg, cfg) < 0) {
-                fprintf(stderr, "cloister nsm-sim: %s\n", cl_error_message());
-                goto out;
-            }
-            break;
-        case 'h':
-            usage(stdout);
-            status = 0;
-            goto out;
-        default:
-            fprintf(stderr, "cloister nsm-sim: unknown option or missing value: %s\n", argv[optind - 1]);
-            usage(stderr);
-            goto out;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "cloister nsm-sim: unexpected argument '%s'\n", argv[optind]);
+    settings s = {.cfg = cfg};
+    cl_opt_section sections[] = {CL_OPT_SECTION("options", options, &s)};
+    cl_options spec = {.prog = "cloister nsm-sim",
+                       .usage = usage_text,
+                       .epilog = epilog,
+                       .sections = sections,
+                       .section_count = 1};
+    cl_options_result r;
+    int status = cl_options_main(&spec, argc, argv, &r);
+    if (status != 0) {
+        status = status > 0 ? 0 : EXIT_USAGE;
         goto out;
     }
-    if (!listen_text || !cfg->state_dir) {
-        fprintf(stderr, "cloister nsm-sim: --listen unix:PATH and --state DIR are required\n");
-        usage(stderr);
-        goto out;
-    }
+    status = EXIT_USAGE;
+    cfg->state_dir = s.state;
+    cfg->image_path = s.image;
+    cfg->instance_id = s.instance_id;
+    cfg->debug = s.debug;
     if (cfg->image_path && (cfg->pcr_mask & 1u)) {
         fprintf(stderr, "cloister nsm-sim: --image and --pcr 0=... both set PCR0; give one\n");
         goto out;
@@ -299,7 +280,7 @@ int cmd_nsm_sim(int argc, char **argv)
         goto out;
     }
     cl_address addr;
-    if (cl_address_parse(listen_text, &addr) < 0) {
+    if (cl_address_parse(s.listen, &addr) < 0) {
         fprintf(stderr, "cloister nsm-sim: --listen: %s\n", cl_error_message());
         goto out;
     }
@@ -349,6 +330,7 @@ int cmd_nsm_sim(int argc, char **argv)
     pthread_mutex_destroy(&srv.lock);
     cl_nsm_sim_free(sim);
 out:
+    cl_options_free(&spec, &r);
     cl_wipe(cfg, sizeof *cfg);
     free(cfg);
     return status;

@@ -2,6 +2,7 @@
 #include "cloister/host/watchdog.h"
 
 #include "cloister/core/encoding.h"
+#include "cloister/core/options.h"
 
 #include <limits.h>
 #include <stdlib.h>
@@ -53,30 +54,7 @@ const cl_watchdog_flag *cl_watchdog_flag_find(const char *name)
 
 int cl_watchdog_parse_duration(const char *text, uint64_t max_ms, uint64_t *out_ms)
 {
-    CL_ENSURE(text && *text, CL_EINVAL, "expected a duration, got an empty string");
-    size_t n = strlen(text), digits = 0;
-    while (digits < n && text[digits] >= '0' && text[digits] <= '9')
-        digits++;
-    CL_ENSURE(digits > 0 && digits <= 15, CL_EINVAL, "'%s' is not a duration (e.g. 250ms, 5s, 2m, 1h)", text);
-    const char *unit = text + digits;
-    uint64_t scale;
-    if (!*unit || !strcmp(unit, "s"))
-        scale = 1000;
-    else if (!strcmp(unit, "ms"))
-        scale = 1;
-    else if (!strcmp(unit, "m"))
-        scale = 60 * 1000;
-    else if (!strcmp(unit, "h"))
-        scale = 3600 * 1000;
-    else
-        return cl_error_set(CL_EINVAL, "'%s': unknown unit '%s' (ms, s, m, h)", text, unit);
-    uint64_t v = 0;
-    for (size_t i = 0; i < digits; i++)
-        v = v * 10 + (uint64_t)(text[i] - '0');
-    CL_ENSURE(v <= max_ms / scale, CL_EINVAL, "'%s' exceeds the maximum of %llu ms", text,
-              (unsigned long long)max_ms);
-    *out_ms = v * scale;
-    return CL_OK;
+    return cl_parse_duration(text, max_ms, out_ms); /* the one duration syntax, core/options */
 }
 
 static int set_string(cl_watchdog_settings *s, int slot, const char *value, const char **field)
