@@ -40,13 +40,13 @@ in_netns() { # INODE: pids whose network namespace is INODE
 # ---- --check ------------------------------------------------------------------------
 role_pcr_check() { # RUN_DIR: what the instance role may do with alias/dev (output in $work/role.out)
     local run=$1 token creds
-    token=$(curl -sS --unix-socket "$run/imds.sock" -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
+    token=$(curl -sS --unix-socket "$run/vsock/3.8002" -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
         http://169.254.169.254/latest/api/token) || return 1
-    role=$(curl -sS --unix-socket "$run/imds.sock" -H "X-aws-ec2-metadata-token: $token" \
+    role=$(curl -sS --unix-socket "$run/vsock/3.8002" -H "X-aws-ec2-metadata-token: $token" \
         http://169.254.169.254/latest/meta-data/iam/security-credentials/) || return 1
-    curl -sS --unix-socket "$run/imds.sock" -H "X-aws-ec2-metadata-token: $token" \
+    curl -sS --unix-socket "$run/vsock/3.8002" -H "X-aws-ec2-metadata-token: $token" \
         "http://169.254.169.254/latest/meta-data/iam/security-credentials/$role" >"$work/role.json" || return 1
-    # kms-local through the host's KMS proxy, SigV4 by hand (kms has no PutKeyPolicy verb)
+    # kms-local through the host's KMS proxy (vsock:3:8000, the stand-in's file), SigV4 by hand (kms has no PutKeyPolicy verb)
     python3 - "$run" "$work/role.json" >"$work/role.out" 2>&1 <<'PY'
 import datetime, hashlib, hmac, json, socket, ssl, sys
 run, creds = sys.argv[1], json.load(open(sys.argv[2]))
@@ -71,7 +71,7 @@ def call(op, body):
     headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={creds['AccessKeyId']}/{scope}, "
                                 f"SignedHeaders={names}, Signature={sig}")
     raw = socket.socket(socket.AF_UNIX)
-    raw.connect(run + "/kms.sock")
+    raw.connect(run + "/vsock/3.8000")  # vsock:3:8000 through the stand-in
     ctx = ssl.create_default_context(cafile=run + "/kms/ca.pem")
     s = ctx.wrap_socket(raw, server_hostname=host)
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
