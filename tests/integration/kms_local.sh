@@ -15,7 +15,7 @@ command -v node >/dev/null || { echo "skip: node is not installed"; exit 77; }
 [ -d "$SOURCE_DIR/tests/node/node_modules/@aws-sdk/client-kms" ] ||
     { echo "skip: tests/node has no @aws-sdk/client-kms (run scripts/node-deps.sh)"; exit 77; }
 SDK="$SOURCE_DIR/tests/node/kms_sdk.js"
-VECTORS=${CLOISTER_SHARED_DIR:-$SOURCE_DIR/../shared}/vectors
+VECTORS=${CLOISTER_TEST_VECTORS:-$SOURCE_DIR/tests/vectors}
 AK=AKIDKMSLOCALTEST01
 SK='kms/local+secret/0123456789abcdefghijklmn'
 
@@ -112,13 +112,11 @@ echo "$out" | grep -q '^FAIL' && fail "Decrypt with a Recipient: $out"
 pass "Decrypt with a Recipient on the policy's PCR0: no Plaintext, CiphertextForRecipient opened by openssl cms -decrypt"
 
 strip() { openssl cms -cmsout -print -inform DER -in "$1" | grep -v '^ *[0-9a-f]\{4\} - '; }
-if [ -f "$VECTORS/kms/kms-ciphertext-for-recipient.ber" ]; then
-    diff <(strip "$work/cfr.ber") <(strip "$VECTORS/kms/kms-ciphertext-for-recipient.ber") >"$work/shape.diff" ||
-        fail "CMS structure differs from the real KMS sample: $(cat "$work/shape.diff")"
-    pass "openssl cms -cmsout -print: the same structure as the real KMS CiphertextForRecipient"
-else
-    echo "skip: the real KMS sample is absent; structure compared to nothing"
-fi
+[ -f "$VECTORS/kms/kms-ciphertext-for-recipient.ber" ] ||
+    fail "the real KMS sample $VECTORS/kms/kms-ciphertext-for-recipient.ber is missing (part of the repository)"
+diff <(strip "$work/cfr.ber") <(strip "$VECTORS/kms/kms-ciphertext-for-recipient.ber") >"$work/shape.diff" ||
+    fail "CMS structure differs from the real KMS sample: $(cat "$work/shape.diff")"
+pass "openssl cms -cmsout -print: the same structure as the real KMS CiphertextForRecipient"
 
 out=$(recipient datakey alias/enclave "$work/doc-a.bin" "$work/dk.ber")
 echo "$out" | grep -q '^FAIL\|^ERROR' && fail "GenerateDataKey with a Recipient: $out"
