@@ -13,6 +13,7 @@
  * NGINX gracefully; the current bundle is put again every --refresh, so the
  * key-holder opens it again with KMS and the token's TTL restarts. */
 #include "cloister/acm_bundle.h"
+#include "cloister/acm_conf.h"
 #include "cloister/address.h"
 #include "cloister/buf.h"
 #include "cloister/encoding.h"
@@ -40,6 +41,7 @@
 typedef struct acm_opts {
     const char *bundle, *label, *object, *provision, *pin_file, *nginx_conf, *chain_file, *openssl_conf;
     const char *reload, *engine, *module, *ca_file;
+    char p11_address[200]; /* p11-kit's spelling of --p11-kit-server, or "" */
     uint64_t poll_ms, refresh_ms;
     bool once;
     char pin[CL_KH_PIN_MAX + 1];
@@ -62,6 +64,7 @@ static void usage(FILE *out)
             "                         [--pin-file PATH] [--object LABEL] [--chain-file PATH] [--openssl-conf PATH]\n"
             "                         [--poll DUR] [--refresh DUR] [--reload-command CMD] [--once]\n"
             "                         [--engine-path SO] [--module-path SO] [--ca-file PEM]\n"
+            "                         [--p11-kit-server ADDR]\n"
             "\n"
             "Provisions a PKCS#11 token in the enclave's key-holder from an ACM-style bundle\n"
             "{certificate, certificateChain, encryptedPrivateKey} and keeps NGINX's configuration for it.\n"
@@ -91,6 +94,10 @@ static void usage(FILE *out)
             "  --engine-path SO       libp11's engine (default: engines-3/pkcs11.so of this system)\n"
             "  --module-path SO       p11-kit's client module (default: pkcs11/p11-kit-client.so)\n"
             "  --ca-file PEM          CAs for an https:// bundle URL instead of the system's\n"
+            "  --p11-kit-server ADDR  where the enclave's `p11-kit server` listens: vsock:CID:PORT with the\n"
+            "                         enclave's CID (nitro-cli describe-enclaves), or unix:PATH; written\n"
+            "                         into the engine configuration as NGINX's P11_KIT_SERVER_ADDRESS\n"
+            "                         ('vsock:cid=CID;port=PORT', quoted) and set for --reload-command\n"
             "\n"
             "Exit status (at start or with --once): 0 provisioned, 1 the key-holder refused the bundle\n"
             "(e.g. KMS would not open its key for this enclave) or the bundle is invalid, 2 bad command\n"
@@ -251,26 +258,12 @@ static int write_files(const acm_opts *o, const cl_acm_bundle *b, bool *reload)
     CL_TRY_OUT(write_if_changed(o->chain_path, chain.data, chain.len, 0644, &changed, &existed));
     *reload |= changed && existed;
 
-    char text[9000];
-    snprintf(text, sizeof text,
-             "# written by cloister host acm: OpenSSL's pkcs11 engine (libp11) with p11-kit's client\n"
-             "# module, for NGINX (OPENSSL_CONF=this file, P11_KIT_SERVER_ADDRESS in its environment)\n"
-             "openssl_conf = openssl_init\n"
-             "[openssl_init]\n"
-             "engines = engine_section\n"
-             "[engine_section]\n"
-             "pkcs11 = pkcs11_section\n"
-             "[pkcs11_section]\n"
-             "engine_id = pkcs11\n"
-             "dynamic_path = %s\n"
-             "MODULE_PATH = %s\n"
-             "init = 1\n",
-             o->engine, o->module);
-    CL_TRY_OUT(append_str(&conf, text));
+    CL_TRY_OUT(cl_acm_openssl_conf(&conf, o->engine, o->module, o->p11_address[0] ? o->p11_address : NULL));
     CL_TRY_OUT(write_if_changed(o->openssl_path, conf.data, conf.len, 0644, &changed, &existed));
     *reload |= changed && existed;
 
     const char *object = o->object ? o->object : o->label;
+    char text[9000];
     snprintf(text, sizeof text,
              "# written by cloister host acm for token %s: include it in a server { listen ... ssl; } block.\n"
              "# The key stays in the enclave; the PIN below gates only this host's NGINX (keep this file 0600).\n"
@@ -295,6 +288,8 @@ static int run_reload(const acm_opts *o)
     if (pid == 0) {
         /* `nginx -s reload` parses the configuration itself: it needs the engine too */
         setenv("OPENSSL_CONF", o->openssl_path, 0);
+        if (o->p11_address[0])
+            setenv("P11_KIT_SERVER_ADDRESS", o->p11_address, 0);
         execl("/bin/sh", "sh", "-c", o->reload, (char *)NULL);
         _exit(127);
     }
@@ -498,7 +493,7 @@ static int sibling(const char *conf, const char *label, const char *suffix, char
 int cmd_host_acm(int argc, char **argv)
 {
     enum { O_BUNDLE = 256, O_TOKEN, O_OBJECT, O_PROV, O_PIN, O_NGINX, O_CHAIN, O_OSSL, O_POLL, O_REFRESH, O_RELOAD,
-           O_ONCE, O_ENGINE, O_MODULE, O_CA };
+           O_ONCE, O_ENGINE, O_MODULE, O_CA, O_P11 };
     static const struct option opts[] = {
         {"bundle", required_argument, NULL, O_BUNDLE},      {"token", required_argument, NULL, O_TOKEN},
         {"object", required_argument, NULL, O_OBJECT},      {"provision", required_argument, NULL, O_PROV},
@@ -508,6 +503,7 @@ int cmd_host_acm(int argc, char **argv)
         {"reload-command", required_argument, NULL, O_RELOAD}, {"once", no_argument, NULL, O_ONCE},
         {"engine-path", required_argument, NULL, O_ENGINE}, {"module-path", required_argument, NULL, O_MODULE},
         {"ca-file", required_argument, NULL, O_CA},         {"help", no_argument, NULL, 'h'},
+        {"p11-kit-server", required_argument, NULL, O_P11},
         {NULL, 0, NULL, 0}};
     static const char *const engines[] = {"/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so",
                                           "/usr/lib/aarch64-linux-gnu/engines-3/pkcs11.so",
@@ -534,6 +530,10 @@ int cmd_host_acm(int argc, char **argv)
         case O_ENGINE: o.engine = optarg; break;
         case O_MODULE: o.module = optarg; break;
         case O_CA: o.ca_file = optarg; break;
+        case O_P11:
+            if (cl_p11kit_address(optarg, o.p11_address, sizeof o.p11_address) < 0)
+                return bad("--p11-kit-server: %s", cl_error_message());
+            break;
         case O_POLL:
         case O_REFRESH: {
             uint64_t ms;
