@@ -514,3 +514,15 @@ int cl_nitro_terminate_enclave(const cl_nitro_cli *cli, const char *enclave_id)
     free(c.out);
     return rc;
 }
+
+void cl_nitro_default_name(const char *eif_path, char *out, size_t len)
+{
+    const char *base = strrchr(eif_path, '/');
+    base = base ? base + 1 : eif_path;
+    size_t n = strlen(base);
+    /* nitro-cli strips ".eif" only (repeatedly, case-sensitively): any other
+     * extension is part of the name it shows in describe-enclaves */
+    while (n >= 4 && !memcmp(base + n - 4, ".eif", 4))
+        n -= 4;
+    snprintf(out, len, "%.*s", (int)n, base);
+}

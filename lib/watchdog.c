@@ -695,18 +695,14 @@ static void nitro_terminate(cl_watchdog *w)
 }
 
 /* The EnclaveName nitro-cli gives ours: --enclave-name, or the EIF's file
- * name without its extension. */
+ * name as nitro-cli derives it. */
 static void expected_name(const cl_watchdog *w, char *out, size_t len)
 {
     if (w->cfg.run.enclave_name) {
         snprintf(out, len, "%s", w->cfg.run.enclave_name);
         return;
     }
-    const char *base = strrchr(w->cfg.run.eif_path, '/');
-    base = base ? base + 1 : w->cfg.run.eif_path;
-    const char *dot = strrchr(base, '.');
-    int n = dot && dot != base ? (int)(dot - base) : (int)strlen(base);
-    snprintf(out, len, "%.*s", n, base);
+    cl_nitro_default_name(w->cfg.run.eif_path, out, len);
 }
 
 /* An enclave of ours left over from a run that was not stopped cleanly (same
