@@ -19,6 +19,7 @@
 #include "cloister/encoding.h"
 #include "cloister/keyholder_proto.h"
 #include "cloister/log.h"
+#include "cloister/secret_file.h"
 #include "cloister/watchdog.h"
 #include "commands.h"
 
@@ -591,7 +592,7 @@ int cmd_host_acm(int argc, char **argv)
                        o.chain_path);
     if (o.pin_file) {
         cl_buf pin = CL_BUF_INIT;
-        if (cl_read_file(o.pin_file, CL_KH_PIN_MAX + 2, &pin) < 0) {
+        if (cl_read_secret_file(o.pin_file, CL_KH_PIN_MAX + 2, &pin) < 0) {
             fprintf(stderr, "cloister host acm: --pin-file: %s\n", cl_error_message());
             cl_buf_free(&pin);
             return EXIT_USAGE;
