@@ -19,6 +19,7 @@
 #include "cloister/encoding.h"
 #include "cloister/keyholder_proto.h"
 #include "cloister/log.h"
+#include "cloister/process.h"
 #include "cloister/secret_file.h"
 #include "cloister/watchdog.h"
 #include "commands.h"
@@ -284,22 +285,21 @@ out:
 
 static int run_reload(const acm_opts *o)
 {
-    pid_t pid = fork();
-    CL_ENSURE(pid >= 0, CL_EIO, "fork: %s", strerror(errno));
-    if (pid == 0) {
-        /* `nginx -s reload` parses the configuration itself: it needs the engine too */
-        setenv("OPENSSL_CONF", o->openssl_path, 0);
-        if (o->p11_address[0])
-            setenv("P11_KIT_SERVER_ADDRESS", o->p11_address, 0);
-        execl("/bin/sh", "sh", "-c", o->reload, (char *)NULL);
-        _exit(127);
-    }
+    /* `nginx -s reload` parses the configuration itself: it needs the engine
+     * and p11-kit's address too (unless its environment has them) */
+    char conf_env[4200], p11_env[260];
+    snprintf(conf_env, sizeof conf_env, "OPENSSL_CONF=%s", o->openssl_path);
+    snprintf(p11_env, sizeof p11_env, "P11_KIT_SERVER_ADDRESS=%s", o->p11_address);
+    const char *add[] = {conf_env, o->p11_address[0] ? p11_env : NULL, NULL};
+    char *argv[] = {"sh", "-c", (char *)o->reload, NULL};
+    cl_process_spec spec = {.program = "/bin/sh", .argv = argv, .add_env = add, .keep_stdin = true};
+    pid_t pid;
+    CL_TRY(cl_process_spawn(&spec, &pid));
     int st = 0;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR)
-            return cl_error_set(CL_EIO, "waitpid: %s", strerror(errno));
-    CL_ENSURE(WIFEXITED(st) && WEXITSTATUS(st) == 0, CL_EIO, "'%s' failed (%s %d)", o->reload,
-              WIFEXITED(st) ? "exit" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+    CL_TRY(cl_process_wait(pid, -1, &st));
+    char how[48];
+    cl_process_status_text(st, how, sizeof how);
+    CL_ENSURE(WIFEXITED(st) && WEXITSTATUS(st) == 0, CL_EIO, "'%s' failed (%s)", o->reload, how);
     return CL_OK;
 }
 
