@@ -202,7 +202,14 @@ timeout 10 "$CLOISTER" kms-local --listen "tcp:127.0.0.1:$port" --state "$work/k
     2>"$work/err" || status=$?
 [ "$status" -ne 0 ] && grep -q 'no master key was given' "$work/err" || fail "no master key for an existing state: $(cat "$work/err")"
 [ ! -e "$work/kms2/master.key" ] || fail "a master.key was generated for an existing state"
-pass "master key from --master-key-file and from \$CLOISTER_KMS_MASTER_KEY; none for an existing state is refused"
+# a secret is read from the file itself: a symbolic link put in its place is refused
+ln -s "$work/master.hex" "$work/master-link.hex"
+status=0
+timeout 10 "$CLOISTER" kms-local --listen "tcp:127.0.0.1:$port" --state "$work/kms2" --credentials "$AK:$SK" \
+    --master-key-file "$work/master-link.hex" 2>"$work/err" || status=$?
+[ "$status" -ne 0 ] && grep -q 'master-link.hex: a symbolic link' "$work/err" ||
+    fail "a master key file that is a symbolic link: $status $(cat "$work/err")"
+pass "master key from --master-key-file and from \$CLOISTER_KMS_MASTER_KEY; none for an existing state, or through a symbolic link, is refused"
 
 # ---- TLS with the written CA; the SDK over a unix socket ---------------------------------------------
 tport=$(free_port)
