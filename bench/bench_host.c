@@ -15,8 +15,8 @@
  *
  * ADDR is tcp:HOST:PORT or unix:PATH.  The last line of a client's output
  * is "RESULT key=value ...". */
-#include "cloister/address.h"
-#include "cloister/encoding.h"
+#include "cloister/core/address.h"
+#include "cloister/core/encoding.h"
 
 #include <errno.h>
 #include <fcntl.h>

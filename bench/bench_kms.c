@@ -12,8 +12,8 @@
  * connection. Time per call is split into attestation (NSM document), RSA
  * (opening the CMS envelope) and network (the HTTP exchange: proxy, TLS,
  * and KMS's own work), as measured by the client. */
-#include "cloister/encoding.h"
-#include "cloister/kms.h"
+#include "cloister/core/encoding.h"
+#include "cloister/enclave/kms.h"
 
 #include <getopt.h>
 #include <pthread.h>

@@ -13,8 +13,8 @@
  *     time (creation and root loading included).
  *
  * The last line of output is machine-readable: "RESULT key=value ...". */
-#include "cloister/attestation.h"
-#include "cloister/encoding.h"
+#include "cloister/core/attestation.h"
+#include "cloister/core/encoding.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -19,7 +19,7 @@
 # (which wrk and the proxy share too) from each.  Its stub_status counts the
 # connections each proxy opens to it.  The proxies, all with the same ECDSA
 # P-256 key and self-signed certificate, TLSv1.2 and TLSv1.3 with cloister's
-# algorithms (lib/tls.c) in its order, session tickets, one event loop per
+# algorithms (lib/core/tls.c) in its order, session tickets, one event loop per
 # core, keep-alive both ways:
 #   cloister  cloister enclave (with cloister nsm-sim as its NSM)
 #   nginx     worker_processes N, proxy_pass to an upstream with keepalive 64
@@ -165,7 +165,7 @@ sum_status() {
   echo "$total"
 }
 
-# The TLS algorithms of lib/tls.c, in its order, for nginx and haproxy too, so
+# The TLS algorithms of lib/core/tls.c, in its order, for nginx and haproxy too, so
 # that all three do the same cryptography (the server's order wins in all three).
 tls12_ciphers=ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305
 tls13_suites=TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
@@ -262,7 +262,7 @@ $(nginx_temp_paths "$dir")
         ssl_certificate_key $work/key.pem;
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_tickets on;
-        # cloister's algorithms and order, server preference, one ticket (lib/tls.c)
+        # cloister's algorithms and order, server preference, one ticket (lib/core/tls.c)
         ssl_prefer_server_ciphers on;
         ssl_ciphers $tls12_ciphers;
         ssl_conf_command Ciphersuites $tls13_suites;

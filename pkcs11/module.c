@@ -10,9 +10,9 @@
  * state.  Hash-then-sign mechanisms are hashed here and signed raw by the
  * key-holder; no private key byte ever reaches this process.  Every
  * function not listed in the README returns CKR_FUNCTION_NOT_SUPPORTED. */
-#include "cloister/address.h"
-#include "cloister/buf.h"
-#include "cloister/keyholder_proto.h"
+#include "cloister/core/address.h"
+#include "cloister/core/buf.h"
+#include "cloister/core/keyholder_proto.h"
 
 #include <p11-kit/pkcs11.h>
 

@@ -3,10 +3,10 @@
  * the key encrypted with KMS (or kms-local) under a key whose policy names
  * the enclaves allowed to open it.  Runs where the key is (an operator's
  * machine); `cloister host acm` provisions the result. */
-#include "cloister/acm_bundle.h"
-#include "cloister/encoding.h"
-#include "cloister/kms.h"
-#include "cloister/secret_file.h"
+#include "cloister/core/acm_bundle.h"
+#include "cloister/core/encoding.h"
+#include "cloister/enclave/kms.h"
+#include "cloister/core/secret_file.h"
 #include "commands.h"
 
 #include <errno.h>

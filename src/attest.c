@@ -1,7 +1,7 @@
 /* cloister attest: request, show and verify Nitro attestation documents. */
-#include "cloister/attestation.h"
-#include "cloister/encoding.h"
-#include "cloister/nsm.h"
+#include "cloister/core/attestation.h"
+#include "cloister/core/encoding.h"
+#include "cloister/enclave/nsm.h"
 #include "commands.h"
 
 #include <getopt.h>

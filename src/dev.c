@@ -12,11 +12,11 @@
  * the two sides share.  Everything started here runs in its own process
  * group with a parent-death signal, and everything is stopped and removed
  * on exit. */
-#include "cloister/address.h"
-#include "cloister/buf.h"
-#include "cloister/encoding.h"
-#include "cloister/https_client.h"
-#include "cloister/process.h"
+#include "cloister/core/address.h"
+#include "cloister/core/buf.h"
+#include "cloister/core/encoding.h"
+#include "cloister/core/https_client.h"
+#include "cloister/core/process.h"
 #include "commands.h"
 
 #include <arpa/inet.h>

@@ -3,17 +3,17 @@
  * /enclave/attestation, whose document binds the certificate's hash; every
  * other request is streamed to the application.  Flags and endpoints are
  * those of brave's nitriding-daemon, plus a few of cloister's own. */
-#include "cloister/address.h"
-#include "cloister/encoding.h"
-#include "cloister/http.h"
-#include "cloister/kms.h"
-#include "cloister/log.h"
-#include "cloister/metrics.h"
-#include "cloister/nsm.h"
-#include "cloister/server.h"
-#include "cloister/supervise.h"
-#include "cloister/tls.h"
-#include "cloister/upstream.h"
+#include "cloister/core/address.h"
+#include "cloister/core/encoding.h"
+#include "cloister/core/http.h"
+#include "cloister/enclave/kms.h"
+#include "cloister/core/log.h"
+#include "cloister/core/metrics.h"
+#include "cloister/enclave/nsm.h"
+#include "cloister/enclave/server.h"
+#include "cloister/enclave/supervise.h"
+#include "cloister/core/tls.h"
+#include "cloister/enclave/upstream.h"
 #include "commands.h"
 
 #include <errno.h>

@@ -1,14 +1,14 @@
 /* cloister host: the parent instance's side of an enclave.  Inbound
  * forwards (tcp -> vsock), outbound proxies for the enclave (vsock -> a DNS
  * name, with vsock-proxy's allowlist), and the enclave's IMDS gate. */
-#include "cloister/allowlist.h"
-#include "cloister/dns.h"
-#include "cloister/encoding.h"
-#include "cloister/host.h"
-#include "cloister/imds.h"
-#include "cloister/log.h"
-#include "cloister/sd_notify.h"
-#include "cloister/watchdog.h"
+#include "cloister/host/allowlist.h"
+#include "cloister/host/dns.h"
+#include "cloister/core/encoding.h"
+#include "cloister/host/host.h"
+#include "cloister/core/imds_policy.h"
+#include "cloister/core/log.h"
+#include "cloister/host/sd_notify.h"
+#include "cloister/host/watchdog.h"
 #include "commands.h"
 
 #include <arpa/inet.h>

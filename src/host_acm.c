@@ -12,19 +12,19 @@
  * Then it polls the bundle: a changed bundle rotates the token and reloads
  * NGINX gracefully; the current bundle is put again every --refresh, so the
  * key-holder opens it again with KMS and the token's TTL restarts. */
-#include "cloister/acm_bundle.h"
-#include "cloister/acm_conf.h"
-#include "cloister/address.h"
-#include "cloister/buf.h"
-#include "cloister/encoding.h"
-#include "cloister/keyholder_proto.h"
-#include "cloister/log.h"
-#include "cloister/process.h"
-#include "cloister/secret_file.h"
-#include "cloister/watchdog.h"
+#include "cloister/core/acm_bundle.h"
+#include "cloister/host/acm_conf.h"
+#include "cloister/core/address.h"
+#include "cloister/core/buf.h"
+#include "cloister/core/encoding.h"
+#include "cloister/core/keyholder_proto.h"
+#include "cloister/core/log.h"
+#include "cloister/core/process.h"
+#include "cloister/core/secret_file.h"
+#include "cloister/host/watchdog.h"
 #include "commands.h"
 
-#include "curl_lazy.h"
+#include "core/curl_lazy.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>

@@ -7,11 +7,11 @@
  * X-aws-ec2-metadata-token (else 401); answers are text/plain, JSON
  * documents included; unknown paths are 404.  Credentials are random,
  * valid six hours, and replaced 15 minutes before they expire. */
-#include "cloister/address.h"
-#include "cloister/encoding.h"
-#include "cloister/http.h"
-#include "cloister/imds.h"
-#include "cloister/log.h"
+#include "cloister/core/address.h"
+#include "cloister/core/encoding.h"
+#include "cloister/core/http.h"
+#include "cloister/core/imds_policy.h"
+#include "cloister/core/log.h"
 #include "commands.h"
 
 #include <errno.h>

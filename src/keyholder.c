@@ -11,13 +11,13 @@
  * keys, certificates and signatures only.  A rotation keeps the previous
  * key generation for --rotation-grace so that workers still presenting the
  * old certificate can finish their handshakes. */
-#include "cloister/address.h"
-#include "cloister/buf.h"
-#include "cloister/encoding.h"
-#include "cloister/keyholder_proto.h"
-#include "cloister/log.h"
-#include "cloister/secret_file.h"
-#include "cloister/watchdog.h"
+#include "cloister/core/address.h"
+#include "cloister/core/buf.h"
+#include "cloister/core/encoding.h"
+#include "cloister/core/keyholder_proto.h"
+#include "cloister/core/log.h"
+#include "cloister/core/secret_file.h"
+#include "cloister/host/watchdog.h"
 #include "commands.h"
 #include "keyholder_kms.h"
 

@@ -3,10 +3,10 @@
  * call carries a fresh attestation document), calls serialised. */
 #include "keyholder_kms.h"
 
-#include "cloister/error.h"
-#include "cloister/keyholder_proto.h"
-#include "cloister/kms.h"
-#include "cloister/log.h"
+#include "cloister/core/error.h"
+#include "cloister/core/keyholder_proto.h"
+#include "cloister/enclave/kms.h"
+#include "cloister/core/log.h"
 
 #include <pthread.h>
 #include <string.h>

@@ -5,8 +5,8 @@
 #ifndef CLOISTER_SRC_KEYHOLDER_KMS_H
 #define CLOISTER_SRC_KEYHOLDER_KMS_H
 
-#include "cloister/buf.h"
-#include "cloister/slice.h"
+#include "cloister/core/buf.h"
+#include "cloister/core/slice.h"
 
 #include <getopt.h>
 #include <stdbool.h>

@@ -1,8 +1,8 @@
 /* cloister kms: KMS calls for scripts inside the enclave (with a Recipient:
  * plaintexts never leave the enclave in the clear) and for operators
  * outside it. */
-#include "cloister/encoding.h"
-#include "cloister/kms.h"
+#include "cloister/core/encoding.h"
+#include "cloister/enclave/kms.h"
 #include "commands.h"
 
 #include <errno.h>

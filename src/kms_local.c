@@ -1,16 +1,16 @@
 /* cloister kms-local: a local AWS KMS (JSON 1.1 protocol, SigV4, key
  * policies with Nitro attestation conditions, CiphertextForRecipient) on
  * TCP or a unix socket, plain or TLS, its keys in SQLite under a master key. */
-#include "cloister/address.h"
-#include "cloister/attestation.h"
-#include "cloister/encoding.h"
-#include "cloister/kms_local.h"
-#include "cloister/kms_policy.h"
-#include "cloister/kms_store.h"
-#include "cloister/log.h"
-#include "cloister/secret_file.h"
-#include "cloister/server.h"
-#include "cloister/tls.h"
+#include "cloister/core/address.h"
+#include "cloister/core/attestation.h"
+#include "cloister/core/encoding.h"
+#include "cloister/sim/kms_local.h"
+#include "cloister/sim/kms_policy.h"
+#include "cloister/sim/kms_store.h"
+#include "cloister/core/log.h"
+#include "cloister/core/secret_file.h"
+#include "cloister/enclave/server.h"
+#include "cloister/core/tls.h"
 #include "commands.h"
 
 #include <errno.h>

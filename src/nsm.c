@@ -1,6 +1,6 @@
 /* cloister nsm: one NSM request from the command line. */
-#include "cloister/encoding.h"
-#include "cloister/nsm.h"
+#include "cloister/core/encoding.h"
+#include "cloister/enclave/nsm.h"
 #include "commands.h"
 
 #include <getopt.h>

@@ -1,7 +1,7 @@
 /* cloister nsm-sim: a faithful NSM on a unix socket, one thread per client. */
-#include "cloister/address.h"
-#include "cloister/encoding.h"
-#include "cloister/nsm_sim.h"
+#include "cloister/core/address.h"
+#include "cloister/core/encoding.h"
+#include "cloister/sim/nsm_sim.h"
 #include "commands.h"
 
 #include <errno.h>

@@ -4,9 +4,9 @@
  * document is fetched over the very TLS connection whose certificate it
  * must name, so a man in the middle with another certificate fails the
  * binding, and the fresh nonce rules out a replayed document. */
-#include "cloister/attestation.h"
-#include "cloister/encoding.h"
-#include "cloister/https_client.h"
+#include "cloister/core/attestation.h"
+#include "cloister/core/encoding.h"
+#include "cloister/core/https_client.h"
 #include "commands.h"
 
 #include <getopt.h>

@@ -1,9 +1,9 @@
 /* cloister watchdog: runs one enclave and keeps it alive (the watchdog of
  * `cloister host`, on its own): start, health checks, restarts within a
  * budget, systemd notifications, stop on SIGTERM. */
-#include "cloister/log.h"
-#include "cloister/sd_notify.h"
-#include "cloister/watchdog.h"
+#include "cloister/core/log.h"
+#include "cloister/host/sd_notify.h"
+#include "cloister/host/watchdog.h"
 #include "commands.h"
 
 #include <errno.h>

@@ -1,7 +1,7 @@
 /* Feeds arbitrary bytes to the ACM bundle parser.  It must never crash or
  * leak; an accepted bundle must encode again and parse to the same bundle
  * (the certificates are canonical PEM after one parse). */
-#include "cloister/acm_bundle.h"
+#include "cloister/core/acm_bundle.h"
 
 #include <stdlib.h>
 #include <string.h>

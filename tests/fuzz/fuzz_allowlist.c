@@ -1,7 +1,7 @@
 /* Feeds arbitrary bytes to the allowlist YAML parser: it must never crash
  * or leak, and every entry it accepts has a non-empty address and a port
  * from 1 to 65535. */
-#include "cloister/allowlist.h"
+#include "cloister/host/allowlist.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -6,7 +6,7 @@
  * own timestamp by both, twice by the caching one (the second call can hit
  * the cache), and all answers must agree: a cache must never change a
  * verdict.  Policies are checked whatever the verification said. */
-#include "cloister/attestation.h"
+#include "cloister/core/attestation.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -4,7 +4,7 @@
  * 16-byte IV, whole AES blocks), and opening with a Recipient key (OpenSSL's
  * CMS on the same bytes) must fail cleanly or give at most the content's
  * length, leaving nothing behind on failure. */
-#include "cloister/kms.h"
+#include "cloister/enclave/kms.h"
 
 #include <openssl/err.h>
 #include <stdlib.h>

@@ -1,7 +1,7 @@
 /* Feeds arbitrary bytes to the DNS answer parser as A and as AAAA answers:
  * it must never crash or read past the input, and what it returns must be
  * addresses of the asked family, without duplicates. */
-#include "cloister/dns.h"
+#include "cloister/host/dns.h"
 
 #include <netinet/in.h>
 #include <stdlib.h>

@@ -2,7 +2,7 @@
  * both sockets and the module's reply decoders.  They must never crash or
  * read past the input, and an accepted request must re-encode to exactly
  * the same bytes (the codec is canonical: one encoding per message). */
-#include "cloister/keyholder_proto.h"
+#include "cloister/core/keyholder_proto.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -8,10 +8,10 @@
  * under alias/fuzz, so that mutations around them reach the Recipient,
  * policy and CMS paths.  Every answer must be a JSON object, an error one
  * with AWS's shape, and no Plaintext ever goes with a Recipient. */
-#include "cloister/encoding.h"
-#include "cloister/kms_local.h"
-#include "cloister/nsm.h"
-#include "cloister/nsm_sim.h"
+#include "cloister/core/encoding.h"
+#include "cloister/sim/kms_local.h"
+#include "cloister/enclave/nsm.h"
+#include "cloister/sim/nsm_sim.h"
 
 #include <dirent.h>
 #include <openssl/evp.h>

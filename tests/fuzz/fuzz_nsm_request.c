@@ -1,8 +1,8 @@
 /* Feeds arbitrary bytes to the NSM codec and the simulator engine:
  * decoders must never crash, what decodes must re-encode to a stable
  * form, and the simulator must answer everything with a valid response. */
-#include "cloister/nsm.h"
-#include "cloister/nsm_sim.h"
+#include "cloister/enclave/nsm.h"
+#include "cloister/sim/nsm_sim.h"
 
 #include <dirent.h>
 #include <stdio.h>

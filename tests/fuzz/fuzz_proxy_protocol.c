@@ -2,7 +2,7 @@
  * crash or read past the input, must call every strict prefix of an
  * accepted header incomplete, and what it accepts must re-encode to a
  * header that parses to the same addresses. */
-#include "cloister/proxy_protocol.h"
+#include "cloister/core/proxy_protocol.h"
 
 #include <netinet/in.h>
 #include <stdlib.h>

@@ -3,7 +3,7 @@
 #ifndef CLOISTER_TEST_H
 #define CLOISTER_TEST_H
 
-#include "cloister/error.h"
+#include "cloister/core/error.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,7 +1,7 @@
 /* ACM-style bundles: strict parsing of {certificate, certificateChain,
  * encryptedPrivateKey}, canonical PEM, the encoder, every malformed class. */
-#include "cloister/acm_bundle.h"
-#include "cloister/encoding.h"
+#include "cloister/core/acm_bundle.h"
+#include "cloister/core/encoding.h"
 #include "test.h"
 
 #include <openssl/evp.h>

@@ -1,7 +1,7 @@
 /* What `cloister host acm` writes for NGINX on a real parent: p11-kit's
  * address syntax (the enclave's CID, quoted because of the ';') and the
  * engine section libp11 reads. */
-#include "cloister/acm_conf.h"
+#include "cloister/host/acm_conf.h"
 #include "test.h"
 
 static void p11kit_addresses(void)

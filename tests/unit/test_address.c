@@ -1,4 +1,4 @@
-#include "cloister/address.h"
+#include "cloister/core/address.h"
 #include "test.h"
 
 #include <errno.h>

@@ -1,4 +1,4 @@
-#include "cloister/allowlist.h"
+#include "cloister/host/allowlist.h"
 #include "test.h"
 
 #include <arpa/inet.h>

@@ -1,6 +1,6 @@
-#include "aws_root.h"
-#include "cloister/attestation.h"
-#include "cloister/encoding.h"
+#include "core/aws_root.h"
+#include "cloister/core/attestation.h"
+#include "cloister/core/encoding.h"
 #include "test.h"
 #include "test_chain.h"
 

@@ -1,4 +1,4 @@
-#include "cloister/cbor.h"
+#include "cloister/core/cbor.h"
 #include "test.h"
 
 static const cl_cbor_limits lim = {.max_depth = 8, .max_map_entries = 64};

@@ -3,9 +3,9 @@
 #ifndef CLOISTER_TEST_CHAIN_H
 #define CLOISTER_TEST_CHAIN_H
 
-#include "cloister/attestation.h"
-#include "cloister/cbor.h"
-#include "cloister/cose.h"
+#include "cloister/core/attestation.h"
+#include "cloister/core/cbor.h"
+#include "cloister/core/cose.h"
 
 #include <openssl/evp.h>
 #include <openssl/x509.h>

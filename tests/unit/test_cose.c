@@ -1,4 +1,4 @@
-#include "cloister/cose.h"
+#include "cloister/core/cose.h"
 #include "test.h"
 
 #include <openssl/bn.h>

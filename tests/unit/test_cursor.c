@@ -1,5 +1,5 @@
-#include "cloister/cursor.h"
-#include "cloister/encoding.h"
+#include "cloister/core/cursor.h"
+#include "cloister/core/encoding.h"
 #include "test.h"
 
 static void reads_within_bounds(void)

@@ -1,5 +1,5 @@
-#include "cloister/dns.h"
-#include "cloister/encoding.h"
+#include "cloister/host/dns.h"
+#include "cloister/core/encoding.h"
 #include "test.h"
 
 #include <arpa/inet.h>

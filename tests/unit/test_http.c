@@ -1,6 +1,6 @@
 /* HTTP/1.1 heads (requests and responses), chunked decoding, query
- * parameters and hop-by-hop fields (lib/http1.c). */
-#include "cloister/http.h"
+ * parameters and hop-by-hop fields (lib/core/http1.c). */
+#include "cloister/core/http.h"
 #include "test.h"
 
 #include <stdint.h>

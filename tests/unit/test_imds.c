@@ -1,4 +1,4 @@
-#include "cloister/imds.h"
+#include "cloister/core/imds_policy.h"
 #include "test.h"
 
 static bool allowed(const char *method, const char *path)

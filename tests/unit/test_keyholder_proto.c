@@ -1,4 +1,4 @@
-#include "cloister/keyholder_proto.h"
+#include "cloister/core/keyholder_proto.h"
 #include "test.h"
 
 #include <sys/socket.h>

@@ -2,7 +2,7 @@
  * retried, IMDS credentials JSON, the refresh rule, and the IMDSv2 flow
  * with refresh against a small in-process IMDS on a unix socket; client
  * configuration checks. */
-#include "cloister/kms.h"
+#include "cloister/enclave/kms.h"
 #include "test.h"
 
 #include <pthread.h>

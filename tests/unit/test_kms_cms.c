@@ -3,10 +3,10 @@
  * here with OpenSSL open with the Recipient's key (DER and indefinite-
  * length BER); every other shape, truncation and structural damage is
  * refused; the Recipient's document carries its key. */
-#include "cloister/attestation.h"
-#include "cloister/encoding.h"
-#include "cloister/kms.h"
-#include "cloister/nsm_sim.h"
+#include "cloister/core/attestation.h"
+#include "cloister/core/encoding.h"
+#include "cloister/enclave/kms.h"
+#include "cloister/sim/nsm_sim.h"
 #include "test.h"
 
 #include <openssl/cms.h>

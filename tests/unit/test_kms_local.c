@@ -4,14 +4,14 @@
  * process with Recipient documents from an in-process NSM simulator
  * (matching and different PCR0, debug mode, tampered, expired, foreign
  * root), and CiphertextForRecipient opened by OpenSSL's CMS. */
-#include "cloister/cms_recipient.h"
-#include "cloister/encoding.h"
-#include "cloister/kms_local.h"
-#include "cloister/kms_policy.h"
-#include "cloister/kms_store.h"
-#include "cloister/nsm.h"
-#include "cloister/nsm_sim.h"
-#include "cloister/sigv4.h"
+#include "cloister/sim/cms_recipient.h"
+#include "cloister/core/encoding.h"
+#include "cloister/sim/kms_local.h"
+#include "cloister/sim/kms_policy.h"
+#include "cloister/sim/kms_store.h"
+#include "cloister/enclave/nsm.h"
+#include "cloister/sim/nsm_sim.h"
+#include "cloister/core/sigv4.h"
 #include "test.h"
 
 #include <dirent.h>

@@ -1,6 +1,6 @@
-#include "curl_lazy.h"
-#include "lazy.h"
-#include "sqlite_lazy.h"
+#include "core/curl_lazy.h"
+#include "core/lazy.h"
+#include "sim/sqlite_lazy.h"
 #include "test.h"
 
 static void missing_library_and_symbol_are_named(void)

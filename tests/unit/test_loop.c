@@ -1,7 +1,7 @@
-/* The event loop (lib/loop.c): timers, deferred work, edge-triggered
+/* The event loop (lib/core/loop.c): timers, deferred work, edge-triggered
  * watches, cross-thread wake-ups.  Every test runs its loop under a guard
  * timer that stops it after GUARD_MS, so a broken loop fails, not hangs. */
-#include "cloister/loop.h"
+#include "cloister/core/loop.h"
 #include "test.h"
 
 #include <errno.h>

@@ -1,4 +1,4 @@
-#include "cloister/nitro_cli.h"
+#include "cloister/host/nitro_cli.h"
 #include "test.h"
 
 #include <stdint.h>

@@ -1,4 +1,4 @@
-#include "cloister/nsm.h"
+#include "cloister/enclave/nsm.h"
 #include "test.h"
 
 #include <stdbool.h>

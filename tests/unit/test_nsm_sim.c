@@ -1,8 +1,8 @@
-#include "cloister/address.h"
-#include "cloister/attestation.h"
-#include "cloister/cose.h"
-#include "cloister/encoding.h"
-#include "cloister/nsm_sim.h"
+#include "cloister/core/address.h"
+#include "cloister/core/attestation.h"
+#include "cloister/core/cose.h"
+#include "cloister/core/encoding.h"
+#include "cloister/sim/nsm_sim.h"
 #include "test.h"
 
 #include <dirent.h>

@@ -1,7 +1,7 @@
 /* The one process helper: spawn (own group, parent-death signal, stdin from
  * /dev/null, output redirected, environment added), exec failures named,
  * wait with a timeout, stop with escalation, status text. */
-#include "cloister/process.h"
+#include "cloister/core/process.h"
 #include "test.h"
 
 #include <errno.h>

@@ -1,5 +1,5 @@
-#include "cloister/encoding.h"
-#include "cloister/proxy_protocol.h"
+#include "cloister/core/encoding.h"
+#include "cloister/core/proxy_protocol.h"
 #include "test.h"
 
 #include <arpa/inet.h>

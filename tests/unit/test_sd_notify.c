@@ -1,4 +1,4 @@
-#include "cloister/sd_notify.h"
+#include "cloister/host/sd_notify.h"
 #include "test.h"
 
 #include <errno.h>

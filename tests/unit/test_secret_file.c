@@ -3,7 +3,7 @@
  * nothing over the cap, and the buffer wiped when freed (free is wrapped at
  * link time, -Wl,--wrap=free: the wrapper sees the bytes just before the
  * allocator gets them back). */
-#include "cloister/secret_file.h"
+#include "cloister/core/secret_file.h"
 #include "test.h"
 
 #include <fcntl.h>

@@ -1,5 +1,5 @@
-#include "cloister/watchdog.h"
-#include "cloister/log.h"
+#include "cloister/host/watchdog.h"
+#include "cloister/core/log.h"
 #include "test.h"
 
 #include <errno.h>

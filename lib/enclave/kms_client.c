@@ -1,0 +1,844 @@
+/* The KMS JSON 1.1 client: requests signed with SigV4 by libcurl, sent
+ * directly or through an address (the parent's outbound proxy), retried
+ * on throttling and server errors, and the Recipient forms whose answers
+ * are opened inside the enclave. */
+#include "cloister/core/encoding.h"
+#include "cloister/enclave/kms.h"
+#include "enclave/kms_internal.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <linux/vm_sockets.h>
+
+#define DEFAULT_ATTEMPTS 5
+#define DEFAULT_BACKOFF_MS 100
+#define MAX_BACKOFF_MS 5000
+#define DEFAULT_TIMEOUT_MS 10000
+#define KEY_ENCRYPTION_ALGORITHM "RSAES_OAEP_SHA_256"
+
+uint64_t cl_kms_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* ---- libcurl ------------------------------------------------------------ */
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_code;
+
+static void curl_init_once(void)
+{
+    curl_init_code = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+int cl_curl_init(void)
+{
+    CL_TRY(cl_curl_load());
+    pthread_once(&curl_once, curl_init_once);
+    CL_ENSURE(curl_init_code == CURLE_OK, CL_EIO, "libcurl: %s", curl_easy_strerror(curl_init_code));
+    return CL_OK;
+}
+
+typedef struct dial_ctx {
+    const cl_address *addr;
+    char error[256];
+} dial_ctx;
+
+/* vsock: curl connects the socket itself (libcurl 7.88 does not honour
+ * CURL_SOCKOPT_ALREADY_CONNECTED), so the socket is opened as AF_VSOCK
+ * and the address curl will connect to is replaced by the vsock one; a
+ * sockaddr_vm has the size of the struct sockaddr curl hands us. */
+static curl_socket_t dial_open(void *clientp, curlsocktype purpose, struct curl_sockaddr *address)
+{
+    (void)purpose;
+    dial_ctx *d = clientp;
+    _Static_assert(sizeof(struct sockaddr_vm) <= sizeof address->addr, "sockaddr_vm fits");
+    struct sockaddr_vm svm;
+    memset(&svm, 0, sizeof svm);
+    svm.svm_family = AF_VSOCK;
+    svm.svm_cid = d->addr->cid;
+    svm.svm_port = d->addr->port;
+    int fd = cl_socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC);
+    if (fd < 0) {
+        snprintf(d->error, sizeof d->error, "cannot open a vsock socket: %s", strerror(errno));
+        return CURL_SOCKET_BAD;
+    }
+    address->family = AF_VSOCK;
+    address->socktype = SOCK_STREAM;
+    address->protocol = 0;
+    address->addrlen = sizeof svm;
+    memcpy(&address->addr, &svm, sizeof svm);
+    return fd;
+}
+
+static size_t on_body(char *data, size_t size, size_t n, void *userp)
+{
+    cl_buf *b = userp;
+    size_t len = size * n;
+    if (b->len + len > CL_HTTP_MAX_RESPONSE || cl_buf_append(b, data, len) < 0)
+        return 0; /* curl fails the transfer */
+    return len;
+}
+
+static size_t on_header(char *data, size_t size, size_t n, void *userp)
+{
+    cl_http_call *call = userp;
+    size_t len = size * n;
+    static const char name[] = "x-amzn-requestid:";
+    if (len > sizeof name - 1 && !strncasecmp(data, name, sizeof name - 1)) {
+        const char *v = data + sizeof name - 1;
+        size_t vl = len - (sizeof name - 1);
+        while (vl && (*v == ' ' || *v == '\t'))
+            v++, vl--;
+        while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
+            vl--;
+        if (vl >= sizeof call->request_id)
+            vl = sizeof call->request_id - 1;
+        memcpy(call->request_id, v, vl);
+        call->request_id[vl] = '\0';
+    }
+    return len;
+}
+
+int cl_http_perform(CURL *h, cl_http_call *call)
+{
+    call->status = 0;
+    call->response = (cl_buf)CL_BUF_INIT;
+    call->request_id[0] = '\0';
+    dial_ctx dial = {call->dial, ""};
+    char errbuf[CURL_ERROR_SIZE] = "";
+    struct curl_slist *resolve = NULL;
+    int rc = CL_OK;
+
+    curl_easy_setopt(h, CURLOPT_URL, call->url);
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, call->headers);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)call->timeout_ms);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)call->timeout_ms);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &call->response);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, call);
+    curl_easy_setopt(h, CURLOPT_FORBID_REUSE, call->one_request_per_connection ? 1L : 0L);
+    curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(h, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    /* NULL would not mean "the default" but "no CA file": leave curl's
+     * default (the system store) unless a file is given */
+    if (call->ca_file)
+        curl_easy_setopt(h, CURLOPT_CAINFO, call->ca_file);
+    if (!strcmp(call->method, "POST")) {
+        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, NULL);
+        curl_easy_setopt(h, CURLOPT_POST, 1L);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)call->body_len);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, call->body ? (const char *)call->body : "");
+    } else {
+        curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
+        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, strcmp(call->method, "GET") ? call->method : NULL);
+    }
+    if (call->sigv4) {
+        curl_easy_setopt(h, CURLOPT_AWS_SIGV4, call->sigv4);
+        curl_easy_setopt(h, CURLOPT_USERNAME, call->user);
+        curl_easy_setopt(h, CURLOPT_PASSWORD, call->password);
+    }
+    curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, NULL);
+    curl_easy_setopt(h, CURLOPT_CONNECT_TO, NULL);
+    curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, NULL);
+    if (call->dial) {
+        /* The URL's host stays the TLS name (SNI, certificate check) and
+         * the Host header; the bytes go to the address.  No DNS lookup of
+         * the name happens (an enclave has none). */
+        CURLU *u = curl_url();
+        char *host = NULL, *port = NULL;
+        CL_ENSURE_OUT(u, CL_ENOMEM, "out of memory");
+        if (curl_url_set(u, CURLUPART_URL, call->url, 0) != CURLUE_OK ||
+            curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+            curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK) {
+            curl_free(host);
+            curl_url_cleanup(u);
+            CL_FAIL_OUT(CL_EINVAL, "cannot read the host of %s", call->url);
+        }
+        char entry[CL_ADDRESS_HOST_MAX + 340];
+        if (call->dial->kind == CL_ADDR_TCP)
+            snprintf(entry, sizeof entry, "%s:%s:%s%s%s:%u", host, port, strchr(call->dial->host, ':') ? "[" : "",
+                     call->dial->host, strchr(call->dial->host, ':') ? "]" : "", call->dial->port);
+        else
+            snprintf(entry, sizeof entry, "%s:%s:127.0.0.1", host, port);
+        curl_free(host);
+        curl_free(port);
+        curl_url_cleanup(u);
+        resolve = curl_slist_append(NULL, entry);
+        CL_ENSURE_OUT(resolve, CL_ENOMEM, "out of memory");
+        curl_easy_setopt(h, CURLOPT_PROXY, "");
+        switch (call->dial->kind) {
+        case CL_ADDR_TCP:
+            curl_easy_setopt(h, CURLOPT_CONNECT_TO, resolve);
+            break;
+        case CL_ADDR_UNIX:
+            curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, call->dial->path);
+            break;
+        default:
+            curl_easy_setopt(h, CURLOPT_RESOLVE, resolve);
+            curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, dial_open);
+            curl_easy_setopt(h, CURLOPT_OPENSOCKETDATA, &dial);
+            break;
+        }
+    }
+    call->curl_code = curl_easy_perform(h);
+    if (call->curl_code != CURLE_OK) {
+        char via[CL_ADDRESS_PATH_MAX + 32] = "";
+        if (call->dial) {
+            char a[CL_ADDRESS_PATH_MAX + 16];
+            cl_address_format(call->dial, a, sizeof a);
+            snprintf(via, sizeof via, " via %s", a);
+        }
+        CL_FAIL_OUT(CL_EIO, "%s%s: %s%s%s", call->url, via, dial.error[0] ? dial.error : curl_easy_strerror(call->curl_code),
+                    errbuf[0] && !dial.error[0] ? ": " : "", errbuf[0] && !dial.error[0] ? errbuf : "");
+    }
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &call->status);
+out:
+    /* the handle must not keep pointers into this frame */
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
+    curl_easy_setopt(h, CURLOPT_OPENSOCKETDATA, NULL);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
+    curl_easy_setopt(h, CURLOPT_RESOLVE, NULL);
+    curl_easy_setopt(h, CURLOPT_CONNECT_TO, NULL);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, NULL);
+    curl_slist_free_all(resolve);
+    if (rc < 0)
+        cl_buf_free(&call->response);
+    return rc;
+}
+
+/* ---- errors --------------------------------------------------------------- */
+
+static void copy_text(char *dst, size_t cap, const char *src, size_t n)
+{
+    if (!cap)
+        return;
+    size_t k = 0;
+    for (size_t i = 0; i < n && k + 1 < cap; i++) {
+        unsigned char ch = (unsigned char)src[i];
+        dst[k++] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
+    }
+    dst[k] = '\0';
+}
+
+int cl_kms_parse_error(long status, const uint8_t *body, size_t len, char *type, size_t type_len, char *message,
+                       size_t message_len)
+{
+    type[0] = message[0] = '\0';
+    json_error_t jerr;
+    json_t *root = body && len ? json_loadb((const char *)body, len, 0, &jerr) : NULL;
+    if (!json_is_object(root)) {
+        json_decref(root);
+        copy_text(message, message_len, (const char *)body, len > 200 ? 200 : len);
+        return cl_error_set(CL_EPROTO, "HTTP %ld without an AWS error object%s%s", status, len ? ": " : "",
+                            message);
+    }
+    const char *t = json_string_value(json_object_get(root, "__type"));
+    const char *m = json_string_value(json_object_get(root, "message"));
+    if (!m)
+        m = json_string_value(json_object_get(root, "Message"));
+    if (t) {
+        /* "com.amazonaws.kms#NotFoundException" and "NotFoundException:" forms */
+        const char *hash = strrchr(t, '#');
+        if (hash)
+            t = hash + 1;
+        size_t tl = strcspn(t, ":");
+        copy_text(type, type_len, t, tl);
+    }
+    if (m)
+        copy_text(message, message_len, m, strlen(m));
+    json_decref(root);
+    if (!type[0])
+        return cl_error_set(CL_EPROTO, "HTTP %ld with an error object that has no __type", status);
+    return CL_OK;
+}
+
+bool cl_kms_retryable(long status, const char *type)
+{
+    static const char *const throttling[] = {
+        "ThrottlingException",     "Throttling",          "ThrottledException",    "RequestLimitExceeded",
+        "TooManyRequestsException", "RequestThrottled",   "KMSInternalException",  "DependencyTimeoutException",
+        "ServiceUnavailable",      "ServiceUnavailableException", "InternalFailure", "RequestTimeout",
+        "RequestTimeoutException",
+    };
+    if (status >= 500 || status == 429)
+        return true;
+    for (size_t i = 0; type && i < sizeof throttling / sizeof throttling[0]; i++)
+        if (!strcmp(type, throttling[i]))
+            return true;
+    return false;
+}
+
+static int error_code_for(const char *type)
+{
+    static const char *const denied[] = {"AccessDeniedException", "InvalidCiphertextException",
+                                         "IncorrectKeyException", "DisabledException", "KMSInvalidStateException",
+                                         "InvalidKeyUsageException", "InvalidGrantTokenException",
+                                         "KeyUnavailableException", "UnrecognizedClientException",
+                                         "InvalidSignatureException", "ExpiredTokenException",
+                                         "IncompleteSignatureException", "MissingAuthenticationTokenException"};
+    if (!strcmp(type, "NotFoundException"))
+        return CL_ENOTFOUND;
+    if (!strcmp(type, "ValidationException") || !strcmp(type, "InvalidArnException") ||
+        !strcmp(type, "SerializationException") || !strcmp(type, "UnknownOperationException"))
+        return CL_EINVAL;
+    for (size_t i = 0; i < sizeof denied / sizeof denied[0]; i++)
+        if (!strcmp(type, denied[i]))
+            return CL_EVERIFY;
+    return CL_EIO;
+}
+
+/* ---- the client ------------------------------------------------------------ */
+
+struct cl_kms {
+    char region[64];
+    char url[300];
+    char sigv4[100];
+    bool has_dial;
+    cl_address dial;
+    char *ca_file;
+    cl_aws_credentials_provider *creds;
+    cl_kms_recipient *recipient;
+    unsigned max_attempts, backoff_ms, timeout_ms;
+    CURL *curl;
+    pthread_mutex_t lock; /* one call at a time on the handle */
+    char key_id[2048];
+    char error_type[128];
+    cl_kms_stats stats;
+};
+
+static int check_region(const char *r)
+{
+    CL_ENSURE(r && *r, CL_EINVAL, "no AWS region (--region, AWS_REGION, or IMDS)");
+    CL_ENSURE(strlen(r) < 40, CL_EINVAL, "region '%s' is too long", r);
+    for (const char *p = r; *p; p++)
+        CL_ENSURE((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-', CL_EINVAL,
+                  "region '%s' is not a region name", r);
+    return CL_OK;
+}
+
+static int check_endpoint(const char *e)
+{
+    CL_ENSURE(!strncmp(e, "https://", 8) && e[8], CL_EINVAL, "endpoint '%s': expected https://HOST[:PORT]", e);
+    CL_ENSURE(strlen(e) < 256, CL_EINVAL, "endpoint is too long");
+    const char *rest = e + 8;
+    const char *slash = strchr(rest, '/');
+    CL_ENSURE(!slash || !slash[1], CL_EINVAL, "endpoint '%s': no path expected (KMS is at /)", e);
+    for (const char *p = rest; *p && *p != '/'; p++)
+        CL_ENSURE((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-' ||
+                      *p == '.' || *p == ':' || *p == '[' || *p == ']',
+                  CL_EINVAL, "endpoint '%s': unexpected character in the host", e);
+    return CL_OK;
+}
+
+int cl_kms_new(const cl_kms_config *cfg, cl_kms **out)
+{
+    *out = NULL;
+    CL_TRY(check_region(cfg->region));
+    CL_ENSURE(cfg->credentials, CL_EINVAL, "the KMS client needs credentials");
+    if (cfg->endpoint)
+        CL_TRY(check_endpoint(cfg->endpoint));
+    cl_address dial;
+    if (cfg->connect) {
+        int rc = cl_address_parse(cfg->connect, &dial);
+        if (rc < 0)
+            return cl_error_prefix(rc, "KMS proxy address: ");
+    }
+    CL_TRY(cl_curl_init());
+    cl_kms *k = calloc(1, sizeof *k);
+    CL_ENSURE(k, CL_ENOMEM, "out of memory");
+    snprintf(k->region, sizeof k->region, "%s", cfg->region);
+    if (cfg->endpoint) {
+        size_t n = strlen(cfg->endpoint);
+        snprintf(k->url, sizeof k->url, "%s%s", cfg->endpoint, cfg->endpoint[n - 1] == '/' ? "" : "/");
+    } else {
+        snprintf(k->url, sizeof k->url, "https://kms.%s.amazonaws.com/", cfg->region);
+    }
+    snprintf(k->sigv4, sizeof k->sigv4, "aws:amz:%s:kms", cfg->region);
+    k->has_dial = cfg->connect != NULL;
+    if (k->has_dial)
+        k->dial = dial;
+    k->ca_file = cfg->ca_file ? strdup(cfg->ca_file) : NULL;
+    k->creds = cfg->credentials;
+    k->recipient = cfg->recipient;
+    k->max_attempts = cfg->max_attempts ? cfg->max_attempts : DEFAULT_ATTEMPTS;
+    k->backoff_ms = cfg->backoff_ms ? cfg->backoff_ms : DEFAULT_BACKOFF_MS;
+    k->timeout_ms = cfg->timeout_ms ? cfg->timeout_ms : DEFAULT_TIMEOUT_MS;
+    k->curl = curl_easy_init();
+    pthread_mutex_init(&k->lock, NULL);
+    if (!k->curl || (cfg->ca_file && !k->ca_file)) {
+        cl_kms_free(k);
+        return cl_error_set(CL_ENOMEM, "out of memory (libcurl handle)");
+    }
+    *out = k;
+    return CL_OK;
+}
+
+void cl_kms_free(cl_kms *k)
+{
+    if (!k)
+        return;
+    if (k->curl)
+        curl_easy_cleanup(k->curl);
+    free(k->ca_file);
+    pthread_mutex_destroy(&k->lock);
+    free(k);
+}
+
+const char *cl_kms_key_id(const cl_kms *k)
+{
+    return k->key_id;
+}
+
+const char *cl_kms_error_type(const cl_kms *k)
+{
+    return k->error_type;
+}
+
+void cl_kms_get_stats(const cl_kms *k, cl_kms_stats *out)
+{
+    *out = k->stats;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+/* Delay before retry n (1-based): base * 2^(n-1), capped, then a uniform
+ * draw in [d/2, d] so that clients that failed together spread out. */
+static unsigned backoff_delay(unsigned base, unsigned n)
+{
+    uint64_t d = base;
+    for (unsigned i = 1; i < n && d < MAX_BACKOFF_MS; i++)
+        d *= 2;
+    if (d > MAX_BACKOFF_MS)
+        d = MAX_BACKOFF_MS;
+    uint32_t r = 0;
+    if (RAND_bytes((unsigned char *)&r, sizeof r) != 1)
+        r = (uint32_t)time(NULL);
+    return (unsigned)(d / 2 + r % (d / 2 + 1));
+}
+
+/* One operation: body is the JSON request; the answer's JSON is returned
+ * in *answer (the caller decrefs).  Retries inside. */
+static int kms_call(cl_kms *k, const char *op, const char *body, json_t **answer)
+{
+    *answer = NULL;
+    k->error_type[0] = '\0';
+    k->key_id[0] = '\0';
+    char target[96];
+    snprintf(target, sizeof target, "X-Amz-Target: " CL_KMS_TARGET_PREFIX "%s", op);
+    int rc = CL_OK;
+    bool refreshed = false;
+    for (unsigned attempt = 1;; attempt++) {
+        cl_aws_credentials creds;
+        rc = cl_aws_credentials_get(k->creds, &creds);
+        if (rc < 0)
+            return cl_error_prefix(rc, "KMS %s: ", op);
+        char token[CL_AWS_TOKEN_MAX + 32];
+        struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: " CL_KMS_CONTENT_TYPE);
+        headers = headers ? curl_slist_append(headers, target) : NULL;
+        headers = headers ? curl_slist_append(headers, "Accept: application/json") : NULL;
+        if (headers && creds.session_token[0]) {
+            snprintf(token, sizeof token, "X-Amz-Security-Token: %s", creds.session_token);
+            headers = curl_slist_append(headers, token);
+            cl_wipe(token, sizeof token);
+        }
+        if (!headers) {
+            cl_aws_credentials_wipe(&creds);
+            return cl_error_set(CL_ENOMEM, "out of memory");
+        }
+        cl_http_call call = {
+            .method = "POST",
+            .url = k->url,
+            .headers = headers,
+            .body = (const uint8_t *)body,
+            .body_len = strlen(body),
+            .dial = k->has_dial ? &k->dial : NULL,
+            .ca_file = k->ca_file,
+            .sigv4 = k->sigv4,
+            .user = creds.access_key_id,
+            .password = creds.secret_access_key,
+            .timeout_ms = k->timeout_ms,
+        };
+        uint64_t t0 = cl_kms_now_us();
+        rc = cl_http_perform(k->curl, &call);
+        k->stats.network_us += cl_kms_now_us() - t0;
+        k->stats.attempts++;
+        curl_easy_setopt(k->curl, CURLOPT_USERNAME, NULL);
+        curl_easy_setopt(k->curl, CURLOPT_PASSWORD, NULL);
+        curl_slist_free_all(headers);
+        cl_aws_credentials_wipe(&creds);
+
+        bool retry = false;
+        char type[128] = "", message[512] = "";
+        if (rc < 0) {
+            /* a refused certificate will not get better */
+            retry = call.curl_code != CURLE_PEER_FAILED_VERIFICATION && call.curl_code != CURLE_SSL_CACERT_BADFILE &&
+                    call.curl_code != CURLE_URL_MALFORMAT && call.curl_code != CURLE_WRITE_ERROR;
+            rc = cl_error_prefix(rc, "KMS %s: ", op);
+        } else if (call.status == 200) {
+            json_error_t jerr;
+            json_t *root = json_loadb((const char *)call.response.data, call.response.len, JSON_REJECT_DUPLICATES, &jerr);
+            cl_buf_free(&call.response);
+            if (!json_is_object(root)) {
+                json_decref(root);
+                return cl_error_set(CL_EPROTO, "KMS %s: the answer is not a JSON object", op);
+            }
+            json_t *kid = json_object_get(root, "KeyId");
+            if (json_is_string(kid))
+                snprintf(k->key_id, sizeof k->key_id, "%s", json_string_value(kid));
+            *answer = root;
+            return CL_OK;
+        } else {
+            int prc = cl_kms_parse_error(call.status, call.response.data, call.response.len, type, sizeof type,
+                                         message, sizeof message);
+            snprintf(k->error_type, sizeof k->error_type, "%s", type);
+            if (prc < 0) {
+                rc = cl_error_prefix(call.status >= 500 ? CL_EIO : CL_EPROTO, "KMS %s: ", op);
+            } else {
+                rc = cl_error_set(error_code_for(type), "KMS %s: %s: %s (HTTP %ld%s%s)", op, type,
+                                  message[0] ? message : "(no message)", call.status,
+                                  call.request_id[0] ? ", request id " : "", call.request_id);
+            }
+            retry = cl_kms_retryable(call.status, type);
+            if (!retry && !refreshed && !strcmp(type, "ExpiredTokenException")) {
+                cl_aws_credentials_invalidate(k->creds);
+                refreshed = true;
+                retry = true;
+            }
+        }
+        cl_buf_free(&call.response);
+        if (!retry || attempt >= k->max_attempts) {
+            if (retry && attempt > 1)
+                return cl_error_prefix(rc, "after %u attempts: ", attempt);
+            return rc;
+        }
+        k->stats.retries++;
+        sleep_ms(backoff_delay(k->backoff_ms, attempt));
+    }
+}
+
+/* ---- request and answer fields ------------------------------------------ */
+
+static int set_b64(json_t *o, const char *key, const uint8_t *data, size_t len)
+{
+    cl_buf b = CL_BUF_INIT;
+    CL_TRY(cl_base64_encode(data, len, &b));
+    json_t *s = json_stringn((const char *)b.data, strlen((const char *)b.data));
+    cl_buf_free(&b);
+    CL_ENSURE(s && json_object_set_new(o, key, s) == 0, CL_ENOMEM, "out of memory");
+    return CL_OK;
+}
+
+static int add_common(json_t *req, const cl_kms_options *o, bool with_algorithm)
+{
+    if (!o)
+        return CL_OK;
+    if (o->key_id) {
+        CL_ENSURE(*o->key_id && strlen(o->key_id) <= 2048, CL_EINVAL, "KeyId must be 1..2048 characters");
+        json_object_set_new(req, "KeyId", json_string(o->key_id));
+    }
+    if (o->context_count) {
+        json_t *ctx = json_object();
+        CL_ENSURE(ctx, CL_ENOMEM, "out of memory");
+        for (size_t i = 0; i < o->context_count; i++) {
+            json_t *v = json_string(o->context[i].value);
+            if (!v || !o->context[i].key || !*o->context[i].key || json_object_get(ctx, o->context[i].key)) {
+                json_decref(v);
+                json_decref(ctx);
+                return cl_error_set(CL_EINVAL, "encryption context: empty, repeated or non-UTF-8 key or value");
+            }
+            json_object_set_new(ctx, o->context[i].key, v);
+        }
+        json_object_set_new(req, "EncryptionContext", ctx);
+    }
+    if (with_algorithm && o->encryption_algorithm)
+        json_object_set_new(req, "EncryptionAlgorithm", json_string(o->encryption_algorithm));
+    return CL_OK;
+}
+
+/* The attestation document of the Recipient, timed. */
+static int add_recipient(cl_kms *k, json_t *req)
+{
+    cl_buf doc = CL_BUF_INIT;
+    uint64_t t0 = cl_kms_now_us();
+    int rc = cl_kms_recipient_document(k->recipient, &doc);
+    k->stats.attestation_us += cl_kms_now_us() - t0;
+    CL_TRY(rc);
+    json_t *r = json_object();
+    if (!r) {
+        cl_buf_free(&doc);
+        return cl_error_set(CL_ENOMEM, "out of memory");
+    }
+    rc = set_b64(r, "AttestationDocument", doc.data, doc.len);
+    cl_buf_free(&doc);
+    json_object_set_new(r, "KeyEncryptionAlgorithm", json_string(KEY_ENCRYPTION_ALGORITHM));
+    json_object_set_new(req, "Recipient", r);
+    return rc;
+}
+
+static int get_b64(json_t *answer, const char *key, const char *op, cl_buf *out)
+{
+    json_t *v = json_object_get(answer, key);
+    CL_ENSURE(json_is_string(v), CL_EPROTO, "KMS %s: the answer has no %s", op, key);
+    cl_buf_reset(out);
+    int rc = cl_base64_decode((const uint8_t *)json_string_value(v), json_string_length(v), out);
+    if (rc < 0)
+        return cl_error_prefix(CL_EPROTO, "KMS %s: %s is not base64: ", op, key);
+    CL_ENSURE(out->len > 0, CL_EPROTO, "KMS %s: %s is empty", op, key);
+    return CL_OK;
+}
+
+/* The plaintext of an answer: opened from CiphertextForRecipient when a
+ * Recipient was sent (and then no Plaintext may come), else Plaintext. */
+static int answer_plaintext(cl_kms *k, json_t *answer, const char *op, size_t want_len, cl_buf *plaintext)
+{
+    json_t *pt = json_object_get(answer, "Plaintext");
+    int rc = CL_OK;
+    if (k->recipient) {
+        CL_ENSURE(!pt || json_is_null(pt), CL_EPROTO,
+                  "KMS %s: the answer carries Plaintext although a Recipient was sent (refused)", op);
+        cl_buf cms = CL_BUF_INIT;
+        rc = get_b64(answer, "CiphertextForRecipient", op, &cms);
+        if (rc == CL_OK) {
+            uint64_t t0 = cl_kms_now_us();
+            rc = cl_kms_recipient_open(k->recipient, cms.data, cms.len, plaintext);
+            k->stats.rsa_us += cl_kms_now_us() - t0;
+            if (rc < 0)
+                rc = cl_error_prefix(rc, "KMS %s: ", op);
+        }
+        cl_buf_free(&cms);
+    } else {
+        rc = get_b64(answer, "Plaintext", op, plaintext);
+        /* jansson's copy of the base64 plaintext */
+        if (json_is_string(pt))
+            cl_wipe((void *)json_string_value(pt), json_string_length(pt));
+    }
+    if (rc == CL_OK && want_len && plaintext->len != want_len)
+        rc = cl_error_set(CL_EPROTO, "KMS %s: %zu bytes of plaintext, %zu expected", op, plaintext->len, want_len);
+    if (rc < 0)
+        cl_buf_reset(plaintext);
+    return rc;
+}
+
+typedef struct op_run {
+    const char *op;
+    json_t *req, *answer;
+    uint64_t t0;
+} op_run;
+
+static int op_begin(cl_kms *k, op_run *r, const char *op)
+{
+    pthread_mutex_lock(&k->lock);
+    r->op = op;
+    r->answer = NULL;
+    r->t0 = cl_kms_now_us();
+    r->req = json_object();
+    if (!r->req) {
+        pthread_mutex_unlock(&k->lock);
+        return cl_error_set(CL_ENOMEM, "out of memory");
+    }
+    return CL_OK;
+}
+
+static int op_send(cl_kms *k, op_run *r)
+{
+    char *body = json_dumps(r->req, JSON_COMPACT);
+    CL_ENSURE(body, CL_ENOMEM, "out of memory");
+    int rc = kms_call(k, r->op, body, &r->answer);
+    cl_wipe(body, strlen(body));
+    free(body);
+    return rc;
+}
+
+static int op_end(cl_kms *k, op_run *r, int rc)
+{
+    json_decref(r->req);
+    json_decref(r->answer);
+    k->stats.calls++;
+    k->stats.total_us += cl_kms_now_us() - r->t0;
+    pthread_mutex_unlock(&k->lock);
+    return rc;
+}
+
+/* Plaintext fields of the request are wiped before the tree goes. */
+static void wipe_field(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    if (json_is_string(v))
+        cl_wipe((void *)json_string_value(v), json_string_length(v));
+}
+
+int cl_kms_encrypt(cl_kms *k, const cl_kms_options *o, const uint8_t *plaintext, size_t len, cl_buf *blob)
+{
+    CL_ENSURE(o && o->key_id, CL_EINVAL, "KMS Encrypt needs a KeyId");
+    CL_ENSURE(len >= 1 && len <= 4096, CL_EINVAL, "KMS Encrypt takes 1..4096 bytes of plaintext, not %zu", len);
+    op_run r;
+    CL_TRY(op_begin(k, &r, "Encrypt"));
+    int rc = add_common(r.req, o, true);
+    if (rc == CL_OK)
+        rc = set_b64(r.req, "Plaintext", plaintext, len);
+    if (rc == CL_OK)
+        rc = op_send(k, &r);
+    wipe_field(r.req, "Plaintext");
+    if (rc == CL_OK)
+        rc = get_b64(r.answer, "CiphertextBlob", "Encrypt", blob);
+    return op_end(k, &r, rc);
+}
+
+int cl_kms_decrypt(cl_kms *k, const cl_kms_options *o, const uint8_t *ct, size_t len, cl_buf *plaintext)
+{
+    CL_ENSURE(len >= 1 && len <= 6144, CL_EINVAL, "KMS Decrypt takes a CiphertextBlob of 1..6144 bytes, not %zu", len);
+    op_run r;
+    CL_TRY(op_begin(k, &r, "Decrypt"));
+    int rc = add_common(r.req, o, true);
+    if (rc == CL_OK)
+        rc = set_b64(r.req, "CiphertextBlob", ct, len);
+    if (rc == CL_OK && k->recipient)
+        rc = add_recipient(k, r.req);
+    if (rc == CL_OK)
+        rc = op_send(k, &r);
+    if (rc == CL_OK)
+        rc = answer_plaintext(k, r.answer, "Decrypt", 0, plaintext);
+    return op_end(k, &r, rc);
+}
+
+int cl_kms_generate_data_key(cl_kms *k, const cl_kms_options *o, cl_buf *plaintext, cl_buf *blob)
+{
+    CL_ENSURE(o && o->key_id, CL_EINVAL, "KMS GenerateDataKey needs a KeyId");
+    size_t want = 32;
+    if (o->number_of_bytes) {
+        CL_ENSURE(!o->key_spec, CL_EINVAL, "GenerateDataKey takes a KeySpec or a NumberOfBytes, not both");
+        CL_ENSURE(o->number_of_bytes <= 1024, CL_EINVAL, "GenerateDataKey NumberOfBytes is 1..1024");
+        want = o->number_of_bytes;
+    } else if (o->key_spec) {
+        CL_ENSURE(!strcmp(o->key_spec, "AES_256") || !strcmp(o->key_spec, "AES_128"), CL_EINVAL,
+                  "KeySpec '%s': expected AES_256 or AES_128", o->key_spec);
+        want = !strcmp(o->key_spec, "AES_128") ? 16 : 32;
+    }
+    op_run r;
+    CL_TRY(op_begin(k, &r, "GenerateDataKey"));
+    int rc = add_common(r.req, o, false);
+    if (o->number_of_bytes)
+        json_object_set_new(r.req, "NumberOfBytes", json_integer(o->number_of_bytes));
+    else
+        json_object_set_new(r.req, "KeySpec", json_string(o->key_spec ? o->key_spec : "AES_256"));
+    if (rc == CL_OK && k->recipient)
+        rc = add_recipient(k, r.req);
+    if (rc == CL_OK)
+        rc = op_send(k, &r);
+    if (rc == CL_OK)
+        rc = get_b64(r.answer, "CiphertextBlob", "GenerateDataKey", blob);
+    if (rc == CL_OK)
+        rc = answer_plaintext(k, r.answer, "GenerateDataKey", want, plaintext);
+    return op_end(k, &r, rc);
+}
+
+int cl_kms_generate_random(cl_kms *k, size_t n, cl_buf *random)
+{
+    CL_ENSURE(n >= 1 && n <= 1024, CL_EINVAL, "GenerateRandom gives 1..1024 bytes, not %zu", n);
+    op_run r;
+    CL_TRY(op_begin(k, &r, "GenerateRandom"));
+    json_object_set_new(r.req, "NumberOfBytes", json_integer((json_int_t)n));
+    int rc = k->recipient ? add_recipient(k, r.req) : CL_OK;
+    if (rc == CL_OK)
+        rc = op_send(k, &r);
+    if (rc == CL_OK)
+        rc = answer_plaintext(k, r.answer, "GenerateRandom", n, random);
+    return op_end(k, &r, rc);
+}
+
+/* ---- a session from settings ---------------------------------------------- */
+
+int cl_kms_session_open(const cl_kms_setup *s, cl_kms_session *out)
+{
+    memset(out, 0, sizeof *out);
+    int rc = CL_OK;
+    if (s->access_key_id || s->secret_access_key) {
+        rc = cl_aws_credentials_static(s->access_key_id, s->secret_access_key, s->session_token, &out->credentials);
+        if (rc < 0)
+            rc = cl_error_prefix(rc, "credentials from flags: ");
+    } else if (s->imds) {
+        rc = cl_aws_credentials_imds(s->imds, s->role, &out->credentials);
+    } else {
+        rc = cl_aws_credentials_from_env(&out->credentials);
+        if (rc == CL_ENOTFOUND)
+            rc = cl_error_set(CL_ENOTFOUND, "no AWS credentials: give --access-key-id/--secret-access-key, "
+                                            "--imds ADDR (IMDSv2, e.g. through cloister host --imds), or set "
+                                            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY");
+    }
+    CL_TRY_OUT(rc);
+
+    const char *region = s->region;
+    if (!region || !*region)
+        region = getenv("AWS_REGION");
+    if (!region || !*region)
+        region = getenv("AWS_DEFAULT_REGION");
+    if (region && *region) {
+        snprintf(out->region, sizeof out->region, "%s", region);
+    } else if (s->imds && !s->access_key_id) {
+        rc = cl_aws_credentials_imds_region(out->credentials, out->region, sizeof out->region);
+        if (rc < 0)
+            CL_TRY_OUT(cl_error_prefix(rc, "region from IMDS: "));
+    } else {
+        CL_FAIL_OUT(CL_EINVAL, "no AWS region: give --region or set AWS_REGION");
+    }
+
+    if (s->recipient) {
+        if (s->nsm_client) {
+            out->nsm = s->nsm_client;
+        } else {
+            rc = cl_nsm_open(s->nsm, &out->nsm);
+            if (rc < 0)
+                CL_TRY_OUT(cl_error_prefix(rc, "the Recipient needs the NSM (--nsm unix:PATH of cloister nsm-sim, "
+                                               "or /dev/nsm inside an enclave): "));
+            out->owns_nsm = true;
+        }
+        CL_TRY_OUT(cl_kms_recipient_new(out->nsm, &out->recipient));
+    }
+    cl_kms_config cfg = {
+        .region = out->region,
+        .endpoint = s->endpoint,
+        .connect = s->proxy,
+        .ca_file = s->ca_file,
+        .credentials = out->credentials,
+        .recipient = out->recipient,
+        .max_attempts = s->max_attempts,
+        .backoff_ms = s->backoff_ms,
+        .timeout_ms = s->timeout_ms,
+    };
+    CL_TRY_OUT(cl_kms_new(&cfg, &out->kms));
+out:
+    if (rc < 0)
+        cl_kms_session_close(out);
+    return rc;
+}
+
+void cl_kms_session_close(cl_kms_session *s)
+{
+    cl_kms_free(s->kms);
+    cl_kms_recipient_free(s->recipient);
+    if (s->owns_nsm)
+        cl_nsm_close(s->nsm);
+    cl_aws_credentials_provider_free(s->credentials);
+    memset(s, 0, sizeof *s);
+}

@@ -1,0 +1,45 @@
+/* Shared by the KMS client and the credentials provider: one HTTP
+ * exchange through libcurl to a URL, dialing a cloister address (the
+ * outbound proxy, the IMDS gate) instead of the URL's host when given. */
+#ifndef CLOISTER_KMS_INTERNAL_H
+#define CLOISTER_KMS_INTERNAL_H
+
+#include "cloister/core/address.h"
+#include "cloister/core/buf.h"
+#include "cloister/core/error.h"
+
+#include "core/curl_lazy.h"
+#include <stdbool.h>
+#include <stdint.h>
+
+#define CL_HTTP_MAX_RESPONSE (1024 * 1024)
+
+CL_MUST_CHECK int cl_curl_init(void);
+
+typedef struct cl_http_call {
+    const char *method;               /* "GET", "PUT", "POST" */
+    const char *url;
+    struct curl_slist *headers;       /* borrowed */
+    const uint8_t *body;
+    size_t body_len;
+    const cl_address *dial;           /* NULL: the URL's host */
+    const char *ca_file;              /* https only */
+    const char *sigv4;                /* "aws:amz:REGION:SERVICE" or NULL */
+    const char *user, *password;      /* with sigv4: the access key and secret */
+    unsigned timeout_ms;
+    bool one_request_per_connection;
+    /* results */
+    long status;
+    cl_buf response;
+    char request_id[80];
+    CURLcode curl_code;
+} cl_http_call;
+
+/* Performs the call on handle h (reused between calls, so that connections
+ * are kept).  CL_EIO with curl's reason when no answer came; any HTTP
+ * status is success at this level. */
+CL_MUST_CHECK int cl_http_perform(CURL *h, cl_http_call *call);
+
+uint64_t cl_kms_now_us(void);
+
+#endif

@@ -1,0 +1,113 @@
+/* Shared by the HTTP/1.1 and HTTP/2 halves of the server. */
+#ifndef CLOISTER_LIB_SERVER_INTERNAL_H
+#define CLOISTER_LIB_SERVER_INTERNAL_H
+
+#include "cloister/core/loop.h"
+#include "cloister/enclave/server.h"
+
+#include <pthread.h>
+
+typedef struct worker worker;
+typedef struct client client;
+
+struct cl_server {
+    cl_server_config cfg;
+    int listen_fd;
+    worker *workers;
+    unsigned worker_count;
+    atomic_uint open_connections;
+    atomic_bool draining;
+    unsigned drain_timeout_ms;
+    cl_server_stats own_stats;
+};
+
+struct worker {
+    cl_server *server;
+    cl_loop *loop;
+    pthread_t thread;
+    cl_watch listen_watch;
+    bool listening;
+    cl_upstream_pool *pool;
+    client *clients; /* every open connection of this worker */
+    unsigned client_count;
+    bool draining;
+    cl_timer drain_timer;
+    char date[40]; /* "Date: ...\r\n", refreshed each second */
+    uint64_t date_ms;
+};
+
+enum client_state {
+    CLIENT_PROXY_HEADER, /* before TLS: the PROXY protocol v2 header */
+    CLIENT_HANDSHAKE,
+    CLIENT_READ_HEAD,
+    CLIENT_READ_LOCAL_BODY,
+    CLIENT_PROXY,
+    CLIENT_TUNNEL,
+    CLIENT_H2,
+    CLIENT_CLOSING,
+};
+
+struct client {
+    cl_watch watch; /* first: the event callback gets a cl_watch* */
+    worker *w;
+    SSL *ssl;
+    int state;
+    client *prev, *next;
+    char peer[64];
+    cl_timer timer;
+    cl_deferred kick, release;
+    bool closed;
+
+    /* bytes from the client: the head, then body bytes */
+    uint8_t *in;
+    size_t in_off, in_len, in_cap;
+    bool peer_eof;
+    /* bytes to the client */
+    uint8_t *out;
+    size_t out_off, out_len, out_cap;
+
+    /* the request in progress */
+    cl_http_head head;
+    bool head_timer_armed;
+    int route;
+    uint64_t started_us;
+    int status;
+    int req_body;
+    uint64_t req_remaining;
+    cl_chunked req_chunked;
+    bool req_body_done;
+    cl_buf local_body;
+    cl_buf local_head; /* a local route's head, copied out of `in` */
+    bool keep_alive;
+    bool head_request;
+    bool is_http10;
+
+    /* the response in progress */
+    cl_upstream *up;
+    bool resp_head_sent, resp_done, resp_chunked, resp_end_pending, close_after_response, up_blocked;
+
+    void *h2; /* the HTTP/2 session once ALPN chose h2 */
+};
+
+/* HTTP/2 (lib/enclave/h2.c): takes over a client whose handshake chose "h2". */
+int cl_h2_attach(client *c);
+void cl_h2_io(client *c);
+void cl_h2_free(client *c);
+void cl_h2_drain(client *c);
+
+/* For h2.c: reads/writes through the client's TLS, with the same
+ * conventions: >0 bytes, 0 would block, -1 closed or failed. */
+long cl_client_tls_read(client *c, uint8_t *buf, size_t len);
+long cl_client_tls_write(client *c, const uint8_t *buf, size_t len);
+void cl_client_close(client *c);
+void cl_client_touch(client *c); /* activity: push the idle timeout back */
+
+/* Appends X-Forwarded-For/-Proto/-Host to a request head for the app. */
+int cl_server_forwarded_headers(cl_buf *head, const char *peer, bool tls, cl_slice host);
+/* The Date header line of this second. */
+const char *cl_server_date(worker *w);
+/* Serializes a complete small response (local routes, errors). */
+int cl_server_simple_response(worker *w, cl_buf *out, int status, const char *content_type, const uint8_t *body,
+                              size_t body_len, bool head_only, bool close);
+
+#endif
