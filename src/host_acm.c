@@ -17,6 +17,7 @@
 #include "cloister/core/address.h"
 #include "cloister/core/buf.h"
 #include "cloister/core/encoding.h"
+#include "cloister/core/http_get.h"
 #include "cloister/core/keyholder_proto.h"
 #include "cloister/core/log.h"
 #include "cloister/core/process.h"
@@ -24,7 +25,6 @@
 #include "cloister/host/watchdog.h"
 #include "commands.h"
 
-#include "core/curl_lazy.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -108,15 +108,6 @@ static void usage(FILE *out)
 
 /* ---- fetching the bundle ---------------------------------------------------------------- */
 
-static size_t on_body(char *data, size_t size, size_t n, void *arg)
-{
-    cl_buf *b = arg;
-    size_t len = size * n;
-    if (b->len + len > CL_ACM_BUNDLE_MAX || cl_buf_append(b, data, len) < 0)
-        return 0;
-    return len;
-}
-
 static int fetch(const acm_opts *o, cl_buf *out)
 {
     cl_buf_reset(out);
@@ -125,31 +116,17 @@ static int fetch(const acm_opts *o, cl_buf *out)
         int rc = cl_read_file(o->bundle, CL_ACM_BUNDLE_MAX, out);
         return rc < 0 ? cl_error_prefix(rc, "bundle %s: ", o->bundle) : CL_OK;
     }
-    int lrc = cl_curl_load();
-    if (lrc < 0)
-        return cl_error_prefix(lrc, "bundle %s: ", o->bundle);
-    CURL *c = curl_easy_init();
-    CL_ENSURE(c, CL_ENOMEM, "libcurl");
-    char err[CURL_ERROR_SIZE] = "";
-    curl_easy_setopt(c, CURLOPT_URL, o->bundle);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, err);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
-    if (o->ca_file)
-        curl_easy_setopt(c, CURLOPT_CAINFO, o->ca_file);
-    CURLcode cc = curl_easy_perform(c);
     long status = 0;
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup(c);
-    if (cc == CURLE_WRITE_ERROR)
-        return cl_error_set(CL_ELIMIT, "bundle %s: larger than %u bytes", o->bundle, CL_ACM_BUNDLE_MAX);
-    if (cc != CURLE_OK)
-        return cl_error_set(CL_EIO, "bundle %s: %s", o->bundle, err[0] ? err : curl_easy_strerror(cc));
-    CL_ENSURE(status == 200, CL_EIO, "bundle %s: HTTP status %ld", o->bundle, status);
+    cl_buf body;
+    int rc = cl_http_get(o->bundle, o->ca_file, 10000, CL_ACM_BUNDLE_MAX, &body, &status);
+    if (rc < 0)
+        return cl_error_prefix(rc, "bundle: ");
+    if (status != 200) {
+        cl_buf_free(&body);
+        return cl_error_set(CL_EIO, "bundle %s: HTTP status %ld", o->bundle, status);
+    }
+    cl_buf_free(out);
+    *out = body;
     return CL_OK;
 }
 
