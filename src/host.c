@@ -294,8 +294,10 @@ static int load_config_file(settings *s, const char *path)
             if (!v)
                 CL_FAIL_OUT(CL_EINVAL, "--config %s: \"%s\" must be a string, a number or a boolean", path, key);
             rc = cl_watchdog_settings_set(&s->wd, key, v);
-            if (rc < 0)
-                CL_FAIL_OUT(rc, "--config %s: %s", path, cl_error_message());
+            if (rc < 0) {
+                rc = cl_error_prefix(rc, "--config %s: ", path);
+                goto out;
+            }
             s->wd_given = true;
             continue;
         }

@@ -66,7 +66,7 @@ typedef struct proof {
  * check; CL_EVERIFY: the server said no. */
 static int fetch(const cl_https_target *t, const char *connect_to, proof *p)
 {
-    CL_ENSURE(RAND_bytes(p->nonce, NONCE_LEN) == 1, CL_ECRYPTO, "no randomness for the nonce");
+    CL_ENSURE_OSSL(RAND_bytes(p->nonce, NONCE_LEN) == 1, CL_ECRYPTO, "no randomness for the nonce");
     char nonce_hex[2 * NONCE_LEN + 1], path[96];
     cl_hex_encode(p->nonce, NONCE_LEN, nonce_hex);
     snprintf(path, sizeof path, "/enclave/attestation?nonce=%s", nonce_hex);
@@ -86,7 +86,7 @@ static int fetch(const cl_https_target *t, const char *connect_to, proof *p)
     if (rc == CL_OK) {
         rc = cl_base64_decode(r.body.data, r.body.len, &p->document);
         if (rc < 0)
-            rc = cl_error_set(CL_EVERIFY, "the attestation response is not base64 (%s)", cl_error_message());
+            rc = cl_error_prefix(CL_EVERIFY, "the attestation response is not base64: ");
     }
     cl_https_response_free(&r);
     return rc;

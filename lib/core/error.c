@@ -5,13 +5,18 @@
 #include <stdio.h>
 #include <string.h>
 
-#define CL_ERROR_MESSAGE_MAX 512
+#define CL_ERROR_MESSAGE_MAX 1024 /* kms-local's AWS-shaped messages fit whole */
 
 static _Thread_local char error_message[CL_ERROR_MESSAGE_MAX];
 
+/* Formats into a temporary first: a caller may pass cl_error_message() itself
+ * as an argument, and vsnprintf with overlapping source and destination is
+ * undefined behaviour. */
 static void set_message(const char *fmt, va_list ap)
 {
-    vsnprintf(error_message, sizeof error_message, fmt, ap);
+    char tmp[CL_ERROR_MESSAGE_MAX];
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
+    memcpy(error_message, tmp, sizeof error_message);
 }
 
 int cl_error_set(int code, const char *fmt, ...)
