@@ -24,6 +24,7 @@
 #define MAX_CONTEXT_PAIRS 64
 #define MAX_RANDOM 1024
 #define ARN_MAX 160
+#define CL_KMS_MESSAGE_MAX 768 /* AWS validation messages quote up to 300 bytes of input */
 #define SECONDS_PER_DAY 86400
 
 struct cl_kms_local {
@@ -46,13 +47,17 @@ typedef struct call {
     char principal[256];
     uint64_t now_ms;
     bool failed;
+    int rc; /* building the error answer failed (out of memory) */
 } call;
 
 /* ---- errors -------------------------------------------------------------------------------- */
 
-/* fail() keeps the message here until the response is written. */
-static __thread char error_message[768];
+static int write_error(cl_kms_response *resp, const char *message);
 
+/* Answers the call with an AWS-shaped error right away: the message goes
+ * through cl_error_set like every other error and straight into the response
+ * body, so nothing later in the handler can overwrite it.  Only the first
+ * failure of a call is answered. */
 static void fail(call *c, const char *type, const char *fmt, ...) CL_PRINTF(3, 4);
 
 static void fail(call *c, const char *type, const char *fmt, ...)
@@ -60,15 +65,22 @@ static void fail(call *c, const char *type, const char *fmt, ...)
     if (c->failed)
         return;
     c->failed = true;
-    error_message[0] = '\0';
+    snprintf(c->resp->error_type, sizeof c->resp->error_type, "%s", type);
+    bool internal = !strcmp(type, "KMSInternalException");
+    c->resp->status = internal ? 500 : 400;
     if (fmt) {
+        /* the arguments often include cl_error_message() itself */
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(error_message, sizeof error_message, fmt, ap);
+        char message[CL_KMS_MESSAGE_MAX];
+        vsnprintf(message, sizeof message, fmt, ap);
         va_end(ap);
+        cl_error_set(internal ? CL_EIO : CL_EVERIFY, "%s", message);
+        cl_wipe(message, sizeof message);
+    } else {
+        cl_error_clear();
     }
-    snprintf(c->resp->error_type, sizeof c->resp->error_type, "%s", type);
-    c->resp->status = !strcmp(type, "KMSInternalException") ? 500 : 400;
+    c->rc = write_error(c->resp, cl_error_message());
 }
 
 /* ---- small helpers ------------------------------------------------------------------------- */
@@ -119,7 +131,7 @@ static void uuid_from_bytes(const uint8_t b[16], char out[37])
 static int new_uuid(char out[37])
 {
     uint8_t b[16];
-    CL_ENSURE(RAND_bytes(b, 16) == 1, CL_ECRYPTO, "no randomness");
+    CL_ENSURE_OSSL(RAND_bytes(b, 16) == 1, CL_ECRYPTO, "no randomness");
     b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
     b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
     uuid_from_bytes(b, out);
@@ -651,7 +663,7 @@ static int create_key(cl_kms_local *k, const char *description, const char *poli
     else
         CL_TRY(cl_kms_policy_default(k->account, &key->policy));
     CL_ENSURE(key->description && key->policy, CL_ENOMEM, "out of memory");
-    CL_ENSURE(RAND_bytes(key->material, CL_KMS_MATERIAL_LEN) == 1, CL_ECRYPTO, "no randomness");
+    CL_ENSURE_OSSL(RAND_bytes(key->material, CL_KMS_MATERIAL_LEN) == 1, CL_ECRYPTO, "no randomness");
     return cl_kms_store_put_key(k->store, key);
 }
 
@@ -1258,13 +1270,12 @@ int cl_kms_local_handle(cl_kms_local *k, const cl_sigv4_request *req, uint64_t n
     resp->error_type[0] = '\0';
     cl_buf_reset(&resp->body);
     call c = {.k = k, .resp = resp, .now_ms = now_ms};
-    error_message[0] = '\0';
     pthread_mutex_lock(&k->lock);
     handle_locked(&c, req);
     pthread_mutex_unlock(&k->lock);
     int rc = CL_OK;
     if (c.failed) {
-        rc = write_error(resp, error_message);
+        rc = c.rc;
     } else {
         char *text = json_dumps(c.out, JSON_COMPACT);
         if (!text) {
@@ -1277,7 +1288,6 @@ int cl_kms_local_handle(cl_kms_local *k, const cl_sigv4_request *req, uint64_t n
     }
     json_decref(c.in);
     json_decref(c.out);
-    cl_wipe(error_message, sizeof error_message);
     return rc;
 }
 
