@@ -14,6 +14,7 @@
  * on exit. */
 #include "cloister/core/address.h"
 #include "cloister/core/buf.h"
+#include "cloister/core/clock.h"
 #include "cloister/core/encoding.h"
 #include "cloister/core/https_client.h"
 #include "cloister/core/process.h"
@@ -103,13 +104,6 @@ typedef struct dev {
     char pcr0[2 * 48 + 1];                /* the enclave's: SHA-384 of this binary, as nsm-sim measures it */
     char secret_sha256[2 * 32 + 1];       /* of the demo secret, which only the enclave opens */
 } dev;
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void say(const char *fmt, ...)
@@ -210,8 +204,8 @@ static int stop_proc(dev *d, proc *p)
     if (!alive(p))
         return CL_OK;
     kill(p->pid, SIGTERM);
-    uint64_t deadline = now_ms() + STOP_TIMEOUT_MS;
-    while (alive(p) && now_ms() < deadline)
+    uint64_t deadline = cl_monotonic_ms() + STOP_TIMEOUT_MS;
+    while (alive(p) && cl_monotonic_ms() < deadline)
         pause_ms(d, 50);
     if (alive(p)) {
         fprintf(stderr, "cloister dev: %s did not stop in %d s; killing it\n", p->name, STOP_TIMEOUT_MS / 1000);
@@ -245,7 +239,7 @@ static void stop_all(dev *d)
  * exit or a stop request (with the reason said). */
 static bool wait_for(dev *d, proc *p, const char *what, bool (*ready)(dev *), int timeout_ms)
 {
-    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+    uint64_t deadline = cl_monotonic_ms() + (uint64_t)timeout_ms;
     for (;;) {
         if (ready(d))
             return true;
@@ -258,7 +252,7 @@ static bool wait_for(dev *d, proc *p, const char *what, bool (*ready)(dev *), in
             show_log(p, 30);
             return false;
         }
-        if (now_ms() > deadline) {
+        if (cl_monotonic_ms() > deadline) {
             fprintf(stderr, "cloister dev: %s: not within %d s\n", what, timeout_ms / 1000);
             show_log(p, 30);
             return false;
@@ -469,7 +463,7 @@ static int make_credentials(char *key, size_t key_len, char *secret, size_t secr
     static const char b32[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     uint8_t r[56];
-    CL_ENSURE(key_len > 20 && secret_len > 40 && RAND_bytes(r, sizeof r) == 1, CL_ECRYPTO, "no randomness");
+    CL_ENSURE_OSSL(key_len > 20 && secret_len > 40 && RAND_bytes(r, sizeof r) == 1, CL_ECRYPTO, "no randomness");
     memcpy(key, "AKIA", 4);
     for (int i = 0; i < 16; i++)
         key[4 + i] = b32[r[i] % 32];
@@ -489,7 +483,7 @@ static int file_sha384_hex(const char *path, char out[2 * 48 + 1])
     unsigned len = 0;
     int ok = EVP_Digest(data.data, data.len, md, &len, EVP_sha384(), NULL);
     cl_buf_free(&data);
-    CL_ENSURE(ok == 1 && len == 48, CL_ECRYPTO, "SHA-384 of %s failed", path);
+    CL_ENSURE_OSSL(ok == 1 && len == 48, CL_ECRYPTO, "SHA-384 of %s failed", path);
     cl_hex_encode(md, 48, out);
     return CL_OK;
 }

@@ -13,6 +13,7 @@
  * NGINX gracefully; the current bundle is put again every --refresh, so the
  * key-holder opens it again with KMS and the token's TTL restarts. */
 #include "cloister/core/acm_bundle.h"
+#include "cloister/core/clock.h"
 #include "cloister/host/acm_conf.h"
 #include "cloister/core/address.h"
 #include "cloister/core/buf.h"
@@ -342,13 +343,6 @@ static int load(const acm_opts *o, cl_buf *raw, cl_acm_bundle *b, int *code)
     return 0;
 }
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static int serve(acm_opts *o)
 {
     cl_buf raw = CL_BUF_INIT, last_raw = CL_BUF_INIT;
@@ -382,9 +376,9 @@ static int serve(acm_opts *o)
     snprintf(poll_text, sizeof poll_text, "%llu", (unsigned long long)o->poll_ms);
     snprintf(refresh_text, sizeof refresh_text, "%llu", (unsigned long long)o->refresh_ms);
     cl_log(CL_LOG_INFO, "watching", "bundle", o->bundle, "poll_ms", poll_text, "refresh_ms", refresh_text, NULL);
-    uint64_t next_poll = now_ms() + o->poll_ms, next_refresh = now_ms() + o->refresh_ms;
+    uint64_t next_poll = cl_monotonic_ms() + o->poll_ms, next_refresh = cl_monotonic_ms() + o->refresh_ms;
     while (!stopping) {
-        uint64_t now = now_ms();
+        uint64_t now = cl_monotonic_ms();
         if (now < next_poll && now < next_refresh) {
             uint64_t wait = (next_poll < next_refresh ? next_poll : next_refresh) - now;
             if (wait > 100)
@@ -419,7 +413,7 @@ static int serve(acm_opts *o)
                 cl_acm_bundle cur_old = cur;
                 cur = next;
                 next = cur_old;
-                next_refresh = now_ms() + o->refresh_ms;
+                next_refresh = cl_monotonic_ms() + o->refresh_ms;
             }
             continue;
         }

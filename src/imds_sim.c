@@ -8,6 +8,7 @@
  * documents included; unknown paths are 404.  Credentials are random,
  * valid six hours, and replaced 15 minutes before they expire. */
 #include "cloister/core/address.h"
+#include "cloister/core/clock.h"
 #include "cloister/core/encoding.h"
 #include "cloister/core/http.h"
 #include "cloister/core/imds_policy.h"
@@ -107,13 +108,6 @@ static void on_signal(int sig)
     errno = saved;
 }
 
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static void random_bytes(void *out, size_t n)
 {
     uint8_t *p = out;
@@ -192,7 +186,7 @@ static void sim_init(sim *s, const char *role, const char *region, const char *i
 
 static void issue_token(sim *s, unsigned ttl, char out[TOKEN_CHARS + 1])
 {
-    uint64_t now = mono_ms();
+    uint64_t now = cl_monotonic_ms();
     pthread_mutex_lock(&s->lock);
     size_t slot = s->token_count;
     if (slot == MAX_TOKENS) { /* replace an expired token, else the one expiring first */
@@ -213,7 +207,7 @@ static bool token_valid(sim *s, cl_slice t)
 {
     if (t.len != TOKEN_CHARS)
         return false;
-    uint64_t now = mono_ms();
+    uint64_t now = cl_monotonic_ms();
     bool ok = false;
     pthread_mutex_lock(&s->lock);
     for (size_t i = 0; i < s->token_count && !ok; i++)

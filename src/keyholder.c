@@ -14,6 +14,7 @@
 #include "cloister/core/acm_bundle.h"
 #include "cloister/core/address.h"
 #include "cloister/core/buf.h"
+#include "cloister/core/clock.h"
 #include "cloister/core/encoding.h"
 #include "cloister/core/keyholder_proto.h"
 #include "cloister/core/log.h"
@@ -94,13 +95,6 @@ static struct {
     int connections;
 } kh = {.lock = PTHREAD_MUTEX_INITIALIZER, .next_handle = 1, .next_incarnation = 1, .max_failures = 5,
         .grace_ms = 60000};
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* Bumped whenever a key is released; connection threads then drop their
  * cached signing context (which holds a reference to the key) within a
@@ -305,7 +299,7 @@ static int token_put(const cl_kh_request *r, uint32_t *slot_out, uint64_t *gen_o
     CL_TRY_OUT(generation_make(&key_pem, r->chain, r->object_label, &g));
 
     pthread_mutex_lock(&kh.lock);
-    uint64_t now = now_ms();
+    uint64_t now = cl_monotonic_ms();
     housekeeping_locked(now);
     token *t = NULL, *free_slot = NULL;
     for (size_t i = 0; i < CL_KH_MAX_TOKENS; i++) {
@@ -556,7 +550,7 @@ out:
 static uint32_t list_tokens(cl_buf *reply, bool with_age)
 {
     pthread_mutex_lock(&kh.lock);
-    uint64_t now = now_ms();
+    uint64_t now = cl_monotonic_ms();
     housekeeping_locked(now);
     uint16_t n = 0;
     for (size_t i = 0; i < CL_KH_MAX_TOKENS; i++)
@@ -587,7 +581,7 @@ static uint32_t list_objects(uint32_t slot, uint32_t handle, cl_buf *reply)
 {
     uint32_t st = 0;
     pthread_mutex_lock(&kh.lock);
-    housekeeping_locked(now_ms());
+    housekeeping_locked(cl_monotonic_ms());
     token *t = token_by_slot_locked(slot);
     if (!t) {
         st = CL_KH_ST_NO_SLOT;
@@ -661,7 +655,7 @@ static uint32_t login(conn *cx, const cl_kh_request *r)
 static uint32_t key_op(conn *cx, const cl_kh_request *r, cl_buf *reply)
 {
     pthread_mutex_lock(&kh.lock);
-    housekeeping_locked(now_ms());
+    housekeeping_locked(cl_monotonic_ms());
     token *t = token_by_slot_locked(r->slot);
     uint32_t st = 0;
     EVP_PKEY *pkey = NULL;
@@ -1057,7 +1051,7 @@ static int cmd_serve(int argc, char **argv)
         if (pfd >= 0 && (p[2].revents & POLLIN))
             accept_one(pfd, true);
         pthread_mutex_lock(&kh.lock);
-        housekeeping_locked(now_ms());
+        housekeeping_locked(cl_monotonic_ms());
         pthread_mutex_unlock(&kh.lock);
     }
     close(lfd);

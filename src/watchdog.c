@@ -1,6 +1,7 @@
 /* cloister watchdog: runs one enclave and keeps it alive (the watchdog of
  * `cloister host`, on its own): start, health checks, restarts within a
  * budget, systemd notifications, stop on SIGTERM. */
+#include "cloister/core/clock.h"
 #include "cloister/core/log.h"
 #include "cloister/host/sd_notify.h"
 #include "cloister/host/watchdog.h"
@@ -176,10 +177,7 @@ int cmd_watchdog(int argc, char **argv)
             /* ping only while the watchdog thread makes progress */
             cl_watchdog_status st;
             cl_watchdog_status_get(w, &st);
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            uint64_t now = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-            if (now - st.progress_ms < ping_us / 1000)
+            if (cl_monotonic_ms() - st.progress_ms < ping_us / 1000)
                 notify("WATCHDOG=1");
         }
     }

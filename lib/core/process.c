@@ -1,5 +1,6 @@
 #include "cloister/core/process.h"
 
+#include "cloister/core/clock.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -122,17 +123,10 @@ int cl_process_spawn(const cl_process_spec *s, pid_t *pid)
     return CL_OK;
 }
 
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 int cl_process_wait(pid_t pid, int timeout_ms, int *status)
 {
     int st = 0;
-    uint64_t deadline = timeout_ms > 0 ? mono_ms() + (uint64_t)timeout_ms : 0;
+    uint64_t deadline = timeout_ms > 0 ? cl_monotonic_ms() + (uint64_t)timeout_ms : 0;
     for (;;) {
         pid_t r = waitpid(pid, &st, timeout_ms < 0 ? 0 : WNOHANG);
         if (r == pid) {
@@ -144,7 +138,7 @@ int cl_process_wait(pid_t pid, int timeout_ms, int *status)
             continue;
         if (r < 0)
             return cl_error_set(CL_EIO, "waitpid %d: %s", (int)pid, strerror(errno));
-        uint64_t now = mono_ms();
+        uint64_t now = cl_monotonic_ms();
         if (timeout_ms == 0 || now >= deadline)
             return 0;
         uint64_t left = deadline - now;

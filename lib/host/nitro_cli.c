@@ -1,5 +1,6 @@
 #include "cloister/host/nitro_cli.h"
 
+#include "cloister/core/clock.h"
 #include "cloister/core/process.h"
 
 #include <errno.h>
@@ -31,13 +32,6 @@ typedef struct captured {
     size_t err_len;             /* bytes seen on stderr */
     int status;
 } captured;
-
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 static void keep_stderr(captured *c, const char *data, size_t n)
 {
@@ -87,7 +81,7 @@ static int run_capture(const char *what, char *const argv[], unsigned timeout_ms
     if (rc < 0)
         goto out;
 
-    uint64_t deadline = mono_ms() + timeout_ms;
+    uint64_t deadline = cl_monotonic_ms() + timeout_ms;
     bool exited = false;
     int fds[2] = {out_p[0], err_p[0]};
     for (;;) {
@@ -108,7 +102,7 @@ static int run_capture(const char *what, char *const argv[], unsigned timeout_ms
                 pfd[n++] = (struct pollfd){.fd = fds[i], .events = POLLIN};
         if (n == 0 && exited)
             break;
-        uint64_t now = mono_ms();
+        uint64_t now = cl_monotonic_ms();
         if (!exited && now >= deadline)
             CL_FAIL_OUT(CL_EIO, "%s timed out after %u ms%s", what, timeout_ms,
                         c->err_len ? " (killed)" : " (killed, no output on stderr)");

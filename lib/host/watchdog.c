@@ -1,7 +1,9 @@
 #include "cloister/host/watchdog.h"
+
 #include "cloister/host/sd_notify.h"
 
 #include "cloister/core/address.h"
+#include "cloister/core/clock.h"
 #include "cloister/core/log.h"
 #include "cloister/core/process.h"
 
@@ -83,13 +85,6 @@ struct cl_watchdog {
     unsigned restart_count;  /* entries in the ring */
 };
 
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static void fmt_u64(char out[24], uint64_t v)
 {
     snprintf(out, 24, "%llu", (unsigned long long)v);
@@ -140,7 +135,7 @@ static bool stop_requested(cl_watchdog *w)
 
 static void progress(cl_watchdog *w)
 {
-    uint64_t now = mono_ms();
+    uint64_t now = cl_monotonic_ms();
     pthread_mutex_lock(&w->lock);
     w->status.progress_ms = now;
     pthread_mutex_unlock(&w->lock);
@@ -157,7 +152,7 @@ static void set_state(cl_watchdog *w, int to, const char *reason)
     pthread_mutex_lock(&w->lock);
     int from = w->status.state;
     w->status.state = to;
-    w->status.progress_ms = mono_ms();
+    w->status.progress_ms = cl_monotonic_ms();
     unsigned restarts = w->status.restarts;
     pthread_mutex_unlock(&w->lock);
     char restarts_text[24], pid_text[24];
@@ -186,7 +181,7 @@ static bool sleep_until(cl_watchdog *w, uint64_t deadline)
     for (;;) {
         if (stop_requested(w))
             return true;
-        uint64_t now = mono_ms();
+        uint64_t now = cl_monotonic_ms();
         if (now >= deadline)
             return false;
         struct pollfd p = {.fd = w->wake[0], .events = POLLIN};
@@ -206,7 +201,7 @@ static bool sleep_until(cl_watchdog *w, uint64_t deadline)
 static int wait_fd(int fd, short events, uint64_t deadline, const char *what)
 {
     for (;;) {
-        uint64_t now = mono_ms();
+        uint64_t now = cl_monotonic_ms();
         CL_ENSURE(now < deadline, CL_EIO, "%s: timed out", what);
         struct pollfd p = {.fd = fd, .events = events};
         int r = poll(&p, 1, (int)(deadline - now));
@@ -378,7 +373,7 @@ out:
 /* One probe; on failure the message says why. */
 static int probe(cl_watchdog *w)
 {
-    uint64_t deadline = mono_ms() + w->cfg.health_timeout_ms;
+    uint64_t deadline = cl_monotonic_ms() + w->cfg.health_timeout_ms;
     int fd = -1;
     int rc = probe_connect(&w->probe_addr, deadline, &fd);
     if (rc == CL_OK && w->probe_http)
@@ -513,7 +508,7 @@ static bool local_reap(cl_watchdog *w, char *reason, size_t reason_len)
 /* Waits for output, the child's exit or a stop request, up to deadline. */
 static void local_wait(cl_watchdog *w, uint64_t deadline)
 {
-    uint64_t now = mono_ms();
+    uint64_t now = cl_monotonic_ms();
     struct pollfd pfd[4];
     nfds_t n = 0;
     pfd[n++] = (struct pollfd){.fd = w->wake[0], .events = POLLIN};
@@ -583,10 +578,10 @@ static void local_terminate(cl_watchdog *w)
     pid_t pgid = w->child;
     char reason[64];
     kill(-pgid, SIGTERM);
-    uint64_t deadline = mono_ms() + w->cfg.stop_grace_ms;
+    uint64_t deadline = cl_monotonic_ms() + w->cfg.stop_grace_ms;
     bool reaped = local_reap(w, reason, sizeof reason);
-    while (!reaped && mono_ms() < deadline) {
-        local_wait(w, deadline < mono_ms() + 50 ? deadline : mono_ms() + 50);
+    while (!reaped && cl_monotonic_ms() < deadline) {
+        local_wait(w, deadline < cl_monotonic_ms() + 50 ? deadline : cl_monotonic_ms() + 50);
         reaped = local_reap(w, reason, sizeof reason);
     }
     if (!reaped) {
@@ -601,14 +596,14 @@ static void local_terminate(cl_watchdog *w)
         w->child_pidfd = -1;
     }
     /* what else was in the group (not our children: only signals reach them) */
-    while (group_alive(pgid) && mono_ms() < deadline) {
+    while (group_alive(pgid) && cl_monotonic_ms() < deadline) {
         nanosleep(&(struct timespec){0, 20000000}, NULL);
     }
     if (group_alive(pgid))
         kill(-pgid, SIGKILL);
     /* output written until the end */
     for (int i = 0; i < 20 && (w->out.fd >= 0 || w->err.fd >= 0); i++)
-        local_wait(w, mono_ms() + 10);
+        local_wait(w, cl_monotonic_ms() + 10);
     reader_close(&w->out);
     reader_close(&w->err);
     w->child = 0;
@@ -761,7 +756,7 @@ static enum outcome supervise(cl_watchdog *w, char *reason, size_t reason_len)
 {
     bool has_probe = w->probe_http || w->probe_connect;
     unsigned failures = 0;
-    uint64_t next_check = mono_ms();
+    uint64_t next_check = cl_monotonic_ms();
     if (!has_probe)
         set_state(w, CL_ENCLAVE_RUNNING, "started (no health check configured)");
     else
@@ -777,7 +772,7 @@ static enum outcome supervise(cl_watchdog *w, char *reason, size_t reason_len)
         }
         if (stop_requested(w))
             return OUTCOME_STOP;
-        uint64_t now = mono_ms();
+        uint64_t now = cl_monotonic_ms();
         if (now < next_check)
             continue;
         bool starting = cl_watchdog_state(w) == CL_ENCLAVE_STARTING;
@@ -799,7 +794,7 @@ static enum outcome supervise(cl_watchdog *w, char *reason, size_t reason_len)
         }
         if (stop_requested(w))
             return OUTCOME_STOP;
-        now = mono_ms();
+        now = cl_monotonic_ms();
         if (ok == CL_OK) {
             if (starting) {
                 set_state(w, CL_ENCLAVE_RUNNING, "healthy");
@@ -837,7 +832,7 @@ static enum outcome supervise(cl_watchdog *w, char *reason, size_t reason_len)
 
 static int start_enclave(cl_watchdog *w, char *reason, size_t reason_len)
 {
-    w->started_ms = mono_ms();
+    w->started_ms = cl_monotonic_ms();
     return w->cfg.runner == CL_WATCHDOG_LOCAL ? local_start(w, reason, reason_len)
                                               : nitro_start(w, reason, reason_len);
 }
@@ -904,7 +899,7 @@ static void *watchdog_thread(void *arg)
         }
         if (stop_requested(w))
             break;
-        uint64_t now = mono_ms();
+        uint64_t now = cl_monotonic_ms();
         if (!budget_allows(w, now)) {
             char msg[REASON_MAX + 128];
             snprintf(msg, sizeof msg, "restart budget exhausted: %u restarts within %u s (last failure: %s)",
@@ -918,9 +913,9 @@ static void *watchdog_thread(void *arg)
         char delay[64];
         snprintf(delay, sizeof delay, "restart in %u ms", backoff);
         set_state(w, CL_ENCLAVE_BACKOFF, delay);
-        if (sleep_until(w, mono_ms() + backoff))
+        if (sleep_until(w, cl_monotonic_ms() + backoff))
             break;
-        w->restart_times[w->restart_count++] = mono_ms();
+        w->restart_times[w->restart_count++] = cl_monotonic_ms();
         pthread_mutex_lock(&w->lock);
         w->status.restarts++;
         pthread_mutex_unlock(&w->lock);
@@ -1081,7 +1076,7 @@ int cl_watchdog_start(const cl_watchdog_config *cfg, cl_watchdog **out)
     if (pipe2(w->wake, O_CLOEXEC | O_NONBLOCK) < 0 || pipe2(w->done, O_CLOEXEC | O_NONBLOCK) < 0)
         CL_FAIL_OUT(CL_EIO, "pipe: %s", strerror(errno));
     w->status.state = CL_ENCLAVE_STOPPED;
-    w->status.progress_ms = mono_ms();
+    w->status.progress_ms = cl_monotonic_ms();
     if (pthread_create(&w->thread, NULL, watchdog_thread, w) != 0)
         CL_FAIL_OUT(CL_EIO, "cannot start the watchdog thread");
     w->thread_started = true;

@@ -1,4 +1,6 @@
 #include "cloister/host/nitro_cli.h"
+
+#include "cloister/core/clock.h"
 #include "test.h"
 
 #include <stdint.h>
@@ -189,13 +191,6 @@ static const char *script(const char *name, const char *body)
     return path;
 }
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static char *slurp(const char *path)
 {
     static char buf[4096];
@@ -305,9 +300,9 @@ static void times_out(void)
                         .run_timeout_ms = 300};
     cl_nitro_run_config cfg = {.eif_path = "/x.eif", .cpu_count = 2, .memory_mib = 64};
     cl_nitro_enclave e;
-    uint64_t t0 = now_ms();
+    uint64_t t0 = cl_monotonic_ms();
     CHECK_ERR(cl_nitro_run_enclave(&cli, &cfg, &e), CL_EIO, "nitro-cli run-enclave timed out after 300 ms");
-    uint64_t took = now_ms() - t0;
+    uint64_t took = cl_monotonic_ms() - t0;
     CHECK(took >= 300 && took < 3000);
 }
 
@@ -318,10 +313,10 @@ static void does_not_wait_for_grandchildren(void)
     cl_nitro_cli cli = {.path = script("daemon", "sleep 3 &\necho '[]'")};
     cl_nitro_enclave *list = NULL;
     size_t count = 1;
-    uint64_t t0 = now_ms();
+    uint64_t t0 = cl_monotonic_ms();
     CHECK_OK(cl_nitro_describe_enclaves(&cli, &list, &count));
     CHECK(count == 0 && list == NULL);
-    CHECK(now_ms() - t0 < 2000);
+    CHECK(cl_monotonic_ms() - t0 < 2000);
 }
 
 static void limits_output(void)

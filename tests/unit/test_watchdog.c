@@ -1,4 +1,6 @@
 #include "cloister/host/watchdog.h"
+
+#include "cloister/core/clock.h"
 #include "cloister/core/log.h"
 #include "test.h"
 
@@ -15,13 +17,6 @@
 #include <unistd.h>
 
 static char tmpdir[64];
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 static void sleep_ms(unsigned ms)
 {
@@ -76,8 +71,8 @@ static bool seen_reason(changes *c, int to, const char *fragment)
 
 static bool wait_for(changes *c, int to, int times, unsigned timeout_ms)
 {
-    uint64_t deadline = now_ms() + timeout_ms;
-    while (now_ms() < deadline) {
+    uint64_t deadline = cl_monotonic_ms() + timeout_ms;
+    while (cl_monotonic_ms() < deadline) {
         if (count_to(c, to) >= times)
             return true;
         sleep_ms(10);
