@@ -80,7 +80,7 @@ static int load_key(const char *key_file, const cl_buf *cert_pem, cl_buf *out)
     CL_ENSURE_OUT(EVP_PKEY_eq(X509_get0_pubkey(leaf), pkey) == 1, CL_EVERIFY,
                   "the certificate's public key is not the key's (--key and --cert do not belong together)");
     mem = BIO_new(BIO_s_mem());
-    CL_ENSURE_OUT(mem && PEM_write_bio_PrivateKey(mem, pkey, NULL, NULL, 0, NULL, NULL), CL_ECRYPTO,
+    CL_ENSURE_OSSL_OUT(mem && PEM_write_bio_PrivateKey(mem, pkey, NULL, NULL, 0, NULL, NULL), CL_ECRYPTO,
                   "PKCS#8 encoding");
     char *p = NULL;
     long pl = BIO_get_mem_data(mem, &p);

@@ -60,7 +60,7 @@ static int public_key_der(const char *path, cl_buf *out)
     }
     CL_ENSURE_OUT(key, CL_EINVAL, "--public-key: %s holds no PEM public or private key", path);
     int len = i2d_PUBKEY(key, &der);
-    CL_ENSURE_OUT(len > 0, CL_ECRYPTO, "cannot encode the public key of %s", path);
+    CL_ENSURE_OSSL_OUT(len > 0, CL_ECRYPTO, "cannot encode the public key of %s", path);
     CL_TRY_OUT(cl_buf_append(out, der, (size_t)len));
 out:
     ERR_clear_error();

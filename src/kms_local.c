@@ -132,7 +132,7 @@ static int load_master(const char *file, const char *dir, uint8_t out[CL_KMS_MAS
               "%s exists but no master key was given: use --master-key-file or $" MASTER_ENV
               " with the key it was created with",
               db);
-    CL_ENSURE(RAND_bytes(out, CL_KMS_MASTER_KEY_LEN) == 1, CL_ECRYPTO, "no randomness");
+    CL_ENSURE_OSSL(RAND_bytes(out, CL_KMS_MASTER_KEY_LEN) == 1, CL_ECRYPTO, "no randomness");
     char hex[2 * CL_KMS_MASTER_KEY_LEN + 2];
     cl_hex_encode(out, CL_KMS_MASTER_KEY_LEN, hex);
     strcat(hex, "\n");
@@ -159,12 +159,12 @@ static EVP_PKEY *new_ec_key(void)
 static int random_serial(X509 *x)
 {
     uint8_t b[16];
-    CL_ENSURE(RAND_bytes(b, sizeof b) == 1, CL_ECRYPTO, "no randomness");
+    CL_ENSURE_OSSL(RAND_bytes(b, sizeof b) == 1, CL_ECRYPTO, "no randomness");
     b[0] &= 0x7f;
     BIGNUM *bn = BN_bin2bn(b, sizeof b, NULL);
     int ok = bn && BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x));
     BN_free(bn);
-    CL_ENSURE(ok, CL_ECRYPTO, "certificate serial");
+    CL_ENSURE_OSSL(ok, CL_ECRYPTO, "certificate serial");
     return CL_OK;
 }
 
@@ -176,7 +176,7 @@ static int add_ext(X509 *x, X509 *issuer, int nid, const char *value)
     X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
     int ok = e && X509_add_ext(x, e, -1);
     X509_EXTENSION_free(e);
-    CL_ENSURE(ok, CL_ECRYPTO, "certificate extension %s", value);
+    CL_ENSURE_OSSL(ok, CL_ECRYPTO, "certificate extension %s", value);
     return CL_OK;
 }
 
@@ -251,7 +251,7 @@ static int load_or_make_ca(const char *dir, EVP_PKEY **key, X509 **cert)
         return CL_OK;
     }
     *key = new_ec_key();
-    CL_ENSURE(*key, CL_ECRYPTO, "generating the CA key");
+    CL_ENSURE_OSSL(*key, CL_ECRYPTO, "generating the CA key");
     CL_TRY(make_cert(*key, "cloister kms-local CA", NULL, NULL, true, NULL, cert));
     CL_TRY(write_pem(kpath, true, *key, NULL));
     return write_pem(cpath, false, NULL, *cert);
@@ -270,7 +270,7 @@ static int make_tls(const char *dir, const char *region, char **names, size_t na
         n += snprintf(san + n, sizeof san - (size_t)n, ",DNS:%s", names[i]);
     CL_ENSURE_OUT(n > 0 && (size_t)n < sizeof san, CL_ELIMIT, "too many --tls-name");
     id.key = new_ec_key();
-    CL_ENSURE_OUT(id.key, CL_ECRYPTO, "generating the server key");
+    CL_ENSURE_OSSL_OUT(id.key, CL_ECRYPTO, "generating the server key");
     char cn[128];
     snprintf(cn, sizeof cn, "kms.%s.amazonaws.com", region);
     CL_TRY_OUT(make_cert(id.key, cn, ca, ca_key, false, san, &id.cert));

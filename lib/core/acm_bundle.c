@@ -56,13 +56,13 @@ static int pem_certs(const char *what, const uint8_t *text, size_t len, size_t m
             unsigned hl = 0;
             int ok = dl > 0 && EVP_Digest(der, (size_t)dl, first_sha, &hl, EVP_sha256(), NULL);
             OPENSSL_free(der);
-            CL_ENSURE_OUT(ok, CL_ECRYPTO, "%s: certificate encoding", what);
+            CL_ENSURE_OSSL_OUT(ok, CL_ECRYPTO, "%s: certificate encoding", what);
         }
         mem = BIO_new(BIO_s_mem());
         CL_ENSURE_OUT(mem && PEM_write_bio_X509(mem, x), CL_ENOMEM, "out of memory");
         char *p = NULL;
         long pl = BIO_get_mem_data(mem, &p);
-        CL_ENSURE_OUT(pl > 0, CL_ECRYPTO, "PEM encoding");
+        CL_ENSURE_OSSL_OUT(pl > 0, CL_ECRYPTO, "PEM encoding");
         CL_TRY_OUT(cl_buf_append(out, p, (size_t)pl));
         BIO_free(mem);
         mem = NULL;

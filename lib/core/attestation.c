@@ -429,7 +429,7 @@ int cl_verifier_add_root_pem_file(cl_verifier *v, const char *path)
         int der_len = i2d_X509(cert, &der);
         X509_free(cert);
         cert = NULL;
-        CL_ENSURE_OUT(der_len > 0, CL_ECRYPTO, "cannot encode a certificate of %s", path);
+        CL_ENSURE_OSSL_OUT(der_len > 0, CL_ECRYPTO, "cannot encode a certificate of %s", path);
         rc = cl_verifier_add_root_der(v, der, (size_t)der_len);
         OPENSSL_free(der);
         if (rc < 0) {
@@ -549,7 +549,7 @@ static int verify_link(cl_verifier *v, cl_slice der, const uint8_t parent_hash[3
     {
         const unsigned char *p = parent_der;
         parent = d2i_X509(NULL, &p, (long)parent_len);
-        CL_ENSURE_OUT(parent, CL_ECRYPTO, "cannot re-read the issuer of %s", what);
+        CL_ENSURE_OSSL_OUT(parent, CL_ECRYPTO, "cannot re-read the issuer of %s", what);
     }
     int issued = X509_check_issued(parent, cert);
     CL_ENSURE_OUT(issued == X509_V_OK, CL_EVERIFY, "%s is not issued by the next certificate in the chain (%s)",

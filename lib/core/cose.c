@@ -117,10 +117,10 @@ int cl_cose_sign1_verify(const cl_cose_sign1 *msg, EVP_PKEY *key)
     s = BN_bin2bn(msg->signature.data + ES384_COMPONENT_LEN, ES384_COMPONENT_LEN, NULL);
     sig = ECDSA_SIG_new();
     CL_ENSURE_OUT(r && s && sig, CL_ENOMEM, "out of memory");
-    CL_ENSURE_OUT(ECDSA_SIG_set0(sig, r, s) == 1, CL_ECRYPTO, "ECDSA_SIG_set0 failed");
+    CL_ENSURE_OSSL_OUT(ECDSA_SIG_set0(sig, r, s) == 1, CL_ECRYPTO, "ECDSA_SIG_set0 failed");
     r = s = NULL;
     int der_len = i2d_ECDSA_SIG(sig, &der);
-    CL_ENSURE_OUT(der_len > 0, CL_ECRYPTO, "cannot encode the ECDSA signature");
+    CL_ENSURE_OSSL_OUT(der_len > 0, CL_ECRYPTO, "cannot encode the ECDSA signature");
 
     CL_TRY_OUT(sig_structure_prefix(msg->protected_header, msg->payload.len, &prefix));
     md = EVP_MD_CTX_new();
@@ -169,10 +169,10 @@ int cl_cose_sign1_sign(EVP_PKEY *key, const uint8_t *payload, size_t payload_len
         CL_OSSL_OUT(CL_ECRYPTO, "COSE: signing failed");
     const unsigned char *p = der;
     sig = d2i_ECDSA_SIG(NULL, &p, (long)der_len);
-    CL_ENSURE_OUT(sig, CL_ECRYPTO, "COSE: cannot decode the ECDSA signature");
+    CL_ENSURE_OSSL_OUT(sig, CL_ECRYPTO, "COSE: cannot decode the ECDSA signature");
     const BIGNUM *r, *s;
     ECDSA_SIG_get0(sig, &r, &s);
-    CL_ENSURE_OUT(BN_bn2binpad(r, raw, ES384_COMPONENT_LEN) == ES384_COMPONENT_LEN &&
+    CL_ENSURE_OSSL_OUT(BN_bn2binpad(r, raw, ES384_COMPONENT_LEN) == ES384_COMPONENT_LEN &&
                       BN_bn2binpad(s, raw + ES384_COMPONENT_LEN, ES384_COMPONENT_LEN) == ES384_COMPONENT_LEN,
                   CL_ECRYPTO, "COSE: signature component too large");
 

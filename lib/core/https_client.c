@@ -152,15 +152,15 @@ int cl_https_get(const cl_https_target *t, const char *connect_to, const char *p
      * response: the HTTP framing decides whether it was complete */
     SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
     ssl = SSL_new(ctx);
-    CL_ENSURE_OUT(ssl && SSL_set_fd(ssl, fd), CL_ECRYPTO, "cannot set up TLS");
+    CL_ENSURE_OSSL_OUT(ssl && SSL_set_fd(ssl, fd), CL_ECRYPTO, "cannot set up TLS");
     if (!is_ip_literal(t->host))
         SSL_set_tlsext_host_name(ssl, t->host);
     static const unsigned char alpn[] = "\x08http/1.1";
     SSL_set_alpn_protos(ssl, alpn, sizeof alpn - 1);
     if (SSL_connect(ssl) != 1) {
-        unsigned long e = ERR_peek_last_error();
-        CL_FAIL_OUT(CL_EIO, "TLS handshake with %s failed: %s", t->authority,
-                    e ? ERR_reason_error_string(e) : "connection closed");
+        if (ERR_peek_error() == 0)
+            CL_FAIL_OUT(CL_EIO, "TLS handshake with %s failed: connection closed", t->authority);
+        CL_OSSL_OUT(CL_EIO, "TLS handshake with %s failed", t->authority);
     }
     X509 *peer = SSL_get0_peer_certificate(ssl);
     CL_ENSURE_OUT(peer, CL_EIO, "the server presented no certificate");

@@ -75,16 +75,16 @@ int cl_tls_identity_generate(const char *fqdn, cl_tls_identity *out)
                       *p == '.',
                   CL_EINVAL, "invalid character in FQDN '%s'", fqdn);
     EVP_PKEY *key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    CL_ENSURE(key, CL_ECRYPTO, "cannot generate a P-256 key");
+    CL_ENSURE_OSSL(key, CL_ECRYPTO, "cannot generate a P-256 key");
     out->key = key;
     cert = X509_new();
     name = X509_NAME_new();
     CL_ENSURE_OUT(cert && name, CL_ENOMEM, "out of memory");
     uint8_t serial[16];
-    CL_ENSURE_OUT(RAND_bytes(serial, sizeof serial) == 1, CL_ECRYPTO, "RAND_bytes failed");
+    CL_ENSURE_OSSL_OUT(RAND_bytes(serial, sizeof serial) == 1, CL_ECRYPTO, "RAND_bytes failed");
     serial[0] &= 0x7f;
     BIGNUM *bn = BN_bin2bn(serial, sizeof serial, NULL);
-    CL_ENSURE_OUT(bn && BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert)), CL_ECRYPTO, "cannot set the serial");
+    CL_ENSURE_OSSL_OUT(bn && BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert)), CL_ECRYPTO, "cannot set the serial");
     BN_free(bn);
     X509_set_version(cert, X509_VERSION_3);
     X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)fqdn, -1, -1, 0);
@@ -100,7 +100,7 @@ int cl_tls_identity_generate(const char *fqdn, cl_tls_identity *out)
     CL_TRY_OUT(add_ext(cert, NID_basic_constraints, "critical,CA:FALSE"));
     CL_TRY_OUT(add_ext(cert, NID_key_usage, "critical,digitalSignature"));
     CL_TRY_OUT(add_ext(cert, NID_ext_key_usage, "serverAuth"));
-    CL_ENSURE_OUT(X509_sign(cert, key, EVP_sha256()) > 0, CL_ECRYPTO, "cannot sign the certificate");
+    CL_ENSURE_OSSL_OUT(X509_sign(cert, key, EVP_sha256()) > 0, CL_ECRYPTO, "cannot sign the certificate");
     CL_TRY_OUT(cl_tls_cert_sha256(cert, out->cert_sha256));
     out->cert = cert;
     cert = NULL;
@@ -303,7 +303,7 @@ int cl_tls_server_ctx(const cl_tls_identity *id, const cl_tls_server_options *op
     int rc = CL_OK;
     ticket_keys *keys = NULL;
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    CL_ENSURE(ctx, CL_ECRYPTO, "cannot create a TLS context");
+    CL_ENSURE_OSSL(ctx, CL_ECRYPTO, "cannot create a TLS context");
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
     /* one read() per request instead of a 5-byte record header and then the
@@ -327,10 +327,10 @@ int cl_tls_server_ctx(const cl_tls_identity *id, const cl_tls_server_options *op
     pthread_mutex_init(&keys->lock, NULL);
     keys->rotation_s = opt && opt->ticket_rotation_s ? opt->ticket_rotation_s : DEFAULT_TICKET_ROTATION_S;
     keys->aes = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
-    CL_ENSURE_OUT(keys->aes, CL_ECRYPTO, "AES-256-CBC is not available for session tickets");
-    CL_ENSURE_OUT(new_ticket_key(&keys->current) && new_ticket_key(&keys->previous), CL_ECRYPTO,
+    CL_ENSURE_OSSL_OUT(keys->aes, CL_ECRYPTO, "AES-256-CBC is not available for session tickets");
+    CL_ENSURE_OSSL_OUT(new_ticket_key(&keys->current) && new_ticket_key(&keys->previous), CL_ECRYPTO,
                   "cannot make session ticket keys");
-    CL_ENSURE_OUT(SSL_CTX_set_ex_data(ctx, ticket_keys_index, keys) == 1, CL_ECRYPTO, "SSL_CTX_set_ex_data");
+    CL_ENSURE_OSSL_OUT(SSL_CTX_set_ex_data(ctx, ticket_keys_index, keys) == 1, CL_ECRYPTO, "SSL_CTX_set_ex_data");
     keys = NULL;
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);
     /* Resumption is by ticket alone: a server-side session cache would
@@ -355,7 +355,7 @@ out:
 int cl_tls_client_ctx_unverified(SSL_CTX **out)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    CL_ENSURE(ctx, CL_ECRYPTO, "cannot create a TLS context");
+    CL_ENSURE_OSSL(ctx, CL_ECRYPTO, "cannot create a TLS context");
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
     *out = ctx;

@@ -437,7 +437,7 @@ int cl_kms_recipient_open(cl_kms_recipient *r, const uint8_t *data, size_t len, 
                                 "(sealed for another Recipient, or damaged)");
     char *mem = NULL;
     long n = BIO_get_mem_data(out, &mem);
-    CL_ENSURE_OUT(n >= 0 && (size_t)n <= info.content.len, CL_ECRYPTO, "CiphertextForRecipient: odd plaintext length");
+    CL_ENSURE_OSSL_OUT(n >= 0 && (size_t)n <= info.content.len, CL_ECRYPTO, "CiphertextForRecipient: odd plaintext length");
     CL_TRY_OUT(cl_buf_append(plaintext, mem, (size_t)n));
 out:
     if (rc < 0)

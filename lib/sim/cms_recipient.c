@@ -104,7 +104,7 @@ int cl_cms_recipient_encrypt(const uint8_t *spki, size_t spki_len, const uint8_t
     unsigned n = 0;
     if (EVP_Digest(spki, spki_len, ski, &n, EVP_sha256(), NULL) != 1)
         CL_OSSL_OUT(CL_ECRYPTO, "SHA-256");
-    CL_ENSURE_OUT(RAND_bytes(cek, CEK_LEN) == 1 && RAND_bytes(iv, IV_LEN) == 1, CL_ECRYPTO, "no randomness");
+    CL_ENSURE_OSSL_OUT(RAND_bytes(cek, CEK_LEN) == 1 && RAND_bytes(iv, IV_LEN) == 1, CL_ECRYPTO, "no randomness");
     CL_TRY_OUT(rsa_oaep(pkey, cek, CEK_LEN, &wrapped));
     CL_TRY_OUT(aes_cbc(cek, iv, plaintext, len, &content));
 

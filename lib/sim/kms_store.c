@@ -28,7 +28,7 @@ int cl_kms_seal(const uint8_t key[32], const uint8_t *aad, size_t aad_len, const
     CL_ENSURE(ctx, CL_ENOMEM, "out of memory");
     int rc = CL_OK, n = 0;
     uint8_t iv[IV_LEN];
-    CL_ENSURE_OUT(RAND_bytes(iv, IV_LEN) == 1, CL_ECRYPTO, "no randomness");
+    CL_ENSURE_OSSL_OUT(RAND_bytes(iv, IV_LEN) == 1, CL_ECRYPTO, "no randomness");
     CL_TRY_OUT(cl_buf_reserve(out, IV_LEN + pt_len + TAG_LEN));
     uint8_t *p = out->data + out->len;
     memcpy(p, iv, IV_LEN);

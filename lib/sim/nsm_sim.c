@@ -182,7 +182,7 @@ static int random_hex(char *out, size_t hex_digits)
     uint8_t bytes[32];
     size_t n = (hex_digits + 1) / 2;
     CL_ENSURE(n <= sizeof bytes, CL_EINVAL, "too many random digits");
-    CL_ENSURE(RAND_bytes(bytes, (int)n) == 1, CL_ECRYPTO, "RAND_bytes failed");
+    CL_ENSURE_OSSL(RAND_bytes(bytes, (int)n) == 1, CL_ECRYPTO, "RAND_bytes failed");
     char hex[65];
     cl_hex_encode(bytes, n, hex);
     memcpy(out, hex, hex_digits);
@@ -205,7 +205,7 @@ static bool instance_id_valid(const char *id, size_t len)
 static int sha384(const void *data, size_t len, uint8_t out[CL_NSM_SIM_PCR_LEN])
 {
     unsigned int n = 0;
-    CL_ENSURE(EVP_Digest(data, len, out, &n, EVP_sha384(), NULL) == 1 && n == CL_NSM_SIM_PCR_LEN, CL_ECRYPTO,
+    CL_ENSURE_OSSL(EVP_Digest(data, len, out, &n, EVP_sha384(), NULL) == 1 && n == CL_NSM_SIM_PCR_LEN, CL_ECRYPTO,
               "SHA-384 failed");
     return CL_OK;
 }
@@ -217,14 +217,14 @@ static int sha384_file(const char *path, uint8_t out[CL_NSM_SIM_PCR_LEN])
     FILE *f = fopen(path, "rb");
     CL_ENSURE(f, CL_EIO, "cannot open the image %s: %s", path, strerror(errno));
     md = EVP_MD_CTX_new();
-    CL_ENSURE_OUT(md && EVP_DigestInit_ex(md, EVP_sha384(), NULL) == 1, CL_ECRYPTO, "SHA-384 init failed");
+    CL_ENSURE_OSSL_OUT(md && EVP_DigestInit_ex(md, EVP_sha384(), NULL) == 1, CL_ECRYPTO, "SHA-384 init failed");
     uint8_t chunk[65536];
     size_t n;
     while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-        CL_ENSURE_OUT(EVP_DigestUpdate(md, chunk, n) == 1, CL_ECRYPTO, "SHA-384 update failed");
+        CL_ENSURE_OSSL_OUT(EVP_DigestUpdate(md, chunk, n) == 1, CL_ECRYPTO, "SHA-384 update failed");
     CL_ENSURE_OUT(!ferror(f), CL_EIO, "cannot read the image %s: %s", path, strerror(errno));
     unsigned int len = 0;
-    CL_ENSURE_OUT(EVP_DigestFinal_ex(md, out, &len) == 1 && len == CL_NSM_SIM_PCR_LEN, CL_ECRYPTO,
+    CL_ENSURE_OSSL_OUT(EVP_DigestFinal_ex(md, out, &len) == 1 && len == CL_NSM_SIM_PCR_LEN, CL_ECRYPTO,
                   "SHA-384 final failed");
 out:
     EVP_MD_CTX_free(md);
@@ -279,7 +279,7 @@ static int leaf_subject(const cl_nsm_sim *sim, X509_NAME **out)
 static int set_random_serial(X509 *cert)
 {
     uint8_t bytes[16];
-    CL_ENSURE(RAND_bytes(bytes, sizeof bytes) == 1, CL_ECRYPTO, "RAND_bytes failed");
+    CL_ENSURE_OSSL(RAND_bytes(bytes, sizeof bytes) == 1, CL_ECRYPTO, "RAND_bytes failed");
     bytes[0] = (uint8_t)((bytes[0] & 0x7f) | 0x01); /* positive, full length */
     BIGNUM *bn = BN_bin2bn(bytes, sizeof bytes, NULL);
     CL_ENSURE(bn, CL_ENOMEM, "out of memory");
@@ -288,7 +288,7 @@ static int set_random_serial(X509 *cert)
     CL_ENSURE(serial, CL_ENOMEM, "out of memory");
     int ok = X509_set_serialNumber(cert, serial);
     ASN1_INTEGER_free(serial);
-    CL_ENSURE(ok == 1, CL_ECRYPTO, "cannot set the serial number");
+    CL_ENSURE_OSSL(ok == 1, CL_ECRYPTO, "cannot set the serial number");
     return CL_OK;
 }
 
@@ -301,7 +301,7 @@ static int add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
         return cl_error_ossl(CL_ECRYPTO, "cannot build extension %s = %s", OBJ_nid2sn(nid), value);
     int ok = X509_add_ext(cert, ext, -1);
     X509_EXTENSION_free(ext);
-    CL_ENSURE(ok == 1, CL_ECRYPTO, "cannot add extension %s", OBJ_nid2sn(nid));
+    CL_ENSURE_OSSL(ok == 1, CL_ECRYPTO, "cannot add extension %s", OBJ_nid2sn(nid));
     return CL_OK;
 }
 
@@ -338,7 +338,7 @@ static int issue_cert(const cert_request *r, X509 **out)
     if (X509_sign(cert, r->issuer_key, EVP_sha384()) <= 0)
         CL_OSSL_OUT(CL_ECRYPTO, "cannot sign a certificate");
     int der_len = i2d_X509(cert, NULL);
-    CL_ENSURE_OUT(der_len > 0 && der_len <= CERT_DER_MAX, CL_ECRYPTO,
+    CL_ENSURE_OSSL_OUT(der_len > 0 && der_len <= CERT_DER_MAX, CL_ECRYPTO,
                   "certificate is %d bytes DER, beyond the %d a document allows", der_len, CERT_DER_MAX);
     *out = cert;
     cert = NULL;
@@ -901,7 +901,7 @@ static int do_attestation(cl_nsm_sim *sim, const cl_nsm_request *req, outcome *o
         key = sim->leaf_key;
     pthread_mutex_unlock(&sim->lock);
     CL_TRY_OUT(rc);
-    CL_ENSURE_OUT(key, CL_ECRYPTO, "cannot reference the leaf key");
+    CL_ENSURE_OSSL_OUT(key, CL_ECRYPTO, "cannot reference the leaf key");
     /* Signing is the slow part: done outside the lock. */
     CL_TRY_OUT(cl_cose_sign1_sign(key, payload.data, payload.len, &o->document));
     o->resp.data = (cl_slice){o->document.data, o->document.len};
@@ -930,7 +930,7 @@ static int dispatch(cl_nsm_sim *sim, const cl_nsm_request *req, outcome *o)
     case CL_NSM_ATTESTATION:
         return do_attestation(sim, req, o);
     case CL_NSM_GET_RANDOM:
-        CL_ENSURE(RAND_bytes(o->random, sizeof o->random) == 1, CL_ECRYPTO, "RAND_bytes failed");
+        CL_ENSURE_OSSL(RAND_bytes(o->random, sizeof o->random) == 1, CL_ECRYPTO, "RAND_bytes failed");
         o->resp.data = (cl_slice){o->random, sizeof o->random};
         return CL_OK;
     }

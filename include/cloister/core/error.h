@@ -82,6 +82,20 @@ void cl_error_clear(void);
         goto out;                                                              \
     } while (0)
 
+/* The CL_ENSURE forms for a failed OpenSSL call: the detail gets the first
+ * entry of OpenSSL's error queue and the queue is drained (cl_error_ossl). */
+#define CL_ENSURE_OSSL(cond, code, ...)                                        \
+    do {                                                                       \
+        if (!(cond))                                                           \
+            return cl_error_ossl((code), __VA_ARGS__);                         \
+    } while (0)
+
+#define CL_ENSURE_OSSL_OUT(cond, code, ...)                                    \
+    do {                                                                       \
+        if (!(cond))                                                           \
+            CL_OSSL_OUT((code), __VA_ARGS__);                                  \
+    } while (0)
+
 #define CL_ENSURE_OUT(cond, code, ...)                                         \
     do {                                                                       \
         if (!(cond))                                                           \
