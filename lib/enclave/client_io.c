@@ -66,44 +66,56 @@ int cl_server_forwarded_headers(cl_buf *head, const char *peer, bool tls, cl_sli
 
 /* ---- client I/O ---------------------------------------------------------- */
 
-long cl_client_tls_read(client *c, uint8_t *buf, size_t len)
+int cl_client_tls_read(client *c, uint8_t *buf, size_t len, size_t *got)
 {
+    *got = 0;
     if (!c->ssl) {
         ssize_t n = recv(c->watch.fd, buf, len, 0);
-        if (n > 0)
-            return n;
+        if (n > 0) {
+            *got = (size_t)n;
+            return CL_OK;
+        }
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return 0;
-        return -1;
+            return CL_OK;
+        if (n == 0)
+            return cl_error_set(CL_EIO, "the client closed the connection");
+        return cl_error_set(CL_EIO, "reading from the client: %s", strerror(errno));
     }
     ERR_clear_error();
     int n = SSL_read(c->ssl, buf, (int)(len > INT32_MAX ? INT32_MAX : len));
-    if (n > 0)
-        return n;
+    if (n > 0) {
+        *got = (size_t)n;
+        return CL_OK;
+    }
     int err = SSL_get_error(c->ssl, n);
     if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
-        return 0;
-    ERR_clear_error();
-    return -1;
+        return CL_OK;
+    if (err == SSL_ERROR_ZERO_RETURN)
+        return cl_error_set(CL_EIO, "the client closed the connection");
+    return cl_error_ossl(CL_EIO, "reading from the client");
 }
 
-long cl_client_tls_write(client *c, const uint8_t *buf, size_t len)
+int cl_client_tls_write(client *c, const uint8_t *buf, size_t len, size_t *put)
 {
+    *put = 0;
     if (!c->ssl) {
         ssize_t n = send(c->watch.fd, buf, len, MSG_NOSIGNAL);
-        if (n >= 0)
-            return n;
+        if (n >= 0) {
+            *put = (size_t)n;
+            return CL_OK;
+        }
         if (errno == EAGAIN || errno == EINTR)
-            return 0;
-        return -1;
+            return CL_OK;
+        return cl_error_set(CL_EIO, "writing to the client: %s", strerror(errno));
     }
     ERR_clear_error();
     int n = SSL_write(c->ssl, buf, (int)(len > INT32_MAX ? INT32_MAX : len));
-    if (n > 0)
-        return n;
+    if (n > 0) {
+        *put = (size_t)n;
+        return CL_OK;
+    }
     int err = SSL_get_error(c->ssl, n);
     if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
-        return 0;
-    ERR_clear_error();
-    return -1;
+        return CL_OK;
+    return cl_error_ossl(CL_EIO, "writing to the client");
 }

@@ -23,6 +23,7 @@
  * The upstream callbacks change a stream's state, submit frames and
  * schedule cl_h2_io; they never run inside nghttp2 and never free a
  * stream, which only on_stream_close and cl_h2_free do. */
+#include "cloister/core/clock.h"
 #include "enclave/server_internal.h"
 
 #include <nghttp2/nghttp2.h>
@@ -110,13 +111,6 @@ struct h2_conn {
     bool in_io, io_again;
     size_t conn_unacked; /* received on streams that closed before their bytes were given back */
 };
-
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 static const cl_server_config *config_of(const h2_conn *h)
 {
@@ -612,7 +606,7 @@ static void start_request(h2_stream *s, bool end_stream)
     h2_conn *h = s->h;
     const cl_server_config *cfg = config_of(h);
     s->started = true;
-    s->started_us = now_us();
+    s->started_us = cl_monotonic_us();
     s->route = -2; /* until routed: answered here, counted as "other" */
     if (s->head_too_large) {
         respond_error(s, 431, "request head too large");
@@ -757,7 +751,7 @@ static void stream_free(h2_conn *h, h2_stream *s)
         s->up = NULL;
     }
     if (s->started && cfg->done)
-        cfg->done(cfg->ctx, s->route, s->status, now_us() - s->started_us);
+        cfg->done(cfg->ctx, s->route, s->status, cl_monotonic_us() - s->started_us);
     h->conn_unacked += s->unacked;
     if (s->prev)
         s->prev->next = s->next;
@@ -990,12 +984,12 @@ static int h2_flush(h2_conn *h)
         }
         if (c->out_off == c->out_len)
             return CL_OK; /* nghttp2 has nothing more for now */
-        long w = cl_client_tls_write(c, c->out + c->out_off, c->out_len - c->out_off);
-        if (w < 0)
+        size_t w;
+        if (cl_client_tls_write(c, c->out + c->out_off, c->out_len - c->out_off, &w) < 0)
             return cl_error_set(CL_EIO, "the client's connection failed");
         if (w == 0)
             return CL_OK; /* the socket is full: its next event brings us back */
-        c->out_off += (size_t)w;
+        c->out_off += w;
         touch(h);
     }
 }
@@ -1005,13 +999,13 @@ static int h2_read(h2_conn *h)
 {
     client *c = h->c;
     for (;;) {
-        long n = cl_client_tls_read(c, c->in, c->in_cap);
+        size_t n;
+        if (cl_client_tls_read(c, c->in, c->in_cap, &n) < 0)
+            return cl_error_set(CL_EIO, "the client closed the connection");
         if (n == 0)
             return CL_OK;
-        if (n < 0)
-            return cl_error_set(CL_EIO, "the client closed the connection");
         touch(h);
-        ssize_t rv = nghttp2_session_mem_recv(h->session, c->in, (size_t)n);
+        ssize_t rv = nghttp2_session_mem_recv(h->session, c->in, n);
         if (rv < 0)
             return cl_error_set(CL_EPROTO, "HTTP/2: %s", nghttp2_strerror((int)rv));
     }

@@ -76,12 +76,15 @@ static bool text_is(const cl_cbor *item, const char *s)
 /* Names from untrusted input, cut short so a message stays readable. */
 #define SHOWN(item) (int)((item)->len > 40 ? 40 : (item)->len), (const char *)(item)->data
 
-static int op_of_name(const cl_cbor *name)
+/* The operation a variant name stands for; false when it names none. */
+static bool op_of_name(const cl_cbor *name, int *op)
 {
     for (size_t i = 0; i < OP_COUNT; i++)
-        if (text_is(name, op_names[i]))
-            return (int)i;
-    return -1;
+        if (text_is(name, op_names[i])) {
+            *op = (int)i;
+            return true;
+        }
+    return false;
 }
 
 /* Requests and responses agree on which variants carry fields, except
@@ -262,8 +265,8 @@ static int decode_request_tree(const cl_cbor *root, cl_nsm_request *req)
 {
     const cl_cbor *name, *value;
     CL_TRY(split_variant("request", root, &name, &value));
-    int op = op_of_name(name);
-    CL_ENSURE(op >= 0, CL_EPARSE, "NSM request: unknown variant \"%.*s\"", SHOWN(name));
+    int op;
+    CL_ENSURE(op_of_name(name, &op), CL_EPARSE, "NSM request: unknown variant \"%.*s\"", SHOWN(name));
     req->op = op;
     if (request_is_unit(op)) {
         CL_ENSURE(!value, CL_EPARSE, "NSM request: %s takes no fields and must be a bare name", op_names[op]);
@@ -397,8 +400,8 @@ static int decode_response_tree(const cl_cbor *root, cl_nsm_response *resp)
     CL_TRY(split_variant("response", root, &name, &value));
     if (text_is(name, "Error"))
         return decode_error_name(value, resp);
-    int op = op_of_name(name);
-    CL_ENSURE(op >= 0, CL_EPARSE, "NSM response: unknown variant \"%.*s\"", SHOWN(name));
+    int op;
+    CL_ENSURE(op_of_name(name, &op), CL_EPARSE, "NSM response: unknown variant \"%.*s\"", SHOWN(name));
     resp->op = op;
     if (response_is_unit(op)) {
         CL_ENSURE(!value, CL_EPARSE, "NSM response: %s carries no fields and must be a bare name", op_names[op]);

@@ -1,5 +1,6 @@
 #include "enclave/server_internal.h"
 
+#include "cloister/core/clock.h"
 #include "cloister/core/log.h"
 #include "cloister/core/proxy_protocol.h"
 
@@ -22,13 +23,6 @@
 
 static void client_pump(client *c);
 static void schedule_pump(client *c);
-
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 /* ---- client I/O ---------------------------------------------------------- */
 
@@ -136,12 +130,12 @@ static bool out_append(client *c, const void *data, size_t len)
 static bool flush_client(client *c, bool *progress)
 {
     while (c->out_off < c->out_len) {
-        long n = cl_client_tls_write(c, c->out + c->out_off, c->out_len - c->out_off);
-        if (n < 0)
+        size_t n;
+        if (cl_client_tls_write(c, c->out + c->out_off, c->out_len - c->out_off, &n) < 0)
             return false;
         if (n == 0)
             break;
-        c->out_off += (size_t)n;
+        c->out_off += n;
         *progress = true;
     }
     if (c->out_off == c->out_len)
@@ -377,7 +371,7 @@ static void start_request(client *c)
 {
     const cl_server_config *cfg = &c->w->server->cfg;
     const cl_http_head *h = &c->head;
-    c->started_us = now_us();
+    c->started_us = cl_monotonic_us();
     c->resp_head_sent = c->resp_done = c->resp_chunked = c->resp_end_pending = false;
     c->close_after_response = false;
     c->up_blocked = false;
@@ -443,7 +437,7 @@ static void finish_request(client *c)
 {
     const cl_server_config *cfg = &c->w->server->cfg;
     if (cfg->done)
-        cfg->done(cfg->ctx, c->route, c->status, now_us() - c->started_us);
+        cfg->done(cfg->ctx, c->route, c->status, cl_monotonic_us() - c->started_us);
     if (c->close_after_response || !c->keep_alive || !c->req_body_done || c->peer_eof) {
         c->state = CLIENT_CLOSING;
         return;
@@ -549,15 +543,16 @@ static bool read_client(client *c, bool *progress)
     }
     if (c->in_len == c->in_cap || c->peer_eof)
         return true;
-    long n = cl_client_tls_read(c, c->in + c->in_len, c->in_cap - c->in_len);
-    if (n > 0) {
-        c->in_len += (size_t)n;
+    size_t n;
+    int rc = cl_client_tls_read(c, c->in + c->in_len, c->in_cap - c->in_len, &n);
+    if (rc == CL_OK && n > 0) {
+        c->in_len += n;
         *progress = true;
         /* A body arriving is activity, however slowly it comes; the head
          * alone has a fixed budget (arm_header_timer). */
         if (c->state != CLIENT_READ_HEAD)
             cl_client_touch(c);
-    } else if (n < 0) {
+    } else if (rc < 0) {
         c->peer_eof = true;
         *progress = true;
     }

@@ -99,10 +99,11 @@ void cl_h2_io(client *c);
 void cl_h2_free(client *c);
 void cl_h2_drain(client *c);
 
-/* client_io.c, for server.c and h2.c: reads/writes through the client's TLS:
- * >0 bytes, 0 would block, -1 closed or failed. */
-long cl_client_tls_read(client *c, uint8_t *buf, size_t len);
-long cl_client_tls_write(client *c, const uint8_t *buf, size_t len);
+/* client_io.c, for server.c and h2.c: reads/writes through the client's TLS.
+ * 0 with the byte count in *got / *put (0 bytes: the socket would block), or
+ * CL_EIO when the client closed the connection or it failed. */
+CL_MUST_CHECK int cl_client_tls_read(client *c, uint8_t *buf, size_t len, size_t *got);
+CL_MUST_CHECK int cl_client_tls_write(client *c, const uint8_t *buf, size_t len, size_t *put);
 void cl_client_close(client *c);
 void cl_client_touch(client *c); /* activity: push the idle timeout back */
 

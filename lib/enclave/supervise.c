@@ -1,6 +1,7 @@
 #include "cloister/enclave/supervise.h"
 
 #include "cloister/core/buf.h"
+#include "cloister/core/clock.h"
 #include "cloister/core/log.h"
 #include "cloister/core/process.h"
 
@@ -37,40 +38,29 @@ uint64_t cl_child_restarts(const cl_child *c)
     return atomic_load(&((cl_child *)c)->restarts);
 }
 
-static uint64_t mono_ms(void)
+/* Starts the app, writing its pid.  The parent blocks termination signals
+ * in every thread; cl_process_spawn gives the app a clean mask. */
+CL_MUST_CHECK static int spawn(cl_child *c, int out_fd[2], int err_fd[2], pid_t *pid)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-/* -1 (the error set) or the child's pid.  The parent blocks termination
- * signals in every thread; cl_process_spawn gives the app a clean mask. */
-static pid_t spawn(cl_child *c, int out_fd[2], int err_fd[2])
-{
-    if (pipe2(out_fd, O_CLOEXEC) < 0) {
-        cl_error_set(CL_EIO, "pipe: %s", strerror(errno));
-        return -1;
-    }
+    if (pipe2(out_fd, O_CLOEXEC) < 0)
+        return cl_error_set(CL_EIO, "pipe: %s", strerror(errno));
     if (pipe2(err_fd, O_CLOEXEC) < 0) {
-        cl_error_set(CL_EIO, "pipe: %s", strerror(errno));
+        int e = errno;
         close(out_fd[0]);
         close(out_fd[1]);
-        return -1;
+        return cl_error_set(CL_EIO, "pipe: %s", strerror(e));
     }
     char *argv[] = {"/bin/sh", "-c", c->command, NULL};
     cl_process_spec spec = {.program = "/bin/sh", .argv = argv, .envp = c->env, .own_group = true,
                             .stdout_fd = out_fd[1], .stderr_fd = err_fd[1]};
-    pid_t pid;
-    int rc = cl_process_spawn(&spec, &pid);
+    int rc = cl_process_spawn(&spec, pid);
     close(out_fd[1]);
     close(err_fd[1]);
     if (rc < 0) {
         close(out_fd[0]);
         close(err_fd[0]);
-        return -1;
     }
-    return pid;
+    return rc;
 }
 
 typedef struct line_reader {
@@ -164,13 +154,14 @@ static void *watch_child(void *arg)
         if (stopping)
             break;
         int out_fd[2], err_fd[2];
-        uint64_t started = mono_ms();
+        uint64_t started = cl_monotonic_ms();
         pthread_mutex_lock(&c->lock);
-        pid_t pid = spawn(c, out_fd, err_fd);
-        if (pid > 0)
+        pid_t pid = -1;
+        int spawned = spawn(c, out_fd, err_fd, &pid);
+        if (spawned == CL_OK)
             c->pid = pid;
         pthread_mutex_unlock(&c->lock);
-        if (pid < 0) {
+        if (spawned < 0) {
             cl_log(CL_LOG_ERROR, "app_spawn_failed", "name", c->name, "error", cl_error_message(), NULL);
         } else {
             char pid_text[24];
@@ -193,7 +184,7 @@ static void *watch_child(void *arg)
                    how, NULL);
             if (stopping)
                 break;
-            if (mono_ms() - started >= c->stable_after_ms)
+            if (cl_monotonic_ms() - started >= c->stable_after_ms)
                 backoff = c->backoff_initial_ms;
         }
         char delay[24];

@@ -130,10 +130,10 @@ static void fwd_close_cb(host_conn *c, const char *reason)
     fwd_close(HOST_CONTAINER(c, fwd, base), reason);
 }
 
-static void close_error(fwd *f, const char *what, int err)
+static void close_error(fwd *f, const char *what, const char *detail)
 {
     char reason[96];
-    snprintf(reason, sizeof reason, "%s: %s", what, strerror(err));
+    snprintf(reason, sizeof reason, "%s: %s", what, detail);
     fwd_end(f, reason, true);
 }
 
@@ -239,13 +239,15 @@ static void on_upstream(cl_loop *loop, cl_watch *watch, uint32_t events)
     fwd *f = HOST_CONTAINER(watch, fwd, up.watch);
     if (f->state == ST_CONNECTING) {
         int fd = watch->fd;
-        int r = host_connect_result(fd);
-        if (r == 0)
+        bool up;
+        int err;
+        int r = host_connect_result(fd, &up, &err);
+        if (r == CL_OK && !up)
             return; /* an event for an earlier attempt's socket */
         if (r < 0) {
             cl_loop_unwatch(loop, watch);
             close(fd);
-            f->last_err = -r;
+            f->last_err = err;
             f->attempt++;
             try_connect(f);
             return;
@@ -268,7 +270,8 @@ static void on_client(cl_loop *loop, cl_watch *watch, uint32_t events)
 
 /* ---- moving bytes ------------------------------------------------------------------- */
 
-static int send_prefix(fwd *f, bool *moved)
+/* Both return 0 or a negative cl_err whose detail is the strerror text. */
+CL_MUST_CHECK static int send_prefix(fwd *f, bool *moved)
 {
     while (f->prefix && f->up.writable) {
         ssize_t n = send(f->up.watch.fd, f->prefix + f->prefix_off, f->prefix_len - f->prefix_off, MSG_NOSIGNAL);
@@ -279,7 +282,7 @@ static int send_prefix(fwd *f, bool *moved)
             }
             if (errno == EINTR)
                 continue;
-            return -errno;
+            return cl_error_set(CL_EIO, "%s", strerror(errno));
         }
         *moved = true;
         f->prefix_off += (size_t)n;
@@ -293,7 +296,7 @@ static int send_prefix(fwd *f, bool *moved)
 
 /* Moves chunks from src to dst until one side would block, the source
  * ends, or the turn's budget is spent (then *yielded). */
-static int move(fwd *f, dir *d, side *src, side *dst, int *budget, bool *yielded, bool *moved)
+CL_MUST_CHECK static int move(fwd *f, dir *d, side *src, side *dst, int *budget, bool *yielded, bool *moved)
 {
     host_worker *w = f->w;
     for (;;) {
@@ -310,10 +313,10 @@ static int move(fwd *f, dir *d, side *src, side *dst, int *budget, bool *yielded
                 }
                 if (errno == EINTR)
                     continue;
-                return -errno;
+                return cl_error_set(CL_EIO, "%s", strerror(errno));
             }
             if (n == 0)
-                return -EPIPE;
+                return cl_error_set(CL_EIO, "%s", strerror(EPIPE));
             d->pending -= (uint32_t)n;
             d->off += (uint32_t)n;
             d->bytes += (uint64_t)n;
@@ -344,7 +347,7 @@ static int move(fwd *f, dir *d, side *src, side *dst, int *budget, bool *yielded
             }
         } else {
             if (!d->buf && !(d->buf = host_buf_get(w)))
-                return -ENOMEM;
+                return cl_error_set(CL_ENOMEM, "%s", strerror(ENOMEM));
             d->off = 0;
             n = recv(src->watch.fd, d->buf, HOST_BUF_BYTES, 0);
         }
@@ -364,11 +367,11 @@ static int move(fwd *f, dir *d, side *src, side *dst, int *budget, bool *yielded
         }
         if (e == EINTR)
             continue;
-        return -e;
+        return cl_error_set(CL_EIO, "%s", strerror(e));
     }
     if (d->eof && !d->pending && !d->shut) {
         if (shutdown(dst->watch.fd, SHUT_WR) < 0 && errno != ENOTCONN)
-            return -errno;
+            return cl_error_set(CL_EIO, "%s", strerror(errno));
         d->shut = true;
     }
     return 0;
@@ -395,7 +398,7 @@ static void pump(fwd *f)
         rc = move(f, &f->u2c, &f->up, &f->client, &budget, &yielded, &moved);
     }
     if (rc < 0) {
-        close_error(f, what, -rc);
+        close_error(f, what, cl_error_message());
         return;
     }
     if (f->c2u.shut && f->u2c.shut) {

@@ -230,45 +230,55 @@ int host_connect_start(const struct sockaddr *given, socklen_t given_len, int *f
     socklen_t len;
     if (cl_sockaddr_final(given, given_len, false, &final, &len) < 0) {
         *err = EADDRNOTAVAIL;
-        return -1;
+        return cl_error_prefix(CL_EIO, "connect: ");
     }
     const struct sockaddr *sa = (const struct sockaddr *)&final;
     int fd = cl_socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
         *err = errno;
-        return -1;
+        return cl_error_set(CL_EIO, "socket: %s", strerror(*err));
     }
     if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
         int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        /* latency only: a socket without TCP_NODELAY still forwards */
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
     if (connect(fd, sa, len) == 0) {
         *fd_out = fd;
-        return 0;
+        return CL_OK;
     }
     if (errno == EINPROGRESS) {
         *fd_out = fd;
         *in_progress = true;
-        return 0;
+        return CL_OK;
     }
     *err = errno;
     close(fd);
-    return -1;
+    return cl_error_set(CL_EIO, "connect: %s", strerror(*err));
 }
 
-int host_connect_result(int fd)
+int host_connect_result(int fd, bool *connected, int *err)
 {
+    *connected = false;
+    *err = 0;
     int e = 0;
     socklen_t l = sizeof e;
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &l) < 0)
-        return -errno;
-    if (e)
-        return -e;
+        e = errno;
+    if (e) {
+        *err = e;
+        return cl_error_set(CL_EIO, "connect: %s", strerror(e));
+    }
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
-    if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0)
-        return 1;
-    return errno == ENOTCONN ? 0 : -errno;
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        *connected = true;
+        return CL_OK;
+    }
+    if (errno == ENOTCONN)
+        return CL_OK;
+    *err = errno;
+    return cl_error_set(CL_EIO, "connect: %s", strerror(*err));
 }
 
 bool host_pipe_get(host_worker *w, host_pipe *p)

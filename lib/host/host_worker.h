@@ -111,13 +111,13 @@ void host_slot_release(host_worker *w);
 CL_MUST_CHECK int host_dest_pick(host_worker *w, size_t index, unsigned attempt, struct sockaddr_storage *out,
                                  socklen_t *len);
 
-/* Starts a non-blocking connect.  0 with *in_progress when the result
- * comes later (EPOLLOUT); otherwise *err is the errno (EAGAIN: a unix
+/* Starts a non-blocking connect: 0 (with *in_progress when the result
+ * comes later, on EPOLLOUT) or CL_EIO with *err the errno (EAGAIN: a unix
  * listener's backlog is full, try again later). */
-int host_connect_start(const struct sockaddr *sa, socklen_t len, int *fd, bool *in_progress, int *err);
-/* After EPOLLOUT: 1 connected, 0 still in progress (a stale event), or
- * -errno. */
-int host_connect_result(int fd);
+CL_MUST_CHECK int host_connect_start(const struct sockaddr *sa, socklen_t len, int *fd, bool *in_progress, int *err);
+/* After EPOLLOUT: 0 with *connected false when the connect is still in
+ * progress (a stale event), or CL_EIO with *err the errno. */
+CL_MUST_CHECK int host_connect_result(int fd, bool *connected, int *err);
 
 bool host_pipe_get(host_worker *w, host_pipe *p);
 /* clean: the pipe is empty and may be reused. */

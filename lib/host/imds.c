@@ -291,7 +291,8 @@ static void try_connect(imds *c)
     }
 }
 
-static int send_out(imds *c, int fd, bool *writable)
+/* 0 (*done when everything is out) or CL_EIO with the strerror text. */
+CL_MUST_CHECK static int send_out(imds *c, int fd, bool *writable, bool *done)
 {
     while (c->out_off < c->out.len && *writable) {
         ssize_t n = send(fd, c->out.data + c->out_off, c->out.len - c->out_off, MSG_NOSIGNAL);
@@ -302,11 +303,12 @@ static int send_out(imds *c, int fd, bool *writable)
             }
             if (errno == EINTR)
                 continue;
-            return -errno;
+            return cl_error_set(CL_EIO, "%s", strerror(errno));
         }
         c->out_off += (size_t)n;
     }
-    return c->out_off == c->out.len ? 1 : 0;
+    *done = c->out_off == c->out.len;
+    return CL_OK;
 }
 
 static int add_response_headers(imds *c, const cl_http_head *h, size_t body_len)
@@ -449,12 +451,12 @@ static void step(imds *c)
             read_request(c);
             break;
         case I_SEND_REQ: {
-            int r = send_out(c, c->uw.fd, &c->u_writable);
-            if (r < 0) {
+            bool done;
+            if (send_out(c, c->uw.fd, &c->u_writable, &done) < 0) {
                 char body[160];
-                snprintf(body, sizeof body, "cloister host: sending to the IMDS endpoint: %s\n", strerror(-r));
+                snprintf(body, sizeof body, "cloister host: sending to the IMDS endpoint: %s\n", cl_error_message());
                 respond(c, 502, "Bad Gateway", body);
-            } else if (r == 1) {
+            } else if (done) {
                 cl_buf_reset(&c->out);
                 c->out_off = 0;
                 c->state = I_READ_RESP;
@@ -465,12 +467,12 @@ static void step(imds *c)
             read_response(c);
             break;
         case I_SEND_RESP: {
-            int r = send_out(c, c->cw.fd, &c->c_writable);
-            if (r < 0) {
+            bool done;
+            if (send_out(c, c->cw.fd, &c->c_writable, &done) < 0) {
                 imds_close(c, "client write error");
                 return;
             }
-            if (r == 1) {
+            if (done) {
                 /* let the client read the answer before the socket goes */
                 shutdown(c->cw.fd, SHUT_WR);
                 c->state = I_LINGER;
@@ -535,13 +537,15 @@ static void on_upstream(cl_loop *loop, cl_watch *watch, uint32_t events)
     imds *c = HOST_CONTAINER(watch, imds, uw);
     if (c->state == I_CONNECTING) {
         int fd = watch->fd;
-        int r = host_connect_result(fd);
-        if (r == 0)
+        bool connected;
+        int err;
+        int r = host_connect_result(fd, &connected, &err);
+        if (r == CL_OK && !connected)
             return;
         if (r < 0) {
             cl_loop_unwatch(loop, watch);
             close(fd);
-            c->last_err = -r;
+            c->last_err = err;
             c->attempt++;
             try_connect(c);
             step(c);

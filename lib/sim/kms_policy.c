@@ -99,17 +99,20 @@ static const char *const operators[] = {"StringEquals",           "StringNotEqua
                                         "StringNotEqualsIgnoreCase", "StringLike",      "StringNotLike"};
 #define OPERATOR_COUNT (sizeof operators / sizeof operators[0])
 
-/* The operator's index, *if_exists set; -1 if not supported. */
-static int operator_index(const char *name, bool *if_exists)
+/* The operator's index in operators[] and whether it ends in IfExists;
+ * false when the operator is not supported. */
+static bool operator_index(const char *name, int *index, bool *if_exists)
 {
     size_t n = strlen(name);
     *if_exists = n > 8 && !strcmp(name + n - 8, "IfExists");
     if (*if_exists)
         n -= 8;
     for (size_t i = 0; i < OPERATOR_COUNT; i++)
-        if (strlen(operators[i]) == n && !strncmp(operators[i], name, n))
-            return (int)i;
-    return -1;
+        if (strlen(operators[i]) == n && !strncmp(operators[i], name, n)) {
+            *index = (int)i;
+            return true;
+        }
+    return false;
 }
 
 static bool known_condition_key(const char *k)
@@ -172,7 +175,8 @@ static int validate_statement(json_t *st, size_t index)
             json_t *block;
             json_object_foreach(v, op, block) {
                 bool if_exists;
-                CL_ENSURE(operator_index(op, &if_exists) >= 0, CL_EPARSE,
+                int idx;
+                CL_ENSURE(operator_index(op, &idx, &if_exists), CL_EPARSE,
                           "Statement %zu: condition operator \"%s\" is not supported (String[Not]Equals, "
                           "String[Not]EqualsIgnoreCase, String[Not]Like, optionally ...IfExists)",
                           index, op);
@@ -300,7 +304,11 @@ static bool condition_holds(json_t *cond, const cl_kms_policy_context *ctx)
     json_t *block;
     json_object_foreach(cond, op, block) {
         bool if_exists;
-        int idx = operator_index(op, &if_exists);
+        int idx;
+        /* the policy was checked when stored; an unknown operator cannot
+         * be evaluated, so its condition does not hold */
+        if (!operator_index(op, &idx, &if_exists))
+            return false;
         bool negated = idx == 1 || idx == 3 || idx == 5;
         value_arg arg = {.op = negated ? idx - 1 : idx};
         const char *key;
