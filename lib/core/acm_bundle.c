@@ -247,7 +247,7 @@ static int same(const cl_buf *a, const cl_buf *b)
     return a->len == b->len && (a->len == 0 || !memcmp(a->data, b->data, a->len));
 }
 
-int cl_acm_bundle_equal(const cl_acm_bundle *a, const cl_acm_bundle *b)
+bool cl_acm_bundle_equal(const cl_acm_bundle *a, const cl_acm_bundle *b)
 {
     return same(&a->certificate, &b->certificate) && same(&a->chain, &b->chain) && same(&a->ciphertext, &b->ciphertext);
 }

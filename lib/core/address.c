@@ -252,13 +252,22 @@ bool cl_vsock_disabled(void)
     return v && *v && strcmp(v, "0") != 0;
 }
 
-int cl_socket(int family, int type)
+int cl_socket(int family, int type, int *fd)
 {
     if (family == AF_VSOCK && cl_vsock_disabled()) {
+        *fd = -1;
+        int rc = cl_error_set(CL_EINVAL, "socket: vsock is disabled here (CLOISTER_NO_VSOCK)");
         errno = EPERM;
-        return -1;
+        return rc;
     }
-    return socket(family, type, 0);
+    *fd = socket(family, type, 0);
+    if (*fd < 0) {
+        int saved = errno;
+        int rc = cl_error_set(CL_EIO, "socket: %s", strerror(saved));
+        errno = saved; /* for callers that act on the errno (host_connect_start) */
+        return rc;
+    }
+    return CL_OK;
 }
 
 /* ---- the vsock stand-in ----------------------------------------------------
@@ -362,8 +371,9 @@ static int listen_vsock(const cl_address *a, int backlog, int *fd_out)
     }
     CL_ENSURE(!cl_vsock_disabled(), CL_EINVAL, "vsock:%u:%u: vsock is disabled here (CLOISTER_NO_VSOCK)", a->cid,
               a->port);
-    int fd = cl_socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC);
-    CL_ENSURE(fd >= 0, CL_EIO, "vsock socket: %s", strerror(errno));
+    int fd;
+    if (cl_socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, &fd) < 0)
+        return cl_error_set(CL_EIO, "vsock socket: %s", strerror(errno));
     if (bind(fd, (struct sockaddr *)&svm, sizeof svm) < 0 || listen(fd, backlog) < 0) {
         int saved = errno;
         close(fd);
@@ -395,8 +405,9 @@ static int connect_one(const struct sockaddr *given, socklen_t given_len, const 
     int family = sa->sa_family;
     CL_ENSURE(family != AF_VSOCK || !cl_vsock_disabled(), CL_EINVAL, "%s: vsock is disabled here (CLOISTER_NO_VSOCK)",
               what);
-    int fd = cl_socket(family, SOCK_STREAM | SOCK_CLOEXEC);
-    CL_ENSURE(fd >= 0, CL_EIO, "socket for %s: %s", what, strerror(errno));
+    int fd;
+    if (cl_socket(family, SOCK_STREAM | SOCK_CLOEXEC, &fd) < 0)
+        return cl_error_set(CL_EIO, "socket for %s: %s", what, strerror(errno));
     if (connect(fd, sa, sa_len) < 0) {
         int saved = errno;
         close(fd);

@@ -94,7 +94,7 @@ struct client {
 };
 
 /* HTTP/2 (lib/enclave/h2.c): takes over a client whose handshake chose "h2". */
-int cl_h2_attach(client *c);
+CL_MUST_CHECK int cl_h2_attach(client *c);
 void cl_h2_io(client *c);
 void cl_h2_free(client *c);
 void cl_h2_drain(client *c);
@@ -108,11 +108,11 @@ void cl_client_close(client *c);
 void cl_client_touch(client *c); /* activity: push the idle timeout back */
 
 /* Appends X-Forwarded-For/-Proto/-Host to a request head for the app. */
-int cl_server_forwarded_headers(cl_buf *head, const char *peer, bool tls, cl_slice host);
+CL_MUST_CHECK int cl_server_forwarded_headers(cl_buf *head, const char *peer, bool tls, cl_slice host);
 /* The Date header line of this second. */
 const char *cl_server_date(worker *w);
 /* Serializes a complete small response (local routes, errors). */
-int cl_server_simple_response(worker *w, cl_buf *out, int status, const char *content_type, const uint8_t *body,
-                              size_t body_len, bool head_only, bool close);
+CL_MUST_CHECK int cl_server_simple_response(worker *w, cl_buf *out, int status, const char *content_type,
+                                            const uint8_t *body, size_t body_len, bool head_only, bool close);
 
 #endif

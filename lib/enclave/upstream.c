@@ -250,8 +250,8 @@ static void pool_put(cl_upstream_pool *pool, app_conn *c)
 static int conn_open(cl_upstream_pool *pool, app_conn **out)
 {
     const cl_upstream_target *t = &pool->target;
-    int fd = cl_socket(t->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
-    CL_ENSURE(fd >= 0, CL_EIO, "socket: %s", strerror(errno));
+    int fd;
+    CL_TRY(cl_socket(t->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, &fd));
     if (t->family == AF_INET || t->family == AF_INET6) {
         /* a request head and its body go out as separate writes: Nagle
          * would hold the second until the app's delayed ACK */

@@ -233,10 +233,10 @@ int host_connect_start(const struct sockaddr *given, socklen_t given_len, int *f
         return cl_error_prefix(CL_EIO, "connect: ");
     }
     const struct sockaddr *sa = (const struct sockaddr *)&final;
-    int fd = cl_socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) {
+    int fd;
+    if (cl_socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, &fd) < 0) {
         *err = errno;
-        return cl_error_set(CL_EIO, "socket: %s", strerror(*err));
+        return CL_EIO;
     }
     if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
         int one = 1;

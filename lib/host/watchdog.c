@@ -220,8 +220,8 @@ static int connect_within(int family, const struct sockaddr *given, socklen_t gi
     socklen_t len;
     CL_TRY(cl_sockaddr_final(given, given_len, false, &final, &len));
     const struct sockaddr *sa = (const struct sockaddr *)&final;
-    int fd = cl_socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK);
-    CL_ENSURE(fd >= 0, CL_EIO, "socket: %s", strerror(errno));
+    int fd;
+    CL_TRY(cl_socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, &fd));
     int rc = CL_OK;
     if (connect(fd, sa, len) < 0) {
         if (errno != EINPROGRESS)

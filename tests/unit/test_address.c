@@ -214,7 +214,9 @@ static void vsock_refused_when_disabled(void)
     CHECK(cl_vsock_disabled());
     if (cl_vsock_disabled()) {
         errno = 0;
-        CHECK(cl_socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC) == -1 && errno == EPERM);
+        int vfd = 0;
+        CHECK_ERR(cl_socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, &vfd), CL_EINVAL, "vsock is disabled");
+        CHECK(vfd == -1 && errno == EPERM);
         cl_address a;
         CHECK_OK(cl_address_parse("vsock:3:5000", &a));
         int fd = -1;
@@ -223,7 +225,8 @@ static void vsock_refused_when_disabled(void)
         CHECK(fd == -1);
     }
     /* other families are untouched */
-    int ufd = cl_socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC);
+    int ufd = -1;
+    CHECK_OK(cl_socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, &ufd));
     CHECK(ufd >= 0);
     if (ufd >= 0)
         close(ufd);

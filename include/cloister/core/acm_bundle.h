@@ -14,6 +14,7 @@
 #include "cloister/core/buf.h"
 #include "cloister/core/error.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,7 +47,7 @@ CL_MUST_CHECK int cl_acm_bundle_encode(const uint8_t *cert_pem, size_t cert_len,
  * broken link. */
 CL_MUST_CHECK int cl_acm_chain_verify(const uint8_t *pem, size_t len);
 /* True when both bundles carry the same certificates and ciphertext. */
-int cl_acm_bundle_equal(const cl_acm_bundle *a, const cl_acm_bundle *b);
+bool cl_acm_bundle_equal(const cl_acm_bundle *a, const cl_acm_bundle *b);
 void cl_acm_bundle_free(cl_acm_bundle *b);
 
 #pragma GCC visibility pop

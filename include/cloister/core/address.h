@@ -34,11 +34,12 @@ void cl_address_format(const cl_address *a, char *out, size_t out_len);
 CL_MUST_CHECK int cl_address_listen(const cl_address *a, int backlog, int *fd_out);
 CL_MUST_CHECK int cl_address_connect(const cl_address *a, int *fd_out);
 
-/* socket(2) for every kind, except that AF_VSOCK fails with EPERM while
+/* socket(2) for every kind into *fd: 0, or CL_EIO with errno kept as
+ * socket(2) left it.  AF_VSOCK fails with CL_EINVAL (errno EPERM) while
  * CLOISTER_NO_VSOCK is set (to anything but "" or "0").  The test suites
  * set it: on the machines they run on, vsock belongs to the machine's own
  * agent, and no test may open a vsock socket whatever address it is given. */
-int cl_socket(int family, int type);
+CL_MUST_CHECK int cl_socket(int family, int type, int *fd);
 bool cl_vsock_disabled(void);
 
 /* The vsock stand-in (a seam for tests and `cloister dev`): with

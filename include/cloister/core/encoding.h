@@ -13,7 +13,8 @@
 
 /* Lowercase hex of len bytes; out must hold 2*len+1 chars. */
 void cl_hex_encode(const uint8_t *data, size_t len, char *out);
-/* Value (0..15) of one hex digit of either case; -1 for any other byte. */
+/* Value (0..15) of one hex digit of either case; -1 for any other byte (a
+ * lookup result, not a cl_err). */
 int cl_hex_digit_value(uint8_t c);
 /* Decodes hex (either case, even length, no separators) into out. */
 CL_MUST_CHECK int cl_hex_decode(const char *hex, cl_buf *out);
