@@ -4,6 +4,7 @@
 
 #include "cloister/core/address.h"
 #include "cloister/core/clock.h"
+#include "cloister/core/http.h"
 #include "cloister/core/log.h"
 #include "cloister/core/process.h"
 
@@ -272,19 +273,55 @@ static int probe_connect(const cl_address *a, uint64_t deadline, int *fd_out)
     return cl_error_set(CL_EINVAL, "unknown address kind");
 }
 
-/* Case-insensitive search for a header line's value within the header block. */
-static const char *header_value(const char *head, size_t len, const char *name)
+/* How much of the answer has been read: the head through the strict
+ * HTTP/1.1 parser (the one in front of the enclave's listener), then the
+ * body by its framing.  *done once the answer is complete. */
+typedef struct probe_answer {
+    cl_http_head head;
+    bool have_head;
+    size_t body_seen; /* Content-Length or until-close bytes after the head */
+    cl_chunked chunked;
+    size_t chunk_off; /* how far the chunked decoder has got, from the buffer's start */
+} probe_answer;
+
+CL_MUST_CHECK static int probe_answer_feed(probe_answer *a, const uint8_t *buf, size_t len, size_t cap, bool *done)
 {
-    size_t n = strlen(name);
-    for (size_t i = 0; i + n + 2 < len; i++)
-        if (head[i] == '\n' && !strncasecmp(head + i + 1, name, n) && head[i + 1 + n] == ':')
-            return head + i + 2 + n;
-    return NULL;
+    *done = false;
+    if (!a->have_head) {
+        bool complete;
+        static const cl_slice get = {(const uint8_t *)"GET", 3};
+        CL_TRY(cl_http_parse_response(buf, len, cap, get, &a->head, &complete));
+        if (!complete)
+            return CL_OK;
+        a->have_head = true;
+        a->chunk_off = a->head.head_len;
+    }
+    switch (a->head.body) {
+    case CL_HTTP_BODY_NONE: *done = true; break;
+    case CL_HTTP_BODY_LENGTH:
+        a->body_seen = len - a->head.head_len;
+        *done = a->body_seen >= a->head.content_length;
+        break;
+    case CL_HTTP_BODY_CHUNKED:
+        while (!a->chunked.done && a->chunk_off < len) {
+            size_t consumed = 0, data_off = 0, data_len = 0;
+            CL_TRY(cl_chunked_next(&a->chunked, buf + a->chunk_off, len - a->chunk_off, &consumed, &data_off,
+                                   &data_len));
+            if (consumed == 0)
+                break;
+            a->chunk_off += consumed;
+        }
+        *done = a->chunked.done;
+        break;
+    default: a->body_seen = len - a->head.head_len; break; /* until the server closes */
+    }
+    return CL_OK;
 }
 
 /* GET path; healthy on any status below 500.  The response is read to its
  * end (Content-Length, the last chunk, or EOF; 64 KiB at most) so that the
- * enclave's server does not see the connection torn down mid-answer. */
+ * enclave's server does not see the connection torn down mid-answer.  The
+ * head must be whole and well-formed: a malformed answer is a failed check. */
 static int probe_http(cl_watchdog *w, int fd, uint64_t deadline)
 {
     char req[HTTP_PATH_MAX + 512];
@@ -302,48 +339,24 @@ static int probe_http(cl_watchdog *w, int fd, uint64_t deadline)
         off += (size_t)s;
     }
     static const size_t cap = 65536;
-    char *resp = malloc(cap + 1);
-    CL_ENSURE(resp, CL_ENOMEM, "out of memory");
-    size_t len = 0;
-    int status = -1;
-    size_t body_start = 0;
-    long long content_length = -1;
-    bool chunked = false;
+    uint8_t *resp = malloc(cap);
+    probe_answer *a = calloc(1, sizeof *a);
     int rc = CL_OK;
+    if (!resp || !a)
+        CL_FAIL_OUT(CL_ENOMEM, "out of memory");
+    size_t len = 0;
     for (;;) {
-        if (status < 0 && memchr(resp, '\n', len)) {
-            /* "HTTP/1.x NNN" */
-            bool ok = len >= 13 && !memcmp(resp, "HTTP/1.", 7) && resp[7] >= '0' && resp[7] <= '9' && resp[8] == ' ';
-            for (int i = 9; ok && i < 12; i++)
-                ok = resp[i] >= '0' && resp[i] <= '9';
-            ok = ok && (resp[12] == ' ' || resp[12] == '\r' || resp[12] == '\n');
-            if (!ok)
-                CL_FAIL_OUT(CL_EPROTO, "not an HTTP/1.x status line");
-            status = (resp[9] - '0') * 100 + (resp[10] - '0') * 10 + (resp[11] - '0');
+        bool done;
+        rc = probe_answer_feed(a, resp, len, cap, &done);
+        if (rc < 0) {
+            rc = cl_error_prefix(CL_EPROTO, "the answer is not HTTP/1.x: ");
+            goto out;
         }
-        if (status >= 0 && !body_start) {
-            resp[len] = '\0';
-            char *end = strstr(resp, "\r\n\r\n");
-            if (end) {
-                body_start = (size_t)(end - resp) + 4;
-                const char *cl = header_value(resp, body_start, "content-length");
-                if (cl)
-                    content_length = strtoll(cl, NULL, 10);
-                const char *te = header_value(resp, body_start, "transfer-encoding");
-                chunked = te && strstr(te, "chunked") && strstr(te, "chunked") < strchr(te, '\n');
-                if (status < 200 || status == 204 || status == 304)
-                    content_length = 0;
-            }
-        }
-        if (body_start && content_length >= 0 && (long long)(len - body_start) >= content_length)
-            break;
-        if (body_start && chunked && len - body_start >= 5 && !memcmp(resp + len - 5, "0\r\n\r\n", 5))
-            break;
-        if (len == cap)
-            break; /* enough of it */
+        if (done || len == cap)
+            break; /* complete, or enough of it */
         int wr = wait_fd(fd, POLLIN, deadline, "waiting for the response");
         if (wr < 0) {
-            if (status >= 0)
+            if (a->have_head)
                 break; /* the status is what counts */
             rc = wr; /* the message is set */
             goto out;
@@ -351,22 +364,22 @@ static int probe_http(cl_watchdog *w, int fd, uint64_t deadline)
         ssize_t r = recv(fd, resp + len, cap - len, 0);
         if (r < 0 && (errno == EINTR || errno == EAGAIN))
             continue;
-        if (r < 0 && status >= 0)
+        if (r < 0 && a->have_head)
             break;
         if (r < 0)
             CL_FAIL_OUT(CL_EIO, "reading the response: %s", strerror(errno));
         if (r == 0) {
-            if (status >= 0)
+            if (a->have_head)
                 break;
-            CL_FAIL_OUT(CL_EPROTO, len ? "the response ended inside its status line"
-                                       : "connection closed without a response");
+            CL_FAIL_OUT(CL_EPROTO, len ? "the response ended inside its head" : "connection closed without a response");
         }
         len += (size_t)r;
     }
-    if (status < 100 || status >= 500)
-        CL_FAIL_OUT(CL_EPROTO, "HTTP %d", status);
+    if (a->head.status < 100 || a->head.status >= 500)
+        CL_FAIL_OUT(CL_EPROTO, "HTTP %d", a->head.status);
 out:
     free(resp);
+    free(a);
     return rc;
 }
 

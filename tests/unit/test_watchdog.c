@@ -87,6 +87,7 @@ typedef struct http_server {
     atomic_int status;
     atomic_bool stop;
     atomic_int requests;
+    _Atomic(const char *) raw; /* when set, the whole answer instead of a status */
     pthread_t thread;
     char path[108];
 } http_server;
@@ -113,9 +114,11 @@ static void *serve(void *arg)
                 break;
         }
         atomic_fetch_add(&s->requests, 1);
-        char resp[128];
-        int n = snprintf(resp, sizeof resp, "HTTP/1.1 %d Test\r\nContent-Length: 3\r\n\r\nok\n",
-                         atomic_load(&s->status));
+        char resp[256];
+        const char *raw = atomic_load(&s->raw);
+        int n = raw ? snprintf(resp, sizeof resp, "%s", raw)
+                    : snprintf(resp, sizeof resp, "HTTP/1.1 %d Test\r\nContent-Length: 3\r\n\r\nok\n",
+                               atomic_load(&s->status));
         ssize_t ignored = write(c, resp, (size_t)n);
         (void)ignored;
         close(c);
@@ -396,6 +399,68 @@ static void local_restarts_when_unhealthy(void)
     server_stop(&srv);
 }
 
+/* The probe reads answers with the strict HTTP/1.1 parser: a malformed
+ * answer is a failed check whatever status it claims, and a well-formed
+ * one in any framing is healthy. */
+static void local_malformed_answers_are_unhealthy(void)
+{
+    static const struct {
+        const char *answer, *fragment;
+    } bad[] = {
+        {"HTTP/1.1 200 OK\r\nNo colon here\r\n\r\n", "not HTTP/1.x"},
+        {"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nok\n", "not HTTP/1.x"},
+        {"HTTP/1.1 200 OK\r\nContent-Length: 12abc\r\n\r\nok\n", "not HTTP/1.x"},
+        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n", "not HTTP/1.x"},
+        {"HTTP/1.1 2000 OK\r\n\r\n", "not HTTP/1.x"},
+        {"SMTP/1.1 200 OK\r\n\r\n", "not HTTP/1.x"},
+        {"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n", "ended inside its head"},
+    };
+    static const char *good[] = {
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        "HTTP/1.0 204 No Content\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end",
+    };
+    http_server srv;
+    CHECK(server_start(&srv, "http-bad.sock") == 0);
+    char url[200];
+    snprintf(url, sizeof url, "unix:%s,/enclave", srv.path);
+    changes ch = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    cl_watchdog_config c = {.runner = CL_WATCHDOG_LOCAL, .command = "exec sleep 30", .health_url = url,
+                            .health_interval_ms = 50, .health_failures = 1, .backoff_initial_ms = 20,
+                            .restart_budget = 50, .restart_budget_set = true, /* one restart per case */
+                            .on_state = record, .on_state_ctx = &ch};
+    cl_watchdog *w = NULL;
+    CHECK_OK(cl_watchdog_start(&c, &w));
+    if (!w) {
+        server_stop(&srv);
+        return;
+    }
+    CHECK(wait_for(&ch, CL_ENCLAVE_RUNNING, 1, 3000));
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        atomic_store(&srv.raw, good[i]);
+        int before = atomic_load(&srv.requests);
+        while (atomic_load(&srv.requests) < before + 3)
+            sleep_ms(10);
+        if (count_to(&ch, CL_ENCLAVE_TERMINATING) != 0)
+            fprintf(stderr, "a well-formed answer failed the check: %s\n", good[i]);
+        CHECK(count_to(&ch, CL_ENCLAVE_TERMINATING) == 0);
+    }
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int terminations = count_to(&ch, CL_ENCLAVE_TERMINATING);
+        int runs = count_to(&ch, CL_ENCLAVE_RUNNING);
+        atomic_store(&srv.raw, bad[i].answer);
+        bool failed = wait_for(&ch, CL_ENCLAVE_TERMINATING, terminations + 1, 3000);
+        if (!failed)
+            fprintf(stderr, "a malformed answer passed the check: %s\n", bad[i].answer);
+        CHECK(failed);
+        CHECK(seen_reason(&ch, CL_ENCLAVE_TERMINATING, bad[i].fragment));
+        atomic_store(&srv.raw, NULL);
+        CHECK(wait_for(&ch, CL_ENCLAVE_RUNNING, runs + 1, 3000));
+    }
+    cl_watchdog_free(w);
+    server_stop(&srv);
+}
+
 /* ---- the nitro-cli runner, with a fake nitro-cli ----------------------------------------- */
 
 static void nitro_runs_and_terminates(void)
@@ -476,6 +541,7 @@ int main(void)
     RUN(local_gives_up_when_budget_spent);
     RUN(local_window_forgets_old_restarts);
     RUN(local_restarts_when_unhealthy);
+    RUN(local_malformed_answers_are_unhealthy);
     RUN(nitro_runs_and_terminates);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
