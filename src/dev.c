@@ -140,10 +140,11 @@ static bool alive(proc *p)
     if (p->pid <= 0)
         return false;
     int status;
-    int r = cl_process_wait(p->pid, 0, &status);
+    bool exited;
+    int r = cl_process_wait(p->pid, 0, &exited, &status);
     if (r < 0)
         cl_error_clear(); /* not ours to wait for: taken as running, as before */
-    if (r == 1) {
+    if (r == CL_OK && exited) {
         p->pid = -status - 1; /* remembered for the report: <= -1 */
         return false;
     }
@@ -552,7 +553,8 @@ static int run_self(dev *d, const char *name, char *const argv[])
     int rc = cl_process_spawn(&spec, &pid);
     close(fd);
     int status = 0;
-    if (rc < 0 || cl_process_wait(pid, -1, &status) != 1) {
+    bool exited = false;
+    if (rc < 0 || cl_process_wait(pid, -1, &exited, &status) < 0 || !exited) {
         cl_error_clear();
         return -1;
     }

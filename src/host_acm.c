@@ -274,7 +274,8 @@ static int run_reload(const acm_opts *o)
     pid_t pid;
     CL_TRY(cl_process_spawn(&spec, &pid));
     int st = 0;
-    CL_TRY(cl_process_wait(pid, -1, &st));
+    bool exited;
+    CL_TRY(cl_process_wait(pid, -1, &exited, &st));
     char how[48];
     cl_process_status_text(st, how, sizeof how);
     CL_ENSURE(WIFEXITED(st) && WEXITSTATUS(st) == 0, CL_EIO, "'%s' failed (%s)", o->reload, how);

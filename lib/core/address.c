@@ -303,11 +303,13 @@ static int standin_local_cid(uint32_t *cid)
     return CL_OK;
 }
 
-int cl_vsock_standin_sockaddr(const struct sockaddr_vm *svm, bool listening, struct sockaddr_un *out)
+int cl_vsock_standin_sockaddr(const struct sockaddr_vm *svm, bool listening, struct sockaddr_un *out,
+                              bool *applies)
 {
+    *applies = false;
     const char *dir = standin_dir();
     if (!dir)
-        return 0;
+        return CL_OK;
     uint32_t local;
     CL_TRY(standin_local_cid(&local));
     uint32_t cid = svm->svm_cid;
@@ -331,7 +333,8 @@ int cl_vsock_standin_sockaddr(const struct sockaddr_vm *svm, bool listening, str
     CL_ENSURE(n > 0 && (size_t)n < sizeof out->sun_path, CL_EINVAL,
               "vsock stand-in: CLOISTER_VSOCK_STANDIN=%s makes a socket path longer than %zu bytes", dir,
               sizeof out->sun_path - 1);
-    return 1;
+    *applies = true;
+    return CL_OK;
 }
 
 int cl_sockaddr_final(const struct sockaddr *sa, socklen_t len, bool listening, struct sockaddr_storage *out,
@@ -340,9 +343,9 @@ int cl_sockaddr_final(const struct sockaddr *sa, socklen_t len, bool listening, 
     CL_ENSURE(len <= sizeof *out, CL_EINVAL, "socket address of %u bytes", (unsigned)len);
     if (sa->sa_family == AF_VSOCK && len >= sizeof(struct sockaddr_vm)) {
         struct sockaddr_un sun;
-        int r = cl_vsock_standin_sockaddr((const struct sockaddr_vm *)sa, listening, &sun);
-        CL_TRY(r);
-        if (r) {
+        bool standin;
+        CL_TRY(cl_vsock_standin_sockaddr((const struct sockaddr_vm *)sa, listening, &sun, &standin));
+        if (standin) {
             memset(out, 0, sizeof *out);
             memcpy(out, &sun, sizeof sun);
             *out_len = sizeof sun;
@@ -360,13 +363,14 @@ static int listen_vsock(const cl_address *a, int backlog, int *fd_out)
     struct sockaddr_vm svm;
     fill_vsock(a, &svm);
     struct sockaddr_un sun;
-    int standin = cl_vsock_standin_sockaddr(&svm, true, &sun);
-    if (standin < 0)
-        return cl_error_prefix(standin, "vsock:%u:%u: ", a->cid, a->port);
+    bool standin;
+    int rc = cl_vsock_standin_sockaddr(&svm, true, &sun, &standin);
+    if (rc < 0)
+        return cl_error_prefix(rc, "vsock:%u:%u: ", a->cid, a->port);
     if (standin) {
         cl_address u = {.kind = CL_ADDR_UNIX};
         memcpy(u.path, sun.sun_path, sizeof u.path);
-        int rc = listen_unix(&u, backlog, fd_out);
+        rc = listen_unix(&u, backlog, fd_out);
         return rc < 0 ? cl_error_prefix(rc, "vsock:%u:%u (stand-in): ", a->cid, a->port) : rc;
     }
     CL_ENSURE(!cl_vsock_disabled(), CL_EINVAL, "vsock:%u:%u: vsock is disabled here (CLOISTER_NO_VSOCK)", a->cid,

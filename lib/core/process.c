@@ -123,8 +123,9 @@ int cl_process_spawn(const cl_process_spec *s, pid_t *pid)
     return CL_OK;
 }
 
-int cl_process_wait(pid_t pid, int timeout_ms, int *status)
+int cl_process_wait(pid_t pid, int timeout_ms, bool *exited, int *status)
 {
+    *exited = false;
     int st = 0;
     uint64_t deadline = timeout_ms > 0 ? cl_monotonic_ms() + (uint64_t)timeout_ms : 0;
     for (;;) {
@@ -132,7 +133,8 @@ int cl_process_wait(pid_t pid, int timeout_ms, int *status)
         if (r == pid) {
             if (status)
                 *status = st;
-            return 1;
+            *exited = true;
+            return CL_OK;
         }
         if (r < 0 && errno == EINTR)
             continue;
@@ -140,7 +142,7 @@ int cl_process_wait(pid_t pid, int timeout_ms, int *status)
             return cl_error_set(CL_EIO, "waitpid %d: %s", (int)pid, strerror(errno));
         uint64_t now = cl_monotonic_ms();
         if (timeout_ms == 0 || now >= deadline)
-            return 0;
+            return CL_OK;
         uint64_t left = deadline - now;
         nanosleep(&(struct timespec){0, (long)(left < 10 ? left : 10) * 1000000L}, NULL);
     }
@@ -153,11 +155,12 @@ void cl_process_stop(pid_t pid, unsigned grace_ms, int *status)
     kill(-pid, SIGTERM);
     kill(pid, SIGTERM);
     int st = 0;
-    int r = cl_process_wait(pid, (int)grace_ms, &st);
-    if (r == 0) {
+    bool exited;
+    int r = cl_process_wait(pid, (int)grace_ms, &exited, &st);
+    if (r == CL_OK && !exited) {
         kill(-pid, SIGKILL);
         kill(pid, SIGKILL);
-        r = cl_process_wait(pid, -1, &st);
+        r = cl_process_wait(pid, -1, &exited, &st);
     }
     if (r < 0)
         cl_error_clear();

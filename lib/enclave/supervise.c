@@ -99,8 +99,9 @@ static int pump_output(line_reader *readers, pid_t pid)
     bool exited = false;
     for (;;) {
         if (!exited) {
-            int r = cl_process_wait(pid, 0, &status);
-            exited = r != 0; /* an error: nothing left to wait for */
+            bool reaped;
+            int r = cl_process_wait(pid, 0, &reaped, &status);
+            exited = r < 0 || reaped; /* an error: nothing left to wait for */
         }
         struct pollfd pfd[2];
         nfds_t n = 0;
@@ -138,8 +139,9 @@ static int pump_output(line_reader *readers, pid_t pid)
             close(readers[i].fd);
         }
     }
-    if (!exited && cl_process_wait(pid, -1, &status) < 0)
-        cl_error_clear();
+    bool reaped;
+    if (!exited && cl_process_wait(pid, -1, &reaped, &status) < 0)
+        cl_error_clear(); /* not ours any more: nothing to report but the status we have */
     return status;
 }
 

@@ -86,8 +86,9 @@ static int run_capture(const char *what, char *const argv[], unsigned timeout_ms
     int fds[2] = {out_p[0], err_p[0]};
     for (;;) {
         if (!exited) {
-            int r = cl_process_wait(pid, 0, &c->status);
-            if (r == 1) {
+            bool reaped;
+            int r = cl_process_wait(pid, 0, &reaped, &c->status);
+            if (r == CL_OK && reaped) {
                 exited = true;
                 pid = -1;
             } else if (r < 0) {

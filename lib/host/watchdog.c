@@ -498,11 +498,12 @@ static bool local_reap(cl_watchdog *w, char *reason, size_t reason_len)
     if (w->child <= 0 || w->child_exited)
         return true;
     int status;
-    int r = cl_process_wait(w->child, 0, &status);
-    if (r == 0)
+    bool exited;
+    int r = cl_process_wait(w->child, 0, &exited, &status);
+    if (r == CL_OK && !exited)
         return false;
     char how[48];
-    if (r == 1)
+    if (r == CL_OK)
         cl_process_status_text(status, how, sizeof how);
     else
         snprintf(how, sizeof how, "lost: %s", cl_error_message());

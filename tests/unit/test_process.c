@@ -32,7 +32,8 @@ static void run_sh(const char *script, const char *const *add_env, char *out, si
         n += (size_t)r;
     out[n] = '\0';
     close(p[0]);
-    CHECK(cl_process_wait(pid, -1, status) == 1);
+    bool exited = false;
+    CHECK(cl_process_wait(pid, -1, &exited, status) == CL_OK && exited);
 }
 
 static void runs_and_reports_status(void)
@@ -87,8 +88,9 @@ static void exec_failures_named(void)
     cl_process_spec s3 = {.program = "true", .argv = argv3, .search_path = true};
     CHECK_OK(cl_process_spawn(&s3, &pid));
     int st;
-    CHECK(cl_process_wait(pid, -1, &st) == 1 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
-    CHECK_ERR(cl_process_wait(pid, 0, &st), CL_EIO, "waitpid");
+    bool exited = false;
+    CHECK(cl_process_wait(pid, -1, &exited, &st) == CL_OK && exited && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK_ERR(cl_process_wait(pid, 0, &exited, &st), CL_EIO, "waitpid");
 }
 
 static void group_wait_and_stop(void)
@@ -100,8 +102,10 @@ static void group_wait_and_stop(void)
     CHECK_OK(cl_process_spawn(&s, &pid));
     CHECK(getpgid(pid) == pid);
     int st = 0;
-    CHECK(cl_process_wait(pid, 0, &st) == 0);
-    CHECK(cl_process_wait(pid, 50, &st) == 0);
+    bool exited = true;
+    CHECK(cl_process_wait(pid, 0, &exited, &st) == CL_OK && !exited);
+    exited = true;
+    CHECK(cl_process_wait(pid, 50, &exited, &st) == CL_OK && !exited);
     cl_process_stop(pid, 200, &st);
     char text[64];
     cl_process_status_text(st, text, sizeof text);

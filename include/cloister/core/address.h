@@ -56,8 +56,10 @@ struct sockaddr_vm;
 struct sockaddr_un;
 struct sockaddr_storage;
 bool cl_vsock_standin_active(void);
-/* 1 and *out filled when the stand-in applies, 0 when not, or an error. */
-CL_MUST_CHECK int cl_vsock_standin_sockaddr(const struct sockaddr_vm *svm, bool listening, struct sockaddr_un *out);
+/* 0 with *applies (and *out filled) when the stand-in is in use, or a
+ * negative cl_err. */
+CL_MUST_CHECK int cl_vsock_standin_sockaddr(const struct sockaddr_vm *svm, bool listening, struct sockaddr_un *out,
+                                            bool *applies);
 /* The address to give the last bind()/connect(): sa itself, or for
  * AF_VSOCK under the stand-in, its unix socket.  Every place that makes a
  * socket from a sockaddr calls it right before socket(). */

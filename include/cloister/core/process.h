@@ -40,9 +40,10 @@ typedef struct cl_process_spec {
 CL_MUST_CHECK int cl_process_spawn(const cl_process_spec *spec, pid_t *pid);
 
 /* Waits up to timeout_ms for pid (-1: as long as it takes; 0: just looks).
- * 1 and *status (waitpid's) when it has exited and was reaped, 0 while it
- * still runs; CL_EIO when it cannot be waited for (not our child). */
-CL_MUST_CHECK int cl_process_wait(pid_t pid, int timeout_ms, int *status);
+ * 0 with *exited and *status (waitpid's) when it has exited and was reaped,
+ * 0 with *exited false while it still runs; CL_EIO when it cannot be waited
+ * for (not our child). */
+CL_MUST_CHECK int cl_process_wait(pid_t pid, int timeout_ms, bool *exited, int *status);
 
 /* SIGTERM to pid's process group (and pid), SIGKILL to both after grace_ms,
  * then reaped: *status as waitpid's (may be NULL).  The group's other
