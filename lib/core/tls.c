@@ -231,6 +231,8 @@ static bool new_ticket_key(ticket_key *k)
            RAND_priv_bytes(k->hmac, sizeof k->hmac) == 1;
 }
 
+/* OpenSSL's ticket key callback contract, not a cl_err: -1 fails the
+ * handshake, 0 means no ticket / full handshake, 1 and 2 accept. */
 static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx,
                      int enc)
 {

@@ -71,7 +71,8 @@ CL_MUST_CHECK int cl_sockaddr_final(const struct sockaddr *sa, socklen_t len, bo
 bool cl_socket_is_link(int fd);
 /* recv(2) for any socket that may be such a link.  The kernel nitro-cli
  * 1.5.0 gives enclaves (4.14) answers MSG_PEEK on vsock with EOPNOTSUPP;
- * with CLOISTER_LINK_NO_PEEK set, MSG_PEEK on a link fails so here too. */
+ * with CLOISTER_LINK_NO_PEEK set, MSG_PEEK on a link fails so here too.
+ * recv(2)'s contract (a byte count, or -1 and errno), not a cl_err. */
 ssize_t cl_link_recv(int fd, void *buf, size_t len, int flags);
 /* CLOISTER_LINK_NO_SPLICE set (read once per process): splice(2) from a
  * link fails with EINVAL, as on the enclave's 4.14 vsock, which has no
