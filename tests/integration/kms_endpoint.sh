@@ -147,9 +147,28 @@ st=0
 "$CLOISTER" enclave -fqdn localhost --nsm "unix:$work/nsm.sock" --listen "unix:$work/x.sock" -intport "$(free_port)" \
     -kms-imds vsock:3:8002 -kms-proxy vsock:3:8000 -kms-ca-file "$CA" -kms-for-app \
     -kms-for-app-operations Decrypt,CreateKey >"$work/bad-op.log" 2>&1 || st=$?
-[ $st = 1 ] && grep -q "unknown KMS operation 'CreateKey'" "$work/bad-op.log" || fail "an unknown operation: $st $(cat "$work/bad-op.log")"
+[ $st = 3 ] && grep -q "unknown KMS operation 'CreateKey'" "$work/bad-op.log" || fail "an unknown operation: $st $(cat "$work/bad-op.log")"
 st=0
 "$CLOISTER" enclave -fqdn localhost --nsm "unix:$work/nsm.sock" --listen "unix:$work/x.sock" -intport "$(free_port)" \
     -kms-for-app-keys alias/app >"$work/bad-keys.log" 2>&1 || st=$?
-[ $st = 1 ] && grep -q "go with -kms-for-app" "$work/bad-keys.log" || fail "keys without the endpoint: $st $(cat "$work/bad-keys.log")"
+[ $st = 3 ] && grep -q "go with -kms-for-app" "$work/bad-keys.log" || fail "keys without the endpoint: $st $(cat "$work/bad-keys.log")"
 pass "an unknown operation or keys without -kms-for-app stop the start"
+
+# ---- examples/kms-app under cloister dev ------------------------------------------------------
+stop restricted || true
+dp=$(free_port)
+spawn dev "$CLOISTER" dev --port "$dp" --app "$PY $SOURCE_DIR/examples/kms-app/app.py"
+wait_for_log dev '^Try it:' 1200
+got=""
+for _ in $(seq 1 60); do
+    got=$(curl -sk "https://127.0.0.1:$dp/secret" || true)
+    [[ "$got" == *sha256* ]] && break
+    sleep 0.25
+done
+dev_epid=$(sed -n 's/.*cloister enclave (pid \([0-9]*\)).*/\1/p' "$work/dev.log")
+want=$(nsenter --net="/proc/$dev_epid/ns/net" curl -s http://127.0.0.1:8080/enclave/secrets/demo | sha256sum | cut -d' ' -f1)
+[ -n "$dev_epid" ] && [[ "$got" == *"\"sha256\": \"$want\""* ]] ||
+    fail "examples/kms-app: '$got', want the SHA-256 of the demo secret $want"
+stop dev || fail "cloister dev did not stop cleanly"
+grep -q 'cloister dev: stopped; .* removed' "$work/dev.log" || fail "cloister dev left its run directory"
+pass "examples/kms-app (boto3, endpoint_url only) under cloister dev --app: the SHA-256 of the PCR0-bound demo secret"
