@@ -47,7 +47,7 @@ policy() { # policy PCR0: the operator encrypts; Decrypt and data keys only with
   {"Sid": "operators", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"},
    "Action": ["kms:Encrypt", "kms:DescribeKey"], "Resource": "*"},
   {"Sid": "only the enclave opens", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"},
-   "Action": ["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateRandom"], "Resource": "*",
+   "Action": ["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyPair", "kms:GenerateRandom"], "Resource": "*",
    "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": "$1"}}}]}
 EOF
 }

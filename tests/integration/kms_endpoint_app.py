@@ -11,6 +11,7 @@ Prints "ok   ..." per check, exits 1 on the first failure.
 import base64
 import http.client
 import json
+import subprocess
 import sys
 
 import boto3
@@ -68,6 +69,15 @@ def through(port, key, other_key, ct, ct_other, ct_ctx, plaintext_file):
     g = kms.generate_data_key(KeyId=key, NumberOfBytes=7)
     ok(len(g["Plaintext"]) == 7, "GenerateDataKey NumberOfBytes=7")
     ok(len(kms.generate_random(NumberOfBytes=48)["Plaintext"]) == 48, "GenerateRandom: 48 bytes")
+    for spec in ("ECC_NIST_P256", "RSA_2048"):
+        p = kms.generate_data_key_pair(KeyId=key, KeyPairSpec=spec)
+        # the private key opened inside must be the public key's (openssl derives it)
+        pub = subprocess.run(["openssl", "pkey", "-inform", "DER", "-pubout", "-outform", "DER"],
+                             input=p["PrivateKeyPlaintext"], capture_output=True, check=True).stdout
+        ok(pub == p["PublicKey"] and "CiphertextForRecipient" not in p and p["KeyPairSpec"] == spec,
+           f"GenerateDataKeyPair {spec}: PrivateKeyPlaintext (PKCS#8) matches PublicKey")
+        ok(kms.decrypt(CiphertextBlob=p["PrivateKeyCiphertextBlob"])["Plaintext"] == p["PrivateKeyPlaintext"],
+           f"GenerateDataKeyPair {spec}: Decrypt of PrivateKeyCiphertextBlob gives the same private key")
     # the app's own context goes to KMS unchanged
     ctx = {"app": "kms-test", "tenant": "7"}
     ok(kms.decrypt(CiphertextBlob=base64.b64decode(ct_ctx), EncryptionContext=ctx)["Plaintext"] == want,
@@ -96,6 +106,8 @@ def denied(url, akid, secret, ca, key, ct):
     ok(code == "AccessDeniedException", f"Decrypt straight to KMS with the enclave's own credentials: {code}")
     code, msg, _ = error_of(kms.generate_data_key, KeyId=key, KeySpec="AES_256")
     ok(code == "AccessDeniedException", f"GenerateDataKey straight to KMS: {code}")
+    code, msg, _ = error_of(kms.generate_data_key_pair, KeyId=key, KeyPairSpec="ECC_NIST_P256")
+    ok(code == "AccessDeniedException", f"GenerateDataKeyPair straight to KMS: {code}")
 
 
 def bad(port):
