@@ -371,13 +371,13 @@ int cl_kms_call_raw(cl_kms *k, const char *op, const uint8_t *body, size_t len, 
     cl_buf_reset(answer);
     CL_ENSURE(op && *op && strlen(op) < 64, CL_EINVAL, "KMS operation name missing or too long");
     pthread_mutex_lock(&k->lock);
-    uint64_t t0 = cl_kms_now_us();
+    uint64_t t0 = cl_monotonic_us();
     raw_answer raw = {.body = answer};
     int rc = kms_call_ex(k, op, (const char *)body, len, NULL, &raw);
     if (rc == CL_OK)
         *status = raw.status;
     k->stats.calls++;
-    k->stats.total_us += cl_kms_now_us() - t0;
+    k->stats.total_us += cl_monotonic_us() - t0;
     pthread_mutex_unlock(&k->lock);
     return rc;
 }
