@@ -430,6 +430,11 @@ static int enclave_command(const dev *d, const char *app_cmd, bool wait_for_app,
     snprintf(appurl, sizeof appurl, "http://127.0.0.1:%u", d->appport);
     CL_TRY(cl_buf_append(out, "exec env ", 9));
     CL_TRY(shell_quote(out, imds));
+    /* for an app using -kms-for-app (examples/kms-app): the demo secret's ciphertext and its context */
+    char ct_env[PATH_MAX + 48];
+    snprintf(ct_env, sizeof ct_env, "CLOISTER_DEV_CIPHERTEXT=%s/secret-dev.ct", d->run);
+    CL_TRY(shell_quote(out, ct_env));
+    CL_TRY(shell_quote(out, "CLOISTER_DEV_CIPHERTEXT_CONTEXT={\"purpose\": \"enclave-secret\", \"name\": \"demo\"}"));
     if (!d->loose) {
         /* the enclave's side of the stand-in: CID 16; its links refuse
          * MSG_PEEK and splice as the enclave kernel's vsock does */
@@ -450,7 +455,7 @@ static int enclave_command(const dev *d, const char *app_cmd, bool wait_for_app,
     const char *words[] = {d->self, "enclave", "-fqdn", "localhost", "--nsm", nsm, "--listen", listen,
                            "-intport", intport, "-appwebsrv", appurl, "-appcmd", app_cmd, "--proxy-protocol",
                            "-kms-imds", kms_imds, "-kms-proxy", kms_proxy, "-kms-ca-file", kms_ca,
-                           "-secret", secret};
+                           "-secret", secret, "-kms-for-app"};
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
         CL_TRY(shell_quote(out, words[i]));
     if (wait_for_app)

@@ -8,6 +8,7 @@
 #include "cloister/core/encoding.h"
 #include "cloister/core/http.h"
 #include "cloister/enclave/kms.h"
+#include "cloister/enclave/kms_endpoint.h"
 #include "cloister/core/log.h"
 #include "cloister/core/metrics.h"
 #include "cloister/enclave/nsm.h"
@@ -53,6 +54,9 @@ typedef struct settings {
     size_t secret_count;
     char *tls_key_ciphertext, *kms_region, *kms_endpoint, *kms_proxy, *kms_ca_file, *kms_imds;
     bool secrets_env;
+    /* the app's KMS endpoint on the internal listener */
+    bool kms_for_app;
+    char *kms_for_app_keys, *kms_for_app_operations;
 } settings;
 
 enum opt_type { OPT_STRING, OPT_UINT, OPT_BOOL, OPT_LIST };
@@ -123,6 +127,15 @@ static const option_spec option_specs[] = {
     {"kms-ca-file", OPT_STRING, S(kms_ca_file), 0, "PEM", "CAs for KMS's certificate instead of the system's"},
     {"kms-imds", OPT_STRING, S(kms_imds), 0, "ADDR",
      "credentials from IMDSv2 through cloister host --imds (else $AWS_ACCESS_KEY_ID...)"},
+    {"kms-for-app", OPT_BOOL, S(kms_for_app), 0, NULL,
+     "serve KMS to the app at http://127.0.0.1:-intport/ (internal listener only; any AWS SDK, any credentials): "
+     "requests go to KMS signed with the -kms-* settings, Decrypt, GenerateDataKey(Pair), GenerateRandom and "
+     "DeriveSharedSecret with a Recipient whose answer is opened here"},
+    {"kms-for-app-keys", OPT_STRING, S(kms_for_app_keys), 0, "ID,...",
+     "with -kms-for-app: the only keys (as the app writes them: alias, id or ARN) the app may name; "
+     "each request must then name one (all)"},
+    {"kms-for-app-operations", OPT_STRING, S(kms_for_app_operations), 0, "OP,...",
+     "with -kms-for-app: the KMS operations served to the app (all the data-plane ones)"},
 };
 #define OPTION_COUNT (sizeof option_specs / sizeof option_specs[0])
 
@@ -156,6 +169,8 @@ static void enclave_usage(FILE *out)
                  "  POST /enclave/hash                 base64 SHA-256 of the application's key\n"
                  "  GET  /enclave/attestation?nonce=H  as above\n"
                  "  GET  /enclave/secrets/NAME         the plaintext of -secret NAME (opened at start)\n"
+                 "  POST /                             with -kms-for-app: KMS for the app's AWS SDK\n"
+                 "                                     (endpoint_url http://127.0.0.1:-intport)\n"
                  "\nSIGTERM or SIGINT: stop accepting, let requests in flight finish, stop the\n"
                  "application, exit.\n");
 }
@@ -358,7 +373,8 @@ static void settings_free(settings *s)
         *strings[i] = NULL;
     }
     char **kms_strings[] = {&s->tls_key_ciphertext, &s->kms_region, &s->kms_endpoint,
-                            &s->kms_proxy,          &s->kms_ca_file, &s->kms_imds};
+                            &s->kms_proxy,          &s->kms_ca_file, &s->kms_imds,
+                            &s->kms_for_app_keys,   &s->kms_for_app_operations};
     for (size_t i = 0; i < sizeof kms_strings / sizeof kms_strings[0]; i++) {
         free(*kms_strings[i]);
         *kms_strings[i] = NULL;
@@ -380,13 +396,14 @@ enum route {
     ROUTE_HASH,
     ROUTE_METRICS,
     ROUTE_SECRET,
+    ROUTE_KMS,
     ROUTE_APP,
     ROUTE_OTHER, /* unknown local paths: 404 */
     ROUTE_COUNT,
 };
 
 static const char *const route_names[ROUTE_COUNT] = {"enclave", "attestation", "config", "ready", "hash",
-                                                     "metrics", "secret",      "app",    "other"};
+                                                     "metrics", "secret",      "kms",    "app",   "other"};
 
 enum listener_kind { LISTENER_PUBLIC, LISTENER_INTERNAL, LISTENER_METRICS };
 
@@ -417,6 +434,8 @@ struct enclave {
     listener_ctx ctx_public, ctx_internal, ctx_metrics;
     secret secrets[MAX_SECRETS]; /* set before any listener opens, read-only after */
     size_t secret_count;
+    cl_kms_session app_kms; /* -kms-for-app */
+    cl_kms_endpoint *kms_endpoint;
 
     pthread_mutex_t lock; /* guards what follows */
     uint8_t app_hash[HASH_LEN];
@@ -448,6 +467,8 @@ static int route_request(void *ctx, const cl_http_head *h)
             return ROUTE_HASH;
         if (h->path.len > strlen(SECRETS_PREFIX) && !memcmp(h->path.data, SECRETS_PREFIX, strlen(SECRETS_PREFIX)))
             return ROUTE_SECRET;
+        if (l->e->kms_endpoint && path_is(h, "/")) /* where SDKs send KMS calls */
+            return ROUTE_KMS;
         return ROUTE_OTHER;
     }
     if (path_is(h, "/enclave") || path_is(h, "/enclave/"))
@@ -668,6 +689,66 @@ static void handle_secret(enclave *e, const cl_request_info *req, cl_response *r
     respond_text(resp, 404, "404: no such secret (see -secret)\n");
 }
 
+/* POST / on the internal listener with -kms-for-app: KMS for the app
+ * (lib/enclave/kms_endpoint.c). */
+static void handle_kms(enclave *e, const cl_request_info *req, cl_response *resp)
+{
+    cl_kms_endpoint_request r = {
+        .method = req->head->method,
+        .target = cl_http_header_get(req->head, "x-amz-target"),
+        .content_type = cl_http_header_get(req->head, "content-type"),
+        .body = req->body,
+        .body_len = req->body_len,
+    };
+    cl_kms_endpoint_reply reply = {.body = CL_BUF_INIT};
+    cl_kms_endpoint_handle(e->kms_endpoint, &r, &reply);
+    resp->status = reply.status;
+    resp->content_type = CL_KMS_ENDPOINT_CONTENT_TYPE;
+    resp->body = reply.body;
+}
+
+static int kms_send(void *ctx, const char *op, const uint8_t *body, size_t len, long *status, cl_buf *answer)
+{
+    return cl_kms_call_raw(ctx, op, body, len, status, answer);
+}
+
+/* -kms-for-app: a KMS session of its own (credentials, one RSA-2048
+ * session key for the Recipient) that lives as long as the daemon. */
+static int open_kms_for_app(enclave *e)
+{
+    if (!e->s.kms_for_app) {
+        CL_ENSURE(!e->s.kms_for_app_keys && !e->s.kms_for_app_operations, CL_EINVAL,
+                  "-kms-for-app-keys and -kms-for-app-operations go with -kms-for-app");
+        return CL_OK;
+    }
+    cl_kms_setup setup = {
+        .region = e->s.kms_region,
+        .endpoint = e->s.kms_endpoint,
+        .proxy = e->s.kms_proxy ? e->s.kms_proxy : "vsock:3:8000",
+        .ca_file = e->s.kms_ca_file,
+        .imds = e->s.kms_imds,
+        .recipient = true,
+        .nsm_client = e->nsm,
+    };
+    int rc = cl_kms_session_open(&setup, &e->app_kms);
+    if (rc < 0)
+        return cl_error_prefix(rc, "-kms-for-app: ");
+    cl_kms_endpoint_config cfg = {
+        .key_ids = e->s.kms_for_app_keys,
+        .operations = e->s.kms_for_app_operations,
+        .recipient = e->app_kms.recipient,
+        .send = kms_send,
+        .send_ctx = e->app_kms.kms,
+    };
+    rc = cl_kms_endpoint_new(&cfg, &e->kms_endpoint);
+    if (rc < 0)
+        return cl_error_prefix(rc, "-kms-for-app: ");
+    cl_log(CL_LOG_INFO, "kms_for_app", "region", e->app_kms.region, "proxy", setup.proxy, "keys",
+           e->s.kms_for_app_keys ? e->s.kms_for_app_keys : "any", "operations",
+           e->s.kms_for_app_operations ? e->s.kms_for_app_operations : "all", NULL);
+    return CL_OK;
+}
+
 static void handle_request(void *ctx, int route, const cl_request_info *req, cl_response *resp)
 {
     listener_ctx *l = ctx;
@@ -700,6 +781,9 @@ static void handle_request(void *ctx, int route, const cl_request_info *req, cl_
     case ROUTE_SECRET:
         if (method_is(req, "GET", resp))
             handle_secret(e, req, resp);
+        return;
+    case ROUTE_KMS:
+        handle_kms(e, req, resp);
         return;
     default:
         respond_text(resp, 404, "404: not found\n");
@@ -739,7 +823,8 @@ static int start_listener(enclave *e, const char *name, const char *addr_text, l
         .name = name,
         .tls = public_ ? e->tls : NULL,
         .app = public_ && e->has_app ? &e->app : NULL,
-        .threads = public_ ? e->s.threads : 1,
+        /* a KMS call for the app blocks its thread: keep one for the rest */
+        .threads = public_ ? e->s.threads : ctx->kind == LISTENER_INTERNAL && e->kms_endpoint ? 2 : 1,
         .max_header_bytes = e->s.max_header_bytes,
         .header_timeout_ms = e->s.header_timeout * 1000u,
         .idle_timeout_ms = e->s.idle_timeout * 1000u,
@@ -983,6 +1068,7 @@ static int enclave_start(enclave *e)
     cl_log(CL_LOG_INFO, "entropy_seeded", "source", "nsm", "bytes", "256", NULL);
 
     CL_TRY(open_secrets(e));
+    CL_TRY(open_kms_for_app(e));
 
     if (e->s.tls_key_ciphertext) {
         /* loaded by open_secrets */
@@ -1053,6 +1139,9 @@ static void enclave_stop(enclave *e)
     SSL_CTX_free(e->tls);
     cl_tls_identity_free(&e->identity);
     cl_metrics_free(e->metrics);
+    cl_kms_endpoint_free(e->kms_endpoint);
+    e->kms_endpoint = NULL;
+    cl_kms_session_close(&e->app_kms);
     cl_nsm_close(e->nsm);
     free_secrets(e);
 }
