@@ -7,6 +7,7 @@
 #include "cloister/sim/kms_policy.h"
 
 #include <jansson.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/x509.h>
@@ -83,6 +84,11 @@ static void fail(call *c, const char *type, const char *fmt, ...)
         cl_error_clear();
     }
     c->rc = write_error(c->resp, cl_error_message());
+    /* an internal error may follow a failed OpenSSL call: its queue must not
+     * leak into a later, unrelated cl_error_ossl (the AWS-shaped message
+     * stays as KMS words it) */
+    if (internal)
+        ERR_clear_error();
 }
 
 /* ---- small helpers ------------------------------------------------------------------------- */
