@@ -59,7 +59,7 @@ static int pem_certs(const char *what, const uint8_t *text, size_t len, size_t m
             CL_ENSURE_OSSL_OUT(ok, CL_ECRYPTO, "%s: certificate encoding", what);
         }
         mem = BIO_new(BIO_s_mem());
-        CL_ENSURE_OUT(mem && PEM_write_bio_X509(mem, x), CL_ENOMEM, "out of memory");
+        CL_ENSURE_OSSL_OUT(mem && PEM_write_bio_X509(mem, x), CL_ENOMEM, "out of memory");
         char *p = NULL;
         long pl = BIO_get_mem_data(mem, &p);
         CL_ENSURE_OSSL_OUT(pl > 0, CL_ECRYPTO, "PEM encoding");

@@ -388,8 +388,8 @@ int cl_verifier_add_root_der(cl_verifier *v, const uint8_t *der, size_t len)
     CL_TRY_OUT(parse_der_cert(der, len, "trusted root", &cert));
     CL_TRY_OUT(check_cert_shape(cert, true, "trusted root"));
     CL_ENSURE_OUT(X509_check_issued(cert, cert) == X509_V_OK, CL_EINVAL, "trusted root is not self-issued");
-    CL_ENSURE_OUT(X509_verify(cert, X509_get0_pubkey(cert)) == 1, CL_EINVAL,
-                  "trusted root's self-signature does not verify");
+    CL_ENSURE_OSSL_OUT(X509_verify(cert, X509_get0_pubkey(cert)) == 1, CL_EINVAL,
+                       "trusted root's self-signature does not verify");
     ERR_clear_error();
     CL_TRY_OUT(asn1_time_to_unix(X509_get0_notBefore(cert), &root.not_before));
     CL_TRY_OUT(asn1_time_to_unix(X509_get0_notAfter(cert), &root.not_after));
@@ -554,8 +554,8 @@ static int verify_link(cl_verifier *v, cl_slice der, const uint8_t parent_hash[3
     int issued = X509_check_issued(parent, cert);
     CL_ENSURE_OUT(issued == X509_V_OK, CL_EVERIFY, "%s is not issued by the next certificate in the chain (%s)",
                   what, X509_verify_cert_error_string(issued));
-    CL_ENSURE_OUT(X509_verify(cert, parent_key) == 1, CL_EVERIFY,
-                  "%s: signature by its issuer does not verify", what);
+    CL_ENSURE_OSSL_OUT(X509_verify(cert, parent_key) == 1, CL_EVERIFY,
+                       "%s: signature by its issuer does not verify", what);
     memset(entry, 0, sizeof *entry);
     memcpy(entry->cert_hash, hash, 32);
     memcpy(entry->parent_hash, parent_hash, 32);

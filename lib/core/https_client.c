@@ -73,7 +73,7 @@ static int exchange(SSL *ssl, const cl_https_target *t, const char *path, size_t
                      "Connection: close\r\n\r\n",
                      path, t->authority);
     CL_ENSURE(n > 0 && (size_t)n < sizeof request, CL_ELIMIT, "request too long");
-    CL_ENSURE(SSL_write(ssl, request, n) == n, CL_EIO, "sending the request failed");
+    CL_ENSURE_OSSL(SSL_write(ssl, request, n) == n, CL_EIO, "sending the request failed");
     for (;;) {
         CL_TRY(cl_buf_reserve(response, 16384));
         size_t room = response->cap - response->len;

@@ -141,8 +141,8 @@ int cl_tls_identity_load(const char *cert_path, const char *key_path, cl_tls_ide
     out->key = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
     BIO_free(b);
     cl_buf_free(&pem);
-    CL_ENSURE_OUT(out->key, CL_EINVAL, "%s holds no PEM private key", key_path);
-    CL_ENSURE_OUT(X509_check_private_key(out->cert, out->key) == 1, CL_EINVAL,
+    CL_ENSURE_OSSL_OUT(out->key, CL_EINVAL, "%s holds no PEM private key", key_path);
+    CL_ENSURE_OSSL_OUT(X509_check_private_key(out->cert, out->key) == 1, CL_EINVAL,
                   "the key in %s does not match the certificate in %s", key_path, cert_path);
     CL_TRY_OUT(cl_tls_cert_sha256(out->cert, out->cert_sha256));
 out:

@@ -61,7 +61,7 @@ int cl_kms_unseal(const uint8_t key[32], const uint8_t *aad, size_t aad_len, con
         CL_OSSL_OUT(CL_ECRYPTO, "AES-256-GCM decryption");
     if (EVP_DecryptFinal_ex(ctx, p + n, &n) != 1) {
         cl_wipe(p, ct_len);
-        CL_FAIL_OUT(CL_EVERIFY, "authentication tag mismatch");
+        CL_OSSL_OUT(CL_EVERIFY, "authentication tag mismatch");
     }
     out->len += ct_len;
 out:
