@@ -7,6 +7,7 @@
 #include "cloister/host/host.h"
 #include "cloister/core/imds_policy.h"
 #include "cloister/core/log.h"
+#include "cloister/core/options.h"
 #include "cloister/host/sd_notify.h"
 #include "cloister/host/watchdog.h"
 #include "commands.h"
@@ -100,6 +101,26 @@ static bool form_has(const option_spec *o, bool vsock_proxy)
     return strcmp(o->name, "listen") != 0 && strcmp(o->name, "num_workers") != 0;
 }
 
+/* The watchdog's options (its core/options table), until host's own table
+ * moves to core/options too. */
+static const cl_opt *wd_find(const char *name)
+{
+    size_t n;
+    const cl_opt *t = cl_watchdog_options(&n);
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(t[i].name, name))
+            return &t[i];
+    return NULL;
+}
+
+static int wd_set(cl_watchdog_settings *wd, const char *name, const char *value)
+{
+    cl_opt_section section = {NULL, NULL, 0, wd};
+    section.opts = cl_watchdog_options(&section.count);
+    cl_options spec = {.prog = "cloister host", .sections = &section, .section_count = 1};
+    return cl_options_set(&spec, name, value);
+}
+
 static void usage(FILE *out)
 {
     fprintf(out,
@@ -125,7 +146,11 @@ static void usage(FILE *out)
     }
     fprintf(out, "  %-40s %s\n\n", "-h, --help", "this text");
     fprintf(out, "the enclave's life (main form; as cloister watchdog, which explains them):\n");
-    for (const cl_watchdog_flag *f = cl_watchdog_flags(); f->name; f++) {
+    size_t wd_count;
+    const cl_opt *wd_opts = cl_watchdog_options(&wd_count);
+    for (const cl_opt *f = wd_opts; f < wd_opts + wd_count; f++) {
+        if (!f->help)
+            continue;
         char left[64];
         snprintf(left, sizeof left, "    --%s%s%s", f->name, f->arg ? " " : "", f->arg ? f->arg : "");
         fprintf(out, "  %-40s %s\n", left, f->help);
@@ -275,7 +300,7 @@ static int load_config_file(settings *s, const char *path)
     json_t *value;
     json_object_foreach(root, key, value) {
         const option_spec *o = find_long(key, strlen(key), false);
-        if (!o && cl_watchdog_flag_find(key)) {
+        if (!o && wd_find(key)) {
             char num[32];
             const char *v = json_is_string(value)    ? json_string_value(value)
                             : json_is_boolean(value) ? (json_is_true(value) ? "true" : "false")
@@ -286,7 +311,7 @@ static int load_config_file(settings *s, const char *path)
             }
             if (!v)
                 CL_FAIL_OUT(CL_EINVAL, "--config %s: \"%s\" must be a string, a number or a boolean", path, key);
-            rc = cl_watchdog_settings_set(&s->wd, key, v);
+            rc = wd_set(&s->wd, key, v);
             if (rc < 0)
                 CL_FAIL_OUT(rc, "--config %s: %s", path, cl_error_message());
             s->wd_given = true;
@@ -388,14 +413,14 @@ static int parse_args(int argc, char **argv, bool vsock_proxy, settings *s, cons
                 const char *name = arg + 2;
                 size_t len = strcspn(name, "=");
                 char flag[64];
-                const cl_watchdog_flag *f = NULL;
+                const cl_opt *f = NULL;
                 if (len < sizeof flag) {
                     memcpy(flag, name, len);
                     flag[len] = '\0';
-                    f = cl_watchdog_flag_find(flag);
+                    f = wd_find(flag);
                 }
                 if (f) {
-                    if (!value && !f->arg)
+                    if (!value && f->type == CL_OPT_BOOL)
                         value = "true";
                     if (!value) {
                         if (i + 1 >= argc) {
@@ -405,7 +430,7 @@ static int parse_args(int argc, char **argv, bool vsock_proxy, settings *s, cons
                         value = argv[++i];
                     }
                     if (pass == 1) {
-                        if (cl_watchdog_settings_set(&s->wd, flag, value) < 0) {
+                        if (wd_set(&s->wd, flag, value) < 0) {
                             fprintf(stderr, "%s: %s\n", me, cl_error_message());
                             return EXIT_USAGE;
                         }
