@@ -58,6 +58,17 @@ static int check_connect(void *base, const char *value)
     return cl_address_parse(value, &a);
 }
 
+/* 0 would switch the timestamp checks off (max_age_ms 0 means no limit):
+ * refused with that reason before the bounds are checked */
+static int check_max_age(void *base, const char *value)
+{
+    (void)base;
+    uint64_t ms;
+    if (cl_parse_duration(value, UINT64_MAX, &ms) == CL_OK && ms == 0)
+        return cl_error_set(CL_EINVAL, "must be at least 1 second (0 would turn the timestamp checks off)");
+    return CL_OK;
+}
+
 static const cl_opt verify_options[] = {
     {.name = "root", CL_OPT_LIST_AT(verify_settings, roots, 16), .flags = CL_OPT_NONEMPTY, .arg = "PEM",
      .help = "trust the certificates in PEM instead of the embedded AWS Nitro Enclaves root (repeatable; the "
@@ -66,9 +77,8 @@ static const cl_opt verify_options[] = {
      .help = "require PCR N (0..31) to equal HEX (repeatable)"},
     {.name = "allow-debug", CL_OPT_FLAG(verify_settings, allow_debug),
      .help = "accept a debug-mode enclave (PCR0 all zero); refused by default"},
-    /* at least 1: 0 would switch the timestamp checks off (max_age_ms 0 means no limit) */
     {.name = "max-age", CL_OPT_DURATION_AT(verify_settings, max_age_s, 1000, 1, 365ull * 86400), .def = "300",
-     .arg = "SECONDS", .help = "refuse a document older than this (seconds, or 90s, 5m, 1h)"},
+     .set = check_max_age, .arg = "SECONDS", .help = "refuse a document older than this (seconds, or 90s, 5m, 1h)"},
     {.name = "connect", CL_OPT_STR(verify_settings, connect), .set = check_connect, .arg = "ADDR",
      .help = "dial ADDR (tcp:HOST:PORT or unix:PATH) instead of HOST:PORT; the URL's host is still sent as SNI "
              "and Host"},
