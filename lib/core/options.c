@@ -553,8 +553,10 @@ int cl_options_parse(const cl_options *spec, int argc, char **argv, cl_options_r
         const token *t = &tokens[i];
         if (t->opt->type != CL_OPT_CONFIG)
             continue;
+        out->bad_value = true; /* a file that does not load, or one of its values */
         CL_TRY_OUT(load_json(spec, t->value, given));
         CL_TRY_OUT(set_value(t->opt, t->base, t->value));
+        out->bad_value = false;
         given[t->index] = true;
     }
     for (size_t i = 0; i < ntokens; i++) {
@@ -563,6 +565,7 @@ int cl_options_parse(const cl_options *spec, int argc, char **argv, cl_options_r
             continue;
         rc = set_value(t->opt, t->base, t->value);
         if (rc < 0) {
+            out->bad_value = true;
             name_error(spec, t->opt, rc);
             goto out;
         }

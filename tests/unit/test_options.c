@@ -185,6 +185,13 @@ static void unknown_and_missing(void)
     CHECK(!res.help && !strcmp(s.path, "--help"));
     CHECK_OK(parse(&spec, "--", "--help", NULL));
     CHECK(!res.help && res.positional_count == 1);
+    /* the shape of the command line or a value: told apart */
+    CHECK_ERR(parse(&spec, "--bogus", NULL), CL_EINVAL, NULL);
+    CHECK(!res.bad_value);
+    CHECK_ERR(parse(&spec, "--port", NULL), CL_EINVAL, NULL);
+    CHECK(!res.bad_value);
+    CHECK_ERR(parse(&spec, "--port", "x", NULL), CL_EINVAL, NULL);
+    CHECK(res.bad_value);
 }
 
 static void strings_and_checks(void)
