@@ -297,7 +297,9 @@ static int set_from_json(const cl_options *spec, const char *path, const cl_opt 
     } else if (json_is_boolean(value) && o->type == CL_OPT_BOOL) {
         v = json_is_true(value) ? "true" : "false";
     } else if (json_is_integer(value) && json_integer_value(value) >= 0 &&
-               (o->type == CL_OPT_UINT || o->type == CL_OPT_DURATION || o->type == CL_OPT_SIZE)) {
+               (o->type == CL_OPT_UINT || o->type == CL_OPT_DURATION || o->type == CL_OPT_SIZE ||
+                (o->type == CL_OPT_CALL && !many))) {
+        /* a single-valued callback takes a number as its digits (--restart-budget) */
         snprintf(text, sizeof text, "%lld", (long long)json_integer_value(value));
         v = text;
     } else if (json_is_array(value) && many) {

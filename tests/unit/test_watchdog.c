@@ -235,6 +235,22 @@ static void sets_flags(void)
     CHECK(s.config.runner == CL_WATCHDOG_LOCAL);
     CHECK_OK(wd_set(&s, "stop-grace", "2s"));
     CHECK(s.config.stop_grace_ms == 2000);
+    {
+        /* host's --config: numbers for counts, durations and the callback's budget alike */
+        char path[] = "/tmp/cloister-wd-XXXXXX";
+        int fd = mkstemp(path);
+        CHECK(fd >= 0);
+        static const char json[] = "{\"restart-budget\": 3, \"health-interval\": 2, \"health-failures\": 4}";
+        CHECK(write(fd, json, sizeof json - 1) == (ssize_t)(sizeof json - 1));
+        close(fd);
+        cl_opt_section section = {NULL, NULL, 0, &s};
+        section.opts = cl_watchdog_options(&section.count);
+        cl_options spec = {.prog = "cloister host", .sections = &section, .section_count = 1};
+        CHECK_OK(cl_options_load_json(&spec, path));
+        CHECK(s.config.restart_budget == 3 && s.config.restart_budget_set && s.config.health_interval_ms == 2000 &&
+              s.config.health_failures == 4);
+        unlink(path);
+    }
     CHECK_OK(cl_watchdog_settings_check(&s));
     CHECK_OK(wd_set(&s, "memory", "512"));
     CHECK_ERR(cl_watchdog_settings_check(&s), CL_EINVAL, "--memory applies to --run-enclave-eif");
