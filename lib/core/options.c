@@ -232,7 +232,8 @@ static int list_add(cl_opt_list *l, const char *text, uint64_t max)
 /* Stores one value; the message is the bare problem. */
 static int set_value(const cl_opt *o, void *base, const char *text)
 {
-    void *field = (char *)base + o->offset;
+    /* a section of callbacks only may have no struct */
+    void *field = base ? (char *)base + o->offset : NULL;
     if ((o->type == CL_OPT_STRING || o->type == CL_OPT_LIST) && (o->flags & CL_OPT_NONEMPTY))
         CL_ENSURE(*text, CL_EINVAL, "expected a value, got an empty string");
     if (o->set && o->type != CL_OPT_CALL)
