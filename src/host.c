@@ -166,9 +166,8 @@ static const char vsock_proxy_usage[] =
     "(--listen ADDR overrides it) and forwards to REMOTE_ADDR:REMOTE_PORT, which must match\n"
     "the allowlist in --config: an entry's port equals REMOTE_PORT and its address equals\n"
     "REMOTE_ADDR (byte for byte, as vsock-proxy compares) or resolves to REMOTE_ADDR's address;\n"
-    "otherwise it\n"
-    "refuses to start.  Keys of the YAML other than allowlist, address and port are ignored,\n"
-    "as vsock-proxy ignores them.  -w/--num_workers is accepted and ignored (one event loop per\n"
+    "otherwise it refuses to start.  Keys of the YAML other than allowlist, address and port\n"
+    "are ignored, as vsock-proxy ignores them.  -w/--num_workers is accepted and ignored (one event loop per\n"
     "core serves any number of connections).  DNS names are resolved again when their TTL has\n"
     "passed, as in cloister host's main form.\n\n";
 
