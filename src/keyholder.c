@@ -11,14 +11,13 @@
  * keys, certificates and signatures only.  A rotation keeps the previous
  * key generation for --rotation-grace so that workers still presenting the
  * old certificate can finish their handshakes. */
-#include "cloister/core/acm_bundle.h"
 #include "cloister/core/address.h"
 #include "cloister/core/buf.h"
-#include "cloister/core/encoding.h"
 #include "cloister/core/keyholder_proto.h"
 #include "cloister/core/log.h"
 #include "cloister/core/clock.h"
 #include "cloister/core/options.h"
+#include "cloister/core/small_server.h"
 #include "cloister/enclave/key_custody.h"
 #include "commands.h"
 #include "keyholder_kms.h"
@@ -26,18 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <openssl/core_names.h>
-#include <openssl/crypto.h>
-#include <openssl/ec.h>
-#include <openssl/err.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/rand.h>
-#include <openssl/rsa.h>
-#include <openssl/x509.h>
 #include <poll.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,7 +33,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
-#include <time.h>
 #include <unistd.h>
 
 #define MAX_CONNECTIONS 256
@@ -57,14 +44,12 @@
 /* The custody rules live in lib/enclave/key_custody.c; this file adds the
  * command line, the sockets and one thread per connection. */
 static struct {
-    pthread_mutex_t lock;
     cl_custody *custody;
     unsigned max_failures;
     uint64_t ttl_ms;
     uint64_t grace_ms;
     char key_dir[4096];
-    int connections;
-} kh = {.lock = PTHREAD_MUTEX_INITIALIZER, .max_failures = 5, .grace_ms = 60000};
+} kh = {.max_failures = 5, .grace_ms = 60000};
 
 static uint64_t now_ms(void)
 {
@@ -100,104 +85,60 @@ out:
 
 /* ---- connections --------------------------------------------------------------------- */
 
-typedef struct conn {
-    int fd;
-    bool provisioning;
-    cl_custody_conn *cc;
-} conn;
-
-static void *serve_conn(void *arg)
+/* One connection on its own thread; core/small_server.h closes fd and joins
+ * the thread.  listener 0: the module's socket, 1: the provisioning socket. */
+static void serve_conn(void *arg, int fd, size_t listener, unsigned long id)
 {
-    conn *cx = arg;
-    cl_buf frame = CL_BUF_INIT, reply = CL_BUF_INIT;
-    for (;;) {
-        bool eof = false;
-        /* idle: drop a cached context whose key may have been released */
-        while (cl_custody_conn_idle(cx->cc)) {
-            struct pollfd p = {cx->fd, POLLIN, 0};
-            if (poll(&p, 1, 1000) != 0)
-                break;
-        }
-        if (cl_kh_read_frame(cx->fd, cx->provisioning ? CL_KH_MAX_FRAME : TOKEN_FRAME_MAX, &frame, &eof) < 0) {
-            if (!eof)
-                cl_log(CL_LOG_DEBUG, "connection_dropped", "error", cl_error_message(), NULL);
-            break;
-        }
-        if (cl_custody_handle(cx->cc, frame.data, frame.len, now_ms(), &reply) < 0)
-            break;
-        if (cl_kh_write_frame(cx->fd, reply.data, reply.len) < 0)
-            break;
-    }
-    cl_buf_free(&frame);
-    cl_buf_free(&reply);
-    cl_custody_conn_free(cx->cc);
-    close(cx->fd);
-    cl_wipe(cx, sizeof *cx);
-    free(cx);
-    pthread_mutex_lock(&kh.lock);
-    kh.connections--;
-    pthread_mutex_unlock(&kh.lock);
-    return NULL;
-}
-
-
-/* ---- serve --------------------------------------------------------------------------- */
-
-static int stop_pipe[2] = {-1, -1};
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    int saved = errno;
-    char b = 1;
-    ssize_t ignored = write(stop_pipe[1], &b, 1);
-    (void)ignored;
-    errno = saved;
-}
-
-static void accept_one(int lfd, bool provisioning)
-{
-    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-    if (fd < 0)
-        return;
-    pthread_mutex_lock(&kh.lock);
-    bool full = kh.connections >= MAX_CONNECTIONS;
-    if (!full)
-        kh.connections++;
-    pthread_mutex_unlock(&kh.lock);
-    if (full) {
-        cl_log(CL_LOG_WARN, "connection_refused", "reason", "too many connections", NULL);
-        close(fd);
-        return;
-    }
+    (void)arg;
+    (void)id;
+    bool provisioning = listener == 1;
     if (provisioning) {
         struct timeval tv = {PROVISION_TIMEOUT_S, 0};
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     }
-    conn *cx = calloc(1, sizeof *cx);
-    pthread_t th;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (cx) {
-        cx->fd = fd;
-        cx->provisioning = provisioning;
+    cl_custody_conn *cc = NULL;
+    if (cl_custody_conn_new(kh.custody, provisioning ? CL_CUSTODY_PROVISION_SOCKET : CL_CUSTODY_TOKEN_SOCKET,
+                            &cc) < 0)
+        return;
+    cl_buf frame = CL_BUF_INIT, reply = CL_BUF_INIT;
+    for (;;) {
+        bool eof = false;
+        /* idle: drop a cached context whose key may have been released */
+        while (cl_custody_conn_idle(cc)) {
+            struct pollfd p = {fd, POLLIN, 0};
+            if (poll(&p, 1, 1000) != 0)
+                break;
+        }
+        if (cl_kh_read_frame(fd, provisioning ? CL_KH_MAX_FRAME : TOKEN_FRAME_MAX, &frame, &eof) < 0) {
+            if (!eof)
+                cl_log(CL_LOG_DEBUG, "connection_dropped", "error", cl_error_message(), NULL);
+            break;
+        }
+        if (cl_custody_handle(cc, frame.data, frame.len, now_ms(), &reply) < 0)
+            break;
+        if (cl_kh_write_frame(fd, reply.data, reply.len) < 0)
+            break;
     }
-    if (!cx ||
-        cl_custody_conn_new(kh.custody, provisioning ? CL_CUSTODY_PROVISION_SOCKET : CL_CUSTODY_TOKEN_SOCKET,
-                            &cx->cc) < 0 ||
-        pthread_create(&th, &attr, serve_conn, cx) != 0) {
-        if (cx)
-            cl_custody_conn_free(cx->cc);
-        free(cx);
-        close(fd);
-        pthread_mutex_lock(&kh.lock);
-        kh.connections--;
-        pthread_mutex_unlock(&kh.lock);
-    }
-    pthread_attr_destroy(&attr);
+    cl_buf_free(&frame);
+    cl_buf_free(&reply);
+    cl_custody_conn_free(cc);
 }
+
+static void refused(void *arg, unsigned long id, const char *reason)
+{
+    (void)arg;
+    (void)id;
+    cl_log(CL_LOG_WARN, "connection_refused", "reason", reason, NULL);
+}
+
+static void tick(void *arg)
+{
+    (void)arg;
+    cl_custody_housekeeping(kh.custody, now_ms());
+}
+
+/* ---- serve --------------------------------------------------------------------------- */
 
 static int listen_on(const char *text, int *fd)
 {
@@ -388,33 +329,27 @@ static int cmd_serve(int argc, char **argv)
             return EXIT_USAGE;
         }
     }
-    int lfd = -1, pfd = -1;
-    if (pipe2(stop_pipe, O_CLOEXEC) < 0)
-        return EXIT_FAILED;
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    if (listen_on(socket_addr, &lfd) < 0 || (prov_addr && listen_on(prov_addr, &pfd) < 0)) {
+    int lfd = -1, pfd = -1, stop_fd = -1;
+    if (cl_stop_signals_install(&stop_fd) < 0 || listen_on(socket_addr, &lfd) < 0 ||
+        (prov_addr && listen_on(prov_addr, &pfd) < 0)) {
         fprintf(stderr, "keyholder: %s\n", cl_error_message());
         return EXIT_FAILED;
     }
     cl_log(CL_LOG_INFO, "listening", "socket", socket_addr, "provision", prov_addr ? prov_addr : "-", NULL);
     fprintf(stderr, "keyholder: ready\n");
-    for (;;) {
-        struct pollfd p[3] = {{stop_pipe[0], POLLIN, 0}, {lfd, POLLIN, 0}, {pfd, POLLIN, 0}};
-        int n = poll(p, pfd >= 0 ? 3 : 2, 1000);
-        if (n < 0 && errno != EINTR)
-            break;
-        if (p[0].revents)
-            break;
-        if (p[1].revents & POLLIN)
-            accept_one(lfd, false);
-        if (pfd >= 0 && (p[2].revents & POLLIN))
-            accept_one(pfd, true);
-        cl_custody_housekeeping(kh.custody, now_ms());
-    }
+    int fds[2] = {lfd, pfd};
+    cl_small_server_config sc = {.listen_fds = fds,
+                                 .listen_count = pfd >= 0 ? 2 : 1,
+                                 .stop_fd = stop_fd,
+                                 .max_connections = MAX_CONNECTIONS,
+                                 .serve = serve_conn,
+                                 .tick = tick,
+                                 .tick_ms = 1000,
+                                 .refused = refused};
+    /* returns once every connection thread is joined */
+    int rc = cl_small_server_run(&sc);
+    if (rc < 0)
+        cl_log(CL_LOG_ERROR, "serve_failed", "error", cl_error_message(), NULL);
     close(lfd);
     if (pfd >= 0)
         close(pfd);
@@ -423,14 +358,14 @@ static int cmd_serve(int argc, char **argv)
         unlink(a.path);
     if (prov_addr && cl_address_parse(prov_addr, &a) == 0 && a.kind == CL_ADDR_UNIX)
         unlink(a.path);
-    /* the connection threads may still hold the custody: the keys are
-     * wiped in place and the process ends below */
-    cl_custody_wipe(kh.custody);
+    cl_custody_free(kh.custody); /* wipes the keys */
+    kh.custody = NULL;
     kh_kms_stop();
     cl_log(CL_LOG_INFO, "stopped", "keys", "wiped", NULL);
-    /* threads still serving connections hold no key of their own beyond
-     * their cached context; the process ends here */
-    _exit(0);
+    /* every thread is joined and every key wiped; _exit skips the exit-time
+     * teardown of what OpenSSL's configuration loaded (engines), which is
+     * the process's to drop, as before */
+    _exit(rc < 0 ? EXIT_FAILED : 0);
 }
 
 /* ---- provisioning client ------------------------------------------------------------- */

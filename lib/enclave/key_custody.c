@@ -210,7 +210,7 @@ int cl_custody_new(const cl_custody_config *config, cl_custody **out)
     return CL_OK;
 }
 
-void cl_custody_wipe(cl_custody *c)
+static void wipe_all(cl_custody *c)
 {
     pthread_mutex_lock(&c->lock);
     for (size_t i = 0; i < CL_KH_MAX_TOKENS; i++)
@@ -223,7 +223,7 @@ void cl_custody_free(cl_custody *c)
 {
     if (!c)
         return;
-    cl_custody_wipe(c);
+    wipe_all(c);
     pthread_mutex_destroy(&c->lock);
     free(c->key_dir);
     cl_wipe(c, sizeof *c);

@@ -70,9 +70,7 @@ typedef struct cl_custody_config {
 CL_MUST_CHECK int cl_custody_new(const cl_custody_config *config, cl_custody **out);
 /* Wipes every key.  No connection may be in use. */
 void cl_custody_free(cl_custody *c);
-/* Deletes every token and wipes its keys, leaving c usable (empty): for a
- * server that stops while connections may still be reading. */
-void cl_custody_wipe(cl_custody *c);
+
 
 CL_MUST_CHECK int cl_custody_conn_new(cl_custody *c, cl_custody_socket socket, cl_custody_conn **out);
 void cl_custody_conn_free(cl_custody_conn *cx);
