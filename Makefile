@@ -12,9 +12,23 @@ all: build
 deps:
 	@scripts/deps.sh
 
+# One line per step; the compiler's and make's output goes to
+# $(BUILD)/build.log and is shown (its last lines, without the progress
+# and directory chatter) only when
+# the build fails.  `make build VERBOSE=1` shows everything as it happens.
 build: deps
-	@CC=clang cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@mkdir -p $(BUILD)
+	@printf 'configure  %s\n' '$(BUILD)'
+	@CC=clang cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >$(BUILD)/configure.log 2>&1 || \
+		{ cat $(BUILD)/configure.log; echo "configure failed (log: $(BUILD)/configure.log)"; exit 1; }
+ifeq ($(VERBOSE),)
+	@printf 'build      %s (log: %s)\n' '$(BUILD)' '$(BUILD)/build.log'
+	@cmake --build $(BUILD) -j $(JOBS) >$(BUILD)/build.log 2>&1 || \
+		{ grep -vE 'Entering directory|Leaving directory|^\[ *[0-9]+%\]' $(BUILD)/build.log | tail -n 40; \
+		  echo "build failed (whole log: $(BUILD)/build.log)"; exit 1; }
+else
 	@cmake --build $(BUILD) -j $(JOBS)
+endif
 
 # the whole local deployment: nsm-sim, the enclave in its own network
 # namespace, cloister host, IMDS; Ctrl-C stops it
@@ -23,7 +37,8 @@ run: build
 
 test: build
 	@scripts/node-deps.sh
-	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600
+	@printf 'test       ctest -j %s (each test on one line; output of those that fail)\n' '$(JOBS)'
+	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600
 
 fuzz: build
 	@scripts/fuzz.sh $(BUILD) $(FUZZ_SECONDS)

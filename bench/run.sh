@@ -11,7 +11,7 @@
 # implementation, each document at its own timestamp, and prints
 # documents/second and the ratio.  Then times one real AWS document's
 # verification (nitro-2024-09-07-maxfields.b64 at its timestamp, AWS root)
-# when ../shared/vectors/nitro is there.  Then, unless BENCH_PROXY=0, the TLS
+# (tests/vectors/nitro).  Then, unless BENCH_PROXY=0, the TLS
 # reverse-proxy benchmark against nginx and haproxy (bench/proxy.sh), then (unless BENCH_KMS=0)
 # KMS Decrypt with a Recipient through the host proxy to kms-local (bench/kms.sh).
 set -euo pipefail
@@ -19,7 +19,6 @@ set -euo pipefail
 build=${1:?usage: bench/run.sh BUILD_DIR}
 build=$(cd "$build" && pwd)
 src=$(cd "$(dirname "$0")/.." && pwd)
-shared=${CLOISTER_SHARED_DIR:-$src/../shared}
 docs_n=${DOCS:-500}
 rounds=${ROUNDS:-5}
 cloister=$build/cloister
@@ -98,8 +97,8 @@ echo "ratio cloister/node, overall:            $(ratio "$c_all" "$n_all")   (tar
 echo "ratio cloister/node, first round:        $(ratio "$c_first" "$(value first_per_s <"$tmp/node.out")")"
 echo "ratio cloister without cache/node:       $(ratio "$c0_all" "$n_all")"
 
-maxfields=$shared/vectors/nitro/nitro-2024-09-07-maxfields.b64
-aws_root=$shared/vectors/nitro/aws-nitro-root-g1.pem
+maxfields=$src/tests/vectors/nitro/nitro-2024-09-07-maxfields.b64
+aws_root=$src/tests/vectors/nitro/aws-nitro-root-g1.pem
 if [ -f "$maxfields" ]; then
   echo
   echo "one real AWS document (nitro-2024-09-07-maxfields.b64, at its timestamp, AWS root):"
@@ -108,7 +107,8 @@ if [ -f "$maxfields" ]; then
   awk -v r="$(value steady_per_s <"$tmp/node1.out")" \
     'BEGIN { printf "  node verify.js:  %8.1f us per verification\n", 1e6 / r }'
 else
-  echo "skip: $maxfields is absent (shared test material not found)"
+  echo "FAIL: $maxfields is missing (tests/vectors is part of the repository)" >&2
+  exit 1
 fi
 
 if [ "${BENCH_PROXY:-1}" != 0 ]; then

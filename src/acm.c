@@ -6,6 +6,7 @@
 #include "cloister/core/acm_bundle.h"
 #include "cloister/core/encoding.h"
 #include "cloister/enclave/kms.h"
+#include "cloister/core/secret_file.h"
 #include "commands.h"
 
 #include <errno.h>
@@ -60,7 +61,7 @@ static int load_key(const char *key_file, const cl_buf *cert_pem, cl_buf *out)
     BIO *kb = NULL, *cb = NULL, *mem = NULL;
     EVP_PKEY *pkey = NULL;
     X509 *leaf = NULL;
-    CL_TRY_OUT(cl_read_file(key_file, 1 << 16, &raw));
+    CL_TRY_OUT(cl_read_secret_file(key_file, 1 << 16, &raw));
     kb = BIO_new_mem_buf(raw.data, (int)raw.len);
     CL_ENSURE_OUT(kb, CL_ENOMEM, "out of memory");
     pkey = PEM_read_bio_PrivateKey(kb, NULL, NULL, (void *)"");

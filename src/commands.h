@@ -17,6 +17,8 @@ int cmd_keyholder(int argc, char **argv);
 int cmd_host_acm(int argc, char **argv); /* `cloister host acm`, dispatched by cmd_host */
 int cmd_acm(int argc, char **argv);
 
+#define CLOISTER_VERSION "0.1.0"
+
 /* Exit codes shared by the subcommands. */
 #define EXIT_REJECTED 1 /* a verification said no */
 #define EXIT_USAGE 2    /* bad command line */

@@ -16,6 +16,7 @@
 #include "cloister/core/buf.h"
 #include "cloister/core/encoding.h"
 #include "cloister/core/https_client.h"
+#include "cloister/core/process.h"
 #include "commands.h"
 
 #include <arpa/inet.h>
@@ -129,28 +130,12 @@ static int spawn(dev *d, proc *p, const char *name, char *const argv[])
     snprintf(p->log, sizeof p->log, "%s/%s.log", d->run, name);
     int log = open(p->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     CL_ENSURE(log >= 0, CL_EIO, "cannot create %s: %s", p->log, strerror(errno));
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid == 0) {
-        setpgid(0, 0);
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (getppid() != parent)
-            _exit(127);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        int devnull = open("/dev/null", O_RDONLY);
-        if (devnull >= 0)
-            dup2(devnull, 0);
-        dup2(log, 1);
-        dup2(log, 2);
-        execv(argv[0], argv);
-        dprintf(2, "cannot run %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
+    cl_process_spec spec = {.program = argv[0], .argv = argv, .own_group = true, .die_with_parent = true,
+                            .stdout_fd = log, .stderr_fd = log};
+    pid_t pid;
+    int rc = cl_process_spawn(&spec, &pid);
     close(log);
-    CL_ENSURE(pid > 0, CL_EIO, "fork: %s", strerror(errno));
-    setpgid(pid, pid);
+    CL_TRY(rc);
     p->pid = pid;
     return CL_OK;
 }
@@ -161,7 +146,10 @@ static bool alive(proc *p)
     if (p->pid <= 0)
         return false;
     int status;
-    if (waitpid(p->pid, &status, WNOHANG) == p->pid) {
+    int r = cl_process_wait(p->pid, 0, &status);
+    if (r < 0)
+        cl_error_clear(); /* not ours to wait for: taken as running, as before */
+    if (r == 1) {
         p->pid = -status - 1; /* remembered for the report: <= -1 */
         return false;
     }
@@ -227,9 +215,7 @@ static int stop_proc(dev *d, proc *p)
         pause_ms(d, 50);
     if (alive(p)) {
         fprintf(stderr, "cloister dev: %s did not stop in %d s; killing it\n", p->name, STOP_TIMEOUT_MS / 1000);
-        kill(-p->pid, SIGKILL);
-        kill(p->pid, SIGKILL);
-        waitpid(p->pid, NULL, 0);
+        cl_process_stop(p->pid, 0, NULL); /* the grace has passed: SIGKILL to its group */
         p->pid = -1;
     }
     return CL_OK;
@@ -564,23 +550,17 @@ static int run_self(dev *d, const char *name, char *const argv[])
 {
     char out[PATH_MAX + 32];
     snprintf(out, sizeof out, "%s/%s.out", d->run, name);
-    pid_t pid = fork();
-    if (pid == 0) {
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execv(d->self, argv);
-        _exit(127);
-    }
-    if (pid < 0)
+    int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
         return -1;
-    int status;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    cl_process_spec spec = {.program = d->self, .argv = argv, .keep_stdin = true, .stdout_fd = fd, .stderr_fd = fd};
+    pid_t pid;
+    int rc = cl_process_spawn(&spec, &pid);
+    close(fd);
+    int status = 0;
+    if (rc < 0 || cl_process_wait(pid, -1, &status) != 1) {
+        cl_error_clear();
+        return -1;
     }
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }

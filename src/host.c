@@ -22,6 +22,9 @@
 
 #define DEFAULT_IMDS_ENDPOINT "http://169.254.169.254"
 #define VSOCK_PROXY_CID 3 /* the parent instance, where vsock-proxy listens */
+/* AWS's vsock-proxy returns its errors from main() (Rust: exit status 1):
+ * every failure after its command-line parser (clap: exit 2) is a 1 */
+#define EXIT_VSOCK_PROXY 1
 #define PROXY_PROTOCOL_SUFFIX ",proxy-protocol"
 
 /* ---- settings ------------------------------------------------------------------------ */
@@ -159,9 +162,13 @@ static void usage(FILE *out)
             "vsock:3:LOCAL_PORT (--listen ADDR overrides it, e.g. unix:PATH for local tests) and\n"
             "forwards to REMOTE_ADDR:REMOTE_PORT, which must match the allowlist in --config\n"
             "(default " CL_ALLOWLIST_DEFAULT_PATH "): an entry's port equals REMOTE_PORT\n"
-            "and its address equals REMOTE_ADDR (case-insensitively) or resolves to REMOTE_ADDR's\n"
-            "address; otherwise it refuses to start (exit status 1).  -w/--num_workers is\n"
-            "accepted and ignored (one event loop per core serves any number of connections).\n"
+            "and its address equals REMOTE_ADDR (byte for byte, as vsock-proxy compares) or resolves\n"
+            "to REMOTE_ADDR's address; otherwise it refuses to start.  Keys of the YAML other than\n"
+            "allowlist, address and port are ignored, as vsock-proxy ignores them.  Exit status as\n"
+            "vsock-proxy's: 2 for an unknown option or missing argument, 1 for every other error (a\n"
+            "bad port or -w value, the allowlist, a refusal, cannot listen).  -V/--version prints the\n"
+            "version.  -w/--num_workers is accepted and ignored (one event loop per core serves any\n"
+            "number of connections).\n"
             "DNS names are resolved again when their TTL has passed, as in the main form.\n\n"
             "--config FILE (main form): a JSON object whose keys are the long option names, e.g.\n"
             "  {\"forward\": [\"tcp:0.0.0.0:443=vsock:16:443,proxy-protocol\"],\n"
@@ -347,6 +354,11 @@ static int parse_args(int argc, char **argv, bool vsock_proxy, settings *s, cons
                 usage(stdout);
                 return -1;
             }
+            if (vsock_proxy && !options_done && (!strcmp(arg, "-V") || !strcmp(arg, "--version"))) {
+                printf("cloister host vsock-proxy %s (a drop-in for aws-nitro-enclaves-cli's vsock-proxy)\n",
+                       CLOISTER_VERSION);
+                return -1;
+            }
             if (options_done || arg[0] != '-' || !arg[1]) {
                 if (!vsock_proxy) {
                     fprintf(stderr, "%s: unexpected argument '%s' (see --help)\n", me, arg);
@@ -435,7 +447,8 @@ static int parse_args(int argc, char **argv, bool vsock_proxy, settings *s, cons
                 rc = set_option(s, o, value, "");
             if (rc < 0) {
                 fprintf(stderr, "%s: %s\n", me, cl_error_message());
-                return EXIT_USAGE;
+                /* vsock-proxy checks option values after parsing them (exit 1) */
+                return vsock_proxy ? EXIT_VSOCK_PROXY : EXIT_USAGE;
             }
         }
     }
@@ -656,6 +669,7 @@ static int cmd_vsock_proxy(int argc, char **argv)
         fprintf(stderr, "%s: expected LOCAL_PORT REMOTE_ADDR REMOTE_PORT (see --help)\n", me);
         goto out;
     }
+    status = EXIT_VSOCK_PROXY;
     uint64_t local_port, remote_port;
     if (cl_parse_u64(pos[0], UINT32_MAX, &local_port) < 0) {
         fprintf(stderr, "%s: LOCAL_PORT: %s\n", me, cl_error_message());
@@ -696,9 +710,10 @@ static int cmd_vsock_proxy(int argc, char **argv)
     }
     status = check_allowlist(me, &allow, &route.dest, s.ipv4 ? AF_INET : s.ipv6 ? AF_INET6 : AF_UNSPEC,
                              s.dns_server);
+    if (status == 0)
+        status = run(me, &s, &route, 1, &allow);
     if (status != 0)
-        goto out;
-    status = run(me, &s, &route, 1, &allow);
+        status = EXIT_VSOCK_PROXY;
 out:
     cl_allowlist_free(&allow);
     settings_free(&s);

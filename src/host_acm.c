@@ -13,15 +13,18 @@
  * NGINX gracefully; the current bundle is put again every --refresh, so the
  * key-holder opens it again with KMS and the token's TTL restarts. */
 #include "cloister/core/acm_bundle.h"
+#include "cloister/host/acm_conf.h"
 #include "cloister/core/address.h"
 #include "cloister/core/buf.h"
 #include "cloister/core/encoding.h"
+#include "cloister/core/http_get.h"
 #include "cloister/core/keyholder_proto.h"
 #include "cloister/core/log.h"
+#include "cloister/core/process.h"
+#include "cloister/core/secret_file.h"
 #include "cloister/host/watchdog.h"
 #include "commands.h"
 
-#include "core/curl_lazy.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -40,6 +43,7 @@
 typedef struct acm_opts {
     const char *bundle, *label, *object, *provision, *pin_file, *nginx_conf, *chain_file, *openssl_conf;
     const char *reload, *engine, *module, *ca_file;
+    char p11_address[200]; /* p11-kit's spelling of --p11-kit-server, or "" */
     uint64_t poll_ms, refresh_ms;
     bool once;
     char pin[CL_KH_PIN_MAX + 1];
@@ -62,6 +66,7 @@ static void usage(FILE *out)
             "                         [--pin-file PATH] [--object LABEL] [--chain-file PATH] [--openssl-conf PATH]\n"
             "                         [--poll DUR] [--refresh DUR] [--reload-command CMD] [--once]\n"
             "                         [--engine-path SO] [--module-path SO] [--ca-file PEM]\n"
+            "                         [--p11-kit-server ADDR]\n"
             "\n"
             "Provisions a PKCS#11 token in the enclave's key-holder from an ACM-style bundle\n"
             "{certificate, certificateChain, encryptedPrivateKey} and keeps NGINX's configuration for it.\n"
@@ -91,6 +96,10 @@ static void usage(FILE *out)
             "  --engine-path SO       libp11's engine (default: engines-3/pkcs11.so of this system)\n"
             "  --module-path SO       p11-kit's client module (default: pkcs11/p11-kit-client.so)\n"
             "  --ca-file PEM          CAs for an https:// bundle URL instead of the system's\n"
+            "  --p11-kit-server ADDR  where the enclave's `p11-kit server` listens: vsock:CID:PORT with the\n"
+            "                         enclave's CID (nitro-cli describe-enclaves), or unix:PATH; written\n"
+            "                         into the engine configuration as NGINX's P11_KIT_SERVER_ADDRESS\n"
+            "                         ('vsock:cid=CID;port=PORT', quoted) and set for --reload-command\n"
             "\n"
             "Exit status (at start or with --once): 0 provisioned, 1 the key-holder refused the bundle\n"
             "(e.g. KMS would not open its key for this enclave) or the bundle is invalid, 2 bad command\n"
@@ -98,15 +107,6 @@ static void usage(FILE *out)
 }
 
 /* ---- fetching the bundle ---------------------------------------------------------------- */
-
-static size_t on_body(char *data, size_t size, size_t n, void *arg)
-{
-    cl_buf *b = arg;
-    size_t len = size * n;
-    if (b->len + len > CL_ACM_BUNDLE_MAX || cl_buf_append(b, data, len) < 0)
-        return 0;
-    return len;
-}
 
 static int fetch(const acm_opts *o, cl_buf *out)
 {
@@ -116,31 +116,17 @@ static int fetch(const acm_opts *o, cl_buf *out)
         int rc = cl_read_file(o->bundle, CL_ACM_BUNDLE_MAX, out);
         return rc < 0 ? cl_error_prefix(rc, "bundle %s: ", o->bundle) : CL_OK;
     }
-    int lrc = cl_curl_load();
-    if (lrc < 0)
-        return cl_error_prefix(lrc, "bundle %s: ", o->bundle);
-    CURL *c = curl_easy_init();
-    CL_ENSURE(c, CL_ENOMEM, "libcurl");
-    char err[CURL_ERROR_SIZE] = "";
-    curl_easy_setopt(c, CURLOPT_URL, o->bundle);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, err);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
-    if (o->ca_file)
-        curl_easy_setopt(c, CURLOPT_CAINFO, o->ca_file);
-    CURLcode cc = curl_easy_perform(c);
     long status = 0;
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup(c);
-    if (cc == CURLE_WRITE_ERROR)
-        return cl_error_set(CL_ELIMIT, "bundle %s: larger than %u bytes", o->bundle, CL_ACM_BUNDLE_MAX);
-    if (cc != CURLE_OK)
-        return cl_error_set(CL_EIO, "bundle %s: %s", o->bundle, err[0] ? err : curl_easy_strerror(cc));
-    CL_ENSURE(status == 200, CL_EIO, "bundle %s: HTTP status %ld", o->bundle, status);
+    cl_buf body;
+    int rc = cl_http_get(o->bundle, o->ca_file, 10000, CL_ACM_BUNDLE_MAX, &body, &status);
+    if (rc < 0)
+        return cl_error_prefix(rc, "bundle: ");
+    if (status != 200) {
+        cl_buf_free(&body);
+        return cl_error_set(CL_EIO, "bundle %s: HTTP status %ld", o->bundle, status);
+    }
+    cl_buf_free(out);
+    *out = body;
     return CL_OK;
 }
 
@@ -251,26 +237,12 @@ static int write_files(const acm_opts *o, const cl_acm_bundle *b, bool *reload)
     CL_TRY_OUT(write_if_changed(o->chain_path, chain.data, chain.len, 0644, &changed, &existed));
     *reload |= changed && existed;
 
-    char text[9000];
-    snprintf(text, sizeof text,
-             "# written by cloister host acm: OpenSSL's pkcs11 engine (libp11) with p11-kit's client\n"
-             "# module, for NGINX (OPENSSL_CONF=this file, P11_KIT_SERVER_ADDRESS in its environment)\n"
-             "openssl_conf = openssl_init\n"
-             "[openssl_init]\n"
-             "engines = engine_section\n"
-             "[engine_section]\n"
-             "pkcs11 = pkcs11_section\n"
-             "[pkcs11_section]\n"
-             "engine_id = pkcs11\n"
-             "dynamic_path = %s\n"
-             "MODULE_PATH = %s\n"
-             "init = 1\n",
-             o->engine, o->module);
-    CL_TRY_OUT(append_str(&conf, text));
+    CL_TRY_OUT(cl_acm_openssl_conf(&conf, o->engine, o->module, o->p11_address[0] ? o->p11_address : NULL));
     CL_TRY_OUT(write_if_changed(o->openssl_path, conf.data, conf.len, 0644, &changed, &existed));
     *reload |= changed && existed;
 
     const char *object = o->object ? o->object : o->label;
+    char text[9000];
     snprintf(text, sizeof text,
              "# written by cloister host acm for token %s: include it in a server { listen ... ssl; } block.\n"
              "# The key stays in the enclave; the PIN below gates only this host's NGINX (keep this file 0600).\n"
@@ -290,20 +262,21 @@ out:
 
 static int run_reload(const acm_opts *o)
 {
-    pid_t pid = fork();
-    CL_ENSURE(pid >= 0, CL_EIO, "fork: %s", strerror(errno));
-    if (pid == 0) {
-        /* `nginx -s reload` parses the configuration itself: it needs the engine too */
-        setenv("OPENSSL_CONF", o->openssl_path, 0);
-        execl("/bin/sh", "sh", "-c", o->reload, (char *)NULL);
-        _exit(127);
-    }
+    /* `nginx -s reload` parses the configuration itself: it needs the engine
+     * and p11-kit's address too (unless its environment has them) */
+    char conf_env[4200], p11_env[260];
+    snprintf(conf_env, sizeof conf_env, "OPENSSL_CONF=%s", o->openssl_path);
+    snprintf(p11_env, sizeof p11_env, "P11_KIT_SERVER_ADDRESS=%s", o->p11_address);
+    const char *add[] = {conf_env, o->p11_address[0] ? p11_env : NULL, NULL};
+    char *argv[] = {"sh", "-c", (char *)o->reload, NULL};
+    cl_process_spec spec = {.program = "/bin/sh", .argv = argv, .add_env = add, .keep_stdin = true};
+    pid_t pid;
+    CL_TRY(cl_process_spawn(&spec, &pid));
     int st = 0;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR)
-            return cl_error_set(CL_EIO, "waitpid: %s", strerror(errno));
-    CL_ENSURE(WIFEXITED(st) && WEXITSTATUS(st) == 0, CL_EIO, "'%s' failed (%s %d)", o->reload,
-              WIFEXITED(st) ? "exit" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+    CL_TRY(cl_process_wait(pid, -1, &st));
+    char how[48];
+    cl_process_status_text(st, how, sizeof how);
+    CL_ENSURE(WIFEXITED(st) && WEXITSTATUS(st) == 0, CL_EIO, "'%s' failed (%s)", o->reload, how);
     return CL_OK;
 }
 
@@ -498,7 +471,7 @@ static int sibling(const char *conf, const char *label, const char *suffix, char
 int cmd_host_acm(int argc, char **argv)
 {
     enum { O_BUNDLE = 256, O_TOKEN, O_OBJECT, O_PROV, O_PIN, O_NGINX, O_CHAIN, O_OSSL, O_POLL, O_REFRESH, O_RELOAD,
-           O_ONCE, O_ENGINE, O_MODULE, O_CA };
+           O_ONCE, O_ENGINE, O_MODULE, O_CA, O_P11 };
     static const struct option opts[] = {
         {"bundle", required_argument, NULL, O_BUNDLE},      {"token", required_argument, NULL, O_TOKEN},
         {"object", required_argument, NULL, O_OBJECT},      {"provision", required_argument, NULL, O_PROV},
@@ -508,6 +481,7 @@ int cmd_host_acm(int argc, char **argv)
         {"reload-command", required_argument, NULL, O_RELOAD}, {"once", no_argument, NULL, O_ONCE},
         {"engine-path", required_argument, NULL, O_ENGINE}, {"module-path", required_argument, NULL, O_MODULE},
         {"ca-file", required_argument, NULL, O_CA},         {"help", no_argument, NULL, 'h'},
+        {"p11-kit-server", required_argument, NULL, O_P11},
         {NULL, 0, NULL, 0}};
     static const char *const engines[] = {"/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so",
                                           "/usr/lib/aarch64-linux-gnu/engines-3/pkcs11.so",
@@ -534,6 +508,10 @@ int cmd_host_acm(int argc, char **argv)
         case O_ENGINE: o.engine = optarg; break;
         case O_MODULE: o.module = optarg; break;
         case O_CA: o.ca_file = optarg; break;
+        case O_P11:
+            if (cl_p11kit_address(optarg, o.p11_address, sizeof o.p11_address) < 0)
+                return bad("--p11-kit-server: %s", cl_error_message());
+            break;
         case O_POLL:
         case O_REFRESH: {
             uint64_t ms;
@@ -591,7 +569,7 @@ int cmd_host_acm(int argc, char **argv)
                        o.chain_path);
     if (o.pin_file) {
         cl_buf pin = CL_BUF_INIT;
-        if (cl_read_file(o.pin_file, CL_KH_PIN_MAX + 2, &pin) < 0) {
+        if (cl_read_secret_file(o.pin_file, CL_KH_PIN_MAX + 2, &pin) < 0) {
             fprintf(stderr, "cloister host acm: --pin-file: %s\n", cl_error_message());
             cl_buf_free(&pin);
             return EXIT_USAGE;

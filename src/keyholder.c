@@ -14,9 +14,10 @@
 #include "cloister/core/address.h"
 #include "cloister/core/buf.h"
 #include "cloister/core/keyholder_proto.h"
-#include "cloister/core/log.h"
 #include "cloister/core/clock.h"
+#include "cloister/core/log.h"
 #include "cloister/core/options.h"
+#include "cloister/core/secret_file.h"
 #include "cloister/core/small_server.h"
 #include "cloister/enclave/key_custody.h"
 #include "commands.h"
@@ -176,7 +177,7 @@ static int token_from_flag(const char *spec)
     }
     CL_ENSURE_OUT(label && key && cert && pin_file, CL_EINVAL,
                   "needs LABEL,key=NAME,cert=PATH,pin-file=PATH");
-    CL_TRY_OUT(read_file(pin_file, CL_KH_PIN_MAX + 2, &pin));
+    CL_TRY_OUT(cl_read_secret_file(pin_file, CL_KH_PIN_MAX + 2, &pin));
     while (pin.len && (pin.data[pin.len - 1] == '\n' || pin.data[pin.len - 1] == '\r'))
         pin.len--;
     CL_TRY_OUT(read_file(cert, CL_KH_CHAIN_MAX, &chain));
@@ -438,7 +439,7 @@ static int cmd_client(const char *verb, int argc, char **argv)
     int status_code = EXIT_FAILED;
     cl_kh_request r = {.type = put ? CL_KH_PUT_TOKEN : del ? CL_KH_DELETE_TOKEN : CL_KH_STATUS};
     if (put) {
-        if (read_file(pin_file, CL_KH_PIN_MAX + 2, &pin) < 0 || read_file(chain_file, CL_KH_CHAIN_MAX, &chain) < 0) {
+        if (cl_read_secret_file(pin_file, CL_KH_PIN_MAX + 2, &pin) < 0 || read_file(chain_file, CL_KH_CHAIN_MAX, &chain) < 0) {
             fprintf(stderr, "keyholder %s: %s\n", verb, cl_error_message());
             goto out;
         }

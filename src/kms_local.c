@@ -8,6 +8,7 @@
 #include "cloister/sim/kms_policy.h"
 #include "cloister/sim/kms_store.h"
 #include "cloister/core/log.h"
+#include "cloister/core/secret_file.h"
 #include "cloister/enclave/server.h"
 #include "cloister/core/tls.h"
 #include "commands.h"
@@ -105,7 +106,7 @@ static int load_master(const char *file, const char *dir, uint8_t out[CL_KMS_MAS
     const char *env = getenv(MASTER_ENV);
     if (file) {
         *origin = "--master-key-file";
-        rc = cl_read_file(file, 4096, &b);
+        rc = cl_read_secret_file(file, 4096, &b);
         if (rc == CL_OK)
             rc = parse_master(b.data, b.len, file, out);
         cl_buf_free(&b);
@@ -119,7 +120,7 @@ static int load_master(const char *file, const char *dir, uint8_t out[CL_KMS_MAS
     snprintf(path, sizeof path, "%s/master.key", dir);
     *origin = "DIR/master.key";
     if (access(path, F_OK) == 0) {
-        rc = cl_read_file(path, 4096, &b);
+        rc = cl_read_secret_file(path, 4096, &b);
         if (rc == CL_OK)
             rc = parse_master(b.data, b.len, path, out);
         cl_buf_free(&b);
@@ -234,10 +235,13 @@ static int load_or_make_ca(const char *dir, EVP_PKEY **key, X509 **cert)
     char kpath[PATH_MAX], cpath[PATH_MAX];
     snprintf(kpath, sizeof kpath, "%s/ca.key", dir);
     snprintf(cpath, sizeof cpath, "%s/ca.pem", dir);
-    FILE *kf = fopen(kpath, "r");
-    if (kf) {
-        *key = PEM_read_PrivateKey(kf, NULL, NULL, NULL);
-        fclose(kf);
+    if (access(kpath, F_OK) == 0 || errno != ENOENT) {
+        cl_buf kb = CL_BUF_INIT;
+        CL_TRY(cl_read_secret_file(kpath, 1 << 16, &kb));
+        BIO *bio = BIO_new_mem_buf(kb.data, (int)kb.len);
+        *key = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+        BIO_free(bio);
+        cl_buf_free(&kb);
         FILE *cf = fopen(cpath, "r");
         *cert = cf ? PEM_read_X509(cf, NULL, NULL, NULL) : NULL;
         if (cf)

@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#define CLOISTER_VERSION "0.1.0"
 
 struct command {
     const char *name;

@@ -1,6 +1,7 @@
 #include "cloister/core/tls.h"
 
 #include "cloister/core/buf.h"
+#include "cloister/core/secret_file.h"
 
 #include <fcntl.h>
 #include <openssl/core_names.h>
@@ -15,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#define CL_TLS_KEY_FILE_MAX (1 << 20) /* a PEM private key is a few kB */
 #define TICKET_NAME_LEN 16
 #define TICKET_AES_LEN 32
 #define TICKET_HMAC_LEN 32
@@ -133,10 +135,12 @@ int cl_tls_identity_load(const char *cert_path, const char *key_path, cl_tls_ide
     memset(out, 0, sizeof *out);
     int rc = CL_OK;
     CL_TRY_OUT(read_certificates(cert_path, out));
-    FILE *f = fopen(key_path, "r");
-    CL_ENSURE_OUT(f, CL_EIO, "cannot open %s", key_path);
-    out->key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-    fclose(f);
+    cl_buf pem = CL_BUF_INIT;
+    CL_TRY_OUT(cl_read_secret_file(key_path, CL_TLS_KEY_FILE_MAX, &pem));
+    BIO *b = BIO_new_mem_buf(pem.data, (int)pem.len);
+    out->key = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
+    BIO_free(b);
+    cl_buf_free(&pem);
     CL_ENSURE_OUT(out->key, CL_EINVAL, "%s holds no PEM private key", key_path);
     CL_ENSURE_OUT(X509_check_private_key(out->cert, out->key) == 1, CL_EINVAL,
                   "the key in %s does not match the certificate in %s", key_path, cert_path);

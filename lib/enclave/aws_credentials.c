@@ -3,7 +3,7 @@
  * before they expire. */
 #include "cloister/core/imds_policy.h"
 #include "cloister/enclave/kms.h"
-#include "enclave/kms_internal.h"
+#include "core/curl_http.h"
 
 #include <jansson.h>
 #include <pthread.h>

@@ -1047,7 +1047,7 @@ void cl_h2_io(client *c)
     bool finished = !nghttp2_session_want_read(h->session) && !nghttp2_session_want_write(h->session) &&
                     c->out_off == c->out_len && !queue_size(&h->spill);
     if (rc < 0 || finished)
-        cl_client_close(c);
+        c->w->close_client(c);
 }
 
 /* Idle means no bytes either way and no stream waiting for the app, which
@@ -1067,7 +1067,7 @@ static void on_idle_timeout(cl_loop *loop, cl_timer *t)
         final_goaway(h); /* best effort: says the close is not an error */
         (void)h2_flush(h);
     }
-    cl_client_close(c);
+    c->w->close_client(c);
 }
 
 static void on_goaway_timer(cl_loop *loop, cl_timer *t)

@@ -7,9 +7,8 @@
 #include "cloister/core/acm_bundle.h"
 #include "cloister/core/encoding.h"
 #include "cloister/core/log.h"
+#include "cloister/core/secret_file.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
@@ -24,7 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define KEY_FILE_MAX (1 << 20)
 
@@ -261,29 +259,6 @@ bool cl_custody_conn_idle(cl_custody_conn *cx)
 
 /* ---- where a key comes from ----------------------------------------------------------- */
 
-static int read_file(const char *path, size_t max, cl_buf *out)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-        return cl_error_set(CL_EIO, "%s: %s", path, strerror(errno));
-    int rc = CL_OK;
-    for (;;) {
-        CL_TRY_OUT(cl_buf_reserve(out, 4096));
-        ssize_t r = read(fd, out->data + out->len, out->cap - out->len);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            CL_FAIL_OUT(CL_EIO, "%s: %s", path, strerror(errno));
-        if (r == 0)
-            break;
-        out->len += (size_t)r;
-        CL_ENSURE_OUT(out->len <= max, CL_ELIMIT, "%s: larger than %zu bytes", path, max);
-    }
-out:
-    close(fd);
-    return rc;
-}
-
 /* A key name inside the key directory: one path component, no dot files. */
 static int key_path(const cl_custody *c, cl_slice name, char *out, size_t out_len)
 {
@@ -475,7 +450,7 @@ int cl_custody_put(cl_custody *c, const cl_kh_request *r, uint64_t now, uint32_t
     } else {
         char path[4400];
         CL_TRY_OUT(key_path(c, r->key_ref, path, sizeof path));
-        CL_TRY_OUT(read_file(path, KEY_FILE_MAX, &key_pem));
+        CL_TRY_OUT(cl_read_secret_file(path, KEY_FILE_MAX, &key_pem));
     }
     CL_TRY_OUT(generation_make(c, &key_pem, r->chain, r->object_label, &g));
 

@@ -19,7 +19,10 @@
 /* {"Attestation": {"user_data": ..}}: map -> map -> byte string. */
 static const cl_cbor_limits request_limits = {.max_depth = 2, .max_map_entries = 3};
 /* {"DescribeNSM": {"locked_pcrs": [..]}}: map -> map -> array. */
-static const cl_cbor_limits response_limits = {.max_depth = 3, .max_map_entries = 7};
+/* Room for fields a future NSM adds (skipped, as nsm-api's serde skips
+ * them): today's deepest response is 3 levels and its largest map 7 entries.
+ * CL_NSM_RESPONSE_MAX still bounds the whole tree. */
+static const cl_cbor_limits response_limits = {.max_depth = 8, .max_map_entries = 32};
 
 #define NSM_MAX_PCRS 32 /* locked_pcrs is a 32-bit mask */
 #define CLIENT_TIMEOUT_SECONDS 30
@@ -110,6 +113,13 @@ typedef struct field_spec {
 typedef struct decode_ctx {
     const char *side;    /* "request" or "response" */
     const char *variant; /* "ExtendPCR", ... */
+    /* Responses: a field this code does not know is skipped, as nsm-api's
+     * serde structs (no deny_unknown_fields) skip it, so that a field a
+     * future NSM adds does not stop the enclave.  The value has already
+     * passed the CBOR decoder's limits.  Requests stay strict: only the
+     * simulator decodes them, and it should refuse what the NSM would not
+     * understand. */
+    bool skip_unknown;
 } decode_ctx;
 
 static int decode_u16(const decode_ctx *c, const char *name, const cl_cbor *v, uint16_t *out)
@@ -209,6 +219,8 @@ static int decode_fields(const decode_ctx *c, const cl_cbor *map, const field_sp
         size_t i = 0;
         while (i < count && !text_is(k, specs[i].name))
             i++;
+        if (i == count && c->skip_unknown)
+            continue;
         CL_ENSURE(i < count, CL_EPARSE, "NSM %s %s: unknown field \"%.*s\"", c->side, c->variant, SHOWN(k));
         CL_TRY(decode_field(c, &specs[i], k->next));
         seen |= 1u << i;
@@ -258,7 +270,7 @@ static int decode_request_tree(const cl_cbor *root, cl_nsm_request *req)
         return CL_OK;
     }
     CL_ENSURE(value, CL_EPARSE, "NSM request: %s needs fields ({\"%s\": {...}})", op_names[op], op_names[op]);
-    decode_ctx c = {"request", op_names[op]};
+    decode_ctx c = {"request", op_names[op], false};
     switch (op) {
     case CL_NSM_DESCRIBE_PCR:
     case CL_NSM_LOCK_PCR: {
@@ -393,7 +405,7 @@ static int decode_response_tree(const cl_cbor *root, cl_nsm_response *resp)
         return CL_OK;
     }
     CL_ENSURE(value, CL_EPARSE, "NSM response: %s needs fields ({\"%s\": {...}})", op_names[op], op_names[op]);
-    decode_ctx c = {"response", op_names[op]};
+    decode_ctx c = {"response", op_names[op], true};
     cl_nsm_description *d = &resp->description;
     switch (op) {
     case CL_NSM_DESCRIBE_PCR: {

@@ -23,38 +23,6 @@
 static void client_pump(client *c);
 static void schedule_pump(client *c);
 
-const char *cl_http_status_text(int status)
-{
-    switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 410: return "Gone";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 417: return "Expectation Failed";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    }
-    return "Unknown";
-}
-
 static uint64_t now_us(void)
 {
     struct timespec ts;
@@ -62,101 +30,7 @@ static uint64_t now_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-const char *cl_server_date(worker *w)
-{
-    uint64_t now = cl_loop_now(w->loop);
-    if (!w->date[0] || now - w->date_ms >= 1000) {
-        time_t t = time(NULL);
-        struct tm tm;
-        gmtime_r(&t, &tm);
-        strftime(w->date, sizeof w->date, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
-        w->date_ms = now;
-    }
-    return w->date;
-}
-
-int cl_server_simple_response(worker *w, cl_buf *out, int status, const char *content_type, const uint8_t *body,
-                              size_t body_len, bool head_only, bool close)
-{
-    char head[512];
-    int n = snprintf(head, sizeof head,
-                     "HTTP/1.1 %d %s\r\n%sContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n", status,
-                     cl_http_status_text(status), cl_server_date(w),
-                     content_type ? content_type : "text/plain; charset=utf-8", body_len,
-                     close ? "Connection: close\r\n" : "");
-    CL_TRY(cl_buf_append(out, head, (size_t)n));
-    if (!head_only)
-        CL_TRY(cl_buf_append(out, body, body_len));
-    return CL_OK;
-}
-
-int cl_server_forwarded_headers(cl_buf *head, const char *peer, bool tls, cl_slice host)
-{
-    /* the peer is "ip:port" or "[v6]:port": X-Forwarded-For carries the address */
-    char ip[64];
-    snprintf(ip, sizeof ip, "%s", peer);
-    char *colon = strrchr(ip, ':');
-    if (colon && strchr(ip, '.'))
-        *colon = '\0';
-    else if (ip[0] == '[' && (colon = strstr(ip, "]:")) != NULL) {
-        *colon = '\0';
-        memmove(ip, ip + 1, strlen(ip));
-    }
-    char line[256];
-    int n = snprintf(line, sizeof line, "X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n", ip,
-                     tls ? "https" : "http");
-    CL_TRY(cl_buf_append(head, line, (size_t)n));
-    if (host.len) {
-        CL_TRY(cl_buf_append(head, "X-Forwarded-Host: ", 18));
-        CL_TRY(cl_buf_append(head, host.data, host.len));
-        CL_TRY(cl_buf_append(head, "\r\n", 2));
-    }
-    return CL_OK;
-}
-
 /* ---- client I/O ---------------------------------------------------------- */
-
-long cl_client_tls_read(client *c, uint8_t *buf, size_t len)
-{
-    if (!c->ssl) {
-        ssize_t n = recv(c->watch.fd, buf, len, 0);
-        if (n > 0)
-            return n;
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return 0;
-        return -1;
-    }
-    ERR_clear_error();
-    int n = SSL_read(c->ssl, buf, (int)(len > INT32_MAX ? INT32_MAX : len));
-    if (n > 0)
-        return n;
-    int err = SSL_get_error(c->ssl, n);
-    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
-        return 0;
-    ERR_clear_error();
-    return -1;
-}
-
-long cl_client_tls_write(client *c, const uint8_t *buf, size_t len)
-{
-    if (!c->ssl) {
-        ssize_t n = send(c->watch.fd, buf, len, MSG_NOSIGNAL);
-        if (n >= 0)
-            return n;
-        if (errno == EAGAIN || errno == EINTR)
-            return 0;
-        return -1;
-    }
-    ERR_clear_error();
-    int n = SSL_write(c->ssl, buf, (int)(len > INT32_MAX ? INT32_MAX : len));
-    if (n > 0)
-        return n;
-    int err = SSL_get_error(c->ssl, n);
-    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
-        return 0;
-    ERR_clear_error();
-    return -1;
-}
 
 static void release_client(cl_deferred *d)
 {
@@ -1140,6 +1014,7 @@ int cl_server_start(const cl_server_config *cfg_in, int listen_fd, cl_server **o
     for (unsigned i = 0; i < cfg->threads && rc == CL_OK; i++) {
         worker *w = &s->workers[i];
         w->server = s;
+        w->close_client = cl_client_close;
         rc = cl_loop_new(&w->loop);
         if (rc == CL_OK && cfg->app)
             rc = cl_upstream_pool_new(w->loop, cfg->app, &limits, &w->pool);

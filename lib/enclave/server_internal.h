@@ -24,6 +24,9 @@ struct cl_server {
 
 struct worker {
     cl_server *server;
+    /* server.c's cl_client_close: what h2.c calls to end a connection,
+     * through this pointer so that h2.c needs nothing of server.c */
+    void (*close_client)(client *c);
     cl_loop *loop;
     pthread_t thread;
     cl_watch listen_watch;
@@ -96,8 +99,8 @@ void cl_h2_io(client *c);
 void cl_h2_free(client *c);
 void cl_h2_drain(client *c);
 
-/* For h2.c: reads/writes through the client's TLS, with the same
- * conventions: >0 bytes, 0 would block, -1 closed or failed. */
+/* client_io.c, for server.c and h2.c: reads/writes through the client's TLS:
+ * >0 bytes, 0 would block, -1 closed or failed. */
 long cl_client_tls_read(client *c, uint8_t *buf, size_t len);
 long cl_client_tls_write(client *c, const uint8_t *buf, size_t len);
 void cl_client_close(client *c);

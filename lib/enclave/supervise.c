@@ -2,6 +2,7 @@
 
 #include "cloister/core/buf.h"
 #include "cloister/core/log.h"
+#include "cloister/core/process.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -43,38 +44,31 @@ static uint64_t mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+/* -1 (the error set) or the child's pid.  The parent blocks termination
+ * signals in every thread; cl_process_spawn gives the app a clean mask. */
 static pid_t spawn(cl_child *c, int out_fd[2], int err_fd[2])
 {
-    if (pipe2(out_fd, O_CLOEXEC) < 0)
+    if (pipe2(out_fd, O_CLOEXEC) < 0) {
+        cl_error_set(CL_EIO, "pipe: %s", strerror(errno));
         return -1;
+    }
     if (pipe2(err_fd, O_CLOEXEC) < 0) {
+        cl_error_set(CL_EIO, "pipe: %s", strerror(errno));
         close(out_fd[0]);
         close(out_fd[1]);
         return -1;
     }
-    pid_t pid = fork();
-    if (pid == 0) {
-        /* The parent blocks termination signals in every thread; the app
-         * must start with a clean mask and default handlers. */
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        signal(SIGPIPE, SIG_DFL);
-        setpgid(0, 0);
-        dup2(out_fd[1], 1);
-        dup2(err_fd[1], 2);
-        int devnull = open("/dev/null", O_RDONLY);
-        if (devnull >= 0)
-            dup2(devnull, 0);
-        char *argv[] = {"/bin/sh", "-c", c->command, NULL};
-        execve("/bin/sh", argv, c->env);
-        _exit(127);
-    }
+    char *argv[] = {"/bin/sh", "-c", c->command, NULL};
+    cl_process_spec spec = {.program = "/bin/sh", .argv = argv, .envp = c->env, .own_group = true,
+                            .stdout_fd = out_fd[1], .stderr_fd = err_fd[1]};
+    pid_t pid;
+    int rc = cl_process_spawn(&spec, &pid);
     close(out_fd[1]);
     close(err_fd[1]);
-    if (pid < 0) {
+    if (rc < 0) {
         close(out_fd[0]);
         close(err_fd[0]);
+        return -1;
     }
     return pid;
 }
@@ -115,8 +109,8 @@ static int pump_output(line_reader *readers, pid_t pid)
     bool exited = false;
     for (;;) {
         if (!exited) {
-            pid_t r = waitpid(pid, &status, WNOHANG);
-            exited = r == pid || (r < 0 && errno != EINTR);
+            int r = cl_process_wait(pid, 0, &status);
+            exited = r != 0; /* an error: nothing left to wait for */
         }
         struct pollfd pfd[2];
         nfds_t n = 0;
@@ -154,21 +148,9 @@ static int pump_output(line_reader *readers, pid_t pid)
             close(readers[i].fd);
         }
     }
-    while (!exited) {
-        pid_t r = waitpid(pid, &status, 0);
-        exited = r == pid || (r < 0 && errno != EINTR);
-    }
+    if (!exited && cl_process_wait(pid, -1, &status) < 0)
+        cl_error_clear();
     return status;
-}
-
-static void describe_status(int status, char *out, size_t len)
-{
-    if (WIFEXITED(status))
-        snprintf(out, len, "exit %d", WEXITSTATUS(status));
-    else if (WIFSIGNALED(status))
-        snprintf(out, len, "signal %d", WTERMSIG(status));
-    else
-        snprintf(out, len, "status %d", status);
 }
 
 static void *watch_child(void *arg)
@@ -189,7 +171,7 @@ static void *watch_child(void *arg)
             c->pid = pid;
         pthread_mutex_unlock(&c->lock);
         if (pid < 0) {
-            cl_log(CL_LOG_ERROR, "app_spawn_failed", "name", c->name, "error", strerror(errno), NULL);
+            cl_log(CL_LOG_ERROR, "app_spawn_failed", "name", c->name, "error", cl_error_message(), NULL);
         } else {
             char pid_text[24];
             snprintf(pid_text, sizeof pid_text, "%d", (int)pid);
@@ -206,7 +188,7 @@ static void *watch_child(void *arg)
             stopping = c->stopping;
             pthread_mutex_unlock(&c->lock);
             char how[32];
-            describe_status(status, how, sizeof how);
+            cl_process_status_text(status, how, sizeof how);
             cl_log(stopping ? CL_LOG_INFO : CL_LOG_WARN, "app_exited", "name", c->name, "pid", pid_text, "status",
                    how, NULL);
             if (stopping)

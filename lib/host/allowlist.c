@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #define LINE_MAX_BYTES 4096
 
@@ -24,6 +23,8 @@ typedef struct parser {
     size_t cap;
     unsigned line;
     bool seen_key;      /* `allowlist:` read */
+    bool seen_top;      /* any top-level key read (a `---` may only come before) */
+    bool in_allowlist;  /* the lines being read belong to `allowlist:` */
     bool empty_flow;    /* `allowlist: []` */
     int item_indent;    /* -1 until the first item */
     int key_indent;     /* block mapping keys of the current item; -1 when none open */
@@ -157,10 +158,10 @@ static int set_value(parser *p, const char *key, size_t key_len, const char *val
         it->has_port = true;
         return CL_OK;
     }
-    char msg[96];
-    snprintf(msg, sizeof msg, "unknown key '%.*s' (an entry has only 'address' and 'port')",
-             (int)(key_len > 32 ? 32 : key_len), key);
-    return fail(p, msg);
+    /* vsock-proxy looks up `address` and `port` in each entry and never
+     * sees other keys: an entry with a comment-like key still works there,
+     * so it does here (its value was still read as a scalar) */
+    return CL_OK;
 }
 
 /* `key: value` at the start of s; in flow context the value stops at ',' or
@@ -257,30 +258,53 @@ static int read_flow_mapping(parser *p, const char *s, size_t n)
     return CL_OK;
 }
 
+/* A line at indentation 0 that is not a list item: a top-level key. */
+static int read_top_key(parser *p, const char *s, size_t n)
+{
+    size_t k = 0;
+    while (k < n && s[k] != ':')
+        k++;
+    if (k == 0 || k == n || (k + 1 < n && s[k + 1] != ' '))
+        return fail(p, "expected a top-level 'key:' ('allowlist:' holds the entries)");
+    CL_TRY(finish_item(p));
+    p->seen_top = true;
+    const char *rest = s + k + 1;
+    size_t rn = n - k - 1;
+    trim(&rest, &rn);
+    if (k == 9 && !memcmp(s, "allowlist", 9)) {
+        if (p->seen_key)
+            return fail(p, "duplicate key 'allowlist'");
+        p->seen_key = true;
+        p->in_allowlist = true;
+        if (rn == 0)
+            return CL_OK;
+        if (rn == 2 && !memcmp(rest, "[]", 2)) {
+            p->empty_flow = true;
+            return CL_OK;
+        }
+        return fail(p, "'allowlist:' must be followed by a list of entries on the next lines (or [])");
+    }
+    /* vsock-proxy reads the document's `allowlist` and nothing else: any
+     * other key, and the lines of its value, are skipped as it skips them */
+    p->in_allowlist = false;
+    return CL_OK;
+}
+
 /* One line without its end and without comments; indent counted. */
 static int read_line(parser *p, const char *s, size_t n, int indent)
 {
-    if (!p->seen_key) {
-        if (indent == 0 && n == 3 && !memcmp(s, "---", 3) && p->out->count == 0)
-            return CL_OK;
-        if (indent != 0)
-            return fail(p, "expected 'allowlist:' at the start of the line");
-        if (n >= 10 && !memcmp(s, "allowlist:", 10)) {
-            const char *rest = s + 10;
-            size_t rn = n - 10;
-            trim(&rest, &rn);
-            if (rn == 0) {
-                p->seen_key = true;
-                return CL_OK;
-            }
-            if (rn == 2 && !memcmp(rest, "[]", 2)) {
-                p->seen_key = true;
-                p->empty_flow = true;
-                return CL_OK;
-            }
-            return fail(p, "'allowlist:' must be followed by a list of entries on the next lines (or [])");
-        }
-        return fail(p, "expected 'allowlist:' (the only top-level key)");
+    bool list_item = n >= 1 && s[0] == '-' && (n == 1 || s[1] == ' ');
+    if (indent == 0 && n == 3 && !memcmp(s, "---", 3)) {
+        if (p->seen_top)
+            return fail(p, "a second YAML document ('---'): the allowlist is one document");
+        return CL_OK;
+    }
+    if (indent == 0 && !list_item)
+        return read_top_key(p, s, n);
+    if (!p->in_allowlist) {
+        if (p->seen_top)
+            return CL_OK; /* the value of a key vsock-proxy does not read */
+        return fail(p, "expected 'allowlist:' at the start of the line");
     }
     if (p->empty_flow)
         return fail(p, "unexpected text after 'allowlist: []'");
@@ -311,8 +335,6 @@ static int read_line(parser *p, const char *s, size_t n, int indent)
         size_t used;
         return read_pair(p, s, n, false, &used);
     }
-    if (indent == 0)
-        return fail(p, "unexpected top-level text: the file has one key, 'allowlist'");
     return fail(p, "unexpected indentation (an entry's keys line up under its first key)");
 }
 
@@ -422,7 +444,10 @@ int cl_allowlist_check(const cl_allowlist *a, const char *host, uint16_t port, c
         if (e->port != port)
             continue;
         same_port++;
-        if (!strcasecmp(e->address, host)) {
+        /* vsock-proxy compares the names as strings (`addr == remote_host`),
+         * byte for byte; a name that differs only in case still matches
+         * below, by the address it resolves to, as there */
+        if (!strcmp(e->address, host)) {
             *matched = e;
             return CL_OK;
         }

@@ -1,5 +1,7 @@
 #include "cloister/host/nitro_cli.h"
 
+#include "cloister/core/process.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -66,73 +68,37 @@ static int keep_stdout(captured *c, const char *data, size_t n)
     return CL_OK;
 }
 
-/* The child side: never returns.  Only async-signal-safe calls. */
-static void exec_child(const char *program, char *const argv[], int out_w, int err_w, int report_w)
-{
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    signal(SIGPIPE, SIG_DFL);
-    setpgid(0, 0);
-    int devnull = open("/dev/null", O_RDONLY);
-    if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0) {
-        int e = errno;
-        ssize_t ignored = write(report_w, &e, sizeof e);
-        (void)ignored;
-        _exit(127);
-    }
-    execvp(program, argv);
-    int e = errno;
-    ssize_t ignored = write(report_w, &e, sizeof e);
-    (void)ignored;
-    _exit(127);
-}
-
 /* Runs argv[0] (execvp) with stdin from /dev/null, capturing its output,
  * and waits at most timeout_ms for it to exit. */
 static int run_capture(const char *what, char *const argv[], unsigned timeout_ms, captured *c)
 {
-    int out_p[2] = {-1, -1}, err_p[2] = {-1, -1}, rep_p[2] = {-1, -1};
+    int out_p[2] = {-1, -1}, err_p[2] = {-1, -1};
     int rc = CL_OK;
     pid_t pid = -1;
     memset(c, 0, sizeof *c);
-    if (pipe2(out_p, O_CLOEXEC) < 0 || pipe2(err_p, O_CLOEXEC) < 0 || pipe2(rep_p, O_CLOEXEC) < 0)
+    if (pipe2(out_p, O_CLOEXEC) < 0 || pipe2(err_p, O_CLOEXEC) < 0)
         CL_FAIL_OUT(CL_EIO, "%s: pipe: %s", what, strerror(errno));
-    pid = fork();
-    if (pid < 0)
-        CL_FAIL_OUT(CL_EIO, "%s: fork: %s", what, strerror(errno));
-    if (pid == 0)
-        exec_child(argv[0], argv, out_p[1], err_p[1], rep_p[1]);
-    setpgid(pid, pid); /* also done by the child; whichever runs first */
+    cl_process_spec spec = {.program = argv[0], .argv = argv, .search_path = true, .own_group = true,
+                            .stdout_fd = out_p[1], .stderr_fd = err_p[1]};
+    rc = cl_process_spawn(&spec, &pid);
     close(out_p[1]);
     close(err_p[1]);
-    close(rep_p[1]);
-    out_p[1] = err_p[1] = rep_p[1] = -1;
-
-    /* exec failed: the child reports errno before exiting */
-    int exec_errno = 0;
-    ssize_t got;
-    do
-        got = read(rep_p[0], &exec_errno, sizeof exec_errno);
-    while (got < 0 && errno == EINTR);
-    if (got == (ssize_t)sizeof exec_errno) {
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-            ;
-        pid = -1;
-        CL_FAIL_OUT(CL_EIO, "cannot run %s: %s", argv[0], strerror(exec_errno));
-    }
+    out_p[1] = err_p[1] = -1;
+    if (rc < 0)
+        goto out;
 
     uint64_t deadline = mono_ms() + timeout_ms;
     bool exited = false;
     int fds[2] = {out_p[0], err_p[0]};
     for (;;) {
         if (!exited) {
-            pid_t r = waitpid(pid, &c->status, WNOHANG);
-            if (r == pid) {
+            int r = cl_process_wait(pid, 0, &c->status);
+            if (r == 1) {
                 exited = true;
                 pid = -1;
-            } else if (r < 0 && errno != EINTR) {
-                CL_FAIL_OUT(CL_EIO, "%s: waitpid: %s", what, strerror(errno));
+            } else if (r < 0) {
+                rc = cl_error_prefix(r, "%s: ", what);
+                goto out;
             }
         }
         struct pollfd pfd[2];
@@ -177,19 +143,13 @@ static int run_capture(const char *what, char *const argv[], unsigned timeout_ms
     if (!c->out)
         CL_TRY_OUT(keep_stdout(c, "", 0));
 out:
-    if (pid > 0) {
-        kill(-pid, SIGKILL);
-        kill(pid, SIGKILL);
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-            ;
-    }
+    if (pid > 0)
+        cl_process_stop(pid, 0, NULL); /* timed out or failed: no grace */
     for (int i = 0; i < 2; i++) {
         if (out_p[i] >= 0)
             close(out_p[i]);
         if (err_p[i] >= 0)
             close(err_p[i]);
-        if (rep_p[i] >= 0)
-            close(rep_p[i]);
     }
     if (rc < 0) {
         free(c->out);
@@ -513,4 +473,16 @@ int cl_nitro_terminate_enclave(const cl_nitro_cli *cli, const char *enclave_id)
     int rc = cl_nitro_parse_terminate(c.out, c.out_len, enclave_id);
     free(c.out);
     return rc;
+}
+
+void cl_nitro_default_name(const char *eif_path, char *out, size_t len)
+{
+    const char *base = strrchr(eif_path, '/');
+    base = base ? base + 1 : eif_path;
+    size_t n = strlen(base);
+    /* nitro-cli strips ".eif" only (repeatedly, case-sensitively): any other
+     * extension is part of the name it shows in describe-enclaves */
+    while (n >= 4 && !memcmp(base + n - 4, ".eif", 4))
+        n -= 4;
+    snprintf(out, len, "%.*s", (int)n, base);
 }

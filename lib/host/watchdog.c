@@ -3,6 +3,7 @@
 
 #include "cloister/core/address.h"
 #include "cloister/core/log.h"
+#include "cloister/core/process.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -450,38 +451,21 @@ static int local_start(cl_watchdog *w, char *reason, size_t reason_len)
         return CL_EIO;
     }
     char *argv[] = {"/bin/sh", "-c", w->command, NULL};
-    pid_t pid = fork();
-    if (pid == 0) {
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        signal(SIGPIPE, SIG_DFL);
-        setpgid(0, 0);
-        /* a watchdog killed outright must not leave its enclave running
-         * (the watchdog thread, which forked this, lives until the end) */
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        int devnull = open("/dev/null", O_RDONLY);
-        if (devnull >= 0)
-            dup2(devnull, 0);
-        /* the pipes' write ends, blocking for the child */
-        int fl = fcntl(out_p[1], F_GETFL);
-        fcntl(out_p[1], F_SETFL, fl & ~O_NONBLOCK);
-        fl = fcntl(err_p[1], F_GETFL);
-        fcntl(err_p[1], F_SETFL, fl & ~O_NONBLOCK);
-        dup2(out_p[1], 1);
-        dup2(err_p[1], 2);
-        execv("/bin/sh", argv);
-        _exit(127);
-    }
+    /* die_with_parent: a watchdog killed outright must not leave its
+     * enclave running (the watchdog thread, which forks this, lives until
+     * the end); the pipes' write ends are made blocking for the child */
+    cl_process_spec spec = {.program = "/bin/sh", .argv = argv, .own_group = true, .die_with_parent = true,
+                            .stdout_fd = out_p[1], .stderr_fd = err_p[1]};
+    pid_t pid;
+    int rc = cl_process_spawn(&spec, &pid);
     close(out_p[1]);
     close(err_p[1]);
-    if (pid < 0) {
+    if (rc < 0) {
         close(out_p[0]);
         close(err_p[0]);
-        snprintf(reason, reason_len, "fork: %s", strerror(errno));
-        return CL_EIO;
+        snprintf(reason, reason_len, "%s", cl_error_message());
+        return rc;
     }
-    setpgid(pid, pid);
     w->child = pid;
     w->child_exited = false;
 #ifdef SYS_pidfd_open
@@ -500,33 +484,20 @@ static int local_start(cl_watchdog *w, char *reason, size_t reason_len)
     return CL_OK;
 }
 
-static void describe_status(int status, char *out, size_t len)
-{
-    if (WIFEXITED(status))
-        snprintf(out, len, "exit status %d", WEXITSTATUS(status));
-    else if (WIFSIGNALED(status))
-        snprintf(out, len, "killed by signal %d", WTERMSIG(status));
-    else
-        snprintf(out, len, "wait status %d", status);
-}
-
 /* Reaps the child if it has exited; true (and how, in reason) when it has. */
 static bool local_reap(cl_watchdog *w, char *reason, size_t reason_len)
 {
     if (w->child <= 0 || w->child_exited)
         return true;
     int status;
-    pid_t r;
-    do
-        r = waitpid(w->child, &status, WNOHANG);
-    while (r < 0 && errno == EINTR);
+    int r = cl_process_wait(w->child, 0, &status);
     if (r == 0)
         return false;
     char how[48];
-    if (r == w->child)
-        describe_status(status, how, sizeof how);
+    if (r == 1)
+        cl_process_status_text(status, how, sizeof how);
     else
-        snprintf(how, sizeof how, "lost: %s", strerror(errno));
+        snprintf(how, sizeof how, "lost: %s", cl_error_message());
     snprintf(reason, reason_len, "exited (%s)", how);
     w->child_exited = true;
     char pid_text[24];
@@ -623,9 +594,7 @@ static void local_terminate(cl_watchdog *w)
         fmt_u64(pid_text, (uint64_t)pgid);
         cl_log(CL_LOG_WARN, "enclave_kill", "runner", "local", "pid", pid_text, "reason", "did not stop in time",
                NULL);
-        kill(-pgid, SIGKILL);
-        while (waitpid(pgid, NULL, 0) < 0 && errno == EINTR)
-            ;
+        cl_process_stop(pgid, 0, NULL); /* straight to SIGKILL: the grace has passed */
         w->child_exited = true;
         if (w->child_pidfd >= 0)
             close(w->child_pidfd);
@@ -701,18 +670,14 @@ static void nitro_terminate(cl_watchdog *w)
 }
 
 /* The EnclaveName nitro-cli gives ours: --enclave-name, or the EIF's file
- * name without its extension. */
+ * name as nitro-cli derives it. */
 static void expected_name(const cl_watchdog *w, char *out, size_t len)
 {
     if (w->cfg.run.enclave_name) {
         snprintf(out, len, "%s", w->cfg.run.enclave_name);
         return;
     }
-    const char *base = strrchr(w->cfg.run.eif_path, '/');
-    base = base ? base + 1 : w->cfg.run.eif_path;
-    const char *dot = strrchr(base, '.');
-    int n = dot && dot != base ? (int)(dot - base) : (int)strlen(base);
-    snprintf(out, len, "%.*s", n, base);
+    cl_nitro_default_name(w->cfg.run.eif_path, out, len);
 }
 
 /* An enclave of ours left over from a run that was not stopped cleanly (same

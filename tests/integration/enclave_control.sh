@@ -93,7 +93,7 @@ wait_for_log enclave2 'event=app_output stream=app.stdout line="app: listening o
 [ "$(curl -sk "https://127.0.0.1:$pub/hello")" = "hello from the app" ] || fail "app started by -appcmd"
 app_pid=$(grep -oE 'event=app_started name=app pid=[0-9]+' "$work/enclave2.log" | head -1 | grep -oE '[0-9]+$')
 kill -KILL "$app_pid"
-wait_for_log enclave2 'event=app_exited name=app pid='"$app_pid"' status="signal 9"'
+wait_for_log enclave2 'event=app_exited name=app pid='"$app_pid"' status="killed by signal 9"'
 for _ in $(seq 1 100); do
     [ "$(grep -c 'event=app_started' "$work/enclave2.log")" -ge 2 ] && break
     sleep 0.1

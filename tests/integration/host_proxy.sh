@@ -158,6 +158,8 @@ allowlist:
 - {address: kms.us-east-1.amazonaws.com, port: 443}
 - address: localhost
   port: $echo_port
+  note: keys vsock-proxy does not read are ignored, as there
+owner: platform-team
 EOF
 spawn vp "$CLOISTER" host vsock-proxy --config "$work/allow.yaml" -w 4 --listen "unix:$work/vp.sock" \
     8000 localhost "$echo_port"
@@ -190,11 +192,33 @@ rc=$?
 "$CLOISTER" host --allowlist "$work/allow.yaml" --outbound "unix:$work/y.sock=localhost:$sink_port" >"$work/main.out" 2>&1
 rc2=$?
 set -e
-[ "$rc" = 2 ] && grep -q 'allowlist line 2: port must be an integer from 1 to 65535' "$work/bad.out" ||
-    fail "bad allowlist YAML: status $rc: $(cat "$work/bad.out")"
+[ "$rc" = 1 ] && grep -q 'allowlist line 2: port must be an integer from 1 to 65535' "$work/bad.out" ||
+    fail "bad allowlist YAML: status $rc (vsock-proxy exits 1): $(cat "$work/bad.out")"
 [ "$rc2" = 1 ] && grep -q 'is not in the allowlist' "$work/main.out" ||
     fail "--allowlist with --outbound: status $rc2: $(cat "$work/main.out")"
-pass "a malformed allowlist names its line (exit 2); --allowlist refuses --outbound destinations too"
+pass "a malformed allowlist names its line (exit 1, as vsock-proxy); --allowlist refuses --outbound destinations too"
+
+# exit statuses as AWS's vsock-proxy: clap's 2 for the command line's shape, 1 for every other error
+vp_status() { # WANT ARGS...
+    local want=$1 st=0
+    shift
+    "$CLOISTER" host vsock-proxy "$@" >"$work/vps.out" 2>&1 || st=$?
+    [ "$st" = "$want" ] || fail "vsock-proxy $*: exit $st, want $want: $(cat "$work/vps.out")"
+}
+vp_status 2 --no-such-option 8000 localhost "$echo_port"
+vp_status 2 --config "$work/allow.yaml" 8000 localhost
+vp_status 2 -4 -6 --config "$work/allow.yaml" 8000 localhost "$echo_port"
+vp_status 1 --config "$work/allow.yaml" --listen "unix:$work/p.sock" 8000 localhost 70000
+vp_status 1 --config "$work/allow.yaml" --listen "unix:$work/p.sock" x localhost "$echo_port"
+vp_status 1 --config "$work/allow.yaml" --listen "unix:$work/p.sock" -w 0 8000 localhost "$echo_port"
+vp_status 1 --config "$work/nonexistent.yaml" --listen "unix:$work/p.sock" 8000 localhost "$echo_port"
+vp_status 1 --config "$work/allow.yaml" --listen "unix:$work/no/such/dir/p.sock" 8000 localhost "$echo_port"
+grep -q 'no/such/dir' "$work/vps.out" || fail "cannot listen: not named: $(cat "$work/vps.out")"
+vp_status 1 --config "$work/allow.yaml" --listen "unix:$work/p.sock" 8000 LOCALHOST.invalid "$echo_port"
+vp_status 0 --version
+grep -q '^cloister host vsock-proxy [0-9]' "$work/vps.out" || fail "--version: $(cat "$work/vps.out")"
+vp_status 0 -V
+pass "vsock-proxy form: exit 2 for unknown options and missing arguments, 1 for bad values, allowlist, listen; --version"
 
 # ---- DNS names, re-resolved -----------------------------------------------------------------------
 spawn dns "$CLOISTER" host --resolve-interval 1 --outbound "unix:$work/out.sock=localhost:$echo_port"

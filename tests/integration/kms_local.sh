@@ -15,7 +15,7 @@ command -v node >/dev/null || { echo "skip: node is not installed"; exit 77; }
 [ -d "$SOURCE_DIR/tests/node/node_modules/@aws-sdk/client-kms" ] ||
     { echo "skip: tests/node has no @aws-sdk/client-kms (run scripts/node-deps.sh)"; exit 77; }
 SDK="$SOURCE_DIR/tests/node/kms_sdk.js"
-VECTORS=${CLOISTER_SHARED_DIR:-$SOURCE_DIR/../shared}/vectors
+VECTORS=${CLOISTER_TEST_VECTORS:-$SOURCE_DIR/tests/vectors}
 AK=AKIDKMSLOCALTEST01
 SK='kms/local+secret/0123456789abcdefghijklmn'
 
@@ -112,13 +112,11 @@ echo "$out" | grep -q '^FAIL' && fail "Decrypt with a Recipient: $out"
 pass "Decrypt with a Recipient on the policy's PCR0: no Plaintext, CiphertextForRecipient opened by openssl cms -decrypt"
 
 strip() { openssl cms -cmsout -print -inform DER -in "$1" | grep -v '^ *[0-9a-f]\{4\} - '; }
-if [ -f "$VECTORS/kms/kms-ciphertext-for-recipient.ber" ]; then
-    diff <(strip "$work/cfr.ber") <(strip "$VECTORS/kms/kms-ciphertext-for-recipient.ber") >"$work/shape.diff" ||
-        fail "CMS structure differs from the real KMS sample: $(cat "$work/shape.diff")"
-    pass "openssl cms -cmsout -print: the same structure as the real KMS CiphertextForRecipient"
-else
-    echo "skip: the real KMS sample is absent; structure compared to nothing"
-fi
+[ -f "$VECTORS/kms/kms-ciphertext-for-recipient.ber" ] ||
+    fail "the real KMS sample $VECTORS/kms/kms-ciphertext-for-recipient.ber is missing (part of the repository)"
+diff <(strip "$work/cfr.ber") <(strip "$VECTORS/kms/kms-ciphertext-for-recipient.ber") >"$work/shape.diff" ||
+    fail "CMS structure differs from the real KMS sample: $(cat "$work/shape.diff")"
+pass "openssl cms -cmsout -print: the same structure as the real KMS CiphertextForRecipient"
 
 out=$(recipient datakey alias/enclave "$work/doc-a.bin" "$work/dk.ber")
 echo "$out" | grep -q '^FAIL\|^ERROR' && fail "GenerateDataKey with a Recipient: $out"
@@ -204,7 +202,14 @@ timeout 10 "$CLOISTER" kms-local --listen "tcp:127.0.0.1:$port" --state "$work/k
     2>"$work/err" || status=$?
 [ "$status" -ne 0 ] && grep -q 'no master key was given' "$work/err" || fail "no master key for an existing state: $(cat "$work/err")"
 [ ! -e "$work/kms2/master.key" ] || fail "a master.key was generated for an existing state"
-pass "master key from --master-key-file and from \$CLOISTER_KMS_MASTER_KEY; none for an existing state is refused"
+# a secret is read from the file itself: a symbolic link put in its place is refused
+ln -s "$work/master.hex" "$work/master-link.hex"
+status=0
+timeout 10 "$CLOISTER" kms-local --listen "tcp:127.0.0.1:$port" --state "$work/kms2" --credentials "$AK:$SK" \
+    --master-key-file "$work/master-link.hex" 2>"$work/err" || status=$?
+[ "$status" -ne 0 ] && grep -q 'master-link.hex: a symbolic link' "$work/err" ||
+    fail "a master key file that is a symbolic link: $status $(cat "$work/err")"
+pass "master key from --master-key-file and from \$CLOISTER_KMS_MASTER_KEY; none for an existing state, or through a symbolic link, is refused"
 
 # ---- TLS with the written CA; the SDK over a unix socket ---------------------------------------------
 tport=$(free_port)

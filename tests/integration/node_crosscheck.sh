@@ -5,21 +5,20 @@
 #
 #  (a) verify.js itself on AWS's real documents: the five good ones verify at
 #      their own timestamps, bad-selfsigned and tamperings are rejected
-#      (skipped when $CLOISTER_SHARED_DIR/vectors/nitro is absent);
+#      (tests/vectors/nitro, part of the repository: missing ones fail);
 #  (b) documents from `cloister nsm-sim` obtained with `cloister attest
 #      request` verify with verify.js against the simulator's root, carry the
 #      requested nonce, user data and public key, and are rejected when a
 #      signature byte is flipped or when checked against the AWS root.
 #
-# Env: CLOISTER (the cloister binary), CLOISTER_SOURCE_DIR, CLOISTER_SHARED_DIR.
+# Env: CLOISTER (the cloister binary), CLOISTER_SOURCE_DIR, CLOISTER_TEST_VECTORS.
 set -euo pipefail
 
 src=${CLOISTER_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 cloister=${CLOISTER:-${CLOISTER_BUILD_DIR:-$src/build}/cloister}
-shared=${CLOISTER_SHARED_DIR:-$src/../shared}
 node_dir=$src/tests/node
 verify=$node_dir/verify.js
-vectors=$shared/vectors/nitro
+vectors=${CLOISTER_TEST_VECTORS:-$src/tests/vectors}/nitro
 
 fail() {
   echo "FAIL: $*" >&2
@@ -64,23 +63,19 @@ expect_rejected() {
 }
 
 # ---- (a) real AWS documents -------------------------------------------------
-if [ -d "$vectors" ]; then
-  step "verify.js on the real Nitro documents in $vectors"
-  aws_root=$vectors/aws-nitro-root-g1.pem
-  expect_ok "$aws_root" "$vectors/nitro-2022-10-13.cbor" "$vectors/nitro-2022-10-12-debug.cbor" \
-    "$vectors/nitro-2023-09-18.b64" "$vectors/nitro-2024-09-07-maxfields.b64" \
-    "$vectors/nitro-2024-09-07-debug.b64"
-  expect_rejected "$aws_root" "$vectors/bad-selfsigned.b64"
-  step "verify.js self-test (tamperings of the real documents)"
-  (cd "$node_dir" && timeout 60 node selftest.js "$vectors") >"$tmp/selftest.log" 2>&1 || {
-    cat "$tmp/selftest.log" >&2
-    fail "verify.js self-test"
-  }
-  tail -n 1 "$tmp/selftest.log"
-else
-  echo "skip (a): $vectors is absent (shared test material not found); real-document checks not run"
-  aws_root=
-fi
+[ -d "$vectors" ] || fail "$vectors is missing (tests/vectors is part of the repository)"
+step "verify.js on the real Nitro documents in $vectors"
+aws_root=$vectors/aws-nitro-root-g1.pem
+expect_ok "$aws_root" "$vectors/nitro-2022-10-13.cbor" "$vectors/nitro-2022-10-12-debug.cbor" \
+  "$vectors/nitro-2023-09-18.b64" "$vectors/nitro-2024-09-07-maxfields.b64" \
+  "$vectors/nitro-2024-09-07-debug.b64"
+expect_rejected "$aws_root" "$vectors/bad-selfsigned.b64"
+step "verify.js self-test (tamperings of the real documents)"
+(cd "$node_dir" && timeout 60 node selftest.js "$vectors") >"$tmp/selftest.log" 2>&1 || {
+  cat "$tmp/selftest.log" >&2
+  fail "verify.js self-test"
+}
+tail -n 1 "$tmp/selftest.log"
 
 # ---- (b) simulator documents --------------------------------------------------
 step "starting cloister nsm-sim"
@@ -177,9 +172,7 @@ expect_rejected "$sim_root" "$tmp/sigflip2.cbor"
 if timeout 60 "$cloister" attest verify --root "$sim_root" --at doc --allow-debug "$tmp/sigflip.cbor" >/dev/null 2>&1; then
   fail "cloister attest verify accepted a flipped signature"
 fi
-if [ -n "$aws_root" ]; then
-  expect_rejected "$aws_root" "$tmp/plain.cbor"
-  expect_rejected "$aws_root" "$tmp/all.cbor"
-fi
+expect_rejected "$aws_root" "$tmp/plain.cbor"
+expect_rejected "$aws_root" "$tmp/all.cbor"
 
 echo "node cross-check: all passed"

@@ -264,7 +264,7 @@ NGINX=(nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.c
 echo "pin-$RANDOM-$RANDOM" >"$work/pin"
 spawn acm "$CLOISTER" host acm --bundle "$work/bundle.json" --token web --provision "unix:$PROV" \
     --nginx-conf "$work/nginx/web.conf" --pin-file "$work/pin" --poll 300ms --refresh 1s \
-    --reload-command "${NGINX[*]} -s reload"
+    --reload-command "${NGINX[*]} -s reload" --p11-kit-server "unix:$P11SOCK"
 wait_for_log acm 'event=provisioned token=web why=start generation=1'
 [ "$(stat -c %a "$work/nginx/web.conf")" = 600 ] || fail "the stanza is not 0600"
 grep -qxF "ssl_certificate_key \"engine:pkcs11:pkcs11:token=web;object=web;type=private?pin-value=$(cat "$work/pin")\";" \
@@ -273,6 +273,15 @@ grep -qxF "ssl_certificate $work/nginx/web.chain.pem;" "$work/nginx/web.conf" ||
 for line in "engine_id = pkcs11" "MODULE_PATH = $CLIENT" "dynamic_path = $ENGINE" "init = 1"; do
     grep -qxF "$line" "$work/nginx/web.openssl.cnf" || fail "engine configuration lacks '$line'"
 done
+grep -qxF "#   P11_KIT_SERVER_ADDRESS='unix:path=$P11SOCK'" "$work/nginx/web.openssl.cnf" ||
+    fail "engine configuration does not give NGINX's P11_KIT_SERVER_ADDRESS: $(cat "$work/nginx/web.openssl.cnf")"
+# the line as written, quoted, is what a shell (or systemd's Environment=) reads back
+[ "$(bash -c "$(sed -n "s/^#   //p" "$work/nginx/web.openssl.cnf" | grep '^P11_KIT'); echo \"\$P11_KIT_SERVER_ADDRESS\"")" = "$P11_KIT_SERVER_ADDRESS" ] ||
+    fail "the P11_KIT_SERVER_ADDRESS line does not read back as the test's own"
+st=0
+"$CLOISTER" host acm --once --bundle x --token t --provision "unix:$PROV" --p11-kit-server vsock:4294967295:9999 \
+    >/dev/null 2>"$work/err" || st=$?
+[ "$st" = 2 ] && grep -q "enclave's CID" "$work/err" || fail "--p11-kit-server with CID ANY: $st $(cat "$work/err")"
 [ "$(grep -c 'BEGIN CERTIFICATE' "$work/nginx/web.chain.pem")" = 2 ] || fail "chain file"
 ! grep -rq "PRIVATE KEY" "$work/nginx" || fail "a private key on the host side"
 grep -q 'event=kms_key_opened' "$work/kh.log" || fail "the key-holder did not open the key with KMS"

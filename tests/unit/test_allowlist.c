@@ -64,8 +64,11 @@ static void rejects_malformed(void)
         {"# only a comment\n", "no 'allowlist:' key"},
         {"allowlist:\n", "has no entries"},
         {"allowlist:\n\t- {address: a, port: 1}\n", "line 2: tab"},
-        {"allowlist:\n- {address: a, port: 1}\nother: 1\n", "line 3: unexpected top-level text"},
-        {"services:\n- {address: a, port: 1}\n", "line 1: expected 'allowlist:'"},
+        {"services:\n- {address: a, port: 1}\n", "no 'allowlist:' key"},
+        {"  - {address: a, port: 1}\n", "line 1: expected 'allowlist:'"},
+        {"allowlist:\n- {address: a, port: 1}\nallowlist:\n- {address: b, port: 1}\n", "line 3: duplicate key 'allowlist'"},
+        {"allowlist:\n- {address: a, port: 1}\n---\nallowlist: []\n", "line 3: a second YAML document"},
+        {"allowlist:\n- {address: a, port: 1, weight: [2]}\n", "unsupported YAML"},
         {"allowlist: kms\n", "line 1: 'allowlist:' must be followed"},
         {"allowlist:\n- {address: a}\n", "line 2: entry has no 'port'"},
         {"allowlist:\n- port: 443\n", "line 2: entry has no 'address'"},
@@ -77,7 +80,6 @@ static void rejects_malformed(void)
         {"allowlist:\n- {address: a, port: \"443\"}\n", "not a quoted string"},
         {"allowlist:\n- {address: a, port: 443, port: 443}\n", "duplicate key 'port'"},
         {"allowlist:\n- {address: a, address: b, port: 1}\n", "duplicate key 'address'"},
-        {"allowlist:\n- {address: a, port: 1, weight: 2}\n", "unknown key 'weight'"},
         {"allowlist:\n- {address: a, port: 1\n", "unterminated flow mapping"},
         {"allowlist:\n- {address: a, port: 1} x\n", "unexpected text after the flow mapping"},
         {"allowlist:\n- {address: a, port: 1,}\n", "expected 'key: value'"},
@@ -111,6 +113,39 @@ static void rejects_malformed(void)
         }
         CHECK(a.entries == NULL && a.count == 0);
     }
+}
+
+/* vsock-proxy looks up `allowlist`, then `address` and `port` in each entry,
+ * and never sees any other key: a file with more keys works there, so here. */
+static void ignores_other_keys_like_vsock_proxy(void)
+{
+    cl_allowlist a;
+    CHECK_OK(parse("---\n"
+                   "version: 2\n"
+                   "notes:\n"
+                   "  owner: platform-team\n"
+                   "  - whatever: [1, {x: y}]\n"
+                   "extra:\n"
+                   "- {address: not-an-entry.example, port: 1}\n"
+                   "allowlist:\n"
+                   "- {address: kms.eu-west-1.amazonaws.com, port: 443, comment: regional}\n"
+                   "- address: kms-fips.eu-west-1.amazonaws.com\n"
+                   "  note: 'fips'\n"
+                   "  port: 443\n"
+                   "  weight: 3\n"
+                   "trailer: {a: 1}\n"
+                   "more:\n"
+                   "  - 1\n",
+                   &a));
+    CHECK(a.count == 2);
+    if (a.count == 2) {
+        CHECK(!strcmp(a.entries[0].address, "kms.eu-west-1.amazonaws.com") && a.entries[0].port == 443);
+        CHECK(!strcmp(a.entries[1].address, "kms-fips.eu-west-1.amazonaws.com") && a.entries[1].port == 443);
+        CHECK(a.entries[0].line == 9 && a.entries[1].line == 10);
+    }
+    cl_allowlist_free(&a);
+    /* the list under another key is not the allowlist */
+    CHECK_ERR(parse("services:\n- {address: a, port: 1}\n", &a), CL_EPARSE, "no 'allowlist:' key");
 }
 
 static void loads_file_and_names_it(void)
@@ -159,11 +194,13 @@ static void matches_like_vsock_proxy(void)
                    &a));
     const cl_allow_entry *m;
     int calls = 0;
-    /* by name, DNS names compare case-insensitively; no resolution needed */
+    /* by name, byte for byte as vsock-proxy compares (`addr == remote_host`); no resolution needed */
     CHECK_OK(cl_allowlist_check(&a, "kms.us-east-1.amazonaws.com", 443, NULL, fake_resolve, &calls, &m));
     CHECK(m == &a.entries[0] && calls == 0);
-    CHECK_OK(cl_allowlist_check(&a, "KMS.US-EAST-1.amazonaws.com", 443, NULL, fake_resolve, &calls, &m));
-    CHECK(m == &a.entries[0]);
+    CHECK_ERR(cl_allowlist_check(&a, "KMS.US-EAST-1.amazonaws.com", 443, NULL, fake_resolve, &calls, &m), CL_EVERIFY,
+              "neither the name");
+    CHECK_ERR(cl_allowlist_check(&a, "kms.us-east-1.amazonaws.com.", 443, NULL, fake_resolve, &calls, &m), CL_EVERIFY,
+              NULL);
     /* the port must match too */
     CHECK_ERR(cl_allowlist_check(&a, "kms.us-east-1.amazonaws.com", 444, NULL, fake_resolve, &calls, &m), CL_EVERIFY,
               "kms.us-east-1.amazonaws.com port 444 is not in the allowlist (3 entries, 0 of them for port 444");
@@ -195,6 +232,7 @@ int main(void)
     RUN(parses_flow_entries);
     RUN(parses_block_entries_comments_quotes);
     RUN(rejects_malformed);
+    RUN(ignores_other_keys_like_vsock_proxy);
     RUN(loads_file_and_names_it);
     RUN(matches_like_vsock_proxy);
     return test_summary();

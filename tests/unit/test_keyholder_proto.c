@@ -9,17 +9,35 @@ static cl_slice sl(const char *s)
     return (cl_slice){(const uint8_t *)s, strlen(s)};
 }
 
-/* Encodes r, decodes it back, checks every strict prefix is refused. */
+/* Same length and same bytes: a decoder that kept the length but read the
+ * wrong bytes (or another field's) must not pass. */
+static bool same(cl_slice a, cl_slice b)
+{
+    return a.len == b.len && (a.len == 0 || !memcmp(a.data, b.data, a.len));
+}
+
+/* Encodes r, decodes it back field by field, checks every strict prefix is refused. */
 static void roundtrip(const cl_kh_request *r, bool provisioning)
 {
     cl_buf b = CL_BUF_INIT;
     CHECK_OK(cl_kh_request_encode(&b, r));
     cl_kh_request d;
     CHECK_OK(cl_kh_request_decode(b.data, b.len, provisioning, &d));
-    CHECK(d.type == r->type && d.slot == r->slot && d.handle == r->handle && d.op == r->op &&
-          d.hash == r->hash && d.mgf_hash == r->mgf_hash && d.salt_len == r->salt_len);
-    CHECK(d.pin.len == r->pin.len && d.data.len == r->data.len && d.label.len == r->label.len &&
-          d.chain.len == r->chain.len && d.key_ref.len == r->key_ref.len);
+    CHECK(d.type == r->type);
+    CHECK(d.slot == r->slot);
+    CHECK(d.handle == r->handle);
+    CHECK(d.op == r->op);
+    CHECK(d.hash == r->hash);
+    CHECK(d.mgf_hash == r->mgf_hash);
+    CHECK(d.salt_len == r->salt_len);
+    CHECK(d.key_source == r->key_source);
+    CHECK(same(d.pin, r->pin));
+    CHECK(same(d.label, r->label));
+    CHECK(same(d.object_label, r->object_label));
+    CHECK(same(d.key_ref, r->key_ref));
+    CHECK(same(d.chain, r->chain));
+    CHECK(same(d.data, r->data));
+    CHECK(same(d.oaep_label, r->oaep_label));
     for (size_t n = 0; n < b.len; n++)
         CHECK(cl_kh_request_decode(b.data, n, provisioning, &d) < 0);
     /* one trailing byte is refused */
@@ -32,7 +50,10 @@ static void roundtrip(const cl_kh_request *r, bool provisioning)
 
 static void requests_roundtrip(void)
 {
-    uint8_t digest[32] = {1, 2, 3};
+    uint8_t digest[32];
+    for (size_t i = 0; i < sizeof digest; i++)
+        digest[i] = (uint8_t)(0xa5 ^ (i * 7)); /* every byte distinct from its neighbours, zeros inside */
+    digest[5] = 0;
     cl_kh_request list = {.type = CL_KH_LIST_TOKENS};
     cl_kh_request login = {.type = CL_KH_LOGIN, .slot = 3, .pin = sl("1234")};
     cl_kh_request objs = {.type = CL_KH_GET_OBJECT, .slot = 1, .handle = 7};
@@ -112,8 +133,15 @@ static void replies(void)
     size_t n = 0;
     cl_cursor again = pl;
     CHECK_OK(cl_kh_decode_objects(&pl, out, CL_KH_MAX_OBJECTS, &n));
-    CHECK(n == 2 && out[0].handle == 5 && out[0].id.len == 16 && !memcmp(out[0].id.data, id, 16) &&
-          out[1].klass == CL_KH_CLASS_CERTIFICATE);
+    CHECK(n == 2);
+    CHECK(out[0].handle == 5 && out[0].klass == CL_KH_CLASS_PRIVATE_KEY && out[0].key_type == CL_KH_KEY_EC);
+    CHECK(same(out[0].id, (cl_slice){id, sizeof id}));
+    CHECK(same(out[0].label, sl("web")));
+    CHECK(same(out[0].der, sl("der")));
+    CHECK(out[1].handle == 6 && out[1].klass == CL_KH_CLASS_CERTIFICATE && out[1].key_type == CL_KH_KEY_NONE);
+    CHECK(same(out[1].id, (cl_slice){id, sizeof id}));
+    CHECK(same(out[1].label, sl("web")));
+    CHECK(same(out[1].der, sl("der")));
     CHECK_ERR(cl_kh_decode_objects(&again, out, 1, &n), CL_ELIMIT, "objects");
     b.len = 0;
     CHECK_OK(cl_kh_reply_error(&b, CL_KH_ST_PIN_LOCKED));
@@ -124,6 +152,34 @@ static void replies(void)
     CHECK_ERR(cl_kh_reply_split(zero_err, sizeof zero_err, &st, &pl), CL_EPROTO, "status 0");
     const uint8_t other[] = {0x42};
     CHECK_ERR(cl_kh_reply_split(other, sizeof other, &st, &pl), CL_EPROTO, "type");
+    cl_buf_free(&b);
+}
+
+static void tokens(void)
+{
+    cl_buf b = CL_BUF_INIT;
+    cl_kh_token_info t[2] = {
+        {.slot = 1, .label = sl("web"), .serial = sl("0123456789abcdef"), .flags = 0x05,
+         .generation = 0x0102030405060708ull, .age_ms = 86400000},
+        {.slot = 0xfffffffe, .label = sl("mail"), .serial = sl("fedcba9876543210"), .flags = 0x80,
+         .generation = 1, .age_ms = 0},
+    };
+    CHECK_OK(cl_buf_append_be(&b, 2, 2));
+    CHECK_OK(cl_kh_encode_token(&b, &t[0]));
+    CHECK_OK(cl_kh_encode_token(&b, &t[1]));
+    cl_cursor c = cl_cursor_make(b.data, b.len);
+    cl_kh_token_info out[CL_KH_MAX_TOKENS];
+    size_t n = 0;
+    CHECK_OK(cl_kh_decode_tokens(&c, out, CL_KH_MAX_TOKENS, &n));
+    CHECK(n == 2);
+    for (size_t i = 0; i < 2 && i < n; i++) {
+        CHECK(out[i].slot == t[i].slot);
+        CHECK(same(out[i].label, t[i].label));
+        CHECK(same(out[i].serial, t[i].serial));
+        CHECK(out[i].flags == t[i].flags);
+        CHECK(out[i].generation == t[i].generation);
+        CHECK(out[i].age_ms == t[i].age_ms);
+    }
     cl_buf_free(&b);
 }
 
@@ -160,6 +216,7 @@ int main(void)
     RUN(requests_roundtrip);
     RUN(limits_and_fields);
     RUN(replies);
+    RUN(tokens);
     RUN(framing);
     return test_summary();
 }

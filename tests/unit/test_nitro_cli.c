@@ -332,6 +332,35 @@ static void limits_output(void)
     CHECK_ERR(cl_nitro_describe_enclaves(&cli, &list, &count), CL_ELIMIT, "more than");
 }
 
+/* nitro-cli's new_enclave_name: the last path component with ".eif" trimmed
+ * from the end (trim_end_matches), nothing else. */
+static void default_names_as_nitro_cli(void)
+{
+    static const char *const cases[][2] = {
+        {"/opt/app/hello.eif", "hello"},
+        {"hello.eif", "hello"},
+        {"/opt/web.v2.eif", "web.v2"},   /* only .eif goes, not the last dot's suffix */
+        {"/opt/web.img", "web.img"},     /* another extension stays */
+        {"/opt/web", "web"},
+        {"/opt/web.eif.eif", "web"},     /* trim_end_matches removes every trailing match */
+        {"/opt/web.EIF", "web.EIF"},     /* case-sensitive */
+        {"/opt/.eif", ""},
+        {"/opt.d/web", "web"},           /* a dot in a directory is not the file's */
+        {".hidden", ".hidden"},
+        {"/opt/dir/", ""},
+    };
+    char out[CL_NITRO_NAME_MAX];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cl_nitro_default_name(cases[i][0], out, sizeof out);
+        if (strcmp(out, cases[i][1]))
+            fprintf(stderr, "%s -> '%s', nitro-cli: '%s'\n", cases[i][0], out, cases[i][1]);
+        CHECK(!strcmp(out, cases[i][1]));
+    }
+    char small[4];
+    cl_nitro_default_name("/opt/hello.eif", small, sizeof small);
+    CHECK(!strcmp(small, "hel"));
+}
+
 int main(void)
 {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/cloister-nitro.XXXXXX");
@@ -351,6 +380,7 @@ int main(void)
     RUN(times_out);
     RUN(does_not_wait_for_grandchildren);
     RUN(limits_output);
+    RUN(default_names_as_nitro_cli);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd) != 0)

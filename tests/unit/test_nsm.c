@@ -319,10 +319,13 @@ static void malformed_responses(void)
     RESET(); M(1); T("DescribePCR"); M(1); T("data"); B(pcr, 48); REJECT_RESP(CL_EPARSE, "missing field lock");
     RESET(); M(1); T("DescribePCR"); M(2); T("lock"); U(1); T("data"); B(pcr, 48); REJECT_RESP(CL_EPARSE, "not a boolean");
     RESET(); M(1); T("DescribePCR"); M(2); T("lock"); NUL(); T("data"); B(pcr, 48); REJECT_RESP(CL_EPARSE, "not a boolean");
-    RESET(); M(1); T("ExtendPCR"); M(2); T("data"); B(pcr, 48); T("lock"); BOOL(false); REJECT_RESP(CL_EPARSE, "unknown field");
     RESET(); M(1); T("GetRandom"); M(1); T("random"); B(pcr, 0); REJECT_RESP(CL_EPARSE, "0 bytes");
     RESET(); M(1); T("GetRandom"); M(1); T("random"); NUL(); REJECT_RESP(CL_EPARSE, "not a byte string");
-    RESET(); M(1); T("Attestation"); M(1); T("doc"); B(pcr, 1); REJECT_RESP(CL_EPARSE, "unknown field \"doc\"");
+    /* an unknown field is skipped, but does not stand in for a known one */
+    RESET(); M(1); T("Attestation"); M(1); T("doc"); B(pcr, 1); REJECT_RESP(CL_EPARSE, "missing field document");
+    /* a skipped field is still held to the CBOR limits and well-formedness */
+    RESET(); M(1); T("GetRandom"); M(2); T("random"); B(pcr, 4); T("future"); RAW(0x1c); REJECT_RESP(CL_EPARSE, NULL);
+    RESET(); M(1); T("GetRandom"); M(2); T("random"); B(pcr, 4); T("random"); B(pcr, 4); REJECT_RESP(CL_EPARSE, "duplicate");
     RESET(); M(1); T("Attestation"); M(0); REJECT_RESP(CL_EPARSE, "missing field document");
 
     describe_nsm_with("digest", 0); REJECT_RESP(CL_EPARSE, "missing field digest");
@@ -348,6 +351,52 @@ static void malformed_responses(void)
     memset(in.data, 0x40, CL_NSM_RESPONSE_MAX + 1);
     in.len = CL_NSM_RESPONSE_MAX + 1;
     REJECT_RESP(CL_ELIMIT, "12288-byte limit");
+}
+
+/* nsm-api's Response structs are plain serde derives: a field they do not
+ * know is ignored.  A future NSM adding one must not stop the enclave. */
+static void responses_tolerate_unknown_fields(void)
+{
+    uint8_t pcr[48];
+    memset(pcr, 0xab, sizeof pcr);
+    cl_nsm_response resp;
+    cl_cbor_doc doc;
+    /* an extra field of each CBOR kind, before, between and after the known ones */
+    RESET(); M(1); T("DescribePCR"); M(5);
+    T("generation"); U(7);
+    T("lock"); BOOL(true);
+    T("history"); A(2); B(pcr, 2); M(1); T("x"); N(3);
+    T("data"); B(pcr, 48);
+    T("note"); NUL();
+    int rc = cl_nsm_response_decode(in.data, in.len, &resp, &doc);
+    CHECK_OK(rc);
+    CHECK(resp.op == CL_NSM_DESCRIBE_PCR && resp.lock && resp.data.len == 48 && !memcmp(resp.data.data, pcr, 48));
+    if (rc == CL_OK)
+        cl_cbor_doc_free(&doc);
+    /* DescribeNSM with a field NSM might add (e.g. a second digest) */
+    RESET(); M(1); T("DescribeNSM"); M(8);
+    T("version_major"); U(1); T("version_minor"); U(0); T("version_patch"); U(2); T("module_id"); T("i-1-enc2");
+    T("max_pcrs"); U(32); T("locked_pcrs"); A(2); U(0); U(15); T("digest"); T("SHA384");
+    T("features"); A(1); T("future");
+    rc = cl_nsm_response_decode(in.data, in.len, &resp, &doc);
+    CHECK_OK(rc);
+    CHECK(resp.op == CL_NSM_DESCRIBE_NSM && resp.description.version_patch == 2 &&
+          !strcmp(resp.description.module_id, "i-1-enc2") && resp.description.max_pcrs == 32 &&
+          resp.description.locked_pcrs == ((1u << 0) | (1u << 15)));
+    if (rc == CL_OK)
+        cl_cbor_doc_free(&doc);
+    RESET(); M(1); T("ExtendPCR"); M(2); T("data"); B(pcr, 48); T("lock"); BOOL(false);
+    rc = cl_nsm_response_decode(in.data, in.len, &resp, &doc);
+    CHECK_OK(rc);
+    CHECK(resp.op == CL_NSM_EXTEND_PCR && resp.data.len == 48);
+    if (rc == CL_OK)
+        cl_cbor_doc_free(&doc);
+    RESET(); M(1); T("Attestation"); M(2); T("document"); B(pcr, 10); T("document_v2"); B(pcr, 3);
+    rc = cl_nsm_response_decode(in.data, in.len, &resp, &doc);
+    CHECK_OK(rc);
+    CHECK(resp.op == CL_NSM_ATTESTATION && resp.data.len == 10);
+    if (rc == CL_OK)
+        cl_cbor_doc_free(&doc);
 }
 
 static void encoder_rejects_bad_values(void)
@@ -494,6 +543,7 @@ int main(void)
     RUN(malformed_requests);
     RUN(attestation_fields_optional_like_serde);
     RUN(malformed_responses);
+    RUN(responses_tolerate_unknown_fields);
     RUN(encoder_rejects_bad_values);
     RUN(framing);
     RUN(client_over_custom_transport);

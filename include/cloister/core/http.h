@@ -102,6 +102,9 @@ void cl_chunked_unconsume(cl_chunked *st, size_t n);
  * encoded NUL, CL_ELIMIT when the value and its NUL exceed out_len. */
 CL_MUST_CHECK int cl_http_query_param(cl_slice query, const char *name, char *out, size_t out_len, bool *found);
 
+/* The reason phrase of an HTTP status code ("Unknown" for others). */
+const char *cl_http_status_text(int status);
+
 #pragma GCC visibility pop
 
 #endif

@@ -96,8 +96,6 @@ void cl_server_drain(cl_server *s, unsigned timeout_ms);
 /* Waits for the workers to stop and frees the server. */
 void cl_server_wait(cl_server *s);
 
-const char *cl_http_status_text(int status);
-
 #pragma GCC visibility pop
 
 #endif

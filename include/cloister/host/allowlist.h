@@ -12,14 +12,16 @@
  * mappings with `address` (string) and `port` (1..65535), each written in
  * flow style `{...}` or block style.  Comments, blank lines, a leading
  * `---`, CRLF line ends and 'single' or "double" quoted scalars (without
- * escapes) are accepted; tabs, anchors, tags, multi-line values, other
- * keys and duplicate keys are rejected with the line number.
+ * escapes) are accepted; tabs, anchors, tags, multi-line values and
+ * duplicate keys are rejected with the line number.  Other keys are
+ * ignored, as vsock-proxy (which looks up only `allowlist`, and `address`
+ * and `port` in each entry) ignores them: at the top level with whatever
+ * value, in an entry with a one-line scalar value.
  *
  * Matching follows vsock-proxy: an entry matches when its port equals the
- * remote port and either its address equals the remote host name (ASCII
- * case-insensitively, as DNS names compare; vsock-proxy compares bytes) or
- * one of the addresses the entry resolves to equals the first address the
- * remote host resolves to. */
+ * remote port and either its address equals the remote host name (byte
+ * for byte, as vsock-proxy compares them) or one of the addresses the entry
+ * resolves to equals the first address the remote host resolves to. */
 #ifndef CLOISTER_ALLOWLIST_H
 #define CLOISTER_ALLOWLIST_H
 

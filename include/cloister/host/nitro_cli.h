@@ -68,6 +68,12 @@ CL_MUST_CHECK int cl_nitro_describe_enclaves(const cl_nitro_cli *cli, cl_nitro_e
 CL_MUST_CHECK int cl_nitro_terminate_enclave(const cl_nitro_cli *cli, const char *enclave_id);
 
 /* The parsers on their own (stdout as captured), for tests. */
+/* The EnclaveName nitro-cli gives an enclave run without --enclave-name:
+ * the EIF path's last '/' component with every trailing ".eif" removed
+ * (Rust's trim_end_matches, as nitro-cli does): "a/web.v2.eif" -> "web.v2",
+ * "web.img" -> "web.img".  Truncated to fit out. */
+void cl_nitro_default_name(const char *eif_path, char *out, size_t len);
+
 CL_MUST_CHECK int cl_nitro_parse_run(const char *out, size_t len, cl_nitro_enclave *e);
 CL_MUST_CHECK int cl_nitro_parse_describe(const char *out, size_t len, cl_nitro_enclave **list, size_t *count);
 CL_MUST_CHECK int cl_nitro_parse_terminate(const char *out, size_t len, const char *enclave_id);

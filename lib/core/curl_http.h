@@ -1,8 +1,9 @@
-/* Shared by the KMS client and the credentials provider: one HTTP
- * exchange through libcurl to a URL, dialing a cloister address (the
- * outbound proxy, the IMDS gate) instead of the URL's host when given. */
-#ifndef CLOISTER_KMS_INTERNAL_H
-#define CLOISTER_KMS_INTERNAL_H
+/* One HTTP exchange through libcurl to a URL, dialing a cloister address
+ * (the outbound proxy, the IMDS gate) instead of the URL's host when given;
+ * the KMS client and the credentials provider share it.  Not installed:
+ * it exposes libcurl's types. */
+#ifndef CLOISTER_LIB_CURL_HTTP_H
+#define CLOISTER_LIB_CURL_HTTP_H
 
 #include "cloister/core/address.h"
 #include "cloister/core/buf.h"
@@ -27,19 +28,19 @@ typedef struct cl_http_call {
     const char *sigv4;                /* "aws:amz:REGION:SERVICE" or NULL */
     const char *user, *password;      /* with sigv4: the access key and secret */
     unsigned timeout_ms;
+    size_t max_response;              /* 0: CL_HTTP_MAX_RESPONSE */
     bool one_request_per_connection;
     /* results */
     long status;
     cl_buf response;
     char request_id[80];
     CURLcode curl_code;
+    bool too_large; /* the answer passed max_response */
 } cl_http_call;
 
 /* Performs the call on handle h (reused between calls, so that connections
  * are kept).  CL_EIO with curl's reason when no answer came; any HTTP
  * status is success at this level. */
 CL_MUST_CHECK int cl_http_perform(CURL *h, cl_http_call *call);
-
-uint64_t cl_kms_now_us(void);
 
 #endif
