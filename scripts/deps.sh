@@ -8,7 +8,7 @@ packages=(
   libssl-dev openssl libjansson-dev libnghttp2-dev libcurl4-openssl-dev
   libsqlite3-dev
   nginx-light haproxy wrk nghttp2-client socat
-  ca-certificates curl iproute2 procps python3
+  ca-certificates curl iproute2 procps python3 python3-boto3
   nginx libp11-kit-dev p11-kit p11-kit-modules libengine-pkcs11-openssl opensc softhsm2
 )
 

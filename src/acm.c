@@ -5,13 +5,13 @@
  * machine); `cloister host acm` provisions the result. */
 #include "cloister/core/acm_bundle.h"
 #include "cloister/core/encoding.h"
+#include "cloister/core/options.h"
 #include "cloister/enclave/kms.h"
 #include "cloister/core/secret_file.h"
 #include "commands.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -24,34 +24,53 @@
 
 #define KMS_PLAINTEXT_MAX 4096
 
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "usage: cloister acm pack-key --key PEM --cert PEM [--chain PEM] --key-id ID --token LABEL [-o FILE]\n"
-            "                             [--region R] [--endpoint URL] [--proxy ADDR] [--ca-file PEM]\n"
-            "                             [--imds ADDR [--role R] | --access-key-id ID --secret-access-key K\n"
-            "                              [--session-token T]]\n"
-            "\n"
-            "Makes a bundle as ACM for Nitro Enclaves hands them out: JSON {certificate, certificateChain,\n"
-            "encryptedPrivateKey}, the last the base64 CiphertextBlob of KMS Encrypt over the private key\n"
-            "(PKCS#8 PEM).  Give --key-id a key whose policy lets only the enclave decrypt (a\n"
-            "kms:RecipientAttestation:PCR0 or ImageSha384 condition); `cloister host acm --bundle` then\n"
-            "provisions it, and only the enclave's key-holder can open the key.\n"
-            "\n"
-            "  --key PEM        the private key (RSA 2048..8192 or EC P-256/384/521, unencrypted)\n"
-            "  --cert PEM       its certificate (the leaf; it must carry the key's public key)\n"
-            "  --chain PEM      the intermediates (default: none)\n"
-            "  --key-id ID      KMS key id, ARN or alias/NAME\n"
-            "  --token LABEL    the PKCS#11 token the key is for (`host acm --token`): the ciphertext\n"
-            "                   carries the encryption context purpose=pkcs11-token, token=LABEL and the\n"
-            "                   key-holder opens it for that token only\n"
-            "  -o FILE          write the bundle here (default stdout)\n"
-            "  KMS: --region, --endpoint, --proxy, --ca-file, --imds, --role, --access-key-id,\n"
-            "  --secret-access-key, --session-token as for `cloister kms` (credentials else from the\n"
-            "  environment)\n"
-            "\n"
-            "Exit status: 0 written, 1 KMS refused, 2 bad command line or input, 3 could not do it.\n");
-}
+static const char usage_text[] =
+    "usage: cloister acm pack-key --key PEM --cert PEM [--chain PEM] --key-id ID --token LABEL [-o FILE]\n"
+    "                             [--region R] [--endpoint URL] [--proxy ADDR] [--ca-file PEM]\n"
+    "                             [--imds ADDR [--role R] | --access-key-id ID --secret-access-key K\n"
+    "                              [--session-token T]]\n"
+    "\n"
+    "Makes a bundle as ACM for Nitro Enclaves hands them out: JSON {certificate, certificateChain,\n"
+    "encryptedPrivateKey}, the last the base64 CiphertextBlob of KMS Encrypt over the private key\n"
+    "(PKCS#8 PEM).  Give --key-id a key whose policy lets only the enclave decrypt (a\n"
+    "kms:RecipientAttestation:PCR0 or ImageSha384 condition); `cloister host acm --bundle` then\n"
+    "provisions it, and only the enclave's key-holder can open the key.\n"
+    "\n";
+
+static const char epilog[] = "Exit status: 0 written, 1 KMS refused, 2 bad command line or input, 3 could not do it.\n";
+
+typedef struct pack_options {
+    char *key, *cert, *chain, *key_id, *output, *label;
+    char *region, *endpoint, *proxy, *ca_file, *imds, *role, *access_key_id, *secret_access_key, *session_token;
+} pack_options;
+
+#define P pack_options
+static const cl_opt pack_table[] = {
+    {.name = "key", CL_OPT_STR(P, key), .arg = "PEM",
+     .help = "the private key (RSA 2048..8192 or EC P-256/384/521, unencrypted)"},
+    {.name = "cert", CL_OPT_STR(P, cert), .arg = "PEM",
+     .help = "its certificate (the leaf; it must carry the key's public key)"},
+    {.name = "chain", CL_OPT_STR(P, chain), .arg = "PEM", .help = "the intermediates (default: none)"},
+    {.name = "key-id", CL_OPT_STR(P, key_id), .arg = "ID", .help = "KMS key id, ARN or alias/NAME"},
+    {.name = "token", CL_OPT_STR(P, label), .arg = "LABEL",
+     .help = "the PKCS#11 token the key is for (`host acm --token`): the ciphertext carries the encryption context "
+             "purpose=pkcs11-token, token=LABEL and the key-holder opens it for that token only"},
+    {.name = "output", .short_name = 'o', CL_OPT_STR(P, output), .arg = "FILE",
+     .help = "write the bundle here (default stdout)"},
+};
+/* KMS's, as for `cloister kms` (credentials else from the environment) */
+static const cl_opt pack_kms_table[] = {
+    {.name = "region", CL_OPT_STR(P, region), .arg = "R", .help = "the region"},
+    {.name = "endpoint", CL_OPT_STR(P, endpoint), .arg = "URL", .help = "https://HOST[:PORT]"},
+    {.name = "proxy", CL_OPT_STR(P, proxy), .arg = "ADDR", .help = "dial ADDR instead of HOST"},
+    {.name = "ca-file", CL_OPT_STR(P, ca_file), .arg = "PEM", .help = "trust these CAs instead of the system's"},
+    {.name = "imds", CL_OPT_STR(P, imds), .arg = "ADDR", .help = "credentials from IMDSv2 at ADDR"},
+    {.name = "role", CL_OPT_STR(P, role), .arg = "R", .help = "the instance profile's role"},
+    {.name = "access-key-id", CL_OPT_STR(P, access_key_id), .arg = "ID", .help = "explicit credentials"},
+    {.name = "secret-access-key", CL_OPT_STR(P, secret_access_key), .arg = "K", .help = "with --access-key-id"},
+    {.name = "session-token", CL_OPT_STR(P, session_token), .arg = "T", .help = "with --access-key-id"},
+};
+#undef P
 
 /* The key as PKCS#8 PEM (wiped buffer), checked against the certificate. */
 static int load_key(const char *key_file, const cl_buf *cert_pem, cl_buf *out)
@@ -112,46 +131,20 @@ static int write_out(const char *path, const cl_buf *b)
     return CL_OK;
 }
 
-static int pack_key(int argc, char **argv)
+static int pack_key_run(const pack_options *o)
 {
-    enum { O_KEY = 256, O_CERT, O_CHAIN, O_KEY_ID, O_REGION, O_ENDPOINT, O_PROXY, O_CA, O_IMDS, O_ROLE, O_AKID,
-           O_SECRET, O_TOKEN, O_LABEL };
-    static const struct option opts[] = {
-        {"key", required_argument, NULL, O_KEY},           {"cert", required_argument, NULL, O_CERT},
-        {"chain", required_argument, NULL, O_CHAIN},       {"key-id", required_argument, NULL, O_KEY_ID},
-        {"region", required_argument, NULL, O_REGION},     {"endpoint", required_argument, NULL, O_ENDPOINT},
-        {"proxy", required_argument, NULL, O_PROXY},       {"ca-file", required_argument, NULL, O_CA},
-        {"imds", required_argument, NULL, O_IMDS},         {"role", required_argument, NULL, O_ROLE},
-        {"access-key-id", required_argument, NULL, O_AKID}, {"secret-access-key", required_argument, NULL, O_SECRET},
-        {"session-token", required_argument, NULL, O_TOKEN}, {"output", required_argument, NULL, 'o'},
-        {"token", required_argument, NULL, O_LABEL},
-        {"help", no_argument, NULL, 'h'},                  {NULL, 0, NULL, 0}};
-    const char *key = NULL, *cert = NULL, *chain = NULL, *key_id = NULL, *output = NULL, *label = NULL;
-    cl_kms_setup setup = {0};
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
-        switch (c) {
-        case O_KEY: key = optarg; break;
-        case O_CERT: cert = optarg; break;
-        case O_CHAIN: chain = optarg; break;
-        case O_KEY_ID: key_id = optarg; break;
-        case O_REGION: setup.region = optarg; break;
-        case O_ENDPOINT: setup.endpoint = optarg; break;
-        case O_PROXY: setup.proxy = optarg; break;
-        case O_CA: setup.ca_file = optarg; break;
-        case O_IMDS: setup.imds = optarg; break;
-        case O_ROLE: setup.role = optarg; break;
-        case O_AKID: setup.access_key_id = optarg; break;
-        case O_SECRET: setup.secret_access_key = optarg; break;
-        case O_TOKEN: setup.session_token = optarg; break;
-        case O_LABEL: label = optarg; break;
-        case 'o': output = optarg; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return EXIT_USAGE;
-        }
-    }
-    if (optind != argc || !key || !cert || !key_id || !label) {
+    const char *key = o->key, *cert = o->cert, *chain = o->chain, *key_id = o->key_id, *output = o->output,
+               *label = o->label;
+    cl_kms_setup setup = {.region = o->region,
+                          .endpoint = o->endpoint,
+                          .proxy = o->proxy,
+                          .ca_file = o->ca_file,
+                          .imds = o->imds,
+                          .role = o->role,
+                          .access_key_id = o->access_key_id,
+                          .secret_access_key = o->secret_access_key,
+                          .session_token = o->session_token};
+    if (!key || !cert || !key_id || !label) {
         fprintf(stderr, "cloister acm pack-key: --key, --cert, --key-id and --token are required (see --help)\n");
         return EXIT_USAGE;
     }
@@ -206,6 +199,28 @@ out:
     cl_buf_free(&key_pem);
     cl_buf_free(&blob);
     cl_buf_free(&json);
+    return status;
+}
+
+static int pack_key(int argc, char **argv)
+{
+    pack_options o = {0};
+    cl_opt_section sections[] = {CL_OPT_SECTION("options", pack_table, &o),
+                                 CL_OPT_SECTION("KMS options (as for cloister kms)", pack_kms_table, &o)};
+    cl_options spec = {.prog = "cloister acm pack-key", .usage = usage_text, .epilog = epilog, .sections = sections,
+                       .section_count = sizeof sections / sizeof sections[0]};
+    cl_options_result r;
+    int status = cl_options_main(&spec, argc, argv, &r);
+    cl_options_free(NULL, &r);
+    if (status == 0)
+        status = pack_key_run(&o);
+    else
+        status = status > 0 ? 0 : EXIT_USAGE;
+    char *secrets[] = {o.secret_access_key, o.session_token};
+    for (size_t i = 0; i < sizeof secrets / sizeof secrets[0]; i++)
+        if (secrets[i])
+            cl_wipe(secrets[i], strlen(secrets[i]));
+    cl_options_free(&spec, NULL);
     return status;
 }
 

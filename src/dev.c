@@ -16,6 +16,7 @@
 #include "cloister/core/buf.h"
 #include "cloister/core/encoding.h"
 #include "cloister/core/https_client.h"
+#include "cloister/core/options.h"
 #include "cloister/core/process.h"
 #include "commands.h"
 
@@ -25,7 +26,6 @@
 #include <ftw.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
-#include <getopt.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
@@ -47,40 +47,63 @@
 #define START_TIMEOUT_MS 60000
 #define STOP_TIMEOUT_MS 15000
 
-static void dev_usage(FILE *out)
+static const char usage_text[] =
+    "usage: cloister dev [--check] [--port N] [--app CMD [--app-port N]] [--no-netns]\n"
+    "                    [--run-dir DIR] [--fidelity nitro|loose]\n"
+    "\n"
+    "Runs the whole picture on one machine: the NSM simulator; the enclave side\n"
+    "(cloister enclave and the example app) in its own network namespace with only lo\n"
+    "when run as root; the host side (cloister host: forwards, IMDS gate, KMS proxy,\n"
+    "watchdog) outside; a local IMDS and a local KMS (kms-local, with a key only this\n"
+    "enclave's PCR0 opens, whose secret the enclave opens at start); the vsock links as\n"
+    "unix sockets in a run directory.  Then it\n"
+    "proves the enclave with cloister verify and shows how to try it.\n"
+    "\n";
+
+static const char epilog[] =
+    "--fidelity nitro: the enclave side as on Nitro: vsock addresses through the vsock code, unix\n"
+    "sockets only at the last bind/connect (RUN/vsock/CID.PORT); no MSG_PEEK and no splice on the\n"
+    "links; lo left down for cloister enclave to bring up (docs/local-vs-nitro.md).\n"
+    "--fidelity loose: the links as plain unix: addresses, without those seams.\n"
+    "\n"
+    "Ctrl-C or SIGTERM stops everything and removes the run directory: no process,\n"
+    "namespace, socket or file is left.  Exit status: 0 ok, 1 something failed (its\n"
+    "log is shown), 2 bad command line.\n";
+
+typedef struct dev_options {
+    bool check, no_netns;
+    unsigned port, app_port;
+    char *app, *run_dir, *fidelity;
+} dev_options;
+
+static int check_fidelity(void *base, const char *value)
 {
-    fprintf(out,
-            "usage: cloister dev [--check] [--port N] [--app CMD [--app-port N]] [--no-netns]\n"
-            "                    [--run-dir DIR] [--fidelity nitro|loose]\n"
-            "\n"
-            "Runs the whole picture on one machine: the NSM simulator; the enclave side\n"
-            "(cloister enclave and the example app) in its own network namespace with only lo\n"
-            "when run as root; the host side (cloister host: forwards, IMDS gate, KMS proxy,\n"
-            "watchdog) outside; a local IMDS and a local KMS (kms-local, with a key only this\n"
-            "enclave's PCR0 opens, whose secret the enclave opens at start); the vsock links as\n"
-            "unix sockets in a run directory.  Then it\n"
-            "proves the enclave with cloister verify and shows how to try it.\n"
-            "\n"
-            "  --check          start, verify, make requests to the app, from the app out through\n"
-            "                   the host (IMDS), check the KMS secret the enclave opened and a\n"
-            "                   Decrypt refused for another PCR0, stop; exit 0 only if all worked\n"
-            "  --port N         HTTPS for you on 127.0.0.1:N (%d)\n"
-            "  --app CMD        run CMD as the application instead of examples/hello/app.py;\n"
-            "                   it must serve HTTP on 127.0.0.1:--app-port (%d)\n"
-            "  --no-netns       do not isolate the enclave side (also the automatic fallback\n"
-            "                   when not root or without network namespaces; it is logged)\n"
-            "  --run-dir DIR    use DIR (created, must not exist) instead of a temporary one\n"
-            "  --fidelity nitro the enclave side as on Nitro (the default): vsock addresses through\n"
-            "                   the vsock code, unix sockets only at the last bind/connect\n"
-            "                   (RUN/vsock/CID.PORT); no MSG_PEEK and no splice on the links; lo\n"
-            "                   left down for cloister enclave to bring up (docs/local-vs-nitro.md)\n"
-            "  --fidelity loose the links as plain unix: addresses, without those seams\n"
-            "\n"
-            "Ctrl-C or SIGTERM stops everything and removes the run directory: no process,\n"
-            "namespace, socket or file is left.  Exit status: 0 ok, 1 something failed (its\n"
-            "log is shown), 2 bad command line.\n",
-            DEFAULT_PORT, ENCLAVE_APPPORT);
+    (void)base;
+    CL_ENSURE(!strcmp(value, "nitro") || !strcmp(value, "loose"), CL_EINVAL, "nitro or loose, got '%s'", value);
+    return CL_OK;
 }
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+static const cl_opt dev_option_table[] = {
+    {.name = "check", CL_OPT_FLAG(dev_options, check),
+     .help = "start, verify, make requests to the app, from the app out through the host (IMDS), check the KMS "
+             "secret the enclave opened and a Decrypt refused for another PCR0, stop; exit 0 only if all worked"},
+    {.name = "port", CL_OPT_UINT_AT(dev_options, port, 1, 65535), .def = STR(DEFAULT_PORT), .arg = "N",
+     .help = "HTTPS for you on 127.0.0.1:N"},
+    {.name = "app", CL_OPT_STR(dev_options, app), .arg = "CMD",
+     .help = "run CMD as the application instead of examples/hello/app.py; it must serve HTTP on "
+             "127.0.0.1:--app-port"},
+    {.name = "app-port", CL_OPT_UINT_AT(dev_options, app_port, 1, 65535), .def = STR(ENCLAVE_APPPORT), .arg = "N",
+     .help = "the port of --app"},
+    {.name = "no-netns", CL_OPT_FLAG(dev_options, no_netns),
+     .help = "do not isolate the enclave side (also the automatic fallback when not root or without network "
+             "namespaces; it is logged)"},
+    {.name = "run-dir", CL_OPT_STR(dev_options, run_dir), .arg = "DIR",
+     .help = "use DIR (created, must not exist) instead of a temporary one"},
+    {.name = "fidelity", CL_OPT_STR(dev_options, fidelity), .set = check_fidelity, .def = "nitro",
+     .arg = "nitro|loose", .help = "how closely the links follow Nitro's (below)"},
+};
 
 typedef struct proc {
     const char *name;
@@ -435,6 +458,11 @@ static int enclave_command(const dev *d, const char *app_cmd, bool wait_for_app,
     snprintf(appurl, sizeof appurl, "http://127.0.0.1:%u", d->appport);
     CL_TRY(cl_buf_append(out, "exec env ", 9));
     CL_TRY(shell_quote(out, imds));
+    /* for an app using -kms-for-app (examples/kms-app): the demo secret's ciphertext and its context */
+    char ct_env[PATH_MAX + 48];
+    snprintf(ct_env, sizeof ct_env, "CLOISTER_DEV_CIPHERTEXT=%s/secret-dev.ct", d->run);
+    CL_TRY(shell_quote(out, ct_env));
+    CL_TRY(shell_quote(out, "CLOISTER_DEV_CIPHERTEXT_CONTEXT={\"purpose\": \"enclave-secret\", \"name\": \"demo\"}"));
     if (!d->loose) {
         /* the enclave's side of the stand-in: CID 16; its links refuse
          * MSG_PEEK and splice as the enclave kernel's vsock does */
@@ -455,7 +483,7 @@ static int enclave_command(const dev *d, const char *app_cmd, bool wait_for_app,
     const char *words[] = {d->self, "enclave", "-fqdn", "localhost", "--nsm", nsm, "--listen", listen,
                            "-intport", intport, "-appwebsrv", appurl, "-appcmd", app_cmd, "--proxy-protocol",
                            "-kms-imds", kms_imds, "-kms-proxy", kms_proxy, "-kms-ca-file", kms_ca,
-                           "-secret", secret};
+                           "-secret", secret, "-kms-for-app"};
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
         CL_TRY(shell_quote(out, words[i]));
     if (wait_for_app)
@@ -726,74 +754,16 @@ static bool exercise(dev *d)
     return ok && good;
 }
 
-enum { OPT_CHECK = 256, OPT_PORT, OPT_APP, OPT_APP_PORT, OPT_NO_NETNS, OPT_RUN_DIR, OPT_FIDELITY, OPT_HELP };
-
-int cmd_dev(int argc, char **argv)
+static int run_dev(const dev_options *o, bool app_port_given)
 {
-    static const struct option options[] = {
-        {"check", no_argument, NULL, OPT_CHECK},       {"port", required_argument, NULL, OPT_PORT},
-        {"app", required_argument, NULL, OPT_APP},     {"app-port", required_argument, NULL, OPT_APP_PORT},
-        {"no-netns", no_argument, NULL, OPT_NO_NETNS}, {"run-dir", required_argument, NULL, OPT_RUN_DIR},
-        {"fidelity", required_argument, NULL, OPT_FIDELITY},
-        {"help", no_argument, NULL, OPT_HELP},         {NULL, 0, NULL, 0},
-    };
     dev d;
     memset(&d, 0, sizeof d);
     d.sigfd = -1;
-    d.port = DEFAULT_PORT;
-    d.appport = ENCLAVE_APPPORT;
-    bool check = false, no_netns = false, app_port_given = false;
-    const char *app = NULL, *run_dir = NULL;
-    int opt;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
-        uint64_t v = 0;
-        switch (opt) {
-        case OPT_CHECK:
-            check = true;
-            break;
-        case OPT_PORT:
-        case OPT_APP_PORT:
-            if (cl_parse_u64(optarg, 65535, &v) < 0 || v == 0) {
-                fprintf(stderr, "cloister dev: --%s takes a TCP port (1..65535), got '%s'\n",
-                        opt == OPT_PORT ? "port" : "app-port", optarg);
-                return EXIT_USAGE;
-            }
-            if (opt == OPT_PORT)
-                d.port = (unsigned)v;
-            else {
-                d.appport = (unsigned)v;
-                app_port_given = true;
-            }
-            break;
-        case OPT_APP:
-            app = optarg;
-            break;
-        case OPT_NO_NETNS:
-            no_netns = true;
-            break;
-        case OPT_RUN_DIR:
-            run_dir = optarg;
-            break;
-        case OPT_FIDELITY:
-            if (strcmp(optarg, "nitro") && strcmp(optarg, "loose")) {
-                fprintf(stderr, "cloister dev: --fidelity is nitro or loose, got '%s'\n", optarg);
-                return EXIT_USAGE;
-            }
-            d.loose = !strcmp(optarg, "loose");
-            break;
-        case OPT_HELP:
-            dev_usage(stdout);
-            return 0;
-        default:
-            dev_usage(stderr);
-            return EXIT_USAGE;
-        }
-    }
-    if (optind != argc) {
-        fprintf(stderr, "cloister dev: unexpected argument '%s' (see --help)\n", argv[optind]);
-        return EXIT_USAGE;
-    }
+    d.port = o->port;
+    d.appport = o->app_port;
+    d.loose = !strcmp(o->fidelity, "loose");
+    bool check = o->check, no_netns = o->no_netns;
+    const char *app = o->app, *run_dir = o->run_dir;
     if (app_port_given && !app) {
         fprintf(stderr, "cloister dev: --app-port goes with --app\n");
         return EXIT_USAGE;
@@ -1028,5 +998,24 @@ out:
     if (d.sigfd >= 0)
         close(d.sigfd);
     say("cloister dev: stopped; %s removed", d.run);
+    return status;
+}
+
+int cmd_dev(int argc, char **argv)
+{
+    dev_options o = {0};
+    cl_opt_section section = CL_OPT_SECTION("options", dev_option_table, &o);
+    cl_options spec = {.prog = "cloister dev", .usage = usage_text, .epilog = epilog, .sections = &section,
+                       .section_count = 1};
+    cl_options_result r;
+    int rc = cl_options_main(&spec, argc, argv, &r);
+    bool app_port_given = rc == 0 && cl_options_given(&spec, &r, "app-port");
+    cl_options_free(NULL, &r);
+    if (rc != 0) {
+        cl_options_free(&spec, NULL);
+        return rc > 0 ? 0 : EXIT_USAGE;
+    }
+    int status = run_dev(&o, app_port_given);
+    cl_options_free(&spec, NULL);
     return status;
 }

@@ -8,8 +8,10 @@
 #include "cloister/core/encoding.h"
 #include "cloister/core/http.h"
 #include "cloister/enclave/kms.h"
+#include "cloister/enclave/kms_endpoint.h"
 #include "cloister/core/log.h"
 #include "cloister/core/metrics.h"
+#include "cloister/core/options.h"
 #include "cloister/enclave/nsm.h"
 #include "cloister/enclave/server.h"
 #include "cloister/enclave/supervise.h"
@@ -49,275 +51,152 @@ typedef struct settings {
         drain_timeout, h2_max_streams, max_app_connections, max_buffered_body;
     bool wait_for_app, disable_keep_alives, debug, disable_http2, proxy_protocol;
     /* KMS secrets opened at start */
-    char *secrets[MAX_SECRETS]; /* "NAME=BASE64" or "NAME=@FILE" */
-    size_t secret_count;
+    cl_opt_list secrets; /* "NAME=BASE64" or "NAME=@FILE" */
     char *tls_key_ciphertext, *kms_region, *kms_endpoint, *kms_proxy, *kms_ca_file, *kms_imds;
     bool secrets_env;
+    /* the app's KMS endpoint on the internal listener */
+    bool kms_for_app;
+    char *kms_for_app_keys, *kms_for_app_operations;
 } settings;
 
-enum opt_type { OPT_STRING, OPT_UINT, OPT_BOOL, OPT_LIST };
-
-typedef struct option_spec {
-    const char *name;
-    int type;
-    size_t offset;
-    unsigned max; /* OPT_UINT */
-    const char *arg, *help;
-} option_spec;
-
-#define S(field) offsetof(settings, field)
-
-static const option_spec option_specs[] = {
-    {"fqdn", OPT_STRING, S(fqdn), 0, "NAME", "the enclave's domain name, put in its certificate (required)"},
-    {"appurl", OPT_STRING, S(appurl), 0, "URL", "where the application's source code is, shown at /enclave"},
-    {"appwebsrv", OPT_STRING, S(appwebsrv), 0, "URL",
-     "the application's HTTP server: http://HOST:PORT, unix:PATH or tcp:HOST:PORT"},
-    {"appcmd", OPT_STRING, S(appcmd), 0, "CMD", "start the application with this shell command, restart it if it dies"},
-    {"ext-pub-port", OPT_UINT, S(ext_pub_port), 65535, "PORT", "public HTTPS port on all addresses (443)"},
-    {"intport", OPT_UINT, S(intport), 65535, "PORT", "internal plain-HTTP port on 127.0.0.1 for the application (8080)"},
-    {"prometheus-port", OPT_UINT, S(prometheus_port), 65535, "PORT", "serve /metrics on this port (0: off)"},
-    {"prometheus-namespace", OPT_STRING, S(prometheus_namespace), 0, "NS", "prefix of metric names (cloister)"},
-    {"wait-for-app", OPT_BOOL, S(wait_for_app), 0, NULL,
-     "open the public listener only when the application calls GET /enclave/ready"},
-    {"disable-keep-alives", OPT_BOOL, S(disable_keep_alives), 0, NULL, "close client connections after each response"},
-    {"debug", OPT_BOOL, S(debug), 0, NULL, "log at debug level (one line per request)"},
-    {"listen", OPT_STRING, S(listen), 0, "ADDR",
-     "public listener: vsock:CID:PORT, unix:PATH or tcp:HOST:PORT (overrides -ext-pub-port)"},
-    {"nsm", OPT_STRING, S(nsm), 0, "ADDR", "the NSM: a device path or unix:PATH of nsm-sim ($" CL_NSM_ENV ", /dev/nsm)"},
-    {"cert", OPT_STRING, S(cert), 0, "PEM", "static certificate (chain) instead of the generated one"},
-    {"key", OPT_STRING, S(key), 0, "PEM", "private key of --cert"},
-    {"config", OPT_STRING, S(config), 0, "FILE", "read settings from a JSON object with these names as keys"},
-    {"prometheus-listen", OPT_STRING, S(prometheus_listen), 0, "ADDR",
-     "metrics listener address (overrides -prometheus-port's 0.0.0.0)"},
-    {"threads", OPT_UINT, S(threads), 256, "N", "event loops for the public listener (0: one per core)"},
-    {"max-header-bytes", OPT_UINT, S(max_header_bytes), 1 << 20, "BYTES", "largest request head (16384)"},
-    {"header-timeout", OPT_UINT, S(header_timeout), 3600, "SECONDS",
-     "time for a client to send a whole request head (10)"},
-    {"idle-timeout", OPT_UINT, S(idle_timeout), 86400, "SECONDS", "close connections idle this long (60)"},
-    {"app-timeout", OPT_UINT, S(app_timeout), 86400, "SECONDS",
-     "time for the application to answer, and between its writes; then 504 (60)"},
-    {"max-connections", OPT_UINT, S(max_connections), 1000000, "N", "open client connections at most (10000)"},
-    {"h2-max-streams", OPT_UINT, S(h2_max_streams), 1000, "N",
-     "concurrent HTTP/2 streams per connection, so requests to the app per connection (100)"},
-    {"max-app-connections", OPT_UINT, S(max_app_connections), 1000000, "N",
-     "connections to the application at most; requests beyond wait for one, up to -app-timeout, then 503 (512)"},
-    {"max-buffered-body", OPT_UINT, S(max_buffered_body), 0xffffffffu, "BYTES",
-     "HTTP/2 request body bytes held for a slow application, all connections together; beyond, 503 (134217728)"},
-    {"drain-timeout", OPT_UINT, S(drain_timeout), 3600, "SECONDS",
-     "on SIGTERM, time for requests in flight to finish (30)"},
-    {"disable-http2", OPT_BOOL, S(disable_http2), 0, NULL, "do not offer HTTP/2 in ALPN"},
-    {"proxy-protocol", OPT_BOOL, S(proxy_protocol), 0, NULL,
-     "public connections start with a PROXY protocol v2 header (cloister host --forward ...,proxy-protocol):"
-     " required, and trusted for the client address (X-Forwarded-For)"},
-    {"secret", OPT_LIST, S(secrets), 0, "NAME=B64|@FILE",
-     "a KMS ciphertext (base64, or a file of raw or base64 bytes) opened at start with a Recipient and the "
-     "encryption context purpose=enclave-secret, name=NAME (cloister kms encrypt --purpose enclave-secret:NAME) "
-     "(repeatable)"},
-    {"secrets-env", OPT_BOOL, S(secrets_env), 0, NULL, "also give each secret to -appcmd as environment variable NAME"},
-    {"tls-key-ciphertext", OPT_STRING, S(tls_key_ciphertext), 0, "B64|@FILE",
-     "the private key of --cert as a KMS ciphertext (PEM or DER inside), instead of --key; it must carry the "
-     "encryption context purpose=enclave-tls-key (cloister kms encrypt --purpose enclave-tls-key)"},
-    {"kms-region", OPT_STRING, S(kms_region), 0, "R", "KMS's region ($AWS_REGION, else IMDS's)"},
-    {"kms-endpoint", OPT_STRING, S(kms_endpoint), 0, "URL", "https://HOST[:PORT] (https://kms.REGION.amazonaws.com)"},
-    {"kms-proxy", OPT_STRING, S(kms_proxy), 0, "ADDR", "the host's outbound proxy to KMS (vsock:3:8000)"},
-    {"kms-ca-file", OPT_STRING, S(kms_ca_file), 0, "PEM", "CAs for KMS's certificate instead of the system's"},
-    {"kms-imds", OPT_STRING, S(kms_imds), 0, "ADDR",
-     "credentials from IMDSv2 through cloister host --imds (else $AWS_ACCESS_KEY_ID...)"},
+/* nitriding's flags (one or two dashes), then cloister's own; the JSON keys
+ * of -config are the same names. */
+static const cl_opt option_specs[] = {
+    {.name = "fqdn", CL_OPT_STR(settings, fqdn), .arg = "NAME",
+     .help = "the enclave's domain name, put in its certificate (required)"},
+    {.name = "appurl", CL_OPT_STR(settings, appurl), .arg = "URL",
+     .help = "where the application's source code is, shown at /enclave"},
+    {.name = "appwebsrv", CL_OPT_STR(settings, appwebsrv), .arg = "URL",
+     .help = "the application's HTTP server: http://HOST:PORT, unix:PATH or tcp:HOST:PORT"},
+    {.name = "appcmd", CL_OPT_STR(settings, appcmd), .arg = "CMD",
+     .help = "start the application with this shell command, restart it if it dies"},
+    {.name = "ext-pub-port", CL_OPT_UINT_AT(settings, ext_pub_port, 0, 65535), .def = "443", .arg = "PORT",
+     .help = "public HTTPS port on all addresses"},
+    {.name = "intport", CL_OPT_UINT_AT(settings, intport, 0, 65535), .def = "8080", .arg = "PORT",
+     .help = "internal plain-HTTP port on 127.0.0.1 for the application"},
+    {.name = "prometheus-port", CL_OPT_UINT_AT(settings, prometheus_port, 0, 65535), .arg = "PORT",
+     .help = "serve /metrics on this port (0: off)"},
+    {.name = "prometheus-namespace", CL_OPT_STR(settings, prometheus_namespace), .def = "cloister", .arg = "NS",
+     .help = "prefix of metric names"},
+    {.name = "wait-for-app", CL_OPT_FLAG(settings, wait_for_app),
+     .help = "open the public listener only when the application calls GET /enclave/ready"},
+    {.name = "disable-keep-alives", CL_OPT_FLAG(settings, disable_keep_alives),
+     .help = "close client connections after each response"},
+    {.name = "debug", CL_OPT_FLAG(settings, debug), .help = "log at debug level (one line per request)"},
+    {.name = "listen", CL_OPT_STR(settings, listen), .arg = "ADDR",
+     .help = "public listener: vsock:CID:PORT, unix:PATH or tcp:HOST:PORT (overrides -ext-pub-port)"},
+    {.name = "nsm", CL_OPT_STR(settings, nsm), .arg = "ADDR",
+     .help = "the NSM: a device path or unix:PATH of nsm-sim ($" CL_NSM_ENV ", /dev/nsm)"},
+    {.name = "cert", CL_OPT_STR(settings, cert), .arg = "PEM",
+     .help = "static certificate (chain) instead of the generated one"},
+    {.name = "key", CL_OPT_STR(settings, key), .arg = "PEM", .help = "private key of --cert"},
+    {.name = "config", CL_OPT_CONFIG_AT(settings, config), .arg = "FILE",
+     .help = "read settings from a JSON object with these names as keys"},
+    {.name = "prometheus-listen", CL_OPT_STR(settings, prometheus_listen), .arg = "ADDR",
+     .help = "metrics listener address (overrides -prometheus-port's 0.0.0.0)"},
+    {.name = "threads", CL_OPT_UINT_AT(settings, threads, 0, 256), .arg = "N",
+     .help = "event loops for the public listener (0: one per core)"},
+    {.name = "max-header-bytes", CL_OPT_UINT_AT(settings, max_header_bytes, 0, 1 << 20), .def = "16384",
+     .arg = "BYTES", .help = "largest request head"},
+    {.name = "header-timeout", CL_OPT_UINT_AT(settings, header_timeout, 0, 3600), .def = "10", .arg = "SECONDS",
+     .help = "time for a client to send a whole request head"},
+    {.name = "idle-timeout", CL_OPT_UINT_AT(settings, idle_timeout, 0, 86400), .def = "60", .arg = "SECONDS",
+     .help = "close connections idle this long"},
+    {.name = "app-timeout", CL_OPT_UINT_AT(settings, app_timeout, 0, 86400), .def = "60", .arg = "SECONDS",
+     .help = "time for the application to answer, and between its writes; then 504"},
+    {.name = "max-connections", CL_OPT_UINT_AT(settings, max_connections, 0, 1000000), .def = "10000", .arg = "N",
+     .help = "open client connections at most"},
+    {.name = "h2-max-streams", CL_OPT_UINT_AT(settings, h2_max_streams, 0, 1000), .def = "100", .arg = "N",
+     .help = "concurrent HTTP/2 streams per connection, so requests to the app per connection"},
+    {.name = "max-app-connections", CL_OPT_UINT_AT(settings, max_app_connections, 0, 1000000), .def = "512",
+     .arg = "N",
+     .help = "connections to the application at most; requests beyond wait for one, up to -app-timeout, then 503"},
+    {.name = "max-buffered-body", CL_OPT_UINT_AT(settings, max_buffered_body, 0, 0xffffffffu), .def = "134217728",
+     .arg = "BYTES",
+     .help = "HTTP/2 request body bytes held for a slow application, all connections together; beyond, 503"},
+    {.name = "drain-timeout", CL_OPT_UINT_AT(settings, drain_timeout, 0, 3600), .def = "30", .arg = "SECONDS",
+     .help = "on SIGTERM, time for requests in flight to finish"},
+    {.name = "disable-http2", CL_OPT_FLAG(settings, disable_http2), .help = "do not offer HTTP/2 in ALPN"},
+    {.name = "proxy-protocol", CL_OPT_FLAG(settings, proxy_protocol),
+     .help = "public connections start with a PROXY protocol v2 header (cloister host --forward ...,proxy-protocol):"
+             " required, and trusted for the client address (X-Forwarded-For)"},
+    {.name = "secret", CL_OPT_LIST_AT(settings, secrets, MAX_SECRETS), .arg = "NAME=B64|@FILE",
+     .help = "a KMS ciphertext (base64, or a file of raw or base64 bytes) opened at start with a Recipient and the "
+             "encryption context purpose=enclave-secret, name=NAME (cloister kms encrypt --purpose "
+             "enclave-secret:NAME) (repeatable)"},
+    {.name = "secrets-env", CL_OPT_FLAG(settings, secrets_env),
+     .help = "also give each secret to -appcmd as environment variable NAME"},
+    {.name = "tls-key-ciphertext", CL_OPT_STR(settings, tls_key_ciphertext), .arg = "B64|@FILE",
+     .help = "the private key of --cert as a KMS ciphertext (PEM or DER inside), instead of --key; it must carry the "
+             "encryption context purpose=enclave-tls-key (cloister kms encrypt --purpose enclave-tls-key)"},
+    {.name = "kms-region", CL_OPT_STR(settings, kms_region), .arg = "R",
+     .help = "KMS's region ($AWS_REGION, else IMDS's)"},
+    {.name = "kms-endpoint", CL_OPT_STR(settings, kms_endpoint), .arg = "URL",
+     .help = "https://HOST[:PORT] (https://kms.REGION.amazonaws.com)"},
+    {.name = "kms-proxy", CL_OPT_STR(settings, kms_proxy), .arg = "ADDR",
+     .help = "the host's outbound proxy to KMS (vsock:3:8000)"},
+    {.name = "kms-ca-file", CL_OPT_STR(settings, kms_ca_file), .arg = "PEM",
+     .help = "CAs for KMS's certificate instead of the system's"},
+    {.name = "kms-imds", CL_OPT_STR(settings, kms_imds), .arg = "ADDR",
+     .help = "credentials from IMDSv2 through cloister host --imds (else $AWS_ACCESS_KEY_ID...)"},
+    {.name = "kms-for-app", CL_OPT_FLAG(settings, kms_for_app),
+     .help = "serve KMS to the app at http://127.0.0.1:-intport/ (internal listener only; any AWS SDK, any "
+             "credentials): requests go to KMS signed with the -kms-* settings, Decrypt, GenerateDataKey(Pair), "
+             "GenerateRandom and DeriveSharedSecret with a Recipient whose answer is opened here"},
+    {.name = "kms-for-app-keys", CL_OPT_STR(settings, kms_for_app_keys), .arg = "ID,...",
+     .help = "with -kms-for-app: the only keys (as the app writes them: alias, id or ARN) the app may name; each "
+             "request must then name one (all)"},
+    {.name = "kms-for-app-operations", CL_OPT_STR(settings, kms_for_app_operations), .arg = "OP,...",
+     .help = "with -kms-for-app: the KMS operations served to the app (all the data-plane ones)"},
 };
-#define OPTION_COUNT (sizeof option_specs / sizeof option_specs[0])
 
-static void enclave_usage(FILE *out)
-{
-    /* one write(): a reader that stops early (grep -q) must not cut us off */
-    static char buffer[16384];
-    setvbuf(out, buffer, _IOFBF, sizeof buffer);
-    fprintf(out, "usage: cloister enclave -fqdn NAME [-appwebsrv URL] [OPTIONS]\n\n"
-                 "Terminates TLS inside the enclave with a key that never leaves it, answers\n"
-                 "attestation requests that bind that key's certificate, and proxies everything\n"
-                 "else to the application.  A drop-in replacement for nitriding-daemon: options\n"
-                 "take one or two dashes, and -name=value or -name value.\n\n"
-                 "options:\n");
-    for (size_t i = 0; i < OPTION_COUNT; i++) {
-        char left[64];
-        snprintf(left, sizeof left, "-%s%s%s", option_specs[i].name, option_specs[i].arg ? " " : "",
-                 option_specs[i].arg ? option_specs[i].arg : "");
-        fprintf(out, "  %-28s %s\n", left, option_specs[i].help);
-    }
-    fprintf(out, "\npublic endpoints (HTTPS):\n"
-                 "  GET /enclave                       what this is\n"
-                 "  GET /enclave/attestation?nonce=H   base64 attestation document; H: 40 hex digits;\n"
-                 "                                     user_data = 0x1220 SHA-256(certificate DER)\n"
-                 "                                     0x1220 application key hash\n"
-                 "  GET /enclave/config                the running configuration (JSON)\n"
-                 "  anything else                      proxied to -appwebsrv\n"
-                 "internal endpoints (plain HTTP on 127.0.0.1:-intport):\n"
-                 "  GET  /enclave/ready                with -wait-for-app, opens the public listener\n"
-                 "                                     (200 the first time, 410 after)\n"
-                 "  POST /enclave/hash                 base64 SHA-256 of the application's key\n"
-                 "  GET  /enclave/attestation?nonce=H  as above\n"
-                 "  GET  /enclave/secrets/NAME         the plaintext of -secret NAME (opened at start)\n"
-                 "\nSIGTERM or SIGINT: stop accepting, let requests in flight finish, stop the\n"
-                 "application, exit.\n");
-}
+static const char usage_text[] = "usage: cloister enclave -fqdn NAME [-appwebsrv URL] [OPTIONS]\n\n"
+                                 "Terminates TLS inside the enclave with a key that never leaves it, answers\n"
+                                 "attestation requests that bind that key's certificate, and proxies everything\n"
+                                 "else to the application.  A drop-in replacement for nitriding-daemon: options\n"
+                                 "take one or two dashes, and -name=value or -name value.\n\n";
 
-static int set_option(settings *s, const option_spec *o, const char *value, const char *origin)
-{
-    void *field = (char *)s + o->offset;
-    switch (o->type) {
-    case OPT_STRING: {
-        char *copy = strdup(value);
-        CL_ENSURE(copy, CL_ENOMEM, "out of memory");
-        free(*(char **)field);
-        *(char **)field = copy;
-        return CL_OK;
-    }
-    case OPT_LIST: {
-        size_t *count = (size_t *)((char *)s + offsetof(settings, secret_count));
-        if (*count == MAX_SECRETS)
-            return cl_error_set(CL_ELIMIT, "%s -%s: at most %d", origin, o->name, MAX_SECRETS);
-        char *copy = strdup(value);
-        CL_ENSURE(copy, CL_ENOMEM, "out of memory");
-        ((char **)field)[(*count)++] = copy;
-        return CL_OK;
-    }
-    case OPT_UINT: {
-        uint64_t v;
-        int rc = cl_parse_u64(value, o->max, &v);
-        if (rc < 0)
-            return cl_error_prefix(rc, "%s -%s: ", origin, o->name);
-        *(unsigned *)field = (unsigned)v;
-        return CL_OK;
-    }
-    default:
-        if (cl_parse_bool(value, (bool *)field) < 0)
-            return cl_error_prefix(CL_EINVAL, "%s -%s: ", origin, o->name);
-        return CL_OK;
-    }
-}
+static const char epilog[] = "public endpoints (HTTPS):\n"
+                             "  GET /enclave                       what this is\n"
+                             "  GET /enclave/attestation?nonce=H   base64 attestation document; H: 40 hex digits;\n"
+                             "                                     user_data = 0x1220 SHA-256(certificate DER)\n"
+                             "                                     0x1220 application key hash\n"
+                             "  GET /enclave/config                the running configuration (JSON)\n"
+                             "  anything else                      proxied to -appwebsrv\n"
+                             "internal endpoints (plain HTTP on 127.0.0.1:-intport):\n"
+                             "  GET  /enclave/ready                with -wait-for-app, opens the public listener\n"
+                             "                                     (200 the first time, 410 after)\n"
+                             "  POST /enclave/hash                 base64 SHA-256 of the application's key\n"
+                             "  GET  /enclave/attestation?nonce=H  as above\n"
+                             "  GET  /enclave/secrets/NAME         the plaintext of -secret NAME (opened at start)\n"
+                             "  POST /                             with -kms-for-app: KMS for the app's AWS SDK\n"
+                             "                                     (endpoint_url http://127.0.0.1:-intport)\n"
+                             "\nSIGTERM or SIGINT: stop accepting, let requests in flight finish, stop the\n"
+                             "application, exit.\n";
 
-static const option_spec *find_option(const char *name, size_t len)
+/* The options of s, for parsing and for freeing. */
+static cl_options enclave_options(settings *s, cl_opt_section *section)
 {
-    for (size_t i = 0; i < OPTION_COUNT; i++)
-        if (strlen(option_specs[i].name) == len && !memcmp(option_specs[i].name, name, len))
-            return &option_specs[i];
-    return NULL;
-}
-
-static int load_config_file(settings *s, const char *path)
-{
-    json_error_t jerr;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    CL_ENSURE(root, CL_EPARSE, "--config %s: line %d: %s", path, jerr.line, jerr.text);
-    int rc = CL_OK;
-    if (!json_is_object(root)) {
-        rc = cl_error_set(CL_EPARSE, "--config %s: expected a JSON object of settings", path);
-        goto out;
-    }
-    const char *key;
-    json_t *value;
-    json_object_foreach(root, key, value) {
-        const option_spec *o = find_option(key, strlen(key));
-        if (!o || !strcmp(key, "config")) {
-            rc = cl_error_set(CL_EINVAL, "--config %s: unknown setting \"%s\"", path, key);
-            goto out;
-        }
-        if (o->type == OPT_LIST && json_is_array(value)) {
-            size_t i;
-            json_t *item;
-            json_array_foreach(value, i, item) {
-                if (!json_is_string(item)) {
-                    rc = cl_error_set(CL_EINVAL, "--config %s: \"%s\" must be strings", path, key);
-                    goto out;
-                }
-                CL_TRY_OUT(set_option(s, o, json_string_value(item), "--config"));
-            }
-            continue;
-        }
-        char text[32];
-        const char *v = NULL;
-        if (o->type == OPT_BOOL && json_is_boolean(value))
-            v = json_is_true(value) ? "true" : "false";
-        else if (o->type == OPT_UINT && json_is_integer(value) && json_integer_value(value) >= 0) {
-            snprintf(text, sizeof text, "%lld", (long long)json_integer_value(value));
-            v = text;
-        } else if ((o->type == OPT_STRING || o->type == OPT_LIST) && json_is_string(value))
-            v = json_string_value(value);
-        if (!v) {
-            rc = cl_error_set(CL_EINVAL, "--config %s: \"%s\" must be %s", path, key,
-                              o->type == OPT_BOOL ? "true or false"
-                              : o->type == OPT_UINT ? "a non-negative integer"
-                                                    : "a string");
-            goto out;
-        }
-        char origin[PATH_MAX + 16];
-        snprintf(origin, sizeof origin, "--config %s:", path);
-        CL_TRY_OUT(set_option(s, o, v, origin));
-    }
-out:
-    json_decref(root);
-    return rc;
+    *section = (cl_opt_section)CL_OPT_SECTION("options", option_specs, s);
+    return (cl_options){.prog = "cloister enclave",
+                        .usage = usage_text,
+                        .epilog = epilog,
+                        .flags = CL_OPTIONS_SINGLE_DASH,
+                        .sections = section,
+                        .section_count = 1};
 }
 
 /* Returns 0, or EXIT_USAGE after printing the problem, or -1 for --help. */
 static int parse_settings(int argc, char **argv, settings *s)
 {
-    *s = (settings){
-        .ext_pub_port = 443,
-        .intport = 8080,
-        .max_header_bytes = 16 * 1024,
-        .header_timeout = 10,
-        .idle_timeout = 60,
-        .app_timeout = 60,
-        .max_connections = 10000,
-        .drain_timeout = 30,
-        .h2_max_streams = 100,
-        .max_app_connections = 512,
-        .max_buffered_body = 128u << 20,
-    };
-    /* the config file first, so that flags override it */
-    for (int pass = 0; pass < 2; pass++) {
-        for (int i = 1; i < argc; i++) {
-            const char *arg = argv[i];
-            if (!strcmp(arg, "-h") || !strcmp(arg, "--help") || !strcmp(arg, "-help")) {
-                enclave_usage(stdout);
-                return -1;
-            }
-            if (arg[0] != '-' || !arg[1]) {
-                fprintf(stderr, "cloister enclave: unexpected argument '%s' (see --help)\n", arg);
-                return EXIT_USAGE;
-            }
-            const char *name = arg + (arg[1] == '-' ? 2 : 1);
-            const char *eq = strchr(name, '=');
-            size_t name_len = eq ? (size_t)(eq - name) : strlen(name);
-            const option_spec *o = find_option(name, name_len);
-            if (!o) {
-                fprintf(stderr, "cloister enclave: unknown option '%s' (see --help)\n", arg);
-                return EXIT_USAGE;
-            }
-            const char *value = eq ? eq + 1 : NULL;
-            if (!value && o->type == OPT_BOOL)
-                value = "true";
-            if (!value) {
-                if (i + 1 >= argc) {
-                    fprintf(stderr, "cloister enclave: -%s needs a value (%s)\n", o->name, o->arg);
-                    return EXIT_USAGE;
-                }
-                value = argv[++i];
-            }
-            bool is_config = !strcmp(o->name, "config");
-            if (pass == 0 && !is_config)
-                continue;
-            if (pass == 1 && is_config)
-                continue;
-            int rc = is_config ? load_config_file(s, value) : CL_OK;
-            if (rc == CL_OK)
-                rc = set_option(s, o, value, "");
-            if (rc < 0) {
-                fprintf(stderr, "cloister enclave: %s\n", cl_error_message());
-                return EXIT_USAGE;
-            }
-        }
-    }
+    memset(s, 0, sizeof *s);
+    cl_opt_section section;
+    cl_options spec = enclave_options(s, &section);
+    cl_options_result r;
+    int rc = cl_options_main(&spec, argc, argv, &r);
+    cl_options_free(NULL, &r);
+    if (rc != 0)
+        return rc > 0 ? -1 : EXIT_USAGE;
     if (!s->fqdn || !*s->fqdn) {
         fprintf(stderr, "cloister enclave: -fqdn is required (the name clients use to reach the enclave)\n");
         return EXIT_USAGE;
@@ -330,8 +209,6 @@ static int parse_settings(int argc, char **argv, settings *s)
         fprintf(stderr, "cloister enclave: --cert and --key go together\n");
         return EXIT_USAGE;
     }
-    if (!s->prometheus_namespace)
-        s->prometheus_namespace = strdup("cloister");
     if (s->max_header_bytes < 1024) {
         fprintf(stderr, "cloister enclave: --max-header-bytes must be at least 1024\n");
         return EXIT_USAGE;
@@ -351,23 +228,9 @@ static int parse_settings(int argc, char **argv, settings *s)
 
 static void settings_free(settings *s)
 {
-    char **strings[] = {&s->fqdn,   &s->appurl, &s->appwebsrv, &s->appcmd, &s->prometheus_namespace, &s->listen,
-                        &s->nsm,    &s->cert,   &s->key,       &s->config, &s->prometheus_listen};
-    for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
-        free(*strings[i]);
-        *strings[i] = NULL;
-    }
-    char **kms_strings[] = {&s->tls_key_ciphertext, &s->kms_region, &s->kms_endpoint,
-                            &s->kms_proxy,          &s->kms_ca_file, &s->kms_imds};
-    for (size_t i = 0; i < sizeof kms_strings / sizeof kms_strings[0]; i++) {
-        free(*kms_strings[i]);
-        *kms_strings[i] = NULL;
-    }
-    for (size_t i = 0; i < s->secret_count; i++) {
-        free(s->secrets[i]);
-        s->secrets[i] = NULL;
-    }
-    s->secret_count = 0;
+    cl_opt_section section;
+    cl_options spec = enclave_options(s, &section);
+    cl_options_free(&spec, NULL);
 }
 
 /* ---- the running enclave ------------------------------------------------ */
@@ -380,13 +243,14 @@ enum route {
     ROUTE_HASH,
     ROUTE_METRICS,
     ROUTE_SECRET,
+    ROUTE_KMS,
     ROUTE_APP,
     ROUTE_OTHER, /* unknown local paths: 404 */
     ROUTE_COUNT,
 };
 
 static const char *const route_names[ROUTE_COUNT] = {"enclave", "attestation", "config", "ready", "hash",
-                                                     "metrics", "secret",      "app",    "other"};
+                                                     "metrics", "secret",      "kms",    "app",   "other"};
 
 enum listener_kind { LISTENER_PUBLIC, LISTENER_INTERNAL, LISTENER_METRICS };
 
@@ -417,6 +281,8 @@ struct enclave {
     listener_ctx ctx_public, ctx_internal, ctx_metrics;
     secret secrets[MAX_SECRETS]; /* set before any listener opens, read-only after */
     size_t secret_count;
+    cl_kms_session app_kms; /* -kms-for-app */
+    cl_kms_endpoint *kms_endpoint;
 
     pthread_mutex_t lock; /* guards what follows */
     uint8_t app_hash[HASH_LEN];
@@ -448,6 +314,8 @@ static int route_request(void *ctx, const cl_http_head *h)
             return ROUTE_HASH;
         if (h->path.len > strlen(SECRETS_PREFIX) && !memcmp(h->path.data, SECRETS_PREFIX, strlen(SECRETS_PREFIX)))
             return ROUTE_SECRET;
+        if (l->e->kms_endpoint && path_is(h, "/")) /* where SDKs send KMS calls */
+            return ROUTE_KMS;
         return ROUTE_OTHER;
     }
     if (path_is(h, "/enclave") || path_is(h, "/enclave/"))
@@ -668,6 +536,66 @@ static void handle_secret(enclave *e, const cl_request_info *req, cl_response *r
     respond_text(resp, 404, "404: no such secret (see -secret)\n");
 }
 
+/* POST / on the internal listener with -kms-for-app: KMS for the app
+ * (lib/enclave/kms_endpoint.c). */
+static void handle_kms(enclave *e, const cl_request_info *req, cl_response *resp)
+{
+    cl_kms_endpoint_request r = {
+        .method = req->head->method,
+        .target = cl_http_header_get(req->head, "x-amz-target"),
+        .content_type = cl_http_header_get(req->head, "content-type"),
+        .body = req->body,
+        .body_len = req->body_len,
+    };
+    cl_kms_endpoint_reply reply = {.body = CL_BUF_INIT};
+    cl_kms_endpoint_handle(e->kms_endpoint, &r, &reply);
+    resp->status = reply.status;
+    resp->content_type = CL_KMS_ENDPOINT_CONTENT_TYPE;
+    resp->body = reply.body;
+}
+
+static int kms_send(void *ctx, const char *op, const uint8_t *body, size_t len, long *status, cl_buf *answer)
+{
+    return cl_kms_call_raw(ctx, op, body, len, status, answer);
+}
+
+/* -kms-for-app: a KMS session of its own (credentials, one RSA-2048
+ * session key for the Recipient) that lives as long as the daemon. */
+static int open_kms_for_app(enclave *e)
+{
+    if (!e->s.kms_for_app) {
+        CL_ENSURE(!e->s.kms_for_app_keys && !e->s.kms_for_app_operations, CL_EINVAL,
+                  "-kms-for-app-keys and -kms-for-app-operations go with -kms-for-app");
+        return CL_OK;
+    }
+    cl_kms_setup setup = {
+        .region = e->s.kms_region,
+        .endpoint = e->s.kms_endpoint,
+        .proxy = e->s.kms_proxy ? e->s.kms_proxy : "vsock:3:8000",
+        .ca_file = e->s.kms_ca_file,
+        .imds = e->s.kms_imds,
+        .recipient = true,
+        .nsm_client = e->nsm,
+    };
+    int rc = cl_kms_session_open(&setup, &e->app_kms);
+    if (rc < 0)
+        return cl_error_prefix(rc, "-kms-for-app: ");
+    cl_kms_endpoint_config cfg = {
+        .key_ids = e->s.kms_for_app_keys,
+        .operations = e->s.kms_for_app_operations,
+        .recipient = e->app_kms.recipient,
+        .send = kms_send,
+        .send_ctx = e->app_kms.kms,
+    };
+    rc = cl_kms_endpoint_new(&cfg, &e->kms_endpoint);
+    if (rc < 0)
+        return cl_error_prefix(rc, "-kms-for-app: ");
+    cl_log(CL_LOG_INFO, "kms_for_app", "region", e->app_kms.region, "proxy", setup.proxy, "keys",
+           e->s.kms_for_app_keys ? e->s.kms_for_app_keys : "any", "operations",
+           e->s.kms_for_app_operations ? e->s.kms_for_app_operations : "all", NULL);
+    return CL_OK;
+}
+
 static void handle_request(void *ctx, int route, const cl_request_info *req, cl_response *resp)
 {
     listener_ctx *l = ctx;
@@ -700,6 +628,9 @@ static void handle_request(void *ctx, int route, const cl_request_info *req, cl_
     case ROUTE_SECRET:
         if (method_is(req, "GET", resp))
             handle_secret(e, req, resp);
+        return;
+    case ROUTE_KMS:
+        handle_kms(e, req, resp);
         return;
     default:
         respond_text(resp, 404, "404: not found\n");
@@ -739,7 +670,8 @@ static int start_listener(enclave *e, const char *name, const char *addr_text, l
         .name = name,
         .tls = public_ ? e->tls : NULL,
         .app = public_ && e->has_app ? &e->app : NULL,
-        .threads = public_ ? e->s.threads : 1,
+        /* a KMS call for the app blocks its thread: keep one for the rest */
+        .threads = public_ ? e->s.threads : ctx->kind == LISTENER_INTERNAL && e->kms_endpoint ? 2 : 1,
         .max_header_bytes = e->s.max_header_bytes,
         .header_timeout_ms = e->s.header_timeout * 1000u,
         .idle_timeout_ms = e->s.idle_timeout * 1000u,
@@ -841,10 +773,10 @@ static int open_one(cl_kms *kms, const char *spec, const char *purpose, const ch
  * before any listener opens; the first that fails stops the start. */
 static int open_secrets(enclave *e)
 {
-    if (!e->s.secret_count && !e->s.tls_key_ciphertext)
+    if (!e->s.secrets.count && !e->s.tls_key_ciphertext)
         return CL_OK;
-    for (size_t i = 0; i < e->s.secret_count; i++) {
-        const char *spec = e->s.secrets[i];
+    for (size_t i = 0; i < e->s.secrets.count; i++) {
+        const char *spec = e->s.secrets.items[i];
         const char *eq = strchr(spec, '=');
         size_t n = eq ? (size_t)(eq - spec) : 0;
         CL_ENSURE(eq && eq[1] && secret_name_valid(spec, n), CL_EINVAL,
@@ -852,7 +784,7 @@ static int open_secrets(enclave *e)
                   "(not first), at most %d", (int)(n ? n : strlen(spec) > 20 ? 20 : strlen(spec)), spec,
                   SECRET_NAME_MAX);
         for (size_t j = 0; j < i; j++)
-            CL_ENSURE(strncmp(e->s.secrets[j], spec, n + 1) != 0, CL_EINVAL, "-secret %.*s is given twice", (int)n,
+            CL_ENSURE(strncmp(e->s.secrets.items[j], spec, n + 1) != 0, CL_EINVAL, "-secret %.*s is given twice", (int)n,
                       spec);
         memcpy(e->secrets[i].name, spec, n);
         e->secrets[i].name[n] = '\0';
@@ -872,8 +804,8 @@ static int open_secrets(enclave *e)
         return cl_error_prefix(rc, "KMS for the secrets: ");
     cl_log(CL_LOG_INFO, "kms_session", "region", ks.region, "proxy", setup.proxy, "credentials",
            cl_aws_credentials_source(ks.credentials), "recipient", "RSA-2048", NULL);
-    for (size_t i = 0; i < e->s.secret_count; i++) {
-        rc = open_one(ks.kms, strchr(e->s.secrets[i], '=') + 1, CL_KMS_PURPOSE_SECRET, e->secrets[i].name,
+    for (size_t i = 0; i < e->s.secrets.count; i++) {
+        rc = open_one(ks.kms, strchr(e->s.secrets.items[i], '=') + 1, CL_KMS_PURPOSE_SECRET, e->secrets[i].name,
                       &e->secrets[i].value);
         if (rc < 0) {
             rc = cl_error_prefix(rc, "secret \"%s\" cannot be opened: ", e->secrets[i].name);
@@ -983,6 +915,7 @@ static int enclave_start(enclave *e)
     cl_log(CL_LOG_INFO, "entropy_seeded", "source", "nsm", "bytes", "256", NULL);
 
     CL_TRY(open_secrets(e));
+    CL_TRY(open_kms_for_app(e));
 
     if (e->s.tls_key_ciphertext) {
         /* loaded by open_secrets */
@@ -1053,6 +986,9 @@ static void enclave_stop(enclave *e)
     SSL_CTX_free(e->tls);
     cl_tls_identity_free(&e->identity);
     cl_metrics_free(e->metrics);
+    cl_kms_endpoint_free(e->kms_endpoint);
+    e->kms_endpoint = NULL;
+    cl_kms_session_close(&e->app_kms);
     cl_nsm_close(e->nsm);
     free_secrets(e);
 }

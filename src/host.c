@@ -7,12 +7,12 @@
 #include "cloister/host/host.h"
 #include "cloister/core/imds_policy.h"
 #include "cloister/core/log.h"
+#include "cloister/core/options.h"
 #include "cloister/host/sd_notify.h"
 #include "cloister/host/watchdog.h"
 #include "commands.h"
 
 #include <arpa/inet.h>
-#include <jansson.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <stddef.h>
@@ -29,111 +29,86 @@
 
 /* ---- settings ------------------------------------------------------------------------ */
 
-typedef struct list {
-    char **items;
-    size_t count;
-} list;
-
 typedef struct settings {
-    list forward, outbound;
+    cl_opt_list forward, outbound;
     char *imds, *imds_endpoint, *allowlist, *config, *dns_server;
     bool proxy_protocol, ipv4, ipv6, no_splice, debug;
     unsigned resolve_interval, idle_timeout, connect_timeout, max_connections, workers;
     /* vsock-proxy form only */
     char *listen;
     unsigned num_workers;
-    /* the enclave to keep alive (main form only): cloister watchdog's flags */
+    bool version;
+    /* the enclave to keep alive (main form only): cloister watchdog's options */
     cl_watchdog_settings wd;
-    bool wd_given;
 } settings;
 
-enum opt_type { OPT_STRING, OPT_UINT, OPT_BOOL, OPT_LIST };
-
-typedef struct option_spec {
-    const char *name;
-    char short_name;
-    int type;
-    size_t offset;
-    unsigned min, max; /* OPT_UINT */
-    bool vsock_proxy;  /* also accepted in the vsock-proxy form */
-    const char *arg, *help;
-} option_spec;
-
-#define S(field) offsetof(settings, field)
-
-static const option_spec option_specs[] = {
-    {"forward", 0, OPT_LIST, S(forward), 0, 0, false, "LISTEN=DEST[,proxy-protocol]",
-     "forward connections on LISTEN to DEST (repeatable)"},
-    {"outbound", 0, OPT_LIST, S(outbound), 0, 0, false, "LISTEN=HOST:PORT",
-     "the enclave's proxy to a name or IP (repeatable)"},
-    {"allowlist", 0, OPT_STRING, S(allowlist), 0, 0, false, "FILE",
-     "vsock-proxy's YAML; --outbound must match it"},
-    {"imds", 0, OPT_STRING, S(imds), 0, 0, false, "LISTEN", "gate the enclave's IMDSv2 calls"},
-    {"imds-endpoint", 0, OPT_STRING, S(imds_endpoint), 0, 0, false, "URL",
-     "http://HOST[:PORT] (" DEFAULT_IMDS_ENDPOINT ")"},
-    {"proxy-protocol", 0, OPT_BOOL, S(proxy_protocol), 0, 0, false, NULL,
-     "PROXY protocol v2 header on every --forward"},
-    {"ipv4", '4', OPT_BOOL, S(ipv4), 0, 0, true, NULL, "use only IPv4 addresses of DNS names"},
-    {"ipv6", '6', OPT_BOOL, S(ipv6), 0, 0, true, NULL, "use only IPv6 addresses of DNS names"},
-    {"resolve-interval", 0, OPT_UINT, S(resolve_interval), 1, 86400, true, "SECONDS",
-     "resolve DNS names again after their TTL, at most after (60)"},
-    {"dns-server", 0, OPT_STRING, S(dns_server), 0, 0, true, "IP[:PORT]",
-     "ask this DNS server instead of /etc/resolv.conf's"},
-    {"idle-timeout", 0, OPT_UINT, S(idle_timeout), 1, 7 * 86400, true, "SECONDS",
-     "close connections idle this long (600)"},
-    {"connect-timeout", 0, OPT_UINT, S(connect_timeout), 1, 3600, true, "SECONDS",
-     "to reach a destination, all addresses (10)"},
-    {"max-connections", 0, OPT_UINT, S(max_connections), 1, 10000000, true, "N",
-     "open connections at most (20000)"},
-    {"workers", 0, OPT_UINT, S(workers), 0, CL_HOST_MAX_WORKERS, true, "N",
-     "event-loop processes (0: one per core)"},
-    {"no-splice", 0, OPT_BOOL, S(no_splice), 0, 0, true, NULL, "read()/write() instead of splice()"},
-    {"debug", 0, OPT_BOOL, S(debug), 0, 0, true, NULL, "log every connection (debug level)"},
-    {"config", 0, OPT_STRING, S(config), 0, 0, true, "FILE",
-     "JSON settings (vsock-proxy form: allowlist)"},
-    {"listen", 0, OPT_STRING, S(listen), 0, 0, true, "ADDR", NULL},
-    {"num_workers", 'w', OPT_UINT, S(num_workers), 1, 1000000, true, "N", NULL},
+/* The main form's own options. */
+static const cl_opt main_options[] = {
+    {.name = "forward", CL_OPT_LIST_AT(settings, forward, 0), .flags = CL_OPT_NONEMPTY,
+     .arg = "LISTEN=DEST[,proxy-protocol]", .help = "forward connections on LISTEN to DEST (repeatable)"},
+    {.name = "outbound", CL_OPT_LIST_AT(settings, outbound, 0), .flags = CL_OPT_NONEMPTY, .arg = "LISTEN=HOST:PORT",
+     .help = "the enclave's proxy to a name or IP (repeatable)"},
+    {.name = "allowlist", CL_OPT_STR(settings, allowlist), .arg = "FILE",
+     .help = "vsock-proxy's YAML; --outbound must match it"},
+    {.name = "imds", CL_OPT_STR(settings, imds), .arg = "LISTEN", .help = "gate the enclave's IMDSv2 calls"},
+    {.name = "imds-endpoint", CL_OPT_STR(settings, imds_endpoint), .arg = "URL",
+     .help = "http://HOST[:PORT] (" DEFAULT_IMDS_ENDPOINT ")"},
+    {.name = "proxy-protocol", CL_OPT_FLAG(settings, proxy_protocol),
+     .help = "PROXY protocol v2 header on every --forward"},
+    {.name = "config", CL_OPT_CONFIG_AT(settings, config), .arg = "FILE", .help = "JSON settings (below)"},
 };
-#define OPTION_COUNT (sizeof option_specs / sizeof option_specs[0])
 
-static bool form_has(const option_spec *o, bool vsock_proxy)
-{
-    if (vsock_proxy)
-        return o->vsock_proxy;
-    return strcmp(o->name, "listen") != 0 && strcmp(o->name, "num_workers") != 0;
-}
+/* Both forms'. */
+static const cl_opt common_options[] = {
+    {.name = "ipv4", .short_name = '4', CL_OPT_FLAG(settings, ipv4), .help = "use only IPv4 addresses of DNS names"},
+    {.name = "ipv6", .short_name = '6', CL_OPT_FLAG(settings, ipv6), .help = "use only IPv6 addresses of DNS names"},
+    {.name = "resolve-interval", CL_OPT_UINT_AT(settings, resolve_interval, 1, 86400), .def = "60",
+     .arg = "SECONDS", .help = "resolve DNS names again after their TTL, at most after"},
+    {.name = "dns-server", CL_OPT_STR(settings, dns_server), .arg = "IP[:PORT]",
+     .help = "ask this DNS server instead of /etc/resolv.conf's"},
+    {.name = "idle-timeout", CL_OPT_UINT_AT(settings, idle_timeout, 1, 7 * 86400), .def = "600",
+     .arg = "SECONDS", .help = "close connections idle this long"},
+    {.name = "connect-timeout", CL_OPT_UINT_AT(settings, connect_timeout, 1, 3600), .def = "10",
+     .arg = "SECONDS", .help = "to reach a destination, all addresses"},
+    {.name = "max-connections", CL_OPT_UINT_AT(settings, max_connections, 1, 10000000), .def = "20000", .arg = "N",
+     .help = "open connections at most"},
+    {.name = "workers", CL_OPT_UINT_AT(settings, workers, 0, CL_HOST_MAX_WORKERS), .arg = "N",
+     .help = "event-loop processes (0: one per core)"},
+    {.name = "no-splice", CL_OPT_FLAG(settings, no_splice), .help = "read()/write() instead of splice()"},
+    {.name = "debug", CL_OPT_FLAG(settings, debug), .help = "log every connection (debug level)"},
+};
 
-static void usage(FILE *out)
+/* vsock-proxy's own (aws-nitro-enclaves-cli's spellings). */
+static const cl_opt vsock_proxy_options[] = {
+    {.name = "config", CL_OPT_STR(settings, config), .arg = "FILE",
+     .help = "the allowlist (default " CL_ALLOWLIST_DEFAULT_PATH ")"},
+    {.name = "listen", CL_OPT_STR(settings, listen), .arg = "ADDR",
+     .help = "listen on ADDR instead of vsock:3:LOCAL_PORT (e.g. unix:PATH for local tests)"},
+    /* accepted and ignored: one event loop per core serves any number of connections */
+    {.name = "num_workers", .short_name = 'w', CL_OPT_UINT_AT(settings, num_workers, 1, 1000000), .arg = "N"},
+    {.name = "version", .short_name = 'V', CL_OPT_FLAG(settings, version), .help = "print the version"},
+};
+
+enum { SECTION_MAIN, SECTION_COMMON, SECTION_ENCLAVE };
+
+static const char main_usage[] =
+    "usage: cloister host [OPTIONS]\n"
+    "       cloister host vsock-proxy [-4|-6] [--config FILE] [-w N] [--listen ADDR] [OPTIONS]\n"
+    "                                 LOCAL_PORT REMOTE_ADDR REMOTE_PORT (see its --help)\n"
+    "       cloister host acm --bundle FILE|URL --token LABEL --provision ADDR [...] (see its --help)\n\n"
+    "The parent instance's side of an enclave: forwards connections into it, proxies its\n"
+    "connections out to allowed services, and gates its instance metadata calls.\n"
+    "Addresses are vsock:CID:PORT, unix:PATH or tcp:HOST:PORT ([v6] in brackets).\n\n";
+
+/* The main form's text after the options, with the IMDS calls the gate
+ * allows (malloc'd; NULL when out of memory). */
+static char *main_epilog(void)
 {
-    fprintf(out,
-            "usage: cloister host [OPTIONS]\n"
-            "       cloister host vsock-proxy [-4|-6] [--config FILE] [-w N] [--listen ADDR] [OPTIONS]\n"
-            "                                 LOCAL_PORT REMOTE_ADDR REMOTE_PORT\n"
-            "       cloister host acm --bundle FILE|URL --token LABEL --provision ADDR [...] (see its --help)\n\n"
-            "The parent instance's side of an enclave: forwards connections into it, proxies its\n"
-            "connections out to allowed services, and gates its instance metadata calls.\n"
-            "Addresses are vsock:CID:PORT, unix:PATH or tcp:HOST:PORT ([v6] in brackets).\n\n"
-            "options:\n");
-    for (size_t i = 0; i < OPTION_COUNT; i++) {
-        const option_spec *o = &option_specs[i];
-        if (!o->help)
-            continue;
-        char left[64];
-        if (o->short_name)
-            snprintf(left, sizeof left, "-%c, --%s%s%s", o->short_name, o->name, o->arg ? " " : "",
-                     o->arg ? o->arg : "");
-        else
-            snprintf(left, sizeof left, "    --%s%s%s", o->name, o->arg ? " " : "", o->arg ? o->arg : "");
-        fprintf(out, "  %-40s %s\n", left, o->help);
-    }
-    fprintf(out, "  %-40s %s\n\n", "-h, --help", "this text");
-    fprintf(out, "the enclave's life (main form; as cloister watchdog, which explains them):\n");
-    for (const cl_watchdog_flag *f = cl_watchdog_flags(); f->name; f++) {
-        char left[64];
-        snprintf(left, sizeof left, "    --%s%s%s", f->name, f->arg ? " " : "", f->arg ? f->arg : "");
-        fprintf(out, "  %-40s %s\n", left, f->help);
-    }
-    fprintf(out, "\n");
+    char *text = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    if (!out)
+        return NULL;
     fprintf(out,
             "--forward LISTEN=DEST: any address kinds on either side, e.g.\n"
             "  --forward tcp:0.0.0.0:443=vsock:16:443            clients to the enclave\n"
@@ -151,31 +126,21 @@ static void usage(FILE *out)
     const char *calls = cl_imds_allowed_calls();
     for (const char *p = calls; *p;) {
         const char *nl = strchr(p, '\n');
+        if (!nl)
+            nl = p + strlen(p);
         fprintf(out, "    %.*s\n", (int)(nl - p), p);
-        p = nl + 1;
+        p = *nl ? nl + 1 : nl;
     }
     fprintf(out,
             "  ROLE: an IAM role name.  Forwarded headers: X-aws-ec2-metadata-token(-ttl-seconds),\n"
             "  User-Agent, Accept, X-Forwarded-For.  No X-Forwarded-For is added (IMDS refuses a\n"
             "  token PUT that has one).\n\n"
-            "vsock-proxy form: a drop-in for aws-nitro-enclaves-cli's vsock-proxy.  Listens on\n"
-            "vsock:3:LOCAL_PORT (--listen ADDR overrides it, e.g. unix:PATH for local tests) and\n"
-            "forwards to REMOTE_ADDR:REMOTE_PORT, which must match the allowlist in --config\n"
-            "(default " CL_ALLOWLIST_DEFAULT_PATH "): an entry's port equals REMOTE_PORT\n"
-            "and its address equals REMOTE_ADDR (byte for byte, as vsock-proxy compares) or resolves\n"
-            "to REMOTE_ADDR's address; otherwise it refuses to start.  Keys of the YAML other than\n"
-            "allowlist, address and port are ignored, as vsock-proxy ignores them.  Exit status as\n"
-            "vsock-proxy's: 2 for an unknown option or missing argument, 1 for every other error (a\n"
-            "bad port or -w value, the allowlist, a refusal, cannot listen).  -V/--version prints the\n"
-            "version.  -w/--num_workers is accepted and ignored (one event loop per core serves any\n"
-            "number of connections).\n"
-            "DNS names are resolved again when their TTL has passed, as in the main form.\n\n"
-            "--config FILE (main form): a JSON object whose keys are the long option names, e.g.\n"
+            "--config FILE: a JSON object whose keys are the long option names, e.g.\n"
             "  {\"forward\": [\"tcp:0.0.0.0:443=vsock:16:443,proxy-protocol\"],\n"
             "   \"outbound\": \"vsock:3:8000=kms.us-east-1.amazonaws.com:443\",\n"
             "   \"imds\": \"vsock:3:8002\", \"idle-timeout\": 300, \"debug\": false}\n"
             "  Repeatable options take a string or an array of strings; flags given on the\n"
-            "  command line override the file's values and add to its lists.\n\n"
+            "  command line override the file's values and add to its lists.\n"
             "  The enclave's settings are keys too: {\"enclave-command\": \"...\", \"health-connect\": ...}.\n\n"
             "With --run-enclave-eif (nitro-cli) or --enclave-command (a local stand-in), the host\n"
             "also owns the enclave's life: it starts it, health-checks it, restarts it with\n"
@@ -187,277 +152,30 @@ static void usage(FILE *out)
             "Exit status: 0 stopped by a signal, 1 a destination is not allowlisted, 2 bad\n"
             "command line or configuration, 3 could not start (listen, resolve, ...) or the\n"
             "enclave's restart budget was exhausted.\n");
-}
-
-static int list_add(list *l, const char *value)
-{
-    char **items = realloc(l->items, (l->count + 1) * sizeof *items);
-    CL_ENSURE(items, CL_ENOMEM, "out of memory");
-    l->items = items;
-    CL_ENSURE((l->items[l->count] = strdup(value)), CL_ENOMEM, "out of memory");
-    l->count++;
-    return CL_OK;
-}
-
-static void list_free(list *l)
-{
-    for (size_t i = 0; i < l->count; i++)
-        free(l->items[i]);
-    free(l->items);
-    l->items = NULL;
-    l->count = 0;
-}
-
-static void settings_free(settings *s)
-{
-    list_free(&s->forward);
-    list_free(&s->outbound);
-    free(s->imds);
-    free(s->imds_endpoint);
-    free(s->allowlist);
-    free(s->config);
-    free(s->dns_server);
-    cl_watchdog_settings_free(&s->wd);
-    free(s->listen);
-}
-
-static int set_option(settings *s, const option_spec *o, const char *value, const char *origin)
-{
-    void *field = (char *)s + o->offset;
-    switch (o->type) {
-    case OPT_STRING: {
-        char *copy = strdup(value);
-        CL_ENSURE(copy, CL_ENOMEM, "out of memory");
-        free(*(char **)field);
-        *(char **)field = copy;
-        return CL_OK;
+    if (fclose(out) != 0) {
+        free(text);
+        return NULL;
     }
-    case OPT_LIST:
-        return list_add(field, value);
-    case OPT_UINT: {
-        uint64_t v;
-        int rc = cl_parse_u64(value, o->max, &v);
-        if (rc == CL_OK && v < o->min)
-            rc = cl_error_set(CL_EINVAL, "'%s' is below the minimum %u", value, o->min);
-        if (rc < 0)
-            return cl_error_prefix(rc, "%s--%s: ", origin, o->name);
-        *(unsigned *)field = (unsigned)v;
-        return CL_OK;
-    }
-    default:
-        if (cl_parse_bool(value, (bool *)field) < 0)
-            return cl_error_prefix(CL_EINVAL, "%s--%s: ", origin, o->name);
-        return CL_OK;
-    }
+    return text;
 }
 
-static const option_spec *find_long(const char *name, size_t len, bool vsock_proxy)
-{
-    for (size_t i = 0; i < OPTION_COUNT; i++)
-        if (strlen(option_specs[i].name) == len && !memcmp(option_specs[i].name, name, len) &&
-            form_has(&option_specs[i], vsock_proxy))
-            return &option_specs[i];
-    return NULL;
-}
+static const char vsock_proxy_usage[] =
+    "usage: cloister host vsock-proxy [-4|-6] [--config FILE] [-w N] [--listen ADDR] [OPTIONS]\n"
+    "                                 LOCAL_PORT REMOTE_ADDR REMOTE_PORT\n\n"
+    "A drop-in for aws-nitro-enclaves-cli's vsock-proxy.  Listens on vsock:3:LOCAL_PORT\n"
+    "(--listen ADDR overrides it) and forwards to REMOTE_ADDR:REMOTE_PORT, which must match\n"
+    "the allowlist in --config: an entry's port equals REMOTE_PORT and its address equals\n"
+    "REMOTE_ADDR (byte for byte, as vsock-proxy compares) or resolves to REMOTE_ADDR's address;\n"
+    "otherwise it refuses to start.  Keys of the YAML other than allowlist, address and port\n"
+    "are ignored, as vsock-proxy ignores them.  -w/--num_workers is accepted and ignored (one event loop per\n"
+    "core serves any number of connections).  DNS names are resolved again when their TTL has\n"
+    "passed, as in cloister host's main form.\n\n";
 
-static const option_spec *find_short(char c, bool vsock_proxy)
-{
-    for (size_t i = 0; i < OPTION_COUNT; i++)
-        if (option_specs[i].short_name == c && form_has(&option_specs[i], vsock_proxy))
-            return &option_specs[i];
-    return NULL;
-}
-
-static int load_config_file(settings *s, const char *path)
-{
-    json_error_t jerr;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    CL_ENSURE(root, CL_EINVAL, "--config %s: line %d: %s", path, jerr.line, jerr.text);
-    int rc = CL_OK;
-    char origin[PATH_MAX + 16];
-    snprintf(origin, sizeof origin, "--config %s: ", path);
-    if (!json_is_object(root))
-        CL_FAIL_OUT(CL_EINVAL, "--config %s: expected a JSON object of settings", path);
-    const char *key;
-    json_t *value;
-    json_object_foreach(root, key, value) {
-        const option_spec *o = find_long(key, strlen(key), false);
-        if (!o && cl_watchdog_flag_find(key)) {
-            char num[32];
-            const char *v = json_is_string(value)    ? json_string_value(value)
-                            : json_is_boolean(value) ? (json_is_true(value) ? "true" : "false")
-                            : NULL;
-            if (!v && json_is_integer(value) && json_integer_value(value) >= 0) {
-                snprintf(num, sizeof num, "%lld", (long long)json_integer_value(value));
-                v = num;
-            }
-            if (!v)
-                CL_FAIL_OUT(CL_EINVAL, "--config %s: \"%s\" must be a string, a number or a boolean", path, key);
-            rc = cl_watchdog_settings_set(&s->wd, key, v);
-            if (rc < 0)
-                CL_FAIL_OUT(rc, "--config %s: %s", path, cl_error_message());
-            s->wd_given = true;
-            continue;
-        }
-        if (!o || !strcmp(key, "config"))
-            CL_FAIL_OUT(CL_EINVAL, "--config %s: unknown setting \"%s\" (see cloister host --help)", path, key);
-        char text[32];
-        const char *v = NULL;
-        if (o->type == OPT_LIST) {
-            if (json_is_string(value)) {
-                CL_TRY_OUT(list_add((list *)((char *)s + o->offset), json_string_value(value)));
-                continue;
-            }
-            if (json_is_array(value)) {
-                size_t i;
-                json_t *item;
-                json_array_foreach(value, i, item) {
-                    if (!json_is_string(item))
-                        CL_FAIL_OUT(CL_EINVAL, "--config %s: \"%s\"[%zu] must be a string", path, key, i);
-                    CL_TRY_OUT(list_add((list *)((char *)s + o->offset), json_string_value(item)));
-                }
-                continue;
-            }
-        } else if (o->type == OPT_BOOL && json_is_boolean(value)) {
-            v = json_is_true(value) ? "true" : "false";
-        } else if (o->type == OPT_UINT && json_is_integer(value) && json_integer_value(value) >= 0) {
-            snprintf(text, sizeof text, "%lld", (long long)json_integer_value(value));
-            v = text;
-        } else if (o->type == OPT_STRING && json_is_string(value)) {
-            v = json_string_value(value);
-        }
-        if (!v)
-            CL_FAIL_OUT(CL_EINVAL, "--config %s: \"%s\" must be %s", path, key,
-                        o->type == OPT_BOOL   ? "true or false"
-                        : o->type == OPT_UINT ? "a non-negative integer"
-                        : o->type == OPT_LIST ? "a string or an array of strings"
-                                              : "a string");
-        CL_TRY_OUT(set_option(s, o, v, origin));
-    }
-out:
-    json_decref(root);
-    return rc;
-}
-
-/* Returns 0, EXIT_USAGE after printing the problem, or -1 after --help.
- * positional collects the vsock-proxy form's arguments. */
-static int parse_args(int argc, char **argv, bool vsock_proxy, settings *s, const char **positional, size_t *npos)
-{
-    const char *me = vsock_proxy ? "cloister host vsock-proxy" : "cloister host";
-    *npos = 0;
-    /* the JSON config first, so that flags override it (main form only) */
-    for (int pass = vsock_proxy ? 1 : 0; pass < 2; pass++) {
-        bool options_done = false;
-        for (int i = 1; i < argc; i++) {
-            const char *arg = argv[i];
-            if (!options_done && (!strcmp(arg, "-h") || !strcmp(arg, "--help"))) {
-                usage(stdout);
-                return -1;
-            }
-            if (vsock_proxy && !options_done && (!strcmp(arg, "-V") || !strcmp(arg, "--version"))) {
-                printf("cloister host vsock-proxy %s (a drop-in for aws-nitro-enclaves-cli's vsock-proxy)\n",
-                       CLOISTER_VERSION);
-                return -1;
-            }
-            if (options_done || arg[0] != '-' || !arg[1]) {
-                if (!vsock_proxy) {
-                    fprintf(stderr, "%s: unexpected argument '%s' (see --help)\n", me, arg);
-                    return EXIT_USAGE;
-                }
-                if (pass == 1) {
-                    if (*npos == 3) {
-                        fprintf(stderr, "%s: too many arguments: '%s' (see --help)\n", me, arg);
-                        return EXIT_USAGE;
-                    }
-                    positional[(*npos)++] = arg;
-                }
-                continue;
-            }
-            if (!strcmp(arg, "--")) {
-                options_done = true;
-                continue;
-            }
-            const option_spec *o;
-            const char *value = NULL;
-            if (arg[1] != '-') {
-                if (arg[2] != '\0' && !(arg[1] == 'w')) {
-                    fprintf(stderr, "%s: unknown option '%s' (see --help)\n", me, arg);
-                    return EXIT_USAGE;
-                }
-                o = find_short(arg[1], vsock_proxy);
-                if (o && arg[2])
-                    value = arg + 2; /* -w4 */
-            } else {
-                const char *name = arg + 2;
-                const char *eq = strchr(name, '=');
-                size_t len = eq ? (size_t)(eq - name) : strlen(name);
-                o = find_long(name, len, vsock_proxy);
-                if (eq)
-                    value = eq + 1;
-            }
-            if (!o && !vsock_proxy && arg[1] == '-') {
-                /* the watchdog's flags: cloister watchdog's table */
-                const char *name = arg + 2;
-                size_t len = strcspn(name, "=");
-                char flag[64];
-                const cl_watchdog_flag *f = NULL;
-                if (len < sizeof flag) {
-                    memcpy(flag, name, len);
-                    flag[len] = '\0';
-                    f = cl_watchdog_flag_find(flag);
-                }
-                if (f) {
-                    if (!value && !f->arg)
-                        value = "true";
-                    if (!value) {
-                        if (i + 1 >= argc) {
-                            fprintf(stderr, "%s: --%s needs a value (%s)\n", me, f->name, f->arg);
-                            return EXIT_USAGE;
-                        }
-                        value = argv[++i];
-                    }
-                    if (pass == 1) {
-                        if (cl_watchdog_settings_set(&s->wd, flag, value) < 0) {
-                            fprintf(stderr, "%s: %s\n", me, cl_error_message());
-                            return EXIT_USAGE;
-                        }
-                        s->wd_given = true;
-                    }
-                    continue;
-                }
-            }
-            if (!o) {
-                fprintf(stderr, "%s: unknown option '%s' (see --help)\n", me, arg);
-                return EXIT_USAGE;
-            }
-            if (!value && o->type == OPT_BOOL)
-                value = "true";
-            if (!value) {
-                if (i + 1 >= argc) {
-                    fprintf(stderr, "%s: --%s needs a value (%s)\n", me, o->name, o->arg);
-                    return EXIT_USAGE;
-                }
-                value = argv[++i];
-            }
-            bool is_config = !strcmp(o->name, "config");
-            if ((pass == 0) != (is_config && !vsock_proxy))
-                continue;
-            int rc = is_config && !vsock_proxy ? load_config_file(s, value) : CL_OK;
-            if (rc == CL_OK)
-                rc = set_option(s, o, value, "");
-            if (rc < 0) {
-                fprintf(stderr, "%s: %s\n", me, cl_error_message());
-                /* vsock-proxy checks option values after parsing them (exit 1) */
-                return vsock_proxy ? EXIT_VSOCK_PROXY : EXIT_USAGE;
-            }
-        }
-    }
-    if (s->ipv4 && s->ipv6) {
-        fprintf(stderr, "%s: -4/--ipv4 and -6/--ipv6 exclude each other\n", me);
-        return EXIT_USAGE;
-    }
-    return 0;
-}
+static const char vsock_proxy_epilog[] =
+    "Logs: key=value lines on stderr.  SIGTERM or SIGINT: stop accepting, close, exit 0.\n"
+    "Exit status as vsock-proxy's: 2 for an unknown option or missing argument, 1 for every\n"
+    "other error (a bad port or -w value, the allowlist, a refusal, cannot listen); 0 after\n"
+    "SIGTERM or SIGINT.\n";
 
 /* ---- building routes --------------------------------------------------------------------- */
 
@@ -609,15 +327,6 @@ static int check_allowlist(const char *me, const cl_allowlist *a, const cl_addre
 
 /* ---- running -------------------------------------------------------------------------------- */
 
-static void defaults(settings *s)
-{
-    memset(s, 0, sizeof *s);
-    s->resolve_interval = 60;
-    s->idle_timeout = 600;
-    s->connect_timeout = 10;
-    s->max_connections = 20000;
-}
-
 static void init_logging(const settings *s)
 {
     cl_log_set_component("host");
@@ -652,23 +361,42 @@ static int cmd_vsock_proxy(int argc, char **argv)
 {
     const char *me = "cloister host vsock-proxy";
     settings s;
-    defaults(&s);
-    const char *pos[3];
-    size_t npos = 0;
+    memset(&s, 0, sizeof s);
+    cl_opt_section sections[] = {CL_OPT_SECTION("options", common_options, &s),
+                                 CL_OPT_SECTION(NULL, vsock_proxy_options, &s)};
+    cl_options spec = {.prog = me,
+                       .usage = vsock_proxy_usage,
+                       .epilog = vsock_proxy_epilog,
+                       .positional = "LOCAL_PORT REMOTE_ADDR REMOTE_PORT",
+                       .max_positional = 3,
+                       .sections = sections,
+                       .section_count = sizeof sections / sizeof sections[0]};
     cl_allowlist allow = {0};
     cl_host_route route;
     memset(&route, 0, sizeof route);
-    int status = parse_args(argc, argv, true, &s, pos, &npos);
+    cl_options_result r;
+    int status = cl_options_main(&spec, argc, argv, &r);
     if (status != 0) {
-        status = status < 0 ? 0 : status;
+        /* as vsock-proxy (clap): 2 for the command line's shape, 1 for a value it refuses */
+        status = status > 0 ? 0 : r.bad_value ? EXIT_VSOCK_PROXY : EXIT_USAGE;
+        goto out;
+    }
+    if (s.version) {
+        printf("cloister host vsock-proxy %s (a drop-in for aws-nitro-enclaves-cli's vsock-proxy)\n", CLOISTER_VERSION);
+        status = 0;
         goto out;
     }
     status = EXIT_USAGE;
+    if (s.ipv4 && s.ipv6) {
+        fprintf(stderr, "%s: -4/--ipv4 and -6/--ipv6 exclude each other\n", me);
+        goto out;
+    }
     init_logging(&s);
-    if (npos != 3) {
+    if (r.positional_count != 3) {
         fprintf(stderr, "%s: expected LOCAL_PORT REMOTE_ADDR REMOTE_PORT (see --help)\n", me);
         goto out;
     }
+    char **pos = r.positional;
     status = EXIT_VSOCK_PROXY;
     uint64_t local_port, remote_port;
     if (cl_parse_u64(pos[0], UINT32_MAX, &local_port) < 0) {
@@ -716,7 +444,7 @@ static int cmd_vsock_proxy(int argc, char **argv)
         status = EXIT_VSOCK_PROXY;
 out:
     cl_allowlist_free(&allow);
-    settings_free(&s);
+    cl_options_free(&spec, &r);
     return status;
 }
 
@@ -729,22 +457,39 @@ int cmd_host(int argc, char **argv)
     const char *me = "cloister host";
     cl_sd_notify_detach_env(); /* before any thread, and not for the enclave's processes */
     settings s;
-    defaults(&s);
+    memset(&s, 0, sizeof s);
+    cl_opt_section sections[] = {
+        [SECTION_MAIN] = CL_OPT_SECTION("options", main_options, &s),
+        [SECTION_COMMON] = CL_OPT_SECTION(NULL, common_options, &s),
+        [SECTION_ENCLAVE] = {"the enclave's life (as cloister watchdog, which explains them)", NULL, 0, &s.wd},
+    };
+    sections[SECTION_ENCLAVE].opts = cl_watchdog_options(&sections[SECTION_ENCLAVE].count);
+    char *epilog = main_epilog(); /* NULL: --help without it */
+    cl_options spec = {.prog = me,
+                       .usage = main_usage,
+                       .epilog = epilog,
+                       .sections = sections,
+                       .section_count = sizeof sections / sizeof sections[0]};
     cl_host_route *routes = NULL;
     size_t count = 0;
     cl_allowlist allow = {0};
-    const char *unused[3];
-    size_t npos;
-    int status = parse_args(argc, argv, false, &s, unused, &npos);
+    cl_options_result r;
+    int status = cl_options_main(&spec, argc, argv, &r);
+    bool wd_given = status == 0 && cl_options_section_given(&spec, &r, SECTION_ENCLAVE);
+    free(epilog);
     if (status != 0) {
-        status = status < 0 ? 0 : status;
+        status = status > 0 ? 0 : EXIT_USAGE;
         goto out;
     }
     status = EXIT_USAGE;
+    if (s.ipv4 && s.ipv6) {
+        fprintf(stderr, "%s: -4/--ipv4 and -6/--ipv6 exclude each other\n", me);
+        goto out;
+    }
     init_logging(&s);
     size_t total = s.forward.count + s.outbound.count + (s.imds ? 1 : 0);
     bool enclave = cl_watchdog_settings_active(&s.wd);
-    if (s.wd_given && !enclave) {
+    if (wd_given && !enclave) {
         fprintf(stderr, "%s: the enclave's options need --run-enclave-eif PATH or --enclave-command CMD\n", me);
         goto out;
     }
@@ -826,6 +571,7 @@ int cmd_host(int argc, char **argv)
 out:
     cl_allowlist_free(&allow);
     free(routes);
-    settings_free(&s);
+    cl_options_free(&spec, &r);
+    cl_watchdog_settings_free(&s.wd);
     return status;
 }

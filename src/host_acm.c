@@ -22,12 +22,11 @@
 #include "cloister/core/log.h"
 #include "cloister/core/process.h"
 #include "cloister/core/secret_file.h"
-#include "cloister/host/watchdog.h"
+#include "cloister/core/options.h"
 #include "commands.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <openssl/rand.h>
 #include <signal.h>
 #include <stdio.h>
@@ -59,52 +58,84 @@ static void on_signal(int sig)
     stopping = 1;
 }
 
-static void usage(FILE *out)
+static const char usage_text[] =
+    "usage: cloister host acm --bundle FILE|URL --token LABEL --provision ADDR [--nginx-conf PATH]\n"
+    "                         [--pin-file PATH] [--object LABEL] [--chain-file PATH] [--openssl-conf PATH]\n"
+    "                         [--poll DUR] [--refresh DUR] [--reload-command CMD] [--once]\n"
+    "                         [--engine-path SO] [--module-path SO] [--ca-file PEM]\n"
+    "                         [--p11-kit-server ADDR]\n"
+    "\n"
+    "Provisions a PKCS#11 token in the enclave's key-holder from an ACM-style bundle\n"
+    "{certificate, certificateChain, encryptedPrivateKey} and keeps NGINX's configuration for it.\n"
+    "The private key travels only as the KMS ciphertext: the key-holder opens it inside the\n"
+    "enclave (KMS Decrypt with a Recipient), this side never sees it.\n"
+    "\n";
+
+static const char epilog[] =
+    "DUR is 250ms, 5s, 2m, 1h or a number of seconds.\n"
+    "Exit status (at start or with --once): 0 provisioned, 1 the key-holder refused the bundle\n"
+    "(e.g. KMS would not open its key for this enclave) or the bundle is invalid, 2 bad command\n"
+    "line, 3 could not fetch the bundle, reach the key-holder or write the files.\n";
+
+/* The command line's values (owned by the options layer). */
+typedef struct acm_cli {
+    char *bundle, *label, *object, *provision, *pin_file, *nginx_conf, *chain_file, *openssl_conf;
+    char *reload, *engine, *module, *ca_file, *p11;
+    uint64_t poll_ms, refresh_ms;
+    bool once;
+} acm_cli;
+
+static int check_p11(void *base, const char *value)
 {
-    fprintf(out,
-            "usage: cloister host acm --bundle FILE|URL --token LABEL --provision ADDR [--nginx-conf PATH]\n"
-            "                         [--pin-file PATH] [--object LABEL] [--chain-file PATH] [--openssl-conf PATH]\n"
-            "                         [--poll DUR] [--refresh DUR] [--reload-command CMD] [--once]\n"
-            "                         [--engine-path SO] [--module-path SO] [--ca-file PEM]\n"
-            "                         [--p11-kit-server ADDR]\n"
-            "\n"
-            "Provisions a PKCS#11 token in the enclave's key-holder from an ACM-style bundle\n"
-            "{certificate, certificateChain, encryptedPrivateKey} and keeps NGINX's configuration for it.\n"
-            "The private key travels only as the KMS ciphertext: the key-holder opens it inside the\n"
-            "enclave (KMS Decrypt with a Recipient), this side never sees it.\n"
-            "\n"
-            "  --bundle FILE|URL      the bundle: a file, or http:// / https:// (libcurl)\n"
-            "  --token LABEL          the token's label (and the key object's, unless --object)\n"
-            "  --provision ADDR       the key-holder's provisioning socket (vsock:CID:PORT, unix:PATH)\n"
-            "  --nginx-conf PATH      the stanza to include in a server block: ssl_certificate and\n"
-            "                         ssl_certificate_key \"engine:pkcs11:pkcs11:token=...\" with the PIN;\n"
-            "                         written 0600 (default /etc/nginx/cloister-acm-LABEL.conf)\n"
-            "  --pin-file PATH        the token's PIN (default: a random one made at start).  The PIN\n"
-            "                         gates only this host's NGINX: the key never leaves the enclave\n"
-            "  --chain-file PATH      the certificate chain for ssl_certificate (default: next to the\n"
-            "                         stanza, LABEL.chain.pem)\n"
-            "  --openssl-conf PATH    the OpenSSL engine configuration NGINX needs in $OPENSSL_CONF\n"
-            "                         (default: next to the stanza, LABEL.openssl.cnf)\n"
-            "  --poll DUR             fetch the bundle again this often; a change rotates the token and\n"
-            "                         reloads NGINX (default 60s)\n"
-            "  --refresh DUR          put the current bundle again this often: the key-holder opens the\n"
-            "                         ciphertext with KMS again and the token's TTL restarts (default 10m;\n"
-            "                         keep it below the key-holder's --token-ttl)\n"
-            "  --reload-command CMD   how NGINX is reloaded after a change (default 'nginx -s reload'; run\n"
-            "                         by /bin/sh with OPENSSL_CONF set to --openssl-conf unless set)\n"
-            "  --once                 provision, write the files and exit (no reload)\n"
-            "  --engine-path SO       libp11's engine (default: engines-3/pkcs11.so of this system)\n"
-            "  --module-path SO       p11-kit's client module (default: pkcs11/p11-kit-client.so)\n"
-            "  --ca-file PEM          CAs for an https:// bundle URL instead of the system's\n"
-            "  --p11-kit-server ADDR  where the enclave's `p11-kit server` listens: vsock:CID:PORT with the\n"
-            "                         enclave's CID (nitro-cli describe-enclaves), or unix:PATH; written\n"
-            "                         into the engine configuration as NGINX's P11_KIT_SERVER_ADDRESS\n"
-            "                         ('vsock:cid=CID;port=PORT', quoted) and set for --reload-command\n"
-            "\n"
-            "Exit status (at start or with --once): 0 provisioned, 1 the key-holder refused the bundle\n"
-            "(e.g. KMS would not open its key for this enclave) or the bundle is invalid, 2 bad command\n"
-            "line, 3 could not fetch the bundle, reach the key-holder or write the files.\n");
+    (void)base;
+    char spelled[200];
+    return cl_p11kit_address(value, spelled, sizeof spelled);
 }
+
+#define C acm_cli
+#define DURATION(f) CL_OPT_DURATION_AT(C, f, 1, 100, 7ull * 86400 * 1000)
+static const cl_opt acm_table[] = {
+    {.name = "bundle", CL_OPT_STR(C, bundle), .arg = "FILE|URL",
+     .help = "the bundle: a file, or http:// / https:// (libcurl)"},
+    {.name = "token", CL_OPT_STR(C, label), .arg = "LABEL",
+     .help = "the token's label (and the key object's, unless --object)"},
+    {.name = "provision", CL_OPT_STR(C, provision), .arg = "ADDR",
+     .help = "the key-holder's provisioning socket (vsock:CID:PORT, unix:PATH)"},
+    {.name = "nginx-conf", CL_OPT_STR(C, nginx_conf), .arg = "PATH",
+     .help = "the stanza to include in a server block: ssl_certificate and ssl_certificate_key "
+             "\"engine:pkcs11:pkcs11:token=...\" with the PIN; written 0600 (default "
+             "/etc/nginx/cloister-acm-LABEL.conf)"},
+    {.name = "pin-file", CL_OPT_STR(C, pin_file), .arg = "PATH",
+     .help = "the token's PIN (default: a random one made at start).  The PIN gates only this host's NGINX: the "
+             "key never leaves the enclave"},
+    {.name = "object", CL_OPT_STR(C, object), .arg = "LABEL", .help = "the key object's label (default: --token's)"},
+    {.name = "chain-file", CL_OPT_STR(C, chain_file), .arg = "PATH",
+     .help = "the certificate chain for ssl_certificate (default: next to the stanza, LABEL.chain.pem)"},
+    {.name = "openssl-conf", CL_OPT_STR(C, openssl_conf), .arg = "PATH",
+     .help = "the OpenSSL engine configuration NGINX needs in $OPENSSL_CONF (default: next to the stanza, "
+             "LABEL.openssl.cnf)"},
+    {.name = "poll", DURATION(poll_ms), .def = "60s", .arg = "DUR",
+     .help = "fetch the bundle again this often; a change rotates the token and reloads NGINX"},
+    {.name = "refresh", DURATION(refresh_ms), .def = "10m", .arg = "DUR",
+     .help = "put the current bundle again this often: the key-holder opens the ciphertext with KMS again and the "
+             "token's TTL restarts (keep it below the key-holder's --token-ttl)"},
+    {.name = "reload-command", CL_OPT_STR(C, reload), .def = "nginx -s reload", .arg = "CMD",
+     .help = "how NGINX is reloaded after a change (run by /bin/sh with OPENSSL_CONF set to --openssl-conf unless "
+             "set)"},
+    {.name = "once", CL_OPT_FLAG(C, once), .help = "provision, write the files and exit (no reload)"},
+    {.name = "engine-path", CL_OPT_STR(C, engine), .arg = "SO",
+     .help = "libp11's engine (default: engines-3/pkcs11.so of this system)"},
+    {.name = "module-path", CL_OPT_STR(C, module), .arg = "SO",
+     .help = "p11-kit's client module (default: pkcs11/p11-kit-client.so)"},
+    {.name = "ca-file", CL_OPT_STR(C, ca_file), .arg = "PEM",
+     .help = "CAs for an https:// bundle URL instead of the system's"},
+    {.name = "p11-kit-server", CL_OPT_STR(C, p11), .set = check_p11, .arg = "ADDR",
+     .help = "where the enclave's `p11-kit server` listens: vsock:CID:PORT with the enclave's CID (nitro-cli "
+             "describe-enclaves), or unix:PATH; written into the engine configuration as NGINX's "
+             "P11_KIT_SERVER_ADDRESS ('vsock:cid=CID;port=PORT', quoted) and set for --reload-command"},
+};
+#undef DURATION
+#undef C
 
 /* ---- fetching the bundle ---------------------------------------------------------------- */
 
@@ -468,69 +499,32 @@ static int sibling(const char *conf, const char *label, const char *suffix, char
     return n > 0 && (size_t)n < out_len ? 0 : -1;
 }
 
-int cmd_host_acm(int argc, char **argv)
+static int host_acm_run(const acm_cli *c)
 {
-    enum { O_BUNDLE = 256, O_TOKEN, O_OBJECT, O_PROV, O_PIN, O_NGINX, O_CHAIN, O_OSSL, O_POLL, O_REFRESH, O_RELOAD,
-           O_ONCE, O_ENGINE, O_MODULE, O_CA, O_P11 };
-    static const struct option opts[] = {
-        {"bundle", required_argument, NULL, O_BUNDLE},      {"token", required_argument, NULL, O_TOKEN},
-        {"object", required_argument, NULL, O_OBJECT},      {"provision", required_argument, NULL, O_PROV},
-        {"pin-file", required_argument, NULL, O_PIN},       {"nginx-conf", required_argument, NULL, O_NGINX},
-        {"chain-file", required_argument, NULL, O_CHAIN},   {"openssl-conf", required_argument, NULL, O_OSSL},
-        {"poll", required_argument, NULL, O_POLL},          {"refresh", required_argument, NULL, O_REFRESH},
-        {"reload-command", required_argument, NULL, O_RELOAD}, {"once", no_argument, NULL, O_ONCE},
-        {"engine-path", required_argument, NULL, O_ENGINE}, {"module-path", required_argument, NULL, O_MODULE},
-        {"ca-file", required_argument, NULL, O_CA},         {"help", no_argument, NULL, 'h'},
-        {"p11-kit-server", required_argument, NULL, O_P11},
-        {NULL, 0, NULL, 0}};
     static const char *const engines[] = {"/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so",
                                           "/usr/lib/aarch64-linux-gnu/engines-3/pkcs11.so",
                                           "/usr/lib64/engines-3/pkcs11.so", NULL};
     static const char *const modules[] = {"/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so",
                                           "/usr/lib/aarch64-linux-gnu/pkcs11/p11-kit-client.so",
                                           "/usr/lib64/pkcs11/p11-kit-client.so", NULL};
-    acm_opts o = {.reload = "nginx -s reload", .poll_ms = 60000, .refresh_ms = 600000};
+    acm_opts o = {.bundle = c->bundle,
+                  .label = c->label,
+                  .object = c->object,
+                  .provision = c->provision,
+                  .pin_file = c->pin_file,
+                  .nginx_conf = c->nginx_conf,
+                  .chain_file = c->chain_file,
+                  .openssl_conf = c->openssl_conf,
+                  .reload = c->reload,
+                  .engine = c->engine,
+                  .module = c->module,
+                  .ca_file = c->ca_file,
+                  .poll_ms = c->poll_ms,
+                  .refresh_ms = c->refresh_ms,
+                  .once = c->once};
     char default_conf[200];
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case O_BUNDLE: o.bundle = optarg; break;
-        case O_TOKEN: o.label = optarg; break;
-        case O_OBJECT: o.object = optarg; break;
-        case O_PROV: o.provision = optarg; break;
-        case O_PIN: o.pin_file = optarg; break;
-        case O_NGINX: o.nginx_conf = optarg; break;
-        case O_CHAIN: o.chain_file = optarg; break;
-        case O_OSSL: o.openssl_conf = optarg; break;
-        case O_RELOAD: o.reload = optarg; break;
-        case O_ONCE: o.once = true; break;
-        case O_ENGINE: o.engine = optarg; break;
-        case O_MODULE: o.module = optarg; break;
-        case O_CA: o.ca_file = optarg; break;
-        case O_P11:
-            if (cl_p11kit_address(optarg, o.p11_address, sizeof o.p11_address) < 0)
-                return bad("--p11-kit-server: %s", cl_error_message());
-            break;
-        case O_POLL:
-        case O_REFRESH: {
-            uint64_t ms;
-            if (cl_watchdog_parse_duration(optarg, 7ull * 86400 * 1000, &ms) < 0 || ms < 100)
-                return bad(c == O_POLL ? "--poll '%s': a duration of at least 100ms (250ms, 5s, 2m, 1h)"
-                                       : "--refresh '%s': a duration of at least 100ms (250ms, 5s, 2m, 1h)",
-                           optarg);
-            if (c == O_POLL)
-                o.poll_ms = ms;
-            else
-                o.refresh_ms = ms;
-            break;
-        }
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return EXIT_USAGE;
-        }
-    }
-    if (optind != argc)
-        return bad("unexpected argument '%s'", argv[optind]);
+    if (c->p11 && cl_p11kit_address(c->p11, o.p11_address, sizeof o.p11_address) < 0)
+        return bad("--p11-kit-server: %s", cl_error_message());
     if (!o.bundle)
         return bad("%s", "--bundle FILE|URL is required");
     if (!o.label)
@@ -599,4 +593,21 @@ int cmd_host_acm(int argc, char **argv)
     int code = serve(&o);
     cl_wipe(o.pin, sizeof o.pin);
     return code;
+}
+
+int cmd_host_acm(int argc, char **argv)
+{
+    acm_cli c = {0};
+    cl_opt_section section = CL_OPT_SECTION("options", acm_table, &c);
+    cl_options spec = {.prog = "cloister host acm", .usage = usage_text, .epilog = epilog, .sections = &section,
+                       .section_count = 1};
+    cl_options_result r;
+    int status = cl_options_main(&spec, argc, argv, &r);
+    cl_options_free(NULL, &r);
+    if (status == 0)
+        status = host_acm_run(&c);
+    else
+        status = status > 0 ? 0 : EXIT_USAGE;
+    cl_options_free(&spec, NULL);
+    return status;
 }

@@ -25,7 +25,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -202,108 +201,94 @@ out:
     return rc;
 }
 
-static void serve_usage(FILE *out)
+static const char serve_usage_text[] =
+    "usage: cloister keyholder serve --socket unix:PATH [--provision unix:PATH] [--key-dir DIR]\n"
+    "                                [--token SPEC]... [--max-pin-failures N] [--token-ttl DUR]\n"
+    "                                [--rotation-grace DUR] [--debug]\n"
+    "\n"
+    "Holds the private keys of the PKCS#11 token (libcloister-pkcs11.so) inside the enclave and\n"
+    "signs and decrypts with them for the module; nothing else.\n"
+    "\n";
+
+static const char serve_epilog[] =
+    "The KMS key source opens keys provisioned as KMS ciphertexts (e.g. by `cloister host acm`)\n"
+    "inside the enclave; its session is opened at start.  DUR is 250ms, 5s, 2m, 1h or a number\n"
+    "of seconds.\n"
+    "Prints 'keyholder: ready' once listening.  SIGTERM/SIGINT wipe the keys and exit.\n";
+
+typedef struct serve_options {
+    char *socket, *provision, *key_dir;
+    cl_opt_list tokens;
+    unsigned max_failures;
+    uint64_t ttl_ms, grace_ms;
+    bool debug;
+} serve_options;
+
+static int check_key_dir(void *base, const char *value)
 {
-    fprintf(out,
-            "usage: cloister keyholder serve --socket unix:PATH [--provision unix:PATH] [--key-dir DIR]\n"
-            "                                [--token SPEC]... [--max-pin-failures N] [--token-ttl DUR]\n"
-            "                                [--rotation-grace DUR] [--debug]\n"
-            "\n"
-            "Holds the private keys of the PKCS#11 token (libcloister-pkcs11.so) inside the enclave and\n"
-            "signs and decrypts with them for the module; nothing else.\n"
-            "\n"
-            "  --socket ADDR          the module's socket (CLOISTER_KEYHOLDER in the module's environment)\n"
-            "  --provision ADDR       the provisioning socket (put/delete/status); on Nitro the vsock\n"
-            "                         port only the parent instance can reach\n"
-            "  --key-dir DIR          directory inside the enclave that holds PEM key files; a\n"
-            "                         provisioning message names a file in it (plain name only)\n"
-            "  --token SPEC           a token at start: LABEL,key=NAME,cert=PATH,pin-file=PATH[,object=OBJ]\n"
-            "                         (key NAME inside --key-dir, cert a PEM chain leaf first); repeatable\n"
-            "  --max-pin-failures N   consecutive wrong PINs that lock a token until it is put again;\n"
-            "                         default 5, 0 never locks\n"
-            "  --token-ttl DUR        a token not put again within DUR expires and its keys are wiped;\n"
-            "                         default 0 (never); 250ms, 5s, 2m, 1h\n"
-            "  --rotation-grace DUR   the previous key stays usable this long after a rotation; default 60s\n"
-            "  --debug                also log every signature's raw operation (never its data)\n"
-            "\n");
-    kh_kms_usage(out);
-    fprintf(out, "\nPrints 'keyholder: ready' once listening.  SIGTERM/SIGINT wipe the keys and exit.\n");
+    (void)base;
+    CL_ENSURE(strlen(value) < sizeof kh.key_dir, CL_EINVAL, "too long");
+    return CL_OK;
 }
+
+#define S serve_options
+static const cl_opt serve_table[] = {
+    {.name = "socket", CL_OPT_STR(S, socket), .flags = CL_OPT_REQUIRED, .arg = "ADDR",
+     .help = "the module's socket (CLOISTER_KEYHOLDER in the module's environment)"},
+    {.name = "provision", CL_OPT_STR(S, provision), .arg = "ADDR",
+     .help = "the provisioning socket (put/delete/status); on Nitro the vsock port only the parent instance can "
+             "reach"},
+    {.name = "key-dir", CL_OPT_STR(S, key_dir), .set = check_key_dir, .arg = "DIR",
+     .help = "directory inside the enclave that holds PEM key files; a provisioning message names a file in it "
+             "(plain name only)"},
+    {.name = "token", CL_OPT_LIST_AT(S, tokens, CL_KH_MAX_TOKENS), .arg = "SPEC",
+     .help = "a token at start: LABEL,key=NAME,cert=PATH,pin-file=PATH[,object=OBJ] (key NAME inside --key-dir, "
+             "cert a PEM chain leaf first); repeatable"},
+    {.name = "max-pin-failures", CL_OPT_UINT_AT(S, max_failures, 0, 1000), .def = "5", .arg = "N",
+     .help = "consecutive wrong PINs that lock a token until it is put again; 0 never locks"},
+    {.name = "token-ttl", CL_OPT_DURATION_AT(S, ttl_ms, 1, 0, 30ull * 86400 * 1000), .def = "0", .arg = "DUR",
+     .help = "a token not put again within DUR expires and its keys are wiped; 0: never"},
+    {.name = "rotation-grace", CL_OPT_DURATION_AT(S, grace_ms, 1, 0, 30ull * 86400 * 1000), .def = "60s",
+     .arg = "DUR", .help = "the previous key stays usable this long after a rotation"},
+    {.name = "debug", CL_OPT_FLAG(S, debug), .help = "also log every signature's raw operation (never its data)"},
+};
+#undef S
+
+static int serve(const serve_options *o);
 
 static int cmd_serve(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"socket", required_argument, NULL, 's'},       {"provision", required_argument, NULL, 'p'},
-        {"key-dir", required_argument, NULL, 'k'},      {"token", required_argument, NULL, 't'},
-        {"max-pin-failures", required_argument, NULL, 'm'}, {"token-ttl", required_argument, NULL, 'T'},
-        {"rotation-grace", required_argument, NULL, 'g'}, {"debug", no_argument, NULL, 'd'},
-        {"help", no_argument, NULL, 'h'},
-        KH_KMS_LONG_OPTIONS,
-        {NULL, 0, NULL, 0}};
-    const char *socket_addr = NULL, *prov_addr = NULL;
-    const char *token_specs[CL_KH_MAX_TOKENS];
-    size_t ntokens = 0;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 's': socket_addr = optarg; break;
-        case 'p': prov_addr = optarg; break;
-        case 'k':
-            if (strlen(optarg) >= sizeof kh.key_dir) {
-                fprintf(stderr, "keyholder: --key-dir too long\n");
-                return EXIT_USAGE;
-            }
-            snprintf(kh.key_dir, sizeof kh.key_dir, "%s", optarg);
-            break;
-        case 't':
-            if (ntokens == CL_KH_MAX_TOKENS) {
-                fprintf(stderr, "keyholder: at most %d --token\n", CL_KH_MAX_TOKENS);
-                return EXIT_USAGE;
-            }
-            token_specs[ntokens++] = optarg;
-            break;
-        case 'm': {
-            char *end;
-            errno = 0;
-            unsigned long v = strtoul(optarg, &end, 10);
-            if (errno || *end || end == optarg || v > 1000) {
-                fprintf(stderr, "keyholder: --max-pin-failures: 0..1000\n");
-                return EXIT_USAGE;
-            }
-            kh.max_failures = (unsigned)v;
-            break;
-        }
-        case 'T':
-        case 'g': {
-            uint64_t ms;
-            if (cl_parse_duration(optarg, 30ull * 86400 * 1000, &ms) < 0) {
-                fprintf(stderr, "keyholder: --%s: %s\n", c == 'T' ? "token-ttl" : "rotation-grace",
-                        cl_error_message());
-                return EXIT_USAGE;
-            }
-            if (c == 'T')
-                kh.ttl_ms = ms;
-            else
-                kh.grace_ms = ms;
-            break;
-        }
-        case 'd': cl_log_set_level(CL_LOG_DEBUG); break;
-        case 'h': serve_usage(stdout); return 0;
-        default:
-            if (c >= KH_KMS_OPT_FIRST && c < KH_KMS_OPT_END) {
-                if (kh_kms_option(c, optarg) < 0)
-                    return EXIT_USAGE;
-                break;
-            }
-            serve_usage(stderr);
-            return EXIT_USAGE;
-        }
-    }
-    if (!socket_addr || optind != argc) {
-        serve_usage(stderr);
-        return EXIT_USAGE;
-    }
+    serve_options o = {0};
+    cl_opt_section sections[] = {
+        CL_OPT_SECTION("options", serve_table, &o),
+        {"KMS key source (any of these enables it)", NULL, 0, NULL},
+    };
+    sections[1].opts = kh_kms_options(&sections[1].count);
+    cl_options spec = {.prog = "keyholder serve", .usage = serve_usage_text, .epilog = serve_epilog,
+                       .sections = sections, .section_count = sizeof sections / sizeof sections[0]};
+    cl_options_result r;
+    int status = cl_options_main(&spec, argc, argv, &r);
+    cl_options_free(NULL, &r);
+    if (status == 0)
+        status = serve(&o); /* returns only before it serves */
+    else
+        status = status > 0 ? 0 : EXIT_USAGE;
+    cl_options_free(&spec, NULL);
+    return status;
+}
+
+static int serve(const serve_options *o)
+{
+    const char *socket_addr = o->socket, *prov_addr = o->provision;
+    char **token_specs = o->tokens.items;
+    size_t ntokens = o->tokens.count;
+    if (o->key_dir)
+        snprintf(kh.key_dir, sizeof kh.key_dir, "%s", o->key_dir);
+    kh.max_failures = o->max_failures;
+    kh.ttl_ms = o->ttl_ms;
+    kh.grace_ms = o->grace_ms;
+    if (o->debug)
+        cl_log_set_level(CL_LOG_DEBUG);
     cl_log_set_component("keyholder");
     /* no core dumps, no ptrace by other processes of the same user */
     prctl(PR_SET_DUMPABLE, 0);
@@ -392,47 +377,66 @@ out:
     return rc;
 }
 
-static void client_usage(FILE *out)
-{
-    fprintf(out,
-            "usage: cloister keyholder put --provision ADDR --token LABEL --pin-file PATH --key NAME\n"
-            "                              --chain PEM [--object LABEL]\n"
-            "       cloister keyholder delete --provision ADDR --token LABEL\n"
-            "       cloister keyholder status --provision ADDR\n"
-            "\n"
-            "Provisioning over the key-holder's provisioning socket.  put creates a token, refreshes it\n"
-            "(same key and certificate) or rotates it (new key or certificate: the previous key stays\n"
-            "usable for the key-holder's --rotation-grace); the PIN is set each time and unlocks a\n"
-            "locked token.  The key is NAME, a PEM file inside the key-holder's --key-dir: the key\n"
-            "comes from inside the enclave, never through this channel.  (Keys provisioned as KMS\n"
-            "ciphertexts, opened inside the enclave: `cloister host acm`.)\n");
-}
+static const char client_usage_text[] =
+    "usage: cloister keyholder put --provision ADDR --token LABEL --pin-file PATH --key NAME\n"
+    "                              --chain PEM [--object LABEL]\n"
+    "       cloister keyholder delete --provision ADDR --token LABEL\n"
+    "       cloister keyholder status --provision ADDR\n"
+    "\n"
+    "Provisioning over the key-holder's provisioning socket.  put creates a token, refreshes it\n"
+    "(same key and certificate) or rotates it (new key or certificate: the previous key stays\n"
+    "usable for the key-holder's --rotation-grace); the PIN is set each time and unlocks a\n"
+    "locked token.  The key is NAME, a PEM file inside the key-holder's --key-dir: the key\n"
+    "comes from inside the enclave, never through this channel.  (Keys provisioned as KMS\n"
+    "ciphertexts, opened inside the enclave: `cloister host acm`.)\n\n";
+
+typedef struct client_options {
+    char *provision, *token, *pin_file, *key, *chain, *object;
+} client_options;
+
+#define C client_options
+static const cl_opt client_table[] = {
+    {.name = "provision", CL_OPT_STR(C, provision), .flags = CL_OPT_REQUIRED, .arg = "ADDR",
+     .help = "the key-holder's provisioning socket"},
+    {.name = "token", CL_OPT_STR(C, token), .arg = "LABEL", .help = "the token (put, delete)"},
+    {.name = "pin-file", CL_OPT_STR(C, pin_file), .arg = "PATH", .help = "its PIN (put)"},
+    {.name = "key", CL_OPT_STR(C, key), .arg = "NAME", .help = "the key's PEM file in --key-dir (put)"},
+    {.name = "chain", CL_OPT_STR(C, chain), .arg = "PEM", .help = "the certificate chain, leaf first (put)"},
+    {.name = "object", CL_OPT_STR(C, object), .arg = "LABEL", .help = "the key object's label (put; default: --token's)"},
+};
+#undef C
+
+static int client_run(const char *verb, const client_options *o);
 
 static int cmd_client(const char *verb, int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"provision", required_argument, NULL, 'p'}, {"token", required_argument, NULL, 't'},
-        {"pin-file", required_argument, NULL, 'P'},  {"key", required_argument, NULL, 'k'},
-        {"chain", required_argument, NULL, 'c'},     {"object", required_argument, NULL, 'o'},
-        {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
-    const char *prov = NULL, *label = NULL, *pin_file = NULL, *key = NULL, *chain_file = NULL, *object = NULL;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'p': prov = optarg; break;
-        case 't': label = optarg; break;
-        case 'P': pin_file = optarg; break;
-        case 'k': key = optarg; break;
-        case 'c': chain_file = optarg; break;
-        case 'o': object = optarg; break;
-        case 'h': client_usage(stdout); return 0;
-        default: client_usage(stderr); return EXIT_USAGE;
-        }
-    }
+    client_options o = {0};
+    cl_opt_section section = CL_OPT_SECTION("options", client_table, &o);
+    char prog[32];
+    snprintf(prog, sizeof prog, "keyholder %s", verb);
+    cl_options spec = {.prog = prog, .usage = client_usage_text, .sections = &section, .section_count = 1};
+    cl_options_result r;
+    int status = cl_options_main(&spec, argc, argv, &r);
+    cl_options_free(NULL, &r);
+    if (status == 0)
+        status = client_run(verb, &o);
+    else
+        status = status > 0 ? 0 : EXIT_USAGE;
+    cl_options_free(&spec, NULL);
+    return status;
+}
+
+static int client_run(const char *verb, const client_options *o)
+{
+    const char *prov = o->provision, *label = o->token, *pin_file = o->pin_file, *key = o->key,
+               *chain_file = o->chain, *object = o->object;
     bool put = !strcmp(verb, "put"), del = !strcmp(verb, "delete");
-    if (!prov || optind != argc || ((put || del) && !label) || (put && (!pin_file || !key || !chain_file))) {
-        client_usage(stderr);
+    if ((put || del) && !label) {
+        fprintf(stderr, "keyholder %s: --token LABEL is required (see --help)\n", verb);
+        return EXIT_USAGE;
+    }
+    if (put && (!pin_file || !key || !chain_file)) {
+        fprintf(stderr, "keyholder put: --pin-file, --key and --chain are required (see --help)\n");
         return EXIT_USAGE;
     }
     cl_buf pin = CL_BUF_INIT, chain = CL_BUF_INIT, reply = CL_BUF_INIT;

@@ -21,50 +21,61 @@ static struct {
     cl_kms_session session;
 } kk = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-int kh_kms_option(int code, const char *value)
+static int set_slot(const char **slot, const char *value)
 {
-    const char **slots[] = {&kk.region, &kk.endpoint, &kk.proxy, &kk.ca_file, &kk.imds, &kk.role, &kk.nsm};
-    int i = code - KH_KMS_OPT_FIRST;
-    if (i == 7 && value && *value) { /* --kms-key-id, repeatable */
-        if (kk.key_id_count == KH_KMS_KEY_IDS_MAX) {
-            fprintf(stderr, "keyholder: at most %d --kms-key-id\n", KH_KMS_KEY_IDS_MAX);
-            return -1;
-        }
-        if (strlen(value) > 2048) {
-            fprintf(stderr, "keyholder: --kms-key-id: at most 2048 characters\n");
-            return -1;
-        }
-        kk.key_ids[kk.key_id_count++] = value;
-        kk.enabled = true;
-        return 0;
-    }
-    if (i < 0 || i >= (int)(sizeof slots / sizeof slots[0]) || !value || !*value) {
-        fprintf(stderr, "keyholder: empty KMS option value\n");
-        return -1;
-    }
-    *slots[i] = value;
+    CL_ENSURE(*value, CL_EINVAL, "empty value");
+    *slot = value;
     kk.enabled = true;
-    return 0;
+    return CL_OK;
 }
 
-void kh_kms_usage(FILE *out)
+static int set_region(void *base, const char *v) { (void)base; return set_slot(&kk.region, v); }
+static int set_endpoint(void *base, const char *v) { (void)base; return set_slot(&kk.endpoint, v); }
+static int set_proxy(void *base, const char *v) { (void)base; return set_slot(&kk.proxy, v); }
+static int set_ca_file(void *base, const char *v) { (void)base; return set_slot(&kk.ca_file, v); }
+static int set_imds(void *base, const char *v) { (void)base; return set_slot(&kk.imds, v); }
+static int set_role(void *base, const char *v) { (void)base; return set_slot(&kk.role, v); }
+static int set_nsm(void *base, const char *v) { (void)base; return set_slot(&kk.nsm, v); }
+
+static int add_key_id(void *base, const char *value)
 {
-    fprintf(out,
-            "KMS key source (keys provisioned as KMS ciphertexts, e.g. by `cloister host acm`; any of these\n"
-            "enables it, opened at start):\n"
-            "  --kms-region R         KMS's region (else $AWS_REGION, else IMDS's)\n"
-            "  --kms-endpoint URL     https://HOST[:PORT] (https://kms.REGION.amazonaws.com)\n"
-            "  --kms-proxy ADDR       the host's outbound proxy to KMS (default vsock:3:8000)\n"
-            "  --kms-ca-file PEM      CAs for KMS's certificate instead of the system's\n"
-            "  --kms-imds ADDR        credentials from IMDSv2 (cloister host --imds, e.g. vsock:3:8002);\n"
-            "                         else $AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY[/$AWS_SESSION_TOKEN]\n"
-            "  --kms-role NAME        the instance profile's role (default: the one IMDS names)\n"
-            "  --kms-key-id ID        a KMS key whose ciphertexts may become tokens: key ARN, key id,\n"
-            "                         alias/NAME or alias ARN (repeatable, at most 8; required).  A\n"
-            "                         ciphertext under any other key is refused, and each must carry\n"
-            "                         the context purpose=pkcs11-token, token=LABEL (acm pack-key --token)\n"
-            "  --nsm ADDR             the NSM for the Recipient's attestation documents (unix:PATH of\n"
-            "                         nsm-sim; default $CLOISTER_NSM, else /dev/nsm)\n");
+    (void)base;
+    if (!*value)
+        return CL_OK; /* as before: an empty --kms-key-id is ignored */
+    CL_ENSURE(kk.key_id_count < KH_KMS_KEY_IDS_MAX, CL_ELIMIT, "at most %d", KH_KMS_KEY_IDS_MAX);
+    CL_ENSURE(strlen(value) <= 2048, CL_EINVAL, "at most 2048 characters");
+    kk.key_ids[kk.key_id_count++] = value;
+    kk.enabled = true;
+    return CL_OK;
+}
+
+static const cl_opt options[] = {
+    {.name = "kms-region", CL_OPT_CALLBACK(set_region), .arg = "R",
+     .help = "KMS's region (else $AWS_REGION, else IMDS's)"},
+    {.name = "kms-endpoint", CL_OPT_CALLBACK(set_endpoint), .arg = "URL",
+     .help = "https://HOST[:PORT] (https://kms.REGION.amazonaws.com)"},
+    {.name = "kms-proxy", CL_OPT_CALLBACK(set_proxy), .arg = "ADDR",
+     .help = "the host's outbound proxy to KMS (default vsock:3:8000)"},
+    {.name = "kms-ca-file", CL_OPT_CALLBACK(set_ca_file), .arg = "PEM",
+     .help = "CAs for KMS's certificate instead of the system's"},
+    {.name = "kms-imds", CL_OPT_CALLBACK(set_imds), .arg = "ADDR",
+     .help = "credentials from IMDSv2 (cloister host --imds, e.g. vsock:3:8002); else "
+             "$AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY[/$AWS_SESSION_TOKEN]"},
+    {.name = "kms-role", CL_OPT_CALLBACK(set_role), .arg = "NAME",
+     .help = "the instance profile's role (default: the one IMDS names)"},
+    {.name = "nsm", CL_OPT_CALLBACK(set_nsm), .arg = "ADDR",
+     .help = "the NSM for the Recipient's attestation documents (unix:PATH of nsm-sim; default $CLOISTER_NSM, "
+             "else /dev/nsm)"},
+    {.name = "kms-key-id", CL_OPT_CALLBACK(add_key_id), .flags = CL_OPT_REPEAT, .arg = "ID",
+     .help = "a KMS key whose ciphertexts may become tokens: key ARN, key id, alias/NAME or alias ARN (repeatable, "
+             "at most 8; required).  A ciphertext under any other key is refused, and each must carry the context "
+             "purpose=pkcs11-token, token=LABEL (acm pack-key --token)"},
+};
+
+const cl_opt *kh_kms_options(size_t *count)
+{
+    *count = sizeof options / sizeof options[0];
+    return options;
 }
 
 bool kh_kms_enabled(void)

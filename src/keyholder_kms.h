@@ -6,32 +6,20 @@
 #define CLOISTER_SRC_KEYHOLDER_KMS_H
 
 #include "cloister/core/buf.h"
+#include "cloister/core/options.h"
 #include "cloister/core/slice.h"
 #include "cloister/enclave/key_custody.h"
 
-#include <getopt.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
-/* getopt codes KH_KMS_OPT_FIRST.. for the options listed by KH_KMS_LONG_OPTIONS */
-#define KH_KMS_OPT_FIRST 0x1000
-#define KH_KMS_LONG_OPTIONS                                                                                      \
-    {"kms-region", required_argument, NULL, KH_KMS_OPT_FIRST + 0},                                               \
-        {"kms-endpoint", required_argument, NULL, KH_KMS_OPT_FIRST + 1},                                         \
-        {"kms-proxy", required_argument, NULL, KH_KMS_OPT_FIRST + 2},                                            \
-        {"kms-ca-file", required_argument, NULL, KH_KMS_OPT_FIRST + 3},                                          \
-        {"kms-imds", required_argument, NULL, KH_KMS_OPT_FIRST + 4},                                             \
-        {"kms-role", required_argument, NULL, KH_KMS_OPT_FIRST + 5}, {"nsm", required_argument, NULL, KH_KMS_OPT_FIRST + 6}, \
-        {"kms-key-id", required_argument, NULL, KH_KMS_OPT_FIRST + 7}
-#define KH_KMS_OPT_END (KH_KMS_OPT_FIRST + 8)
 /* --kms-key-id: how many KMS keys a key-holder may be started with */
 #define KH_KMS_KEY_IDS_MAX CL_CUSTODY_KMS_KEY_IDS_MAX
 
-/* Records one option; 0 or -1 (message printed). */
-int kh_kms_option(int code, const char *value);
-/* The options' help lines. */
-void kh_kms_usage(FILE *out);
+/* The KMS options of `keyholder serve` (core/options); any of them enables
+ * the KMS key source.  The values are borrowed: the command line's. */
+const cl_opt *kh_kms_options(size_t *count);
 /* Opens the KMS session (credentials, NSM, the Recipient's RSA key) when
  * any KMS option was given; a failure stops the start.  0 or a cl_err. */
 int kh_kms_start(void);

@@ -1,13 +1,14 @@
 /* cloister kms: KMS calls for scripts inside the enclave (with a Recipient:
  * plaintexts never leave the enclave in the clear) and for operators
  * outside it. */
+#include "cloister/core/buf.h"
 #include "cloister/core/encoding.h"
+#include "cloister/core/options.h"
 #include "cloister/enclave/kms.h"
 #include "commands.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,58 +18,104 @@
 #define MAX_CONTEXT 64
 #define KMS_INPUT_MAX (64 * 1024)
 
-static void usage(FILE *out)
+static const char usage_text[] =
+    "usage: cloister kms [OPTIONS] encrypt --key-id ID [--in FILE] [-o FILE]\n"
+    "       cloister kms [OPTIONS] decrypt [--key-id ID] [--in FILE] [-o FILE] [--base64]\n"
+    "       cloister kms [OPTIONS] generate-data-key --key-id ID [--key-spec AES_256|AES_128 | --bytes N]\n"
+    "                                                [-o FILE]\n"
+    "       cloister kms [OPTIONS] generate-random --bytes N [-o FILE] [--base64]\n"
+    "\n"
+    "AWS KMS over its JSON 1.1 protocol, signed with SigV4.  With --recipient (inside an\n"
+    "enclave) Decrypt, GenerateDataKey and GenerateRandom send an attestation document\n"
+    "carrying a fresh RSA-2048 key, and KMS answers with a CMS envelope that only this\n"
+    "process opens: KMS key policies can then require the enclave's measurements.\n"
+    "\n"
+    "operations:\n"
+    "  encrypt            the plaintext (--in FILE or stdin, 1..4096 bytes) -> the base64\n"
+    "                     CiphertextBlob on stdout (raw bytes with -o FILE)\n"
+    "  decrypt            a CiphertextBlob (raw or base64, --in FILE or stdin) -> the\n"
+    "                     plaintext on stdout or in -o FILE (mode 0600); --base64 prints base64\n"
+    "  generate-data-key  prints {\"KeyId\", \"CiphertextBlob\", \"Plaintext\"} (base64) as JSON\n"
+    "  generate-random    N random bytes (1..1024) from KMS; --base64 prints base64\n"
+    "\n";
+
+static const char epilog[] =
+    "Exit status: 0 done, 1 KMS refused (AccessDenied, InvalidCiphertext, NotFound, ...),\n"
+    "2 bad command line, 3 could not do the call (network, credentials, NSM, bad answer).\n";
+
+/* The command line's values (owned by the options layer). */
+typedef struct kms_options {
+    char *region, *endpoint, *proxy, *ca_file, *imds, *role, *access_key_id, *secret_access_key, *session_token;
+    char *nsm, *key_id, *purpose, *algorithm, *in, *out, *key_spec;
+    bool recipient, stats, base64;
+    cl_opt_list context;
+    unsigned max_attempts, timeout_s, bytes;
+} kms_options;
+
+static int check_context(void *base, const char *value)
 {
-    fprintf(out,
-            "usage: cloister kms [OPTIONS] encrypt --key-id ID [--in FILE] [-o FILE]\n"
-            "       cloister kms [OPTIONS] decrypt [--key-id ID] [--in FILE] [-o FILE] [--base64]\n"
-            "       cloister kms [OPTIONS] generate-data-key --key-id ID [--key-spec AES_256|AES_128 | --bytes N]\n"
-            "                                                [-o FILE]\n"
-            "       cloister kms [OPTIONS] generate-random --bytes N [-o FILE] [--base64]\n"
-            "\n"
-            "AWS KMS over its JSON 1.1 protocol, signed with SigV4.  With --recipient (inside an\n"
-            "enclave) Decrypt, GenerateDataKey and GenerateRandom send an attestation document\n"
-            "carrying a fresh RSA-2048 key, and KMS answers with a CMS envelope that only this\n"
-            "process opens: KMS key policies can then require the enclave's measurements.\n"
-            "\n"
-            "operations:\n"
-            "  encrypt            the plaintext (--in FILE or stdin, 1..4096 bytes) -> the base64\n"
-            "                     CiphertextBlob on stdout (raw bytes with -o FILE)\n"
-            "  decrypt            a CiphertextBlob (raw or base64, --in FILE or stdin) -> the\n"
-            "                     plaintext on stdout or in -o FILE (mode 0600); --base64 prints base64\n"
-            "  generate-data-key  prints {\"KeyId\", \"CiphertextBlob\", \"Plaintext\"} (base64) as JSON\n"
-            "  generate-random    N random bytes (1..1024) from KMS; --base64 prints base64\n"
-            "\n"
-            "options:\n"
-            "  --region R               the region (else $AWS_REGION, $AWS_DEFAULT_REGION, or IMDS's)\n"
-            "  --endpoint URL           https://HOST[:PORT] (https://kms.REGION.amazonaws.com)\n"
-            "  --proxy ADDR             dial ADDR instead of HOST: the host's outbound proxy, e.g.\n"
-            "                           vsock:3:8000 (cloister host --outbound, vsock-proxy) or unix:PATH;\n"
-            "                           TLS stays end to end, checked for HOST\n"
-            "  --ca-file PEM            trust these CAs instead of the system's store (local KMS)\n"
-            "  --imds ADDR              credentials from IMDSv2 at ADDR (cloister host --imds, e.g.\n"
-            "                           vsock:3:8002 or unix:PATH), refreshed before they expire\n"
-            "  --role NAME              the instance profile's role (default: the one IMDS names)\n"
-            "  --access-key-id ID       explicit credentials (else --imds, else $AWS_ACCESS_KEY_ID,\n"
-            "  --secret-access-key KEY  $AWS_SECRET_ACCESS_KEY, $AWS_SESSION_TOKEN)\n"
-            "  --session-token TOKEN\n"
-            "  --recipient              the Recipient forms (attestation document from the NSM)\n"
-            "  --nsm ADDR               the NSM for --recipient (implies it): unix:PATH of nsm-sim or\n"
-            "                           /dev/nsm (default $" CL_NSM_ENV ", else /dev/nsm)\n"
-            "  --key-id ID              key id, ARN or alias/NAME\n"
-            "  --context K=V            encryption context entry (repeatable)\n"
-            "  --purpose P[:NAME]       the context cloister requires for what the ciphertext is for:\n"
-            "                           pkcs11-token:LABEL (acm pack-key, key-holder), enclave-tls-key\n"
-            "                           (enclave --tls-key-ciphertext), enclave-secret:NAME (enclave\n"
-            "                           -secret NAME=...); adds purpose=P and token= or name=NAME\n"
-            "  --encryption-algorithm A (SYMMETRIC_DEFAULT)\n"
-            "  --max-attempts N         tries per call, retrying throttling and 5xx with backoff (5)\n"
-            "  --timeout SECONDS        per attempt (10)\n"
-            "  --stats                  print where the time went on stderr\n"
-            "\n"
-            "Exit status: 0 done, 1 KMS refused (AccessDenied, InvalidCiphertext, NotFound, ...),\n"
-            "2 bad command line, 3 could not do the call (network, credentials, NSM, bad answer).\n");
+    (void)base;
+    const char *eq = strchr(value, '=');
+    CL_ENSURE(eq && eq != value, CL_EINVAL, "'%s': expected KEY=VALUE", value);
+    return CL_OK;
 }
+
+static int check_purpose(void *base, const char *value)
+{
+    kms_options *o = base;
+    CL_ENSURE(!o->purpose, CL_EINVAL, "given twice (%s)", value);
+    char purpose[32];
+    cl_kms_purpose_context ctx;
+    return cl_kms_purpose_context_parse(value, purpose, sizeof purpose, &ctx);
+}
+
+#define K kms_options
+static const cl_opt kms_option_table[] = {
+    {.name = "region", CL_OPT_STR(K, region), .arg = "R",
+     .help = "the region (else $AWS_REGION, $AWS_DEFAULT_REGION, or IMDS's)"},
+    {.name = "endpoint", CL_OPT_STR(K, endpoint), .arg = "URL",
+     .help = "https://HOST[:PORT] (https://kms.REGION.amazonaws.com)"},
+    {.name = "proxy", CL_OPT_STR(K, proxy), .arg = "ADDR",
+     .help = "dial ADDR instead of HOST: the host's outbound proxy, e.g. vsock:3:8000 (cloister host --outbound, "
+             "vsock-proxy) or unix:PATH; TLS stays end to end, checked for HOST"},
+    {.name = "ca-file", CL_OPT_STR(K, ca_file), .arg = "PEM",
+     .help = "trust these CAs instead of the system's store (local KMS)"},
+    {.name = "imds", CL_OPT_STR(K, imds), .arg = "ADDR",
+     .help = "credentials from IMDSv2 at ADDR (cloister host --imds, e.g. vsock:3:8002 or unix:PATH), refreshed "
+             "before they expire"},
+    {.name = "role", CL_OPT_STR(K, role), .arg = "NAME",
+     .help = "the instance profile's role (default: the one IMDS names)"},
+    {.name = "access-key-id", CL_OPT_STR(K, access_key_id), .arg = "ID",
+     .help = "explicit credentials (else --imds, else $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY, "
+             "$AWS_SESSION_TOKEN)"},
+    {.name = "secret-access-key", CL_OPT_STR(K, secret_access_key), .arg = "KEY", .help = "with --access-key-id"},
+    {.name = "session-token", CL_OPT_STR(K, session_token), .arg = "TOKEN", .help = "with --access-key-id"},
+    {.name = "recipient", CL_OPT_FLAG(K, recipient),
+     .help = "the Recipient forms (attestation document from the NSM)"},
+    {.name = "nsm", CL_OPT_STR(K, nsm), .arg = "ADDR",
+     .help = "the NSM for --recipient (implies it): unix:PATH of nsm-sim or /dev/nsm (default $" CL_NSM_ENV
+             ", else /dev/nsm)"},
+    {.name = "key-id", CL_OPT_STR(K, key_id), .arg = "ID", .help = "key id, ARN or alias/NAME"},
+    {.name = "context", CL_OPT_LIST_AT(K, context, MAX_CONTEXT), .set = check_context, .arg = "K=V",
+     .help = "encryption context entry (repeatable)"},
+    {.name = "purpose", CL_OPT_STR(K, purpose), .set = check_purpose, .arg = "P[:NAME]",
+     .help = "the context cloister requires for what the ciphertext is for: pkcs11-token:LABEL (acm pack-key, "
+             "key-holder), enclave-tls-key (enclave --tls-key-ciphertext), enclave-secret:NAME (enclave -secret "
+             "NAME=...); adds purpose=P and token= or name=NAME"},
+    {.name = "encryption-algorithm", CL_OPT_STR(K, algorithm), .arg = "A", .help = "(SYMMETRIC_DEFAULT)"},
+    {.name = "max-attempts", CL_OPT_UINT_AT(K, max_attempts, 1, 20), .arg = "N",
+     .help = "tries per call, retrying throttling and 5xx with backoff (5)"},
+    {.name = "timeout", CL_OPT_DURATION_AT(K, timeout_s, 1000, 1, 3600), .arg = "SECONDS",
+     .help = "per attempt (10)"},
+    {.name = "stats", CL_OPT_FLAG(K, stats), .help = "print where the time went on stderr"},
+    {.name = "in", CL_OPT_STR(K, in), .arg = "FILE", .help = "the input (default: stdin)"},
+    {.name = "output", .short_name = 'o', CL_OPT_STR(K, out), .arg = "FILE", .help = "the output (default: stdout)"},
+    {.name = "key-spec", CL_OPT_STR(K, key_spec), .arg = "SPEC", .help = "generate-data-key: AES_256 or AES_128"},
+    {.name = "bytes", CL_OPT_UINT_AT(K, bytes, 1, 1024), .arg = "N",
+     .help = "generate-data-key, generate-random: this many bytes"},
+    {.name = "base64", CL_OPT_FLAG(K, base64), .help = "decrypt, generate-random: print base64"},
+};
+#undef K
 
 typedef struct args {
     cl_kms_setup setup;
@@ -81,39 +128,6 @@ typedef struct args {
     cl_kms_purpose_context purpose_context;
 } args;
 
-enum {
-    O_REGION = 256, O_ENDPOINT, O_PROXY, O_CA, O_IMDS, O_ROLE, O_AKID, O_SECRET, O_TOKEN, O_RECIPIENT, O_NSM,
-    O_KEY_ID, O_CONTEXT, O_PURPOSE, O_ALG, O_ATTEMPTS, O_TIMEOUT, O_STATS, O_IN, O_KEY_SPEC, O_BYTES, O_BASE64
-};
-
-static const struct option long_options[] = {
-    {"region", required_argument, NULL, O_REGION},
-    {"endpoint", required_argument, NULL, O_ENDPOINT},
-    {"proxy", required_argument, NULL, O_PROXY},
-    {"ca-file", required_argument, NULL, O_CA},
-    {"imds", required_argument, NULL, O_IMDS},
-    {"role", required_argument, NULL, O_ROLE},
-    {"access-key-id", required_argument, NULL, O_AKID},
-    {"secret-access-key", required_argument, NULL, O_SECRET},
-    {"session-token", required_argument, NULL, O_TOKEN},
-    {"recipient", no_argument, NULL, O_RECIPIENT},
-    {"nsm", required_argument, NULL, O_NSM},
-    {"key-id", required_argument, NULL, O_KEY_ID},
-    {"context", required_argument, NULL, O_CONTEXT},
-    {"purpose", required_argument, NULL, O_PURPOSE},
-    {"encryption-algorithm", required_argument, NULL, O_ALG},
-    {"max-attempts", required_argument, NULL, O_ATTEMPTS},
-    {"timeout", required_argument, NULL, O_TIMEOUT},
-    {"stats", no_argument, NULL, O_STATS},
-    {"in", required_argument, NULL, O_IN},
-    {"key-spec", required_argument, NULL, O_KEY_SPEC},
-    {"bytes", required_argument, NULL, O_BYTES},
-    {"base64", no_argument, NULL, O_BASE64},
-    {"output", required_argument, NULL, 'o'},
-    {"help", no_argument, NULL, 'h'},
-    {NULL, 0, NULL, 0},
-};
-
 static int bad(const char *fmt, const char *arg)
 {
     fprintf(stderr, "cloister kms: ");
@@ -122,95 +136,57 @@ static int bad(const char *fmt, const char *arg)
     return EXIT_USAGE;
 }
 
-static int number(const char *text, uint64_t max, const char *what, unsigned *out)
-{
-    uint64_t v;
-    if (cl_parse_u64(text, max, &v) < 0 || v == 0) {
-        fprintf(stderr, "cloister kms: %s: expected 1..%llu, got '%s'\n", what, (unsigned long long)max, text);
-        return EXIT_USAGE;
-    }
-    *out = (unsigned)v;
-    return 0;
-}
-
-/* Returns 0, EXIT_USAGE, or -1 for --help. */
-static int parse_args(int argc, char **argv, args *a)
+/* Returns 0, EXIT_USAGE, or -1 for --help.  a borrows o's strings. */
+static int parse_args(int argc, char **argv, const cl_options *spec, kms_options *o, args *a)
 {
     memset(a, 0, sizeof *a);
-    int c, rc;
-    unsigned timeout_s = 0;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":ho:", long_options, NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            usage(stdout);
-            return -1;
-        case 'o': a->out = optarg; break;
-        case O_REGION: a->setup.region = optarg; break;
-        case O_ENDPOINT: a->setup.endpoint = optarg; break;
-        case O_PROXY: a->setup.proxy = optarg; break;
-        case O_CA: a->setup.ca_file = optarg; break;
-        case O_IMDS: a->setup.imds = optarg; break;
-        case O_ROLE: a->setup.role = optarg; break;
-        case O_AKID: a->setup.access_key_id = optarg; break;
-        case O_SECRET: a->setup.secret_access_key = optarg; break;
-        case O_TOKEN: a->setup.session_token = optarg; break;
-        case O_RECIPIENT: a->setup.recipient = true; break;
-        case O_NSM:
-            a->setup.nsm = optarg;
-            a->setup.recipient = true;
-            break;
-        case O_KEY_ID: a->key_id = optarg; break;
-        case O_ALG: a->algorithm = optarg; break;
-        case O_IN: a->in = optarg; break;
-        case O_KEY_SPEC: a->key_spec = optarg; break;
-        case O_BASE64: a->base64 = true; break;
-        case O_STATS: a->stats = true; break;
-        case O_CONTEXT: {
-            char *eq = strchr(optarg, '=');
-            if (!eq || eq == optarg)
-                return bad("--context '%s': expected KEY=VALUE", optarg);
-            if (a->context_count == MAX_CONTEXT)
-                return bad("more than %s --context entries", "64");
-            *eq = '\0';
-            a->context[a->context_count++] = (cl_kms_context_entry){optarg, eq + 1};
-            break;
-        }
-        case O_PURPOSE:
-            if (a->purpose[0])
-                return bad("--purpose is given twice (%s)", optarg);
-            if (cl_kms_purpose_context_parse(optarg, a->purpose, sizeof a->purpose, &a->purpose_context) < 0)
-                return bad("--purpose: %s", cl_error_message());
-            if (a->context_count + a->purpose_context.count > MAX_CONTEXT)
-                return bad("more than %s --context entries", "64");
-            for (size_t i = 0; i < a->purpose_context.count; i++)
-                a->context[a->context_count++] = a->purpose_context.entries[i];
-            break;
-        case O_ATTEMPTS:
-            if ((rc = number(optarg, 20, "--max-attempts", &a->setup.max_attempts)))
-                return rc;
-            break;
-        case O_TIMEOUT:
-            if ((rc = number(optarg, 3600, "--timeout", &timeout_s)))
-                return rc;
-            a->setup.timeout_ms = timeout_s * 1000u;
-            break;
-        case O_BYTES:
-            if ((rc = number(optarg, 1024, "--bytes", &a->bytes)))
-                return rc;
-            break;
-        case ':':
-            return bad("%s needs a value", argv[optind - 1]);
-        default:
-            return bad("unknown option '%s'", argv[optind - 1]);
-        }
+    cl_options_result r;
+    int rc = cl_options_main(spec, argc, argv, &r);
+    const char *op = r.positional_count > 0 ? r.positional[0] : NULL;
+    const char *extra = r.positional_count > 1 ? r.positional[1] : NULL;
+    cl_options_free(NULL, &r);
+    if (rc != 0)
+        return rc > 0 ? -1 : EXIT_USAGE;
+    a->setup = (cl_kms_setup){.region = o->region,
+                              .endpoint = o->endpoint,
+                              .proxy = o->proxy,
+                              .ca_file = o->ca_file,
+                              .imds = o->imds,
+                              .role = o->role,
+                              .access_key_id = o->access_key_id,
+                              .secret_access_key = o->secret_access_key,
+                              .session_token = o->session_token,
+                              .recipient = o->recipient || o->nsm,
+                              .nsm = o->nsm,
+                              .max_attempts = o->max_attempts,
+                              .timeout_ms = o->timeout_s * 1000u};
+    a->key_id = o->key_id;
+    a->algorithm = o->algorithm;
+    a->in = o->in;
+    a->out = o->out;
+    a->key_spec = o->key_spec;
+    a->bytes = o->bytes;
+    a->base64 = o->base64;
+    a->stats = o->stats;
+    for (size_t i = 0; i < o->context.count; i++) {
+        char *item = o->context.items[i];
+        char *eq = strchr(item, '='); /* checked as it was given */
+        *eq = '\0';
+        a->context[a->context_count++] = (cl_kms_context_entry){item, eq + 1};
     }
-    if (optind >= argc)
+    if (o->purpose) {
+        if (cl_kms_purpose_context_parse(o->purpose, a->purpose, sizeof a->purpose, &a->purpose_context) < 0)
+            return bad("--purpose: %s", cl_error_message());
+        if (a->context_count + a->purpose_context.count > MAX_CONTEXT)
+            return bad("more than %s --context entries", "64");
+        for (size_t i = 0; i < a->purpose_context.count; i++)
+            a->context[a->context_count++] = a->purpose_context.entries[i];
+    }
+    if (!op)
         return bad("%s", "which operation? encrypt, decrypt, generate-data-key or generate-random");
-    a->op = argv[optind];
-    if (optind + 1 < argc)
-        return bad("unexpected argument '%s'", argv[optind + 1]);
+    a->op = op;
+    if (extra)
+        return bad("unexpected argument '%s'", extra);
     bool enc = !strcmp(a->op, "encrypt"), dec = !strcmp(a->op, "decrypt"),
          gdk = !strcmp(a->op, "generate-data-key"), rnd = !strcmp(a->op, "generate-random");
     if (!enc && !dec && !gdk && !rnd)
@@ -389,21 +365,39 @@ out:
     return status;
 }
 
+/* The credentials are wiped before the layer frees its copies. */
+static void options_free(const cl_options *spec, kms_options *o)
+{
+    char *secrets[] = {o->secret_access_key, o->session_token};
+    for (size_t i = 0; i < sizeof secrets / sizeof secrets[0]; i++)
+        if (secrets[i])
+            cl_wipe(secrets[i], strlen(secrets[i]));
+    cl_options_free(spec, NULL);
+}
+
 int cmd_kms(int argc, char **argv)
 {
+    kms_options o = {0};
+    cl_opt_section section = CL_OPT_SECTION("options", kms_option_table, &o);
+    cl_options spec = {.prog = "cloister kms", .usage = usage_text, .epilog = epilog,
+                       .positional = "OPERATION", .sections = &section, .section_count = 1};
     args a;
-    int status = parse_args(argc, argv, &a);
-    if (status)
+    int status = parse_args(argc, argv, &spec, &o, &a);
+    if (status) {
+        options_free(&spec, &o);
         return status < 0 ? 0 : status;
+    }
     cl_kms_session s;
     int rc = cl_kms_session_open(&a.setup, &s);
     if (rc < 0) {
         fprintf(stderr, "cloister kms: %s\n", cl_error_message());
+        options_free(&spec, &o);
         return rc == CL_EINVAL ? EXIT_USAGE : EXIT_FAILED;
     }
     status = run(&a, &s);
     if (a.stats)
         print_stats(&s);
     cl_kms_session_close(&s);
+    options_free(&spec, &o);
     return status;
 }

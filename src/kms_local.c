@@ -8,6 +8,7 @@
 #include "cloister/sim/kms_policy.h"
 #include "cloister/sim/kms_store.h"
 #include "cloister/core/log.h"
+#include "cloister/core/options.h"
 #include "cloister/core/secret_file.h"
 #include "cloister/enclave/server.h"
 #include "cloister/core/tls.h"
@@ -15,7 +16,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <limits.h>
 #include <openssl/ec.h>
 #include <openssl/pem.h>
@@ -34,48 +34,71 @@
 #define MASTER_ENV "CLOISTER_KMS_MASTER_KEY"
 #define CA_DAYS 3650
 #define CERT_DAYS 825
+#define RECIPIENT_MAX_AGE_S 300 /* CL_KMS_RECIPIENT_MAX_AGE_MS, as text for the default */
+_Static_assert(RECIPIENT_MAX_AGE_S * 1000 == CL_KMS_RECIPIENT_MAX_AGE_MS, "the default");
 
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "usage: cloister kms-local --listen ADDR --state DIR [--credentials ACCESS_KEY_ID:SECRET[:ARN]]...\n"
-            "                          [--root PEM]... [--region R] [--account ID] [--tls [--tls-name NAME]...]\n"
-            "                          [--key alias/NAME[=POLICY.json]]... [--master-key-file FILE] [--threads N]\n"
-            "                          [--recipient-max-age S]\n\n"
-            "A local AWS KMS: the KMS JSON 1.1 protocol (POST /, X-Amz-Target: TrentService.<Op>,\n"
-            "SigV4-signed) for CreateKey, DescribeKey, ListKeys, CreateAlias, ListAliases, Encrypt,\n"
-            "Decrypt, ReEncrypt, GenerateDataKey, GenerateDataKeyWithoutPlaintext, GenerateRandom,\n"
-            "GetKeyPolicy, PutKeyPolicy, EnableKey, DisableKey and ScheduleKeyDeletion.  Key policies\n"
-            "may condition on kms:RecipientAttestation:ImageSha384 and :PCR0..PCR31; a request with a\n"
-            "Recipient has its attestation document verified and gets CiphertextForRecipient (CMS\n"
-            "envelopedData for the document's RSA key) instead of Plaintext.\n\n"
-            "  --listen ADDR           tcp:HOST:PORT or unix:PATH\n"
-            "  --state DIR             keys and aliases (DIR/kms.db, SQLite), created 0700 if absent\n"
-            "  --credentials K:S[:ARN] an access key the server accepts (repeatable, at least one);\n"
-            "                          ARN: the caller's principal (default arn:aws:iam::ACCOUNT:user/K;\n"
-            "                          an instance role's: arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION)\n"
-            "  --root PEM              trust these roots for Recipient documents (repeatable), e.g.\n"
-            "                          nsm-sim's STATE/root.pem, or 'aws' for the embedded AWS Nitro\n"
-            "                          Enclaves root; default: the AWS root only\n"
-            "  --region R              the region in ARNs and SigV4 scopes (us-east-1)\n"
-            "  --account ID            the 12-digit account in ARNs (" CL_KMS_DEFAULT_ACCOUNT ")\n"
-            "  --tls                   serve HTTPS: a CA kept in DIR (DIR/ca.pem for clients) issues a\n"
-            "                          certificate for kms.REGION.amazonaws.com, localhost, 127.0.0.1, ::1\n"
-            "  --tls-name NAME         another DNS name for that certificate (repeatable)\n"
-            "  --key alias/NAME[=P]    make sure the alias names a key; create one (policy from file P,\n"
-            "                          else the default policy) if not (repeatable)\n"
-            "  --master-key-file FILE  the key that seals key material: 32 bytes, raw or 64 hex digits;\n"
-            "                          else $" MASTER_ENV " (64 hex digits); else DIR/master.key,\n"
-            "                          generated 0600 on first start\n"
-            "  --threads N             event loops (default 2)\n"
-            "  --recipient-max-age S   refuse a Recipient's attestation document older than S seconds\n"
-            "                          (or more than 5 minutes in the future), as KMS does (300)\n\n"
-            "Without a Policy, CreateKey gives AWS's default policy: the account's root principal\n"
-            "may do kms:*.  There is no IAM layer here: a policy naming arn:aws:iam::ACCOUNT:root\n"
-            "(or the bare account) grants EVERY configured access key of the account, an instance\n"
-            "role's included.  Name principals by their ARN to grant only them.\n"
-            "Prints 'kms-local: listening on ADDR' once ready; SIGINT or SIGTERM stop it.\n");
-}
+static const char usage_text[] =
+    "usage: cloister kms-local --listen ADDR --state DIR [--credentials ACCESS_KEY_ID:SECRET[:ARN]]...\n"
+    "                          [--root PEM]... [--region R] [--account ID] [--tls [--tls-name NAME]...]\n"
+    "                          [--key alias/NAME[=POLICY.json]]... [--master-key-file FILE] [--threads N]\n"
+    "                          [--recipient-max-age S]\n\n"
+    "A local AWS KMS: the KMS JSON 1.1 protocol (POST /, X-Amz-Target: TrentService.<Op>,\n"
+    "SigV4-signed) for CreateKey, DescribeKey, ListKeys, CreateAlias, ListAliases, Encrypt,\n"
+    "Decrypt, ReEncrypt, GenerateDataKey, GenerateDataKeyWithoutPlaintext, GenerateRandom,\n"
+    "GetKeyPolicy, PutKeyPolicy, EnableKey, DisableKey and ScheduleKeyDeletion.  Key policies\n"
+    "may condition on kms:RecipientAttestation:ImageSha384 and :PCR0..PCR31; a request with a\n"
+    "Recipient has its attestation document verified and gets CiphertextForRecipient (CMS\n"
+    "envelopedData for the document's RSA key) instead of Plaintext.\n\n";
+
+static const char epilog[] =
+    "Without a Policy, CreateKey gives AWS's default policy: the account's root principal\n"
+    "may do kms:*.  There is no IAM layer here: a policy naming arn:aws:iam::ACCOUNT:root\n"
+    "(or the bare account) grants EVERY configured access key of the account, an instance\n"
+    "role's included.  Name principals by their ARN to grant only them.\n"
+    "Prints 'kms-local: listening on ADDR' once ready; SIGINT or SIGTERM stop it.\n";
+
+typedef struct kms_local_options {
+    char *listen, *state, *region, *account, *master_file;
+    cl_opt_list credentials, roots, names, keys;
+    bool tls;
+    unsigned threads, recipient_max_age_s;
+} kms_local_options;
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define O kms_local_options
+static const cl_opt kms_local_table[] = {
+    {.name = "listen", CL_OPT_STR(O, listen), .flags = CL_OPT_REQUIRED, .arg = "ADDR", .help = "tcp:HOST:PORT or unix:PATH"},
+    {.name = "state", CL_OPT_STR(O, state), .flags = CL_OPT_REQUIRED | CL_OPT_NONEMPTY, .arg = "DIR",
+     .help = "keys and aliases (DIR/kms.db, SQLite), created 0700 if absent"},
+    {.name = "credentials", CL_OPT_LIST_AT(O, credentials, MAX_LIST), .arg = "K:S[:ARN]",
+     .help = "an access key the server accepts (repeatable, at least one); ARN: the caller's principal (default "
+             "arn:aws:iam::ACCOUNT:user/K; an instance role's: arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION)"},
+    {.name = "root", CL_OPT_LIST_AT(O, roots, MAX_LIST), .arg = "PEM",
+     .help = "trust these roots for Recipient documents (repeatable), e.g. nsm-sim's STATE/root.pem, or 'aws' for "
+             "the embedded AWS Nitro Enclaves root; default: the AWS root only"},
+    {.name = "region", CL_OPT_STR(O, region), .def = "us-east-1", .arg = "R",
+     .help = "the region in ARNs and SigV4 scopes"},
+    {.name = "account", CL_OPT_STR(O, account), .def = CL_KMS_DEFAULT_ACCOUNT, .arg = "ID",
+     .help = "the 12-digit account in ARNs"},
+    {.name = "tls", CL_OPT_FLAG(O, tls),
+     .help = "serve HTTPS: a CA kept in DIR (DIR/ca.pem for clients) issues a certificate for "
+             "kms.REGION.amazonaws.com, localhost, 127.0.0.1, ::1"},
+    {.name = "tls-name", CL_OPT_LIST_AT(O, names, MAX_LIST), .arg = "NAME",
+     .help = "another DNS name for that certificate (repeatable)"},
+    {.name = "key", CL_OPT_LIST_AT(O, keys, MAX_LIST), .arg = "alias/NAME[=P]",
+     .help = "make sure the alias names a key; create one (policy from file P, else the default policy) if not "
+             "(repeatable)"},
+    {.name = "master-key-file", CL_OPT_STR(O, master_file), .arg = "FILE",
+     .help = "the key that seals key material: 32 bytes, raw or 64 hex digits; else $" MASTER_ENV
+             " (64 hex digits); else DIR/master.key, generated 0600 on first start"},
+    {.name = "threads", CL_OPT_UINT_AT(O, threads, 1, 64), .def = "2", .arg = "N", .help = "event loops"},
+    {.name = "recipient-max-age", CL_OPT_DURATION_AT(O, recipient_max_age_s, 1000, 1, 7 * 86400),
+     .def = STR(RECIPIENT_MAX_AGE_S), .arg = "S",
+     .help = "refuse a Recipient's attestation document older than S seconds (or 90s, 5m, 1h), or more than 5 "
+             "minutes in the future, as KMS does"},
+};
+#undef O
 
 /* ---- master key ---------------------------------------------------------------------------- */
 
@@ -355,65 +378,15 @@ static int fail_usage(const char *fmt, const char *arg)
     return EXIT_USAGE;
 }
 
-int cmd_kms_local(int argc, char **argv)
+static int run_kms_local(const kms_local_options *o)
 {
-    static const struct option options[] = {
-        {"listen", required_argument, NULL, 'l'},  {"state", required_argument, NULL, 's'},
-        {"credentials", required_argument, NULL, 'c'}, {"root", required_argument, NULL, 'r'},
-        {"region", required_argument, NULL, 'g'},  {"account", required_argument, NULL, 'a'},
-        {"tls", no_argument, NULL, 't'},           {"tls-name", required_argument, NULL, 'n'},
-        {"key", required_argument, NULL, 'k'},     {"master-key-file", required_argument, NULL, 'm'},
-        {"threads", required_argument, NULL, 'T'}, {"help", no_argument, NULL, 'h'},
-        {"recipient-max-age", required_argument, NULL, 'A'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *listen_text = NULL, *state = NULL, *region = "us-east-1", *account = CL_KMS_DEFAULT_ACCOUNT;
-    const char *master_file = NULL;
-    char *cred_text[MAX_LIST], *roots[MAX_LIST], *names[MAX_LIST], *keys[MAX_LIST];
-    size_t ncred = 0, nroots = 0, nnames = 0, nkeys = 0;
-    bool tls = false;
-    uint64_t threads = 2, recipient_max_age_s = CL_KMS_RECIPIENT_MAX_AGE_MS / 1000;
-    int opt;
-    optind = 1;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
-        switch (opt) {
-        case 'l': listen_text = optarg; break;
-        case 's': state = optarg; break;
-        case 'g': region = optarg; break;
-        case 'a': account = optarg; break;
-        case 't': tls = true; break;
-        case 'm': master_file = optarg; break;
-        case 'A':
-            if (cl_parse_u64(optarg, 7 * 86400, &recipient_max_age_s) < 0 || recipient_max_age_s == 0)
-                return fail_usage("--recipient-max-age: expected 1..604800 seconds, got '%s'", optarg);
-            break;
-        case 'T':
-            if (cl_parse_u64(optarg, 64, &threads) < 0 || threads == 0)
-                return fail_usage("--threads: expected 1..64, got '%s'", optarg);
-            break;
-        case 'c':
-        case 'r':
-        case 'n':
-        case 'k': {
-            char **list = opt == 'c' ? cred_text : opt == 'r' ? roots : opt == 'n' ? names : keys;
-            size_t *count = opt == 'c' ? &ncred : opt == 'r' ? &nroots : opt == 'n' ? &nnames : &nkeys;
-            if (*count == MAX_LIST)
-                return fail_usage("at most 32 of %s", argv[optind - 2]);
-            list[(*count)++] = optarg;
-            break;
-        }
-        case 'h': usage(stdout); return 0;
-        default:
-            return fail_usage("unknown option or missing value: %s (see --help)", argv[optind - 1]);
-        }
-    }
-    if (optind < argc)
-        return fail_usage("unexpected argument '%s'", argv[optind]);
-    if (!listen_text)
-        return fail_usage("%s", "--listen ADDR is required (see --help)");
-    if (!state)
-        return fail_usage("%s", "--state DIR is required (see --help)");
+    const char *listen_text = o->listen, *state = o->state, *region = o->region, *account = o->account;
+    const char *master_file = o->master_file;
+    char **cred_text = o->credentials.items, **roots = o->roots.items, **names = o->names.items,
+         **keys = o->keys.items;
+    size_t ncred = o->credentials.count, nroots = o->roots.count, nnames = o->names.count, nkeys = o->keys.count;
+    bool tls = o->tls;
+    uint64_t threads = o->threads, recipient_max_age_s = o->recipient_max_age_s;
     if (!ncred)
         return fail_usage("%s", "at least one --credentials ACCESS_KEY_ID:SECRET is required");
     if (!valid_region(region))
@@ -588,5 +561,25 @@ out:
     for (size_t i = 0; i < ncred; i++)
         if (cred_copy[i])
             cl_free_secret(cred_copy[i], cred_len[i]);
+    return status;
+}
+
+int cmd_kms_local(int argc, char **argv)
+{
+    kms_local_options o = {0};
+    cl_opt_section section = CL_OPT_SECTION("options", kms_local_table, &o);
+    cl_options spec = {.prog = "cloister kms-local", .usage = usage_text, .epilog = epilog, .sections = &section,
+                       .section_count = 1};
+    cl_options_result r;
+    int status = cl_options_main(&spec, argc, argv, &r);
+    cl_options_free(NULL, &r);
+    if (status == 0)
+        status = run_kms_local(&o);
+    else
+        status = status > 0 ? 0 : EXIT_USAGE;
+    /* the secrets in the access keys */
+    for (size_t i = 0; i < o.credentials.count; i++)
+        cl_wipe(o.credentials.items[i], strlen(o.credentials.items[i]));
+    cl_options_free(&spec, NULL);
     return status;
 }

@@ -7,9 +7,9 @@
 #include "cloister/core/attestation.h"
 #include "cloister/core/encoding.h"
 #include "cloister/core/https_client.h"
+#include "cloister/core/options.h"
 #include "commands.h"
 
-#include <getopt.h>
 #include <jansson.h>
 #include <openssl/rand.h>
 #include <signal.h>
@@ -22,35 +22,70 @@
 #define HASH_LEN 32
 #define USER_DATA_LEN (2 * (2 + HASH_LEN)) /* nitriding: 0x12 0x20 cert hash 0x12 0x20 app hash */
 #define MAX_RESPONSE (256 * 1024)
-#define DEFAULT_TIMEOUT_S 10
 
-static void verify_usage(FILE *out)
+static const char usage_text[] =
+    "usage: cloister verify https://HOST[:PORT] [--root PEM]... [--pcr N=HEX]... [--allow-debug]\n"
+    "                       [--max-age SECONDS] [--connect ADDR] [--timeout SECONDS] [--json]\n"
+    "\n"
+    "Proves that the TLS key of HOST is held by a Nitro Enclave with the expected\n"
+    "measurements.  It sends a fresh random 20-byte nonce to GET /enclave/attestation,\n"
+    "verifies the document it gets back (COSE signature, certificate chain to the root,\n"
+    "nonce, PCRs, debug mode) and checks that its user_data names the SHA-256 of the\n"
+    "certificate presented on that same TLS connection (nitriding's format).  The TLS\n"
+    "certificate chain itself is not trusted: the attestation is.\n\n";
+
+static const char epilog[] =
+    "Exit status: 0 everything holds, 1 the enclave was not proven (the reason is\n"
+    "printed), 2 bad command line, 3 the check could not be made (network, TLS, HTTP).\n";
+
+typedef struct verify_settings {
+    cl_opt_list roots;
+    cl_attestation_policy policy;
+    bool allow_debug, json;
+    uint64_t max_age_s, timeout_s;
+    char *connect;
+} verify_settings;
+
+static int add_pcr(void *base, const char *value)
 {
-    fprintf(out,
-            "usage: cloister verify https://HOST[:PORT] [--root PEM]... [--pcr N=HEX]... [--allow-debug]\n"
-            "                       [--max-age SECONDS] [--connect ADDR] [--timeout SECONDS] [--json]\n"
-            "\n"
-            "Proves that the TLS key of HOST is held by a Nitro Enclave with the expected\n"
-            "measurements.  It sends a fresh random 20-byte nonce to GET /enclave/attestation,\n"
-            "verifies the document it gets back (COSE signature, certificate chain to the root,\n"
-            "nonce, PCRs, debug mode) and checks that its user_data names the SHA-256 of the\n"
-            "certificate presented on that same TLS connection (nitriding's format).  The TLS\n"
-            "certificate chain itself is not trusted: the attestation is.\n"
-            "\n"
-            "  --root PEM        trust the certificates in PEM instead of the embedded AWS Nitro\n"
-            "                    Enclaves root (repeatable; the simulator's root for local use)\n"
-            "  --pcr N=HEX       require PCR N (0..31) to equal HEX (repeatable)\n"
-            "  --allow-debug     accept a debug-mode enclave (PCR0 all zero); refused by default\n"
-            "  --max-age S       refuse a document older than S seconds (default 300)\n"
-            "  --connect ADDR    dial ADDR (tcp:HOST:PORT or unix:PATH) instead of HOST:PORT;\n"
-            "                    the URL's host is still sent as SNI and Host\n"
-            "  --timeout S       give up after S seconds in all (default %d)\n"
-            "  --json            print what was proven as one JSON object\n"
-            "\n"
-            "Exit status: 0 everything holds, 1 the enclave was not proven (the reason is\n"
-            "printed), 2 bad command line, 3 the check could not be made (network, TLS, HTTP).\n",
-            DEFAULT_TIMEOUT_S);
+    return cl_attestation_policy_add_pcr(&((verify_settings *)base)->policy, value);
 }
+
+static int check_connect(void *base, const char *value)
+{
+    (void)base;
+    cl_address a;
+    return cl_address_parse(value, &a);
+}
+
+/* 0 would switch the timestamp checks off (max_age_ms 0 means no limit):
+ * refused with that reason before the bounds are checked */
+static int check_max_age(void *base, const char *value)
+{
+    (void)base;
+    uint64_t ms;
+    if (cl_parse_duration(value, UINT64_MAX, &ms) == CL_OK && ms == 0)
+        return cl_error_set(CL_EINVAL, "must be at least 1 second (0 would turn the timestamp checks off)");
+    return CL_OK;
+}
+
+static const cl_opt verify_options[] = {
+    {.name = "root", CL_OPT_LIST_AT(verify_settings, roots, 16), .flags = CL_OPT_NONEMPTY, .arg = "PEM",
+     .help = "trust the certificates in PEM instead of the embedded AWS Nitro Enclaves root (repeatable; the "
+             "simulator's root for local use)"},
+    {.name = "pcr", CL_OPT_CALLBACK(add_pcr), .flags = CL_OPT_REPEAT | CL_OPT_SELF_NAMED, .arg = "N=HEX",
+     .help = "require PCR N (0..31) to equal HEX (repeatable)"},
+    {.name = "allow-debug", CL_OPT_FLAG(verify_settings, allow_debug),
+     .help = "accept a debug-mode enclave (PCR0 all zero); refused by default"},
+    {.name = "max-age", CL_OPT_DURATION_AT(verify_settings, max_age_s, 1000, 1, 365ull * 86400), .def = "300",
+     .set = check_max_age, .arg = "SECONDS", .help = "refuse a document older than this (seconds, or 90s, 5m, 1h)"},
+    {.name = "connect", CL_OPT_STR(verify_settings, connect), .set = check_connect, .arg = "ADDR",
+     .help = "dial ADDR (tcp:HOST:PORT or unix:PATH) instead of HOST:PORT; the URL's host is still sent as SNI "
+             "and Host"},
+    {.name = "timeout", CL_OPT_DURATION_AT(verify_settings, timeout_s, 1000, 1, 3600), .def = "10",
+     .arg = "SECONDS", .help = "give up after this long in all"},
+    {.name = "json", CL_OPT_FLAG(verify_settings, json), .help = "print what was proven as one JSON object"},
+};
 
 typedef struct proof {
     uint8_t nonce[NONCE_LEN];
@@ -227,90 +262,13 @@ static void on_alarm(int sig)
     _exit(EXIT_FAILED);
 }
 
-enum { OPT_ROOT = 256, OPT_PCR, OPT_ALLOW_DEBUG, OPT_MAX_AGE, OPT_CONNECT, OPT_TIMEOUT, OPT_JSON, OPT_HELP };
-
-int cmd_verify(int argc, char **argv)
+static int run_verify(const char *url, verify_settings *v)
 {
-    static const struct option options[] = {
-        {"root", required_argument, NULL, OPT_ROOT},
-        {"pcr", required_argument, NULL, OPT_PCR},
-        {"allow-debug", no_argument, NULL, OPT_ALLOW_DEBUG},
-        {"max-age", required_argument, NULL, OPT_MAX_AGE},
-        {"connect", required_argument, NULL, OPT_CONNECT},
-        {"timeout", required_argument, NULL, OPT_TIMEOUT},
-        {"json", no_argument, NULL, OPT_JSON},
-        {"help", no_argument, NULL, OPT_HELP},
-        {NULL, 0, NULL, 0},
-    };
-    cl_attestation_policy policy = {.max_age_ms = 300 * 1000};
-    const char *roots[16];
-    size_t root_count = 0;
-    const char *connect_to = NULL;
-    uint64_t timeout_s = DEFAULT_TIMEOUT_S;
-    bool json = false;
-    int opt;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
-        int rc = CL_OK;
-        uint64_t v;
-        switch (opt) {
-        case OPT_ROOT:
-            if (root_count == sizeof roots / sizeof roots[0])
-                rc = cl_error_set(CL_EINVAL, "--root: at most %zu roots", sizeof roots / sizeof roots[0]);
-            else
-                roots[root_count++] = optarg;
-            break;
-        case OPT_PCR:
-            rc = cl_attestation_policy_add_pcr(&policy, optarg);
-            break;
-        case OPT_ALLOW_DEBUG:
-            policy.allow_debug = true;
-            break;
-        case OPT_MAX_AGE:
-            rc = cl_parse_u64(optarg, 365ull * 86400, &v);
-            /* 0 would switch the timestamp checks off (max_age_ms 0 means no limit) */
-            if (rc == CL_OK && v == 0)
-                rc = cl_error_set(CL_EINVAL, "must be at least 1 second (0 would turn the timestamp checks off)");
-            if (rc < 0)
-                rc = cl_error_prefix(rc, "--max-age: ");
-            policy.max_age_ms = v * 1000;
-            break;
-        case OPT_CONNECT: {
-            cl_address a;
-            rc = cl_address_parse(optarg, &a);
-            if (rc < 0)
-                rc = cl_error_prefix(rc, "--connect: ");
-            connect_to = optarg;
-            break;
-        }
-        case OPT_TIMEOUT:
-            rc = cl_parse_u64(optarg, 3600, &timeout_s);
-            if (rc == CL_OK && timeout_s == 0)
-                rc = cl_error_set(CL_EINVAL, "--timeout must be at least 1 second");
-            if (rc < 0)
-                rc = cl_error_prefix(rc, "--timeout: ");
-            break;
-        case OPT_JSON:
-            json = true;
-            break;
-        case OPT_HELP:
-            verify_usage(stdout);
-            return 0;
-        default:
-            verify_usage(stderr);
-            return EXIT_USAGE;
-        }
-        if (rc < 0) {
-            fprintf(stderr, "cloister verify: %s\n", cl_error_message());
-            return EXIT_USAGE;
-        }
-    }
-    if (optind != argc - 1) {
-        fprintf(stderr, "cloister verify: %s\n", optind == argc ? "give the enclave's https:// URL" : "give one URL");
-        verify_usage(stderr);
-        return EXIT_USAGE;
-    }
-    const char *url = argv[optind];
+    cl_attestation_policy policy = v->policy;
+    policy.allow_debug = v->allow_debug;
+    policy.max_age_ms = v->max_age_s * 1000;
+    const char *connect_to = v->connect;
+    bool json = v->json;
     cl_https_target t;
     if (cl_https_target_parse(url, &t) < 0) {
         fprintf(stderr, "cloister verify: %s\n", cl_error_message());
@@ -318,7 +276,7 @@ int cmd_verify(int argc, char **argv)
     }
 
     cl_verifier *verifier = NULL;
-    int rc = cl_verifier_new_with_roots(roots, root_count, &verifier);
+    int rc = cl_verifier_new_with_roots((const char **)v->roots.items, v->roots.count, &verifier);
     if (rc < 0) {
         fprintf(stderr, "cloister verify: %s\n", cl_error_message());
         return rc == CL_ENOMEM ? EXIT_FAILED : EXIT_USAGE;
@@ -326,7 +284,7 @@ int cmd_verify(int argc, char **argv)
 
     signal(SIGPIPE, SIG_IGN);
     signal(SIGALRM, on_alarm);
-    alarm((unsigned)timeout_s);
+    alarm((unsigned)v->timeout_s);
 
     proof p = {.document = CL_BUF_INIT};
     int status = EXIT_FAILED;
@@ -365,5 +323,27 @@ int cmd_verify(int argc, char **argv)
         cl_attestation_doc_free(&p.doc);
     cl_buf_free(&p.document);
     cl_verifier_free(verifier);
+    return status;
+}
+
+int cmd_verify(int argc, char **argv)
+{
+    verify_settings v = {0};
+    cl_opt_section section = CL_OPT_SECTION("options", verify_options, &v);
+    cl_options spec = {.prog = "cloister verify", .usage = usage_text, .epilog = epilog, .positional = "URL",
+                       .sections = &section, .section_count = 1};
+    cl_options_result r;
+    int status = cl_options_main(&spec, argc, argv, &r);
+    if (status == 0 && r.positional_count != 1) {
+        fprintf(stderr, "cloister verify: %s (see --help)\n",
+                r.positional_count == 0 ? "give the enclave's https:// URL" : "give one URL");
+        status = CL_EINVAL;
+    }
+    if (status != 0) {
+        cl_options_free(&spec, &r);
+        return status > 0 ? 0 : EXIT_USAGE;
+    }
+    status = run_verify(r.positional[0], &v);
+    cl_options_free(&spec, &r);
     return status;
 }

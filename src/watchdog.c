@@ -2,6 +2,7 @@
  * `cloister host`, on its own): start, health checks, restarts within a
  * budget, systemd notifications, stop on SIGTERM. */
 #include "cloister/core/log.h"
+#include "cloister/core/options.h"
 #include "cloister/host/sd_notify.h"
 #include "cloister/host/watchdog.h"
 #include "commands.h"
@@ -18,83 +19,47 @@
 #include <time.h>
 #include <unistd.h>
 
-static void usage(FILE *out)
-{
-    fprintf(out, "usage: cloister watchdog --run-enclave-eif PATH --cpu-count N --memory MIB [--enclave-cid CID]\n"
-                 "                         [--debug-mode] [OPTIONS]\n"
-                 "       cloister watchdog --enclave-command CMD [OPTIONS]\n\n"
-                 "Starts one enclave and keeps it alive: with nitro-cli (alive while describe-enclaves lists\n"
-                 "it as RUNNING) or as a local command (the stand-in used in development; alive while the\n"
-                 "process runs), health-checked over its channel, terminated and restarted with\n"
-                 "exponential backoff when it dies or turns unhealthy, within a restart budget.\n"
-                 "`cloister host` takes the same options and runs the watchdog beside its proxies.\n\n"
-                 "options:\n");
-    for (const cl_watchdog_flag *f = cl_watchdog_flags(); f->name; f++) {
-        char left[64];
-        snprintf(left, sizeof left, "--%s%s%s", f->name, f->arg ? " " : "", f->arg ? f->arg : "");
-        fprintf(out, "  %-30s %s\n", left, f->help);
-    }
-    fprintf(out, "  %-30s %s\n\n", "-h, --help", "this text");
-    fprintf(out,
-            "ADDR is unix:PATH or tcp:HOST:PORT (vsock:CID:PORT on Nitro).  DURATION is 250ms, 5s, 2m,\n"
-            "1h or a number of seconds.  --health-url speaks plain HTTP/1.1 and takes any status\n"
-            "below 500 as healthy; without a health option, alive is healthy.\n\n"
-            "Every state change is one log line on stderr:\n"
-            "  event=enclave_state from=starting to=running reason=healthy ...\n"
-            "(states: stopped, starting, running, terminating, backoff, failed).  With\n"
-            "$NOTIFY_SOCKET set (systemd Type=notify) it sends READY=1 once the enclave is first\n"
-            "healthy, STATUS= on every change, STOPPING=1 on SIGTERM, and WATCHDOG=1 pings when\n"
-            "WatchdogSec= is set.  Child processes do not inherit $NOTIFY_SOCKET.\n\n"
-            "SIGTERM or SIGINT: terminate the enclave, exit 0.  Exit status 2: bad command line;\n"
-            "3: the restart budget was exhausted (or it could not start at all).\n");
-}
+static const char usage_text[] =
+    "usage: cloister watchdog --run-enclave-eif PATH --cpu-count N --memory MIB [--enclave-cid CID]\n"
+    "                         [--debug-mode] [OPTIONS]\n"
+    "       cloister watchdog --enclave-command CMD [OPTIONS]\n\n"
+    "Starts one enclave and keeps it alive: with nitro-cli (alive while describe-enclaves lists\n"
+    "it as RUNNING) or as a local command (the stand-in used in development; alive while the\n"
+    "process runs), health-checked over its channel, terminated and restarted with\n"
+    "exponential backoff when it dies or turns unhealthy, within a restart budget.\n"
+    "`cloister host` takes the same options and runs the watchdog beside its proxies.\n\n";
+
+static const char epilog[] =
+    "ADDR is unix:PATH or tcp:HOST:PORT (vsock:CID:PORT on Nitro).  DURATION is 250ms, 5s, 2m,\n"
+    "1h or a number of seconds.  MIB is a number of MiB, or a size such as 2G.  --health-url\n"
+    "speaks plain HTTP/1.1 and takes any status below 500 as healthy; without a health option,\n"
+    "alive is healthy.\n\n"
+    "Every state change is one log line on stderr:\n"
+    "  event=enclave_state from=starting to=running reason=healthy ...\n"
+    "(states: stopped, starting, running, terminating, backoff, failed).  With\n"
+    "$NOTIFY_SOCKET set (systemd Type=notify) it sends READY=1 once the enclave is first\n"
+    "healthy, STATUS= on every change, STOPPING=1 on SIGTERM, and WATCHDOG=1 pings when\n"
+    "WatchdogSec= is set.  Child processes do not inherit $NOTIFY_SOCKET.\n\n"
+    "SIGTERM or SIGINT: terminate the enclave, exit 0.  Exit status 2: bad command line;\n"
+    "3: the restart budget was exhausted (or it could not start at all).\n";
 
 /* ---- arguments ---------------------------------------------------------------------- */
 
 /* 0, EXIT_USAGE after printing the problem, or -1 after --help. */
 static int parse_args(int argc, char **argv, cl_watchdog_settings *s)
 {
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
-            usage(stdout);
-            return -1;
-        }
-        if (strncmp(arg, "--", 2) != 0 || !arg[2]) {
-            fprintf(stderr, "cloister watchdog: unexpected argument '%s' (see --help)\n", arg);
-            return EXIT_USAGE;
-        }
-        char name[64];
-        const char *value = NULL;
-        const char *eq = strchr(arg + 2, '=');
-        size_t len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
-        if (len >= sizeof name) {
-            fprintf(stderr, "cloister watchdog: unknown option '%s' (see --help)\n", arg);
-            return EXIT_USAGE;
-        }
-        memcpy(name, arg + 2, len);
-        name[len] = '\0';
-        if (eq)
-            value = eq + 1;
-        const cl_watchdog_flag *f = cl_watchdog_flag_find(name);
-        if (!f) {
-            fprintf(stderr, "cloister watchdog: unknown option '%s' (see --help)\n", arg);
-            return EXIT_USAGE;
-        }
-        if (!value && !f->arg)
-            value = "true";
-        if (!value) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "cloister watchdog: --%s needs a value (%s)\n", f->name, f->arg);
-                return EXIT_USAGE;
-            }
-            value = argv[++i];
-        }
-        if (cl_watchdog_settings_set(s, name, value) < 0) {
-            fprintf(stderr, "cloister watchdog: %s\n", cl_error_message());
-            return EXIT_USAGE;
-        }
-    }
+    cl_opt_section section = {"options", NULL, 0, s};
+    section.opts = cl_watchdog_options(&section.count);
+    cl_options spec = {.prog = "cloister watchdog",
+                       .usage = usage_text,
+                       .epilog = epilog,
+                       .sections = &section,
+                       .section_count = 1};
+    cl_options_result r;
+    int rc = cl_options_main(&spec, argc, argv, &r);
+    cl_options_free(&spec, &r);
+    if (rc != 0)
+        return rc > 0 ? -1 : EXIT_USAGE;
     if (cl_watchdog_settings_check(s) < 0) {
         fprintf(stderr, "cloister watchdog: %s (see --help)\n", cl_error_message());
         return EXIT_USAGE;

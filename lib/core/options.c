@@ -232,7 +232,8 @@ static int list_add(cl_opt_list *l, const char *text, uint64_t max)
 /* Stores one value; the message is the bare problem. */
 static int set_value(const cl_opt *o, void *base, const char *text)
 {
-    void *field = (char *)base + o->offset;
+    /* a section of callbacks only may have no struct */
+    void *field = base ? (char *)base + o->offset : NULL;
     if ((o->type == CL_OPT_STRING || o->type == CL_OPT_LIST) && (o->flags & CL_OPT_NONEMPTY))
         CL_ENSURE(*text, CL_EINVAL, "expected a value, got an empty string");
     if (o->set && o->type != CL_OPT_CALL)
@@ -297,7 +298,9 @@ static int set_from_json(const cl_options *spec, const char *path, const cl_opt 
     } else if (json_is_boolean(value) && o->type == CL_OPT_BOOL) {
         v = json_is_true(value) ? "true" : "false";
     } else if (json_is_integer(value) && json_integer_value(value) >= 0 &&
-               (o->type == CL_OPT_UINT || o->type == CL_OPT_DURATION || o->type == CL_OPT_SIZE)) {
+               (o->type == CL_OPT_UINT || o->type == CL_OPT_DURATION || o->type == CL_OPT_SIZE ||
+                (o->type == CL_OPT_CALL && !many))) {
+        /* a single-valued callback takes a number as its digits (--restart-budget) */
         snprintf(text, sizeof text, "%lld", (long long)json_integer_value(value));
         v = text;
     } else if (json_is_array(value) && many) {
@@ -553,8 +556,10 @@ int cl_options_parse(const cl_options *spec, int argc, char **argv, cl_options_r
         const token *t = &tokens[i];
         if (t->opt->type != CL_OPT_CONFIG)
             continue;
+        out->bad_value = true; /* a file that does not load, or one of its values */
         CL_TRY_OUT(load_json(spec, t->value, given));
         CL_TRY_OUT(set_value(t->opt, t->base, t->value));
+        out->bad_value = false;
         given[t->index] = true;
     }
     for (size_t i = 0; i < ntokens; i++) {
@@ -563,6 +568,7 @@ int cl_options_parse(const cl_options *spec, int argc, char **argv, cl_options_r
             continue;
         rc = set_value(t->opt, t->base, t->value);
         if (rc < 0) {
+            out->bad_value = true;
             name_error(spec, t->opt, rc);
             goto out;
         }

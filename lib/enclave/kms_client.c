@@ -236,10 +236,19 @@ static unsigned backoff_delay(unsigned base, unsigned n)
 }
 
 /* One operation: body is the JSON request; the answer's JSON is returned
- * in *answer (the caller decrefs).  Retries inside. */
-static int kms_call(cl_kms *k, const char *op, const char *body, json_t **answer)
+ * in *answer (the caller decrefs).  Retries inside.  With raw set, the
+ * last HTTP answer (AWS's error answers included) is handed back as it
+ * came instead: status and body, and CL_OK. */
+typedef struct raw_answer {
+    long status;
+    cl_buf *body;
+} raw_answer;
+
+static int kms_call_ex(cl_kms *k, const char *op, const char *body, size_t body_len, json_t **answer,
+                       raw_answer *raw)
 {
-    *answer = NULL;
+    if (answer)
+        *answer = NULL;
     k->error_type[0] = '\0';
     k->key_id[0] = '\0';
     char target[96];
@@ -269,7 +278,7 @@ static int kms_call(cl_kms *k, const char *op, const char *body, json_t **answer
             .url = k->url,
             .headers = headers,
             .body = (const uint8_t *)body,
-            .body_len = strlen(body),
+            .body_len = body_len,
             .dial = k->has_dial ? &k->dial : NULL,
             .ca_file = k->ca_file,
             .sigv4 = k->sigv4,
@@ -293,6 +302,27 @@ static int kms_call(cl_kms *k, const char *op, const char *body, json_t **answer
             retry = call.curl_code != CURLE_PEER_FAILED_VERIFICATION && call.curl_code != CURLE_SSL_CACERT_BADFILE &&
                     call.curl_code != CURLE_URL_MALFORMAT && call.curl_code != CURLE_WRITE_ERROR;
             rc = cl_error_prefix(rc, "KMS %s: ", op);
+        } else if (raw && (call.status == 200 || !cl_kms_retryable(call.status, NULL) || attempt >= k->max_attempts)) {
+            /* the caller judges the answer; only the error type is read here
+             * (an expired token is fetched again once) */
+            int prc = call.status == 200 ? CL_EPARSE
+                                         : cl_kms_parse_error(call.status, call.response.data, call.response.len, type,
+                                                              sizeof type, message, sizeof message);
+            cl_error_clear();
+            bool expired = prc == CL_OK && !strcmp(type, "ExpiredTokenException");
+            bool throttled = prc == CL_OK && cl_kms_retryable(call.status, type);
+            if (call.status == 200 || ((!expired || refreshed) && (!throttled || attempt >= k->max_attempts))) {
+                snprintf(k->error_type, sizeof k->error_type, "%s", type);
+                raw->status = call.status;
+                cl_buf_free(raw->body);
+                *raw->body = call.response;
+                return CL_OK;
+            }
+            if (expired) {
+                cl_aws_credentials_invalidate(k->creds);
+                refreshed = true;
+            }
+            retry = true;
         } else if (call.status == 200) {
             json_error_t jerr;
             json_t *root = json_loadb((const char *)call.response.data, call.response.len, JSON_REJECT_DUPLICATES, &jerr);
@@ -333,6 +363,23 @@ static int kms_call(cl_kms *k, const char *op, const char *body, json_t **answer
         k->stats.retries++;
         sleep_ms(backoff_delay(k->backoff_ms, attempt));
     }
+}
+
+int cl_kms_call_raw(cl_kms *k, const char *op, const uint8_t *body, size_t len, long *status, cl_buf *answer)
+{
+    *status = 0;
+    cl_buf_reset(answer);
+    CL_ENSURE(op && *op && strlen(op) < 64, CL_EINVAL, "KMS operation name missing or too long");
+    pthread_mutex_lock(&k->lock);
+    uint64_t t0 = cl_monotonic_us();
+    raw_answer raw = {.body = answer};
+    int rc = kms_call_ex(k, op, (const char *)body, len, NULL, &raw);
+    if (rc == CL_OK)
+        *status = raw.status;
+    k->stats.calls++;
+    k->stats.total_us += cl_monotonic_us() - t0;
+    pthread_mutex_unlock(&k->lock);
+    return rc;
 }
 
 /* ---- purposes ------------------------------------------------------------ */
@@ -494,7 +541,7 @@ static int op_send(cl_kms *k, op_run *r)
 {
     char *body = json_dumps(r->req, JSON_COMPACT);
     CL_ENSURE(body, CL_ENOMEM, "out of memory");
-    int rc = kms_call(k, r->op, body, &r->answer);
+    int rc = kms_call_ex(k, r->op, body, strlen(body), &r->answer, NULL);
     cl_wipe(body, strlen(body));
     free(body);
     return rc;

@@ -14,44 +14,6 @@
 enum { OWN_EIF, OWN_NAME, OWN_NITRO, OWN_COMMAND, OWN_HEALTH_URL, OWN_HEALTH_CONNECT, OWN_COUNT };
 _Static_assert(OWN_COUNT <= sizeof(((cl_watchdog_settings *)0)->owned) / sizeof(char *), "owned slots");
 
-static const cl_watchdog_flag flags[] = {
-    {"run-enclave-eif", "PATH", "run the enclave with nitro-cli run-enclave --eif-path PATH (alias --eif)"},
-    {"cpu-count", "N", "run-enclave --cpu-count"},
-    {"memory", "MIB", "run-enclave --memory"},
-    {"enclave-cid", "CID", "run-enclave --enclave-cid (default: nitro-cli picks one)"},
-    {"debug-mode", NULL, "run-enclave --debug-mode (attestation PCRs are zero)"},
-    {"enclave-name", "NAME", "run-enclave --enclave-name"},
-    {"nitro-cli", "PATH", "the nitro-cli program (default: nitro-cli on PATH)"},
-    {"enclave-command", "CMD", "run the enclave as this local command instead (sh -c CMD)"},
-    {"stop-grace", "DURATION", "local command: SIGTERM, then SIGKILL after (10s)"},
-    {"health-url", "ADDR,PATH", "health check: GET PATH over ADDR, healthy below 500"},
-    {"health-connect", "ADDR", "health check: a connection to ADDR succeeds"},
-    {"health-interval", "DURATION", "between health checks (5s)"},
-    {"health-timeout", "DURATION", "for one health check (2s)"},
-    {"health-failures", "N", "consecutive failed checks that make it unhealthy (3)"},
-    {"start-timeout", "DURATION", "to become healthy after a start (120s)"},
-    {"restart-budget", "N", "restarts allowed within --restart-window (5); one more: give up"},
-    {"restart-window", "DURATION", "the window --restart-budget counts restarts in (10m)"},
-    {"backoff-initial", "DURATION", "before the first restart, doubling after each (1s)"},
-    {"backoff-max", "DURATION", "the longest wait between restarts (60s)"},
-    {NULL, NULL, NULL},
-};
-
-const cl_watchdog_flag *cl_watchdog_flags(void)
-{
-    return flags;
-}
-
-const cl_watchdog_flag *cl_watchdog_flag_find(const char *name)
-{
-    if (!strcmp(name, "eif"))
-        name = "run-enclave-eif";
-    for (const cl_watchdog_flag *f = flags; f->name; f++)
-        if (!strcmp(f->name, name))
-            return f;
-    return NULL;
-}
-
 int cl_watchdog_parse_duration(const char *text, uint64_t max_ms, uint64_t *out_ms)
 {
     return cl_parse_duration(text, max_ms, out_ms); /* the one duration syntax, core/options */
@@ -67,102 +29,120 @@ static int set_string(cl_watchdog_settings *s, int slot, const char *value, cons
     return CL_OK;
 }
 
-static int set_duration(const char *value, uint64_t min_ms, unsigned *field)
+/* The runner follows from the two flags that name what to run. */
+static void choose_runner(cl_watchdog_settings *s)
 {
-    uint64_t ms = 0;
-    CL_TRY(cl_watchdog_parse_duration(value, DURATION_MAX_MS, &ms));
-    CL_ENSURE(ms >= min_ms, CL_EINVAL, "'%s' is below the minimum of %llu ms", value, (unsigned long long)min_ms);
-    *field = (unsigned)ms;
-    return CL_OK;
-}
-
-static int set_count(const char *value, uint64_t min, uint64_t max, uint64_t *out)
-{
-    CL_TRY(cl_parse_u64(value, max, out));
-    CL_ENSURE(*out >= min, CL_EINVAL, "'%s' is below the minimum %llu", value, (unsigned long long)min);
-    return CL_OK;
-}
-
-static int set_flag(cl_watchdog_settings *s, const char *name, const char *value)
-{
-    cl_watchdog_config *c = &s->config;
-    uint64_t v;
-    if (!strcmp(name, "run-enclave-eif")) {
-        CL_ENSURE(*value, CL_EINVAL, "empty path");
-        return set_string(s, OWN_EIF, value, &c->run.eif_path);
-    }
-    if (!strcmp(name, "cpu-count")) {
-        CL_TRY(set_count(value, 1, 1024, &v));
-        c->run.cpu_count = (unsigned)v;
-        return CL_OK;
-    }
-    if (!strcmp(name, "memory")) {
-        CL_TRY(set_count(value, 1, UINT32_MAX, &v));
-        c->run.memory_mib = v;
-        return CL_OK;
-    }
-    if (!strcmp(name, "enclave-cid")) {
-        CL_TRY(set_count(value, 4, UINT32_MAX - 1, &v));
-        c->run.enclave_cid = v;
-        return CL_OK;
-    }
-    if (!strcmp(name, "debug-mode")) {
-        return cl_parse_bool(value, &c->run.debug_mode);
-    }
-    if (!strcmp(name, "enclave-name")) {
-        CL_ENSURE(*value && value[0] != '-', CL_EINVAL, "'%s' is not an enclave name", value);
-        return set_string(s, OWN_NAME, value, &c->run.enclave_name);
-    }
-    if (!strcmp(name, "nitro-cli")) {
-        CL_ENSURE(*value, CL_EINVAL, "empty path");
-        return set_string(s, OWN_NITRO, value, &c->nitro.path);
-    }
-    if (!strcmp(name, "enclave-command")) {
-        CL_ENSURE(*value, CL_EINVAL, "empty command");
-        return set_string(s, OWN_COMMAND, value, &c->command);
-    }
-    if (!strcmp(name, "stop-grace"))
-        return set_duration(value, 1, &c->stop_grace_ms);
-    if (!strcmp(name, "health-url"))
-        return set_string(s, OWN_HEALTH_URL, value, &c->health_url);
-    if (!strcmp(name, "health-connect"))
-        return set_string(s, OWN_HEALTH_CONNECT, value, &c->health_connect);
-    if (!strcmp(name, "health-interval"))
-        return set_duration(value, 10, &c->health_interval_ms);
-    if (!strcmp(name, "health-timeout"))
-        return set_duration(value, 10, &c->health_timeout_ms);
-    if (!strcmp(name, "health-failures")) {
-        CL_TRY(set_count(value, 1, COUNT_MAX, &v));
-        c->health_failures = (unsigned)v;
-        return CL_OK;
-    }
-    if (!strcmp(name, "start-timeout"))
-        return set_duration(value, 10, &c->start_timeout_ms);
-    if (!strcmp(name, "restart-budget")) {
-        CL_TRY(set_count(value, 0, COUNT_MAX, &v));
-        c->restart_budget = (unsigned)v;
-        c->restart_budget_set = true;
-        return CL_OK;
-    }
-    if (!strcmp(name, "restart-window"))
-        return set_duration(value, 1, &c->restart_window_ms);
-    if (!strcmp(name, "backoff-initial"))
-        return set_duration(value, 1, &c->backoff_initial_ms);
-    if (!strcmp(name, "backoff-max"))
-        return set_duration(value, 1, &c->backoff_max_ms);
-    return cl_error_set(CL_ENOTFOUND, "--%s is not a watchdog option", name);
-}
-
-int cl_watchdog_settings_set(cl_watchdog_settings *s, const char *name, const char *value)
-{
-    const cl_watchdog_flag *f = cl_watchdog_flag_find(name);
-    if (!f)
-        return cl_error_set(CL_ENOTFOUND, "--%s is not a watchdog option", name);
-    int rc = set_flag(s, f->name, value ? value : "");
-    if (rc < 0 && rc != CL_ENOTFOUND && rc != CL_ENOMEM)
-        return cl_error_prefix(CL_EINVAL, "--%s: ", f->name);
     s->config.runner = s->config.command && !s->config.run.eif_path ? CL_WATCHDOG_LOCAL : CL_WATCHDOG_NITRO_CLI;
-    return rc;
+}
+
+/* The config's strings are const char * pointing into owned[], so they are
+ * set through these rather than as the layer's owned char * fields. */
+static int set_eif(void *base, const char *value)
+{
+    cl_watchdog_settings *s = base;
+    CL_ENSURE(*value, CL_EINVAL, "empty path");
+    CL_TRY(set_string(s, OWN_EIF, value, &s->config.run.eif_path));
+    choose_runner(s);
+    return CL_OK;
+}
+
+static int set_command(void *base, const char *value)
+{
+    cl_watchdog_settings *s = base;
+    CL_ENSURE(*value, CL_EINVAL, "empty command");
+    CL_TRY(set_string(s, OWN_COMMAND, value, &s->config.command));
+    choose_runner(s);
+    return CL_OK;
+}
+
+static int set_enclave_name(void *base, const char *value)
+{
+    cl_watchdog_settings *s = base;
+    /* it goes on nitro-cli's command line: no value that reads as a flag */
+    CL_ENSURE(*value && value[0] != '-', CL_EINVAL, "'%s' is not an enclave name", value);
+    return set_string(s, OWN_NAME, value, &s->config.run.enclave_name);
+}
+
+static int set_nitro_cli(void *base, const char *value)
+{
+    cl_watchdog_settings *s = base;
+    CL_ENSURE(*value, CL_EINVAL, "empty path");
+    return set_string(s, OWN_NITRO, value, &s->config.nitro.path);
+}
+
+static int set_health_url(void *base, const char *value)
+{
+    cl_watchdog_settings *s = base;
+    return set_string(s, OWN_HEALTH_URL, value, &s->config.health_url);
+}
+
+static int set_health_connect(void *base, const char *value)
+{
+    cl_watchdog_settings *s = base;
+    return set_string(s, OWN_HEALTH_CONNECT, value, &s->config.health_connect);
+}
+
+/* 0 is a budget of its own ("never restart"), so it is told apart from unset. */
+static int set_restart_budget(void *base, const char *value)
+{
+    cl_watchdog_settings *s = base;
+    uint64_t v;
+    CL_TRY(cl_parse_u64(value, COUNT_MAX, &v));
+    s->config.restart_budget = (unsigned)v;
+    s->config.restart_budget_set = true;
+    return CL_OK;
+}
+
+#define WD cl_watchdog_settings
+#define WD_DURATION(f, lo) CL_OPT_DURATION_AT(WD, config.f, 1, lo, DURATION_MAX_MS)
+
+/* Zero values mean cl_watchdog_start's defaults (shown in the help texts),
+ * so that the cross-flag checks can tell what was given. */
+static const cl_opt options[] = {
+    {.name = "run-enclave-eif", CL_OPT_CALLBACK(set_eif), .arg = "PATH",
+     .help = "run the enclave with nitro-cli run-enclave --eif-path PATH (alias --eif)"},
+    {.name = "eif", CL_OPT_CALLBACK(set_eif), .arg = "PATH"}, /* hidden: the alias */
+    {.name = "cpu-count", CL_OPT_UINT_AT(WD, config.run.cpu_count, 1, 1024), .arg = "N",
+     .help = "run-enclave --cpu-count"},
+    {.name = "memory", CL_OPT_SIZE_AT(WD, config.run.memory_mib, 1u << 20, 1, UINT32_MAX), .arg = "MIB",
+     .help = "run-enclave --memory"},
+    {.name = "enclave-cid", CL_OPT_UINT_AT(WD, config.run.enclave_cid, 4, UINT32_MAX - 1), .arg = "CID",
+     .help = "run-enclave --enclave-cid (default: nitro-cli picks one)"},
+    {.name = "debug-mode", CL_OPT_FLAG(WD, config.run.debug_mode),
+     .help = "run-enclave --debug-mode (attestation PCRs are zero)"},
+    {.name = "enclave-name", CL_OPT_CALLBACK(set_enclave_name), .arg = "NAME", .help = "run-enclave --enclave-name"},
+    {.name = "nitro-cli", CL_OPT_CALLBACK(set_nitro_cli), .arg = "PATH",
+     .help = "the nitro-cli program (default: nitro-cli on PATH)"},
+    {.name = "enclave-command", CL_OPT_CALLBACK(set_command), .arg = "CMD",
+     .help = "run the enclave as this local command instead (sh -c CMD)"},
+    {.name = "stop-grace", WD_DURATION(stop_grace_ms, 1), .arg = "DURATION",
+     .help = "local command: SIGTERM, then SIGKILL after (10s)"},
+    {.name = "health-url", CL_OPT_CALLBACK(set_health_url), .arg = "ADDR,PATH",
+     .help = "health check: GET PATH over ADDR, healthy below 500"},
+    {.name = "health-connect", CL_OPT_CALLBACK(set_health_connect), .arg = "ADDR",
+     .help = "health check: a connection to ADDR succeeds"},
+    {.name = "health-interval", WD_DURATION(health_interval_ms, 10), .arg = "DURATION",
+     .help = "between health checks (5s)"},
+    {.name = "health-timeout", WD_DURATION(health_timeout_ms, 10), .arg = "DURATION",
+     .help = "for one health check (2s)"},
+    {.name = "health-failures", CL_OPT_UINT_AT(WD, config.health_failures, 1, COUNT_MAX), .arg = "N",
+     .help = "consecutive failed checks that make it unhealthy (3)"},
+    {.name = "start-timeout", WD_DURATION(start_timeout_ms, 10), .arg = "DURATION",
+     .help = "to become healthy after a start (120s)"},
+    {.name = "restart-budget", CL_OPT_CALLBACK(set_restart_budget), .arg = "N",
+     .help = "restarts allowed within --restart-window (5); one more: give up"},
+    {.name = "restart-window", WD_DURATION(restart_window_ms, 1), .arg = "DURATION",
+     .help = "the window --restart-budget counts restarts in (10m)"},
+    {.name = "backoff-initial", WD_DURATION(backoff_initial_ms, 1), .arg = "DURATION",
+     .help = "before the first restart, doubling after each (1s)"},
+    {.name = "backoff-max", WD_DURATION(backoff_max_ms, 1), .arg = "DURATION",
+     .help = "the longest wait between restarts (60s)"},
+};
+
+const cl_opt *cl_watchdog_options(size_t *count)
+{
+    *count = sizeof options / sizeof options[0];
+    return options;
 }
 
 bool cl_watchdog_settings_active(const cl_watchdog_settings *s)

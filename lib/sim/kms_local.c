@@ -7,7 +7,9 @@
 #include "cloister/sim/kms_policy.h"
 
 #include <jansson.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <openssl/x509.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -1015,6 +1017,81 @@ out:
     cl_buf_free(&blob);
 }
 
+/* A data key pair: the private key (PKCS#8 DER) sealed under the KMS key
+ * as PrivateKeyCiphertextBlob and, with plaintext, given as
+ * PrivateKeyPlaintext or, with a Recipient, as CiphertextForRecipient. */
+static void op_generate_data_key_pair(call *c, bool with_plaintext)
+{
+    static const struct {
+        const char *spec, *type;
+        const char *curve;
+        size_t bits;
+    } specs[] = {
+        {"RSA_2048", "RSA", NULL, 2048},         {"RSA_3072", "RSA", NULL, 3072},
+        {"RSA_4096", "RSA", NULL, 4096},         {"ECC_NIST_P256", "EC", "P-256", 0},
+        {"ECC_NIST_P384", "EC", "P-384", 0},     {"ECC_NIST_P521", "EC", "P-521", 0},
+        {"ECC_SECG_P256K1", "EC", "secp256k1", 0},
+    };
+    const char *id = get_string(c, "KeyId", true);
+    const char *spec = get_string(c, "KeyPairSpec", true);
+    context ec = {0};
+    recipient r = {0};
+    cl_buf blob = CL_BUF_INIT;
+    EVP_PKEY *pair = NULL;
+    PKCS8_PRIV_KEY_INFO *p8 = NULL;
+    unsigned char *der = NULL, *pub = NULL;
+    int der_len = 0, pub_len = 0;
+    size_t which = sizeof specs / sizeof specs[0];
+    cl_kms_key key;
+    if (!id || !spec || !get_context(c, "EncryptionContext", &ec))
+        goto out;
+    for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++)
+        if (!strcmp(spec, specs[i].spec))
+            which = i;
+    if (which == sizeof specs / sizeof specs[0]) {
+        fail(c, "ValidationException",
+             "1 validation error detected: Value '%.40s' at 'keyPairSpec' failed to satisfy constraint: Member must "
+             "satisfy enum value set: [RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521, "
+             "ECC_SECG_P256K1]",
+             spec);
+        goto out;
+    }
+    if (with_plaintext && !get_recipient(c, &r))
+        goto out;
+    if (!find_key(c, id, true, &key))
+        goto out;
+    const char *action = with_plaintext ? "kms:GenerateDataKeyPair" : "kms:GenerateDataKeyPairWithoutPlaintext";
+    if (key_usable(c, &key) && authorize(c, &key, action, &r, &ec) && !dry_run(c)) {
+        pair = specs[which].curve ? EVP_PKEY_Q_keygen(NULL, NULL, "EC", specs[which].curve)
+                                  : EVP_PKEY_Q_keygen(NULL, NULL, "RSA", specs[which].bits);
+        p8 = pair ? EVP_PKEY2PKCS8(pair) : NULL;
+        der_len = p8 ? i2d_PKCS8_PRIV_KEY_INFO(p8, &der) : 0;
+        pub_len = pair ? i2d_PUBKEY(pair, &pub) : 0;
+        if (der_len <= 0 || pub_len <= 0) {
+            fail(c, "KMSInternalException", "cannot make a %s key pair", spec);
+        } else if (seal_blob(c, &key, &ec, der, (size_t)der_len, &blob) &&
+                   set_blob(c, "PrivateKeyCiphertextBlob", blob.data, blob.len) &&
+                   set_blob(c, "PublicKey", pub, (size_t)pub_len) &&
+                   (!with_plaintext || (r.present ? deliver(c, &r, der, (size_t)der_len)
+                                                  : set_blob(c, "PrivateKeyPlaintext", der, (size_t)der_len)))) {
+            char arn[ARN_MAX];
+            key_arn(c->k, key.id, arn);
+            set_string(c, "KeyId", arn);
+            set_string(c, "KeyPairSpec", spec);
+        }
+    }
+    cl_kms_key_free(&key);
+out:
+    if (der)
+        OPENSSL_clear_free(der, (size_t)der_len);
+    OPENSSL_free(pub);
+    PKCS8_PRIV_KEY_INFO_free(p8);
+    EVP_PKEY_free(pair);
+    recipient_free(&r);
+    cl_buf_free(&ec.aad);
+    cl_buf_free(&blob);
+}
+
 static void op_generate_random(call *c)
 {
     bool present;
@@ -1145,14 +1222,15 @@ static void op_schedule_key_deletion(call *c)
 enum op {
     OP_CREATE_KEY, OP_DESCRIBE_KEY, OP_LIST_KEYS, OP_CREATE_ALIAS, OP_LIST_ALIASES, OP_ENCRYPT, OP_DECRYPT,
     OP_RE_ENCRYPT, OP_GENERATE_DATA_KEY, OP_GENERATE_DATA_KEY_WITHOUT_PLAINTEXT, OP_GENERATE_RANDOM,
-    OP_GET_KEY_POLICY, OP_PUT_KEY_POLICY, OP_ENABLE_KEY, OP_DISABLE_KEY, OP_SCHEDULE_KEY_DELETION, OP_COUNT
+    OP_GET_KEY_POLICY, OP_PUT_KEY_POLICY, OP_ENABLE_KEY, OP_DISABLE_KEY, OP_SCHEDULE_KEY_DELETION,
+    OP_GENERATE_DATA_KEY_PAIR, OP_GENERATE_DATA_KEY_PAIR_WITHOUT_PLAINTEXT, OP_COUNT
 };
 
 static const char *const op_names[OP_COUNT] = {
     "CreateKey",       "DescribeKey",        "ListKeys",     "CreateAlias",    "ListAliases",
     "Encrypt",         "Decrypt",            "ReEncrypt",    "GenerateDataKey", "GenerateDataKeyWithoutPlaintext",
     "GenerateRandom",  "GetKeyPolicy",       "PutKeyPolicy", "EnableKey",      "DisableKey",
-    "ScheduleKeyDeletion",
+    "ScheduleKeyDeletion", "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext",
 };
 
 static void run_op(call *c, int op)
@@ -1173,6 +1251,8 @@ static void run_op(call *c, int op)
     case OP_PUT_KEY_POLICY: op_put_key_policy(c); break;
     case OP_ENABLE_KEY: op_set_state(c, "kms:EnableKey", CL_KMS_ENABLED); break;
     case OP_DISABLE_KEY: op_set_state(c, "kms:DisableKey", CL_KMS_DISABLED); break;
+    case OP_GENERATE_DATA_KEY_PAIR: op_generate_data_key_pair(c, true); break;
+    case OP_GENERATE_DATA_KEY_PAIR_WITHOUT_PLAINTEXT: op_generate_data_key_pair(c, false); break;
     default: op_schedule_key_deletion(c); break;
     }
 }

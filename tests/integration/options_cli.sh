@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The commands on core/options (nsm, nsm-sim, attest, imds-sim): --help on
+# The commands on core/options (every command: nsm, nsm-sim, attest, imds-sim,
+# enclave, host, vsock-proxy, watchdog, verify, kms, kms-local, keyholder,
+# acm, host acm, dev): --help on
 # stdout with exit 0, bad command lines named on stderr with exit 2 before
 # any work, --name=value and --name value alike, the flag spellings kept.
 set -euo pipefail
@@ -14,7 +16,9 @@ expect() {
     grep -q -- "$pattern" "$work/err" || fail "$*: stderr '$(cat "$work/err")' lacks '$pattern'"
 }
 
-for cmd in "nsm" "nsm-sim" "imds-sim" "attest request" "attest verify" "attest show" "attest"; do
+for cmd in "nsm" "nsm-sim" "imds-sim" "attest request" "attest verify" "attest show" "attest" "enclave" "host" \
+    "host vsock-proxy" "host acm" "watchdog" "verify" "kms" "kms-local" "keyholder serve" "keyholder put" \
+    "acm pack-key" "dev"; do
     # shellcheck disable=SC2086
     "$CLOISTER" $cmd --help >"$work/help" 2>"$work/err" || fail "$cmd --help failed"
     grep -q '^usage: cloister' "$work/help" || fail "$cmd --help: no usage line"
@@ -45,6 +49,35 @@ expect 2 "--root: at most 16" attest verify $(for i in $(seq 17); do printf -- '
 expect 2 "--nonce: " attest request --nonce xyz
 expect 2 "expected FILE" attest show
 expect 2 "too many arguments: 'b'" attest show a b
+
+# The commands converted from their own loops keep their spellings and exit 2.
+expect 2 "unknown option '-bogus'" enclave -bogus
+expect 2 "-h2-max-streams: '5000' exceeds the maximum 1000" enclave -fqdn x -h2-max-streams 5000
+expect 2 "-fqdn is required" enclave --intport=8081
+"$CLOISTER" enclave -help | grep -q -- '-ext-pub-port PORT .*(default: 443)' || fail "enclave -help: no default port"
+"$CLOISTER" enclave -help | grep -q -- '-max-buffered-body BYTES' || fail "enclave -help lacks -max-buffered-body"
+expect 2 "--memory: 'x' is not a size" watchdog --memory x
+expect 2 "--cpu-count: '0' is below the minimum 1" watchdog --cpu-count 0
+expect 2 "no enclave to run" watchdog --health-interval 1s
+expect 2 "--max-age: must be at least 1 second" verify --max-age 0 https://x
+expect 2 "give one URL" verify https://x https://y
+expect 2 "--bytes: '2000' exceeds the maximum 1024" kms --bytes 2000 generate-random
+expect 2 "which operation?" kms --region us-east-1
+expect 2 "--threads: '0' is below the minimum 1" kms-local --listen tcp:127.0.0.1:1 --state "$work/kl" --threads 0
+expect 2 "--state DIR is required" kms-local --listen tcp:127.0.0.1:1
+expect 2 "--socket ADDR is required" keyholder serve --max-pin-failures 3
+expect 2 "--token-ttl: '1d': unknown unit" keyholder serve --socket "unix:$work/kh.sock" --token-ttl 1d
+expect 2 "--poll: '50ms' is below the minimum of 100ms" host acm --bundle x --token t --provision unix:/x --poll 50ms
+expect 2 "--key, --cert, --key-id and --token are required" acm pack-key --key k
+expect 2 "--fidelity: nitro or loose" dev --fidelity x
+expect 2 "unknown option '--listen'" host --listen unix:/x
+expect 2 "--idle-timeout: '0' is below the minimum 1" host --idle-timeout 0 --forward tcp:127.0.0.1:1=tcp:127.0.0.1:2
+echo '{"restart-budget": 2, "forward": "x"}' >"$work/host.json"
+expect 2 "the enclave's options need --run-enclave-eif" host --config "$work/host.json"
+expect 2 "unknown option '--bogus'" host vsock-proxy --bogus 1 a 2
+expect 1 "--num_workers: 'x' is not a decimal number" host vsock-proxy -w x 1 a 2
+"$CLOISTER" host vsock-proxy -V | grep -q '^cloister host vsock-proxy ' || fail "vsock-proxy -V"
+[ ! -e "$work/kl" ] || fail "a refused kms-local command line created its state directory"
 
 # The same settings spelled every accepted way work end to end.
 sock="$work/nsm.sock"

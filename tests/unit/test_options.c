@@ -185,6 +185,13 @@ static void unknown_and_missing(void)
     CHECK(!res.help && !strcmp(s.path, "--help"));
     CHECK_OK(parse(&spec, "--", "--help", NULL));
     CHECK(!res.help && res.positional_count == 1);
+    /* the shape of the command line or a value: told apart */
+    CHECK_ERR(parse(&spec, "--bogus", NULL), CL_EINVAL, NULL);
+    CHECK(!res.bad_value);
+    CHECK_ERR(parse(&spec, "--port", NULL), CL_EINVAL, NULL);
+    CHECK(!res.bad_value);
+    CHECK_ERR(parse(&spec, "--port", "x", NULL), CL_EINVAL, NULL);
+    CHECK(res.bad_value);
 }
 
 static void strings_and_checks(void)
@@ -596,6 +603,31 @@ static void main_prints(void)
     CHECK(res.positional_count == 1);
 }
 
+/* A section of callbacks only, without a struct (keyholder's KMS options). */
+static int callback_count;
+static int count_call(void *base, const char *value)
+{
+    CHECK(base == NULL && value != NULL);
+    callback_count++;
+    return CL_OK;
+}
+
+static void sections_without_struct(void)
+{
+    static const cl_opt calls[] = {
+        {.name = "kms-region", CL_OPT_CALLBACK(count_call), .arg = "R", .help = "a region"},
+    };
+    cl_opt_section two_sections[] = {CL_OPT_SECTION("options", table, &s),
+                                 CL_OPT_SECTION("KMS", calls, NULL)};
+    cl_options two = spec;
+    two.sections = two_sections;
+    two.section_count = 2;
+    callback_count = 0;
+    CHECK_OK(parse(&two, "--kms-region", "eu-west-1", "--kms-region=us-east-1", NULL));
+    CHECK(callback_count == 2);
+    release();
+}
+
 int main(void)
 {
     if (!mkdtemp(tmpdir)) {
@@ -620,6 +652,7 @@ int main(void)
     RUN(bad_specs);
     RUN(help_text);
     RUN(main_prints);
+    RUN(sections_without_struct);
     release();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);

@@ -1,3 +1,4 @@
+#include "cloister/core/options.h"
 #include "cloister/host/watchdog.h"
 #include "cloister/core/log.h"
 #include "test.h"
@@ -178,56 +179,92 @@ static void parses_durations(void)
     CHECK_ERR(cl_watchdog_parse_duration("9999999999999999", UINT64_MAX, &ms), CL_EINVAL, NULL);
 }
 
+/* cl_options_set over the watchdog's table, as both commands parse it */
+static int wd_set(cl_watchdog_settings *s, const char *name, const char *value)
+{
+    cl_opt_section section = {"the enclave's life", NULL, 0, s};
+    section.opts = cl_watchdog_options(&section.count);
+    cl_options spec = {.prog = "cloister watchdog", .sections = &section, .section_count = 1};
+    return cl_options_set(&spec, name, value);
+}
+
 static void sets_flags(void)
 {
     cl_watchdog_settings s;
     memset(&s, 0, sizeof s);
     CHECK(!cl_watchdog_settings_active(&s));
     CHECK_ERR(cl_watchdog_settings_check(&s), CL_EINVAL, "no enclave to run");
-    CHECK_OK(cl_watchdog_settings_set(&s, "eif", "/opt/a.eif")); /* alias */
-    CHECK_OK(cl_watchdog_settings_set(&s, "run-enclave-eif", "/opt/app.eif"));
+    CHECK_OK(wd_set(&s, "eif", "/opt/a.eif")); /* alias */
+    CHECK(!strcmp(s.config.run.eif_path, "/opt/a.eif"));
+    CHECK_OK(wd_set(&s, "run-enclave-eif", "/opt/app.eif"));
     CHECK(!strcmp(s.config.run.eif_path, "/opt/app.eif"));
     CHECK(cl_watchdog_settings_active(&s));
     CHECK_ERR(cl_watchdog_settings_check(&s), CL_EINVAL, "--cpu-count is required");
-    CHECK_OK(cl_watchdog_settings_set(&s, "cpu-count", "2"));
-    CHECK_OK(cl_watchdog_settings_set(&s, "memory", "512"));
-    CHECK_OK(cl_watchdog_settings_set(&s, "enclave-cid", "16"));
-    CHECK_OK(cl_watchdog_settings_set(&s, "debug-mode", "true"));
-    CHECK_OK(cl_watchdog_settings_set(&s, "health-interval", "250ms"));
-    CHECK_OK(cl_watchdog_settings_set(&s, "restart-budget", "0"));
+    CHECK_OK(wd_set(&s, "cpu-count", "2"));
+    CHECK_OK(wd_set(&s, "memory", "512"));
+    CHECK_OK(wd_set(&s, "enclave-cid", "16"));
+    CHECK_OK(wd_set(&s, "debug-mode", "true"));
+    CHECK_OK(wd_set(&s, "health-interval", "250ms"));
+    CHECK_OK(wd_set(&s, "restart-budget", "0"));
     CHECK_OK(cl_watchdog_settings_check(&s));
     CHECK(s.config.runner == CL_WATCHDOG_NITRO_CLI && s.config.run.cpu_count == 2 && s.config.run.memory_mib == 512);
     CHECK(s.config.run.enclave_cid == 16 && s.config.run.debug_mode && s.config.health_interval_ms == 250);
     CHECK(s.config.restart_budget == 0 && s.config.restart_budget_set);
-    CHECK_ERR(cl_watchdog_settings_set(&s, "forward", "x"), CL_ENOTFOUND, "not a watchdog option");
-    CHECK_ERR(cl_watchdog_settings_set(&s, "cpu-count", "0"), CL_EINVAL, "--cpu-count: ");
-    CHECK_ERR(cl_watchdog_settings_set(&s, "enclave-cid", "3"), CL_EINVAL, "--enclave-cid: ");
-    CHECK_ERR(cl_watchdog_settings_set(&s, "memory", "lots"), CL_EINVAL, "--memory: ");
-    CHECK_ERR(cl_watchdog_settings_set(&s, "debug-mode", "yes"), CL_EINVAL, "--debug-mode: ");
-    CHECK_ERR(cl_watchdog_settings_set(&s, "backoff-max", "1x"), CL_EINVAL, "--backoff-max: ");
-    CHECK_ERR(cl_watchdog_settings_set(&s, "enclave-name", "--all"), CL_EINVAL, "--enclave-name: ");
-    CHECK_OK(cl_watchdog_settings_set(&s, "enclave-command", "sleep 1"));
+    CHECK_OK(wd_set(&s, "memory", "2G")); /* a size, in MiB */
+    CHECK(s.config.run.memory_mib == 2048);
+    CHECK_ERR(wd_set(&s, "forward", "x"), CL_ENOTFOUND, "not an option");
+    CHECK_ERR(wd_set(&s, "cpu-count", "0"), CL_EINVAL, "--cpu-count: ");
+    CHECK_ERR(wd_set(&s, "cpu-count", "1025"), CL_EINVAL, "--cpu-count: ");
+    CHECK_ERR(wd_set(&s, "enclave-cid", "3"), CL_EINVAL, "--enclave-cid: ");
+    CHECK_ERR(wd_set(&s, "enclave-cid", "4294967295"), CL_EINVAL, "--enclave-cid: ");
+    CHECK_ERR(wd_set(&s, "memory", "lots"), CL_EINVAL, "--memory: ");
+    CHECK_ERR(wd_set(&s, "memory", "0"), CL_EINVAL, "--memory: ");
+    CHECK_ERR(wd_set(&s, "debug-mode", "yes"), CL_EINVAL, "--debug-mode: ");
+    CHECK_ERR(wd_set(&s, "backoff-max", "1x"), CL_EINVAL, "--backoff-max: ");
+    CHECK_ERR(wd_set(&s, "health-interval", "5ms"), CL_EINVAL, "--health-interval: ");
+    CHECK_ERR(wd_set(&s, "health-failures", "0"), CL_EINVAL, "--health-failures: ");
+    CHECK_ERR(wd_set(&s, "restart-budget", "100001"), CL_EINVAL, "--restart-budget: ");
+    CHECK_ERR(wd_set(&s, "enclave-name", "--all"), CL_EINVAL, "--enclave-name: ");
+    CHECK_ERR(wd_set(&s, "run-enclave-eif", ""), CL_EINVAL, "--run-enclave-eif: empty path");
+    CHECK_OK(wd_set(&s, "enclave-command", "sleep 1"));
     CHECK_ERR(cl_watchdog_settings_check(&s), CL_EINVAL, "exclude each other");
     cl_watchdog_settings_free(&s);
 
     memset(&s, 0, sizeof s);
-    CHECK_OK(cl_watchdog_settings_set(&s, "enclave-command", "sleep 1"));
+    CHECK_OK(wd_set(&s, "enclave-command", "sleep 1"));
     CHECK(s.config.runner == CL_WATCHDOG_LOCAL);
-    CHECK_OK(cl_watchdog_settings_set(&s, "stop-grace", "2s"));
+    CHECK_OK(wd_set(&s, "stop-grace", "2s"));
+    CHECK(s.config.stop_grace_ms == 2000);
+    {
+        /* host's --config: numbers for counts, durations and the callback's budget alike */
+        char path[] = "/tmp/cloister-wd-XXXXXX";
+        int fd = mkstemp(path);
+        CHECK(fd >= 0);
+        static const char json[] = "{\"restart-budget\": 3, \"health-interval\": 2, \"health-failures\": 4}";
+        CHECK(write(fd, json, sizeof json - 1) == (ssize_t)(sizeof json - 1));
+        close(fd);
+        cl_opt_section section = {NULL, NULL, 0, &s};
+        section.opts = cl_watchdog_options(&section.count);
+        cl_options spec = {.prog = "cloister host", .sections = &section, .section_count = 1};
+        CHECK_OK(cl_options_load_json(&spec, path));
+        CHECK(s.config.restart_budget == 3 && s.config.restart_budget_set && s.config.health_interval_ms == 2000 &&
+              s.config.health_failures == 4);
+        unlink(path);
+    }
     CHECK_OK(cl_watchdog_settings_check(&s));
-    CHECK_OK(cl_watchdog_settings_set(&s, "memory", "512"));
+    CHECK_OK(wd_set(&s, "memory", "512"));
     CHECK_ERR(cl_watchdog_settings_check(&s), CL_EINVAL, "--memory applies to --run-enclave-eif");
     cl_watchdog_settings_free(&s);
 
-    /* every flag can be found, and takes a value unless boolean */
-    int n = 0;
-    for (const cl_watchdog_flag *f = cl_watchdog_flags(); f->name; f++, n++) {
-        CHECK(cl_watchdog_flag_find(f->name) == f);
-        CHECK(f->help && *f->help);
+    /* every listed option has help; only booleans go without ARG */
+    size_t n;
+    const cl_opt *t = cl_watchdog_options(&n);
+    size_t listed = 0;
+    for (size_t i = 0; i < n; i++) {
+        CHECK((t[i].type == CL_OPT_BOOL) == (t[i].arg == NULL));
+        listed += t[i].help != NULL;
     }
-    CHECK(n >= 14);
-    CHECK(cl_watchdog_flag_find("debug-mode")->arg == NULL);
-    CHECK(cl_watchdog_flag_find("nope") == NULL);
+    CHECK(listed >= 14 && listed == n - 1); /* --eif is the hidden alias */
 }
 
 static void rejects_bad_configs(void)

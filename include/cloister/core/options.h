@@ -130,6 +130,10 @@ typedef struct cl_options_result {
     char **positional; /* borrowed from argv */
     size_t positional_count;
     bool *given; /* per option, sections in order: set by the command line or a --config file */
+    /* after a failed parse: an option's value was refused (rather than the
+     * command line's shape: an unknown option, a missing value or argument)
+     * -- some drop-ins exit differently for the two */
+    bool bad_value;
 } cl_options_result;
 
 /* Defaults, then --config files, then the command line (see the top). */

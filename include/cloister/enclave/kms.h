@@ -191,6 +191,16 @@ CL_MUST_CHECK int cl_kms_generate_data_key(cl_kms *k, const cl_kms_options *o, c
                                            cl_buf *ciphertext_blob);
 CL_MUST_CHECK int cl_kms_generate_random(cl_kms *k, size_t n, cl_buf *random);
 
+/* One call as the caller made it: body (JSON, sent as it is) to
+ * TrentService.<op>, signed with the client's credentials, retried as
+ * every call (throttling, 5xx, transport; an expired token fetched again).
+ * CL_OK once an HTTP answer came, whatever its status: *status and the
+ * body, unchanged (AWS's error answers included) in answer, which is
+ * replaced.  A negative cl_err when none came.  No Recipient is added:
+ * the body is the caller's. */
+CL_MUST_CHECK int cl_kms_call_raw(cl_kms *k, const char *op, const uint8_t *body, size_t len, long *status,
+                                  cl_buf *answer);
+
 /* After a call: KMS's KeyId (ARN) of the answer, "" if none. */
 const char *cl_kms_key_id(const cl_kms *k);
 /* After a failed call: AWS's error type ("AccessDeniedException"), "" if

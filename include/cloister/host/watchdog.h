@@ -39,6 +39,7 @@
 #pragma GCC visibility push(default)
 
 #include "cloister/core/error.h"
+#include "cloister/core/options.h"
 #include "cloister/host/nitro_cli.h"
 
 #include <stdatomic.h>
@@ -138,26 +139,15 @@ void cl_watchdog_notify_systemd(void *ctx, int from, int to, const char *reason)
  * strings.  Durations are "250ms", "5s", "2m", "1h" or a bare number of
  * seconds. */
 
-typedef struct cl_watchdog_flag {
-    const char *name; /* "cpu-count" */
-    const char *arg;  /* "N"; NULL for a boolean flag that takes no value */
-    const char *help;
-} cl_watchdog_flag;
-
-/* The flags, ended by an entry with name NULL. */
-const cl_watchdog_flag *cl_watchdog_flags(void);
-/* The entry for a long option name ("eif" is an alias of "run-enclave-eif"), or NULL. */
-const cl_watchdog_flag *cl_watchdog_flag_find(const char *name);
-
 typedef struct cl_watchdog_settings {
     cl_watchdog_config config; /* strings point into owned storage */
     char *owned[8];
 } cl_watchdog_settings;
 
-/* Sets one flag from its text value ("true"/"false" for booleans).
- * CL_ENOTFOUND: not a watchdog flag; CL_EINVAL: a bad value (the message
- * names the flag). */
-CL_MUST_CHECK int cl_watchdog_settings_set(cl_watchdog_settings *s, const char *name, const char *value);
+/* The watchdog's options (core/options), fields of a cl_watchdog_settings:
+ * a section of `cloister watchdog` and of `cloister host`.  Set one by name
+ * with cl_options_set. */
+const cl_opt *cl_watchdog_options(size_t *count);
 /* True when a runner was chosen (run-enclave-eif or enclave-command):
  * the program should run a watchdog at all. */
 bool cl_watchdog_settings_active(const cl_watchdog_settings *s);
