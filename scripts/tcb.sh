@@ -18,7 +18,7 @@ count() { # FILES...: code lines
 row() { printf '  %-62s %6s\n' "$1" "$2"; }
 core=$(count lib/core/*.[ch] include/cloister/core/*.h)
 enclave=$(count lib/enclave/*.[ch] include/cloister/enclave/*.h)
-pkcs11=$(count pkcs11/*.c)
+pkcs11=$(count pkcs11/*.[ch])
 inside=(src/enclave.c src/keyholder*.c src/kms.c src/nsm.c src/main.c src/commands.h)
 cmds=0
 for f in "${inside[@]}"; do [ -e "$f" ] && cmds=$((cmds + $(count "$f"))); done

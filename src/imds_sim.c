@@ -14,6 +14,7 @@
 #include "cloister/core/imds_policy.h"
 #include "cloister/core/log.h"
 #include "cloister/core/options.h"
+#include "cloister/core/small_server.h"
 #include "commands.h"
 
 #include <errno.h>
@@ -81,7 +82,6 @@ typedef struct token {
 
 typedef struct sim {
     pthread_mutex_t lock;
-    pthread_cond_t idle;
     const char *role, *region;
     char instance_id[32], image_id[32], account_id[16], private_ip[16], hostname[96], az[32];
     int64_t pending_time;
@@ -91,22 +91,7 @@ typedef struct sim {
     char access_key[24], secret_key[48], session_token[512];
     bool fixed_key; /* --credentials: the same key id and secret at every rotation */
     int64_t cred_updated, cred_expires;
-    int fds[MAX_CONNECTIONS];
-    int active;
 } sim;
-
-static int stop_pipe[2] = {-1, -1};
-static volatile sig_atomic_t stop_signal;
-
-static void on_signal(int sig)
-{
-    int saved = errno;
-    stop_signal = sig;
-    char b = 1;
-    ssize_t ignored = write(stop_pipe[1], &b, 1);
-    (void)ignored;
-    errno = saved;
-}
 
 static void random_bytes(void *out, size_t n)
 {
@@ -153,9 +138,6 @@ static void sim_init(sim *s, const char *role, const char *region, const char *i
 {
     memset(s, 0, sizeof *s);
     pthread_mutex_init(&s->lock, NULL);
-    pthread_cond_init(&s->idle, NULL);
-    for (int i = 0; i < MAX_CONNECTIONS; i++)
-        s->fds[i] = -1;
     s->role = role;
     s->region = region;
     if (instance_id) {
@@ -429,11 +411,6 @@ static void log_request(const cl_http_head *h, int status)
            "token", cl_http_header_get(h, CL_IMDS_TOKEN_HEADER) ? "present" : "absent", NULL);
 }
 
-typedef struct conn {
-    sim *s;
-    int fd, slot;
-} conn;
-
 static void serve(sim *s, int fd)
 {
     struct timeval tv = {.tv_sec = IO_TIMEOUT_S};
@@ -508,65 +485,19 @@ out:
     cl_buf_free(&r.body);
 }
 
-static void *connection_thread(void *arg)
+/* One connection on its own thread (core/small_server.h closes fd and joins it). */
+static void connection(void *arg, int fd, size_t listener, unsigned long id)
 {
-    conn *c = arg;
-    sim *s = c->s;
-    serve(s, c->fd);
-    pthread_mutex_lock(&s->lock);
-    s->fds[c->slot] = -1;
-    close(c->fd);
-    s->active--;
-    pthread_cond_broadcast(&s->idle);
-    pthread_mutex_unlock(&s->lock);
-    free(c);
-    return NULL;
+    (void)listener;
+    (void)id;
+    serve(arg, fd);
 }
 
-static void start_connection(sim *s, int fd)
+static void refused(void *arg, unsigned long id, const char *reason)
 {
-    pthread_mutex_lock(&s->lock);
-    int slot = -1;
-    for (int i = 0; i < MAX_CONNECTIONS && slot < 0; i++)
-        if (s->fds[i] < 0)
-            slot = i;
-    conn *c = slot >= 0 ? malloc(sizeof *c) : NULL;
-    if (!c) {
-        pthread_mutex_unlock(&s->lock);
-        cl_log(CL_LOG_WARN, "refused", "reason", slot < 0 ? "too many connections" : "out of memory", NULL);
-        close(fd);
-        return;
-    }
-    *c = (conn){s, fd, slot};
-    s->fds[slot] = fd;
-    s->active++;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_t t;
-    int err = pthread_create(&t, &attr, connection_thread, c);
-    pthread_attr_destroy(&attr);
-    if (err) {
-        s->fds[slot] = -1;
-        s->active--;
-        pthread_mutex_unlock(&s->lock);
-        cl_log(CL_LOG_WARN, "refused", "reason", strerror(err), NULL);
-        close(fd);
-        free(c);
-        return;
-    }
-    pthread_mutex_unlock(&s->lock);
-}
-
-static void stop_connections(sim *s)
-{
-    pthread_mutex_lock(&s->lock);
-    for (int i = 0; i < MAX_CONNECTIONS; i++)
-        if (s->fds[i] >= 0)
-            shutdown(s->fds[i], SHUT_RDWR);
-    while (s->active > 0)
-        pthread_cond_wait(&s->idle, &s->lock);
-    pthread_mutex_unlock(&s->lock);
+    (void)arg;
+    (void)id;
+    cl_log(CL_LOG_WARN, "refused", "reason", reason, NULL);
 }
 
 /* Checks the settings and runs; the options layer owns the strings. */
@@ -646,16 +577,11 @@ static int run_sim(const settings *o)
     int status = EXIT_FAILED;
     int listen_fd = -1;
     struct stat ours = {0};
-    if (pipe2(stop_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
-        fprintf(stderr, "cloister imds-sim: pipe: %s\n", strerror(errno));
+    int stop_fd = -1;
+    if (cl_stop_signals_install(&stop_fd) < 0) {
+        fprintf(stderr, "cloister imds-sim: %s\n", cl_error_message());
         goto out;
     }
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sa.sa_handler = SIG_IGN;
-    sigaction(SIGPIPE, &sa, NULL);
     if (cl_address_listen(&addr, 64, &listen_fd) < 0) {
         fprintf(stderr, "cloister imds-sim: %s\n", cl_error_message());
         goto out;
@@ -666,34 +592,28 @@ static int run_sim(const settings *o)
     cl_address_format(&addr, text, sizeof text);
     cl_log(CL_LOG_INFO, "listening", "addr", text, "role", role, "region", region, "instance_id", s->instance_id,
            NULL);
-    for (;;) {
-        struct pollfd fds[2] = {{.fd = listen_fd, .events = POLLIN}, {.fd = stop_pipe[0], .events = POLLIN}};
-        int n = poll(fds, 2, -1);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 || fds[1].revents || stop_signal)
-            break;
-        if (!(fds[0].revents & POLLIN))
-            continue;
-        int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED)
-                poll(NULL, 0, 100); /* out of descriptors: back off */
-            continue;
-        }
-        start_connection(s, fd);
-    }
+    cl_small_server_config sc = {.listen_fds = &listen_fd,
+                                 .listen_count = 1,
+                                 .stop_fd = stop_fd,
+                                 .max_connections = MAX_CONNECTIONS,
+                                 .serve = connection,
+                                 .arg = s,
+                                 .refused = refused};
+    /* returns once every connection thread is joined: s can go */
+    int rc = cl_small_server_run(&sc);
     close(listen_fd);
     if (addr.kind == CL_ADDR_UNIX) {
         struct stat now;
         if (stat(addr.path, &now) == 0 && now.st_ino == ours.st_ino && now.st_dev == ours.st_dev)
             unlink(addr.path);
     }
-    stop_connections(s);
-    cl_log(CL_LOG_INFO, "stopped", "signal", stop_signal == SIGINT ? "SIGINT" : "SIGTERM", NULL);
+    if (rc < 0) {
+        fprintf(stderr, "cloister imds-sim: %s\n", cl_error_message());
+        goto out;
+    }
+    cl_log(CL_LOG_INFO, "stopped", "signal", cl_stop_signals_caught() == SIGINT ? "SIGINT" : "SIGTERM", NULL);
     status = 0;
 out:
-    pthread_cond_destroy(&s->idle);
     pthread_mutex_destroy(&s->lock);
     cl_wipe(s, sizeof *s);
     free(s);

@@ -11,31 +11,21 @@
  * keys, certificates and signatures only.  A rotation keeps the previous
  * key generation for --rotation-grace so that workers still presenting the
  * old certificate can finish their handshakes. */
-#include "cloister/core/acm_bundle.h"
 #include "cloister/core/address.h"
 #include "cloister/core/buf.h"
-#include "cloister/core/clock.h"
-#include "cloister/core/encoding.h"
 #include "cloister/core/keyholder_proto.h"
+#include "cloister/core/clock.h"
 #include "cloister/core/log.h"
+#include "cloister/core/options.h"
 #include "cloister/core/secret_file.h"
+#include "cloister/core/small_server.h"
+#include "cloister/enclave/key_custody.h"
 #include "commands.h"
 #include "keyholder_kms.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/core_names.h>
-#include <openssl/crypto.h>
-#include <openssl/ec.h>
-#include <openssl/err.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/rand.h>
-#include <openssl/rsa.h>
-#include <openssl/x509.h>
 #include <poll.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,7 +33,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
-#include <time.h>
 #include <unistd.h>
 
 #define MAX_CONNECTIONS 256
@@ -52,126 +41,23 @@
 
 /* ---- state ------------------------------------------------------------------------ */
 
-typedef struct generation {
-    EVP_PKEY *pkey;
-    int key_type;
-    uint8_t id[16];
-    uint8_t *spki;
-    size_t spki_len;
-    uint8_t *cert;
-    size_t cert_len;
-    uint32_t h_priv, h_pub, h_cert;
-    char object_label[CL_KH_LABEL_MAX + 1];
-} generation;
-
-typedef struct token {
-    bool used;
-    uint32_t slot;
-    uint64_t incarnation; /* changes when the token is deleted and made again */
-    char label[CL_KH_LABEL_MAX + 1];
-    char serial[17];
-    uint8_t pin_salt[16];
-    uint8_t pin_hash[32];
-    unsigned failures;
-    bool locked;
-    bool expired;
-    uint64_t generation;
-    uint64_t refreshed_ms;
-    generation *cur, *prev;
-    uint64_t prev_until_ms;
-} token;
-
+/* The custody rules live in lib/enclave/key_custody.c; this file adds the
+ * command line, the sockets and one thread per connection. */
 static struct {
-    pthread_mutex_t lock;
-    token tokens[CL_KH_MAX_TOKENS];
-    uint32_t next_handle;
-    uint64_t next_incarnation;
+    cl_custody *custody;
     unsigned max_failures;
     uint64_t ttl_ms;
     uint64_t grace_ms;
     char key_dir[4096];
-    int connections;
-} kh = {.lock = PTHREAD_MUTEX_INITIALIZER, .next_handle = 1, .next_incarnation = 1, .max_failures = 5,
-        .grace_ms = 60000};
+} kh = {.max_failures = 5, .grace_ms = 60000};
 
-/* Bumped whenever a key is released; connection threads then drop their
- * cached signing context (which holds a reference to the key) within a
- * second, so that an expired, deleted or rotated-out key is really gone. */
-static _Atomic uint64_t key_epoch;
-
-static void generation_free(generation *g)
+static uint64_t now_ms(void)
 {
-    if (!g)
-        return;
-    key_epoch++;
-    EVP_PKEY_free(g->pkey); /* OpenSSL clears the private components */
-    free(g->spki);
-    free(g->cert);
-    cl_wipe(g, sizeof *g);
-    free(g);
+    return cl_monotonic_ms();
 }
 
-/* Caller holds the lock. */
-static void token_clear(token *t)
-{
-    generation_free(t->cur);
-    generation_free(t->prev);
-    cl_wipe(t, sizeof *t);
-}
 
-/* Expiry of tokens and of previous generations; caller holds the lock. */
-static void housekeeping_locked(uint64_t now)
-{
-    for (size_t i = 0; i < CL_KH_MAX_TOKENS; i++) {
-        token *t = &kh.tokens[i];
-        if (!t->used)
-            continue;
-        if (t->prev && now >= t->prev_until_ms) {
-            generation_free(t->prev);
-            t->prev = NULL;
-        }
-        if (kh.ttl_ms && !t->expired && now - t->refreshed_ms > kh.ttl_ms) {
-            t->expired = true;
-            generation_free(t->cur);
-            generation_free(t->prev);
-            t->cur = t->prev = NULL;
-            cl_log(CL_LOG_WARN, "token_expired", "token", t->label, NULL);
-        }
-    }
-}
-
-static token *token_by_slot_locked(uint32_t slot)
-{
-    if (slot >= CL_KH_MAX_TOKENS || !kh.tokens[slot].used)
-        return NULL;
-    return &kh.tokens[slot];
-}
-
-static uint8_t token_flags(const token *t)
-{
-    uint8_t f = 0;
-    if (t->locked)
-        f |= CL_KH_TOKEN_LOCKED;
-    if (t->failures > 0)
-        f |= CL_KH_TOKEN_COUNT_LOW;
-    if (!t->locked && kh.max_failures > 0 && t->failures + 1 == kh.max_failures)
-        f |= CL_KH_TOKEN_FINAL_TRY;
-    if (t->expired)
-        f |= CL_KH_TOKEN_EXPIRED;
-    return f;
-}
-
-static void pin_digest(const uint8_t salt[16], cl_slice pin, uint8_t out[32])
-{
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    unsigned n = 0;
-    if (!md || !EVP_DigestInit_ex(md, EVP_sha256(), NULL) || !EVP_DigestUpdate(md, salt, 16) ||
-        !EVP_DigestUpdate(md, pin.data, pin.len) || !EVP_DigestFinal_ex(md, out, &n))
-        RAND_bytes(out, 32); /* matches nothing */
-    EVP_MD_CTX_free(md);
-}
-
-/* ---- loading a key and its certificate chain ----------------------------------------- */
+/* ---- files ---------------------------------------------------------------------------- */
 
 static int read_file(const char *path, size_t max, cl_buf *out)
 {
@@ -196,656 +82,63 @@ out:
     return rc;
 }
 
-/* A key name inside the key directory: one path component, no dot files. */
-static int key_path(cl_slice name, char *out, size_t out_len)
+
+/* ---- connections --------------------------------------------------------------------- */
+
+/* One connection on its own thread; core/small_server.h closes fd and joins
+ * the thread.  listener 0: the module's socket, 1: the provisioning socket. */
+static void serve_conn(void *arg, int fd, size_t listener, unsigned long id)
 {
-    CL_ENSURE(kh.key_dir[0], CL_EINVAL, "no --key-dir: file keys are not accepted");
-    CL_ENSURE(name.len >= 1 && name.len <= 255 && name.data[0] != '.', CL_EINVAL, "key file name");
-    for (size_t i = 0; i < name.len; i++)
-        CL_ENSURE(name.data[i] != '/' && name.data[i] >= 0x20 && name.data[i] < 0x7f, CL_EINVAL,
-                  "key file name must be a plain name inside the key directory");
-    int n = snprintf(out, out_len, "%s/%.*s", kh.key_dir, (int)name.len, (const char *)name.data);
-    CL_ENSURE(n > 0 && (size_t)n < out_len, CL_ELIMIT, "key path too long");
-    return CL_OK;
-}
-
-static int key_type_of(EVP_PKEY *pkey, int *type)
-{
-    if (EVP_PKEY_is_a(pkey, "RSA")) {
-        CL_ENSURE(EVP_PKEY_get_bits(pkey) >= 2048 && EVP_PKEY_get_bits(pkey) <= 8192, CL_EINVAL,
-                  "RSA keys of 2048..8192 bits only");
-        *type = CL_KH_KEY_RSA;
-        return CL_OK;
-    }
-    if (EVP_PKEY_is_a(pkey, "EC")) {
-        char group[64];
-        size_t glen = 0;
-        CL_ENSURE(EVP_PKEY_get_utf8_string_param(pkey, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof group, &glen),
-                  CL_EINVAL, "EC key without a named curve");
-        CL_ENSURE(!strcmp(group, "prime256v1") || !strcmp(group, "secp384r1") || !strcmp(group, "secp521r1"),
-                  CL_EINVAL, "EC curve %s: P-256, P-384 or P-521 only", group);
-        *type = CL_KH_KEY_EC;
-        return CL_OK;
-    }
-    return cl_error_set(CL_EINVAL, "key type %s: RSA or EC only", EVP_PKEY_get0_type_name(pkey));
-}
-
-/* Makes a generation from PEM key bytes and a PEM chain (leaf first). */
-static int generation_make(const cl_buf *key_pem, cl_slice chain, cl_slice object_label, generation **out)
-{
-    int rc = CL_OK;
-    BIO *kb = NULL, *cb = NULL;
-    X509 *leaf = NULL;
-    generation *g = calloc(1, sizeof *g);
-    CL_ENSURE_OUT(g, CL_ENOMEM, "out of memory");
-    kb = BIO_new_mem_buf(key_pem->data, (int)key_pem->len);
-    CL_ENSURE_OUT(kb, CL_ENOMEM, "out of memory");
-    g->pkey = PEM_read_bio_PrivateKey(kb, NULL, NULL, (void *)"");
-    if (!g->pkey)
-        CL_OSSL_OUT(CL_EINVAL, "not a PEM private key (unencrypted PKCS#8 or traditional)");
-    CL_TRY_OUT(key_type_of(g->pkey, &g->key_type));
-    cb = BIO_new_mem_buf(chain.data, (int)chain.len);
-    CL_ENSURE_OUT(cb, CL_ENOMEM, "out of memory");
-    leaf = PEM_read_bio_X509(cb, NULL, NULL, NULL);
-    if (!leaf)
-        CL_OSSL_OUT(CL_EINVAL, "certificate chain: no PEM certificate");
-    EVP_PKEY *pub = X509_get0_pubkey(leaf);
-    CL_ENSURE_OUT(pub && EVP_PKEY_eq(pub, g->pkey) == 1, CL_EVERIFY,
-                  "the certificate's public key is not the key's");
-    /* the chain a client is shown must be one chain: every signature up to its last certificate */
-    CL_TRY_OUT(cl_acm_chain_verify(chain.data, chain.len));
-    int n = i2d_PUBKEY(g->pkey, &g->spki);
-    CL_ENSURE_OUT(n > 0 && n <= CL_KH_DER_MAX, CL_ECRYPTO, "public key encoding");
-    g->spki_len = (size_t)n;
-    n = i2d_X509(leaf, &g->cert);
-    CL_ENSURE_OUT(n > 0 && n <= CL_KH_DER_MAX, CL_ELIMIT, "certificate encoding (at most %d bytes)",
-                  CL_KH_DER_MAX);
-    g->cert_len = (size_t)n;
-    uint8_t digest[32];
-    unsigned dl = 0;
-    CL_ENSURE_OUT(EVP_Digest(g->spki, g->spki_len, digest, &dl, EVP_sha256(), NULL), CL_ECRYPTO, "digest");
-    memcpy(g->id, digest, sizeof g->id);
-    memcpy(g->object_label, object_label.data, object_label.len);
-    g->object_label[object_label.len] = 0;
-out:
-    BIO_free(kb);
-    BIO_free(cb);
-    X509_free(leaf);
-    if (rc < 0) {
-        generation_free(g);
-        g = NULL;
-    }
-    *out = g;
-    return rc;
-}
-
-/* Puts (creates, refreshes or rotates) a token.  *status for the reply. */
-static int token_put(const cl_kh_request *r, uint32_t *slot_out, uint64_t *gen_out, uint32_t *status)
-{
-    int rc = CL_OK;
-    cl_buf key_pem = CL_BUF_INIT;
-    generation *g = NULL;
-    *status = CL_KH_ST_BAD_KEY;
-    if (r->key_source == CL_KH_SRC_KMS) {
-        CL_TRY_OUT(kh_kms_open(r->label, r->key_ref, &key_pem, status)); /* keyholder_kms.c */
-        *status = CL_KH_ST_BAD_KEY;
-    } else {
-        char path[4400];
-        CL_TRY_OUT(key_path(r->key_ref, path, sizeof path));
-        CL_TRY_OUT(cl_read_secret_file(path, 1 << 20, &key_pem));
-    }
-    CL_TRY_OUT(generation_make(&key_pem, r->chain, r->object_label, &g));
-
-    pthread_mutex_lock(&kh.lock);
-    uint64_t now = cl_monotonic_ms();
-    housekeeping_locked(now);
-    token *t = NULL, *free_slot = NULL;
-    for (size_t i = 0; i < CL_KH_MAX_TOKENS; i++) {
-        token *c = &kh.tokens[i];
-        if (c->used && strlen(c->label) == r->label.len && !memcmp(c->label, r->label.data, r->label.len))
-            t = c;
-        else if (!c->used && !free_slot)
-            free_slot = c;
-    }
-    bool created = false;
-    if (!t) {
-        if (!free_slot) {
-            pthread_mutex_unlock(&kh.lock);
-            *status = CL_KH_ST_BUSY;
-            CL_FAIL_OUT(CL_ELIMIT, "at most %d tokens", CL_KH_MAX_TOKENS);
-        }
-        t = free_slot;
-        memset(t, 0, sizeof *t);
-        t->used = true;
-        t->slot = (uint32_t)(t - kh.tokens);
-        t->incarnation = kh.next_incarnation++;
-        memcpy(t->label, r->label.data, r->label.len);
-        uint8_t d[32];
-        unsigned dl = 0;
-        EVP_Digest(r->label.data, r->label.len, d, &dl, EVP_sha256(), NULL);
-        cl_hex_encode(d, 8, t->serial);
-        created = true;
-    }
-    RAND_bytes(t->pin_salt, sizeof t->pin_salt);
-    pin_digest(t->pin_salt, r->pin, t->pin_hash);
-    t->failures = 0;
-    t->locked = false;
-    t->expired = false;
-    t->refreshed_ms = now;
-    bool rotated = !t->cur || t->cur->spki_len != g->spki_len || memcmp(t->cur->spki, g->spki, g->spki_len) ||
-                   t->cur->cert_len != g->cert_len || memcmp(t->cur->cert, g->cert, g->cert_len) ||
-                   strcmp(t->cur->object_label, g->object_label);
-    if (rotated) {
-        g->h_priv = kh.next_handle++;
-        g->h_pub = kh.next_handle++;
-        g->h_cert = kh.next_handle++;
-        if (kh.next_handle > 0x7fffff00)
-            kh.next_handle = 1;
-        generation_free(t->prev);
-        t->prev = t->cur;
-        t->prev_until_ms = now + kh.grace_ms;
-        t->cur = g;
-        g = NULL;
-        t->generation++;
-    }
-    *slot_out = t->slot;
-    *gen_out = t->generation;
-    char gen_text[24];
-    snprintf(gen_text, sizeof gen_text, "%llu", (unsigned long long)t->generation);
-    cl_log(CL_LOG_INFO, created ? "token_created" : rotated ? "token_rotated" : "token_refreshed", "token",
-           t->label, "object", t->cur->object_label, "key_type", t->cur->key_type == CL_KH_KEY_RSA ? "rsa" : "ec",
-           "generation", gen_text, NULL);
-    pthread_mutex_unlock(&kh.lock);
-    *status = 0;
-out:
-    generation_free(g);
-    cl_buf_free(&key_pem);
-    return rc;
-}
-
-/* ---- signing and decrypting ---------------------------------------------------------- */
-
-typedef struct conn {
-    int fd;
-    bool provisioning;
-    uint64_t logged_in[CL_KH_MAX_TOKENS]; /* the token's incarnation, 0: not logged in */
-    /* the last signing context, reused while key and parameters are the same;
-     * it holds its own reference to the key */
-    EVP_PKEY_CTX *sctx;
-    EVP_PKEY *skey;
-    uint64_t sepoch; /* key_epoch when the context was made */
-    uint32_t sop, ssalt;
-    uint8_t shash, smgf;
-} conn;
-
-static const EVP_MD *md_of(uint8_t h)
-{
-    switch (h) {
-    case CL_KH_HASH_SHA1: return EVP_sha1();
-    case CL_KH_HASH_SHA224: return EVP_sha224();
-    case CL_KH_HASH_SHA256: return EVP_sha256();
-    case CL_KH_HASH_SHA384: return EVP_sha384();
-    case CL_KH_HASH_SHA512: return EVP_sha512();
-    default: return NULL;
-    }
-}
-
-static uint32_t sign_ctx(conn *cx, EVP_PKEY *pkey, const cl_kh_request *r)
-{
-    if (cx->sctx && cx->skey == pkey && cx->sop == r->op && cx->shash == r->hash && cx->smgf == r->mgf_hash &&
-        cx->ssalt == r->salt_len)
-        return 0;
-    EVP_PKEY_CTX_free(cx->sctx);
-    cx->sctx = NULL;
-    cx->skey = NULL;
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
-    if (!ctx || EVP_PKEY_sign_init(ctx) <= 0)
-        goto internal;
-    if (r->op == CL_KH_OP_RSA_PKCS) {
-        if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) <= 0)
-            goto internal;
-    } else if (r->op == CL_KH_OP_RSA_X509) {
-        if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_NO_PADDING) <= 0)
-            goto internal;
-    } else if (r->op == CL_KH_OP_RSA_PSS) {
-        const EVP_MD *md = md_of(r->hash), *mgf = md_of(r->mgf_hash);
-        if (!md || !mgf) {
-            EVP_PKEY_CTX_free(ctx);
-            return CL_KH_ST_MECHANISM;
-        }
-        if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) <= 0 ||
-            EVP_PKEY_CTX_set_signature_md(ctx, md) <= 0 || EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, mgf) <= 0 ||
-            EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, (int)r->salt_len) <= 0) {
-            EVP_PKEY_CTX_free(ctx);
-            ERR_clear_error();
-            return CL_KH_ST_MECHANISM;
-        }
-    }
-    cx->sctx = ctx;
-    cx->skey = pkey;
-    cx->sepoch = key_epoch;
-    cx->sop = r->op;
-    cx->shash = r->hash;
-    cx->smgf = r->mgf_hash;
-    cx->ssalt = r->salt_len;
-    return 0;
-internal:
-    EVP_PKEY_CTX_free(ctx);
-    ERR_clear_error();
-    return CL_KH_ST_INTERNAL;
-}
-
-static uint32_t do_sign(conn *cx, EVP_PKEY *pkey, int key_type, const cl_kh_request *r, cl_buf *reply)
-{
-    bool ec = key_type == CL_KH_KEY_EC;
-    if (ec != (r->op == CL_KH_OP_ECDSA))
-        return CL_KH_ST_MECHANISM;
-    size_t k = (size_t)EVP_PKEY_get_size(pkey);
-    uint8_t block[CL_KH_DATA_MAX];
-    const uint8_t *in = r->data.data;
-    size_t in_len = r->data.len;
-    if (in_len == 0)
-        return CL_KH_ST_DATA_INVALID;
-    if (r->op == CL_KH_OP_RSA_PKCS && in_len + 11 > k)
-        return CL_KH_ST_DATA_INVALID;
-    if (r->op == CL_KH_OP_RSA_PSS) {
-        const EVP_MD *md = md_of(r->hash);
-        if (!md || (size_t)EVP_MD_get_size(md) != in_len)
-            return CL_KH_ST_DATA_INVALID;
-    }
-    if (r->op == CL_KH_OP_RSA_X509) {
-        /* one block, left-padded with zeros to the modulus length */
-        if (in_len > k || k > sizeof block)
-            return CL_KH_ST_DATA_INVALID;
-        memset(block, 0, k - in_len);
-        memcpy(block + k - in_len, in, in_len);
-        in = block;
-        in_len = k;
-    }
-    uint32_t st = sign_ctx(cx, pkey, r);
-    if (st)
-        return st;
-    uint8_t sig[1024];
-    size_t sig_len = sizeof sig;
-    static const char *const op_names[] = {"?", "ecdsa", "rsa-pkcs", "rsa-pss", "rsa-x509"};
-    if (cl_log_get_level() <= CL_LOG_DEBUG)
-        cl_log(CL_LOG_DEBUG, "sign", "op", op_names[r->op <= 4 ? r->op : 0], NULL);
-    if (EVP_PKEY_sign(cx->sctx, sig, &sig_len, in, in_len) <= 0) {
-        ERR_clear_error();
-        return r->op == CL_KH_OP_RSA_X509 ? CL_KH_ST_DATA_INVALID : CL_KH_ST_INTERNAL;
-    }
-    if (cl_buf_append_u8(reply, CL_KH_OK) < 0)
-        return CL_KH_ST_INTERNAL;
-    if (!ec)
-        return cl_kh_put_blob(reply, sig, sig_len) < 0 ? CL_KH_ST_INTERNAL : 0;
-    /* DER ECDSA-Sig-Value -> r || s as PKCS#11 wants it */
-    const uint8_t *p = sig;
-    ECDSA_SIG *es = d2i_ECDSA_SIG(NULL, &p, (long)sig_len);
-    if (!es)
-        return CL_KH_ST_INTERNAL;
-    size_t half = ((size_t)EVP_PKEY_get_bits(pkey) + 7) / 8;
-    uint8_t rs[2 * 66];
-    int ok = half <= 66 && BN_bn2binpad(ECDSA_SIG_get0_r(es), rs, (int)half) == (int)half &&
-             BN_bn2binpad(ECDSA_SIG_get0_s(es), rs + half, (int)half) == (int)half;
-    ECDSA_SIG_free(es);
-    if (!ok)
-        return CL_KH_ST_INTERNAL;
-    return cl_kh_put_blob(reply, rs, 2 * half) < 0 ? CL_KH_ST_INTERNAL : 0;
-}
-
-static uint32_t do_decrypt(EVP_PKEY *pkey, int key_type, const cl_kh_request *r, cl_buf *reply)
-{
-    if (key_type != CL_KH_KEY_RSA)
-        return CL_KH_ST_MECHANISM;
-    size_t k = (size_t)EVP_PKEY_get_size(pkey);
-    if (r->data.len != k)
-        return CL_KH_ST_DATA_INVALID;
-    uint32_t st = CL_KH_ST_INTERNAL;
-    uint8_t out[1024];
-    size_t out_len = sizeof out;
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
-    if (!ctx || EVP_PKEY_decrypt_init(ctx) <= 0)
-        goto out;
-    if (r->op == CL_KH_OP_RSA_PKCS) {
-        if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) <= 0)
-            goto out;
-    } else if (r->op == CL_KH_OP_RSA_X509) {
-        if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_NO_PADDING) <= 0)
-            goto out;
-    } else {
-        const EVP_MD *md = md_of(r->hash), *mgf = md_of(r->mgf_hash);
-        if (!md || !mgf) {
-            st = CL_KH_ST_MECHANISM;
-            goto out;
-        }
-        if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
-            EVP_PKEY_CTX_set_rsa_oaep_md(ctx, md) <= 0 || EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, mgf) <= 0)
-            goto out;
-        if (r->oaep_label.len) {
-            void *label = OPENSSL_memdup(r->oaep_label.data, r->oaep_label.len);
-            if (!label || EVP_PKEY_CTX_set0_rsa_oaep_label(ctx, label, (int)r->oaep_label.len) <= 0) {
-                OPENSSL_free(label);
-                goto out;
-            }
-        }
-    }
-    if (EVP_PKEY_decrypt(ctx, out, &out_len, r->data.data, r->data.len) <= 0) {
-        st = CL_KH_ST_DECRYPT_FAILED;
-        goto out;
-    }
-    st = 0;
-    if (cl_buf_append_u8(reply, CL_KH_OK) < 0 || cl_kh_put_blob(reply, out, out_len) < 0)
-        st = CL_KH_ST_INTERNAL;
-out:
-    ERR_clear_error();
-    cl_wipe(out, sizeof out);
-    EVP_PKEY_CTX_free(ctx);
-    return st;
-}
-
-/* ---- requests ------------------------------------------------------------------------ */
-
-static uint32_t list_tokens(cl_buf *reply, bool with_age)
-{
-    pthread_mutex_lock(&kh.lock);
-    uint64_t now = cl_monotonic_ms();
-    housekeeping_locked(now);
-    uint16_t n = 0;
-    for (size_t i = 0; i < CL_KH_MAX_TOKENS; i++)
-        n += kh.tokens[i].used;
-    int rc = cl_buf_append_u8(reply, CL_KH_OK);
-    if (rc == 0)
-        rc = cl_buf_append_be(reply, n, 2);
-    for (size_t i = 0; i < CL_KH_MAX_TOKENS && rc == 0; i++) {
-        const token *t = &kh.tokens[i];
-        if (!t->used)
-            continue;
-        cl_kh_token_info ti = {.slot = t->slot,
-                               .label = {(const uint8_t *)t->label, strlen(t->label)},
-                               .serial = {(const uint8_t *)t->serial, strlen(t->serial)},
-                               .flags = token_flags(t),
-                               .generation = t->generation,
-                               .age_ms = with_age ? now - t->refreshed_ms : 0};
-        rc = cl_kh_encode_token(reply, &ti);
-    }
-    pthread_mutex_unlock(&kh.lock);
-    return rc < 0 ? CL_KH_ST_INTERNAL : 0;
-}
-
-/* The current generation's objects; with `handle`, only the object of
- * that handle, from the current or the previous generation (so that a
- * process that found a key before a rotation can still use it). */
-static uint32_t list_objects(uint32_t slot, uint32_t handle, cl_buf *reply)
-{
-    uint32_t st = 0;
-    pthread_mutex_lock(&kh.lock);
-    housekeeping_locked(cl_monotonic_ms());
-    token *t = token_by_slot_locked(slot);
-    if (!t) {
-        st = CL_KH_ST_NO_SLOT;
-        goto out;
-    }
-    const generation *g = t->cur;
-    if (handle && !(g && (handle == g->h_priv || handle == g->h_pub || handle == g->h_cert))) {
-        g = t->prev;
-        if (!(g && (handle == g->h_priv || handle == g->h_pub || handle == g->h_cert))) {
-            st = CL_KH_ST_NO_OBJECT;
-            goto out;
-        }
-    }
-    int rc = cl_buf_append_u8(reply, CL_KH_OK);
-    if (rc == 0)
-        rc = cl_buf_append_be(reply, !g ? 0 : handle ? 1 : 3, 2);
-    if (g && rc == 0) {
-        cl_slice id = {g->id, sizeof g->id}, label = {(const uint8_t *)g->object_label, strlen(g->object_label)};
-        cl_kh_object_info objs[3] = {
-            {g->h_priv, CL_KH_CLASS_PRIVATE_KEY, (uint8_t)g->key_type, id, label, {g->spki, g->spki_len}},
-            {g->h_pub, CL_KH_CLASS_PUBLIC_KEY, (uint8_t)g->key_type, id, label, {g->spki, g->spki_len}},
-            {g->h_cert, CL_KH_CLASS_CERTIFICATE, CL_KH_KEY_NONE, id, label, {g->cert, g->cert_len}},
-        };
-        for (int i = 0; i < 3 && rc == 0; i++)
-            if (!handle || objs[i].handle == handle)
-                rc = cl_kh_encode_object(reply, &objs[i]);
-    }
-    if (rc < 0)
-        st = CL_KH_ST_INTERNAL;
-out:
-    pthread_mutex_unlock(&kh.lock);
-    return st;
-}
-
-static uint32_t login(conn *cx, const cl_kh_request *r)
-{
-    uint32_t st = 0;
-    pthread_mutex_lock(&kh.lock);
-    token *t = token_by_slot_locked(r->slot);
-    if (!t) {
-        st = CL_KH_ST_NO_SLOT;
-    } else if (t->locked) {
-        st = CL_KH_ST_PIN_LOCKED;
-    } else if (cx->logged_in[r->slot] == t->incarnation) {
-        st = CL_KH_ST_ALREADY_LOGGED_IN;
-    } else {
-        uint8_t d[32];
-        pin_digest(t->pin_salt, r->pin, d);
-        if (CRYPTO_memcmp(d, t->pin_hash, 32) == 0) {
-            t->failures = 0;
-            cx->logged_in[r->slot] = t->incarnation;
-        } else {
-            t->failures++;
-            char n[16];
-            snprintf(n, sizeof n, "%u", t->failures);
-            if (kh.max_failures && t->failures >= kh.max_failures) {
-                t->locked = true;
-                st = CL_KH_ST_PIN_LOCKED;
-                cl_log(CL_LOG_WARN, "token_locked", "token", t->label, "failures", n, NULL);
-            } else {
-                st = CL_KH_ST_PIN_INCORRECT;
-                cl_log(CL_LOG_WARN, "login_failed", "token", t->label, "failures", n, NULL);
-            }
-        }
-        cl_wipe(d, sizeof d);
-    }
-    pthread_mutex_unlock(&kh.lock);
-    return st;
-}
-
-static uint32_t key_op(conn *cx, const cl_kh_request *r, cl_buf *reply)
-{
-    pthread_mutex_lock(&kh.lock);
-    housekeeping_locked(cl_monotonic_ms());
-    token *t = token_by_slot_locked(r->slot);
-    uint32_t st = 0;
-    EVP_PKEY *pkey = NULL;
-    int key_type = 0;
-    if (!t) {
-        st = CL_KH_ST_NO_SLOT;
-    } else if (t->expired) {
-        st = CL_KH_ST_EXPIRED;
-    } else if (cx->logged_in[r->slot] != t->incarnation) {
-        st = CL_KH_ST_NOT_LOGGED_IN;
-    } else {
-        generation *g = NULL;
-        if (t->cur && t->cur->h_priv == r->handle)
-            g = t->cur;
-        else if (t->prev && t->prev->h_priv == r->handle)
-            g = t->prev;
-        if (!g) {
-            st = CL_KH_ST_NO_OBJECT;
-        } else {
-            pkey = g->pkey;
-            key_type = g->key_type;
-            EVP_PKEY_up_ref(pkey);
-        }
-    }
-    pthread_mutex_unlock(&kh.lock);
-    if (st)
-        return st;
-    st = r->type == CL_KH_SIGN ? do_sign(cx, pkey, key_type, r, reply) : do_decrypt(pkey, key_type, r, reply);
-    EVP_PKEY_free(pkey);
-    return st;
-}
-
-static uint32_t handle(conn *cx, const cl_kh_request *r, cl_buf *reply)
-{
-    switch (r->type) {
-    case CL_KH_LIST_TOKENS:
-        return list_tokens(reply, false);
-    case CL_KH_STATUS:
-        return list_tokens(reply, true);
-    case CL_KH_LOGIN:
-        return login(cx, r);
-    case CL_KH_LOGOUT:
-        if (r->slot >= CL_KH_MAX_TOKENS)
-            return CL_KH_ST_NO_SLOT;
-        cx->logged_in[r->slot] = 0;
-        return 0;
-    case CL_KH_LIST_OBJECTS:
-        return list_objects(r->slot, 0, reply);
-    case CL_KH_GET_OBJECT:
-        return r->handle ? list_objects(r->slot, r->handle, reply) : CL_KH_ST_NO_OBJECT;
-    case CL_KH_SIGN:
-    case CL_KH_DECRYPT:
-        return key_op(cx, r, reply);
-    case CL_KH_PUT_TOKEN: {
-        uint32_t slot = 0, st = 0;
-        uint64_t gen = 0;
-        if (token_put(r, &slot, &gen, &st) < 0) {
-            char label[CL_KH_LABEL_MAX + 1];
-            snprintf(label, sizeof label, "%.*s", (int)r->label.len, (const char *)r->label.data);
-            cl_log(CL_LOG_WARN, "token_put_failed", "token", label, "error", cl_error_message(), NULL);
-            return st ? st : CL_KH_ST_INTERNAL;
-        }
-        if (cl_buf_append_u8(reply, CL_KH_OK) < 0 || cl_buf_append_be(reply, slot, 4) < 0 ||
-            cl_buf_append_be(reply, gen, 8) < 0)
-            return CL_KH_ST_INTERNAL;
-        return 0;
-    }
-    case CL_KH_DELETE_TOKEN: {
-        uint32_t st = CL_KH_ST_NO_SLOT;
-        pthread_mutex_lock(&kh.lock);
-        for (size_t i = 0; i < CL_KH_MAX_TOKENS; i++) {
-            token *t = &kh.tokens[i];
-            if (t->used && strlen(t->label) == r->label.len && !memcmp(t->label, r->label.data, r->label.len)) {
-                cl_log(CL_LOG_INFO, "token_deleted", "token", t->label, NULL);
-                token_clear(t);
-                st = 0;
-            }
-        }
-        pthread_mutex_unlock(&kh.lock);
-        return st;
-    }
-    default:
-        return CL_KH_ST_UNKNOWN_TYPE;
-    }
-}
-
-static void *serve_conn(void *arg)
-{
-    conn *cx = arg;
-    cl_buf frame = CL_BUF_INIT, reply = CL_BUF_INIT;
-    for (;;) {
-        bool eof = false;
-        /* idle: drop a cached context whose key may have been released */
-        while (cx->sctx) {
-            struct pollfd p = {cx->fd, POLLIN, 0};
-            if (poll(&p, 1, 1000) != 0)
-                break;
-            if (cx->sepoch != key_epoch) {
-                EVP_PKEY_CTX_free(cx->sctx);
-                cx->sctx = NULL;
-                cx->skey = NULL;
-            }
-        }
-        if (cl_kh_read_frame(cx->fd, cx->provisioning ? CL_KH_MAX_FRAME : TOKEN_FRAME_MAX, &frame, &eof) < 0) {
-            if (!eof)
-                cl_log(CL_LOG_DEBUG, "connection_dropped", "error", cl_error_message(), NULL);
-            break;
-        }
-        cl_kh_request r;
-        reply.len = 0;
-        uint32_t st;
-        int rc = cl_kh_request_decode(frame.data, frame.len, cx->provisioning, &r);
-        if (rc < 0) {
-            st = rc == CL_ENOTFOUND ? CL_KH_ST_UNKNOWN_TYPE : CL_KH_ST_MALFORMED;
-            cl_log(CL_LOG_WARN, "bad_request", "error", cl_error_message(), NULL);
-        } else {
-            st = handle(cx, &r, &reply);
-        }
-        if (st) {
-            reply.len = 0;
-            if (cl_kh_reply_error(&reply, st) < 0)
-                break;
-        } else if (reply.len == 0 && cl_buf_append_u8(&reply, CL_KH_OK) < 0) {
-            break;
-        }
-        if (cl_kh_write_frame(cx->fd, reply.data, reply.len) < 0)
-            break;
-    }
-    cl_buf_free(&frame);
-    cl_buf_free(&reply);
-    EVP_PKEY_CTX_free(cx->sctx);
-    close(cx->fd);
-    cl_wipe(cx, sizeof *cx);
-    free(cx);
-    pthread_mutex_lock(&kh.lock);
-    kh.connections--;
-    pthread_mutex_unlock(&kh.lock);
-    return NULL;
-}
-
-/* ---- serve --------------------------------------------------------------------------- */
-
-static int stop_pipe[2] = {-1, -1};
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    int saved = errno;
-    char b = 1;
-    ssize_t ignored = write(stop_pipe[1], &b, 1);
-    (void)ignored;
-    errno = saved;
-}
-
-static void accept_one(int lfd, bool provisioning)
-{
-    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-    if (fd < 0)
-        return;
-    pthread_mutex_lock(&kh.lock);
-    bool full = kh.connections >= MAX_CONNECTIONS;
-    if (!full)
-        kh.connections++;
-    pthread_mutex_unlock(&kh.lock);
-    if (full) {
-        cl_log(CL_LOG_WARN, "connection_refused", "reason", "too many connections", NULL);
-        close(fd);
-        return;
-    }
+    (void)arg;
+    (void)id;
+    bool provisioning = listener == 1;
     if (provisioning) {
         struct timeval tv = {PROVISION_TIMEOUT_S, 0};
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     }
-    conn *cx = calloc(1, sizeof *cx);
-    pthread_t th;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (cx) {
-        cx->fd = fd;
-        cx->provisioning = provisioning;
+    cl_custody_conn *cc = NULL;
+    if (cl_custody_conn_new(kh.custody, provisioning ? CL_CUSTODY_PROVISION_SOCKET : CL_CUSTODY_TOKEN_SOCKET,
+                            &cc) < 0)
+        return;
+    cl_buf frame = CL_BUF_INIT, reply = CL_BUF_INIT;
+    for (;;) {
+        bool eof = false;
+        /* idle: drop a cached context whose key may have been released */
+        while (cl_custody_conn_idle(cc)) {
+            struct pollfd p = {fd, POLLIN, 0};
+            if (poll(&p, 1, 1000) != 0)
+                break;
+        }
+        if (cl_kh_read_frame(fd, provisioning ? CL_KH_MAX_FRAME : TOKEN_FRAME_MAX, &frame, &eof) < 0) {
+            if (!eof)
+                cl_log(CL_LOG_DEBUG, "connection_dropped", "error", cl_error_message(), NULL);
+            break;
+        }
+        if (cl_custody_handle(cc, frame.data, frame.len, now_ms(), &reply) < 0)
+            break;
+        if (cl_kh_write_frame(fd, reply.data, reply.len) < 0)
+            break;
     }
-    if (!cx || pthread_create(&th, &attr, serve_conn, cx) != 0) {
-        free(cx);
-        close(fd);
-        pthread_mutex_lock(&kh.lock);
-        kh.connections--;
-        pthread_mutex_unlock(&kh.lock);
-    }
-    pthread_attr_destroy(&attr);
+    cl_buf_free(&frame);
+    cl_buf_free(&reply);
+    cl_custody_conn_free(cc);
 }
+
+static void refused(void *arg, unsigned long id, const char *reason)
+{
+    (void)arg;
+    (void)id;
+    cl_log(CL_LOG_WARN, "connection_refused", "reason", reason, NULL);
+}
+
+static void tick(void *arg)
+{
+    (void)arg;
+    cl_custody_housekeeping(kh.custody, now_ms());
+}
+
+/* ---- serve --------------------------------------------------------------------------- */
 
 static int listen_on(const char *text, int *fd)
 {
@@ -900,7 +193,7 @@ static int token_from_flag(const char *spec)
                   CL_KH_PIN_MIN, CL_KH_PIN_MAX);
     uint32_t slot, st;
     uint64_t gen;
-    CL_TRY_OUT(token_put(&r, &slot, &gen, &st));
+    CL_TRY_OUT(cl_custody_put(kh.custody, &r, now_ms(), &slot, &gen, &st));
 out:
     cl_buf_free(&pin);
     cl_buf_free(&chain);
@@ -1003,41 +296,46 @@ static int serve(const serve_options *o)
         fprintf(stderr, "keyholder: %s\n", cl_error_message());
         return EXIT_FAILED;
     }
+    size_t kms_key_count = 0;
+    const char *const *kms_keys = kh_kms_key_ids(&kms_key_count);
+    cl_custody_config config = {.max_failures = kh.max_failures,
+                                .ttl_ms = kh.ttl_ms,
+                                .grace_ms = kh.grace_ms,
+                                .key_dir = kh.key_dir,
+                                .kms_decrypt = kh_kms_enabled() ? kh_kms_decrypt : NULL,
+                                .kms_key_ids = kms_keys,
+                                .kms_key_id_count = kms_key_count};
+    if (cl_custody_new(&config, &kh.custody) < 0) {
+        fprintf(stderr, "keyholder: %s\n", cl_error_message());
+        return EXIT_FAILED;
+    }
     for (size_t i = 0; i < ntokens; i++) {
         if (token_from_flag(token_specs[i]) < 0) {
             fprintf(stderr, "keyholder: --token: %s\n", cl_error_message());
             return EXIT_USAGE;
         }
     }
-    int lfd = -1, pfd = -1;
-    if (pipe2(stop_pipe, O_CLOEXEC) < 0)
-        return EXIT_FAILED;
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    if (listen_on(socket_addr, &lfd) < 0 || (prov_addr && listen_on(prov_addr, &pfd) < 0)) {
+    int lfd = -1, pfd = -1, stop_fd = -1;
+    if (cl_stop_signals_install(&stop_fd) < 0 || listen_on(socket_addr, &lfd) < 0 ||
+        (prov_addr && listen_on(prov_addr, &pfd) < 0)) {
         fprintf(stderr, "keyholder: %s\n", cl_error_message());
         return EXIT_FAILED;
     }
     cl_log(CL_LOG_INFO, "listening", "socket", socket_addr, "provision", prov_addr ? prov_addr : "-", NULL);
     fprintf(stderr, "keyholder: ready\n");
-    for (;;) {
-        struct pollfd p[3] = {{stop_pipe[0], POLLIN, 0}, {lfd, POLLIN, 0}, {pfd, POLLIN, 0}};
-        int n = poll(p, pfd >= 0 ? 3 : 2, 1000);
-        if (n < 0 && errno != EINTR)
-            break;
-        if (p[0].revents)
-            break;
-        if (p[1].revents & POLLIN)
-            accept_one(lfd, false);
-        if (pfd >= 0 && (p[2].revents & POLLIN))
-            accept_one(pfd, true);
-        pthread_mutex_lock(&kh.lock);
-        housekeeping_locked(cl_monotonic_ms());
-        pthread_mutex_unlock(&kh.lock);
-    }
+    int fds[2] = {lfd, pfd};
+    cl_small_server_config sc = {.listen_fds = fds,
+                                 .listen_count = pfd >= 0 ? 2 : 1,
+                                 .stop_fd = stop_fd,
+                                 .max_connections = MAX_CONNECTIONS,
+                                 .serve = serve_conn,
+                                 .tick = tick,
+                                 .tick_ms = 1000,
+                                 .refused = refused};
+    /* returns once every connection thread is joined */
+    int rc = cl_small_server_run(&sc);
+    if (rc < 0)
+        cl_log(CL_LOG_ERROR, "serve_failed", "error", cl_error_message(), NULL);
     close(lfd);
     if (pfd >= 0)
         close(pfd);
@@ -1046,15 +344,14 @@ static int serve(const serve_options *o)
         unlink(a.path);
     if (prov_addr && cl_address_parse(prov_addr, &a) == 0 && a.kind == CL_ADDR_UNIX)
         unlink(a.path);
-    pthread_mutex_lock(&kh.lock);
-    for (size_t i = 0; i < CL_KH_MAX_TOKENS; i++)
-        if (kh.tokens[i].used)
-            token_clear(&kh.tokens[i]);
+    cl_custody_free(kh.custody); /* wipes the keys */
+    kh.custody = NULL;
     kh_kms_stop();
     cl_log(CL_LOG_INFO, "stopped", "keys", "wiped", NULL);
-    /* threads still serving connections hold no key of their own beyond
-     * their cached context; the process ends here */
-    _exit(0);
+    /* every thread is joined and every key wiped; _exit skips the exit-time
+     * teardown of what OpenSSL's configuration loaded (engines), which is
+     * the process's to drop, as before */
+    _exit(rc < 0 ? EXIT_FAILED : 0);
 }
 
 /* ---- provisioning client ------------------------------------------------------------- */

@@ -9,6 +9,7 @@
 #include "cloister/core/log.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 
 static struct {
@@ -109,81 +110,27 @@ int kh_kms_start(void)
     return CL_OK;
 }
 
-bool kh_kms_key_id_matches(const char *wanted, const char *answered)
+const char *const *kh_kms_key_ids(size_t *count)
 {
-    if (!strcmp(wanted, answered))
-        return true;
-    if (!strncmp(wanted, "arn:", 4))
-        return false; /* a key ARN must be the very one */
-    size_t wl = strlen(wanted), al = strlen(answered);
-    /* a bare key id: the ARN ends in ":key/ID" */
-    return al > wl + 5 && !strcmp(answered + al - wl, wanted) && !memcmp(answered + al - wl - 5, ":key/", 5);
+    *count = kk.key_id_count;
+    return kk.key_ids;
 }
 
-static bool is_alias(const char *id)
+/* The custody core's KMS callback (cl_custody_kms_decrypt_fn): the core
+ * chooses the KeyId and the purpose context and checks the answer; this
+ * only carries one Decrypt over the process's one session. */
+int kh_kms_decrypt(void *arg, const cl_kms_options *o, cl_slice ciphertext, cl_buf *plaintext,
+                   cl_custody_kms_answer *answer)
 {
-    return !strncmp(id, "alias/", 6) || (!strncmp(id, "arn:", 4) && strstr(id, ":alias/"));
-}
-
-int kh_kms_open(cl_slice label, cl_slice ciphertext, cl_buf *key, uint32_t *status)
-{
-    if (!kk.started) {
-        *status = CL_KH_ST_NOT_IMPLEMENTED;
-        return cl_error_set(CL_EINVAL, "this key-holder has no KMS settings (--kms-proxy, --kms-region, ...): "
-                                       "KMS-ciphertext keys are not accepted");
-    }
-    char label_text[CL_KH_LABEL_MAX + 1];
-    if (label.len == 0 || label.len > CL_KH_LABEL_MAX) {
-        *status = CL_KH_ST_BAD_KEY;
-        return cl_error_set(CL_EINVAL, "token label of 1..%d bytes", CL_KH_LABEL_MAX);
-    }
-    memcpy(label_text, label.data, label.len);
-    label_text[label.len] = '\0';
-    cl_kms_purpose_context purpose;
-    int rc = cl_kms_purpose_context_make(CL_KMS_PURPOSE_PKCS11_TOKEN, label_text, &purpose);
-    if (rc < 0) {
-        *status = CL_KH_ST_BAD_KEY;
-        return rc;
-    }
-    char type[96] = "", key_id[2100] = "";
-    const char *used = NULL;
+    (void)arg;
+    if (!kk.started)
+        return cl_error_set(CL_EINVAL, "the KMS session is not open");
     pthread_mutex_lock(&kk.lock);
-    /* One Decrypt per accepted key, each naming it as KeyId: KMS answers
-     * IncorrectKeyException when the ciphertext is under another key, and
-     * checks aliases itself. */
-    for (size_t i = 0; i < kk.key_id_count; i++) {
-        used = kk.key_ids[i];
-        cl_kms_options o = {.key_id = used, .context = purpose.entries, .context_count = purpose.count};
-        cl_buf_reset(key);
-        rc = cl_kms_decrypt(kk.session.kms, &o, ciphertext.data, ciphertext.len, key);
-        snprintf(type, sizeof type, "%s", rc < 0 ? cl_kms_error_type(kk.session.kms) : "");
-        snprintf(key_id, sizeof key_id, "%s", cl_kms_key_id(kk.session.kms));
-        if (rc == CL_OK || strcmp(type, "IncorrectKeyException") || i + 1 == kk.key_id_count)
-            break;
-        cl_error_clear();
-    }
+    int rc = cl_kms_decrypt(kk.session.kms, o, ciphertext.data, ciphertext.len, plaintext);
+    snprintf(answer->error_type, sizeof answer->error_type, "%s", rc < 0 ? cl_kms_error_type(kk.session.kms) : "");
+    snprintf(answer->key_id, sizeof answer->key_id, "%s", cl_kms_key_id(kk.session.kms));
     pthread_mutex_unlock(&kk.lock);
-    if (rc < 0) {
-        *status = type[0] ? CL_KH_ST_KMS_REFUSED : CL_KH_ST_KMS_UNAVAILABLE;
-        if (!strcmp(type, "IncorrectKeyException"))
-            return cl_error_prefix(rc, "the key's KMS ciphertext is not under a KMS key this key-holder was started "
-                                       "with (--kms-key-id): ");
-        if (!strcmp(type, "InvalidCiphertextException"))
-            return cl_error_prefix(rc, "the key's KMS ciphertext was not made for token \"%s\" (it must carry the "
-                                       "encryption context purpose=" CL_KMS_PURPOSE_PKCS11_TOKEN
-                                       ", token=%s, as `acm pack-key --token %s` makes; a ciphertext for another "
-                                       "purpose, e.g. the enclave's TLS key, is refused) or is damaged: ",
-                                   label_text, label_text, label_text);
-        return cl_error_prefix(rc, "the key's KMS ciphertext cannot be opened in this enclave: ");
-    }
-    if (!is_alias(used) && !kh_kms_key_id_matches(used, key_id)) {
-        cl_buf_reset(key);
-        *status = CL_KH_ST_KMS_REFUSED;
-        return cl_error_set(CL_EVERIFY, "KMS answered for key %s, not for %s (--kms-key-id)", key_id, used);
-    }
-    cl_log(CL_LOG_INFO, "kms_key_opened", "key_id", key_id, "token", label_text, "purpose",
-           CL_KMS_PURPOSE_PKCS11_TOKEN, NULL);
-    return CL_OK;
+    return rc;
 }
 
 void kh_kms_stop(void)

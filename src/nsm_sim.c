@@ -2,13 +2,12 @@
 #include "cloister/core/address.h"
 #include "cloister/core/encoding.h"
 #include "cloister/core/options.h"
+#include "cloister/core/small_server.h"
 #include "cloister/sim/nsm_sim.h"
 #include "commands.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,7 +45,7 @@ static const char epilog[] =
     "  nsm-sim: listening on unix:PATH root=DIR/root.pem module_id=...\n"
     "once ready.  SIGINT or SIGTERM stop it and remove the socket file.\n";
 
-/* ---- logging and signals ------------------------------------------------------- */
+/* ---- logging ------------------------------------------------------- */
 
 static void log_line(void *ctx, const char *line)
 {
@@ -54,152 +53,27 @@ static void log_line(void *ctx, const char *line)
     fprintf(stderr, "nsm-sim: %s\n", line);
 }
 
-static int stop_pipe[2] = {-1, -1};
-static volatile sig_atomic_t stop_signal;
-
-static void on_signal(int sig)
-{
-    int saved = errno;
-    stop_signal = sig;
-    if (stop_pipe[1] >= 0) {
-        char byte = 1;
-        ssize_t ignored = write(stop_pipe[1], &byte, 1);
-        (void)ignored;
-    }
-    errno = saved;
-}
-
-static int install_signals(void)
-{
-    if (pipe2(stop_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
-        return cl_error_set(CL_EIO, "pipe: %s", strerror(errno));
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0)
-        return cl_error_set(CL_EIO, "sigaction: %s", strerror(errno));
-    sa.sa_handler = SIG_IGN;
-    if (sigaction(SIGPIPE, &sa, NULL) < 0)
-        return cl_error_set(CL_EIO, "sigaction: %s", strerror(errno));
-    return CL_OK;
-}
-
 /* ---- connections -------------------------------------------------------------- */
 
-typedef struct server {
-    cl_nsm_sim *sim;
-    pthread_mutex_t lock;
-    pthread_cond_t idle;
-    int fds[MAX_CONNECTIONS]; /* -1: free slot */
-    int active;
-    unsigned long next_id;
-} server;
-
-typedef struct connection {
-    server *srv;
-    int slot;
-    int fd;
-    unsigned long id;
-} connection;
-
-static void *serve_connection(void *arg)
+/* One connection, on its own thread (core/small_server.h joins it). */
+static void serve_connection(void *arg, int fd, size_t listener, unsigned long id)
 {
-    connection *conn = arg;
-    server *srv = conn->srv;
-    struct timeval tv = {.tv_sec = IDLE_TIMEOUT_SECONDS};
-    if (setsockopt(conn->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0 ||
-        setsockopt(conn->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0)
-        fprintf(stderr, "nsm-sim: event=warning conn=%lu detail=\"cannot set timeouts: %s\"\n", conn->id,
-                strerror(errno));
-    if (cl_nsm_sim_serve(srv->sim, conn->fd) < 0)
-        fprintf(stderr, "nsm-sim: event=connection-error conn=%lu detail=\"%s\"\n", conn->id, cl_error_message());
-    fprintf(stderr, "nsm-sim: event=disconnect conn=%lu\n", conn->id);
-    pthread_mutex_lock(&srv->lock);
-    srv->fds[conn->slot] = -1;
-    close(conn->fd);
-    srv->active--;
-    pthread_cond_broadcast(&srv->idle);
-    pthread_mutex_unlock(&srv->lock);
-    free(conn);
-    return NULL;
-}
-
-static void start_connection(server *srv, int fd)
-{
-    pthread_mutex_lock(&srv->lock);
-    unsigned long id = ++srv->next_id;
-    int slot = -1;
-    for (int i = 0; i < MAX_CONNECTIONS && slot < 0; i++)
-        if (srv->fds[i] < 0)
-            slot = i;
-    connection *conn = slot >= 0 ? malloc(sizeof *conn) : NULL;
-    if (!conn) {
-        pthread_mutex_unlock(&srv->lock);
-        fprintf(stderr, "nsm-sim: event=refused conn=%lu reason=\"%s\"\n", id,
-                slot < 0 ? "too many connections" : "out of memory");
-        close(fd);
-        return;
-    }
-    *conn = (connection){srv, slot, fd, id};
-    srv->fds[slot] = fd;
-    srv->active++;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_t thread;
-    int err = pthread_create(&thread, &attr, serve_connection, conn);
-    pthread_attr_destroy(&attr);
-    if (err != 0) {
-        srv->fds[slot] = -1;
-        srv->active--;
-        pthread_mutex_unlock(&srv->lock);
-        fprintf(stderr, "nsm-sim: event=refused conn=%lu reason=\"cannot start a thread: %s\"\n", id,
-                strerror(err));
-        close(fd);
-        free(conn);
-        return;
-    }
-    pthread_mutex_unlock(&srv->lock);
+    cl_nsm_sim *sim = arg;
+    (void)listener;
     fprintf(stderr, "nsm-sim: event=connect conn=%lu\n", id);
+    struct timeval tv = {.tv_sec = IDLE_TIMEOUT_SECONDS};
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0)
+        fprintf(stderr, "nsm-sim: event=warning conn=%lu detail=\"cannot set timeouts: %s\"\n", id, strerror(errno));
+    if (cl_nsm_sim_serve(sim, fd) < 0)
+        fprintf(stderr, "nsm-sim: event=connection-error conn=%lu detail=\"%s\"\n", id, cl_error_message());
+    fprintf(stderr, "nsm-sim: event=disconnect conn=%lu\n", id);
 }
 
-/* Wakes every connection thread and waits until all have finished. */
-static void stop_connections(server *srv)
+static void refused(void *arg, unsigned long id, const char *reason)
 {
-    pthread_mutex_lock(&srv->lock);
-    for (int i = 0; i < MAX_CONNECTIONS; i++)
-        if (srv->fds[i] >= 0)
-            shutdown(srv->fds[i], SHUT_RDWR);
-    while (srv->active > 0)
-        pthread_cond_wait(&srv->idle, &srv->lock);
-    pthread_mutex_unlock(&srv->lock);
-}
-
-static int accept_loop(server *srv, int listen_fd)
-{
-    for (;;) {
-        struct pollfd fds[2] = {{.fd = listen_fd, .events = POLLIN}, {.fd = stop_pipe[0], .events = POLLIN}};
-        int n = poll(fds, 2, -1);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return cl_error_set(CL_EIO, "poll: %s", strerror(errno));
-        if (fds[1].revents || stop_signal)
-            return CL_OK;
-        if (!(fds[0].revents & POLLIN))
-            continue;
-        int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN)
-                continue;
-            fprintf(stderr, "nsm-sim: event=accept-error detail=\"%s\"\n", strerror(errno));
-            /* Out of descriptors: back off instead of spinning. */
-            poll(NULL, 0, 100);
-            continue;
-        }
-        start_connection(srv, fd);
-    }
+    (void)arg;
+    fprintf(stderr, "nsm-sim: event=refused conn=%lu reason=\"%s\"\n", id, reason);
 }
 
 /* ---- options -------------------------------------------------------------------- */
@@ -296,38 +170,38 @@ int cmd_nsm_sim(int argc, char **argv)
         fprintf(stderr, "cloister nsm-sim: %s\n", cl_error_message());
         goto out;
     }
-    server srv = {.sim = sim};
-    for (int i = 0; i < MAX_CONNECTIONS; i++)
-        srv.fds[i] = -1;
-    pthread_mutex_init(&srv.lock, NULL);
-    pthread_cond_init(&srv.idle, NULL);
-    int listen_fd = -1;
+    int listen_fd = -1, stop_fd = -1;
     struct stat ours;
-    if (install_signals() < 0 || cl_address_listen(&addr, LISTEN_BACKLOG, &listen_fd) < 0 ||
+    if (cl_stop_signals_install(&stop_fd) < 0 || cl_address_listen(&addr, LISTEN_BACKLOG, &listen_fd) < 0 ||
         stat(addr.path, &ours) < 0) {
         fprintf(stderr, "cloister nsm-sim: %s\n", cl_error_message());
     } else {
         fprintf(stderr, "nsm-sim: listening on unix:%s root=%s module_id=%s instance_id=%s\n", addr.path,
                 cl_nsm_sim_root_pem_path(sim), cl_nsm_sim_module_id(sim), cl_nsm_sim_instance_id(sim));
-        int rc = accept_loop(&srv, listen_fd);
+        cl_small_server_config sc = {.listen_fds = &listen_fd,
+                                     .listen_count = 1,
+                                     .stop_fd = stop_fd,
+                                     .max_connections = MAX_CONNECTIONS,
+                                     .serve = serve_connection,
+                                     .arg = sim,
+                                     .refused = refused};
+        /* returns once every connection thread is joined: sim can go */
+        int rc = cl_small_server_run(&sc);
         close(listen_fd);
         listen_fd = -1;
         /* Remove the socket only if it is still the one we created. */
         struct stat now;
         if (stat(addr.path, &now) == 0 && now.st_ino == ours.st_ino && now.st_dev == ours.st_dev)
             unlink(addr.path);
-        stop_connections(&srv);
         if (rc < 0) {
             fprintf(stderr, "cloister nsm-sim: %s\n", cl_error_message());
         } else {
-            fprintf(stderr, "nsm-sim: event=stop signal=%s\n", stop_signal == SIGINT ? "SIGINT" : "SIGTERM");
+            fprintf(stderr, "nsm-sim: event=stop signal=%s\n", cl_stop_signals_caught() == SIGINT ? "SIGINT" : "SIGTERM");
             status = 0;
         }
     }
     if (listen_fd >= 0)
         close(listen_fd);
-    pthread_cond_destroy(&srv.idle);
-    pthread_mutex_destroy(&srv.lock);
     cl_nsm_sim_free(sim);
 out:
     cl_options_free(&spec, &r);
