@@ -409,7 +409,7 @@ static int generation_make(cl_custody *c, const cl_buf *key_pem, cl_slice chain,
     /* the chain a client is shown must be one chain: every signature up to its last certificate */
     CL_TRY_OUT(cl_acm_chain_verify(chain.data, chain.len));
     int n = i2d_PUBKEY(g->pkey, &g->spki);
-    CL_ENSURE_OUT(n > 0 && n <= CL_KH_DER_MAX, CL_ECRYPTO, "public key encoding");
+    CL_ENSURE_OSSL_OUT(n > 0 && n <= CL_KH_DER_MAX, CL_ECRYPTO, "public key encoding");
     g->spki_len = (size_t)n;
     n = i2d_X509(leaf, &g->cert);
     CL_ENSURE_OUT(n > 0 && n <= CL_KH_DER_MAX, CL_ELIMIT, "certificate encoding (at most %d bytes)",
@@ -417,7 +417,7 @@ static int generation_make(cl_custody *c, const cl_buf *key_pem, cl_slice chain,
     g->cert_len = (size_t)n;
     uint8_t digest[32];
     unsigned dl = 0;
-    CL_ENSURE_OUT(EVP_Digest(g->spki, g->spki_len, digest, &dl, EVP_sha256(), NULL), CL_ECRYPTO, "digest");
+    CL_ENSURE_OSSL_OUT(EVP_Digest(g->spki, g->spki_len, digest, &dl, EVP_sha256(), NULL), CL_ECRYPTO, "digest");
     memcpy(g->id, digest, sizeof g->id);
     memcpy(g->object_label, object_label.data, object_label.len);
     g->object_label[object_label.len] = 0;
