@@ -13,6 +13,7 @@
  * old certificate can finish their handshakes. */
 #include "cloister/core/address.h"
 #include "cloister/core/buf.h"
+#include "cloister/core/encoding.h"
 #include "cloister/core/keyholder_proto.h"
 #include "cloister/core/clock.h"
 #include "cloister/core/log.h"
@@ -54,32 +55,6 @@ static struct {
 static uint64_t now_ms(void)
 {
     return cl_monotonic_ms();
-}
-
-
-/* ---- files ---------------------------------------------------------------------------- */
-
-static int read_file(const char *path, size_t max, cl_buf *out)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-        return cl_error_set(CL_EIO, "%s: %s", path, strerror(errno));
-    int rc = CL_OK;
-    for (;;) {
-        CL_TRY_OUT(cl_buf_reserve(out, 4096));
-        ssize_t r = read(fd, out->data + out->len, out->cap - out->len);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            CL_FAIL_OUT(CL_EIO, "%s: %s", path, strerror(errno));
-        if (r == 0)
-            break;
-        out->len += (size_t)r;
-        CL_ENSURE_OUT(out->len <= max, CL_ELIMIT, "%s: larger than %zu bytes", path, max);
-    }
-out:
-    close(fd);
-    return rc;
 }
 
 
@@ -179,7 +154,7 @@ static int token_from_flag(const char *spec)
     CL_TRY_OUT(cl_read_secret_file(pin_file, CL_KH_PIN_MAX + 2, &pin));
     while (pin.len && (pin.data[pin.len - 1] == '\n' || pin.data[pin.len - 1] == '\r'))
         pin.len--;
-    CL_TRY_OUT(read_file(cert, CL_KH_CHAIN_MAX, &chain));
+    CL_TRY_OUT(cl_read_file(cert, CL_KH_CHAIN_MAX, &chain));
     cl_kh_request r = {.type = CL_KH_PUT_TOKEN,
                        .label = {(const uint8_t *)label, strlen(label)},
                        .pin = {pin.data, pin.len},
@@ -443,7 +418,7 @@ static int client_run(const char *verb, const client_options *o)
     int status_code = EXIT_FAILED;
     cl_kh_request r = {.type = put ? CL_KH_PUT_TOKEN : del ? CL_KH_DELETE_TOKEN : CL_KH_STATUS};
     if (put) {
-        if (cl_read_secret_file(pin_file, CL_KH_PIN_MAX + 2, &pin) < 0 || read_file(chain_file, CL_KH_CHAIN_MAX, &chain) < 0) {
+        if (cl_read_secret_file(pin_file, CL_KH_PIN_MAX + 2, &pin) < 0 || cl_read_file(chain_file, CL_KH_CHAIN_MAX, &chain) < 0) {
             fprintf(stderr, "keyholder %s: %s\n", verb, cl_error_message());
             goto out;
         }

@@ -119,3 +119,17 @@ int cl_client_tls_write(client *c, const uint8_t *buf, size_t len, size_t *put)
         return CL_OK;
     return cl_error_ossl(CL_EIO, "writing to the client");
 }
+
+/* Free room at the end of the client's output buffer, moving what is
+ * still unsent to the front when that gains at least half of it. */
+size_t cl_client_out_room(client *c)
+{
+    if (c->out_off && c->out_off == c->out_len)
+        c->out_off = c->out_len = 0;
+    if (c->out_off && c->out_cap - c->out_len < c->out_cap / 2) {
+        memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+        c->out_len -= c->out_off;
+        c->out_off = 0;
+    }
+    return c->out_cap - c->out_len;
+}

@@ -940,18 +940,6 @@ static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t error_
 
 /* ---- the connection ------------------------------------------------------ */
 
-static size_t out_room(client *c)
-{
-    if (c->out_off && c->out_off == c->out_len)
-        c->out_off = c->out_len = 0;
-    if (c->out_off && c->out_cap - c->out_len < c->out_cap / 2) {
-        memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
-        c->out_len -= c->out_off;
-        c->out_off = 0;
-    }
-    return c->out_cap - c->out_len;
-}
-
 static void out_append(client *c, const uint8_t *data, size_t len)
 {
     memcpy(c->out + c->out_len, data, len);
@@ -966,18 +954,18 @@ static int h2_flush(h2_conn *h)
     for (;;) {
         size_t spill = queue_size(&h->spill);
         if (spill) {
-            size_t room = out_room(c), n = spill < room ? spill : room;
+            size_t room = cl_client_out_room(c), n = spill < room ? spill : room;
             out_append(c, h->spill.data + h->spill.off, n);
             queue_pop(&h->spill, n);
         }
-        while (!queue_size(&h->spill) && out_room(c) >= H2_OUT_MIN_ROOM) {
+        while (!queue_size(&h->spill) && cl_client_out_room(c) >= H2_OUT_MIN_ROOM) {
             const uint8_t *data;
             ssize_t n = nghttp2_session_mem_send(h->session, &data);
             if (n < 0)
                 return cl_error_set(CL_EPROTO, "HTTP/2: %s", nghttp2_strerror((int)n));
             if (n == 0)
                 break;
-            size_t room = out_room(c), take = (size_t)n < room ? (size_t)n : room;
+            size_t room = cl_client_out_room(c), take = (size_t)n < room ? (size_t)n : room;
             out_append(c, data, take);
             if (take < (size_t)n)
                 CL_TRY(queue_push(&h->spill, data + take, (size_t)n - take));

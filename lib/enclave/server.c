@@ -105,21 +105,9 @@ static void arm_header_timer(client *c)
 
 /* ---- output ---------------------------------------------------------- */
 
-static size_t out_room(client *c)
-{
-    if (c->out_off && c->out_off == c->out_len)
-        c->out_off = c->out_len = 0;
-    if (c->out_off && c->out_cap - c->out_len < c->out_cap / 2) {
-        memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
-        c->out_len -= c->out_off;
-        c->out_off = 0;
-    }
-    return c->out_cap - c->out_len;
-}
-
 static bool out_append(client *c, const void *data, size_t len)
 {
-    if (out_room(c) < len)
+    if (cl_client_out_room(c) < len)
         return false;
     memcpy(c->out + c->out_len, data, len);
     c->out_len += len;
@@ -150,7 +138,7 @@ static void respond_simple(client *c, int status, const char *content_type, cons
 {
     cl_buf tmp = CL_BUF_INIT;
     if (cl_server_simple_response(c->w, &tmp, status, content_type, body, len, c->head_request, close) == CL_OK &&
-        tmp.len <= out_room(c))
+        tmp.len <= cl_client_out_room(c))
         out_append(c, tmp.data, tmp.len);
     else
         close = true;
@@ -255,7 +243,7 @@ static size_t up_on_data(void *owner, const uint8_t *data, size_t len)
     client *c = owner;
     if (c->closed)
         return 0;
-    size_t room = out_room(c), take;
+    size_t room = cl_client_out_room(c), take;
     if (c->resp_chunked) {
         if (room <= CHUNK_OVERHEAD) {
             c->up_blocked = true;
@@ -282,7 +270,7 @@ static size_t up_on_data(void *owner, const uint8_t *data, size_t len)
     }
     if (progress)
         cl_client_touch(c);
-    if (c->up_blocked && out_room(c) > c->out_cap / 2)
+    if (c->up_blocked && cl_client_out_room(c) > c->out_cap / 2)
         schedule_pump(c);
     return take;
 }
@@ -657,7 +645,7 @@ static void client_pump(client *c)
             cl_client_close(c);
             return;
         }
-        if (c->up_blocked && c->up && out_room(c) > c->out_cap / 2) {
+        if (c->up_blocked && c->up && cl_client_out_room(c) > c->out_cap / 2) {
             c->up_blocked = false;
             cl_upstream_resume(c->up);
         }

@@ -106,6 +106,8 @@ CL_MUST_CHECK int cl_client_tls_read(client *c, uint8_t *buf, size_t len, size_t
 CL_MUST_CHECK int cl_client_tls_write(client *c, const uint8_t *buf, size_t len, size_t *put);
 void cl_client_close(client *c);
 void cl_client_touch(client *c); /* activity: push the idle timeout back */
+/* Room left in c->out, after moving unsent bytes to the front when worth it. */
+size_t cl_client_out_room(client *c);
 
 /* Appends X-Forwarded-For/-Proto/-Host to a request head for the app. */
 CL_MUST_CHECK int cl_server_forwarded_headers(cl_buf *head, const char *peer, bool tls, cl_slice host);
