@@ -1,6 +1,6 @@
 /* The mechanisms: the table, their parameters, signing (hashed here,
  * signed raw by the key-holder) and decryption. */
-#include "module_internal.h"
+#include "p11_state.h"
 
 static uint8_t kh_hash_of_ckm(CK_MECHANISM_TYPE m)
 {

@@ -10,15 +10,7 @@
  * state.  Hash-then-sign mechanisms are hashed here and signed raw by the
  * key-holder; no private key byte ever reaches this process.  Every
  * function not listed in the README returns CKR_FUNCTION_NOT_SUPPORTED. */
-#include "module_internal.h"
-
-pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
-bool g_init;
-pid_t g_pid;
-int g_fd = -1;
-char g_addr[512];
-slot g_slots[CL_KH_MAX_TOKENS];
-session g_sessions[MAX_SESSIONS];
+#include "p11_state.h"
 
 /* ---- general ------------------------------------------------------------------------- */
 

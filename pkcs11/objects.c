@@ -1,6 +1,6 @@
 /* The PKCS#11 objects the module shows: a key-holder object (public key,
  * certificate, or the private key's public attributes) as CK_ATTRIBUTEs. */
-#include "module_internal.h"
+#include "p11_state.h"
 
 void p11_pad(CK_UTF8CHAR *dst, size_t n, const char *src)
 {

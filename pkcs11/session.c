@@ -1,5 +1,5 @@
 /* Sessions, login and logout, object attributes and find. */
-#include "module_internal.h"
+#include "p11_state.h"
 
 session *p11_get_session(CK_SESSION_HANDLE h)
 {

@@ -1,7 +1,7 @@
 /* The key-holder connection: one unix socket per process, frames, replies
  * mapped to CK_RV, reconnect with the cached PIN, and the slot and object
  * caches refreshed from the key-holder. */
-#include "module_internal.h"
+#include "p11_state.h"
 
 /* ---- the key-holder connection ----------------------------------------------------- */
 

@@ -1,8 +1,8 @@
 /* What the files of libcloister-pkcs11.so share: the module's state (one
  * process, one key-holder connection, the slot and session tables) and
  * the functions one file calls in another.  Not installed. */
-#ifndef CLOISTER_PKCS11_MODULE_INTERNAL_H
-#define CLOISTER_PKCS11_MODULE_INTERNAL_H
+#ifndef CLOISTER_PKCS11_P11_STATE_H
+#define CLOISTER_PKCS11_P11_STATE_H
 
 #include "cloister/core/address.h"
 #include "cloister/core/buf.h"
