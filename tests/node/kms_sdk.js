@@ -22,6 +22,7 @@
 // ENDPOINT is http(s)://HOST:PORT or unix:PATH (the SDK over a unix socket).
 'use strict';
 
+const crypto = require('node:crypto');
 const fs = require('node:fs');
 const http = require('node:http');
 const https = require('node:https');
@@ -83,7 +84,8 @@ async function basic(c) {
     check(md.KeySpec === 'SYMMETRIC_DEFAULT' && md.KeyUsage === 'ENCRYPT_DECRYPT' &&
           md.EncryptionAlgorithms[0] === 'SYMMETRIC_DEFAULT', 'KeySpec, KeyUsage, EncryptionAlgorithms');
 
-    const alias = `alias/sdk-${Date.now()}`;
+    // unique across the parallel clients of kms_local.sh, which may start in the same millisecond
+    const alias = `alias/sdk-${Date.now()}-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
     await c.send(new kms.CreateAliasCommand({ AliasName: alias, TargetKeyId: md.KeyId }));
     const byAlias = await c.send(new kms.DescribeKeyCommand({ KeyId: alias }));
     check(byAlias.KeyMetadata.Arn === md.Arn, 'DescribeKey by alias');
