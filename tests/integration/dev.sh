@@ -158,13 +158,14 @@ for sig in TERM INT; do
         [ "$ifaces" = "lo " ] || fail "the enclave's namespace has interfaces: $ifaces"
         # from inside, the host's loopback services are out of reach
         port_outside=$(free_port)
-        spawn outside python3 -c 'import socket,sys,time; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(8); print("listening", flush=True); time.sleep(30)' "$port_outside"
-        wait_for_log outside '^listening'
+        # a log of its own per signal: the previous round's "listening" must not be taken for this one's
+        spawn "outside$sig" python3 -c 'import socket,sys,time; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(8); print("listening", flush=True); time.sleep(30)' "$port_outside"
+        wait_for_log "outside$sig" '^listening'
         (exec 3<>"/dev/tcp/127.0.0.1/$port_outside") 2>/dev/null || fail "the outside listener is not reachable from here"
         if nsenter --net="/proc/$epid/ns/net" bash -c "exec 3<>/dev/tcp/127.0.0.1/$port_outside" 2>/dev/null; then
             fail "the enclave's namespace reaches the host's 127.0.0.1"
         fi
-        stop outside || true
+        stop "outside$sig" || true
     fi
     pid=${pids[dev$sig]}
     kill -"$sig" "$pid"
