@@ -4,6 +4,7 @@
  * other request is streamed to the application.  Flags and endpoints are
  * those of brave's nitriding-daemon, plus a few of cloister's own. */
 #include "cloister/core/address.h"
+#include "cloister/core/clock.h"
 #include "cloister/core/netif.h"
 #include "cloister/core/encoding.h"
 #include "cloister/core/http.h"
@@ -29,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define NONCE_LEN 20
@@ -45,10 +47,10 @@
 
 typedef struct settings {
     char *fqdn, *appurl, *appwebsrv, *appcmd, *prometheus_namespace;
-    char *listen, *nsm, *cert, *key, *config, *prometheus_listen;
+    char *listen, *nsm, *cert, *key, *config, *prometheus_listen, *health_listen;
     unsigned ext_pub_port, intport, prometheus_port;
     unsigned threads, max_header_bytes, header_timeout, idle_timeout, app_timeout, max_connections,
-        drain_timeout, h2_max_streams, max_app_connections, max_buffered_body;
+        drain_timeout, drain_grace, h2_max_streams, max_app_connections, max_buffered_body;
     bool wait_for_app, disable_keep_alives, debug, disable_http2, proxy_protocol;
     /* KMS secrets opened at start */
     cl_opt_list secrets; /* "NAME=BASE64" or "NAME=@FILE" */
@@ -116,6 +118,14 @@ static const cl_opt option_specs[] = {
      .help = "HTTP/2 request body bytes held for a slow application, all connections together; beyond, 503"},
     {.name = "drain-timeout", CL_OPT_UINT_AT(settings, drain_timeout, 0, 3600), .def = "30", .arg = "SECONDS",
      .help = "on SIGTERM, time for requests in flight to finish"},
+    {.name = "drain-grace", CL_OPT_UINT_AT(settings, drain_grace, 0, 3600), .def = "5", .arg = "SECONDS",
+     .help = "on SIGTERM, first this long: /enclave/health answers 503 so that the load balancer stops sending "
+             "connections, which are still accepted, and every response closes its connection (HTTP/2: GOAWAY); "
+             "then -drain-timeout"},
+    {.name = "health-listen", CL_OPT_STR(settings, health_listen), .arg = "ADDR",
+     .help = "plain-HTTP listener for the parent (vsock:4294967295:PORT on Nitro): GET /enclave/health (200 serving,"
+             " 503 starting or draining) for the load balancer's check through cloister host, POST /enclave/drain "
+             "(as SIGTERM, for a parent that cannot signal the enclave)"},
     {.name = "disable-http2", CL_OPT_FLAG(settings, disable_http2), .help = "do not offer HTTP/2 in ALPN"},
     {.name = "proxy-protocol", CL_OPT_FLAG(settings, proxy_protocol),
      .help = "public connections start with a PROXY protocol v2 header (cloister host --forward ...,proxy-protocol):"
@@ -171,8 +181,13 @@ static const char epilog[] = "public endpoints (HTTPS):\n"
                              "  GET  /enclave/secrets/NAME         the plaintext of -secret NAME (opened at start)\n"
                              "  POST /                             with -kms-for-app: KMS for the app's AWS SDK\n"
                              "                                     (endpoint_url http://127.0.0.1:-intport)\n"
-                             "\nSIGTERM or SIGINT: stop accepting, let requests in flight finish, stop the\n"
-                             "application, exit.\n";
+                             "health endpoints (plain HTTP on -health-listen, for the parent):\n"
+                             "  GET  /enclave/health               200 serving; 503 starting or draining\n"
+                             "  POST /enclave/drain                start the drain, as SIGTERM does\n"
+                             "\nSIGTERM or SIGINT: /enclave/health answers 503 and responses close their\n"
+                             "connections for -drain-grace while new ones are still accepted; then stop\n"
+                             "accepting, let requests in flight finish (-drain-timeout), stop the\n"
+                             "application, exit 0.\n";
 
 /* The options of s, for parsing and for freeing. */
 static cl_options enclave_options(settings *s, cl_opt_section *section)
@@ -244,15 +259,18 @@ enum route {
     ROUTE_METRICS,
     ROUTE_SECRET,
     ROUTE_KMS,
+    ROUTE_HEALTH,
+    ROUTE_DRAIN,
     ROUTE_APP,
     ROUTE_OTHER, /* unknown local paths: 404 */
     ROUTE_COUNT,
 };
 
-static const char *const route_names[ROUTE_COUNT] = {"enclave", "attestation", "config", "ready", "hash",
-                                                     "metrics", "secret",      "kms",    "app",   "other"};
+static const char *const route_names[ROUTE_COUNT] = {"enclave", "attestation", "config", "ready",
+                                                     "hash",    "metrics",     "secret", "kms",
+                                                     "health",  "drain",       "app",    "other"};
 
-enum listener_kind { LISTENER_PUBLIC, LISTENER_INTERNAL, LISTENER_METRICS };
+enum listener_kind { LISTENER_PUBLIC, LISTENER_INTERNAL, LISTENER_METRICS, LISTENER_HEALTH };
 
 typedef struct enclave enclave;
 
@@ -278,7 +296,7 @@ struct enclave {
     cl_server_stats stats;
     atomic_uint_fast64_t attestations;
     cl_child *app_child;
-    listener_ctx ctx_public, ctx_internal, ctx_metrics;
+    listener_ctx ctx_public, ctx_internal, ctx_metrics, ctx_health;
     secret secrets[MAX_SECRETS]; /* set before any listener opens, read-only after */
     size_t secret_count;
     cl_kms_session app_kms; /* -kms-for-app */
@@ -287,11 +305,13 @@ struct enclave {
     pthread_mutex_t lock; /* guards what follows */
     uint8_t app_hash[HASH_LEN];
     bool public_opened, shutting_down;
-    cl_server *public_server, *internal_server, *metrics_server;
+    bool draining;        /* SIGTERM or POST /enclave/drain seen: /enclave/health says 503 */
+    bool drain_requested; /* by POST /enclave/drain (for the log) */
+    cl_server *public_server, *internal_server, *metrics_server, *health_server;
     /* unix listeners' files, removed at the end; own lock, as the public
      * listener is opened with `lock` held */
     pthread_mutex_t files_lock;
-    cl_socket_file socket_files[3];
+    cl_socket_file socket_files[4];
     size_t socket_file_count;
 };
 
@@ -305,6 +325,8 @@ static int route_request(void *ctx, const cl_http_head *h)
     listener_ctx *l = ctx;
     if (l->kind == LISTENER_METRICS)
         return path_is(h, "/metrics") ? ROUTE_METRICS : ROUTE_OTHER;
+    if (l->kind == LISTENER_HEALTH)
+        return path_is(h, "/enclave/health") ? ROUTE_HEALTH : path_is(h, "/enclave/drain") ? ROUTE_DRAIN : ROUTE_OTHER;
     if (path_is(h, "/enclave/attestation"))
         return ROUTE_ATTESTATION;
     if (l->kind == LISTENER_INTERNAL) {
@@ -433,6 +455,7 @@ static json_t *config_json(enclave *e)
     json_object_set_new(o, "app-timeout", json_integer(e->s.app_timeout));
     json_object_set_new(o, "max-connections", json_integer(e->s.max_connections));
     json_object_set_new(o, "drain-timeout", json_integer(e->s.drain_timeout));
+    json_object_set_new(o, "drain-grace", json_integer(e->s.drain_grace));
     json_object_set_new(o, "h2-max-streams", json_integer(e->s.h2_max_streams));
     json_object_set_new(o, "max-app-connections", json_integer(e->s.max_app_connections));
     json_object_set_new(o, "max-buffered-body", json_integer(e->s.max_buffered_body));
@@ -478,7 +501,7 @@ static int open_public_locked(enclave *e);
 static void handle_ready(enclave *e, cl_response *resp)
 {
     pthread_mutex_lock(&e->lock);
-    if (e->public_opened || e->shutting_down) {
+    if (e->public_opened || e->shutting_down || e->draining) {
         pthread_mutex_unlock(&e->lock);
         respond_text(resp, 410, "410: the public listener is already open\n");
         return;
@@ -534,6 +557,36 @@ static void handle_secret(enclave *e, const cl_request_info *req, cl_response *r
         }
     }
     respond_text(resp, 404, "404: no such secret (see -secret)\n");
+}
+
+/* GET /enclave/health: what a load balancer checks (through cloister
+ * host, which cannot see inside): 200 only while the public listener is
+ * open and no drain has begun.  The answer is a hint to the balancer, not
+ * a secret; the parent could take the replica out of service anyway. */
+static void handle_health(enclave *e, cl_response *resp)
+{
+    pthread_mutex_lock(&e->lock);
+    const char *state = e->draining ? "draining" : e->public_opened ? "serving" : "starting";
+    pthread_mutex_unlock(&e->lock);
+    char text[64];
+    snprintf(text, sizeof text, "{\"state\": \"%s\"}\n", state);
+    respond_text(resp, strcmp(state, "serving") ? 503 : 200, text);
+    resp->content_type = "application/json";
+}
+
+/* POST /enclave/drain: the parent asks for the drain SIGTERM would start
+ * (on Nitro it cannot signal the enclave; terminate-enclave cuts every
+ * connection at once).  It gives the parent nothing it did not have: it
+ * can always stop forwarding.  The main thread does the drain. */
+static void handle_drain(enclave *e, cl_response *resp)
+{
+    pthread_mutex_lock(&e->lock);
+    bool already = e->draining || e->drain_requested;
+    e->drain_requested = true;
+    pthread_mutex_unlock(&e->lock);
+    if (!already)
+        kill(getpid(), SIGTERM);
+    respond_text(resp, 202, already ? "already draining\n" : "draining\n");
 }
 
 /* POST / on the internal listener with -kms-for-app: KMS for the app
@@ -631,6 +684,14 @@ static void handle_request(void *ctx, int route, const cl_request_info *req, cl_
         return;
     case ROUTE_KMS:
         handle_kms(e, req, resp);
+        return;
+    case ROUTE_HEALTH:
+        if (method_is(req, "GET", resp))
+            handle_health(e, resp);
+        return;
+    case ROUTE_DRAIN:
+        if (method_is(req, "POST", resp))
+            handle_drain(e, resp);
         return;
     default:
         respond_text(resp, 404, "404: not found\n");
@@ -937,6 +998,7 @@ static int enclave_start(enclave *e)
     e->ctx_public = (listener_ctx){e, LISTENER_PUBLIC};
     e->ctx_internal = (listener_ctx){e, LISTENER_INTERNAL};
     e->ctx_metrics = (listener_ctx){e, LISTENER_METRICS};
+    e->ctx_health = (listener_ctx){e, LISTENER_HEALTH};
     char addr[64];
     snprintf(addr, sizeof addr, "tcp:127.0.0.1:%u", e->s.intport);
     CL_TRY(start_listener(e, "internal", addr, &e->ctx_internal, false, &e->internal_server));
@@ -946,6 +1008,8 @@ static int enclave_start(enclave *e)
         CL_TRY(start_listener(e, "metrics", e->s.prometheus_listen ? e->s.prometheus_listen : addr, &e->ctx_metrics,
                               false, &e->metrics_server));
     }
+    if (e->s.health_listen)
+        CL_TRY(start_listener(e, "health", e->s.health_listen, &e->ctx_health, false, &e->health_server));
     if (e->s.appcmd) {
         char **env = NULL;
         CL_TRY(secrets_environment(e, &env));
@@ -971,13 +1035,20 @@ static void enclave_stop(enclave *e)
     e->shutting_down = true;
     pthread_mutex_unlock(&e->lock);
     unsigned drain_ms = e->s.drain_timeout * 1000u;
-    cl_server *servers[] = {e->public_server, e->internal_server, e->metrics_server};
+    /* the public listener first: its requests in flight may still need the
+     * internal listener (secrets, KMS for the app), and the balancer the
+     * health listener's 503 */
+    if (e->public_server) {
+        cl_server_drain(e->public_server, drain_ms);
+        cl_server_wait(e->public_server);
+    }
+    cl_server *servers[] = {e->internal_server, e->metrics_server, e->health_server};
     for (size_t i = 0; i < 3; i++)
         if (servers[i])
             cl_server_drain(servers[i], drain_ms);
     for (size_t i = 0; i < 3; i++)
         cl_server_wait(servers[i]);
-    e->public_server = e->internal_server = e->metrics_server = NULL;
+    e->public_server = e->internal_server = e->metrics_server = e->health_server = NULL;
     for (size_t i = 0; i < e->socket_file_count; i++)
         cl_socket_file_remove(&e->socket_files[i]);
     e->socket_file_count = 0;
@@ -991,6 +1062,38 @@ static void enclave_stop(enclave *e)
     cl_kms_session_close(&e->app_kms);
     cl_nsm_close(e->nsm);
     free_secrets(e);
+}
+
+/* The first phase of a drain: /enclave/health says 503 and every response
+ * closes its connection, while the listener still accepts what the load
+ * balancer sends until its check has seen the 503.  A second SIGTERM or
+ * SIGINT cuts the grace short. */
+static void drain_grace(enclave *e, const sigset_t *wanted, int sig)
+{
+    pthread_mutex_lock(&e->lock);
+    e->draining = true;
+    bool requested = e->drain_requested;
+    cl_server *pub = e->public_server;
+    if (pub)
+        cl_server_close_connections(pub);
+    pthread_mutex_unlock(&e->lock);
+    char grace[16], timeout[16];
+    snprintf(grace, sizeof grace, "%u", e->s.drain_grace);
+    snprintf(timeout, sizeof timeout, "%u", e->s.drain_timeout);
+    cl_log(CL_LOG_INFO, "draining", "signal", sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : "-", "by",
+           requested ? "POST /enclave/drain" : "signal", "health", "503", "grace_s", grace, "drain_timeout_s", timeout,
+           NULL);
+    uint64_t end = cl_monotonic_ms() + (uint64_t)e->s.drain_grace * 1000u;
+    for (uint64_t now = cl_monotonic_ms(); now < end; now = cl_monotonic_ms()) {
+        struct timespec ts = {.tv_sec = (time_t)((end - now) / 1000), .tv_nsec = (long)((end - now) % 1000) * 1000000L};
+        int got = sigtimedwait(wanted, NULL, &ts);
+        if (got == SIGTERM || got == SIGINT) {
+            cl_log(CL_LOG_INFO, "drain_grace_cut", "signal", got == SIGTERM ? "SIGTERM" : "SIGINT", NULL);
+            break;
+        }
+    }
+    cl_log(CL_LOG_INFO, "drain_accepting_stopped", "detail", "requests in flight finish within -drain-timeout",
+           NULL);
 }
 
 int cmd_enclave(int argc, char **argv)
@@ -1041,7 +1144,7 @@ int cmd_enclave(int argc, char **argv)
         }
         break;
     }
-    cl_log(CL_LOG_INFO, "draining", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", NULL);
+    drain_grace(e, &wanted, sig);
     enclave_stop(e);
     cl_log(CL_LOG_INFO, "stopped", NULL);
     settings_free(&e->s);

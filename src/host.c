@@ -26,6 +26,7 @@
  * every failure after its command-line parser (clap: exit 2) is a 1 */
 #define EXIT_VSOCK_PROXY 1
 #define PROXY_PROTOCOL_SUFFIX ",proxy-protocol"
+#define HEALTH_SUFFIX ",health"
 
 /* ---- settings ------------------------------------------------------------------------ */
 
@@ -34,6 +35,7 @@ typedef struct settings {
     char *imds, *imds_endpoint, *allowlist, *config, *dns_server;
     bool proxy_protocol, ipv4, ipv6, no_splice, debug;
     unsigned resolve_interval, idle_timeout, connect_timeout, max_connections, workers;
+    unsigned drain_grace_ms, drain_timeout_ms;
     /* vsock-proxy form only */
     char *listen;
     unsigned num_workers;
@@ -56,6 +58,13 @@ static const cl_opt main_options[] = {
     {.name = "proxy-protocol", CL_OPT_FLAG(settings, proxy_protocol),
      .help = "PROXY protocol v2 header on every --forward"},
     {.name = "config", CL_OPT_CONFIG_AT(settings, config), .arg = "FILE", .help = "JSON settings (below)"},
+    {.name = "drain-grace", CL_OPT_DURATION_AT(settings, drain_grace_ms, 1, 0, 3600000), .def = "5s",
+     .arg = "DURATION",
+     .help = "on SIGTERM, first this long: ',health' forwards answer 503 (the load balancer takes this replica "
+             "out) while the others still forward new connections"},
+    {.name = "drain-timeout", CL_OPT_DURATION_AT(settings, drain_timeout_ms, 1, 0, 3600000), .def = "30s",
+     .arg = "DURATION",
+     .help = "then no new connections; the open ones (and the enclave's drain) have this long to end"},
 };
 
 /* Both forms'. */
@@ -115,6 +124,9 @@ static char *main_epilog(void)
             "  --forward tcp:127.0.0.1:8443=unix:/run/x.sock,proxy-protocol\n"
             "  With ',proxy-protocol' (or --proxy-protocol for all) DEST first receives a PROXY\n"
             "  protocol v2 header with the client's address (IPv4/IPv6/unix; vsock as UNSPEC).\n"
+            "  With ',health' it carries a load balancer's health check (e.g. to cloister enclave\n"
+            "  -health-listen): on SIGTERM it answers 503 itself for --drain-grace, then the\n"
+            "  listeners close and open connections get --drain-timeout to end.\n"
             "--outbound LISTEN=HOST:PORT, e.g. --outbound vsock:3:8000=kms.us-east-1.amazonaws.com:443\n"
             "  HOST is resolved at start (failure stops the start) and again when its DNS TTL has\n"
             "  passed (at least 1 s, at most --resolve-interval; names from /etc/hosts and\n"
@@ -196,11 +208,15 @@ static int parse_forward(const char *text, bool all_proxy, cl_host_route *r)
     if (len > suffix && !strcmp(copy + len - suffix, PROXY_PROTOCOL_SUFFIX)) {
         copy[len - suffix] = '\0';
         r->proxy_protocol = true;
+    } else if (len > strlen(HEALTH_SUFFIX) && !strcmp(copy + len - strlen(HEALTH_SUFFIX), HEALTH_SUFFIX)) {
+        copy[len - strlen(HEALTH_SUFFIX)] = '\0';
+        r->health = true;
     } else if (strchr(text, ',') && strrchr(text, ',') > strrchr(text, '=')) {
-        CL_FAIL_OUT(CL_EINVAL, "--forward %s: unknown option '%s' (only ',proxy-protocol')", text,
+        CL_FAIL_OUT(CL_EINVAL, "--forward %s: unknown option '%s' (only ',proxy-protocol' or ',health')", text,
                     strrchr(text, ',') + 1);
     }
-    r->proxy_protocol |= all_proxy;
+    /* a health check is plain HTTP from the balancer: no header before it */
+    r->proxy_protocol |= all_proxy && !r->health;
     /* the '=' after which an address starts: unix paths may hold '=' too */
     char *eq = NULL;
     for (char *p = strchr(copy, '='); p; p = strchr(p + 1, '='))
@@ -349,6 +365,8 @@ static int run(const char *me, const settings *s, cl_host_route *routes, size_t 
         .dns_server = s->dns_server,
         .allowlist = allow,
         .watchdog = cl_watchdog_settings_active(&s->wd) ? &s->wd.config : NULL,
+        .drain_grace_ms = s->drain_grace_ms,
+        .drain_timeout_ms = s->drain_timeout_ms,
     };
     if (cl_host_run(&cfg) < 0) {
         fprintf(stderr, "%s: %s\n", me, cl_error_message());

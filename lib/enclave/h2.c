@@ -1125,7 +1125,7 @@ int cl_h2_attach(client *c)
     h = NULL;
     c->in_off = c->in_len = 0;
     touch(c->h2);
-    if (c->w->draining)
+    if (cl_worker_ending(c->w))
         cl_h2_drain(c);
 out:
     nghttp2_option_del(opt);

@@ -189,7 +189,7 @@ static void up_on_head(void *owner, const cl_http_head *h)
         rc |= cl_buf_append(&head, "\r\n", 2);
     }
     c->status = h->status;
-    bool close = c->close_after_response || !c->keep_alive || c->w->draining;
+    bool close = c->close_after_response || !c->keep_alive || cl_worker_ending(c->w);
     if (h->status == 101) {
         const cl_slice *upgrade = cl_http_header_get(h, "upgrade");
         rc |= cl_buf_append(&head, "Connection: upgrade\r\nUpgrade: ", 30);
@@ -366,7 +366,7 @@ static void start_request(client *c)
     c->status = 0;
     c->is_http10 = h->version_minor == 0;
     c->head_request = cl_slice_eq(h->method, "HEAD");
-    c->keep_alive = h->keep_alive && !cfg->disable_keep_alives && !c->w->draining;
+    c->keep_alive = h->keep_alive && !cfg->disable_keep_alives && !cl_worker_ending(c->w);
     c->req_body = h->body;
     c->req_remaining = h->content_length;
     memset(&c->req_chunked, 0, sizeof c->req_chunked);
@@ -907,6 +907,14 @@ static void on_drain_deadline(cl_loop *loop, cl_timer *t)
 static void on_wake(cl_loop *loop, void *ctx)
 {
     worker *w = ctx;
+    if (atomic_load(&w->server->closing) && !w->closing && !w->draining) {
+        /* HTTP/1.1 connections end after their next response; HTTP/2 ones
+         * are told now, and finish the streams they have */
+        w->closing = true;
+        for (client *c = w->clients; c; c = c->next)
+            if (c->state == CLIENT_H2)
+                cl_h2_drain(c);
+    }
     if (!atomic_load(&w->server->draining) || w->draining)
         return;
     w->draining = true;
@@ -1022,6 +1030,13 @@ int cl_server_start(const cl_server_config *cfg_in, int listen_fd, cl_server **o
     }
     *out = s;
     return CL_OK;
+}
+
+void cl_server_close_connections(cl_server *s)
+{
+    atomic_store(&s->closing, true);
+    for (unsigned i = 0; i < s->worker_count; i++)
+        cl_loop_wake(s->workers[i].loop);
 }
 
 void cl_server_drain(cl_server *s, unsigned timeout_ms)

@@ -17,6 +17,9 @@ struct cl_server {
     unsigned worker_count;
     atomic_uint open_connections;
     atomic_bool draining;
+    /* the first phase of a drain: still accepting, but every response ends
+     * its connection (HTTP/1.1 Connection: close, HTTP/2 GOAWAY) */
+    atomic_bool closing;
     atomic_size_t buffered_body; /* HTTP/2 request body bytes waiting for the app */
     unsigned drain_timeout_ms;
     cl_server_stats own_stats;
@@ -35,6 +38,7 @@ struct worker {
     client *clients; /* every open connection of this worker */
     unsigned client_count;
     bool draining;
+    bool closing; /* this loop has seen cl_server_close_connections */
     cl_timer drain_timer;
     char date[40]; /* "Date: ...\r\n", refreshed each second */
     uint64_t date_ms;
@@ -98,6 +102,11 @@ CL_MUST_CHECK int cl_h2_attach(client *c);
 void cl_h2_io(client *c);
 void cl_h2_free(client *c);
 void cl_h2_drain(client *c);
+/* Should a response end its connection because the server is going away? */
+static inline bool cl_worker_ending(const worker *w)
+{
+    return w->draining || atomic_load_explicit(&w->server->closing, memory_order_relaxed);
+}
 
 /* client_io.c, for server.c and h2.c: reads/writes through the client's TLS.
  * 0 with the byte count in *got / *put (0 bytes: the socket would block), or

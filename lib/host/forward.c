@@ -435,10 +435,35 @@ static bool splice_capable(int kind)
     return kind == CL_ADDR_TCP || kind == CL_ADDR_UNIX;
 }
 
+/* A health check while the host drains: 503 without asking the enclave.
+ * The request is not waited for; a check that sees a reset instead of the
+ * answer has failed all the same, which is the point. */
+static void answer_draining(host_worker *w, int fd)
+{
+    static const char body[] = "{\"state\": \"draining\", \"by\": \"host\"}\n";
+    char resp[256];
+    int n = snprintf(resp, sizeof resp,
+                     "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n%s",
+                     sizeof body - 1, body);
+    ssize_t ignored = send(fd, resp, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)ignored;
+    shutdown(fd, SHUT_WR);
+    char sink[512];
+    while (recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0) {
+    }
+    close(fd);
+    host_slot_release(w);
+}
+
 void forward_accept(host_worker *w, host_listener *l, int fd, const struct sockaddr_storage *peer, socklen_t peer_len)
 {
     (void)peer_len;
     const cl_host_route *r = l->route;
+    if (r->health && atomic_load(&w->shared->draining)) {
+        answer_draining(w, fd);
+        return;
+    }
     fwd *f = calloc(1, sizeof *f);
     if (!f) {
         close(fd);

@@ -309,6 +309,17 @@ static void worker_stop(host_worker *w)
     cl_loop_stop(w->loop);
 }
 
+/* The drain's second phase: no new connections; the ones open finish. */
+static void worker_quiesce(host_worker *w)
+{
+    if (w->stopping)
+        return;
+    w->stopping = w->quiescing = true;
+    host_listeners_update(w);
+    if (w->conn_count == 0)
+        cl_loop_stop(w->loop);
+}
+
 static void on_worker_signal(cl_loop *loop, cl_watch *watch, uint32_t events)
 {
     (void)loop;
@@ -318,6 +329,8 @@ static void on_worker_signal(cl_loop *loop, cl_watch *watch, uint32_t events)
     while (read(watch->fd, &si, sizeof si) == (ssize_t)sizeof si) {
         if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
             worker_stop(w);
+        else if (si.ssi_signo == SIGUSR1)
+            worker_quiesce(w);
     }
 }
 
@@ -378,6 +391,7 @@ static int worker_main(const cl_host_config *cfg, host_shared *sh, const parent_
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR1);
     sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
     if (sfd < 0)
         CL_FAIL_OUT(CL_EIO, "signalfd: %s", strerror(errno));
@@ -671,6 +685,67 @@ static int supervise(parent *p, cl_watchdog *wd, int *stop_signal)
     }
 }
 
+/* Waits until deadline, a second SIGTERM/SIGINT (false), or, with
+ * until_done, until every worker and the watchdog have finished. */
+static bool drain_wait(parent *p, cl_watchdog *wd, uint64_t deadline, bool until_done)
+{
+    for (;;) {
+        unsigned alive = 0;
+        for (unsigned i = 0; i < p->workers; i++)
+            alive += p->pids[i] > 0;
+        (void)reap(p, until_done, &alive);
+        bool wd_done = !wd || cl_watchdog_state(wd) == CL_ENCLAVE_STOPPED || cl_watchdog_state(wd) == CL_ENCLAVE_FAILED;
+        if (until_done && alive == 0 && wd_done)
+            return true;
+        uint64_t now = cl_monotonic_ms();
+        if (now >= deadline)
+            return true;
+        struct pollfd pfd = {.fd = p->sigfd, .events = POLLIN};
+        poll(&pfd, 1, (int)(deadline - now < 50 ? deadline - now : 50));
+        struct signalfd_siginfo si;
+        while (read(p->sigfd, &si, sizeof si) == (ssize_t)sizeof si)
+            if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+                cl_log(CL_LOG_INFO, "drain_cut", "signal", si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM", NULL);
+                return false;
+            }
+    }
+}
+
+/* SIGTERM: health checks fail first while connections are still forwarded
+ * (the grace), then no new ones, and the open ones have drain_timeout to
+ * end.  The watchdog is stopped at once: stopping drains the enclave too
+ * (SIGTERM to the local one, whose own grace runs alongside ours). */
+static void drain(parent *p, cl_watchdog *wd)
+{
+    const cl_host_config *cfg = p->cfg;
+    if (!cfg->drain_grace_ms && !cfg->drain_timeout_ms)
+        return;
+    bool health = false;
+    for (size_t i = 0; i < cfg->route_count; i++)
+        health |= cfg->routes[i].health;
+    unsigned grace = health ? cfg->drain_grace_ms : 0;
+    char grace_text[24], timeout_text[24];
+    snprintf(grace_text, sizeof grace_text, "%u", grace);
+    snprintf(timeout_text, sizeof timeout_text, "%u", cfg->drain_timeout_ms);
+    atomic_store(&p->shared->draining, 1);
+    cl_log(CL_LOG_INFO, "draining", "health", health ? "503" : "-", "grace_ms", grace_text, "drain_timeout_ms",
+           timeout_text, NULL);
+    if (wd)
+        cl_watchdog_stop(wd);
+    if (!drain_wait(p, wd, cl_monotonic_ms() + grace, false))
+        return;
+    for (unsigned i = 0; i < p->workers; i++)
+        if (p->pids[i] > 0)
+            kill(p->pids[i], SIGUSR1);
+    cl_log(CL_LOG_INFO, "drain_accepting_stopped", NULL);
+    if (!drain_wait(p, wd, cl_monotonic_ms() + cfg->drain_timeout_ms, true))
+        return;
+    int64_t left = atomic_load(&p->shared->active);
+    char left_text[24];
+    snprintf(left_text, sizeof left_text, "%lld", (long long)(left > 0 ? left : 0));
+    cl_log(CL_LOG_INFO, "drained", "connections_left", left_text, NULL);
+}
+
 static void notify(const char *state)
 {
     if (cl_sd_notify(state) < 0)
@@ -703,6 +778,7 @@ int cl_host_run(const cl_host_config *cfg)
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGUSR1); /* the workers' "stop accepting" (drain), blocked before they fork */
     sigprocmask(SIG_BLOCK, &set, &old);
     struct sigaction ign = {.sa_handler = SIG_IGN}, old_pipe;
     sigaction(SIGPIPE, &ign, &old_pipe);
@@ -827,6 +903,8 @@ int cl_host_run(const cl_host_config *cfg)
     cl_log(CL_LOG_INFO, "stopping", "signal", stop_signal == SIGINT ? "SIGINT" : stop_signal ? "SIGTERM" : "none",
            NULL);
     notify("STOPPING=1");
+    if (rc == CL_OK && stop_signal)
+        drain(&p, wd);
     if (wd)
         cl_watchdog_stop(wd); /* the enclave is terminated while the workers stop */
     unsigned alive = 0;

@@ -215,6 +215,8 @@ void host_conn_remove(host_worker *w, host_conn *c)
     ready_unlink(c);
     w->conn_count--;
     host_slot_release(w);
+    if (w->quiescing && w->conn_count == 0)
+        cl_loop_stop(w->loop);
     if (w->paused_budget && w->conn_count < w->conn_budget - w->conn_budget / 10) {
         w->paused_budget = false;
         host_listeners_update(w);

@@ -28,6 +28,7 @@ typedef struct host_shared {
     _Atomic int64_t active;                          /* open connections, all workers */
     _Atomic int64_t worker_active[CL_HOST_MAX_WORKERS]; /* each worker's share, for a dead worker */
     _Atomic uint64_t accepted, refused;
+    _Atomic int draining; /* set by the parent on SIGTERM: health routes answer 503 */
     host_dest dests[]; /* one per route */
 } host_shared;
 
@@ -70,6 +71,7 @@ struct host_worker {
     host_conn ready; /* connections that yielded with work left: sentinel */
     size_t conn_count, conn_budget;
     bool paused_budget, paused_error, stopping;
+    bool quiescing; /* stopped accepting (SIGUSR1): the loop ends with the last connection */
     cl_watch signal_watch;
     cl_timer resume_timer;
     uint64_t idle_ms, connect_ms;

@@ -62,6 +62,10 @@ struct cl_watchdog {
     cl_address probe_addr;
     char probe_path[HTTP_PATH_MAX];
     char probe_host[CL_ADDRESS_HOST_MAX + 16]; /* Host header */
+    /* --drain-url, parsed */
+    bool drain;
+    cl_address drain_addr;
+    char drain_path[HTTP_PATH_MAX];
 
     pthread_t thread;
     bool thread_started;
@@ -856,8 +860,83 @@ static bool enclave_present(const cl_watchdog *w)
     return w->cfg.runner == CL_WATCHDOG_LOCAL ? w->child > 0 : w->have_enclave;
 }
 
+/* POST drain_path; the status, or a negative error. */
+static int drain_request(cl_watchdog *w)
+{
+    uint64_t deadline = cl_monotonic_ms() + w->cfg.health_timeout_ms;
+    int fd = -1;
+    CL_TRY(probe_connect(&w->drain_addr, deadline, &fd));
+    char req[HTTP_PATH_MAX + 256];
+    int n = snprintf(req, sizeof req,
+                     "POST %s HTTP/1.1\r\nHost: localhost\r\nUser-Agent: cloister-watchdog\r\nContent-Length: 0\r\n"
+                     "Connection: close\r\n\r\n",
+                     w->drain_path);
+    int rc = CL_OK;
+    size_t off = 0;
+    while (rc == CL_OK && off < (size_t)n) {
+        rc = wait_fd(fd, POLLOUT, deadline, "sending the drain request");
+        ssize_t s = rc == CL_OK ? send(fd, req + off, (size_t)n - off, MSG_NOSIGNAL) : 0;
+        if (rc == CL_OK && s < 0 && errno != EINTR && errno != EAGAIN)
+            rc = cl_error_set(CL_EIO, "sending the drain request: %s", strerror(errno));
+        off += s > 0 ? (size_t)s : 0;
+    }
+    char head[64] = "";
+    size_t got = 0;
+    while (rc == CL_OK && got < 12) {
+        rc = wait_fd(fd, POLLIN, deadline, "waiting for the drain answer");
+        ssize_t r = rc == CL_OK ? recv(fd, head + got, sizeof head - 1 - got, 0) : 0;
+        if (rc == CL_OK && r == 0)
+            rc = cl_error_set(CL_EPROTO, "the connection closed without an answer");
+        got += r > 0 ? (size_t)r : 0;
+    }
+    close(fd);
+    CL_TRY(rc);
+    CL_ENSURE(!strncmp(head, "HTTP/1.", 7) && head[8] == ' ', CL_EPROTO, "the answer is not HTTP/1.x");
+    return atoi(head + 9);
+}
+
+static bool enclave_alive_now(cl_watchdog *w)
+{
+    char reason[REASON_MAX];
+    if (w->cfg.runner == CL_WATCHDOG_LOCAL)
+        return !local_reap(w, reason, sizeof reason);
+    return nitro_alive(w, reason, sizeof reason) != 0;
+}
+
+/* Asks the enclave to drain and waits for it to end by itself. */
+static void drain_enclave(cl_watchdog *w)
+{
+    if (!w->drain || !enclave_present(w) || (w->cfg.runner == CL_WATCHDOG_LOCAL && w->child_exited))
+        return;
+    int status = drain_request(w);
+    char st[24];
+    snprintf(st, sizeof st, "%d", status);
+    if (status < 0 || status >= 300) {
+        cl_log(CL_LOG_WARN, "enclave_drain_refused", "runner", runner_name(w), "path", w->drain_path, "status",
+               status < 0 ? "-" : st, "error", status < 0 ? cl_error_message() : "not 2xx", "action", "terminating",
+               NULL);
+        return;
+    }
+    char wait_ms[24];
+    fmt_u64(wait_ms, w->cfg.drain_wait_ms);
+    cl_log(CL_LOG_INFO, "enclave_draining", "runner", runner_name(w), "status", st, "wait_ms", wait_ms, NULL);
+    uint64_t deadline = cl_monotonic_ms() + w->cfg.drain_wait_ms;
+    while (cl_monotonic_ms() < deadline) {
+        if (!enclave_alive_now(w)) {
+            cl_log(CL_LOG_INFO, "enclave_drained", "runner", runner_name(w), NULL);
+            return;
+        }
+        if (w->cfg.runner == CL_WATCHDOG_LOCAL)
+            local_wait(w, cl_monotonic_ms() + 100 < deadline ? cl_monotonic_ms() + 100 : deadline);
+        else
+            nanosleep(&(struct timespec){0, 500000000}, NULL);
+    }
+    cl_log(CL_LOG_WARN, "enclave_drain_timeout", "runner", runner_name(w), "wait_ms", wait_ms, NULL);
+}
+
 static void terminate_enclave(cl_watchdog *w)
 {
+    drain_enclave(w);
     if (w->cfg.runner == CL_WATCHDOG_LOCAL)
         local_terminate(w);
     else
@@ -946,6 +1025,36 @@ static void *watchdog_thread(void *arg)
 
 /* ---- configuration and lifetime ------------------------------------------------------ */
 
+/* "ADDR,PATH" of flag into addr, path (HTTP_PATH_MAX) and a Host header
+ * value (CL_ADDRESS_HOST_MAX + 16). */
+static int parse_addr_path(const char *text, const char *flag, cl_address *addr_out, char *path_out, char *host_out)
+{
+    const char *comma = NULL;
+    for (const char *p = strstr(text, ",/"); p; p = strstr(p + 1, ",/"))
+        comma = p;
+    CL_ENSURE(comma, CL_EINVAL, "%s %s: expected ADDR,PATH (e.g. unix:/run/enclave.sock,/enclave)", flag, text);
+    size_t addr_len = (size_t)(comma - text);
+    char addr[CL_ADDRESS_PATH_MAX + CL_ADDRESS_HOST_MAX + 16];
+    CL_ENSURE(addr_len < sizeof addr, CL_EINVAL, "%s: address too long", flag);
+    memcpy(addr, text, addr_len);
+    addr[addr_len] = '\0';
+    int rc = cl_address_parse(addr, addr_out);
+    if (rc < 0)
+        return cl_error_prefix(rc, "%s: ", flag);
+    const char *path = comma + 1;
+    CL_ENSURE(strlen(path) < HTTP_PATH_MAX, CL_EINVAL, "%s: path longer than %d bytes", flag, HTTP_PATH_MAX - 1);
+    for (const char *p = path; *p; p++)
+        CL_ENSURE((unsigned char)*p > ' ' && (unsigned char)*p < 0x7f, CL_EINVAL,
+                  "%s: the path may not hold spaces or control characters", flag);
+    snprintf(path_out, HTTP_PATH_MAX, "%s", path);
+    if (addr_out->kind == CL_ADDR_TCP)
+        snprintf(host_out, CL_ADDRESS_HOST_MAX + 16, "%s%s%s:%u", strchr(addr_out->host, ':') ? "[" : "",
+                 addr_out->host, strchr(addr_out->host, ':') ? "]" : "", addr_out->port);
+    else
+        snprintf(host_out, CL_ADDRESS_HOST_MAX + 16, "localhost");
+    return CL_OK;
+}
+
 static int parse_health(cl_watchdog *w)
 {
     const cl_watchdog_config *c = &w->cfg;
@@ -958,31 +1067,7 @@ static int parse_health(cl_watchdog *w)
         w->probe_connect = true;
     }
     if (c->health_url) {
-        const char *comma = NULL;
-        for (const char *p = strstr(c->health_url, ",/"); p; p = strstr(p + 1, ",/"))
-            comma = p;
-        CL_ENSURE(comma, CL_EINVAL, "--health-url %s: expected ADDR,PATH (e.g. unix:/run/enclave.sock,/enclave)",
-                  c->health_url);
-        size_t addr_len = (size_t)(comma - c->health_url);
-        char addr[CL_ADDRESS_PATH_MAX + CL_ADDRESS_HOST_MAX + 16];
-        CL_ENSURE(addr_len < sizeof addr, CL_EINVAL, "--health-url: address too long");
-        memcpy(addr, c->health_url, addr_len);
-        addr[addr_len] = '\0';
-        int rc = cl_address_parse(addr, &w->probe_addr);
-        if (rc < 0)
-            return cl_error_prefix(rc, "--health-url: ");
-        const char *path = comma + 1;
-        CL_ENSURE(strlen(path) < sizeof w->probe_path, CL_EINVAL, "--health-url: path longer than %d bytes",
-                  HTTP_PATH_MAX - 1);
-        for (const char *p = path; *p; p++)
-            CL_ENSURE((unsigned char)*p > ' ' && (unsigned char)*p < 0x7f, CL_EINVAL,
-                      "--health-url: the path may not hold spaces or control characters");
-        snprintf(w->probe_path, sizeof w->probe_path, "%s", path);
-        if (w->probe_addr.kind == CL_ADDR_TCP)
-            snprintf(w->probe_host, sizeof w->probe_host, "%s%s%s:%u", strchr(w->probe_addr.host, ':') ? "[" : "",
-                     w->probe_addr.host, strchr(w->probe_addr.host, ':') ? "]" : "", w->probe_addr.port);
-        else
-            snprintf(w->probe_host, sizeof w->probe_host, "localhost");
+        CL_TRY(parse_addr_path(c->health_url, "--health-url", &w->probe_addr, w->probe_path, w->probe_host));
         w->probe_http = true;
     }
     return CL_OK;
@@ -1055,6 +1140,16 @@ int cl_watchdog_start(const cl_watchdog_config *cfg, cl_watchdog **out)
     c->run.enclave_name = w->name;
     c->nitro.path = w->nitro_path;
     CL_TRY_OUT(parse_health(w));
+    if (cfg->drain_url) {
+        char host[CL_ADDRESS_HOST_MAX + 16];
+        rc = parse_addr_path(cfg->drain_url, "--drain-url", &w->drain_addr, w->drain_path, host);
+        if (rc < 0)
+            goto out;
+        w->drain = true;
+    }
+    c->drain_url = NULL; /* parsed; not kept */
+    if (!c->drain_wait_ms)
+        c->drain_wait_ms = 40000;
     c->health_url = c->health_connect = NULL; /* parsed; not kept */
     if (!c->stop_grace_ms)
         c->stop_grace_ms = DEFAULT_STOP_GRACE_MS;

@@ -11,7 +11,7 @@
 #define DURATION_MAX_MS (7ull * 24 * 3600 * 1000) /* a week */
 #define COUNT_MAX 100000u
 
-enum { OWN_EIF, OWN_NAME, OWN_NITRO, OWN_COMMAND, OWN_HEALTH_URL, OWN_HEALTH_CONNECT, OWN_COUNT };
+enum { OWN_EIF, OWN_NAME, OWN_NITRO, OWN_COMMAND, OWN_HEALTH_URL, OWN_HEALTH_CONNECT, OWN_DRAIN_URL, OWN_COUNT };
 _Static_assert(OWN_COUNT <= sizeof(((cl_watchdog_settings *)0)->owned) / sizeof(char *), "owned slots");
 
 int cl_watchdog_parse_duration(const char *text, uint64_t max_ms, uint64_t *out_ms)
@@ -76,6 +76,12 @@ static int set_health_url(void *base, const char *value)
     return set_string(s, OWN_HEALTH_URL, value, &s->config.health_url);
 }
 
+static int set_drain_url(void *base, const char *value)
+{
+    cl_watchdog_settings *s = base;
+    return set_string(s, OWN_DRAIN_URL, value, &s->config.drain_url);
+}
+
 static int set_health_connect(void *base, const char *value)
 {
     cl_watchdog_settings *s = base;
@@ -121,6 +127,11 @@ static const cl_opt options[] = {
      .help = "health check: GET PATH over ADDR, healthy below 500"},
     {.name = "health-connect", CL_OPT_CALLBACK(set_health_connect), .arg = "ADDR",
      .help = "health check: a connection to ADDR succeeds"},
+    {.name = "drain-url", CL_OPT_CALLBACK(set_drain_url), .arg = "ADDR,PATH",
+     .help = "before terminating the enclave (stop or restart): POST PATH over ADDR (cloister enclave "
+             "-health-listen's /enclave/drain), then wait up to --drain-wait for it to finish by itself"},
+    {.name = "drain-wait", WD_DURATION(drain_wait_ms, 1), .arg = "DURATION",
+     .help = "how long --drain-url's drain may take (40s)"},
     {.name = "health-interval", WD_DURATION(health_interval_ms, 10), .arg = "DURATION",
      .help = "between health checks (5s)"},
     {.name = "health-timeout", WD_DURATION(health_timeout_ms, 10), .arg = "DURATION",

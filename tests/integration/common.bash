@@ -100,5 +100,6 @@ start_app() {
 start_enclave() {
     local name=$1
     shift
-    spawn "$name" "$CLOISTER" enclave -fqdn localhost --nsm "unix:$work/nsm.sock" "$@"
+    # no grace before the drain: no load balancer here to tell, and cleanup stays quick
+    spawn "$name" "$CLOISTER" enclave -fqdn localhost --nsm "unix:$work/nsm.sock" -drain-grace 0 "$@"
 }

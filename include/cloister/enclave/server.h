@@ -89,6 +89,12 @@ typedef struct cl_server_config {
 
 /* Starts worker threads serving listen_fd (which the server then owns). */
 CL_MUST_CHECK int cl_server_start(const cl_server_config *cfg, int listen_fd, cl_server **out);
+/* The first phase of a drain, while a load balancer learns that this
+ * server is going away: it keeps accepting, but every response from now on
+ * ends its connection (HTTP/1.1 Connection: close; HTTP/2 GOAWAY, streams
+ * already open finish), so clients reconnect, and through the balancer
+ * reach another replica.  Returns at once. */
+void cl_server_close_connections(cl_server *s);
 /* Stops accepting and lets requests in flight finish (new ones on open
  * connections are refused with Connection: close); after timeout_ms,
  * remaining connections are closed.  Returns at once; see cl_server_wait. */

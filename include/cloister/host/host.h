@@ -42,6 +42,9 @@ typedef struct cl_host_route {
     cl_address listen;
     cl_address dest;     /* where connections go; for IMDS the endpoint (tcp) */
     bool proxy_protocol; /* send a PROXY protocol v2 header before the client's bytes */
+    /* A load balancer's health check of the enclave (forward only): while
+     * the host drains, answered 503 here instead of forwarded. */
+    bool health;
 } cl_host_route;
 
 #define CL_HOST_MAX_WORKERS 64
@@ -68,6 +71,13 @@ typedef struct cl_host_config {
      * restarted, stopped on SIGTERM), or NULL.  When the watchdog gives up,
      * the host stops too and cl_host_run fails. */
     const cl_watchdog_config *watchdog;
+    /* On SIGTERM: for drain_grace_ms (when a route has `health`) health
+     * checks are answered 503 while connections are still forwarded, so the
+     * load balancer stops sending them; then the listeners close and the
+     * connections open have drain_timeout_ms to end (the watchdog's enclave
+     * drains meanwhile: it is stopped at once, and its stop drains it).
+     * Both 0: everything is cut at once. */
+    unsigned drain_grace_ms, drain_timeout_ms;
 } cl_host_config;
 
 /* getaddrinfo() for a stream socket, limited to family (AF_UNSPEC: both),

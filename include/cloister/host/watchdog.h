@@ -76,6 +76,15 @@ typedef struct cl_watchdog_config {
     unsigned health_failures;    /* consecutive failures = unhealthy; default 3 */
     unsigned start_timeout_ms;   /* starting -> unhealthy if not healthy by then; default 120 s */
 
+    /* Before each termination (a stop, or a restart of a live enclave):
+     * POST PATH over ADDR ("ADDR,PATH": cloister enclave's /enclave/drain),
+     * then up to drain_wait_ms (default 40 s) for the enclave to end by
+     * itself, its requests in flight finished; only then terminate-enclave
+     * or SIGTERM.  Without it a local enclave still drains on SIGTERM, but
+     * nitro-cli's terminate-enclave cuts everything at once. */
+    const char *drain_url;
+    unsigned drain_wait_ms;
+
     /* restarts */
     unsigned restart_budget;      /* restarts allowed within the window, when restart_budget_set */
     bool restart_budget_set;      /* else the default, 5; so 0 can mean "never restart" */
