@@ -20,6 +20,7 @@
 #include "cloister/core/options.h"
 #include "cloister/core/process.h"
 #include "commands.h"
+#include "dev.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -50,7 +51,7 @@
 
 static const char usage_text[] =
     "usage: cloister dev [--check] [--port N] [--app CMD [--app-port N]] [--no-netns]\n"
-    "                    [--run-dir DIR] [--fidelity nitro|loose]\n"
+    "                    [--run-dir DIR] [--fidelity nitro|loose] [--replicas N [--identity kms|sync]]\n"
     "\n"
     "Runs the whole picture on one machine: the NSM simulator; the enclave side\n"
     "(cloister enclave and the example app) in its own network namespace with only lo\n"
@@ -71,16 +72,17 @@ static const char epilog[] =
     "namespace, socket or file is left.  Exit status: 0 ok, 1 something failed (its\n"
     "log is shown), 2 bad command line.\n";
 
-typedef struct dev_options {
-    bool check, no_netns;
-    unsigned port, app_port;
-    char *app, *run_dir, *fidelity;
-} dev_options;
-
 static int check_fidelity(void *base, const char *value)
 {
     (void)base;
     CL_ENSURE(!strcmp(value, "nitro") || !strcmp(value, "loose"), CL_EINVAL, "nitro or loose, got '%s'", value);
+    return CL_OK;
+}
+
+static int check_identity(void *base, const char *value)
+{
+    (void)base;
+    CL_ENSURE(!strcmp(value, "kms") || !strcmp(value, "sync"), CL_EINVAL, "kms or sync, got '%s'", value);
     return CL_OK;
 }
 
@@ -104,32 +106,15 @@ static const cl_opt dev_option_table[] = {
      .help = "use DIR (created, must not exist) instead of a temporary one"},
     {.name = "fidelity", CL_OPT_STR(dev_options, fidelity), .set = check_fidelity, .def = "nitro",
      .arg = "nitro|loose", .help = "how closely the links follow Nitro's (below)"},
+    {.name = "replicas", CL_OPT_UINT_AT(dev_options, replicas, 1, 16), .def = "1", .arg = "N",
+     .help = "N > 1: N enclave sides (each its own namespace, NSM simulator instance and cloister host) behind "
+             "HAProxy in TCP mode on 127.0.0.1:--port, with PROXY protocol v2 and health checks (docs/scale-out.md)"},
+    {.name = "identity", CL_OPT_STR(dev_options, identity), .set = check_identity, .def = "kms", .arg = "kms|sync",
+     .help = "with --replicas: one certificate for all, its key a KMS ciphertext every replica opens (kms), or "
+             "given by replica 1, the leader, to the others by attested key sync (sync)"},
 };
 
-typedef struct proc {
-    const char *name;
-    pid_t pid;
-    char log[PATH_MAX];
-} proc;
-
-typedef struct dev {
-    char self[PATH_MAX];   /* this cloister binary */
-    char run[PATH_MAX];    /* the run directory */
-    bool made_run;
-    int sigfd;
-    bool stop_requested;
-    bool isolated;
-    bool loose; /* --fidelity loose: unix: links, no seams */
-    unsigned port, imds_port, intport, appport, kms_port;
-    proc sim, imds, host, kms;
-    char role_key[32], role_secret[64];   /* the instance role's credentials (imds-sim, kms-local) */
-    char oper_key[32], oper_secret[64];   /* the operator's, who encrypts outside the enclave */
-    char pcr0[2 * 48 + 1];                /* the enclave's: SHA-384 of this binary, as nsm-sim measures it */
-    char secret_sha256[2 * 32 + 1];       /* of the demo secret, which only the enclave opens */
-} dev;
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
+void say(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -141,7 +126,7 @@ static void say(const char *fmt, ...)
 
 /* A process of our own: its own process group (Ctrl-C reaches only us, and
  * we stop things in order), killed if we die, output in its log file. */
-static int spawn(dev *d, proc *p, const char *name, char *const argv[])
+int spawn(dev *d, proc *p, const char *name, char *const argv[])
 {
     p->name = name;
     snprintf(p->log, sizeof p->log, "%s/%s.log", d->run, name);
@@ -158,7 +143,7 @@ static int spawn(dev *d, proc *p, const char *name, char *const argv[])
 }
 
 /* False once p has exited (and reaps it). */
-static bool alive(proc *p)
+bool alive(proc *p)
 {
     if (p->pid <= 0)
         return false;
@@ -174,7 +159,7 @@ static bool alive(proc *p)
     return true;
 }
 
-static void describe_exit(const proc *p, char *out, size_t len)
+void describe_exit(const proc *p, char *out, size_t len)
 {
     int status = -p->pid - 1;
     if (WIFSIGNALED(status))
@@ -183,7 +168,7 @@ static void describe_exit(const proc *p, char *out, size_t len)
         snprintf(out, len, "exit status %d", WEXITSTATUS(status));
 }
 
-static void show_log(const proc *p, int lines)
+void show_log(const proc *p, int lines)
 {
     FILE *f = fopen(p->log, "r");
     if (!f)
@@ -216,14 +201,14 @@ static void take_signals(dev *d)
             d->stop_requested = true;
 }
 
-static void pause_ms(dev *d, int ms)
+void pause_ms(dev *d, int ms)
 {
     struct pollfd pfd = {.fd = d->sigfd, .events = POLLIN};
     poll(&pfd, 1, ms);
     take_signals(d);
 }
 
-static int stop_proc(dev *d, proc *p)
+int stop_proc(dev *d, proc *p)
 {
     if (!alive(p))
         return CL_OK;
@@ -239,7 +224,7 @@ static int stop_proc(dev *d, proc *p)
     return CL_OK;
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st;
     (void)ftw;
@@ -261,7 +246,7 @@ static void stop_all(dev *d)
 
 /* Waits until ready() holds, while proc stays alive; false on timeout,
  * exit or a stop request (with the reason said). */
-static bool wait_for(dev *d, proc *p, const char *what, bool (*ready)(dev *), int timeout_ms)
+bool wait_for(dev *d, proc *p, const char *what, bool (*ready)(dev *), int timeout_ms)
 {
     uint64_t deadline = cl_monotonic_ms() + (uint64_t)timeout_ms;
     for (;;) {
@@ -293,7 +278,7 @@ static bool sim_ready(dev *d)
     return stat(path, &st) == 0 && S_ISSOCK(st.st_mode);
 }
 
-static bool tcp_accepts(unsigned port)
+bool tcp_accepts(unsigned port)
 {
     char text[32];
     snprintf(text, sizeof text, "tcp:127.0.0.1:%u", port);
@@ -307,7 +292,7 @@ static bool tcp_accepts(unsigned port)
 
 static bool imds_ready(dev *d) { return tcp_accepts(d->imds_port); }
 
-static int run_self(dev *d, const char *name, char *const argv[]);
+int run_self(dev *d, const char *name, char *const argv[]);
 
 /* Runs `cloister verify` on the forward, output to RUN/verify.out. */
 static int run_verify(dev *d)
@@ -321,7 +306,7 @@ static int run_verify(dev *d)
 
 static bool verified(dev *d) { return run_verify(d) == 0; }
 
-static void print_file(const char *path)
+void print_file(const char *path)
 {
     FILE *f = fopen(path, "r");
     if (!f)
@@ -386,7 +371,7 @@ static bool same_netns(pid_t a, pid_t b)
 
 /* Can this process make a network namespace?  Tried once, with the tool
  * the enclave command uses. */
-static bool netns_possible(const char **why)
+bool netns_possible(const char **why)
 {
     if (geteuid() != 0) {
         *why = "not running as root";
@@ -400,7 +385,7 @@ static bool netns_possible(const char **why)
     return true;
 }
 
-static unsigned free_port(void)
+unsigned free_port(void)
 {
     cl_address a;
     int fd = -1;
@@ -414,7 +399,7 @@ static unsigned free_port(void)
 }
 
 /* A word for sh -c, single-quoted. */
-static int shell_quote(cl_buf *out, const char *word)
+int shell_quote(cl_buf *out, const char *word)
 {
     CL_TRY(cl_buf_append(out, "'", 1));
     for (const char *p = word; *p; p++)
@@ -478,7 +463,7 @@ static int enclave_command(const dev *d, const char *app_cmd, bool wait_for_app,
     const char *words[] = {d->self, "enclave", "-fqdn", "localhost", "--nsm", nsm, "--listen", listen,
                            "-intport", intport, "-appwebsrv", appurl, "-appcmd", app_cmd, "--proxy-protocol",
                            "-kms-imds", kms_imds, "-kms-proxy", kms_proxy, "-kms-ca-file", kms_ca,
-                           "-secret", secret, "-kms-for-app"};
+                           "-secret", secret, "-kms-for-app", "-drain-grace", "0"};
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
         CL_TRY(shell_quote(out, words[i]));
     if (wait_for_app)
@@ -487,7 +472,7 @@ static int enclave_command(const dev *d, const char *app_cmd, bool wait_for_app,
 }
 
 /* Random credentials in AWS's shapes: AKIA + 16 of base32, 40 of base64. */
-static int make_credentials(char *key, size_t key_len, char *secret, size_t secret_len)
+int make_credentials(char *key, size_t key_len, char *secret, size_t secret_len)
 {
     static const char b32[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -504,7 +489,7 @@ static int make_credentials(char *key, size_t key_len, char *secret, size_t secr
     return CL_OK;
 }
 
-static int file_sha384_hex(const char *path, char out[2 * 48 + 1])
+int file_sha384_hex(const char *path, char out[2 * 48 + 1])
 {
     cl_buf data = CL_BUF_INIT;
     CL_TRY(cl_read_file(path, 256u << 20, &data));
@@ -517,7 +502,7 @@ static int file_sha384_hex(const char *path, char out[2 * 48 + 1])
     return CL_OK;
 }
 
-static int write_text(const char *path, const char *text)
+int write_text(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
     CL_ENSURE(f, CL_EIO, "cannot create %s: %s", path, strerror(errno));
@@ -569,7 +554,7 @@ static bool kms_ready(dev *d)
 
 /* Runs this binary with argv (a subcommand and its arguments), output to
  * RUN/NAME.out; its exit status, or -1. */
-static int run_self(dev *d, const char *name, char *const argv[])
+int run_self(dev *d, const char *name, char *const argv[])
 {
     char out[PATH_MAX + 32];
     snprintf(out, sizeof out, "%s/%s.out", d->run, name);
@@ -589,7 +574,7 @@ static int run_self(dev *d, const char *name, char *const argv[])
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-static bool file_contains(const char *path, const char *needle)
+bool file_contains(const char *path, const char *needle)
 {
     cl_buf b = CL_BUF_INIT;
     bool found = cl_read_file(path, 1 << 20, &b) == CL_OK && b.len && memmem(b.data, b.len, needle, strlen(needle));
@@ -600,7 +585,7 @@ static bool file_contains(const char *path, const char *needle)
 /* kms-local with two keys: alias/dev opens for this enclave's PCR0,
  * alias/other-pcr0 for another image's only; the demo secret encrypted
  * under each by the operator, outside the enclave. */
-static bool start_kms(dev *d)
+bool start_kms(dev *d)
 {
     char pol_dev[PATH_MAX + 32], pol_other[PATH_MAX + 32], state[PATH_MAX + 16], listen[64], root[PATH_MAX + 32];
     char creds_role[256], creds_oper[256], key_dev[PATH_MAX + 48], key_other[PATH_MAX + 48];
@@ -664,7 +649,7 @@ static bool start_kms(dev *d)
 }
 
 /* examples/hello/app.py beside the build directory, or under $CLOISTER_SOURCE_DIR. */
-static bool find_example_app(const dev *d, char *out, size_t len)
+bool find_example_app(const dev *d, char *out, size_t len)
 {
     const char *src = getenv("CLOISTER_SOURCE_DIR");
     char dir[PATH_MAX];
@@ -1011,7 +996,7 @@ int cmd_dev(int argc, char **argv)
         cl_options_free(&spec, NULL);
         return rc > 0 ? 0 : EXIT_USAGE;
     }
-    int status = run_dev(&o, app_port_given);
+    int status = o.replicas > 1 ? dev_replicas_run(&o) : run_dev(&o, app_port_given);
     cl_options_free(&spec, NULL);
     return status;
 }
