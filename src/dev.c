@@ -107,7 +107,7 @@ static const cl_opt dev_option_table[] = {
     {.name = "fidelity", CL_OPT_STR(dev_options, fidelity), .set = check_fidelity, .def = "nitro",
      .arg = "nitro|loose", .help = "how closely the links follow Nitro's (below)"},
     {.name = "replicas", CL_OPT_UINT_AT(dev_options, replicas, 1, 16), .def = "1", .arg = "N",
-     .help = "N > 1: N enclave sides (each its own namespace, NSM simulator instance and cloister host) behind "
+     .help = "N enclave sides (each its own namespace, NSM simulator instance and cloister host) behind "
              "HAProxy in TCP mode on 127.0.0.1:--port, with PROXY protocol v2 and health checks (docs/scale-out.md)"},
     {.name = "identity", CL_OPT_STR(dev_options, identity), .set = check_identity, .def = "kms", .arg = "kms|sync",
      .help = "with --replicas: one certificate for all, its key a KMS ciphertext every replica opens (kms), or "
@@ -991,12 +991,14 @@ int cmd_dev(int argc, char **argv)
     cl_options_result r;
     int rc = cl_options_main(&spec, argc, argv, &r);
     bool app_port_given = rc == 0 && cl_options_given(&spec, &r, "app-port");
+    bool replicas_given = rc == 0 && cl_options_given(&spec, &r, "replicas");
     cl_options_free(NULL, &r);
     if (rc != 0) {
         cl_options_free(&spec, NULL);
         return rc > 0 ? 0 : EXIT_USAGE;
     }
-    int status = o.replicas > 1 ? dev_replicas_run(&o) : run_dev(&o, app_port_given);
+    /* --replicas 1 given: one replica, behind HAProxy all the same */
+    int status = replicas_given ? dev_replicas_run(&o) : run_dev(&o, app_port_given);
     cl_options_free(&spec, NULL);
     return status;
 }
