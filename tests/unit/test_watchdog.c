@@ -89,6 +89,8 @@ typedef struct http_server {
     atomic_bool stop;
     atomic_int requests;
     _Atomic(const char *) raw; /* when set, the whole answer instead of a status */
+    const char *on_post;       /* when set, a file made on each POST (before the answer) */
+    atomic_int posts;
     pthread_t thread;
     char path[108];
 } http_server;
@@ -115,6 +117,14 @@ static void *serve(void *arg)
                 break;
         }
         atomic_fetch_add(&s->requests, 1);
+        if (!strncmp(buf, "POST /enclave/drain HTTP/1.1\r\n", 30)) {
+            atomic_fetch_add(&s->posts, 1);
+            if (s->on_post) {
+                FILE *f = fopen(s->on_post, "w");
+                if (f)
+                    fclose(f);
+            }
+        }
         char resp[256];
         const char *raw = atomic_load(&s->raw);
         int n = raw ? snprintf(resp, sizeof resp, "%s", raw)
@@ -436,6 +446,40 @@ static void local_restarts_when_unhealthy(void)
     server_stop(&srv);
 }
 
+/* --drain-url: before terminating, the watchdog POSTs the drain and waits
+ * for the enclave to end by itself.  The stand-in enclave ends only once
+ * the drain was asked for (the server makes its file on the POST); had the
+ * watchdog terminated it first, SIGTERM would have ended it without the
+ * file. */
+static void local_drains_before_terminating(void)
+{
+    http_server srv;
+    CHECK(server_start(&srv, "drain.sock") == 0);
+    char url[200], done[200], cmd[512];
+    snprintf(url, sizeof url, "unix:%s,/enclave/drain", srv.path);
+    snprintf(done, sizeof done, "%s/drained", tmpdir);
+    srv.on_post = done;
+    snprintf(cmd, sizeof cmd, "trap '' TERM; while [ ! -e '%s' ]; do sleep 0.02; done; echo left-after-drain", done);
+    changes ch = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    cl_watchdog_config c = {.runner = CL_WATCHDOG_LOCAL, .command = cmd, .drain_url = url, .drain_wait_ms = 20000,
+                            .stop_grace_ms = 20000, .on_state = record, .on_state_ctx = &ch};
+    cl_watchdog *w = NULL;
+    CHECK_OK(cl_watchdog_start(&c, &w));
+    if (!w) {
+        server_stop(&srv);
+        return;
+    }
+    CHECK(wait_for(&ch, CL_ENCLAVE_RUNNING, 1, 3000));
+    cl_watchdog_stop(w);
+    CHECK_OK(cl_watchdog_wait(w));
+    cl_watchdog_free(w);
+    server_stop(&srv);
+    CHECK(atomic_load(&srv.posts) == 1);
+    CHECK(access(done, F_OK) == 0);
+    cl_watchdog_config bad = {.runner = CL_WATCHDOG_LOCAL, .command = "sleep 1", .drain_url = "unix:/x"};
+    CHECK_ERR(cl_watchdog_start(&bad, &w), CL_EINVAL, "--drain-url");
+}
+
 /* The probe reads answers with the strict HTTP/1.1 parser: a malformed
  * answer is a failed check whatever status it claims, and a well-formed
  * one in any framing is healthy. */
@@ -579,6 +623,7 @@ int main(void)
     RUN(local_window_forgets_old_restarts);
     RUN(local_restarts_when_unhealthy);
     RUN(local_malformed_answers_are_unhealthy);
+    RUN(local_drains_before_terminating);
     RUN(nitro_runs_and_terminates);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
