@@ -463,7 +463,7 @@ static int enclave_command(const dev *d, const char *app_cmd, bool wait_for_app,
     const char *words[] = {d->self, "enclave", "-fqdn", "localhost", "--nsm", nsm, "--listen", listen,
                            "-intport", intport, "-appwebsrv", appurl, "-appcmd", app_cmd, "--proxy-protocol",
                            "-kms-imds", kms_imds, "-kms-proxy", kms_proxy, "-kms-ca-file", kms_ca,
-                           "-secret", secret, "-kms-for-app", "-drain-grace", "0"};
+                           "-secret", secret, "-kms-for-app"};
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
         CL_TRY(shell_quote(out, words[i]));
     if (wait_for_app)

@@ -119,9 +119,9 @@ static const cl_opt option_specs[] = {
     {.name = "drain-timeout", CL_OPT_UINT_AT(settings, drain_timeout, 0, 3600), .def = "30", .arg = "SECONDS",
      .help = "on SIGTERM, time for requests in flight to finish"},
     {.name = "drain-grace", CL_OPT_UINT_AT(settings, drain_grace, 0, 3600), .def = "5", .arg = "SECONDS",
-     .help = "on SIGTERM, first this long: /enclave/health answers 503 so that the load balancer stops sending "
-             "connections, which are still accepted, and every response closes its connection (HTTP/2: GOAWAY); "
-             "then -drain-timeout"},
+     .help = "on SIGTERM, first this long (with -health-listen; without, no grace): /enclave/health answers 503 so "
+             "that the load balancer stops sending connections, which are still accepted, and every response closes "
+             "its connection (HTTP/2: GOAWAY); then -drain-timeout"},
     {.name = "health-listen", CL_OPT_STR(settings, health_listen), .arg = "ADDR",
      .help = "plain-HTTP listener for the parent (vsock:4294967295:PORT on Nitro): GET /enclave/health (200 serving,"
              " 503 starting or draining) for the load balancer's check through cloister host, POST /enclave/drain "
@@ -185,7 +185,8 @@ static const char epilog[] = "public endpoints (HTTPS):\n"
                              "  GET  /enclave/health               200 serving; 503 starting or draining\n"
                              "  POST /enclave/drain                start the drain, as SIGTERM does\n"
                              "\nSIGTERM or SIGINT: /enclave/health answers 503 and responses close their\n"
-                             "connections for -drain-grace while new ones are still accepted; then stop\n"
+                             "connections for -drain-grace (with -health-listen) while new ones are still\n"
+                             "accepted; then stop\n"
                              "accepting, let requests in flight finish (-drain-timeout), stop the\n"
                              "application, exit 0.\n";
 
@@ -1077,13 +1078,16 @@ static void drain_grace(enclave *e, const sigset_t *wanted, int sig)
     if (pub)
         cl_server_close_connections(pub);
     pthread_mutex_unlock(&e->lock);
+    /* the grace is for a balancer to see the 503: without a health
+     * listener nobody can, and the drain starts at once */
+    unsigned grace_s = e->health_server ? e->s.drain_grace : 0;
     char grace[16], timeout[16];
-    snprintf(grace, sizeof grace, "%u", e->s.drain_grace);
+    snprintf(grace, sizeof grace, "%u", grace_s);
     snprintf(timeout, sizeof timeout, "%u", e->s.drain_timeout);
     cl_log(CL_LOG_INFO, "draining", "signal", sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : "-", "by",
            requested ? "POST /enclave/drain" : "signal", "health", "503", "grace_s", grace, "drain_timeout_s", timeout,
            NULL);
-    uint64_t end = cl_monotonic_ms() + (uint64_t)e->s.drain_grace * 1000u;
+    uint64_t end = cl_monotonic_ms() + (uint64_t)grace_s * 1000u;
     for (uint64_t now = cl_monotonic_ms(); now < end; now = cl_monotonic_ms()) {
         struct timespec ts = {.tv_sec = (time_t)((end - now) / 1000), .tv_nsec = (long)((end - now) % 1000) * 1000000L};
         int got = sigtimedwait(wanted, NULL, &ts);

@@ -100,6 +100,5 @@ start_app() {
 start_enclave() {
     local name=$1
     shift
-    # no grace before the drain: no load balancer here to tell, and cleanup stays quick
-    spawn "$name" "$CLOISTER" enclave -fqdn localhost --nsm "unix:$work/nsm.sock" -drain-grace 0 "$@"
+    spawn "$name" "$CLOISTER" enclave -fqdn localhost --nsm "unix:$work/nsm.sock" "$@"
 }
