@@ -56,6 +56,7 @@ struct cl_sync {
     pthread_cond_t cond;  /* role, state version, stop, jobs */
     cl_sync_role role;
     bool stopping;
+    bool synced; /* a worker that has received keys */
     cl_sync_keys keys;
     uint64_t version; /* bumped when app_keys change */
     char etag[72];
@@ -499,6 +500,7 @@ static int worker_accept(cl_sync *s, const cl_sync_request *req, char *leader_de
         s->version++;
         set_etag_locked(s);
     }
+    s->synced = true;
     pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->lock);
 out:
@@ -613,11 +615,22 @@ static void run_worker(cl_sync *s)
     uint64_t start = ms_now();
     unsigned backoff = 100;
     bool registered = false;
+    /* registered is not synced: the leader's sync may fail (it could not
+     * reach us, say), so until keys arrive we register again */
     while (!stopping(s) && ms_now() - start < s->cfg.register_timeout_ms) {
         if (post_heartbeat(s, true) == CL_OK) {
+            if (!registered)
+                cl_log(CL_LOG_INFO, "sync_registered", "leader", s->leader, NULL);
             registered = true;
-            cl_log(CL_LOG_INFO, "sync_registered", "leader", s->leader, NULL);
-            break;
+            pthread_mutex_lock(&s->lock);
+            uint64_t deadline = ms_now() + s->cfg.register_interval_ms;
+            while (!s->synced && !s->stopping && ms_now() < deadline)
+                wait_until(s, deadline);
+            bool synced = s->synced;
+            pthread_mutex_unlock(&s->lock);
+            if (synced)
+                break;
+            continue;
         }
         cl_log(CL_LOG_WARN, "sync_register_failed", "leader", s->leader, "error", cl_error_message(), NULL);
         sleep_ms(s, backoff);
