@@ -463,7 +463,11 @@ static int worker_accept(cl_sync *s, const cl_sync_request *req, char *leader_de
     /* which of our requests this answers: the nonce in the document, which
      * verify_peer_doc then checks is really there and signed */
     cl_attestation_doc peek;
-    CL_TRY_OUT(cl_attestation_parse(body.document.data, body.document.len, &peek));
+    rc = cl_attestation_parse(body.document.data, body.document.len, &peek);
+    if (rc < 0) {
+        rc = cl_error_prefix(rc, "the leader's attestation document: ");
+        goto out;
+    }
     bool known = peek.has_nonce && take_pending(s, peek.nonce, &p);
     cl_attestation_doc_free(&peek);
     CL_ENSURE_OUT(known, CL_EVERIFY, "the leader's document does not carry the nonce of a sync we started");
