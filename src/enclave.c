@@ -255,6 +255,16 @@ static int parse_settings(int argc, char **argv, settings *s)
                         " must be positive\n");
         return EXIT_USAGE;
     }
+    if (s->sync_allow_pcr0.count) {
+        cl_sync_policy *check = calloc(1, sizeof *check);
+        for (size_t i = 0; check && i < s->sync_allow_pcr0.count; i++)
+            if (cl_sync_policy_allow_pcr0(check, s->sync_allow_pcr0.items[i]) < 0) {
+                fprintf(stderr, "cloister enclave: %s\n", cl_error_message());
+                free(check);
+                return EXIT_USAGE;
+            }
+        free(check);
+    }
     if (s->max_buffered_body < 65536) {
         fprintf(stderr, "cloister enclave: --max-buffered-body must be at least 65536\n");
         return EXIT_USAGE;
