@@ -821,11 +821,14 @@ static int start_listener(enclave *e, const char *name, const char *addr_text, l
         .name = name,
         .tls_acquire = public_ || sync_ ? tls_acquire : NULL,
         .app = public_ && e->has_app ? &e->app : NULL,
-        /* a KMS call for the app blocks its thread: keep one for the rest */
-        .threads = public_ ? e->s.threads : internal_ && e->kms_endpoint ? 2 : 1,
+        /* a KMS call for the app blocks its thread, and so does a long poll
+         * of /enclave/state (two at most): keep one for the rest */
+        .threads = public_ ? e->s.threads
+                   : internal_ ? (e->kms_endpoint ? 2u : 1u) + (e->s.fqdn_leader ? 2u : 0u)
+                               : 1,
         .max_header_bytes = e->s.max_header_bytes,
         /* PUT /enclave/state takes 1 MiB; the leader's sync POST carries it sealed */
-        .max_local_body = sync_ ? CL_SYNC_MAX_LEADER_BODY : internal_ && e->sync ? CL_SYNC_MAX_STATE : 0,
+        .max_local_body = sync_ ? CL_SYNC_MAX_LEADER_BODY : internal_ && e->s.fqdn_leader ? CL_SYNC_MAX_STATE : 0,
         .header_timeout_ms = e->s.header_timeout * 1000u,
         .idle_timeout_ms = e->s.idle_timeout * 1000u,
         .upstream_timeout_ms = e->s.app_timeout * 1000u,
