@@ -186,7 +186,13 @@ bad_worker() { # NAME ADDR WHAT PATTERN ARGS...
     shift 4
     peer "$name" worker --fqdn-leader 127.0.0.1 --ext-priv-port "$p1" --listen "$addr" "$@"
     wait_for_log "$name" 'event=sync-requested' 300
-    wait_for_log leader "event=sync_worker_failed worker=$addr:$p1 .*$pattern"
+    for _ in $(seq 1 300); do
+        grep -q 'event=sync-post-received' "$work/$name.log" && fail "$what: the leader sent keys"
+        grep -qE "event=sync_worker_failed worker=$addr:$p1 .*$pattern" "$work/leader.log" && break
+        sleep 0.05
+    done
+    grep -qE "event=sync_worker_failed worker=$addr:$p1 .*$pattern" "$work/leader.log" ||
+        fail "$what: the leader did not log its refusal (/$pattern/)"
     grep -q 'event=sync-post-received' "$work/$name.log" && fail "$what: the leader sent keys"
     stop "$name" || true
 }
