@@ -53,11 +53,18 @@
 #define DRAIN_GRACE "3"
 #define DRAIN_TIMEOUT "10"
 #define VERIFY_ROUNDS_PER_REPLICA 3
+/* key sync: each enclave's sync listener (-ext-priv-listen) is vsock port
+ * 444 of its own CID, forwarded by its host to 127.0.0.1:SYNC_I; an
+ * enclave reaches replica J's through its parent's outbound proxy on
+ * vsock:3:(SYNC_DIAL_BASE + J) */
+#define SYNC_VSOCK_PORT "444"
+#define SYNC_DIAL_BASE 8450
 
 typedef struct replica {
     unsigned index; /* 1..N */
     char dir[PATH_MAX];
     unsigned port, health_port;  /* the host's forwards on 127.0.0.1 */
+    unsigned sync_port;          /* --identity sync: the forward to its sync listener */
     unsigned intport, appport;   /* the enclave's and the app's */
     char instance_id[32];
     proc sim, host;
@@ -148,7 +155,25 @@ static int enclave_command(const fleet *f, const replica *r, cl_buf *out)
                            DRAIN_TIMEOUT, "-wait-for-app"};
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
         CL_TRY_OUT(shell_quote(out, words[i]));
-    if (!f->sync) {
+    if (f->sync) {
+        char leader[32], advertise[32], sync_root[PATH_MAX + 32];
+        snprintf(leader, sizeof leader, "127.0.0.1:%u", f->r[0].sync_port);
+        snprintf(advertise, sizeof advertise, "127.0.0.1:%u", r->sync_port);
+        snprintf(sync_root, sizeof sync_root, "%s/state/root.pem", d->run);
+        /* dev's cadence: registration every 500 ms, heartbeats every 2 s */
+        const char *sync_words[] = {"-fqdn-leader", leader, "-ext-priv-listen", "vsock:4294967295:" SYNC_VSOCK_PORT,
+                                    "-sync-advertise", advertise, "-sync-root", sync_root,
+                                    "-sync-register-interval", "500ms", "-sync-heartbeat-interval", "2s",
+                                    "-sync-prune-after", "10s"};
+        for (size_t i = 0; i < sizeof sync_words / sizeof sync_words[0]; i++)
+            CL_TRY_OUT(shell_quote(out, sync_words[i]));
+        for (unsigned j = 0; j < f->n; j++) {
+            char dial[64];
+            snprintf(dial, sizeof dial, "127.0.0.1:%u=vsock:3:%u", f->r[j].sync_port, SYNC_DIAL_BASE + f->r[j].index);
+            CL_TRY_OUT(shell_quote(out, "-sync-dial"));
+            CL_TRY_OUT(shell_quote(out, dial));
+        }
+    } else {
         char key[PATH_MAX + 40];
         snprintf(key, sizeof key, "@%s", f->key_ct);
         const char *kms_words[] = {"--cert", f->cert, "--tls-key-ciphertext", key};
@@ -177,12 +202,30 @@ static int start_host(fleet *f, replica *r)
     snprintf(outbound, sizeof outbound, "vsock:3:8000=127.0.0.1:%u", d->kms_port);
     snprintf(standin, sizeof standin, "%s/vsock", r->dir);
     snprintf(name, sizeof name, "r%u/host", r->index);
-    char *argv[] = {d->self, "host", "--forward", forward, "--forward", health, "--imds", "vsock:3:8002",
+    char *base[] = {d->self, "host", "--forward", forward, "--forward", health, "--imds", "vsock:3:8002",
                     "--imds-endpoint", imds_endpoint, "--outbound", outbound, "--workers", "1",
                     "--enclave-command", (char *)cmd.data, "--health-connect", "vsock:16:443", "--health-interval",
                     "1s", "--backoff-initial", "500ms", "--drain-url", "vsock:16:" HEALTH_VSOCK_PORT ",/enclave/drain",
                     "--drain-wait", "20s", "--stop-grace", "5s", "--drain-grace", DRAIN_GRACE "s", "--drain-timeout",
-                    "25s", NULL};
+                    "25s"};
+    enum { BASE = sizeof base / sizeof base[0] };
+    char *argv[BASE + 2 + 2 * MAX_REPLICAS + 1];
+    char sync_fwd[64], sync_out[MAX_REPLICAS][64];
+    memcpy(argv, base, sizeof base);
+    size_t argc = BASE;
+    if (f->sync) {
+        /* its enclave's sync listener, and every replica's for its enclave */
+        snprintf(sync_fwd, sizeof sync_fwd, "tcp:127.0.0.1:%u=vsock:16:" SYNC_VSOCK_PORT, r->sync_port);
+        argv[argc++] = "--forward";
+        argv[argc++] = sync_fwd;
+        for (unsigned j = 0; j < f->n; j++) {
+            snprintf(sync_out[j], sizeof sync_out[j], "vsock:3:%u=127.0.0.1:%u", SYNC_DIAL_BASE + f->r[j].index,
+                     f->r[j].sync_port);
+            argv[argc++] = "--outbound";
+            argv[argc++] = sync_out[j];
+        }
+    }
+    argv[argc] = NULL;
     /* this replica's vsock stand-in: the host and, through it, its enclave */
     setenv("CLOISTER_VSOCK_STANDIN", standin, 1);
     int rc = spawn(d, &r->host, name, argv);
@@ -309,6 +352,23 @@ static void write_replica_table(const fleet *f)
         rename(tmp, path);
 }
 
+/* Waits until r's health check says 200 (its host still running). */
+static bool wait_healthy(fleet *f, replica *r, uint64_t deadline)
+{
+    while (health_status(r->health_port) != 200) {
+        if (f->d.stop_requested)
+            return false;
+        if (!alive(&r->host) || cl_monotonic_ms() > deadline) {
+            fprintf(stderr, "cloister dev: replica %u did not become healthy%s\n", r->index,
+                    alive(&r->host) ? " in time" : " (its host exited)");
+            show_log(&r->host, 30);
+            return false;
+        }
+        pause_ms(&f->d, 100);
+    }
+    return true;
+}
+
 static bool all_healthy(fleet *f)
 {
     for (unsigned i = 0; i < f->n; i++) {
@@ -321,19 +381,9 @@ static bool all_healthy(fleet *f)
         }
     }
     uint64_t deadline = cl_monotonic_ms() + START_TIMEOUT_MS;
-    for (unsigned i = 0; i < f->n; i++) {
-        while (health_status(f->r[i].health_port) != 200) {
-            if (f->d.stop_requested)
-                return false;
-            if (!alive(&f->r[i].host) || cl_monotonic_ms() > deadline) {
-                fprintf(stderr, "cloister dev: replica %u did not become healthy%s\n", f->r[i].index,
-                        alive(&f->r[i].host) ? " in time" : " (its host exited)");
-                show_log(&f->r[i].host, 30);
-                return false;
-            }
-            pause_ms(&f->d, 100);
-        }
-    }
+    for (unsigned i = 0; i < f->n; i++)
+        if (!wait_healthy(f, &f->r[i], deadline))
+            return false;
     return true;
 }
 
@@ -437,6 +487,51 @@ static bool check_kms_mode(fleet *f)
         say("ok    identity kms: each of the %u replicas opened the one KMS-encrypted TLS key itself (alias/dev, "
             "PCR0 %.16s...); no key sync",
             f->n, f->d.pcr0);
+    return ok;
+}
+
+/* The first line of path holding needle, without its end of line. */
+static bool find_line(const char *path, const char *needle, char *out, size_t len)
+{
+    FILE *in = fopen(path, "r");
+    if (!in)
+        return false;
+    char line[4096];
+    bool found = false;
+    while (!found && fgets(line, sizeof line, in))
+        if (strstr(line, needle)) {
+            line[strcspn(line, "\n")] = '\0';
+            snprintf(out, len, "%s", line);
+            found = true;
+        }
+    fclose(in);
+    return found;
+}
+
+/* sync: replica 1 leads; each worker verified the leader's document and the
+ * leader each worker's, and each worker installed the leader's keys. */
+static bool check_sync_mode(fleet *f)
+{
+    char line[4096], needle[128];
+    const char *leader_log = f->r[0].host.log;
+    bool ok = find_line(leader_log, "event=sync_role role=leader", line, sizeof line);
+    say("%s  leader: replica 1 (its log: sync_role role=leader)", ok ? "ok  " : "FAIL");
+    for (unsigned i = 1; i < f->n; i++) {
+        replica *r = &f->r[i];
+        bool worker = find_line(r->host.log, "event=sync_role role=worker", line, sizeof line);
+        bool verified = find_line(r->host.log, "event=sync_leader_verified", line, sizeof line);
+        bool by_pcrs = verified && strstr(line, "by=equal-pcrs");
+        bool installed = find_line(r->host.log, "event=sync_keys_installed", line, sizeof line);
+        snprintf(needle, sizeof needle, "event=sync_worker_verified worker=127.0.0.1:%u", r->sync_port);
+        bool leader_verified = find_line(leader_log, needle, line, sizeof line);
+        bool leader_by_pcrs = leader_verified && strstr(line, "by=equal-pcrs");
+        bool good = worker && by_pcrs && installed && leader_by_pcrs;
+        say("%s  replica %u: worker; it verified the leader's attestation (%s), the leader verified its (%s); it "
+            "installed the leader's keys (%s)",
+            good ? "ok  " : "FAIL", r->index, by_pcrs ? "PCRs equal but PCR4" : "NOT SEEN",
+            leader_by_pcrs ? "PCRs equal but PCR4" : "NOT SEEN", installed ? "sync_keys_installed" : "NOT SEEN");
+        ok = ok && good;
+    }
     return ok;
 }
 
@@ -558,12 +653,6 @@ int dev_replicas_run(const dev_options *o)
         free(f);
         return EXIT_USAGE;
     }
-    if (f->sync) {
-        fprintf(stderr, "cloister dev: --identity sync needs key sync (cloister enclave -fqdn-leader), which this "
-                        "build does not have yet; use --identity kms\n");
-        free(f);
-        return EXIT_USAGE;
-    }
     if (tcp_accepts(d->port)) {
         fprintf(stderr, "cloister dev: 127.0.0.1:%u is already in use; give --port N\n", d->port);
         free(f);
@@ -627,9 +716,11 @@ int dev_replicas_run(const dev_options *o)
         snprintf(r->instance_id, sizeof r->instance_id, "i-0c1015de7de%06u", r->index);
         r->port = free_port();
         r->health_port = free_port();
+        r->sync_port = f->sync ? free_port() : 0;
         r->intport = d->isolated ? ENCLAVE_INTPORT : free_port();
         r->appport = d->isolated ? ENCLAVE_APPPORT : free_port();
-        if (!r->port || !r->health_port || !r->intport || !r->appport || r->port == r->health_port) {
+        if (!r->port || !r->health_port || !r->intport || !r->appport || r->port == r->health_port ||
+            (f->sync && !r->sync_port)) {
             fprintf(stderr, "cloister dev: no free ports\n");
             goto out;
         }
@@ -659,7 +750,10 @@ int dev_replicas_run(const dev_options *o)
     for (unsigned i = 1; i < f->n; i++)
         if (start_sim(f, &f->r[i]) < 0)
             goto out;
-    for (unsigned i = 0; i < f->n; i++)
+    /* with key sync the leader first: the others elect it, then take its keys */
+    if (start_host(f, &f->r[0]) < 0 || (f->sync && !wait_healthy(f, &f->r[0], cl_monotonic_ms() + START_TIMEOUT_MS)))
+        goto out;
+    for (unsigned i = 1; i < f->n; i++)
         if (start_host(f, &f->r[i]) < 0)
             goto out;
     write_replica_table(f);
@@ -697,7 +791,7 @@ int dev_replicas_run(const dev_options *o)
             "vsock:16:" HEALTH_VSOCK_PORT "; nsm-sim instance %s; logs %s/",
             r->index, (int)r->host.pid, r->port, r->health_port, r->instance_id, r->dir);
     }
-    say("  identity   %s", f->sync ? "key sync from replica 1 (the leader)"
+    say("  identity   %s", f->sync ? "key sync (nitriding's protocol, attested both ways) from replica 1, the leader"
                                    : "kms: one certificate, its key a KMS ciphertext only this PCR0 opens; every "
                                      "replica opens it itself");
     say("  shared     imds-sim 127.0.0.1:%u, kms-local 127.0.0.1:%u, NSM root %s/state/root.pem", d->imds_port,
@@ -707,8 +801,7 @@ int dev_replicas_run(const dev_options *o)
         say("\ncloister dev --replicas %u --check: through the balancer", f->n);
         bool ok = check_identity(f);
         ok = check_app(f) && ok;
-        if (!f->sync)
-            ok = check_kms_mode(f) && ok;
+        ok = (f->sync ? check_sync_mode(f) : check_kms_mode(f)) && ok;
         status = ok ? 0 : 1;
         say("\ncloister dev --check: %s", ok ? "passed" : "FAILED");
         goto out;
