@@ -32,11 +32,18 @@ run_enclave enclave
 curl -sk --http1.1 --max-time 5 -D "$work/before.h" -o /dev/null "https://127.0.0.1:$pub/hello"
 if grep -qi '^connection: close' "$work/before.h"; then fail "Connection: close before any drain"; fi
 # an HTTP/2 connection open before the signal, and a slow request in flight across the whole drain
+c0=$(curl -s --max-time 5 "http://127.0.0.1:$app_port/count" | sed -n 's/.*"requests":\([0-9]*\).*/\1/p')
 nghttp -v "https://127.0.0.1:$pub/slow?ms=6000" >"$work/h2.out" 2>&1 &
 h2_client=$!
 curl -sk --http1.1 --max-time 30 -o "$work/slow.body" -w '%{http_code}' "https://127.0.0.1:$pub/slow?ms=6000" >"$work/slow.code" &
 slow_client=$!
-sleep 0.5
+# both requests must have reached the app before the signal (each /count counts itself too)
+app_requests() { curl -s --max-time 5 "http://127.0.0.1:$app_port/count" | sed -n 's/.*"requests":\([0-9]*\).*/\1/p'; }
+k=0
+until [ "$(app_requests)" -ge $((c0 + 2 + (k += 1))) ] 2>/dev/null; do
+    [ "$k" -lt 400 ] || fail "the two slow requests did not reach the app"
+    sleep 0.05
+done
 kill -TERM "${pids[enclave]}"
 wait_for_log enclave 'event=draining'
 [ "$(health_of "$hp")" = 503 ] || fail "health during the grace: $(health_of "$hp")"
