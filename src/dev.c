@@ -992,10 +992,16 @@ int cmd_dev(int argc, char **argv)
     int rc = cl_options_main(&spec, argc, argv, &r);
     bool app_port_given = rc == 0 && cl_options_given(&spec, &r, "app-port");
     bool replicas_given = rc == 0 && cl_options_given(&spec, &r, "replicas");
+    bool identity_given = rc == 0 && cl_options_given(&spec, &r, "identity");
     cl_options_free(NULL, &r);
     if (rc != 0) {
         cl_options_free(&spec, NULL);
         return rc > 0 ? 0 : EXIT_USAGE;
+    }
+    if (identity_given && !replicas_given) {
+        fprintf(stderr, "cloister dev: --identity goes with --replicas N\n");
+        cl_options_free(&spec, NULL);
+        return EXIT_USAGE;
     }
     /* --replicas 1 given: one replica, behind HAProxy all the same */
     int status = replicas_given ? dev_replicas_run(&o) : run_dev(&o, app_port_given);
