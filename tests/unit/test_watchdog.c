@@ -480,6 +480,34 @@ static void local_drains_before_terminating(void)
     CHECK_ERR(cl_watchdog_start(&bad, &w), CL_EINVAL, "--drain-url");
 }
 
+/* A restart of an enclave that is alive but unhealthy drains it first too. */
+static void local_drains_before_a_restart(void)
+{
+    http_server srv;
+    CHECK(server_start(&srv, "drain-restart.sock") == 0);
+    char health[200], drain[200];
+    snprintf(health, sizeof health, "unix:%s,/enclave/health", srv.path);
+    snprintf(drain, sizeof drain, "unix:%s,/enclave/drain", srv.path);
+    changes ch = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    cl_watchdog_config c = {.runner = CL_WATCHDOG_LOCAL, .command = "exec sleep 30", .health_url = health,
+                            .health_interval_ms = 50, .health_failures = 2, .backoff_initial_ms = 20,
+                            .drain_url = drain, .drain_wait_ms = 100, .on_state = record, .on_state_ctx = &ch};
+    cl_watchdog *w = NULL;
+    CHECK_OK(cl_watchdog_start(&c, &w));
+    if (!w) {
+        server_stop(&srv);
+        return;
+    }
+    CHECK(wait_for(&ch, CL_ENCLAVE_RUNNING, 1, 3000));
+    CHECK(atomic_load(&srv.posts) == 0);
+    atomic_store(&srv.status, 503);
+    CHECK(wait_for(&ch, CL_ENCLAVE_BACKOFF, 1, 5000));
+    CHECK(atomic_load(&srv.posts) == 1); /* before the termination that led to the backoff */
+    atomic_store(&srv.status, 200);
+    cl_watchdog_free(w);
+    server_stop(&srv);
+}
+
 /* The probe reads answers with the strict HTTP/1.1 parser: a malformed
  * answer is a failed check whatever status it claims, and a well-formed
  * one in any framing is healthy. */
@@ -624,6 +652,7 @@ int main(void)
     RUN(local_restarts_when_unhealthy);
     RUN(local_malformed_answers_are_unhealthy);
     RUN(local_drains_before_terminating);
+    RUN(local_drains_before_a_restart);
     RUN(nitro_runs_and_terminates);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
