@@ -215,3 +215,11 @@ done
 [ "$(http_code -X POST --data-binary '{"hashed_keys":"","worker_hostname":"'"$(printf 'a%.0s' $(seq 500))"'"}' "https://127.0.0.1:$p1/enclave/heartbeat")" != 200 ] ||
     fail "a heartbeat over nitriding's 427 bytes was accepted"
 pass "410 from /enclave/leader after the election and /enclave/state in the wrong role, 400 for a bad nonce, oversized heartbeat refused"
+
+# ---- clean exits (under ASan+UBSan also: no leak, no error) -------------------------------
+for name in cworker leader; do
+    status=0
+    stop "$name" || status=$?
+    [ "$status" = 0 ] || fail "$name exited with status $status on SIGTERM"
+done
+pass "both cloister enclaves exit cleanly on SIGTERM"
