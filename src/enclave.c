@@ -758,7 +758,8 @@ static void request_done(void *ctx, int route, int status, uint64_t duration_us)
         char code[8], us[24];
         snprintf(code, sizeof code, "%d", status);
         snprintf(us, sizeof us, "%llu", (unsigned long long)duration_us);
-        cl_log(CL_LOG_DEBUG, "request", "listener", l->kind == LISTENER_PUBLIC ? "public" : "internal", "route",
+        cl_log(CL_LOG_DEBUG, "request", "listener",
+               l->kind == LISTENER_PUBLIC ? "public" : l->kind == LISTENER_SYNC ? "sync" : "internal", "route",
                route_names[r], "status", code, "duration_us", us, NULL);
     }
 }
@@ -825,6 +826,7 @@ static int start_listener(enclave *e, const char *name, const char *addr_text, l
          * of /enclave/state (two at most): keep one for the rest */
         .threads = public_ ? e->s.threads
                    : internal_ ? (e->kms_endpoint ? 2u : 1u) + (e->s.fqdn_leader ? 2u : 0u)
+                   : sync_     ? 2 /* a sync POST holding up to 3 MiB takes a while to check */
                                : 1,
         .max_header_bytes = e->s.max_header_bytes,
         /* PUT /enclave/state takes 1 MiB; the leader's sync POST carries it sealed */

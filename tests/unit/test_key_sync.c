@@ -36,9 +36,14 @@ static void test_keys_json(void)
     CHECK(!strcmp(h, "4Pn+hBX2nVqQTDEJ13HnVRDDhkuMlRwgAZkWosyz7J4="));
     cl_sync_keys_free(&k);
 
-    const char *absent = "{\"nitriding_key\":\"S0VZ\",\"nitriding_cert\":\"Q0VSVA==\",\"extra\":1}";
+    const char *absent = "{\"nitriding_key\":\"S0VZ\",\"nitriding_cert\":\"Q0VSVA==\"}";
     CHECK_OK(cl_sync_keys_parse(u8(absent), strlen(absent), &back));
     CHECK(back.app_keys.len == 0);
+    cl_sync_keys_free(&back);
+    /* any whitespace and order, "\/" for '/' (as some encoders write it) */
+    const char *loose = " {\n \"app_keys\" : \"Pz8\\/\" ,\t\"nitriding_cert\":\"Q0VSVA==\", \"nitriding_key\":\"S0VZ\"}\n";
+    CHECK_OK(cl_sync_keys_parse(u8(loose), strlen(loose), &back));
+    CHECK(back.app_keys.len == 3 && !memcmp(back.app_keys.data, "???", 3));
     cl_sync_keys_free(&back);
     const char *bad[] = {
         "{\"nitriding_key\":\"S0VZ\"}",                                        /* no certificate */
@@ -46,6 +51,10 @@ static void test_keys_json(void)
         "{\"nitriding_key\":1,\"nitriding_cert\":\"Q0VSVA==\"}",                /* not a string */
         "{\"nitriding_key\":\"S0VZ\",\"nitriding_key\":\"S0VZ\",\"nitriding_cert\":\"Q0VSVA==\"}", /* twice */
         "[1]", "{", "",
+        "{\"nitriding_key\":\"S0VZ\",\"nitriding_cert\":\"Q0VSVA==\",\"extra\":1}", /* another member */
+        "{\"nitriding_key\":\"S0VZ\",\"nitriding_cert\":\"Q0VSVA==\"} x",              /* trailing bytes */
+        "{\"nitriding_key\":\"S0\\u0056Z\",\"nitriding_cert\":\"Q0VSVA==\"}",        /* other escapes */
+        "{\"nitriding_key\":\"S0VZ\",\"nitriding_cert\":\"Q0VSVA==\",}",              /* a trailing comma */
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         cl_error_clear();
