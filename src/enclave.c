@@ -7,6 +7,7 @@
 #include "cloister/core/netif.h"
 #include "cloister/core/encoding.h"
 #include "cloister/core/http.h"
+#include "cloister/enclave/key_sync.h"
 #include "cloister/enclave/kms.h"
 #include "cloister/enclave/kms_endpoint.h"
 #include "cloister/core/log.h"
@@ -57,6 +58,11 @@ typedef struct settings {
     /* the app's KMS endpoint on the internal listener */
     bool kms_for_app;
     char *kms_for_app_keys, *kms_for_app_operations;
+    /* key sync (lib/enclave/key_sync*.c) */
+    char *fqdn_leader, *ext_priv_listen, *sync_advertise;
+    unsigned ext_priv_port;
+    cl_opt_list sync_dial, sync_roots, sync_allow_pcr0;
+    unsigned sync_register_ms, sync_heartbeat_ms, sync_prune_ms;
 } settings;
 
 /* nitriding's flags (one or two dashes), then cloister's own; the JSON keys
@@ -148,6 +154,31 @@ static const cl_opt option_specs[] = {
              "request must then name one (all)"},
     {.name = "kms-for-app-operations", CL_OPT_STR(settings, kms_for_app_operations), .arg = "OP,...",
      .help = "with -kms-for-app: the KMS operations served to the app (all the data-plane ones)"},
+    {.name = "fqdn-leader", CL_OPT_STR(settings, fqdn_leader), .arg = "HOST[:PORT]",
+     .help = "key sync (nitriding's): the leader enclave's name; the enclave that reaches itself there leads, the "
+             "others take its TLS key and app state once its attestation document verifies (docs/key-sync.md)"},
+    {.name = "ext-priv-port", CL_OPT_UINT_AT(settings, ext_priv_port, 1, 65535), .def = "444", .arg = "PORT",
+     .help = "the key sync listener (HTTPS, not for the Internet) on all addresses, and the leader's default port"},
+    {.name = "ext-priv-listen", CL_OPT_STR(settings, ext_priv_listen), .arg = "ADDR",
+     .help = "the key sync listener's address: vsock:CID:PORT, unix:PATH or tcp:HOST:PORT (overrides -ext-priv-port)"},
+    {.name = "sync-advertise", CL_OPT_STR(settings, sync_advertise), .arg = "HOST:PORT",
+     .help = "where the leader reaches this worker's sync listener (its worker_hostname; default: -ext-priv-listen's "
+             "tcp address, else -fqdn:-ext-priv-port)"},
+    {.name = "sync-dial", CL_OPT_LIST_AT(settings, sync_dial, 64), .flags = CL_OPT_NONEMPTY, .arg = "HOST:PORT=ADDR",
+     .help = "reach the sync peer HOST:PORT through ADDR, e.g. the host's outbound proxy vsock:3:8444 (repeatable; "
+             "peers without one are dialed over TCP)"},
+    {.name = "sync-root", CL_OPT_LIST_AT(settings, sync_roots, 8), .flags = CL_OPT_NONEMPTY, .arg = "PEM",
+     .help = "trust this root for peers' attestation documents instead of AWS's (nsm-sim's DIR/root.pem; repeatable)"},
+    {.name = "sync-allow-pcr0", CL_OPT_LIST_AT(settings, sync_allow_pcr0, CL_SYNC_ALLOW_PCR0_MAX),
+     .flags = CL_OPT_NONEMPTY, .arg = "HEX",
+     .help = "another image's PCR0 that may give keys to this enclave or take them from it (a rolling upgrade; "
+             "repeatable)"},
+    {.name = "sync-register-interval", CL_OPT_DURATION_AT(settings, sync_register_ms, 1, 10, 3600000), .def = "5s",
+     .arg = "DUR", .help = "key sync: a worker's registration retries (after quick first ones), for a minute"},
+    {.name = "sync-heartbeat-interval", CL_OPT_DURATION_AT(settings, sync_heartbeat_ms, 1, 10, 3600000),
+     .def = "1m", .arg = "DUR", .help = "key sync: a worker's heartbeat cadence (shorter for tests)"},
+    {.name = "sync-prune-after", CL_OPT_DURATION_AT(settings, sync_prune_ms, 1, 10, 3600000), .def = "1m",
+     .arg = "DUR", .help = "key sync: the leader drops a worker silent this long (shorter for tests)"},
 };
 
 static const char usage_text[] = "usage: cloister enclave -fqdn NAME [-appwebsrv URL] [OPTIONS]\n\n"
@@ -171,6 +202,11 @@ static const char epilog[] = "public endpoints (HTTPS):\n"
                              "  GET  /enclave/secrets/NAME         the plaintext of -secret NAME (opened at start)\n"
                              "  POST /                             with -kms-for-app: KMS for the app's AWS SDK\n"
                              "                                     (endpoint_url http://127.0.0.1:-intport)\n"
+                             "  GET  /enclave/state[?wait=S]       key sync, workers: the app state from the leader\n"
+                             "                                     (ETag; with If-None-Match, waits up to S s: 304)\n"
+                             "  PUT  /enclave/state                key sync, leader: set it (1 MiB), re-sync workers\n"
+                             "key sync endpoints (HTTPS on -ext-priv-port, with -fqdn-leader):\n"
+                             "  GET /enclave/leader?nonce=H, POST /enclave/heartbeat, GET and POST /enclave/sync\n"
                              "\nSIGTERM or SIGINT: stop accepting, let requests in flight finish, stop the\n"
                              "application, exit.\n";
 
@@ -244,15 +280,20 @@ enum route {
     ROUTE_METRICS,
     ROUTE_SECRET,
     ROUTE_KMS,
+    ROUTE_SYNC_LEADER,
+    ROUTE_SYNC_HEARTBEAT,
+    ROUTE_SYNC,
+    ROUTE_STATE,
     ROUTE_APP,
     ROUTE_OTHER, /* unknown local paths: 404 */
     ROUTE_COUNT,
 };
 
-static const char *const route_names[ROUTE_COUNT] = {"enclave", "attestation", "config", "ready", "hash",
-                                                     "metrics", "secret",      "kms",    "app",   "other"};
+static const char *const route_names[ROUTE_COUNT] = {
+    "enclave", "attestation", "config", "ready", "hash", "metrics", "secret", "kms",
+    "sync_leader", "sync_heartbeat", "sync", "state", "app", "other"};
 
-enum listener_kind { LISTENER_PUBLIC, LISTENER_INTERNAL, LISTENER_METRICS };
+enum listener_kind { LISTENER_PUBLIC, LISTENER_INTERNAL, LISTENER_METRICS, LISTENER_SYNC };
 
 typedef struct enclave enclave;
 
@@ -269,8 +310,13 @@ typedef struct listener_ctx {
 struct enclave {
     settings s;
     cl_nsm *nsm;
+    /* the TLS identity of new connections: key sync replaces it when a
+     * worker receives the leader's; tls_lock guards both */
+    pthread_mutex_t tls_lock;
     cl_tls_identity identity;
     SSL_CTX *tls;
+    cl_sync *sync; /* -fqdn-leader */
+    char sync_addr[160];
     bool has_app;
     cl_upstream_target app;
     char public_addr[160];
@@ -278,7 +324,7 @@ struct enclave {
     cl_server_stats stats;
     atomic_uint_fast64_t attestations;
     cl_child *app_child;
-    listener_ctx ctx_public, ctx_internal, ctx_metrics;
+    listener_ctx ctx_public, ctx_internal, ctx_metrics, ctx_sync;
     secret secrets[MAX_SECRETS]; /* set before any listener opens, read-only after */
     size_t secret_count;
     cl_kms_session app_kms; /* -kms-for-app */
@@ -287,11 +333,11 @@ struct enclave {
     pthread_mutex_t lock; /* guards what follows */
     uint8_t app_hash[HASH_LEN];
     bool public_opened, shutting_down;
-    cl_server *public_server, *internal_server, *metrics_server;
+    cl_server *public_server, *internal_server, *metrics_server, *sync_server;
     /* unix listeners' files, removed at the end; own lock, as the public
      * listener is opened with `lock` held */
     pthread_mutex_t files_lock;
-    cl_socket_file socket_files[3];
+    cl_socket_file socket_files[4];
     size_t socket_file_count;
 };
 
@@ -305,6 +351,11 @@ static int route_request(void *ctx, const cl_http_head *h)
     listener_ctx *l = ctx;
     if (l->kind == LISTENER_METRICS)
         return path_is(h, "/metrics") ? ROUTE_METRICS : ROUTE_OTHER;
+    if (l->kind == LISTENER_SYNC)
+        return path_is(h, "/enclave/leader")      ? ROUTE_SYNC_LEADER
+               : path_is(h, "/enclave/heartbeat") ? ROUTE_SYNC_HEARTBEAT
+               : path_is(h, "/enclave/sync")      ? ROUTE_SYNC
+                                                  : ROUTE_OTHER;
     if (path_is(h, "/enclave/attestation"))
         return ROUTE_ATTESTATION;
     if (l->kind == LISTENER_INTERNAL) {
@@ -312,6 +363,8 @@ static int route_request(void *ctx, const cl_http_head *h)
             return ROUTE_READY;
         if (path_is(h, "/enclave/hash"))
             return ROUTE_HASH;
+        if (path_is(h, "/enclave/state"))
+            return ROUTE_STATE;
         if (h->path.len > strlen(SECRETS_PREFIX) && !memcmp(h->path.data, SECRETS_PREFIX, strlen(SECRETS_PREFIX)))
             return ROUTE_SECRET;
         if (l->e->kms_endpoint && path_is(h, "/")) /* where SDKs send KMS calls */
@@ -359,7 +412,14 @@ static void handle_attestation(enclave *e, const cl_request_info *req, cl_respon
     uint8_t user_data[USER_DATA_LEN];
     user_data[0] = 0x12;
     user_data[1] = 0x20;
-    memcpy(user_data + 2, e->identity.cert_sha256, HASH_LEN);
+    /* the certificate this very connection was served: after key sync a
+     * connection opened before the switch still has the old one */
+    X509 *served = req->ssl ? SSL_get_certificate(req->ssl) : NULL;
+    if (!served || cl_tls_cert_sha256(served, user_data + 2) < 0) {
+        pthread_mutex_lock(&e->tls_lock);
+        memcpy(user_data + 2, e->identity.cert_sha256, HASH_LEN);
+        pthread_mutex_unlock(&e->tls_lock);
+    }
     user_data[2 + HASH_LEN] = 0x12;
     user_data[3 + HASH_LEN] = 0x20;
     pthread_mutex_lock(&e->lock);
@@ -383,10 +443,17 @@ static void handle_attestation(enclave *e, const cl_request_info *req, cl_respon
     cl_buf_free(&b64);
 }
 
+static void current_fingerprint(enclave *e, char fp[2 * HASH_LEN + 1])
+{
+    pthread_mutex_lock(&e->tls_lock);
+    cl_hex_encode(e->identity.cert_sha256, HASH_LEN, fp);
+    pthread_mutex_unlock(&e->tls_lock);
+}
+
 static void handle_enclave(enclave *e, cl_response *resp)
 {
     char fp[2 * HASH_LEN + 1];
-    cl_hex_encode(e->identity.cert_sha256, HASH_LEN, fp);
+    current_fingerprint(e, fp);
     char text[1024];
     snprintf(text, sizeof text,
              "This host runs inside an AWS Nitro Enclave, served by cloister.\n"
@@ -402,7 +469,7 @@ static void handle_enclave(enclave *e, cl_response *resp)
 static json_t *config_json(enclave *e)
 {
     char fp[2 * HASH_LEN + 1];
-    cl_hex_encode(e->identity.cert_sha256, HASH_LEN, fp);
+    current_fingerprint(e, fp);
     json_t *o = json_object();
     json_object_set_new(o, "fqdn", json_string(e->s.fqdn));
     json_object_set_new(o, "appurl", e->s.appurl ? json_string(e->s.appurl) : json_null());
@@ -436,6 +503,9 @@ static json_t *config_json(enclave *e)
     json_object_set_new(o, "h2-max-streams", json_integer(e->s.h2_max_streams));
     json_object_set_new(o, "max-app-connections", json_integer(e->s.max_app_connections));
     json_object_set_new(o, "max-buffered-body", json_integer(e->s.max_buffered_body));
+    json_object_set_new(o, "fqdn-leader", e->s.fqdn_leader ? json_string(e->s.fqdn_leader) : json_null());
+    json_object_set_new(o, "ext-priv-listen", e->sync ? json_string(e->sync_addr) : json_null());
+    json_object_set_new(o, "sync-role", json_string(cl_sync_role_name(e->sync ? cl_sync_get_role(e->sync) : CL_SYNC_OFF)));
     return o;
 }
 
@@ -596,6 +666,31 @@ static int open_kms_for_app(enclave *e)
     return CL_OK;
 }
 
+/* Key sync's endpoints: lib/enclave/key_sync_engine.c answers. */
+static void handle_sync(enclave *e, int route, const cl_request_info *req, cl_response *resp)
+{
+    int ep = route == ROUTE_SYNC_LEADER      ? CL_SYNC_EP_LEADER
+             : route == ROUTE_SYNC_HEARTBEAT ? CL_SYNC_EP_HEARTBEAT
+             : route == ROUTE_SYNC           ? CL_SYNC_EP_SYNC
+                                             : CL_SYNC_EP_STATE;
+    const cl_slice *inm = cl_http_header_get(req->head, "if-none-match");
+    cl_sync_request r = {
+        .method = req->head->method,
+        .query = req->head->query,
+        .body = req->body,
+        .body_len = req->body_len,
+    };
+    if (inm)
+        r.if_none_match = *inm;
+    cl_sync_reply reply = {.body = CL_BUF_INIT};
+    cl_sync_handle(e->sync, ep, &r, &reply);
+    resp->status = reply.status;
+    resp->content_type = reply.content_type;
+    resp->body = reply.body;
+    if (reply.etag[0])
+        snprintf(resp->etag, sizeof resp->etag, "%s", reply.etag);
+}
+
 static void handle_request(void *ctx, int route, const cl_request_info *req, cl_response *resp)
 {
     listener_ctx *l = ctx;
@@ -632,6 +727,12 @@ static void handle_request(void *ctx, int route, const cl_request_info *req, cl_
     case ROUTE_KMS:
         handle_kms(e, req, resp);
         return;
+    case ROUTE_SYNC_LEADER:
+    case ROUTE_SYNC_HEARTBEAT:
+    case ROUTE_SYNC:
+    case ROUTE_STATE:
+        handle_sync(e, route, req, resp);
+        return;
     default:
         respond_text(resp, 404, "404: not found\n");
         return;
@@ -652,6 +753,45 @@ static void request_done(void *ctx, int route, int status, uint64_t duration_us)
     }
 }
 
+/* The context of a new TLS connection, with a reference for the server. */
+static SSL_CTX *tls_acquire(void *ctx)
+{
+    enclave *e = ((listener_ctx *)ctx)->e;
+    pthread_mutex_lock(&e->tls_lock);
+    SSL_CTX *t = e->tls;
+    SSL_CTX_up_ref(t);
+    pthread_mutex_unlock(&e->tls_lock);
+    return t;
+}
+
+/* Key sync: a verified leader's key and certificate become the identity
+ * of new connections; those already open keep theirs. */
+static int install_synced_identity(void *arg, const cl_sync_keys *keys)
+{
+    enclave *e = arg;
+    cl_tls_identity id;
+    CL_TRY(cl_sync_identity_from_keys(keys, &id));
+    cl_tls_server_options topt = {.enable_h2 = !e->s.disable_http2};
+    SSL_CTX *ctx = NULL;
+    int rc = cl_tls_server_ctx(&id, &topt, &ctx);
+    if (rc < 0) {
+        cl_tls_identity_free(&id);
+        return rc;
+    }
+    pthread_mutex_lock(&e->tls_lock);
+    SSL_CTX *old_ctx = e->tls;
+    cl_tls_identity old = e->identity;
+    e->identity = id;
+    e->tls = ctx;
+    pthread_mutex_unlock(&e->tls_lock);
+    SSL_CTX_free(old_ctx);
+    cl_tls_identity_free(&old);
+    char fp[2 * HASH_LEN + 1];
+    cl_hex_encode(id.cert_sha256, HASH_LEN, fp);
+    cl_log(CL_LOG_INFO, "tls_identity", "origin", "key-sync", "fqdn", e->s.fqdn, "certificate_sha256", fp, NULL);
+    return CL_OK;
+}
+
 static int start_listener(enclave *e, const char *name, const char *addr_text, listener_ctx *ctx, bool public_,
                           cl_server **out)
 {
@@ -666,13 +806,16 @@ static int start_listener(enclave *e, const char *name, const char *addr_text, l
     if (e->socket_file_count < sizeof e->socket_files / sizeof e->socket_files[0])
         cl_socket_file_remember(&addr, &e->socket_files[e->socket_file_count++]);
     pthread_mutex_unlock(&e->files_lock);
+    bool sync_ = ctx->kind == LISTENER_SYNC, internal_ = ctx->kind == LISTENER_INTERNAL;
     cl_server_config cfg = {
         .name = name,
-        .tls = public_ ? e->tls : NULL,
+        .tls_acquire = public_ || sync_ ? tls_acquire : NULL,
         .app = public_ && e->has_app ? &e->app : NULL,
         /* a KMS call for the app blocks its thread: keep one for the rest */
-        .threads = public_ ? e->s.threads : ctx->kind == LISTENER_INTERNAL && e->kms_endpoint ? 2 : 1,
+        .threads = public_ ? e->s.threads : internal_ && e->kms_endpoint ? 2 : 1,
         .max_header_bytes = e->s.max_header_bytes,
+        /* PUT /enclave/state takes 1 MiB; the leader's sync POST carries it sealed */
+        .max_local_body = sync_ ? CL_SYNC_MAX_LEADER_BODY : internal_ && e->sync ? CL_SYNC_MAX_STATE : 0,
         .header_timeout_ms = e->s.header_timeout * 1000u,
         .idle_timeout_ms = e->s.idle_timeout * 1000u,
         .upstream_timeout_ms = e->s.app_timeout * 1000u,
@@ -692,7 +835,8 @@ static int start_listener(enclave *e, const char *name, const char *addr_text, l
     rc = cl_server_start(&cfg, fd, out);
     if (rc < 0)
         return cl_error_prefix(rc, "%s listener %s: ", name, addr_text);
-    cl_log(CL_LOG_INFO, "listening", "listener", name, "addr", addr_text, "tls", public_ ? "yes" : "no", NULL);
+    cl_log(CL_LOG_INFO, "listening", "listener", name, "addr", addr_text, "tls", public_ || sync_ ? "yes" : "no",
+           NULL);
     return CL_OK;
 }
 
@@ -883,6 +1027,57 @@ static void free_environment(char **env)
     free(env);
 }
 
+/* -fqdn-leader: the sync listener, then the election in the background. */
+static int start_sync(enclave *e)
+{
+    if (!e->s.fqdn_leader) {
+        CL_ENSURE(!e->s.sync_dial.count && !e->s.sync_roots.count && !e->s.sync_allow_pcr0.count &&
+                      !e->s.sync_advertise && !e->s.ext_priv_listen,
+                  CL_EINVAL, "the -sync-* and -ext-priv-listen options go with -fqdn-leader");
+        return CL_OK;
+    }
+    if (e->s.ext_priv_listen)
+        snprintf(e->sync_addr, sizeof e->sync_addr, "%s", e->s.ext_priv_listen);
+    else
+        snprintf(e->sync_addr, sizeof e->sync_addr, "tcp:0.0.0.0:%u", e->s.ext_priv_port);
+    char advertise[300];
+    cl_address a;
+    int rc = cl_address_parse(e->sync_addr, &a);
+    if (rc < 0)
+        return cl_error_prefix(rc, "-ext-priv-listen: ");
+    if (e->s.sync_advertise)
+        snprintf(advertise, sizeof advertise, "%s", e->s.sync_advertise);
+    else if (a.kind == CL_ADDR_TCP && strcmp(a.host, "0.0.0.0") && strcmp(a.host, "::"))
+        snprintf(advertise, sizeof advertise, strchr(a.host, ':') ? "[%s]:%u" : "%s:%u", a.host, a.port);
+    else
+        snprintf(advertise, sizeof advertise, "%s:%u", e->s.fqdn, e->s.ext_priv_port);
+    cl_sync_config cfg = {
+        .leader = e->s.fqdn_leader,
+        .port = e->s.ext_priv_port,
+        .advertise = advertise,
+        .dial = (const char *const *)e->s.sync_dial.items,
+        .dial_count = e->s.sync_dial.count,
+        .roots = (const char *const *)e->s.sync_roots.items,
+        .root_count = e->s.sync_roots.count,
+        .allow_pcr0 = (const char *const *)e->s.sync_allow_pcr0.items,
+        .allow_pcr0_count = e->s.sync_allow_pcr0.count,
+        .nsm = e->nsm,
+        .identity = &e->identity,
+        .install = install_synced_identity,
+        .install_arg = e,
+        .register_interval_ms = e->s.sync_register_ms,
+        .heartbeat_ms = e->s.sync_heartbeat_ms,
+        .prune_ms = e->s.sync_prune_ms,
+    };
+    CL_TRY(cl_sync_new(&cfg, &e->sync));
+    e->ctx_sync = (listener_ctx){e, LISTENER_SYNC};
+    CL_TRY(start_listener(e, "sync", e->sync_addr, &e->ctx_sync, false, &e->sync_server));
+    CL_TRY(cl_sync_start(e->sync));
+    cl_log(CL_LOG_INFO, "sync_started", "leader", e->s.fqdn_leader, "advertise", advertise, "roots",
+           e->s.sync_roots.count ? "--sync-root" : "aws", NULL);
+    return CL_OK;
+}
+
 static int enclave_start(enclave *e)
 {
     /* AWS's enclave init leaves lo down; the internal listener and the
@@ -946,6 +1141,7 @@ static int enclave_start(enclave *e)
         CL_TRY(start_listener(e, "metrics", e->s.prometheus_listen ? e->s.prometheus_listen : addr, &e->ctx_metrics,
                               false, &e->metrics_server));
     }
+    CL_TRY(start_sync(e));
     if (e->s.appcmd) {
         char **env = NULL;
         CL_TRY(secrets_environment(e, &env));
@@ -971,13 +1167,16 @@ static void enclave_stop(enclave *e)
     e->shutting_down = true;
     pthread_mutex_unlock(&e->lock);
     unsigned drain_ms = e->s.drain_timeout * 1000u;
-    cl_server *servers[] = {e->public_server, e->internal_server, e->metrics_server};
-    for (size_t i = 0; i < 3; i++)
+    cl_sync_shutdown(e->sync); /* long polls on the internal listener end now */
+    cl_server *servers[] = {e->public_server, e->internal_server, e->metrics_server, e->sync_server};
+    for (size_t i = 0; i < 4; i++)
         if (servers[i])
             cl_server_drain(servers[i], drain_ms);
-    for (size_t i = 0; i < 3; i++)
+    for (size_t i = 0; i < 4; i++)
         cl_server_wait(servers[i]);
-    e->public_server = e->internal_server = e->metrics_server = NULL;
+    e->public_server = e->internal_server = e->metrics_server = e->sync_server = NULL;
+    cl_sync_free(e->sync);
+    e->sync = NULL;
     for (size_t i = 0; i < e->socket_file_count; i++)
         cl_socket_file_remove(&e->socket_files[i]);
     e->socket_file_count = 0;
@@ -1003,6 +1202,7 @@ int cmd_enclave(int argc, char **argv)
     }
     pthread_mutex_init(&e->lock, NULL);
     pthread_mutex_init(&e->files_lock, NULL);
+    pthread_mutex_init(&e->tls_lock, NULL);
     int status = parse_settings(argc, argv, &e->s);
     if (status != 0) {
         settings_free(&e->s);
@@ -1047,6 +1247,7 @@ int cmd_enclave(int argc, char **argv)
     settings_free(&e->s);
     pthread_mutex_destroy(&e->lock);
     pthread_mutex_destroy(&e->files_lock);
+    pthread_mutex_destroy(&e->tls_lock);
     free(e);
     return 0;
 }

@@ -9,6 +9,8 @@
 #include <openssl/ssl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #define MAX_HEAD (16 * 1024)
@@ -65,15 +67,24 @@ static bool is_ip_literal(const char *host)
 }
 
 /* The whole response of a Connection: close request. */
-static int exchange(SSL *ssl, const cl_https_target *t, const char *path, size_t max, cl_buf *response)
+static int exchange(SSL *ssl, const cl_https_target *t, const cl_https_request *r, size_t max, cl_buf *response)
 {
-    char request[1024];
+    char request[1024], length[48] = "";
+    bool has_body = r->body_len || strcmp(r->method, "GET");
+    if (has_body)
+        snprintf(length, sizeof length, "Content-Length: %zu\r\n", r->body_len);
     int n = snprintf(request, sizeof request,
-                     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: cloister\r\nAccept: */*\r\n"
-                     "Connection: close\r\n\r\n",
-                     path, t->authority);
+                     "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: cloister\r\nAccept: */*\r\n"
+                     "%s%s%s%sConnection: close\r\n\r\n",
+                     r->method, r->path, t->authority, length, r->content_type ? "Content-Type: " : "",
+                     r->content_type ? r->content_type : "", r->content_type ? "\r\n" : "");
     CL_ENSURE(n > 0 && (size_t)n < sizeof request, CL_ELIMIT, "request too long");
     CL_ENSURE_OSSL(SSL_write(ssl, request, n) == n, CL_EIO, "sending the request failed");
+    if (r->body_len) {
+        size_t written = 0;
+        CL_ENSURE_OSSL(SSL_write_ex(ssl, r->body, r->body_len, &written) && written == r->body_len, CL_EIO,
+                       "sending the request body failed");
+    }
     for (;;) {
         CL_TRY(cl_buf_reserve(response, 16384));
         size_t room = response->cap - response->len;
@@ -92,12 +103,12 @@ static int exchange(SSL *ssl, const cl_https_target *t, const char *path, size_t
     }
 }
 
-static int parse_response(const cl_buf *response, cl_https_response *out)
+static int parse_response(const cl_buf *response, const char *method, cl_https_response *out)
 {
     cl_http_head head;
     bool complete = false;
-    int rc = cl_http_parse_response(response->data, response->len, MAX_HEAD, (cl_slice){(const uint8_t *)"GET", 3},
-                                    &head, &complete);
+    int rc = cl_http_parse_response(response->data, response->len, MAX_HEAD,
+                                    (cl_slice){(const uint8_t *)method, strlen(method)}, &head, &complete);
     if (rc < 0)
         return cl_error_prefix(rc, "malformed HTTP response: ");
     CL_ENSURE(complete, CL_EPARSE, "the connection closed before the response head ended");
@@ -131,6 +142,13 @@ static int parse_response(const cl_buf *response, cl_https_response *out)
 int cl_https_get(const cl_https_target *t, const char *connect_to, const char *path, size_t max_body,
                  cl_https_response *out)
 {
+    cl_https_request r = {.method = "GET", .path = path, .max_body = max_body};
+    return cl_https_request_perform(t, connect_to, &r, out);
+}
+
+int cl_https_request_perform(const cl_https_target *t, const char *connect_to, const cl_https_request *r,
+                             cl_https_response *out)
+{
     int rc = CL_OK, fd = -1;
     SSL_CTX *ctx = NULL;
     SSL *ssl = NULL;
@@ -146,6 +164,13 @@ int cl_https_get(const cl_https_target *t, const char *connect_to, const char *p
         CL_TRY_OUT(cl_address_parse(where, &addr));
     }
     CL_TRY_OUT(cl_address_connect(&addr, &fd));
+    if (r->timeout_ms) {
+        /* a peer that stops answering costs the caller timeout_ms per
+         * read or write, not forever */
+        struct timeval tv = {.tv_sec = r->timeout_ms / 1000, .tv_usec = (r->timeout_ms % 1000) * 1000};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
 
     CL_TRY_OUT(cl_tls_client_ctx_unverified(&ctx));
     /* a peer that closes without close_notify has still ended the
@@ -166,8 +191,8 @@ int cl_https_get(const cl_https_target *t, const char *connect_to, const char *p
     CL_ENSURE_OUT(peer, CL_EIO, "the server presented no certificate");
     CL_TRY_OUT(cl_tls_cert_sha256(peer, out->cert_sha256));
     snprintf(out->tls_version, sizeof out->tls_version, "%s", SSL_get_version(ssl));
-    CL_TRY_OUT(exchange(ssl, t, path, max_body + MAX_HEAD, &response));
-    CL_TRY_OUT(parse_response(&response, out));
+    CL_TRY_OUT(exchange(ssl, t, r, r->max_body + MAX_HEAD, &response));
+    CL_TRY_OUT(parse_response(&response, r->method, out));
 out:
     ERR_clear_error();
     if (ssl)

@@ -28,12 +28,19 @@ const char *cl_server_date(worker *w)
 int cl_server_simple_response(worker *w, cl_buf *out, int status, const char *content_type, const uint8_t *body,
                               size_t body_len, bool head_only, bool close)
 {
-    char head[512];
+    return cl_server_simple_response_ex(w, out, status, content_type, body, body_len, head_only, close, NULL);
+}
+
+int cl_server_simple_response_ex(worker *w, cl_buf *out, int status, const char *content_type, const uint8_t *body,
+                                 size_t body_len, bool head_only, bool close, const char *extra)
+{
+    char head[768];
     int n = snprintf(head, sizeof head,
-                     "HTTP/1.1 %d %s\r\n%sContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n", status,
+                     "HTTP/1.1 %d %s\r\n%sContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n", status,
                      cl_http_status_text(status), cl_server_date(w),
                      content_type ? content_type : "text/plain; charset=utf-8", body_len,
-                     close ? "Connection: close\r\n" : "");
+                     close ? "Connection: close\r\n" : "", extra ? extra : "");
+    CL_ENSURE(n > 0 && (size_t)n < sizeof head, CL_ELIMIT, "response head too long");
     CL_TRY(cl_buf_append(out, head, (size_t)n));
     if (!head_only)
         CL_TRY(cl_buf_append(out, body, body_len));

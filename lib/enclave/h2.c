@@ -594,6 +594,7 @@ static void answer_local(h2_stream *s)
         .body_len = s->local_body.len,
         .peer = s->h->c->peer,
         .tls = s->h->c->ssl != NULL,
+        .ssl = s->h->c->ssl,
     };
     cl_response resp = {.status = 200, .body = CL_BUF_INIT};
     cfg->handle(cfg->ctx, s->route, &info, &resp);

@@ -133,11 +133,12 @@ static bool flush_client(client *c, bool *progress)
 
 /* A whole response from here (errors, local routes); the connection
  * closes after it when close is set. */
-static void respond_simple(client *c, int status, const char *content_type, const uint8_t *body, size_t len,
-                           bool close)
+static void respond_simple_ex(client *c, int status, const char *content_type, const uint8_t *body, size_t len,
+                              bool close, const char *extra)
 {
     cl_buf tmp = CL_BUF_INIT;
-    if (cl_server_simple_response(c->w, &tmp, status, content_type, body, len, c->head_request, close) == CL_OK &&
+    if (cl_server_simple_response_ex(c->w, &tmp, status, content_type, body, len, c->head_request, close, extra) ==
+            CL_OK &&
         tmp.len <= cl_client_out_room(c))
         out_append(c, tmp.data, tmp.len);
     else
@@ -148,6 +149,12 @@ static void respond_simple(client *c, int status, const char *content_type, cons
     c->resp_done = true;
     if (close)
         c->close_after_response = true;
+}
+
+static void respond_simple(client *c, int status, const char *content_type, const uint8_t *body, size_t len,
+                           bool close)
+{
+    respond_simple_ex(c, status, content_type, body, len, close, NULL);
 }
 
 static void respond_error(client *c, int status, const char *message)
@@ -515,10 +522,15 @@ static void answer_local(client *c)
         .body_len = c->local_body.len,
         .peer = c->peer,
         .tls = c->ssl != NULL,
+        .ssl = c->ssl,
     };
     cl_response resp = {.status = 200, .body = CL_BUF_INIT};
     cfg->handle(cfg->ctx, c->route, &info, &resp);
-    respond_simple(c, resp.status, resp.content_type, resp.body.data, resp.body.len, !c->keep_alive);
+    char extra[96] = "";
+    if (resp.etag[0])
+        snprintf(extra, sizeof extra, "ETag: %s\r\n", resp.etag);
+    respond_simple_ex(c, resp.status, resp.content_type, resp.body.data, resp.body.len, !c->keep_alive,
+                      extra[0] ? extra : NULL);
     cl_buf_free(&resp.body);
 }
 
@@ -845,8 +857,13 @@ static void on_accept(cl_loop *loop, cl_watch *watch, uint32_t events)
         client *c = calloc(1, sizeof *c);
         uint8_t *in = malloc(s->cfg.max_header_bytes + 1024);
         uint8_t *out = malloc(OUT_CAP);
-        SSL *ssl = s->cfg.tls ? SSL_new(s->cfg.tls) : NULL;
-        if (!c || !in || !out || (s->cfg.tls && (!ssl || SSL_set_fd(ssl, fd) != 1))) {
+        /* with tls_acquire the identity may change between connections
+         * (key sync); each connection keeps the context it started with */
+        SSL_CTX *tls = s->cfg.tls_acquire ? s->cfg.tls_acquire(s->cfg.ctx) : s->cfg.tls;
+        SSL *ssl = tls ? SSL_new(tls) : NULL;
+        if (s->cfg.tls_acquire)
+            SSL_CTX_free(tls);
+        if (!c || !in || !out || (tls && (!ssl || SSL_set_fd(ssl, fd) != 1))) {
             free(c);
             free(in);
             free(out);

@@ -116,5 +116,9 @@ const char *cl_server_date(worker *w);
 /* Serializes a complete small response (local routes, errors). */
 CL_MUST_CHECK int cl_server_simple_response(worker *w, cl_buf *out, int status, const char *content_type,
                                             const uint8_t *body, size_t body_len, bool head_only, bool close);
+/* The same with extra header lines ("Name: value\r\n"...), or NULL. */
+CL_MUST_CHECK int cl_server_simple_response_ex(worker *w, cl_buf *out, int status, const char *content_type,
+                                            const uint8_t *body, size_t body_len, bool head_only, bool close,
+                                               const char *extra);
 
 #endif

@@ -10,6 +10,7 @@
 #include "cloister/core/buf.h"
 #include "cloister/core/error.h"
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct cl_https_target {
@@ -34,6 +35,20 @@ typedef struct cl_https_response {
 CL_MUST_CHECK int cl_https_get(const cl_https_target *t, const char *connect_to, const char *path, size_t max_body,
                                cl_https_response *out);
 void cl_https_response_free(cl_https_response *r);
+
+/* Any one request, same rules as cl_https_get. */
+typedef struct cl_https_request {
+    const char *method; /* "GET", "POST" */
+    const char *path;   /* with its query */
+    const char *content_type; /* NULL: none sent */
+    const uint8_t *body;
+    size_t body_len;
+    size_t max_body;
+    unsigned timeout_ms; /* per read or write; 0: none */
+} cl_https_request;
+
+CL_MUST_CHECK int cl_https_request_perform(const cl_https_target *t, const char *connect_to,
+                                           const cl_https_request *r, cl_https_response *out);
 
 #pragma GCC visibility pop
 

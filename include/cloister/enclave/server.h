@@ -27,12 +27,14 @@ typedef struct cl_request_info {
     size_t body_len;
     const char *peer; /* client address, "127.0.0.1:51234" */
     bool tls;
+    SSL *ssl; /* the connection's TLS (its own certificate), NULL for plain HTTP */
 } cl_request_info;
 
 typedef struct cl_response {
     int status;
     const char *content_type; /* NULL: text/plain; charset=utf-8 */
     cl_buf body;
+    char etag[72]; /* "": none; else sent as ETag (HTTP/1.1 answers) */
 } cl_response;
 
 /* route: a non-negative route id for requests answered in process, or -1
@@ -54,6 +56,9 @@ typedef struct cl_server_stats {
 typedef struct cl_server_config {
     const char *name;          /* for logs: "public", "internal" */
     SSL_CTX *tls;              /* NULL: plain HTTP */
+    /* when set, instead of tls: a context for each new connection, with a
+     * reference the server drops (SSL_CTX_free) once the connection has it */
+    SSL_CTX *(*tls_acquire)(void *ctx);
     const cl_upstream_target *app; /* NULL: local routes only, others 404 */
     unsigned threads;          /* 0: one per core */
     size_t max_header_bytes;   /* default 16 KiB */
