@@ -1,19 +1,14 @@
-/* The certificate each new TLS connection gets, swapped without a restart,
- * and the answers to ACME challenges.
+/* The answers to ACME challenges on the enclave's own listeners.
  *
- * The public listener's SSL_CTX gets a ClientHello callback: a hello that
- * offers ALPN "acme-tls/1" for the name being validated gets RFC 8737's
- * validation certificate (and that protocol), every other hello gets the
- * current certificate, set on the SSL object itself so that a later swap
- * does not touch connections already open.  The session id context of each
- * connection is the SHA-256 of the certificate it gets: OpenSSL resumes a
- * ticket only in the context it was issued in, so a client that resumes
- * after a renewal does a full handshake and sees the certificate that
- * /enclave/attestation on that connection will bind. */
+ * Each SSL_CTX of the public listener gets a ClientHello callback: a hello
+ * that offers ALPN "acme-tls/1" for the name being validated gets RFC 8737's
+ * validation certificate, set on that connection alone, and that protocol;
+ * every other hello goes on with the context's own certificate and the
+ * usual h2/http1.1 choice.  http-01's one token is kept here too, for the
+ * plain challenge listener. */
 #include "cloister/enclave/acme.h"
 
 #include "cloister/core/cursor.h"
-#include "cloister/core/tls.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -23,16 +18,8 @@
 
 #define ACME_TLS_ALPN "acme-tls/1"
 
-typedef struct identity {
-    X509 *leaf;
-    STACK_OF(X509) *chain;
-    EVP_PKEY *key;
-    uint8_t sha256[32];
-} identity;
-
 struct cl_acme_tls {
     pthread_rwlock_t lock;
-    identity current; /* leaf NULL: the SSL_CTX's own certificate */
     /* tls-alpn-01 */
     char alpn_name[256];
     X509 *alpn_cert;
@@ -52,14 +39,6 @@ static void make_index(void)
     acme_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 }
 
-static void identity_clear(identity *id)
-{
-    X509_free(id->leaf);
-    sk_X509_pop_free(id->chain, X509_free);
-    EVP_PKEY_free(id->key);
-    memset(id, 0, sizeof *id);
-}
-
 int cl_acme_tls_new(cl_acme_tls **out)
 {
     pthread_once(&index_once, make_index);
@@ -75,7 +54,6 @@ void cl_acme_tls_free(cl_acme_tls *t)
 {
     if (!t)
         return;
-    identity_clear(&t->current);
     X509_free(t->alpn_cert);
     EVP_PKEY_free(t->alpn_key);
     if (t->http_answer)
@@ -157,18 +135,6 @@ static int client_hello(SSL *ssl, int *alert, void *arg)
         atomic_fetch_add(&t->alpn_answers, 1);
         return SSL_CLIENT_HELLO_SUCCESS;
     }
-    int ok = 1;
-    pthread_rwlock_rdlock(&t->lock);
-    if (t->current.leaf) {
-        ok = SSL_use_cert_and_key(ssl, t->current.leaf, t->current.key, t->current.chain, 1);
-        if (ok == 1)
-            ok = SSL_set_session_id_context(ssl, t->current.sha256, sizeof t->current.sha256);
-    }
-    pthread_rwlock_unlock(&t->lock);
-    if (ok != 1) {
-        *alert = SSL_AD_INTERNAL_ERROR;
-        return SSL_CLIENT_HELLO_ERROR;
-    }
     return SSL_CLIENT_HELLO_SUCCESS;
 }
 
@@ -199,25 +165,6 @@ int cl_acme_tls_install(cl_acme_tls *t, SSL_CTX *ctx, bool enable_h2)
     t->enable_h2 = enable_h2;
     SSL_CTX_set_client_hello_cb(ctx, client_hello, t);
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, t);
-    return CL_OK;
-}
-
-int cl_acme_tls_set_identity(cl_acme_tls *t, X509 *leaf, STACK_OF(X509) *chain, EVP_PKEY *key)
-{
-    identity id = {0};
-    CL_TRY(cl_tls_cert_sha256(leaf, id.sha256));
-    CL_ENSURE(X509_check_private_key(leaf, key) == 1, CL_EINVAL, "the certificate does not match its key");
-    id.chain = chain ? X509_chain_up_ref(chain) : NULL;
-    CL_ENSURE_OSSL(!chain || id.chain, CL_ENOMEM, "out of memory");
-    X509_up_ref(leaf);
-    EVP_PKEY_up_ref(key);
-    id.leaf = leaf;
-    id.key = key;
-    pthread_rwlock_wrlock(&t->lock);
-    identity old = t->current;
-    t->current = id;
-    pthread_rwlock_unlock(&t->lock);
-    identity_clear(&old);
     return CL_OK;
 }
 

@@ -10,8 +10,9 @@
  * listener (cl_acme_tls: a ClientHello offering "acme-tls/1" gets a
  * self-signed certificate with the critical acmeIdentifier extension) and
  * http-01 by a plain listener serving /.well-known/acme-challenge/TOKEN.
- * The same cl_acme_tls object swaps the certificate new connections get,
- * so a renewal reaches new connections while old ones keep theirs. */
+ * A renewed certificate reaches new connections through a new SSL_CTX
+ * (the enclave swaps its context as key sync does); old connections keep
+ * theirs. */
 #ifndef CLOISTER_ACME_H
 #define CLOISTER_ACME_H
 
@@ -131,21 +132,17 @@ CL_MUST_CHECK int cl_acme_alpn_certificate(const char *fqdn, const char *key_aut
 CL_MUST_CHECK int cl_acme_check_chain(const uint8_t *pem, size_t len, const char *fqdn, EVP_PKEY *key,
                                       X509 **leaf, STACK_OF(X509) **rest);
 
-/* ---- the certificate new connections get, and challenge answers --------- */
+/* ---- challenge answers ---------------------------------------------------- */
 
 typedef struct cl_acme_tls cl_acme_tls;
 
 CL_MUST_CHECK int cl_acme_tls_new(cl_acme_tls **out);
 void cl_acme_tls_free(cl_acme_tls *t);
-/* Hooks ctx (the public listener's) so that every handshake takes the
- * current certificate and answers tls-alpn-01 challenges.  Each
- * connection keeps the certificate it started with; a session ticket is
- * resumed only with the certificate it was issued under, so what
- * SSL_get_certificate() says of a connection is what its client saw.
- * enable_h2: offer h2 as cl_tls_server_ctx does. */
+/* Hooks ctx (a public listener's, made by cl_tls_server_ctx) so that a
+ * handshake offering acme-tls/1 gets the tls-alpn-01 answer; others keep
+ * ctx's certificate.  enable_h2: offer h2 as cl_tls_server_ctx does.  t
+ * must outlive ctx. */
 CL_MUST_CHECK int cl_acme_tls_install(cl_acme_tls *t, SSL_CTX *ctx, bool enable_h2);
-/* Sets the certificate for new connections (references are taken). */
-CL_MUST_CHECK int cl_acme_tls_set_identity(cl_acme_tls *t, X509 *leaf, STACK_OF(X509) *chain, EVP_PKEY *key);
 /* tls-alpn-01 answer for fqdn (replaces any earlier one); clear removes it. */
 CL_MUST_CHECK int cl_acme_tls_set_alpn_challenge(cl_acme_tls *t, const char *fqdn, const char *key_authorization);
 void cl_acme_tls_clear_alpn_challenge(cl_acme_tls *t);
