@@ -4,7 +4,7 @@
 # challenge ports are set to those listeners.
 #
 #   pebble_available              exit 77 (skip) when pebble is not installed
-#   start_pebble TLS HTTP [VALIDITY_S] [BLOCKLIST]
+#   start_pebble TLS HTTP [VALIDITY_S] [BLOCKLIST]  (pebble_prepare + pebble_run)
 #                                 Pebble on $pebble_port (management
 #                                 $pebble_mgmt) validating tls-alpn-01 on TLS
 #                                 and http-01 on HTTP; VALIDITY_S sets the
@@ -32,17 +32,16 @@ pebble_tls() {
         -CAcreateserial -days 2 -extfile "$work/pebble.ext" -out "$work/pebble.pem" 2>/dev/null
 }
 
-start_pebble() {
+# pebble_prepare TLS HTTP [VALIDITY_S] [BLOCKLIST]: ports, certificate and
+# configuration ($pebble_directory is known from here on); pebble_run starts it.
+pebble_prepare() {
     local tls=$1 http=$2 validity=${3:-} blocklist=${4:-}
     pebble_tls
     pebble_port=$(free_port)
     pebble_mgmt=$(free_port)
     pebble_dns=$(free_port)
-    local dns_mgmt
-    dns_mgmt=$(free_port)
-    spawn challtestsrv pebble-challtestsrv -dns01 "127.0.0.1:$pebble_dns" -http01 "" -https01 "" -tlsalpn01 "" \
-        -management "127.0.0.1:$dns_mgmt" -defaultIPv4 127.0.0.1 -defaultIPv6 ""
-    wait_for_log challtestsrv 'Starting challenge servers|DNS|dns'
+    pebble_dns_mgmt=$(free_port)
+    pebble_directory="https://localhost:$pebble_port/dir"
     python3 - "$work/pebble.json" "$pebble_port" "$pebble_mgmt" "$work/pebble.pem" "$work/pebble.key" "$http" "$tls" \
         "$validity" "$blocklist" <<'PY'
 import json, sys
@@ -56,10 +55,20 @@ if blocklist:
     p["domainBlocklist"] = [blocklist]
 json.dump({"pebble": p}, open(path, "w"))
 PY
+}
+
+pebble_run() {
+    spawn challtestsrv pebble-challtestsrv -dns01 "127.0.0.1:$pebble_dns" -http01 "" -https01 "" -tlsalpn01 "" \
+        -management "127.0.0.1:$pebble_dns_mgmt" -defaultIPv4 127.0.0.1 -defaultIPv6 ""
+    wait_for_log challtestsrv 'Starting challenge servers|DNS|dns'
     PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=${PEBBLE_WFE_NONCEREJECT:-0} PEBBLE_AUTHZREUSE=0 \
         spawn pebble pebble -config "$work/pebble.json" -dnsserver "127.0.0.1:$pebble_dns"
     wait_for_log pebble 'Listening on: 127.0.0.1'
-    pebble_directory="https://localhost:$pebble_port/dir"
+}
+
+start_pebble() {
+    pebble_prepare "$@"
+    pebble_run
 }
 
 pebble_root() {
