@@ -64,6 +64,10 @@ const cl_opt enclave_acme_option_specs[] = {
      .arg = "DUR", .help = "after a failed order, wait this long, doubling per failure"},
     {.name = "acme-max-backoff", CL_OPT_DURATION_AT(enclave_acme_settings, max_backoff_ms, 1, 100, 86400000),
      .def = "1h", .arg = "DUR", .help = "the longest wait between failed orders"},
+    {.name = "acme-poll-interval", CL_OPT_DURATION_AT(enclave_acme_settings, poll_ms, 1, 10, 600000), .def = "1s",
+     .arg = "DUR", .help = "between polls of an authorization or order, when the CA gives no Retry-After"},
+    {.name = "acme-max-polls", CL_OPT_UINT_AT(enclave_acme_settings, max_polls, 1, 1000), .def = "30", .arg = "N",
+     .help = "polls of one authorization or order before the attempt fails"},
 };
 const size_t enclave_acme_option_count = sizeof enclave_acme_option_specs / sizeof enclave_acme_option_specs[0];
 
@@ -306,6 +310,8 @@ static int load_stored(enclave_acme *a, bool *served)
             .challenge = strcmp(a->s->challenge, "http-01") ? CL_ACME_TLS_ALPN_01 : CL_ACME_HTTP_01,
             .responder = a->tls,
             .cancel = &a->stop,
+            .poll_interval_ms = a->s->poll_ms,
+            .max_polls = a->s->max_polls,
         };
         rc = cl_acme_new(&cfg, account, &a->client);
         account = NULL;
@@ -510,6 +516,8 @@ int enclave_acme_new(const enclave_acme_settings *s, const enclave_acme_env *env
         .challenge = strcmp(s->challenge, "http-01") ? CL_ACME_TLS_ALPN_01 : CL_ACME_HTTP_01,
         .responder = a->tls,
         .cancel = &a->stop,
+        .poll_interval_ms = a->s->poll_ms,
+        .max_polls = a->s->max_polls,
     };
     CL_TRY_OUT(cl_acme_new(&cfg, NULL, &a->client));
     *out = a;

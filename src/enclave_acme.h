@@ -16,7 +16,7 @@ typedef struct enclave_acme_settings {
     bool acme;
     char *directory, *email, *ca_file, *store, *challenge, *proxy, *http_listen, *store_proxy, *kms_key_id,
         *dynamodb_endpoint;
-    unsigned backoff_ms, max_backoff_ms;
+    unsigned backoff_ms, max_backoff_ms, poll_ms, max_polls;
 } enclave_acme_settings;
 
 extern const cl_opt enclave_acme_option_specs[];
