@@ -164,6 +164,43 @@ set -e
 [ $st = 2 ] && grep -q 'https://' "$work/err" || fail "http:// without --allow-http: $st $(cat "$work/err")"
 pass "throttling: retried with backoff, exactly 4 attempts (headers and SigV4 scope checked), then exit 3; http:// only when allowed"
 
+# a server that lies: an item outside the attribute-value grammar, an oversized answer, not JSON
+lp=$(free_port)
+cat >"$work/liar.py" <<'EOF'
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get('Content-Length', 0)))
+        op = self.headers.get('X-Amz-Target', '').split('.')[-1]
+        body = {'GetItem': b'{"Item": {"pk": {"S": "a", "N": "1"}}}',
+                'DeleteItem': b'{"Attributes": {"pk": {"S": "' + b'x' * (3 << 20) + b'"}}}',
+                'PutItem': b'<html>not json</html>'}.get(op, b'{}')
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        print('request', op, flush=True)
+    def log_message(self, *a): pass
+http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()
+EOF
+spawn liar python3 "$work/liar.py" "$lp"
+for _ in $(seq 50); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $lp))" 2>/dev/null && break; sleep 0.1; done
+liar() {
+    "$CLOISTER" dynamodb --region "$REGION" --access-key-id AKIAEXAMPLE00000000 --secret-access-key s \
+        --endpoint "http://127.0.0.1:$lp" --allow-http --max-attempts 3 "$@"
+}
+set +e
+liar get --table store1 --key "$KEY" >"$work/out" 2>"$work/err"; st1=$?
+grep -q 'exactly one type' "$work/err"; g1=$?
+liar delete --table store1 --key "$KEY" --return-values >"$work/out" 2>>"$work/err"; st2=$?
+grep -q 'larger than' "$work/err"; g2=$?
+liar put --table store1 --item "$KEY" >"$work/out" 2>>"$work/err"; st3=$?
+grep -q 'not a JSON object' "$work/err"; g3=$?
+set -e
+[ "$st1$st2$st3" = 333 ] && [ "$g1$g2$g3" = 000 ] && [ ! -s "$work/out" ] || fail "lying server: $st1 $st2 $st3: $(cat "$work/err")"
+[ "$(grep -c DeleteItem "$work/liar.log")" = 1 ] || fail "an oversized answer was retried: $(cat "$work/liar.log")"
+pass "a lying server: an item outside the grammar, a 3 MiB answer (not retried), an answer that is not JSON: refused, exit 3"
+
 # ---- the ACME store on DynamoDB -------------------------------------------------------------
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/account.pem" 2>/dev/null
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj "/CN=app.example" \
