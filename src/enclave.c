@@ -258,6 +258,16 @@ static int parse_settings(int argc, char **argv, settings *s)
                         " must be positive\n");
         return EXIT_USAGE;
     }
+    if (s->sync_allow_pcr0.count) {
+        cl_sync_policy *check = calloc(1, sizeof *check);
+        for (size_t i = 0; check && i < s->sync_allow_pcr0.count; i++)
+            if (cl_sync_policy_allow_pcr0(check, s->sync_allow_pcr0.items[i]) < 0) {
+                fprintf(stderr, "cloister enclave: %s\n", cl_error_message());
+                free(check);
+                return EXIT_USAGE;
+            }
+        free(check);
+    }
     if (s->max_buffered_body < 65536) {
         fprintf(stderr, "cloister enclave: --max-buffered-body must be at least 65536\n");
         return EXIT_USAGE;
@@ -757,7 +767,8 @@ static void request_done(void *ctx, int route, int status, uint64_t duration_us)
         char code[8], us[24];
         snprintf(code, sizeof code, "%d", status);
         snprintf(us, sizeof us, "%llu", (unsigned long long)duration_us);
-        cl_log(CL_LOG_DEBUG, "request", "listener", l->kind == LISTENER_PUBLIC ? "public" : "internal", "route",
+        cl_log(CL_LOG_DEBUG, "request", "listener",
+               l->kind == LISTENER_PUBLIC ? "public" : l->kind == LISTENER_SYNC ? "sync" : "internal", "route",
                route_names[r], "status", code, "duration_us", us, NULL);
     }
 }
@@ -820,11 +831,15 @@ static int start_listener(enclave *e, const char *name, const char *addr_text, l
         .name = name,
         .tls_acquire = public_ || sync_ ? tls_acquire : NULL,
         .app = public_ && e->has_app ? &e->app : NULL,
-        /* a KMS call for the app blocks its thread: keep one for the rest */
-        .threads = public_ ? e->s.threads : internal_ && e->kms_endpoint ? 2 : 1,
+        /* a KMS call for the app blocks its thread, and so does a long poll
+         * of /enclave/state (two at most): keep one for the rest */
+        .threads = public_ ? e->s.threads
+                   : internal_ ? (e->kms_endpoint ? 2u : 1u) + (e->s.fqdn_leader ? 2u : 0u)
+                   : sync_     ? 2 /* a sync POST holding up to 3 MiB takes a while to check */
+                               : 1,
         .max_header_bytes = e->s.max_header_bytes,
         /* PUT /enclave/state takes 1 MiB; the leader's sync POST carries it sealed */
-        .max_local_body = sync_ ? CL_SYNC_MAX_LEADER_BODY : internal_ && e->sync ? CL_SYNC_MAX_STATE : 0,
+        .max_local_body = sync_ ? CL_SYNC_MAX_LEADER_BODY : internal_ && e->s.fqdn_leader ? CL_SYNC_MAX_STATE : 0,
         .header_timeout_ms = e->s.header_timeout * 1000u,
         .idle_timeout_ms = e->s.idle_timeout * 1000u,
         .upstream_timeout_ms = e->s.app_timeout * 1000u,

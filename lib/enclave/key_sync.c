@@ -5,6 +5,7 @@
  * except that a member given twice is refused. */
 #include "cloister/enclave/key_sync.h"
 
+#include "cloister/core/cursor.h"
 #include "cloister/core/encoding.h"
 
 #include <jansson.h>
@@ -175,42 +176,166 @@ int cl_sync_heartbeat_encode(const cl_sync_heartbeat *hb, cl_buf *out)
     return rc;
 }
 
+/* The sealed keys carry the TLS private key, so they are read and written
+ * here without jansson, whose string copies and parse buffers would be
+ * freed unwiped: every copy of the key is a cl_buf.  The grammar is the
+ * JSON object nitriding's json.Marshal makes (any whitespace and member
+ * order; "\/" for '/'; null for an empty field), with no other members. */
+
+static void skip_ws(cl_cursor *c)
+{
+    uint8_t b;
+    while (cl_cursor_peek_u8(c, &b) == CL_OK && (b == ' ' || b == '\t' || b == '\n' || b == '\r'))
+        c->pos++;
+}
+
+static int expect_byte(cl_cursor *c, uint8_t want, const char *what)
+{
+    skip_ws(c);
+    uint8_t b;
+    CL_ENSURE(cl_cursor_u8(c, &b) == CL_OK && b == want, CL_EPARSE, "keys: malformed JSON: expected %s", what);
+    return CL_OK;
+}
+
+/* A member name: plain ASCII letters and '_' between quotes. */
+static int read_name(cl_cursor *c, char *out, size_t out_len)
+{
+    CL_TRY(expect_byte(c, '"', "a member name"));
+    size_t n = 0;
+    for (;;) {
+        uint8_t b;
+        CL_ENSURE(cl_cursor_u8(c, &b) == CL_OK, CL_EPARSE, "keys: malformed JSON: unterminated name");
+        if (b == '"')
+            break;
+        CL_ENSURE((b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z') || b == '_', CL_EPARSE,
+                  "keys: unknown member");
+        CL_ENSURE(n + 1 < out_len, CL_EPARSE, "keys: unknown member");
+        out[n++] = (char)b;
+    }
+    out[n] = '\0';
+    return CL_OK;
+}
+
+/* null, or a string of base64 characters ("\/" allowed), decoded into out. */
+static int read_b64_value(cl_cursor *c, const char *name, cl_buf *out)
+{
+    skip_ws(c);
+    const uint8_t *lit;
+    if (cl_cursor_remaining(c) >= 4 && !memcmp(c->data + c->pos, "null", 4)) {
+        CL_TRY(cl_cursor_bytes(c, 4, &lit));
+        return CL_OK;
+    }
+    CL_TRY(expect_byte(c, '"', "a string or null"));
+    cl_buf text = CL_BUF_INIT;
+    int rc = CL_OK;
+    for (;;) {
+        uint8_t b;
+        if (cl_cursor_u8(c, &b) < 0) {
+            rc = cl_error_set(CL_EPARSE, "keys: malformed JSON: unterminated \"%s\"", name);
+            break;
+        }
+        if (b == '"')
+            break;
+        if (b == '\\') {
+            if (cl_cursor_u8(c, &b) < 0 || b != '/') {
+                rc = cl_error_set(CL_EPARSE, "keys: \"%s\" must be a base64 string", name);
+                break;
+            }
+        }
+        if (!((b >= 'A' && b <= 'Z') || (b >= 'a' && b <= 'z') || (b >= '0' && b <= '9') || b == '+' || b == '/' ||
+              b == '=')) {
+            rc = cl_error_set(CL_EPARSE, "keys: \"%s\" must be a base64 string", name);
+            break;
+        }
+        if ((rc = cl_buf_append_u8(&text, b)) < 0)
+            break;
+    }
+    if (rc == CL_OK && text.len && cl_base64_decode(text.data, text.len, out) < 0)
+        rc = cl_error_set(CL_EPARSE, "keys: \"%s\" is not base64", name);
+    cl_buf_free(&text);
+    return rc;
+}
+
 int cl_sync_keys_parse(const uint8_t *json, size_t len, cl_sync_keys *out)
 {
-    static const char what[] = "keys";
     memset(out, 0, sizeof *out);
-    json_t *o;
-    CL_TRY(load_object(json, len, what, &o));
-    int rc = get_bytes(o, "nitriding_key", what, &out->key);
+    cl_cursor c = cl_cursor_make(json, len);
+    bool seen[3] = {false, false, false};
+    int rc = expect_byte(&c, '{', "an object");
+    skip_ws(&c);
+    uint8_t b;
+    bool empty = rc == CL_OK && cl_cursor_peek_u8(&c, &b) == CL_OK && b == '}';
+    while (rc == CL_OK && !empty) {
+        char name[16];
+        rc = read_name(&c, name, sizeof name);
+        if (rc == CL_OK)
+            rc = expect_byte(&c, ':', "':'");
+        if (rc < 0)
+            break;
+        int i = !strcmp(name, "nitriding_key") ? 0 : !strcmp(name, "nitriding_cert") ? 1 : !strcmp(name, "app_keys") ? 2 : -1;
+        if (i < 0) {
+            rc = cl_error_set(CL_EPARSE, "keys: unknown member \"%s\"", name);
+            break;
+        }
+        if (seen[i]) {
+            rc = cl_error_set(CL_EPARSE, "keys: \"%s\" is given twice", name);
+            break;
+        }
+        seen[i] = true;
+        cl_buf *dst = i == 0 ? &out->key : i == 1 ? &out->cert : &out->app_keys;
+        if ((rc = read_b64_value(&c, name, dst)) < 0)
+            break;
+        skip_ws(&c);
+        if (cl_cursor_peek_u8(&c, &b) == CL_OK && b == ',') {
+            c.pos++;
+            continue;
+        }
+        break;
+    }
     if (rc == CL_OK)
-        rc = get_bytes(o, "nitriding_cert", what, &out->cert);
-    if (rc == CL_OK)
-        rc = get_bytes(o, "app_keys", what, &out->app_keys);
-    /* jansson's copies of the strings are freed unwiped: the sealed box's
-     * plaintext is short-lived and this process's alone */
-    json_decref(o);
+        rc = expect_byte(&c, '}', "'}'");
+    skip_ws(&c);
+    if (rc == CL_OK && !cl_cursor_at_end(&c))
+        rc = cl_error_set(CL_EPARSE, "keys: malformed JSON: bytes after the object");
     if (rc == CL_OK && (!out->key.len || !out->cert.len))
-        rc = cl_error_set(CL_EPARSE, "%s: \"nitriding_key\" and \"nitriding_cert\" are required", what);
+        rc = cl_error_set(CL_EPARSE, "keys: \"nitriding_key\" and \"nitriding_cert\" are required");
     if (rc == CL_OK && out->app_keys.len > CL_SYNC_MAX_STATE)
-        rc = cl_error_set(CL_ELIMIT, "%s: \"app_keys\" is larger than %d bytes", what, CL_SYNC_MAX_STATE);
+        rc = cl_error_set(CL_ELIMIT, "keys: \"app_keys\" is larger than %d bytes", CL_SYNC_MAX_STATE);
     if (rc < 0)
         cl_sync_keys_free(out);
     return rc;
 }
 
+static int put_member(cl_buf *out, const char *name, const cl_buf *value, bool last)
+{
+    CL_TRY(cl_buf_append(out, "\"", 1));
+    CL_TRY(cl_buf_append(out, name, strlen(name)));
+    CL_TRY(cl_buf_append(out, "\":", 2));
+    if (!value->len) {
+        CL_TRY(cl_buf_append(out, "null", 4));
+    } else {
+        cl_buf b64 = CL_BUF_INIT;
+        int rc = cl_base64_encode(value->data, value->len, &b64);
+        if (rc == CL_OK)
+            rc = cl_buf_append(out, "\"", 1);
+        if (rc == CL_OK)
+            rc = cl_buf_append(out, b64.data, b64.len);
+        if (rc == CL_OK)
+            rc = cl_buf_append(out, "\"", 1);
+        cl_buf_free(&b64);
+        CL_TRY(rc);
+    }
+    return last ? cl_buf_append(out, "}", 1) : cl_buf_append(out, ",", 1);
+}
+
 int cl_sync_keys_encode(const cl_sync_keys *k, cl_buf *out)
 {
-    json_t *o = json_object();
-    CL_ENSURE(o, CL_ENOMEM, "out of memory");
-    int rc = put_bytes(o, "nitriding_key", k->key.data, k->key.len, true);
-    if (rc == CL_OK)
-        rc = put_bytes(o, "nitriding_cert", k->cert.data, k->cert.len, true);
-    if (rc == CL_OK)
-        rc = put_bytes(o, "app_keys", k->app_keys.data, k->app_keys.len, true);
-    if (rc == CL_OK)
-        rc = dump(o, out, true);
-    json_decref(o);
-    return rc;
+    size_t need = 64 + 4 * ((k->key.len + 2) / 3 + (k->cert.len + 2) / 3 + (k->app_keys.len + 2) / 3);
+    CL_TRY(cl_buf_reserve(out, need));
+    CL_TRY(cl_buf_append(out, "{", 1));
+    CL_TRY(put_member(out, "nitriding_key", &k->key, false));
+    CL_TRY(put_member(out, "nitriding_cert", &k->cert, false));
+    return put_member(out, "app_keys", &k->app_keys, true);
 }
 
 int cl_sync_keys_copy(const cl_sync_keys *from, cl_sync_keys *to)

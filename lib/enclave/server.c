@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #define OUT_CAP (32 * 1024)
+#define MAX_LOCAL_RESPONSE (8 * 1024 * 1024)
 #define CHUNK_OVERHEAD 24 /* "%zx\r\n" + "\r\n" */
 
 static void client_pump(client *c);
@@ -137,9 +138,17 @@ static void respond_simple_ex(client *c, int status, const char *content_type, c
                               bool close, const char *extra)
 {
     cl_buf tmp = CL_BUF_INIT;
-    if (cl_server_simple_response_ex(c->w, &tmp, status, content_type, body, len, c->head_request, close, extra) ==
-            CL_OK &&
-        tmp.len <= cl_client_out_room(c))
+    int rc = cl_server_simple_response_ex(c->w, &tmp, status, content_type, body, len, c->head_request, close, extra);
+    if (rc == CL_OK && tmp.len > cl_client_out_room(c) && c->out_len + tmp.len <= MAX_LOCAL_RESPONSE) {
+        /* a local answer larger than the buffer (the app state, a secret):
+         * the buffer grows to hold it, once, for this connection */
+        uint8_t *bigger = realloc(c->out, c->out_len + tmp.len);
+        if (bigger) {
+            c->out = bigger;
+            c->out_cap = c->out_len + tmp.len;
+        }
+    }
+    if (rc == CL_OK && tmp.len <= cl_client_out_room(c))
         out_append(c, tmp.data, tmp.len);
     else
         close = true;

@@ -256,21 +256,20 @@ def self_signed(fqdn):
 
 
 def leaf_of(cert_pem):
-    """The first non-CA certificate of a PEM bundle, as enclave.go: setCertFingerprint picks it."""
-    for cert in x509.load_pem_x509_certificates(cert_pem) if hasattr(x509, "load_pem_x509_certificates") \
-            else split_pem(cert_pem):
-        try:
-            if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-                continue
-        except x509.ExtensionNotFound:
-            pass
-        return cert
-    raise Refused("no end-entity certificate in nitriding_cert")
+    """The first certificate of the PEM: the one TLS serves (Go's tls.X509KeyPair)."""
+    certs = split_pem(cert_pem)
+    if not certs:
+        raise Refused("no certificate in nitriding_cert")
+    return certs[0]
 
 
 def split_pem(pem):
     marker = b"-----END CERTIFICATE-----"
-    return [x509.load_pem_x509_certificate(part + marker) for part in pem.split(marker) if b"-----BEGIN" in part]
+    try:
+        return [x509.load_pem_x509_certificate(part[part.index(b"-----BEGIN CERTIFICATE-----"):] + marker)
+                for part in pem.split(marker) if b"-----BEGIN CERTIFICATE-----" in part]
+    except ValueError:
+        raise Refused("nitriding_cert is not PEM certificates")
 
 
 def check_pair(cert_pem, key_pem):
