@@ -1112,6 +1112,9 @@ static int install_acme_identity(void *arg, cl_tls_identity *id)
     int rc = cl_tls_server_ctx(id, &topt, &ctx);
     if (rc == CL_OK)
         rc = enclave_acme_hook(e->acme, ctx);
+    /* with key sync the workers get it too (only a leader orders) */
+    if (rc == CL_OK && e->sync)
+        rc = cl_sync_set_identity(e->sync, id);
     if (rc < 0) {
         SSL_CTX_free(ctx);
         cl_tls_identity_free(id);

@@ -37,7 +37,7 @@ pebble_tls() {
 pebble_prepare() {
     local tls=$1 http=$2 validity=${3:-} blocklist=${4:-}
     pebble_tls
-    pebble_port=$(free_port)
+    pebble_port=${PEBBLE_PORT:-$(free_port)} # PEBBLE_PORT: when the directory URL must be known first
     pebble_mgmt=$(free_port)
     pebble_dns=$(free_port)
     pebble_dns_mgmt=$(free_port)
