@@ -217,6 +217,22 @@ static int install(enclave_acme *a, X509 *leaf, STACK_OF(X509) *rest, EVP_PKEY *
     return CL_OK;
 }
 
+static int new_client(enclave_acme *a)
+{
+    cl_acme_config cfg = {
+        .directory = a->s->directory,
+        .ca_file = a->s->ca_file,
+        .dial = a->has_dial ? &a->dial : NULL,
+        .email = a->s->email,
+        .challenge = strcmp(a->s->challenge, "http-01") ? CL_ACME_TLS_ALPN_01 : CL_ACME_HTTP_01,
+        .responder = a->tls,
+        .cancel = &a->stop,
+        .poll_interval_ms = a->s->poll_ms,
+        .max_polls = a->s->max_polls,
+    };
+    return cl_acme_new(&cfg, NULL, &a->client);
+}
+
 /* ---- the store ---------------------------------------------------------------- */
 
 static int pem_of_key(EVP_PKEY *key, cl_buf *out)
@@ -296,28 +312,9 @@ static int load_stored(enclave_acme *a, bool *served)
     EVP_PKEY *account = NULL, *key = NULL;
     X509 *leaf = NULL;
     STACK_OF(X509) *rest = NULL;
-    if (rec.account_key.len && key_of_pem(&rec.account_key, &account) < 0)
-        account = NULL;
-    if (account) {
-        /* the account the store knows: no second account with the CA */
-        cl_acme_free(a->client);
-        a->client = NULL;
-        cl_acme_config cfg = {
-            .directory = a->s->directory,
-            .ca_file = a->s->ca_file,
-            .dial = a->has_dial ? &a->dial : NULL,
-            .email = a->s->email,
-            .challenge = strcmp(a->s->challenge, "http-01") ? CL_ACME_TLS_ALPN_01 : CL_ACME_HTTP_01,
-            .responder = a->tls,
-            .cancel = &a->stop,
-            .poll_interval_ms = a->s->poll_ms,
-            .max_polls = a->s->max_polls,
-        };
-        rc = cl_acme_new(&cfg, account, &a->client);
-        account = NULL;
-        if (rc < 0)
-            goto out;
-    }
+    /* the account the store knows: no second account with the CA */
+    if (rec.account_key.len && key_of_pem(&rec.account_key, &account) == CL_OK)
+        cl_acme_set_account_key(a->client, account);
     if (rec.cert_key.len && rec.chain_pem.len && key_of_pem(&rec.cert_key, &key) == CL_OK &&
         cl_acme_check_chain(rec.chain_pem.data, rec.chain_pem.len, a->fqdn, key, &leaf, &rest) == CL_OK) {
         int64_t na = asn1_unix(X509_get0_notAfter(leaf));
@@ -333,9 +330,9 @@ static int load_stored(enclave_acme *a, bool *served)
         } else {
             cl_log(CL_LOG_INFO, "acme_store_expired", "name", a->fqdn, NULL);
         }
+    } else if (rec.chain_pem.len) {
+        cl_log(CL_LOG_WARN, "acme_store_unusable", "store", a->s->store, "error", cl_error_message(), NULL);
     }
-out:
-    EVP_PKEY_free(account);
     EVP_PKEY_free(key);
     X509_free(leaf);
     sk_X509_pop_free(rest, X509_free);
@@ -508,18 +505,7 @@ int enclave_acme_new(const enclave_acme_settings *s, const enclave_acme_env *env
         }
         a->has_dial = true;
     }
-    cl_acme_config cfg = {
-        .directory = s->directory,
-        .ca_file = s->ca_file,
-        .dial = a->has_dial ? &a->dial : NULL,
-        .email = s->email,
-        .challenge = strcmp(s->challenge, "http-01") ? CL_ACME_TLS_ALPN_01 : CL_ACME_HTTP_01,
-        .responder = a->tls,
-        .cancel = &a->stop,
-        .poll_interval_ms = a->s->poll_ms,
-        .max_polls = a->s->max_polls,
-    };
-    CL_TRY_OUT(cl_acme_new(&cfg, NULL, &a->client));
+    CL_TRY_OUT(new_client(a));
     *out = a;
     return CL_OK;
 out:

@@ -573,6 +573,13 @@ void cl_acme_free(cl_acme *a)
     free(a);
 }
 
+void cl_acme_set_account_key(cl_acme *a, EVP_PKEY *key)
+{
+    EVP_PKEY_free(a->account);
+    a->account = key;
+    a->kid[0] = '\0'; /* newAccount again: the CA answers with this key's account */
+}
+
 EVP_PKEY *cl_acme_account_key(cl_acme *a)
 {
     return a->account;

@@ -67,6 +67,17 @@ while read -r line; do
 done <"$work/early.txt"
 pass "after the switch, the connection opened before it still proves the generated certificate"
 
+# acme-tls/1 outside a pending challenge: no validation certificate for anyone
+set +e
+openssl s_client -connect "127.0.0.1:$tls" -servername "$ACME_FQDN" -alpn acme-tls/1 </dev/null >"$work/alpn.out" 2>&1
+st=$?
+set -e
+[ "$st" != 0 ] && ! grep -q 'BEGIN CERTIFICATE\|ALPN protocol: acme-tls/1' "$work/alpn.out" ||
+    fail "a handshake offering acme-tls/1 with no challenge pending was answered: $(head -20 "$work/alpn.out")"
+openssl s_client -connect "127.0.0.1:$tls" -servername "$ACME_FQDN" -alpn h2 </dev/null 2>/dev/null |
+    grep -q 'ALPN protocol: h2' || fail "h2 is no longer negotiated with the ACME hook installed"
+pass "acme-tls/1 with no challenge pending is refused; h2 is still negotiated"
+
 curl -sf "http://127.0.0.1:$metrics/metrics" >"$work/metrics.txt"
 grep -q '^cloister_acme_certificates_issued_total 1$' "$work/metrics.txt" || fail "metrics: $(grep acme "$work/metrics.txt")"
 grep -q '^cloister_acme_last_renewal_failed 0$' "$work/metrics.txt" || fail "metrics: $(grep acme "$work/metrics.txt")"

@@ -183,6 +183,9 @@ typedef struct cl_acme_stats {
 CL_MUST_CHECK int cl_acme_new(const cl_acme_config *cfg, EVP_PKEY *account_key, cl_acme **out);
 void cl_acme_free(cl_acme *a);
 EVP_PKEY *cl_acme_account_key(cl_acme *a);
+/* Uses key (taken) as the account key from now on (one from the store);
+ * not while cl_acme_obtain runs. */
+void cl_acme_set_account_key(cl_acme *a, EVP_PKEY *key);
 void cl_acme_get_stats(const cl_acme *a, cl_acme_stats *out);
 /* When the last failure came with Retry-After (or 429/503): how long the
  * CA asked to wait, in seconds; 0 otherwise. */
