@@ -104,3 +104,6 @@ grep -q 'acme_renewal_failed.*the tls-alpn-01 challenge for enclave.cloister.tes
     "$work/enclave_unreached.log" || fail "not named: $(grep acme_renewal_failed "$work/enclave_unreached.log" | head -1)"
 still_serving unreached
 pass "a challenge Pebble cannot reach: the authorization's problem shown, still serving"
+
+stop enclave_unreached || true
+no_sanitizer_reports

@@ -43,3 +43,6 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$http/.well-know
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$http/enclave/attestation?nonce=00")
 [ "$code" = 404 ] || fail "the challenge listener served another path ($code)"
 pass "the plain challenge listener serves nothing but live challenge tokens (404 otherwise)"
+
+stop enclave || true
+no_sanitizer_reports

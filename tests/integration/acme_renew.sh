@@ -62,3 +62,6 @@ last=$(sed -n 's/.*event=acme_certificate origin=acme.*certificate_sha256=\([0-9
     fail "cloister verify: $(cat "$work/verify.txt")"
 grep -q "^verdict: PROVEN" "$work/verify.txt" || fail "not proven: $(cat "$work/verify.txt")"
 pass "new connections get the renewed certificate and cloister verify proves it"
+
+stop enclave || true
+no_sanitizer_reports

@@ -60,3 +60,6 @@ for name in leader worker1 worker2; do
 done
 [ "$(pebble_orders)" = 1 ] || fail "Pebble saw $(pebble_orders) orders"
 pass "all three present the Pebble-issued certificate (curl verifies, cloister verify proves each); Pebble saw one order"
+
+for n in leader worker1 worker2; do stop "$n" || true; done
+no_sanitizer_reports

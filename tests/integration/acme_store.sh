@@ -71,3 +71,5 @@ grep -q 'event=acme_certificate origin=acme' "$work/enclave3.log" || fail "no ne
 [ "$(pebble_orders)" = 2 ] || fail "expected a second order, Pebble saw $(pebble_orders)"
 stop enclave3 || true
 pass "an edited record is refused (acme_store_unusable: $(sed -n 's/.*event=acme_store_unusable.*error=\(.\{0,80\}\).*/\1/p' "$work/enclave3.log" | head -1)...) and the enclave orders anew"
+
+no_sanitizer_reports

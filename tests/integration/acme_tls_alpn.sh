@@ -85,3 +85,6 @@ grep -Eq '^cloister_acme_renewal_failures_total [1-9]' "$work/metrics.txt" || fa
 grep -Eq '^cloister_acme_tls_alpn_answers_total [1-9]' "$work/metrics.txt" || fail "tls-alpn answers not counted"
 [ "$(pebble_orders)" = 1 ] || fail "Pebble saw $(pebble_orders) orders, expected 1"
 pass "metrics count the issue, the earlier failures and the tls-alpn-01 answers; Pebble saw one order"
+
+stop enclave || true
+no_sanitizer_reports

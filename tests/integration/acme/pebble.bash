@@ -79,3 +79,11 @@ pebble_root() {
 pebble_orders() {
     grep -c 'POST /order-plz' "$work/pebble.log" || true
 }
+
+# After the enclaves were stopped: no sanitizer report in any log (the
+# asan.integration.acme_* runs use the ASan+UBSan build).
+no_sanitizer_reports() {
+    local bad
+    bad=$(grep -lE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$work"/*.log 2>/dev/null || true)
+    [ -z "$bad" ] || fail "sanitizer reports in $(echo "$bad" | xargs -n1 basename): $(grep -hm1 -E 'Sanitizer|runtime error:' $bad)"
+}
