@@ -113,6 +113,10 @@ static void serve(void *arg, int fd, size_t listener, unsigned long id)
         reply_text(fd, 400, "{\"error\":\"POST /v1/OP with a Content-Length body of at most the request limit\"}");
         goto done;
     }
+    /* the path is a slice of `in`, which reading the body may move */
+    char op[16] = "";
+    if (h->path.len > 4 && h->path.len < 4 + sizeof op && !memcmp(h->path.data, "/v1/", 4))
+        memcpy(op, h->path.data + 4, h->path.len - 4);
     size_t need = h->head_len + (size_t)h->content_length;
     while (in.len < need) {
         if (cl_buf_reserve(&in, need - in.len) < 0)
@@ -124,9 +128,6 @@ static void serve(void *arg, int fd, size_t listener, unsigned long id)
             goto done;
         in.len += (size_t)n;
     }
-    char op[16] = "";
-    if (h->path.len > 4 && h->path.len < 4 + sizeof op && !memcmp(h->path.data, "/v1/", 4))
-        memcpy(op, h->path.data + 4, h->path.len - 4);
     int status = 500;
     if (cl_file_store_handle(fs, op, in.data + h->head_len, (size_t)h->content_length, &status, &out) < 0) {
         reply_text(fd, 500, "{\"error\":\"out of memory\"}");

@@ -159,8 +159,12 @@ store --store "$FS" put --name site --account-key "$work/account.pem" --cert-key
 store --store "$FS" put --name other --account-key "$work/account.pem" --cert-key "$work/other.key" \
     --chain "$work/other.pem" || fail "file put other"
 store --store "$FS" get --name site | grep -q '"domains":\["app.example"\]' || fail "file get"
+# a record larger than one read of the host's server (12 KiB of metadata)
+big=$(python3 -c 'import json; print(json.dumps({"history": ["renewed %05d" % i for i in range(800)]}))')
+store --store "$FS" put --name big --account-key "$work/account.pem" --metadata "$big" || fail "file put of 12 KiB"
+store --store "$FS" get --name big | grep -q '"renewed 00799"' || fail "file get of 12 KiB"
 ! grep -l 'PRIVATE KEY' "$work/acme-files"/* || fail "a private key in the parent's files"
-pass "cert-store on file:DIR through cloister host file-store ($FSTORE): put, get; the files hold no private key"
+pass "cert-store on file:DIR through cloister host file-store ($FSTORE): put, get (a 12 KiB record too); the files hold no private key"
 
 cp "$work/acme-files/record.site" "$work/site.orig"
 fix() { cp "$work/site.orig" "$work/acme-files/record.site"; }
