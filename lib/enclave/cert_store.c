@@ -858,7 +858,8 @@ static int lease_take(cl_cert_store *s, const char *name, const char *owner, uns
     if (rc == CL_ECONFLICT) {
         if (file_lease_read(s, name, &cur, version) == CL_OK)
             *held = cur;
-        return cl_error_set(CL_ECONFLICT, "lease '%s' was taken by '%s' at the same time", name, held->owner);
+        return cl_error_set(CL_ECONFLICT, "lease '%s' is held by '%s' (it took the lease as we did)", name,
+                            held->owner);
     }
     if (rc < 0)
         return cl_error_prefix(rc, "lease '%s': ", name);
