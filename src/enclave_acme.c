@@ -118,6 +118,7 @@ struct enclave_acme {
     /* the certificate being served (0 before the first) */
     atomic_int_fast64_t not_after, renew_at;
     atomic_uint_fast64_t issued, from_store, failures, last_failed;
+    char installed[65]; /* SHA-256 of the certificate installed last (ACME thread and start only) */
 };
 
 /* ---- http-01 listener --------------------------------------------------------- */
@@ -203,9 +204,15 @@ static int install(enclave_acme *a, X509 *leaf, STACK_OF(X509) *rest, EVP_PKEY *
     int64_t nb = asn1_unix(X509_get0_notBefore(leaf)), na = asn1_unix(X509_get0_notAfter(leaf));
     char fp[65];
     cl_hex_encode(id.cert_sha256, 32, fp);
+    if (!strcmp(fp, a->installed)) {
+        /* the store gave back what is served already */
+        cl_tls_identity_free(&id);
+        return CL_OK;
+    }
     rc = a->env.install(a->env.arg, &id); /* takes id */
     if (rc < 0)
         return rc;
+    memcpy(a->installed, fp, sizeof fp);
     int64_t at = cl_acme_renewal_time(nb, na, jitter());
     atomic_store(&a->not_after, na);
     atomic_store(&a->renew_at, at);
@@ -394,7 +401,9 @@ static int order_once(enclave_acme *a)
             cl_log(CL_LOG_INFO, "acme_lease_held", "owner", held.owner, NULL);
             bool served = false;
             CL_TRY_OUT(load_stored(a, &served));
-            CL_ENSURE_OUT(served, CL_EIO, "another enclave (%s) holds the ordering lease", held.owner);
+            /* what it stored is due too: wait (backoff) rather than spin */
+            CL_ENSURE_OUT(served && atomic_load(&a->renew_at) > (int64_t)time(NULL), CL_EIO,
+                          "another enclave (%s) holds the ordering lease", held.owner);
             goto out;
         }
         CL_TRY_OUT(rc);
