@@ -42,7 +42,8 @@ grep -q 'acme_renewal_failed.*the ACME directory is not JSON' "$work/enclave_not
     fail "not named: $(grep acme_renewal_failed "$work/enclave_notjson.log" | head -1)"
 still_serving notjson
 stop enclave_notjson || true
-[ "$(requests notjson)" -le "$(failures notjson)" ] ||
+# (+1: an attempt in flight when the enclave was stopped has no failure line)
+[ "$(requests notjson)" -le $(($(failures notjson) + 1)) ] ||
     fail "$(requests notjson) requests for $(failures notjson) attempts: the directory is fetched once per attempt"
 pass "a directory that is not JSON: 'the ACME directory is not JSON', one request per attempt, still serving"
 
