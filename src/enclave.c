@@ -522,7 +522,8 @@ static json_t *config_json(enclave *e)
     json_object_set_new(o, "max-buffered-body", json_integer(e->s.max_buffered_body));
     json_object_set_new(o, "fqdn-leader", e->s.fqdn_leader ? json_string(e->s.fqdn_leader) : json_null());
     json_object_set_new(o, "ext-priv-listen", e->sync ? json_string(e->sync_addr) : json_null());
-    json_object_set_new(o, "sync-role", json_string(cl_sync_role_name(e->sync ? cl_sync_get_role(e->sync) : CL_SYNC_OFF)));
+    cl_sync_role role = e->sync ? cl_sync_get_role(e->sync) : CL_SYNC_OFF;
+    json_object_set_new(o, "sync-role", json_string(cl_sync_role_name(role)));
     return o;
 }
 

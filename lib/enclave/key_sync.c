@@ -272,7 +272,10 @@ int cl_sync_keys_parse(const uint8_t *json, size_t len, cl_sync_keys *out)
             rc = expect_byte(&c, ':', "':'");
         if (rc < 0)
             break;
-        int i = !strcmp(name, "nitriding_key") ? 0 : !strcmp(name, "nitriding_cert") ? 1 : !strcmp(name, "app_keys") ? 2 : -1;
+        int i = !strcmp(name, "nitriding_key")    ? 0
+                : !strcmp(name, "nitriding_cert") ? 1
+                : !strcmp(name, "app_keys")       ? 2
+                                                  : -1;
         if (i < 0) {
             rc = cl_error_set(CL_EPARSE, "keys: unknown member \"%s\"", name);
             break;

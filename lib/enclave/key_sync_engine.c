@@ -296,7 +296,8 @@ static int leader_sync(cl_sync *s, const char *host)
     memset(&resp, 0, sizeof resp);
     CL_TRY_OUT(peer_call(s, host, "POST", "/enclave/sync", &post, 64 * 1024, &resp));
     CL_ENSURE_OUT(resp.status == 200, CL_EPROTO, "POST /enclave/sync answered HTTP %d: %.*s", resp.status,
-                  (int)(resp.body.len > 200 ? 200 : resp.body.len), (const char *)resp.body.data);
+                  (int)(resp.body.len > 200 ? 200 : resp.body.len),
+                  resp.body.data ? (const char *)resp.body.data : "");
 out:
     if (have_doc)
         cl_attestation_doc_free(&doc);
@@ -606,7 +607,8 @@ static int post_heartbeat(cl_sync *s, bool registering)
     cl_buf_free(&body);
     if (rc == CL_OK && resp.status != 200)
         rc = cl_error_set(CL_EPROTO, "the leader answered HTTP %d: %.*s", resp.status,
-                          (int)(resp.body.len > 200 ? 200 : resp.body.len), (const char *)resp.body.data);
+                          (int)(resp.body.len > 200 ? 200 : resp.body.len),
+                  resp.body.data ? (const char *)resp.body.data : "");
     cl_https_response_free(&resp);
     return rc;
 }

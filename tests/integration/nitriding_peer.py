@@ -575,7 +575,14 @@ class Peer:
         pub = bytes(box_key.public_key)
         if self.args.tamper == "worker-nonce":
             leaders_nonce = secrets.token_bytes(NONCE_LEN)  # a document that is not fresh for this leader
-        doc = self.nsm.attest(nonce=leaders_nonce, user_data=workers_nonce, public_key=pub)
+        if self.args.tamper == "attestation-doc":
+            # any same-image enclave's public /enclave/attestation signs a
+            # document with the nonce we choose: pass that off as ours
+            host, port = split_host_port(self.args.attestation_from)
+            status, body = https_request(host, int(port), "GET", "/enclave/attestation?nonce=" + leaders_nonce.hex())
+            doc = base64.b64decode(body.strip()) if status == 200 else b""
+        else:
+            doc = self.nsm.attest(nonce=leaders_nonce, user_data=workers_nonce, public_key=pub)
         body = json.dumps({"document": base64.b64encode(doc).decode(), "encrypted_keys": ""},
                           separators=(",", ":")) + "\n"
         req.reply(200, body)
@@ -862,10 +869,13 @@ def main():
     p.add_argument("--state-file", help="initial app state (app_keys); default none (null)")
     p.add_argument("--heartbeat-interval", type=float, default=60.0, help="seconds (nitriding: 60)")
     p.add_argument("--worker-timeout", type=float, default=60.0, help="seconds before a silent worker is pruned")
-    p.add_argument("--tamper", choices=("hash", "nonce", "marker", "worker-nonce"),
+    p.add_argument("--attestation-from", metavar="HOST:PORT",
+                   help="worker --tamper attestation-doc: the public listener whose /enclave/attestation to use")
+    p.add_argument("--tamper", choices=("hash", "nonce", "marker", "worker-nonce", "attestation-doc"),
                    help="misbehave on purpose (attack tests): leader: hash = user_data does not bind the "
                         "ciphertext, nonce = the document's nonce is not the worker's, marker = no \"dummy\" "
-                        "public_key; worker: worker-nonce = the document's nonce is not the leader's")
+                        "public_key; worker: worker-nonce = the document's nonce is not the leader's, "
+                        "attestation-doc = answer with a client attestation document for the leader's nonce")
     args = p.parse_args()
     if bool(args.cert) != bool(args.key):
         p.error("--cert and --key go together")

@@ -199,7 +199,10 @@ bad_worker() { # NAME ADDR WHAT PATTERN ARGS...
 bad_worker badnonce 127.0.0.3 "a document for another nonce" 'nonce' --nsm "unix:$work/simp.sock" --root "$root" --tamper worker-nonce
 bad_worker badpcr 127.0.0.4 "another PCR0" 'PCR0' --nsm "unix:$work/simx.sock" --root "$root"
 bad_worker badroot 127.0.0.5 "another root" 'trusted root' --nsm "unix:$work/simf.sock" --root "$work/foreign-state/root.pem"
-pass "the cloister leader sends no keys to a worker whose document has another nonce, another PCR0 or another root"
+# a document any enclave of the image signs for anyone: /enclave/attestation with the leader's nonce
+bad_worker clientdoc 127.0.0.6 "a client attestation document" 'public key' --nsm "unix:$work/simp.sock" --root "$root" \
+    --tamper attestation-doc --attestation-from "127.0.0.1:$(public_of leader)"
+pass "the cloister leader sends no keys to a worker whose document has another nonce, another PCR0 or another root, or is a client attestation document"
 
 # ---- 5. status codes peers and apps act on (docs/key-sync.md sections 6, 7) ---------------
 n=$(head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -212,3 +215,11 @@ done
 [ "$(http_code -X POST --data-binary '{"hashed_keys":"","worker_hostname":"'"$(printf 'a%.0s' $(seq 500))"'"}' "https://127.0.0.1:$p1/enclave/heartbeat")" != 200 ] ||
     fail "a heartbeat over nitriding's 427 bytes was accepted"
 pass "410 from /enclave/leader after the election and /enclave/state in the wrong role, 400 for a bad nonce, oversized heartbeat refused"
+
+# ---- clean exits (under ASan+UBSan also: no leak, no error) -------------------------------
+for name in cworker leader; do
+    status=0
+    stop "$name" || status=$?
+    [ "$status" = 0 ] || fail "$name exited with status $status on SIGTERM"
+done
+pass "both cloister enclaves exit cleanly on SIGTERM"
