@@ -58,6 +58,8 @@ const cl_opt enclave_acme_option_specs[] = {
     {.name = "acme-dynamodb-endpoint", CL_OPT_STR(enclave_acme_settings, dynamodb_endpoint), .arg = "URL",
      .help = "dynamodb: the endpoint (default https://dynamodb.REGION.amazonaws.com; http:// only for a local "
              "dynalite)"},
+    {.name = "acme-store-ca-file", CL_OPT_STR(enclave_acme_settings, store_ca_file), .arg = "PEM",
+     .help = "dynamodb: CAs for DynamoDB's certificate instead of the system's"},
     {.name = "acme-kms-key-id", CL_OPT_STR(enclave_acme_settings, kms_key_id), .arg = "ID",
      .help = "--acme-store: the KMS key the stored private keys are encrypted under"},
     {.name = "acme-backoff", CL_OPT_DURATION_AT(enclave_acme_settings, backoff_ms, 1, 100, 86400000), .def = "30s",
@@ -288,6 +290,7 @@ static int open_store(enclave_acme *a)
             .endpoint = s->dynamodb_endpoint,
             .allow_http = s->dynamodb_endpoint && !strncmp(s->dynamodb_endpoint, "http://", 7),
             .connect = s->store_proxy,
+            .ca_file = s->store_ca_file,
             .credentials = a->env.credentials,
         };
         CL_TRY(cl_dynamodb_new(&dc, &a->dynamodb));

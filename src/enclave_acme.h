@@ -15,7 +15,7 @@
 typedef struct enclave_acme_settings {
     bool acme;
     char *directory, *email, *ca_file, *store, *challenge, *proxy, *http_listen, *store_proxy, *kms_key_id,
-        *dynamodb_endpoint;
+        *dynamodb_endpoint, *store_ca_file;
     unsigned backoff_ms, max_backoff_ms, poll_ms, max_polls;
 } enclave_acme_settings;
 
