@@ -21,6 +21,7 @@
 #include "cloister/core/process.h"
 #include "commands.h"
 #include "dev.h"
+#include "dev_acme.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -112,6 +113,9 @@ static const cl_opt dev_option_table[] = {
     {.name = "identity", CL_OPT_STR(dev_options, identity), .set = check_identity, .def = "kms", .arg = "kms|sync",
      .help = "with --replicas: one certificate for all, its key a KMS ciphertext every replica opens (kms), or "
              "given by replica 1, the leader, to the others by attested key sync (sync)"},
+    {.name = "acme", CL_OPT_FLAG(dev_options, acme),
+     .help = "run Pebble as an ACME CA (its DNS answering 127.0.0.1, tls-alpn-01 through the host's forward) and "
+             "cloister enclave -acme against it, through the host's outbound proxy (src/dev_acme.c)"},
 };
 
 void say(const char *fmt, ...)
@@ -466,6 +470,12 @@ static int enclave_command(const dev *d, const char *app_cmd, bool wait_for_app,
                            "-secret", secret, "-kms-for-app"};
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
         CL_TRY(shell_quote(out, words[i]));
+    if (d->use_acme) {
+        const char *acme[] = {"-acme", "--acme-directory", d->acme.directory, "--acme-ca-file", d->acme.ca_file,
+                              "--acme-proxy", d->acme_link, "--acme-backoff", "1s"};
+        for (size_t i = 0; i < sizeof acme / sizeof acme[0]; i++)
+            CL_TRY(shell_quote(out, acme[i]));
+    }
     if (wait_for_app)
         CL_TRY(cl_buf_append(out, "-wait-for-app", 13));
     return cl_buf_append(out, "", 1);
@@ -870,6 +880,19 @@ static int run_dev(const dev_options *o, bool app_port_given)
             cl_buf_append(&app_cmd, "", 1) < 0)
             goto out;
     }
+    d.use_acme = o->acme;
+    char acme_outbound[PATH_MAX + 64] = "";
+    if (d.use_acme) {
+        if (d.loose)
+            snprintf(d.acme_link, sizeof d.acme_link, "unix:%s/acme.sock", d.run);
+        else
+            snprintf(d.acme_link, sizeof d.acme_link, "vsock:3:8003");
+        if (dev_acme_start(&d.acme, d.run, d.port, free_port) < 0) {
+            fprintf(stderr, "cloister dev: %s\n", cl_error_message());
+            goto out;
+        }
+        snprintf(acme_outbound, sizeof acme_outbound, "%s=127.0.0.1:%u", d.acme_link, d.acme.port);
+    }
     if (enclave_command(&d, (const char *)app_cmd.data, app == NULL, &enclave_cmd) < 0) {
         fprintf(stderr, "cloister dev: %s\n", cl_error_message());
         goto out;
@@ -884,7 +907,8 @@ static int run_dev(const dev_options *o, bool app_port_given)
     char *host_argv[] = {d.self, "host", "--forward", forward, "--imds", imds_gate, "--imds-endpoint", imds_endpoint,
                          "--outbound", outbound,
                          "--enclave-command", (char *)enclave_cmd.data, "--health-connect", health,
-                         "--health-interval", "1s", "--backoff-initial", "500ms", "--stop-grace", "5s", NULL};
+                         "--health-interval", "1s", "--backoff-initial", "500ms", "--stop-grace", "5s",
+                         d.use_acme ? "--outbound" : NULL, acme_outbound, NULL};
     if (spawn(&d, &d.host, "host", host_argv) < 0)
         goto out;
     say("cloister dev: starting: nsm-sim, imds-sim, cloister host, and through its watchdog cloister enclave%s",
@@ -922,6 +946,12 @@ static int run_dev(const dev_options *o, bool app_port_given)
             "             splice on the links; lo left down for cloister enclave (docs/local-vs-nitro.md)", d.run);
     say("  kms-local  key alias/dev opens only for a Recipient attested with PCR0=%.16s...; the enclave", d.pcr0);
     say("             opened the secret \"demo\" with it at start (credentials from IMDS, through the host)");
+    bool acme_ok = !d.use_acme || dev_acme_wait_issued(&d.acme, d.port, 30000);
+    if (d.use_acme)
+        say("  acme       Pebble %s (DNS: pebble-challtestsrv, 127.0.0.1), tls-alpn-01 through the forward;\n"
+            "             %s: curl --cacert %s https://localhost:%u/", d.acme.directory,
+            acme_ok ? "the enclave serves a Pebble-issued certificate" : "NO Pebble-issued certificate yet",
+            d.acme.root_file, d.port);
     say("\ncloister verify https://127.0.0.1:%u --root %s/state/root.pem:", d.port, d.run);
     char vpath[PATH_MAX + 16];
     snprintf(vpath, sizeof vpath, "%s/verify.out", d.run);
@@ -930,6 +960,10 @@ static int run_dev(const dev_options *o, bool app_port_given)
     if (check) {
         say("\ncloister dev --check: requests through the deployment");
         bool ok = exercise(&d);
+        if (!acme_ok) {
+            say("FAIL  --acme: the enclave does not serve a Pebble-issued certificate (see %s/pebble.log)", d.run);
+            ok = false;
+        }
         if (d.isolated && !own_ns) {
             say("FAIL  the enclave is not in its own network namespace");
             ok = false;
@@ -974,6 +1008,7 @@ out:
         status = 0; /* stopped by the user: not a failure */
     say("cloister dev: stopping");
     stop_all(&d);
+    dev_acme_stop(&d.acme);
     cl_buf_free(&enclave_cmd);
     cl_buf_free(&app_cmd);
     if (d.sigfd >= 0)

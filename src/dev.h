@@ -5,6 +5,7 @@
 #define CLOISTER_SRC_DEV_H
 
 #include "cloister/core/buf.h"
+#include "dev_acme.h"
 
 #include <limits.h>
 #include <stdbool.h>
@@ -12,7 +13,7 @@
 #include <sys/types.h>
 
 typedef struct dev_options {
-    bool check, no_netns;
+    bool check, no_netns, acme;
     unsigned port, app_port, replicas;
     char *app, *run_dir, *fidelity, *identity;
 } dev_options;
@@ -37,6 +38,9 @@ typedef struct dev {
     char oper_key[32], oper_secret[64];   /* the operator's, who encrypts outside the enclave */
     char pcr0[2 * 48 + 1];                /* the enclave's: SHA-384 of this binary, as nsm-sim measures it */
     char secret_sha256[2 * 32 + 1];       /* of the demo secret, which only the enclave opens */
+    bool use_acme;                        /* --acme */
+    dev_acme acme;
+    char acme_link[PATH_MAX + 16];        /* the enclave's way to Pebble: the host's outbound proxy */
 } dev;
 
 #define say dev_say

@@ -9,6 +9,7 @@
 #include "cloister/core/encoding.h"
 #include "cloister/core/http.h"
 #include "cloister/enclave/key_sync.h"
+#include "enclave_acme.h"
 #include "cloister/enclave/kms.h"
 #include "cloister/enclave/kms_endpoint.h"
 #include "cloister/core/log.h"
@@ -65,6 +66,7 @@ typedef struct settings {
     unsigned ext_priv_port;
     cl_opt_list sync_dial, sync_roots, sync_allow_pcr0;
     unsigned sync_register_ms, sync_heartbeat_ms, sync_prune_ms;
+    enclave_acme_settings acme; /* -acme (src/enclave_acme.c) */
 } settings;
 
 /* nitriding's flags (one or two dashes), then cloister's own; the JSON keys
@@ -226,23 +228,24 @@ static const char epilog[] = "public endpoints (HTTPS):\n"
                              "stop the application, exit 0.\n";
 
 /* The options of s, for parsing and for freeing. */
-static cl_options enclave_options(settings *s, cl_opt_section *section)
+static cl_options enclave_options(settings *s, cl_opt_section section[2])
 {
-    *section = (cl_opt_section)CL_OPT_SECTION("options", option_specs, s);
+    section[0] = (cl_opt_section)CL_OPT_SECTION("options", option_specs, s);
+    section[1] = (cl_opt_section){"ACME (-acme)", enclave_acme_option_specs, enclave_acme_option_count, &s->acme};
     return (cl_options){.prog = "cloister enclave",
                         .usage = usage_text,
                         .epilog = epilog,
                         .flags = CL_OPTIONS_SINGLE_DASH,
                         .sections = section,
-                        .section_count = 1};
+                        .section_count = 2};
 }
 
 /* Returns 0, or EXIT_USAGE after printing the problem, or -1 for --help. */
 static int parse_settings(int argc, char **argv, settings *s)
 {
     memset(s, 0, sizeof *s);
-    cl_opt_section section;
-    cl_options spec = enclave_options(s, &section);
+    cl_opt_section section[2];
+    cl_options spec = enclave_options(s, section);
     cl_options_result r;
     int rc = cl_options_main(&spec, argc, argv, &r);
     cl_options_free(NULL, &r);
@@ -284,13 +287,15 @@ static int parse_settings(int argc, char **argv, settings *s)
         fprintf(stderr, "cloister enclave: --max-buffered-body must be at least 65536\n");
         return EXIT_USAGE;
     }
+    if (enclave_acme_check(&s->acme) != 0)
+        return EXIT_USAGE;
     return 0;
 }
 
 static void settings_free(settings *s)
 {
-    cl_opt_section section;
-    cl_options spec = enclave_options(s, &section);
+    cl_opt_section section[2];
+    cl_options spec = enclave_options(s, section);
     cl_options_free(&spec, NULL);
 }
 
@@ -344,6 +349,8 @@ struct enclave {
     SSL_CTX *tls;
     cl_sync *sync; /* -fqdn-leader */
     atomic_bool sync_installed; /* a worker has the leader's identity */
+    enclave_acme *acme; /* -acme */
+    cl_kms_session acme_kms; /* -acme with --acme-store */
     char sync_addr[160];
     bool has_app;
     cl_upstream_target app;
@@ -618,6 +625,8 @@ static void handle_metrics(enclave *e, cl_response *resp)
     rc |= cl_metrics_render_value(e->metrics, out, "app_restarts_total", "counter",
                                   "Times -appcmd was restarted after it died.",
                                   e->app_child ? cl_child_restarts(e->app_child) : 0);
+    if (e->acme)
+        rc |= enclave_acme_metrics(e->acme, e->metrics, out);
     resp->status = rc < 0 ? 500 : 200;
     resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
 }
@@ -1164,6 +1173,75 @@ static int start_sync(enclave *e)
     return CL_OK;
 }
 
+/* -acme: a CA-issued certificate becomes the identity of new connections,
+ * in a context of its own (as key sync does), with tls-alpn-01 hooked in. */
+static int install_acme_identity(void *arg, cl_tls_identity *id)
+{
+    enclave *e = arg;
+    cl_tls_server_options topt = {.enable_h2 = !e->s.disable_http2};
+    SSL_CTX *ctx = NULL;
+    int rc = cl_tls_server_ctx(id, &topt, &ctx);
+    if (rc == CL_OK)
+        rc = enclave_acme_hook(e->acme, ctx);
+    /* with key sync the workers get it too (only a leader orders) */
+    if (rc == CL_OK && e->sync)
+        rc = cl_sync_set_identity(e->sync, id);
+    if (rc < 0) {
+        SSL_CTX_free(ctx);
+        cl_tls_identity_free(id);
+        return rc;
+    }
+    pthread_mutex_lock(&e->tls_lock);
+    SSL_CTX *old_ctx = e->tls;
+    cl_tls_identity old = e->identity;
+    e->identity = *id;
+    e->tls = ctx;
+    pthread_mutex_unlock(&e->tls_lock);
+    SSL_CTX_free(old_ctx);
+    cl_tls_identity_free(&old);
+    return CL_OK;
+}
+
+/* With key sync only the leader orders; workers get its certificate. */
+static bool acme_may_order(void *arg)
+{
+    enclave *e = arg;
+    return !e->sync || cl_sync_get_role(e->sync) == CL_SYNC_LEADER;
+}
+
+static int start_acme(enclave *e)
+{
+    if (!e->s.acme.acme)
+        return CL_OK;
+    enclave_acme_env env = {
+        .fqdn = e->s.fqdn,
+        .enable_h2 = !e->s.disable_http2,
+        .install = install_acme_identity,
+        .gate = acme_may_order,
+        .arg = e,
+    };
+    if (e->s.acme.store) {
+        cl_kms_setup setup = {
+            .region = e->s.kms_region,
+            .endpoint = e->s.kms_endpoint,
+            .proxy = e->s.kms_proxy,
+            .ca_file = e->s.kms_ca_file,
+            .imds = e->s.kms_imds,
+            .recipient = true,
+            .nsm_client = e->nsm,
+        };
+        int rc = cl_kms_session_open(&setup, &e->acme_kms);
+        if (rc < 0)
+            return cl_error_prefix(rc, "KMS for --acme-store: ");
+        env.kms = e->acme_kms.kms;
+        env.credentials = e->acme_kms.credentials;
+        env.region = e->acme_kms.region;
+    }
+    CL_TRY(enclave_acme_new(&e->s.acme, &env, &e->acme));
+    CL_TRY(enclave_acme_hook(e->acme, e->tls));
+    return enclave_acme_start(e->acme);
+}
+
 static int enclave_start(enclave *e)
 {
     /* AWS's enclave init leaves lo down; the internal listener and the
@@ -1231,6 +1309,7 @@ static int enclave_start(enclave *e)
     CL_TRY(start_sync(e));
     if (e->s.health_listen)
         CL_TRY(start_listener(e, "health", e->s.health_listen, &e->ctx_health, false, &e->health_server));
+    CL_TRY(start_acme(e));
     if (e->s.appcmd) {
         char **env = NULL;
         CL_TRY(secrets_environment(e, &env));
@@ -1256,6 +1335,10 @@ static void enclave_stop(enclave *e)
     e->shutting_down = true;
     pthread_mutex_unlock(&e->lock);
     unsigned drain_ms = e->s.drain_timeout * 1000u;
+    /* the ACME thread may install a context: stop it before any goes */
+    enclave_acme_free(e->acme);
+    e->acme = NULL;
+    cl_kms_session_close(&e->acme_kms);
     /* the public listener first: its requests in flight may still need the
      * internal listener (secrets, KMS for the app, state), and the balancer
      * the health listener's 503 */

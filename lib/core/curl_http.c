@@ -201,6 +201,8 @@ static size_t on_header(char *data, size_t size, size_t n, void *userp)
 {
     cl_http_call *call = userp;
     size_t len = size * n;
+    if (call->on_header)
+        call->on_header(call->header_ctx, data, len);
     static const char name[] = "x-amzn-requestid:";
     if (len > sizeof name - 1 && !strncasecmp(data, name, sizeof name - 1)) {
         const char *v = data + sizeof name - 1;

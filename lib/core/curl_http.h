@@ -30,6 +30,10 @@ typedef struct cl_http_call {
     unsigned timeout_ms;
     size_t max_response;              /* 0: CL_HTTP_MAX_RESPONSE */
     bool one_request_per_connection;
+    /* every response header line as received (status lines included, so a
+     * caller can start over at an interim 100 response); may be NULL */
+    void (*on_header)(void *ctx, const char *line, size_t len);
+    void *header_ctx;
     /* results */
     long status;
     cl_buf response;

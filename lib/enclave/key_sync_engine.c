@@ -1048,3 +1048,24 @@ void cl_sync_handle(cl_sync *s, int endpoint, const cl_sync_request *req, cl_syn
     default: reply_text(r, 404, "404: not found"); return;
     }
 }
+
+int cl_sync_set_identity(cl_sync *s, const cl_tls_identity *id)
+{
+    cl_sync_keys k = {0};
+    CL_TRY(cl_sync_keys_from_identity(id, &k));
+    pthread_mutex_lock(&s->lock);
+    cl_buf_free(&s->keys.key);
+    cl_buf_free(&s->keys.cert);
+    s->keys.key = k.key;
+    s->keys.cert = k.cert;
+    k.key = k.cert = (cl_buf)CL_BUF_INIT;
+    char count[16];
+    snprintf(count, sizeof count, "%zu", s->worker_count);
+    cl_log(CL_LOG_INFO, "sync_identity_changed", "workers", count, "detail", "re-syncing every worker", NULL);
+    for (size_t i = 0; i < s->worker_count; i++)
+        start_job_locked(s, s->workers[i].host);
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    cl_sync_keys_free(&k);
+    return CL_OK;
+}

@@ -150,6 +150,9 @@ void cl_sync_shutdown(cl_sync *s);
 /* Stops the threads (waits for syncs in flight) and wipes the keys. */
 void cl_sync_free(cl_sync *s);
 cl_sync_role cl_sync_get_role(cl_sync *s);
+/* The leader's identity changed (a CA-issued certificate, -acme): what it
+ * sends from now on, and every registered worker is synced again. */
+CL_MUST_CHECK int cl_sync_set_identity(cl_sync *s, const cl_tls_identity *id);
 
 enum cl_sync_endpoint {
     CL_SYNC_EP_LEADER,    /* GET /enclave/leader?nonce= (sync listener) */
