@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# cloister host --tap, end to end in three network namespaces (enclave,
+# parent, internet; tap/setup.bash): the enclave's relay carries tap0's
+# frames to the parent's TAP device, and the parent's kernel routes them.
+#   - outbound: curl in the enclave namespace reaches a server in the
+#     internet namespace by name, through the gateway's DNS (the relay, then
+#     dnsmasq), with the parent's nftables masquerade
+#   - inbound: HTTPS from the internet to the parent's published port
+#     (--tap-forward 8443=443) reaches cloister enclave over tap0, and
+#     cloister verify proves it
+#   - IMDSv2 at 169.254.169.254 from the enclave goes to the host's IMDS gate
+#     (imds-sim behind it): the calls an enclave needs work, the rest get 403
+set -euo pipefail
+source "$(dirname "$0")/common.bash"
+source "$(dirname "$0")/tap/setup.bash"
+
+make_namespaces
+start_internet_dns
+web=$(free_port)
+start_web web "$web"
+start_sim
+imds=$(free_port)
+spawn imds_sim ip netns exec "$PNS" "$CLOISTER" imds-sim --listen "tcp:127.0.0.1:$imds" --role enclave-role \
+    --region eu-west-3
+wait_for_log imds_sim 'event=listening'
+start_host host --tap-forward 8443=443 --imds "unix:$work/imds.sock" --imds-endpoint "http://127.0.0.1:$imds"
+grep -q 'dns=relay' "$work/host.log" || fail "the relay is not the default DNS: $(grep tap-ready "$work/host.log")"
+start_peer
+wait_peer_connections 1
+
+# ---- outbound, by name --------------------------------------------------------------------
+body=$(curl_e "http://web.test:$web/hello.txt") || fail "curl from the enclave to web.test through tap0 failed"
+[ "$body" = "hello from the internet" ] || fail "unexpected body: $body"
+grep -q 'query\[A\] web.test from 10\.' "$work/inet_dns.log" ||
+    fail "the internet's DNS did not see the parent's query for web.test"
+# the internet sees the parent's address, not the enclave's (masquerade)
+grep -q "\"GET /hello.txt HTTP/1.1\" 200" "$work/web.log" || fail "the web server did not log the request"
+grep -q "^$PARENT_IP " "$work/web.log" || fail "the request did not come from the parent's address (masquerade): $(tail -1 "$work/web.log")"
+pass "curl in the enclave namespace reaches web.test in the internet namespace through tap0 (gateway DNS relay, masquerade)"
+
+# DNS over TCP through the relay as well
+in_e python3 - <<'PY' || fail "DNS over TCP through the gateway relay failed"
+import socket, struct
+q = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + b"\x03web\x04test\x00" + struct.pack(">HH", 1, 1)
+s = socket.create_connection(("192.168.127.1", 53), timeout=5)
+s.sendall(struct.pack(">H", len(q)) + q)
+n = struct.unpack(">H", s.recv(2))[0]
+a = b""
+while len(a) < n:
+    a += s.recv(n - len(a))
+assert a[:2] == b"\x12\x34" and struct.unpack(">H", a[6:8])[0] >= 1, a
+PY
+pass "DNS over TCP at the gateway is relayed too"
+
+# ---- inbound: the internet reaches cloister enclave through the published port ------------------
+spawn enclave ip netns exec "$ENS" "$CLOISTER" enclave -fqdn localhost --nsm "unix:$work/nsm.sock" \
+    --listen tcp:0.0.0.0:443 -intport 8080
+wait_for_log enclave 'event=listening listener=public'
+in_i "$CLOISTER" verify "https://$PARENT_IP:8443" --root "$work/state/root.pem" >"$work/verify.txt" 2>&1 ||
+    fail "cloister verify through the published port failed: $(cat "$work/verify.txt")"
+grep -q '^verdict: PROVEN' "$work/verify.txt" || fail "no PROVEN verdict: $(cat "$work/verify.txt")"
+pass "HTTPS from the internet to the parent's port 8443 reaches cloister enclave over tap0; cloister verify proves it"
+
+# ---- IMDSv2 through the gate ------------------------------------------------------------------------
+token=$(curl_e -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token) ||
+    fail "the IMDSv2 token PUT from the enclave failed"
+[ -n "$token" ] || fail "an empty IMDSv2 token"
+region=$(curl_e -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/placement/region) ||
+    fail "GET region from the enclave failed"
+[ "$region" = eu-west-3 ] || fail "region: '$region'"
+role=$(curl_e -H "X-aws-ec2-metadata-token: $token" \
+    http://169.254.169.254/latest/meta-data/iam/security-credentials/) || fail "GET the role name failed"
+[ "$role" = enclave-role ] || fail "role: '$role'"
+curl_e -H "X-aws-ec2-metadata-token: $token" \
+    "http://169.254.169.254/latest/meta-data/iam/security-credentials/$role" | grep -q AccessKeyId ||
+    fail "GET the role's credentials failed"
+for path in /latest/user-data /latest/meta-data/instance-id /latest/meta-data/ami-id; do
+    code=$(in_e curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "X-aws-ec2-metadata-token: $token" \
+        "http://169.254.169.254$path")
+    [ "$code" = 403 ] || fail "GET $path from the enclave: $code, not 403 from the gate"
+done
+grep -q 'target=/latest/user-data' "$work/imds_sim.log" && fail "the gate let /latest/user-data through to IMDS"
+pass "IMDSv2 at 169.254.169.254 from the enclave: token, region, role and credentials through the gate; others 403"
+
+# ---- the same with dnsmasq at the gateway ----------------------------------------------------------------
+stop host || true
+start_host host2 --tap-dns dnsmasq
+wait_peer_connections 2
+body=$(curl_e "http://web.test:$web/hello.txt") || fail "curl by name with --tap-dns dnsmasq failed"
+[ "$body" = "hello from the internet" ] || fail "unexpected body: $body"
+pass "--tap-dns dnsmasq: dnsmasq on the gateway address answers the enclave"
+stop host2 || fail "cloister host did not stop cleanly: $(tail -5 "$work/host2.log")"
+in_p nft list table inet cloister_tap_cloister0 >/dev/null 2>&1 && fail "the nftables table outlived the host"
+in_p ip link show cloister0 >/dev/null 2>&1 && fail "the TAP device outlived the host"
+pgrep -f "listen-address=192.168.127.1" >/dev/null && fail "dnsmasq outlived the host"
+pass "on stop: the table, the device and dnsmasq are gone"
