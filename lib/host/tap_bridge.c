@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/if.h>
+#include <linux/if_arp.h>
 #include <linux/if_tun.h>
 #include <poll.h>
 #include <signal.h>
@@ -442,6 +443,14 @@ static int configure_device(const cl_tap_config *cfg)
     ifr.ifr_mtu = (int)cfg->mtu;
     if (ioctl(s, SIOCSIFMTU, &ifr) < 0)
         CL_FAIL_OUT(CL_EIO, "setting %s's MTU to %u: %s", cfg->dev, cfg->mtu, strerror(errno));
+    /* gvproxy's gateway MAC, the same on every run: an enclave that outlives
+     * a restart of the host keeps its ARP entry for the gateway, and a new
+     * random MAC would leave it talking to the old one until that expires */
+    static const uint8_t gateway_mac[6] = {0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xdd};
+    ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+    memcpy(ifr.ifr_hwaddr.sa_data, gateway_mac, sizeof gateway_mac);
+    if (ioctl(s, SIOCSIFHWADDR, &ifr) < 0)
+        CL_FAIL_OUT(CL_EIO, "setting %s's MAC address: %s", cfg->dev, strerror(errno));
     ifr.ifr_qlen = 1000; /* tun's default of 500 drops bursts the relay would carry */
     (void)ioctl(s, SIOCSIFTXQLEN, &ifr);
     /* no IPv6 on the device: nothing of the parent's (router solicitations,

@@ -10,7 +10,7 @@ restarts), logging `peer: connected N` each time.
 
   peer.py --connect PATH [--dev tap0]
   peer.py --raw PATH HEX       sends the handshake, then the bytes HEX, then
-                               reads until the parent closes (exit 0) or 5 s
+                               reads until the parent closes (exit 0) or 3 s
                                pass (exit 1): for the malformed-frame checks
 """
 import argparse
@@ -102,7 +102,7 @@ def raw(path, hexbytes):
     if not data.startswith(b"POST") and not data.startswith(b"GET"):
         data = HANDSHAKE + data
     s.sendall(data)
-    s.settimeout(5)
+    s.settimeout(3)
     try:
         while s.recv(65536):
             pass
