@@ -30,7 +30,7 @@ static const cl_opt tap_options[] = {
      .help = "the device's address: the enclave's gateway and DNS server"},
     {.name = "tap-enclave", CL_OPT_STR(host_tap_settings, enclave), .def = CL_TAP_DEFAULT_ENCLAVE, .arg = "IP",
      .help = "the enclave's tap0 address (published ports go there)"},
-    {.name = "tap-mtu", CL_OPT_UINT_AT(host_tap_settings, mtu, 576, 65535 - CL_TAP_ETH_HEADER - CL_TAP_ETH_VLAN),
+    {.name = "tap-mtu", CL_OPT_UINT_AT(host_tap_settings, mtu, 576, CL_TAP_MAX_MTU),
      .def = STR(CL_TAP_DEFAULT_MTU), .arg = "N", .help = "the device's MTU: the enclave's tap0's"},
     {.name = "tap-forward", CL_OPT_LIST_AT(host_tap_settings, forward, CL_TAP_MAX_FORWARDS), .flags = CL_OPT_NONEMPTY,
      .arg = "PORT=ENCLAVE_PORT", .help = "publish the enclave's TCP ENCLAVE_PORT on the parent's PORT (repeatable)"},

@@ -111,104 +111,13 @@ static int check_config(const cl_tap_config *cfg)
     CL_ENSURE((cfg->gateway.s_addr & mask) == (cfg->enclave.s_addr & mask), CL_EINVAL,
               "the gateway and the enclave's address are not in one /%u", cfg->prefix);
     CL_ENSURE(cfg->gateway.s_addr != cfg->enclave.s_addr, CL_EINVAL, "the gateway and the enclave have one address");
-    CL_ENSURE(cfg->mtu >= 576 && cfg->mtu <= 65535 - CL_TAP_ETH_HEADER - CL_TAP_ETH_VLAN, CL_EINVAL,
-              "--tap-mtu must be from 576 to %d, got %u", 65535 - CL_TAP_ETH_HEADER - CL_TAP_ETH_VLAN, cfg->mtu);
+    CL_ENSURE(cfg->mtu >= 576 && cfg->mtu <= CL_TAP_MAX_MTU, CL_EINVAL, "--tap-mtu must be from 576 to %d, got %u",
+              CL_TAP_MAX_MTU, cfg->mtu);
     CL_ENSURE(cfg->forward_count <= CL_TAP_MAX_FORWARDS, CL_ELIMIT, "at most %d --tap-forward", CL_TAP_MAX_FORWARDS);
     for (size_t i = 0; i < cfg->forward_count; i++)
         for (size_t k = i + 1; k < cfg->forward_count; k++)
             CL_ENSURE(cfg->forwards[i].port != cfg->forwards[k].port, CL_EINVAL,
                       "--tap-forward: port %u is published twice", cfg->forwards[i].port);
-    return CL_OK;
-}
-
-/* ---- the framing ----------------------------------------------------------------------- */
-
-int cl_tap_frames_walk(const uint8_t *data, size_t len, size_t max_frame, cl_tap_frame_fn fn, void *ctx,
-                       size_t *used)
-{
-    cl_cursor c = cl_cursor_make(data, len);
-    *used = 0;
-    while (cl_cursor_remaining(&c) >= 2) {
-        const uint8_t *hdr, *frame;
-        CL_TRY(cl_cursor_bytes(&c, 2, &hdr));
-        size_t n = (size_t)hdr[0] | (size_t)hdr[1] << 8;
-        CL_ENSURE(n >= CL_TAP_ETH_HEADER && n <= max_frame, CL_EPARSE,
-                  "a frame of %zu bytes (an Ethernet frame here has %d to %zu)", n, CL_TAP_ETH_HEADER, max_frame);
-        if (cl_cursor_bytes(&c, n, &frame) < 0) {
-            cl_error_clear(); /* the rest of this frame is still on its way */
-            break;
-        }
-        *used = c.pos;
-        if (fn && !fn(ctx, frame, n))
-            break;
-    }
-    return CL_OK;
-}
-
-/* ---- the handshake ---------------------------------------------------------------------- */
-
-static bool ascii_case_prefix(const cl_slice *s, const char *prefix)
-{
-    size_t n = strlen(prefix);
-    if (s->len < n)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char a = (char)s->data[i], b = prefix[i];
-        if (a >= 'A' && a <= 'Z')
-            a = (char)(a - 'A' + 'a');
-        if (a != b)
-            return false;
-    }
-    return true;
-}
-
-int cl_tap_handshake_parse(const uint8_t *data, size_t len, size_t *head_len)
-{
-    *head_len = 0;
-    cl_cursor c = cl_cursor_make(data, len > CL_TAP_HANDSHAKE_MAX ? CL_TAP_HANDSHAKE_MAX : len);
-    cl_slice line;
-    bool found;
-    CL_TRY(cl_cursor_until(&c, '\n', &line, &found));
-    if (!found) {
-        CL_ENSURE(len < CL_TAP_HANDSHAKE_MAX, CL_EPARSE, "the stream's request line is longer than %d bytes",
-                  CL_TAP_HANDSHAKE_MAX);
-        /* say no as soon as the bytes cannot become the request line */
-        static const char want[] = "POST /connect HTTP/1.";
-        size_t k = len < sizeof want - 1 ? len : sizeof want - 1;
-        CL_ENSURE(!memcmp(data, want, k), CL_EPARSE, "the stream does not start with POST /connect");
-        return CL_OK;
-    }
-    if (line.len && line.data[line.len - 1] == '\r')
-        line.len--;
-    CL_ENSURE((line.len == 22 && !memcmp(line.data, "POST /connect HTTP/1.1", 22)) ||
-                  (line.len == 22 && !memcmp(line.data, "POST /connect HTTP/1.0", 22)),
-              CL_EPARSE, "the stream's request is not 'POST /connect HTTP/1.x' (gvproxy's handshake)");
-    for (;;) {
-        CL_TRY(cl_cursor_until(&c, '\n', &line, &found));
-        if (!found) {
-            CL_ENSURE(len < CL_TAP_HANDSHAKE_MAX, CL_EPARSE, "the stream's request head is longer than %d bytes",
-                      CL_TAP_HANDSHAKE_MAX);
-            return CL_OK;
-        }
-        if (line.len && line.data[line.len - 1] == '\r')
-            line.len--;
-        if (line.len == 0)
-            break;
-        CL_ENSURE(memchr(line.data, ':', line.len), CL_EPARSE, "a header line without ':' in the stream's request");
-        CL_ENSURE(!ascii_case_prefix(&line, "transfer-encoding:"), CL_EPARSE,
-                  "a request body (Transfer-Encoding) in the stream's handshake");
-        if (ascii_case_prefix(&line, "content-length:")) {
-            size_t i = strlen("content-length:");
-            while (i < line.len && (line.data[i] == ' ' || line.data[i] == '\t'))
-                i++;
-            size_t end = line.len;
-            while (end > i && (line.data[end - 1] == ' ' || line.data[end - 1] == '\t'))
-                end--;
-            CL_ENSURE(end - i == 1 && line.data[i] == '0', CL_EPARSE,
-                      "a request body (Content-Length other than 0) in the stream's handshake");
-        }
-    }
-    *head_len = c.pos;
     return CL_OK;
 }
 
@@ -810,7 +719,7 @@ typedef struct pending {
     int fd;
     uint64_t since;
     size_t len;
-    uint8_t buf[CL_TAP_HANDSHAKE_MAX];
+    uint8_t buf[CL_TAP_CONNECT_MAX];
 } pending;
 
 typedef struct dns_slot {
@@ -873,16 +782,31 @@ static void stream_close(relay *r, const char *reason, const char *detail)
     r->in_len = r->out_off = r->out_len = 0;
 }
 
-static bool frame_to_tap(void *ctx, const uint8_t *frame, size_t len)
+/* The complete frames at the start of r->in to the device, the rest kept
+ * for the next read; CL_EPARSE/CL_ELIMIT for a length that breaks the
+ * framing (the stream cannot be resynchronised: the caller closes it). */
+static int frames_to_tap(relay *r)
 {
-    relay *r = ctx;
-    /* one frame per write: a TAP takes a packet per write.  A full queue
-     * or a frame the device refuses is a dropped packet, as on a wire. */
-    if (write(r->b->tap, frame, len) == (ssize_t)len)
-        r->frames_in++;
-    else
-        r->dropped_in++;
-    return true;
+    size_t at = 0;
+    int rc = CL_OK;
+    for (;;) {
+        cl_slice frame;
+        size_t used;
+        bool complete;
+        rc = cl_tap_decode(r->in + at, r->in_len - at, r->max_frame, &frame, &used, &complete);
+        if (rc < 0 || !complete)
+            break;
+        /* one frame per write: a TAP takes a packet per write.  A full queue
+         * or a frame the device refuses is a dropped packet, as on a wire. */
+        if (write(r->b->tap, frame.data, frame.len) == (ssize_t)frame.len)
+            r->frames_in++;
+        else
+            r->dropped_in++;
+        at += used;
+    }
+    memmove(r->in, r->in + at, r->in_len - at);
+    r->in_len -= at;
+    return rc;
 }
 
 static void stream_readable(relay *r)
@@ -899,13 +823,10 @@ static void stream_readable(relay *r)
             return;
         }
         r->in_len += (size_t)n;
-        size_t used;
-        if (cl_tap_frames_walk(r->in, r->in_len, r->max_frame, frame_to_tap, r, &used) < 0) {
+        if (frames_to_tap(r) < 0) {
             stream_close(r, "malformed", cl_error_message());
             return;
         }
-        memmove(r->in, r->in + used, r->in_len - used);
-        r->in_len -= used;
         if ((size_t)n < STREAM_BUF / 2)
             return; /* drained, most likely: poll again rather than a recv that says EAGAIN */
     }
@@ -1006,13 +927,8 @@ static void take_stream(relay *r, pending *p, size_t head)
     r->in_len = p->len - head;
     memcpy(r->in, p->buf + head, r->in_len);
     cl_log(CL_LOG_INFO, "tap-connected", "peer", r->peer, NULL);
-    size_t used;
-    if (cl_tap_frames_walk(r->in, r->in_len, r->max_frame, frame_to_tap, r, &used) < 0) {
+    if (frames_to_tap(r) < 0)
         stream_close(r, "malformed", cl_error_message());
-        return;
-    }
-    memmove(r->in, r->in + used, r->in_len - used);
-    r->in_len -= used;
 }
 
 static void pending_readable(relay *r, pending *p)
@@ -1022,10 +938,13 @@ static void pending_readable(relay *r, pending *p)
         return;
     const char *why = n == 0 ? "closed before its handshake" : n < 0 ? strerror(errno) : NULL;
     size_t head = 0;
+    bool complete = false;
     if (!why) {
         p->len += (size_t)n;
-        if (cl_tap_handshake_parse(p->buf, p->len, &head) < 0)
+        if (cl_tap_parse_connect(p->buf, p->len, &head, &complete) < 0)
             why = cl_error_message();
+        else if (!complete && p->len == sizeof p->buf)
+            why = "a /connect request head longer than the buffer";
     }
     if (why) {
         cl_log(CL_LOG_WARN, "tap-handshake-refused", "detail", why, NULL);
@@ -1033,7 +952,7 @@ static void pending_readable(relay *r, pending *p)
         p->fd = -1;
         return;
     }
-    if (head)
+    if (complete)
         take_stream(r, p, head);
 }
 
@@ -1218,7 +1137,7 @@ static int relay_setup(relay *r, cl_tap_bridge *b)
         r->pend[i].fd = -1;
     for (int i = 0; i < DNS_TCP_MAX; i++)
         r->tcp[i].client = r->tcp[i].upstream = -1;
-    r->max_frame = b->cfg.mtu + CL_TAP_ETH_HEADER + CL_TAP_ETH_VLAN;
+    r->max_frame = cl_tap_max_frame(b->cfg.mtu);
     r->in = malloc(STREAM_BUF);
     r->out = malloc(STREAM_BUF);
     CL_ENSURE(r->in && r->out, CL_ENOMEM, "out of memory");

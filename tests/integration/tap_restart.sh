@@ -50,8 +50,8 @@ before=$(peer_connections)
 raw 0500aabbccddee || fail "a frame length of 5 (shorter than an Ethernet header) did not close the stream"
 raw ffff$(zeros 64) || fail "a frame length of 65535 (beyond the MTU) did not close the stream"
 raw "$(printf 'GET / HTTP/1.1\r\n\r\n' | od -An -tx1 | tr -d ' \n')" || fail "a garbage handshake did not close the stream"
-grep -q 'event=tap-disconnected .*reason=malformed .*a frame of 5 bytes' "$work/host3.log" || fail "no malformed-frame log for the short frame"
-grep -q 'event=tap-disconnected .*reason=malformed .*a frame of 65535 bytes' "$work/host3.log" || fail "no malformed-frame log for the long frame"
+grep -q 'event=tap-disconnected .*reason=malformed .*tap frame length 5 is shorter' "$work/host3.log" || fail "no malformed-frame log for the short frame"
+grep -q 'event=tap-disconnected .*reason=malformed .*tap frame length 65535 exceeds' "$work/host3.log" || fail "no malformed-frame log for the long frame"
 grep -q 'event=tap-handshake-refused' "$work/host3.log" || fail "no log for the garbage handshake"
 kill -0 "${pids[host3]}" || fail "cloister host died on a malformed stream"
 wait_peer_connections $((before + 1))

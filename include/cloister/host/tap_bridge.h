@@ -22,8 +22,10 @@
  * thread exists), so that it never shares a descriptor table or a lock with
  * the host's workers.  One enclave stream at a time: a new stream whose
  * handshake completes replaces the previous one (an enclave that restarted
- * reconnects).  A stream that breaks the framing (a length shorter than an
- * Ethernet header or longer than the device's MTU allows) is closed. */
+ * reconnects).  The handshake and the framing are read with
+ * core/tap_frames.h, the enclave side's own codec; a stream that breaks the
+ * framing (a length shorter than an Ethernet header or longer than the
+ * device's MTU allows) is closed. */
 #ifndef CLOISTER_TAP_BRIDGE_H
 #define CLOISTER_TAP_BRIDGE_H
 
@@ -31,6 +33,7 @@
 
 #include "cloister/core/address.h"
 #include "cloister/core/error.h"
+#include "cloister/core/tap_frames.h"
 
 #include <netinet/in.h>
 #include <stdbool.h>
@@ -46,8 +49,7 @@
 #define CL_TAP_DEFAULT_MTU 1500
 #define CL_TAP_IMDS_GATE_PORT 8002 /* the IMDS gate's listener on the gateway address */
 #define CL_TAP_MAX_FORWARDS 64
-#define CL_TAP_ETH_HEADER 14
-#define CL_TAP_ETH_VLAN 4
+#define CL_TAP_MAX_MTU (CL_TAP_FRAME_LIMIT - CL_TAP_ETH_HEADER - 4) /* a VLAN tag */
 
 enum cl_tap_dns { CL_TAP_DNS_RELAY, CL_TAP_DNS_DNSMASQ, CL_TAP_DNS_OFF };
 
@@ -98,26 +100,6 @@ pid_t cl_tap_bridge_pid(const cl_tap_bridge *b);
 /* Stops the relay and dnsmasq, deletes the table and the device; NULL is
  * fine.  Errors are logged: a stop has no one to return them to. */
 void cl_tap_bridge_close(cl_tap_bridge *b);
-
-/* The framing, for the relay, the unit tests and the fuzzer.  Walks the
- * complete frames at the start of data[0..len): each 2-byte little-endian
- * length followed by that many bytes, calling fn for each, and returns in
- * *used the bytes they took (a partial frame at the end is left).
- * CL_EPARSE for a length below 14 (an Ethernet header) or above max_frame:
- * the stream cannot be resynchronised after that, and the caller closes it.
- * fn returning false stops the walk early (*used counts up to that frame,
- * included). */
-typedef bool (*cl_tap_frame_fn)(void *ctx, const uint8_t *frame, size_t len);
-CL_MUST_CHECK int cl_tap_frames_walk(const uint8_t *data, size_t len, size_t max_frame, cl_tap_frame_fn fn, void *ctx,
-                                     size_t *used);
-
-/* gvproxy's handshake as its clients send it: an HTTP/1.x request head
- * "POST /connect" (headers ignored but bounded, a Content-Length other than
- * 0 and any Transfer-Encoding refused).  0 with *head_len the bytes of the
- * head when it is complete; CL_EPARSE (naming the problem) when it is not
- * that; 0 with *head_len 0 when more bytes are needed. */
-#define CL_TAP_HANDSHAKE_MAX 4096
-CL_MUST_CHECK int cl_tap_handshake_parse(const uint8_t *data, size_t len, size_t *head_len);
 
 #pragma GCC visibility pop
 
