@@ -34,6 +34,9 @@ static const cl_opt tap_options[] = {
      .def = STR(CL_TAP_DEFAULT_MTU), .arg = "N", .help = "the device's MTU: the enclave's tap0's"},
     {.name = "tap-forward", CL_OPT_LIST_AT(host_tap_settings, forward, CL_TAP_MAX_FORWARDS), .flags = CL_OPT_NONEMPTY,
      .arg = "PORT=ENCLAVE_PORT", .help = "publish the enclave's TCP ENCLAVE_PORT on the parent's PORT (repeatable)"},
+    {.name = "tap-loopback", CL_OPT_LIST_AT(host_tap_settings, loopback, CL_TAP_MAX_FORWARDS),
+     .flags = CL_OPT_NONEMPTY, .arg = "PORT",
+     .help = "let the enclave reach this machine's 127.0.0.1:PORT at the gateway's PORT (repeatable; cloister dev)"},
     {.name = "tap-dns", CL_OPT_STR(host_tap_settings, dns), .set = check_dns, .def = "relay",
      .arg = "relay|dnsmasq|off",
      .help = "DNS at the gateway address, to --dns-server or resolv.conf's first nameserver"},
@@ -85,6 +88,13 @@ int host_tap_config(const host_tap_settings *t, bool imds, const char *dns_serve
         cfg->mtu = t->mtu;
     for (size_t i = 0; i < t->forward.count; i++)
         CL_TRY(cl_tap_forward_parse(t->forward.items[i], &cfg->forwards[cfg->forward_count++]));
+    for (size_t i = 0; i < t->loopback.count; i++) {
+        cl_tap_forward f;
+        int rc2 = cl_tap_forward_parse(t->loopback.items[i], &f);
+        if (rc2 < 0 || f.port != f.enclave_port)
+            return cl_error_set(CL_EINVAL, "--tap-loopback %s: expected a port from 1 to 65535", t->loopback.items[i]);
+        cfg->loopback[cfg->loopback_count++] = f.port;
+    }
     if (t->dns)
         cfg->dns = !strcmp(t->dns, "dnsmasq") ? CL_TAP_DNS_DNSMASQ : !strcmp(t->dns, "off") ? CL_TAP_DNS_OFF
                                                                                             : CL_TAP_DNS_RELAY;

@@ -10,7 +10,7 @@
 typedef struct host_tap_settings {
     char *listen, *dev, *gateway, *enclave, *dns;
     unsigned mtu;
-    cl_opt_list forward;
+    cl_opt_list forward, loopback;
 } host_tap_settings;
 
 const cl_opt *host_tap_options(size_t *count);

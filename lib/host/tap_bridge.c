@@ -113,7 +113,8 @@ static int check_config(const cl_tap_config *cfg)
     CL_ENSURE(cfg->gateway.s_addr != cfg->enclave.s_addr, CL_EINVAL, "the gateway and the enclave have one address");
     CL_ENSURE(cfg->mtu >= 576 && cfg->mtu <= CL_TAP_MAX_MTU, CL_EINVAL, "--tap-mtu must be from 576 to %d, got %u",
               CL_TAP_MAX_MTU, cfg->mtu);
-    CL_ENSURE(cfg->forward_count <= CL_TAP_MAX_FORWARDS, CL_ELIMIT, "at most %d --tap-forward", CL_TAP_MAX_FORWARDS);
+    CL_ENSURE(cfg->forward_count <= CL_TAP_MAX_FORWARDS && cfg->loopback_count <= CL_TAP_MAX_FORWARDS, CL_ELIMIT,
+              "at most %d --tap-forward and %d --tap-loopback", CL_TAP_MAX_FORWARDS, CL_TAP_MAX_FORWARDS);
     for (size_t i = 0; i < cfg->forward_count; i++)
         for (size_t k = i + 1; k < cfg->forward_count; k++)
             CL_ENSURE(cfg->forwards[i].port != cfg->forwards[k].port, CL_EINVAL,
@@ -208,6 +209,9 @@ static char *ruleset(const cl_tap_config *cfg)
     if (cfg->imds_port)
         fprintf(f, "    iifname \"%s\" ip daddr 169.254.169.254 tcp dport 80 dnat ip to %s:%u\n", dev, gw,
                 cfg->imds_port);
+    for (size_t i = 0; i < cfg->loopback_count; i++)
+        fprintf(f, "    iifname \"%s\" ip daddr %s tcp dport %u dnat ip to 127.0.0.1:%u\n", dev, gw, cfg->loopback[i],
+                cfg->loopback[i]);
     for (size_t i = 0; i < cfg->forward_count; i++)
         fprintf(f, "    iifname != \"%s\" fib daddr type local tcp dport %u dnat ip to %s:%u\n", dev,
                 cfg->forwards[i].port, encl, cfg->forwards[i].enclave_port);
@@ -368,6 +372,11 @@ static int configure_device(const cl_tap_config *cfg)
     snprintf(path, sizeof path, "/proc/sys/net/ipv6/conf/%s/disable_ipv6", cfg->dev);
     if (access(path, F_OK) == 0 && write_proc(path, "1") < 0)
         cl_error_clear();
+    if (cfg->loopback_count) {
+        /* DNAT to 127.0.0.1 of what comes in on this device only */
+        snprintf(path, sizeof path, "/proc/sys/net/ipv4/conf/%s/route_localnet", cfg->dev);
+        CL_TRY_OUT(write_proc(path, "1"));
+    }
     if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0)
         CL_FAIL_OUT(CL_EIO, "reading %s's flags: %s", cfg->dev, strerror(errno));
     ifr.ifr_flags |= IFF_UP | IFF_RUNNING;

@@ -23,7 +23,12 @@ imds=$(free_port)
 spawn imds_sim ip netns exec "$PNS" "$CLOISTER" imds-sim --listen "tcp:127.0.0.1:$imds" --role enclave-role \
     --region eu-west-3
 wait_for_log imds_sim 'event=listening'
-start_host host --tap-forward 8443=443 --imds "unix:$work/imds.sock" --imds-endpoint "http://127.0.0.1:$imds"
+local_port=$(free_port)
+mkdir -p "$work/local"
+echo "parent loopback" >"$work/local/x.txt"
+spawn local_web ip netns exec "$PNS" python3 -m http.server --bind 127.0.0.1 --directory "$work/local" "$local_port"
+start_host host --tap-forward 8443=443 --imds "unix:$work/imds.sock" --imds-endpoint "http://127.0.0.1:$imds" \
+    --tap-loopback "$local_port"
 grep -q 'dns=relay' "$work/host.log" || fail "the relay is not the default DNS: $(grep tap-ready "$work/host.log")"
 start_peer
 wait_peer_connections 1
@@ -39,7 +44,7 @@ grep -q "^$PARENT_IP " "$work/web.log" || fail "the request did not come from th
 pass "curl in the enclave namespace reaches web.test in the internet namespace through tap0 (gateway DNS relay, masquerade)"
 
 # DNS over TCP through the relay as well
-in_e python3 - <<'PY' || fail "DNS over TCP through the gateway relay failed"
+in_e python3 - <<'PY' 2>"$work/dnstcp.err" || fail "DNS over TCP through the gateway relay failed: $(cat "$work/dnstcp.err")"
 import socket, struct
 q = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + b"\x03web\x04test\x00" + struct.pack(">HH", 1, 1)
 s = socket.create_connection(("192.168.127.1", 53), timeout=5)
@@ -51,6 +56,13 @@ while len(a) < n:
 assert a[:2] == b"\x12\x34" and struct.unpack(">H", a[6:8])[0] >= 1, a
 PY
 pass "DNS over TCP at the gateway is relayed too"
+
+# ---- the parent's loopback service opened with --tap-loopback, and only that one ------------------
+body=$(curl_e "http://192.168.127.1:$local_port/x.txt") || fail "--tap-loopback: the enclave cannot reach the parent's 127.0.0.1:$local_port"
+[ "$body" = "parent loopback" ] || fail "--tap-loopback: unexpected body: $body"
+in_e curl -s --max-time 2 "http://192.168.127.1:$imds/latest/meta-data/placement/region" >/dev/null &&
+    fail "the parent's loopback imds-sim was reachable from the enclave without --tap-loopback"
+pass "--tap-loopback PORT: the enclave reaches the parent's 127.0.0.1:PORT at the gateway, no other loopback port"
 
 # ---- inbound: the internet reaches cloister enclave through the published port ------------------
 spawn enclave ip netns exec "$ENS" "$CLOISTER" enclave -fqdn localhost --nsm "unix:$work/nsm.sock" \

@@ -67,6 +67,10 @@ typedef struct cl_tap_config {
     unsigned mtu;
     cl_tap_forward forwards[CL_TAP_MAX_FORWARDS];
     size_t forward_count;
+    /* the parent's own 127.0.0.1:PORT services the enclave may reach at
+     * gateway:PORT (cloister dev's kms-local); none by default */
+    uint16_t loopback[CL_TAP_MAX_FORWARDS];
+    size_t loopback_count;
     int dns;                 /* enum cl_tap_dns */
     const char *dns_server;  /* "IP[:PORT]" upstream for the relay or dnsmasq; NULL: /etc/resolv.conf's */
     uint16_t imds_port;      /* non-zero: DNAT the enclave's 169.254.169.254:80 to gateway:imds_port */
