@@ -82,8 +82,8 @@ wait_log host 'event=started'
 relay="tests/integration/tap/peer.py (Python)"
 if "$cloister" tap --help >/dev/null 2>&1; then
   relay="cloister tap"
-  bg relay ip netns exec "$E" "$cloister" tap --connect "unix:$work/tap.sock"
-  wait_log relay 'event=(tap-)?connected'
+  bg relay ip netns exec "$E" "$cloister" tap --tap-parent "unix:$work/tap.sock" --tap-resolv-conf ""
+  wait_log relay 'event=tap_connected'
 else
   bg relay ip netns exec "$E" python3 -u "$src/tests/integration/tap/peer.py" --connect "$work/tap.sock" --dev tap0
   wait_log relay 'tap0 ready'

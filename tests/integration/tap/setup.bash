@@ -94,8 +94,22 @@ start_host() {
     wait_for_log "$name" 'event=tap-ready'
 }
 
-# start_peer: the enclave-side relay in the enclave namespace, tap0 configured.
+# start_peer: the enclave-side relay in the enclave namespace, tap0
+# configured: `cloister tap` (the enclave side cloister ships), or with
+# TAP_PEER=python (or a build without it) tap/peer.py, the independent peer.
+if [ "${TAP_PEER:-}" != python ] && "$CLOISTER" tap --help >/dev/null 2>&1; then
+    TAP_PEER=cloister
+else
+    TAP_PEER=python
+fi
 start_peer() {
+    if [ "$TAP_PEER" = cloister ]; then
+        # resolv.conf: /etc/netns/$ENS's, which ip netns exec shows the tests; none written by tap
+        spawn peer ip netns exec "$ENS" "$CLOISTER" tap --tap-parent "unix:$TAPSOCK" --tap-resolv-conf "" \
+            --tap-reconnect-max 500ms "$@"
+        wait_for_log peer 'event=tap_up'
+        return
+    fi
     spawn peer ip netns exec "$ENS" python3 -u "$PEER" --connect "$TAPSOCK" --dev tap0
     wait_for_log peer 'tap0 ready'
     ip -n "$ENS" addr add 192.168.127.2/24 dev tap0
@@ -105,7 +119,7 @@ start_peer() {
 
 # peer_connections: how many times the enclave's relay has connected.
 peer_connections() {
-    grep -c 'peer: connected' "$work/peer.log" 2>/dev/null || true
+    grep -cE 'peer: connected|event=tap_connected' "$work/peer.log" 2>/dev/null || true
 }
 
 wait_peer_connections() {
