@@ -21,6 +21,8 @@
 # Node.js HTTP server).  The enclave side of the TAP is `cloister tap` when
 # this build has it, else tests/integration/tap/peer.py (a Python relay,
 # much slower: said in the output).  BENCH_ROUNDS (3) rounds, medians.
+# BENCH_MTU (1500) sets the MTU of every link (tap0 and the parent's device,
+# the veths): 9001 is what EC2 gives inside a VPC.
 # Needs root (namespaces, TAP).  The table is written to BUILD_DIR/bench-tap.txt.
 set -euo pipefail
 build=${1:?usage: bench/tap.sh BUILD_DIR [--smoke]}
@@ -28,6 +30,7 @@ build=$(cd "$build" && pwd)
 src=$(cd "$(dirname "$0")/.." && pwd)
 cloister=$build/cloister
 secs=${BENCH_SECONDS:-5}
+mtu=${BENCH_MTU:-1500} # of every link: 9001 is EC2's inside a VPC
 rounds=${BENCH_ROUNDS:-3}
 [ "${2:-}" = --smoke ] && { secs=1; rounds=1; }
 [ "$(id -u)" = 0 ] || { echo "bench-tap: needs root (network namespaces, TAP devices)" >&2; exit 2; }
@@ -52,9 +55,11 @@ wait_log() {
 
 for ns in "$E" "$E2" "$P" "$I"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
 ip -n "$P" link add vp0 type veth peer name vi0 netns "$I"
+ip -n "$P" link set vp0 mtu "$mtu"; ip -n "$I" link set vi0 mtu "$mtu"
 ip -n "$P" addr add 10.250.0.1/24 dev vp0; ip -n "$P" link set vp0 up
 ip -n "$I" addr add 10.250.0.2/24 dev vi0; ip -n "$I" link set vi0 up
 ip -n "$P" link add ve0 type veth peer name ve1 netns "$E2"
+ip -n "$P" link set ve0 mtu "$mtu"; ip -n "$E2" link set ve1 mtu "$mtu"
 ip -n "$P" addr add 192.168.200.1/24 dev ve0; ip -n "$P" link set ve0 up
 ip -n "$E2" addr add 192.168.200.2/24 dev ve1; ip -n "$E2" link set ve1 up
 ip -n "$E2" route add default via 192.168.200.1
@@ -73,7 +78,7 @@ wait_log tcp 'listening'
 wait_log http 'listening'
 
 # the parent: the TAP bridge, and the outbound proxy
-bg host ip netns exec "$P" "$cloister" host --tap "unix:$work/tap.sock" --tap-dns off \
+bg host ip netns exec "$P" "$cloister" host --tap "unix:$work/tap.sock" --tap-dns off --tap-mtu "$mtu" \
   --outbound "unix:$work/out-tcp.sock=10.250.0.2:5001" --outbound "unix:$work/out-http.sock=10.250.0.2:8080"
 wait_log host 'event=tap-ready'
 wait_log host 'event=started'
@@ -82,11 +87,12 @@ wait_log host 'event=started'
 relay="tests/integration/tap/peer.py (Python)"
 if "$cloister" tap --help >/dev/null 2>&1; then
   relay="cloister tap"
-  bg relay ip netns exec "$E" "$cloister" tap --tap-parent "unix:$work/tap.sock" --tap-resolv-conf ""
+  bg relay ip netns exec "$E" "$cloister" tap --tap-parent "unix:$work/tap.sock" --tap-resolv-conf "" --tap-mtu "$mtu"
   wait_log relay 'event=tap_connected'
 else
   bg relay ip netns exec "$E" python3 -u "$src/tests/integration/tap/peer.py" --connect "$work/tap.sock" --dev tap0
   wait_log relay 'tap0 ready'
+  ip -n "$E" link set tap0 mtu "$mtu"
   ip -n "$E" addr add 192.168.127.2/24 dev tap0
   ip -n "$E" link set tap0 up
   ip -n "$E" route add default via 192.168.127.1
@@ -123,7 +129,7 @@ for path in tap proxy veth; do
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 {
-  echo "bench/tap.sh: enclave namespace -> internet namespace, $rounds round(s) of ${secs} s, medians; enclave relay: $relay"
+  echo "bench/tap.sh: enclave namespace -> internet namespace, $rounds round(s) of ${secs} s, medians; MTU $mtu; enclave relay: $relay"
   printf "%-6s %12s %14s %12s %15s %13s\n" path "TCP MB/s" "p50 ms (c=1)" "req/s (c=1)" "p99 ms (c=16)" "req/s (c=16)"
   for path in tap proxy veth; do
     printf "%-6s %12s %14s %12s %15s %13s\n" "$path" "${thr[$path]}" "${lat1[$path]}" "${rps1[$path]}" "${lat16[$path]}" "${rps16[$path]}"
