@@ -761,7 +761,8 @@ typedef struct relay {
     size_t in_len, out_off, out_len;
     size_t max_frame;
     uint64_t frames_in, frames_out, dropped_in, dropped_out, connections;
-    int dns_up; /* connected to the upstream resolver */
+    int dns_up; /* connected to the upstream resolver, or -1 */
+    bool dns_warned;
     dns_slot *slots;
     dns_conn tcp[DNS_TCP_MAX];
     bool stop;
@@ -981,6 +982,28 @@ static int read_id(const uint8_t *msg, size_t len, uint16_t *id)
     return CL_OK;
 }
 
+/* The relay's socket to the upstream resolver.  Not reaching it (no route
+ * yet) is not fatal: queries are dropped, logged once, and the next one
+ * tries again. */
+static void dns_upstream_open(relay *r)
+{
+    cl_tap_bridge *b = r->b;
+    int fd = socket(b->upstream.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&b->upstream, b->upstream_len) == 0) {
+        r->dns_up = fd;
+        if (r->dns_warned)
+            cl_log(CL_LOG_INFO, "tap-dns-upstream", "upstream", b->upstream_text, "state", "reachable", NULL);
+        r->dns_warned = false;
+        return;
+    }
+    if (!r->dns_warned)
+        cl_log(CL_LOG_WARN, "tap-dns-upstream", "upstream", b->upstream_text, "state", "unreachable", "error",
+               strerror(errno), NULL);
+    r->dns_warned = true;
+    if (fd >= 0)
+        close(fd);
+}
+
 static void dns_query(relay *r)
 {
     uint8_t msg[DNS_UDP_MAX];
@@ -995,6 +1018,10 @@ static void dns_query(relay *r)
             cl_error_clear();
             continue;
         }
+        if (r->dns_up < 0)
+            dns_upstream_open(r);
+        if (r->dns_up < 0)
+            continue;
         /* a fresh random ID upstream, so that two clients' equal IDs do
          * not meet; the slot says whom the answer is for */
         uint64_t now = now_ms();
@@ -1161,10 +1188,7 @@ static int relay_setup(relay *r, cl_tap_bridge *b)
     if (b->dns_udp >= 0) {
         r->slots = calloc(DNS_SLOTS, sizeof *r->slots);
         CL_ENSURE(r->slots, CL_ENOMEM, "out of memory");
-        r->dns_up = socket(b->upstream.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        CL_ENSURE(r->dns_up >= 0, CL_EIO, "socket: %s", strerror(errno));
-        CL_ENSURE(connect(r->dns_up, (struct sockaddr *)&b->upstream, b->upstream_len) == 0, CL_EIO,
-                  "the DNS relay cannot reach %s: %s", b->upstream_text, strerror(errno));
+        dns_upstream_open(r);
     }
     return CL_OK;
 }
