@@ -44,6 +44,7 @@
 #define DNS_TCP_MAX 16
 #define DNS_TCP_BUF 4096
 #define DNS_TCP_IDLE_MS 10000
+#define DNS_TCP_LINGER_MS 2000 /* after the client's EOF, for the last answers */
 #define DNS_READY_TIMEOUT_MS 5000
 #define DEVICE_BUSY_WAIT_MS 3000
 #define STOP_GRACE_MS 3000
@@ -747,6 +748,7 @@ typedef struct dns_half {
 typedef struct dns_conn {
     int client, upstream;
     bool connected;
+    bool polled; /* in this turn's poll set: a connection accepted since has no events yet */
     uint64_t last;
     dns_half up, down; /* client -> upstream, upstream -> client */
 } dns_conn;
@@ -1087,14 +1089,24 @@ static void dns_tcp_accept(relay *r)
         int fd = accept4(r->b->dns_tcp, (struct sockaddr *)&from, &flen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0)
             return;
-        dns_conn *c = NULL;
-        for (int i = 0; i < DNS_TCP_MAX && !c; i++)
-            if (r->tcp[i].client < 0)
-                c = &r->tcp[i];
-        if (!c || !from_enclave_subnet(&r->b->cfg, &from)) {
+        if (!from_enclave_subnet(&r->b->cfg, &from)) {
             close(fd);
             continue;
         }
+        /* a free slot, or the one idle longest: a resolver that keeps a
+         * connection open after its client is done must not lock others out */
+        dns_conn *c = NULL;
+        for (int i = 0; i < DNS_TCP_MAX; i++) {
+            dns_conn *k = &r->tcp[i];
+            if (k->client < 0) {
+                c = k;
+                break;
+            }
+            if (!c || k->last < c->last)
+                c = k;
+        }
+        if (c->client >= 0)
+            dns_tcp_close(c);
         int up = socket(r->b->upstream.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (up < 0 || (connect(up, (struct sockaddr *)&r->b->upstream, r->b->upstream_len) < 0 &&
                        errno != EINPROGRESS)) {
@@ -1223,6 +1235,7 @@ static void relay_turn(relay *r)
     for (int i = 0; i < DNS_TCP_MAX; i++) {
         dns_conn *c = &r->tcp[i];
         short ce = 0, ue = 0;
+        c->polled = c->client >= 0;
         if (c->client >= 0) {
             if (!c->connected)
                 ue = POLLOUT;
@@ -1236,7 +1249,8 @@ static void relay_turn(relay *r)
                 if (c->up.len > c->up.off)
                     ue |= POLLOUT;
             }
-            uint64_t left = c->last + DNS_TCP_IDLE_MS > now ? c->last + DNS_TCP_IDLE_MS - now : 0;
+            uint64_t idle = c->up.eof ? DNS_TCP_LINGER_MS : DNS_TCP_IDLE_MS;
+            uint64_t left = c->last + idle > now ? c->last + idle - now : 0;
             if (timeout < 0 || (int)left < timeout)
                 timeout = (int)left;
         }
@@ -1277,12 +1291,12 @@ static void relay_turn(relay *r)
     now = now_ms();
     for (int i = 0; i < DNS_TCP_MAX; i++) {
         dns_conn *c = &r->tcp[i];
-        if (c->client < 0 || pfd[P_TCP + 2 * i].fd != c->client)
+        if (c->client < 0 || !c->polled)
             continue;
         short cre = pfd[P_TCP + 2 * i].revents, ure = pfd[P_TCP + 2 * i + 1].revents;
         if (cre || ure)
             dns_tcp_service(c, cre, ure);
-        if (c->client >= 0 && now - c->last > DNS_TCP_IDLE_MS)
+        if (c->client >= 0 && now - c->last > (c->up.eof ? DNS_TCP_LINGER_MS : DNS_TCP_IDLE_MS))
             dns_tcp_close(c);
     }
     for (int i = 0; i < MAX_PENDING; i++)

@@ -94,6 +94,27 @@ done
 grep -q 'target=/latest/user-data' "$work/imds_sim.log" && fail "the gate let /latest/user-data through to IMDS"
 pass "IMDSv2 at 169.254.169.254 from the enclave: token, region, role and credentials through the gate; others 403"
 
+# ---- the gate cannot be gone around: a "real" IMDS at 169.254.169.254 beyond the parent ----------------
+# (in the internet namespace, on port 80 and 8080, routed from the parent)
+ip -n "$INS" addr add 169.254.169.254/32 dev vi0
+ip -n "$PNS" route add 169.254.169.254/32 via "$NET_IP"
+mkdir -p "$work/fake/latest"
+echo "secret user data" >"$work/fake/latest/user-data"
+spawn fake80 ip netns exec "$INS" python3 -m http.server --bind 169.254.169.254 --directory "$work/fake" 80
+spawn fake8080 ip netns exec "$INS" python3 -m http.server --bind 169.254.169.254 --directory "$work/fake" 8080
+for _ in $(seq 1 100); do in_p curl -sf --max-time 1 http://169.254.169.254:8080/latest/user-data >/dev/null && break; sleep 0.05; done
+in_p curl -sf --max-time 2 http://169.254.169.254:8080/latest/user-data | grep -q 'secret user data' ||
+    fail "the parent cannot reach the stand-in IMDS (the checks below would prove nothing)"
+fake_hits() { cat "$work/fake80.log" "$work/fake8080.log" | grep -c 'GET /latest/user-data' || true; }
+hits=$(fake_hits)
+code=$(in_e curl -s -o /dev/null -w '%{http_code}' --max-time 3 -H "X-aws-ec2-metadata-token: $token" \
+    http://169.254.169.254/latest/user-data) || true
+[ "$code" = 403 ] || fail "the enclave's 169.254.169.254:80 did not go to the gate (HTTP $code)"
+in_e curl -s --max-time 3 http://169.254.169.254:8080/latest/user-data >/dev/null &&
+    fail "the enclave reached 169.254.169.254:8080 around the gate"
+[ "$(fake_hits)" = "$hits" ] || fail "a request from the enclave reached the stand-in IMDS"
+pass "169.254.169.254 beyond the parent: port 80 goes to the gate (403), other ports are dropped"
+
 # ---- the same with dnsmasq at the gateway ----------------------------------------------------------------
 stop host || true
 start_host host2 --tap-dns dnsmasq
