@@ -579,8 +579,11 @@ static int judge(cl_egress *e, const uint8_t *frame, size_t len, uint64_t now_ms
         return r;
     if (ethertype == ETH_ARP)
         return judge_arp(e, &arp);
-    if (p.proto == IP_ICMPV6 && p.icmp_type >= 133 && p.icmp_type <= 136 && p.hop_limit == 255 &&
-        on_link_v6(&p.dst))
+    /* the link's own IPv6 control traffic (the kernel sends it as tap0
+     * comes up): scoped to the link by its destination and hop limit */
+    if (p.proto == IP_ICMPV6 && on_link_v6(&p.dst) &&
+        ((p.icmp_type >= 133 && p.icmp_type <= 136 && p.hop_limit == 255) ||
+         (((p.icmp_type >= 130 && p.icmp_type <= 132) || p.icmp_type == 143) && p.hop_limit == 1)))
         return CL_EGRESS_PASS;
     if (p.proto == IP_UDP && p.dport == DNS_PORT && is_gateway(e, &p.dst)) {
         if (cl_egress_parse_dns_query(p.l4 + 8, p.l4_len - 8, v->name) < 0) {

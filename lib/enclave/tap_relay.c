@@ -394,7 +394,10 @@ static int pump_inbound(cl_tap_relay *r, int fd, uint8_t *buf, bool *got_frames)
             return cl_error_set(CL_EIO, "the parent closed the stream");
         have += (size_t)n;
         if (first) {
-            CL_TRY(cl_tap_check_not_http_reply(buf, have));
+            if (cl_tap_check_not_http_reply(buf, have) < 0) {
+                atomic_fetch_add(&r->stream_errors, 1);
+                return CL_EPROTO;
+            }
             if (have >= 5)
                 first = false;
         }
@@ -580,7 +583,7 @@ int cl_tap_relay_metrics(cl_tap_relay *r, const char *ns, cl_buf *out)
     CL_TRY(metric(out, ns, "tap_connects_total", "counter", "Streams opened to the parent (POST /connect).",
                   atomic_load(&r->connects)));
     CL_TRY(metric(out, ns, "tap_stream_errors_total", "counter",
-                  "Streams closed because the parent sent a malformed frame length.",
+                  "Streams closed because the parent sent a malformed frame length (or an HTTP reply).",
                   atomic_load(&r->stream_errors)));
     CL_TRY(metric(out, ns, "tap_frames_out_total", "counter", "Frames relayed to the parent.",
                   atomic_load(&r->frames_out)));

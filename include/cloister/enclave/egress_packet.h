@@ -8,8 +8,9 @@
  *   - IPv4 and IPv6 headers checked (version, lengths, IPv6 extension
  *     headers walked); any fragment, and AH/ESP/unknown protocols, dropped;
  *     TCP, UDP, ICMP, ICMPv6 headers checked;
- *   - ICMPv6 neighbour discovery (types 133-136, hop limit 255) on the link
- *     (link-local or ff02:: destinations) passes: it cannot leave the link;
+ *   - ICMPv6 neighbour discovery (types 133-136, hop limit 255) and MLD
+ *     (130-132, 143, hop limit 1) on the link (link-local or ff02::
+ *     destinations) pass: they cannot leave the link;
  *   - DNS queries (UDP) to the gateway pass when the policy allows the name
  *     asked for, and are dropped otherwise (no exfiltration in query names);
  *   - packets of a flow the policy already let through pass (so that a
