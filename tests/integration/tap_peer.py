@@ -177,6 +177,9 @@ def main():
     cnames = dict(x.split("=", 1) for x in args.cname)
 
     tap = open_tap(args.tap)
+    # gvproxy's gateway MAC: a restarted parent keeps its MAC, so the
+    # enclave's ARP entry stays right
+    subprocess.run(["ip", "link", "set", args.tap, "address", "5a:94:ef:e4:0c:dd"], check=True)
     subprocess.run(["ip", "addr", "add", args.gateway, "dev", args.tap], check=True)
     subprocess.run(["ip", "link", "set", args.tap, "up"], check=True)
     threading.Thread(target=dns_server, args=(args.gateway.split("/")[0], a_records, cnames),
