@@ -311,6 +311,20 @@ out:
 
 /* ---- tables (e->lock held) ------------------------------------------------------------- */
 
+/* The learned table is hashed by address: an address's entries (one per
+ * name) live in the LEARN_PROBE slots from its hash on, so a lookup reads
+ * a few slots, not the table. */
+#define LEARN_PROBE 32
+
+static size_t addr_hash(const cl_egress_addr *a)
+{
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)a->family;
+    for (size_t i = 0; i < 16; i++)
+        h = (h ^ a->b[i]) * 1099511628211ull;
+    h ^= h >> 31;
+    return (size_t)(h & (CL_EGRESS_MAX_LEARNED - 1));
+}
+
 static void learn_locked(cl_egress *e, const cl_egress_learn *l, uint64_t now_ms)
 {
     uint64_t ttl = l->ttl_s < CL_EGRESS_MIN_TTL_S ? CL_EGRESS_MIN_TTL_S
@@ -318,8 +332,9 @@ static void learn_locked(cl_egress *e, const cl_egress_learn *l, uint64_t now_ms
                                                     : l->ttl_s;
     uint64_t expires = now_ms + ttl * 1000;
     learned *victim = NULL;
-    for (size_t i = 0; i < CL_EGRESS_MAX_LEARNED; i++) {
-        learned *x = &e->learned[i];
+    size_t h = addr_hash(&l->addr);
+    for (size_t i = 0; i < LEARN_PROBE; i++) {
+        learned *x = &e->learned[(h + i) & (CL_EGRESS_MAX_LEARNED - 1)];
         if (x->expires_ms > now_ms && x->addr.family == l->addr.family && !memcmp(x->addr.b, l->addr.b, 16) &&
             !strcmp(x->name, l->name)) {
             if (expires > x->expires_ms)
@@ -550,8 +565,9 @@ static int judge_dest_locked(cl_egress *e, const packet *p, uint64_t now_ms)
     if (a == CL_EGRESS_MATCH)
         return CL_EGRESS_PASS;
     bool other_port = a == CL_EGRESS_MATCH_OTHER_PORT, denied_name = false;
-    for (size_t i = 0; i < CL_EGRESS_MAX_LEARNED; i++) {
-        const learned *l = &e->learned[i];
+    size_t h = addr_hash(&p->dst);
+    for (size_t i = 0; i < LEARN_PROBE; i++) {
+        const learned *l = &e->learned[(h + i) & (CL_EGRESS_MAX_LEARNED - 1)];
         if (l->expires_ms <= now_ms || l->addr.family != p->dst.family || memcmp(l->addr.b, p->dst.b, 16) != 0)
             continue;
         if (cl_egress_policy_match_name(pol, true, l->name, port) == CL_EGRESS_MATCH) {

@@ -23,9 +23,10 @@
  * Inbound frames are not filtered (the parent can send the enclave anything
  * anyway); only DNS answers from the gateway's port 53 are read.
  *
- * Tables are bounded: learned addresses (CL_EGRESS_MAX_LEARNED, the
- * soonest to expire evicted first) and flows (a hash of
- * CL_EGRESS_FLOW_SLOTS, the oldest in a probe window evicted).  One mutex
+ * Tables are bounded, both hashes with a short probe window: learned
+ * addresses (CL_EGRESS_MAX_LEARNED slots, hashed by address; the soonest
+ * to expire in the window replaced) and flows (CL_EGRESS_FLOW_SLOTS; the
+ * oldest in the window replaced).  One mutex
  * covers both; the two relay directions may call in parallel. */
 #ifndef CLOISTER_EGRESS_PACKET_H
 #define CLOISTER_EGRESS_PACKET_H
