@@ -656,3 +656,74 @@ size_t cl_egress_inbound(cl_egress *e, const uint8_t *frame, size_t len, uint64_
     pthread_mutex_unlock(&e->lock);
     return n;
 }
+
+static uint16_t ip_checksum(const uint8_t *p, size_t n)
+{
+    uint32_t sum = 0;
+    for (size_t i = 0; i + 1 < n; i += 2)
+        sum += (uint32_t)(p[i] << 8 | p[i + 1]);
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return (uint16_t)~sum;
+}
+
+int cl_egress_dns_refusal(const uint8_t *frame, size_t len, uint8_t *out, size_t cap, size_t *out_len)
+{
+    *out_len = 0;
+    packet p;
+    uint16_t ethertype = 0;
+    cl_cursor arp;
+    CL_ENSURE(parse_ip(frame, len, &p, &ethertype, &arp) == CL_EGRESS_PASS && p.family == AF_INET &&
+                  p.proto == IP_UDP && p.dport == DNS_PORT,
+              CL_EINVAL, "not an IPv4 UDP DNS query");
+    const uint8_t *msg = p.l4 + 8;
+    size_t mlen = p.l4_len - 8;
+    char name[CL_EGRESS_NAME_MAX + 1];
+    CL_TRY(cl_egress_parse_dns_query(msg, mlen, name));
+    /* the question's extent: the header, the (uncompressed) name, type and class */
+    cl_cursor c = cl_cursor_make(msg, mlen);
+    CL_TRY(cl_cursor_skip(&c, 12));
+    for (;;) {
+        uint8_t l;
+        CL_TRY(cl_cursor_u8(&c, &l));
+        if (l == 0)
+            break;
+        CL_TRY(cl_cursor_skip(&c, l));
+    }
+    CL_TRY(cl_cursor_skip(&c, 4));
+    size_t qlen = c.pos;
+    size_t total = 14 + 20 + 8 + qlen;
+    CL_ENSURE(total <= cap, CL_ELIMIT, "no room for the DNS refusal");
+    memcpy(out, frame + 6, 6); /* to the sender's MAC, from the one it sent to */
+    memcpy(out + 6, frame, 6);
+    out[12] = 0x08;
+    out[13] = 0x00;
+    uint8_t *ip = out + 14;
+    memset(ip, 0, 20);
+    ip[0] = 0x45;
+    ip[2] = (uint8_t)((20 + 8 + qlen) >> 8);
+    ip[3] = (uint8_t)(20 + 8 + qlen);
+    ip[6] = 0x40; /* DF */
+    ip[8] = 64;
+    ip[9] = IP_UDP;
+    memcpy(ip + 12, p.dst.b, 4);
+    memcpy(ip + 16, p.src.b, 4);
+    uint16_t sum = ip_checksum(ip, 20);
+    ip[10] = (uint8_t)(sum >> 8);
+    ip[11] = (uint8_t)sum;
+    uint8_t *udp = ip + 20;
+    udp[0] = (uint8_t)(p.dport >> 8);
+    udp[1] = (uint8_t)p.dport;
+    udp[2] = (uint8_t)(p.sport >> 8);
+    udp[3] = (uint8_t)p.sport;
+    udp[4] = (uint8_t)((8 + qlen) >> 8);
+    udp[5] = (uint8_t)(8 + qlen);
+    udp[6] = udp[7] = 0; /* no checksum: allowed for UDP over IPv4 */
+    uint8_t *dns = udp + 8;
+    memcpy(dns, msg, qlen);
+    dns[2] = (uint8_t)(0x80 | (msg[2] & 0x01)); /* QR, RD copied */
+    dns[3] = 0x80 | 5;                          /* RA, REFUSED */
+    memset(dns + 6, 0, 6);                      /* no answer, authority or additional records */
+    *out_len = total;
+    return 0;
+}

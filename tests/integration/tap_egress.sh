@@ -62,13 +62,15 @@ pass "allowed name (CNAME), ** wildcard, CIDR and allowed port reach the interne
 
 # ---- denied: each fails, and its counter moves
 d0=$(dropped dns_query)
-if enc_curl -o /dev/null http://secret.corp.test/ 2>/dev/null; then fail "a denied name was reached"; fi
+if enc_curl -o /dev/null http://secret.corp.test/ 2>"$work/denied.err"; then fail "a denied name was reached"; fi
+# answered REFUSED by the relay itself, not left to the resolver's timeout
+grep -q 'Could not resolve host' "$work/denied.err" || fail "a denied name: $(cat "$work/denied.err")"
 [ "$(dropped dns_query)" -gt "$d0" ] || fail "the query for a denied name was not counted"
 grep -q 'event=egress_drop reason=dns_query .*name=secret.corp.test' "$work/tap.log" || fail "no drop log for the name"
 d0=$(dropped dns_query)
 if enc_curl -o /dev/null http://other.test/ 2>/dev/null; then fail "a name outside the policy was reached"; fi
 [ "$(dropped dns_query)" -gt "$d0" ] || fail "the query for an unlisted name was not counted"
-pass "denied and unlisted names: their DNS queries never leave (dropped, counted, logged)"
+pass "denied and unlisted names: their DNS queries never leave (dropped, counted, logged, answered REFUSED)"
 
 d0=$(dropped denied)
 if enc_curl -o /dev/null http://198.51.100.11/ 2>/dev/null; then fail "a denied IP was reached"; fi

@@ -102,5 +102,12 @@ CL_MUST_CHECK int cl_egress_parse_dns_answer(const cl_egress_policy *policy, con
  * CL_EPARSE unless it is a query with exactly one question. */
 CL_MUST_CHECK int cl_egress_parse_dns_query(const uint8_t *msg, size_t len, char name[static CL_EGRESS_NAME_MAX + 1]);
 
+/* For a DNS query frame the policy refused (an IPv4 UDP query to the
+ * gateway): the frame that answers it REFUSED as if from the gateway, to
+ * be written back into tap0 so that the app fails at once instead of
+ * waiting for its resolver's timeout.  out needs len + 0 bytes at most
+ * (the answer is the question, without the query's other sections). */
+CL_MUST_CHECK int cl_egress_dns_refusal(const uint8_t *frame, size_t len, uint8_t *out, size_t cap, size_t *out_len);
+
 #pragma GCC visibility pop
 #endif
