@@ -12,7 +12,8 @@
  *     (130-132, 143, hop limit 1) on the link (link-local or ff02::
  *     destinations) pass: they cannot leave the link;
  *   - DNS queries (UDP) to the gateway pass when the policy allows the name
- *     asked for, and are dropped otherwise (no exfiltration in query names);
+ *     asked for, and are dropped otherwise (no exfiltration in query names;
+ *     the relay answers them REFUSED: cl_egress_dns_refusal);
  *   - packets of a flow the policy already let through pass (so that a
  *     connection outlives its DNS answer's TTL); inbound TCP SYNs open a
  *     flow too, so that replies to published ports go out;
