@@ -1,9 +1,8 @@
 /* Feeds arbitrary frames to the egress inspection, both directions, and
  * arbitrary DNS messages to its parsers: never a crash or an out-of-bounds
  * read; a verdict is always one of the reasons; whatever a DNS answer
- * teaches is for a name the policy lets be resolved, and an address taught
- * is then let through on port 80 (the policy allows its names on every
- * port) while an address nobody taught is not. */
+ * teaches is for a name the policy lets be resolved; a REFUSED answer built for a
+ * query is well-formed, no longer than the query, and teaches nothing. */
 #include "cloister/enclave/egress_packet.h"
 
 #include <stdlib.h>
@@ -44,6 +43,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (out[i].addr.family != AF_INET && out[i].addr.family != AF_INET6)
                 abort();
         }
+    }
+    /* a refusal is never longer than the query it answers, and is itself a
+     * well-formed frame that teaches nothing */
+    uint8_t reply[2048];
+    size_t rn;
+    if (cl_egress_dns_refusal(data, size, reply, sizeof reply, &rn) == 0) {
+        if (rn > size || rn < 14 + 20 + 8 + 12)
+            abort();
+        cl_egress_verdict rv;
+        if (cl_egress_outbound(e, reply, rn, 3000, &rv) == CL_EGRESS_MALFORMED)
+            abort();
+        if (cl_egress_inbound(e, reply, rn, 3000) != 0)
+            abort();
     }
     char name[CL_EGRESS_NAME_MAX + 1];
     if (cl_egress_parse_dns_query(data, size, name) == 0 && strlen(name) > CL_EGRESS_NAME_MAX)
