@@ -12,12 +12,14 @@
 #include "cloister/core/log.h"
 #include "cloister/core/metrics.h"
 #include "cloister/core/options.h"
+#include "cloister/enclave/tap_relay.h"
 #include "cloister/enclave/nsm.h"
 #include "cloister/enclave/server.h"
 #include "cloister/enclave/supervise.h"
 #include "cloister/core/tls.h"
 #include "cloister/enclave/upstream.h"
 #include "commands.h"
+#include "enclave_tap.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -57,6 +59,9 @@ typedef struct settings {
     /* the app's KMS endpoint on the internal listener */
     bool kms_for_app;
     char *kms_for_app_keys, *kms_for_app_operations;
+    /* -tap: tap0 and the egress policy (lib/enclave/tap_relay.c) */
+    bool tap;
+    cl_tap_settings tap_s;
 } settings;
 
 /* nitriding's flags (one or two dashes), then cloister's own; the JSON keys
@@ -148,6 +153,9 @@ static const cl_opt option_specs[] = {
              "request must then name one (all)"},
     {.name = "kms-for-app-operations", CL_OPT_STR(settings, kms_for_app_operations), .arg = "OP,...",
      .help = "with -kms-for-app: the KMS operations served to the app (all the data-plane ones)"},
+    {.name = "tap", CL_OPT_FLAG(settings, tap),
+     .help = "give the enclave a tap0 relayed to a gvproxy-compatible parent, as nitriding does (the -tap-* and "
+             "-egress-policy options below; the same as cloister tap)"},
 };
 
 static const char usage_text[] = "usage: cloister enclave -fqdn NAME [-appwebsrv URL] [OPTIONS]\n\n"
@@ -175,23 +183,25 @@ static const char epilog[] = "public endpoints (HTTPS):\n"
                              "application, exit.\n";
 
 /* The options of s, for parsing and for freeing. */
-static cl_options enclave_options(settings *s, cl_opt_section *section)
+static cl_options enclave_options(settings *s, cl_opt_section section[2])
 {
-    *section = (cl_opt_section)CL_OPT_SECTION("options", option_specs, s);
+    section[0] = (cl_opt_section)CL_OPT_SECTION("options", option_specs, s);
+    section[1] = (cl_opt_section){"with -tap", NULL, 0, &s->tap_s};
+    section[1].opts = cl_tap_options(&section[1].count);
     return (cl_options){.prog = "cloister enclave",
                         .usage = usage_text,
                         .epilog = epilog,
                         .flags = CL_OPTIONS_SINGLE_DASH,
                         .sections = section,
-                        .section_count = 1};
+                        .section_count = 2};
 }
 
 /* Returns 0, or EXIT_USAGE after printing the problem, or -1 for --help. */
 static int parse_settings(int argc, char **argv, settings *s)
 {
     memset(s, 0, sizeof *s);
-    cl_opt_section section;
-    cl_options spec = enclave_options(s, &section);
+    cl_opt_section section[2];
+    cl_options spec = enclave_options(s, section);
     cl_options_result r;
     int rc = cl_options_main(&spec, argc, argv, &r);
     cl_options_free(NULL, &r);
@@ -223,13 +233,21 @@ static int parse_settings(int argc, char **argv, settings *s)
         fprintf(stderr, "cloister enclave: --max-buffered-body must be at least 65536\n");
         return EXIT_USAGE;
     }
+    if (s->tap && cl_tap_settings_check(&s->tap_s) < 0) {
+        fprintf(stderr, "cloister enclave: %s (see --help)\n", cl_error_message());
+        return EXIT_USAGE;
+    }
+    if (!s->tap && s->tap_s.egress_policy) {
+        fprintf(stderr, "cloister enclave: --egress-policy goes with --tap\n");
+        return EXIT_USAGE;
+    }
     return 0;
 }
 
 static void settings_free(settings *s)
 {
-    cl_opt_section section;
-    cl_options spec = enclave_options(s, &section);
+    cl_opt_section section[2];
+    cl_options spec = enclave_options(s, section);
     cl_options_free(&spec, NULL);
 }
 
@@ -283,6 +301,7 @@ struct enclave {
     size_t secret_count;
     cl_kms_session app_kms; /* -kms-for-app */
     cl_kms_endpoint *kms_endpoint;
+    cl_tap_relay *tap; /* -tap */
 
     pthread_mutex_t lock; /* guards what follows */
     uint8_t app_hash[HASH_LEN];
@@ -436,6 +455,7 @@ static json_t *config_json(enclave *e)
     json_object_set_new(o, "h2-max-streams", json_integer(e->s.h2_max_streams));
     json_object_set_new(o, "max-app-connections", json_integer(e->s.max_app_connections));
     json_object_set_new(o, "max-buffered-body", json_integer(e->s.max_buffered_body));
+    json_object_set_new(o, "tap", e->tap ? enclave_tap_config(e->tap, &e->s.tap_s) : json_null());
     return o;
 }
 
@@ -514,6 +534,8 @@ static void handle_metrics(enclave *e, cl_response *resp)
     rc |= cl_metrics_render_value(e->metrics, out, "app_restarts_total", "counter",
                                   "Times -appcmd was restarted after it died.",
                                   e->app_child ? cl_child_restarts(e->app_child) : 0);
+    if (e->tap)
+        rc |= cl_tap_relay_metrics(e->tap, e->s.prometheus_namespace, out);
     resp->status = rc < 0 ? 500 : 200;
     resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
 }
@@ -893,6 +915,9 @@ static int enclave_start(enclave *e)
         return cl_error_prefix(lo_rc, "loopback: ");
     if (lo_was_down)
         cl_log(CL_LOG_INFO, "loopback_up", "interface", "lo", "detail", "lo was down; brought it up", NULL);
+    /* first: the app and KMS may need the network */
+    if (e->s.tap)
+        CL_TRY(cl_tap_relay_start(&e->s.tap_s, &e->tap));
     if (e->s.appwebsrv) {
         int rc = cl_upstream_target_parse(e->s.appwebsrv, &e->app);
         if (rc < 0)
@@ -991,6 +1016,8 @@ static void enclave_stop(enclave *e)
     cl_kms_session_close(&e->app_kms);
     cl_nsm_close(e->nsm);
     free_secrets(e);
+    cl_tap_relay_stop(e->tap);
+    e->tap = NULL;
 }
 
 int cmd_enclave(int argc, char **argv)

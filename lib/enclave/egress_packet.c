@@ -311,6 +311,20 @@ out:
 
 /* ---- tables (e->lock held) ------------------------------------------------------------- */
 
+/* The learned table is hashed by address: an address's entries (one per
+ * name) live in the LEARN_PROBE slots from its hash on, so a lookup reads
+ * a few slots, not the table. */
+#define LEARN_PROBE 32
+
+static size_t addr_hash(const cl_egress_addr *a)
+{
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)a->family;
+    for (size_t i = 0; i < 16; i++)
+        h = (h ^ a->b[i]) * 1099511628211ull;
+    h ^= h >> 31;
+    return (size_t)(h & (CL_EGRESS_MAX_LEARNED - 1));
+}
+
 static void learn_locked(cl_egress *e, const cl_egress_learn *l, uint64_t now_ms)
 {
     uint64_t ttl = l->ttl_s < CL_EGRESS_MIN_TTL_S ? CL_EGRESS_MIN_TTL_S
@@ -318,8 +332,9 @@ static void learn_locked(cl_egress *e, const cl_egress_learn *l, uint64_t now_ms
                                                     : l->ttl_s;
     uint64_t expires = now_ms + ttl * 1000;
     learned *victim = NULL;
-    for (size_t i = 0; i < CL_EGRESS_MAX_LEARNED; i++) {
-        learned *x = &e->learned[i];
+    size_t h = addr_hash(&l->addr);
+    for (size_t i = 0; i < LEARN_PROBE; i++) {
+        learned *x = &e->learned[(h + i) & (CL_EGRESS_MAX_LEARNED - 1)];
         if (x->expires_ms > now_ms && x->addr.family == l->addr.family && !memcmp(x->addr.b, l->addr.b, 16) &&
             !strcmp(x->name, l->name)) {
             if (expires > x->expires_ms)
@@ -550,8 +565,9 @@ static int judge_dest_locked(cl_egress *e, const packet *p, uint64_t now_ms)
     if (a == CL_EGRESS_MATCH)
         return CL_EGRESS_PASS;
     bool other_port = a == CL_EGRESS_MATCH_OTHER_PORT, denied_name = false;
-    for (size_t i = 0; i < CL_EGRESS_MAX_LEARNED; i++) {
-        const learned *l = &e->learned[i];
+    size_t h = addr_hash(&p->dst);
+    for (size_t i = 0; i < LEARN_PROBE; i++) {
+        const learned *l = &e->learned[(h + i) & (CL_EGRESS_MAX_LEARNED - 1)];
         if (l->expires_ms <= now_ms || l->addr.family != p->dst.family || memcmp(l->addr.b, p->dst.b, 16) != 0)
             continue;
         if (cl_egress_policy_match_name(pol, true, l->name, port) == CL_EGRESS_MATCH) {
@@ -579,8 +595,11 @@ static int judge(cl_egress *e, const uint8_t *frame, size_t len, uint64_t now_ms
         return r;
     if (ethertype == ETH_ARP)
         return judge_arp(e, &arp);
-    if (p.proto == IP_ICMPV6 && p.icmp_type >= 133 && p.icmp_type <= 136 && p.hop_limit == 255 &&
-        on_link_v6(&p.dst))
+    /* the link's own IPv6 control traffic (the kernel sends it as tap0
+     * comes up): scoped to the link by its destination and hop limit */
+    if (p.proto == IP_ICMPV6 && on_link_v6(&p.dst) &&
+        ((p.icmp_type >= 133 && p.icmp_type <= 136 && p.hop_limit == 255) ||
+         (((p.icmp_type >= 130 && p.icmp_type <= 132) || p.icmp_type == 143) && p.hop_limit == 1)))
         return CL_EGRESS_PASS;
     if (p.proto == IP_UDP && p.dport == DNS_PORT && is_gateway(e, &p.dst)) {
         if (cl_egress_parse_dns_query(p.l4 + 8, p.l4_len - 8, v->name) < 0) {
@@ -636,4 +655,75 @@ size_t cl_egress_inbound(cl_egress *e, const uint8_t *frame, size_t len, uint64_
         learn_locked(e, &ls[i], now_ms);
     pthread_mutex_unlock(&e->lock);
     return n;
+}
+
+static uint16_t ip_checksum(const uint8_t *p, size_t n)
+{
+    uint32_t sum = 0;
+    for (size_t i = 0; i + 1 < n; i += 2)
+        sum += (uint32_t)(p[i] << 8 | p[i + 1]);
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return (uint16_t)~sum;
+}
+
+int cl_egress_dns_refusal(const uint8_t *frame, size_t len, uint8_t *out, size_t cap, size_t *out_len)
+{
+    *out_len = 0;
+    packet p;
+    uint16_t ethertype = 0;
+    cl_cursor arp;
+    CL_ENSURE(parse_ip(frame, len, &p, &ethertype, &arp) == CL_EGRESS_PASS && p.family == AF_INET &&
+                  p.proto == IP_UDP && p.dport == DNS_PORT,
+              CL_EINVAL, "not an IPv4 UDP DNS query");
+    const uint8_t *msg = p.l4 + 8;
+    size_t mlen = p.l4_len - 8;
+    char name[CL_EGRESS_NAME_MAX + 1];
+    CL_TRY(cl_egress_parse_dns_query(msg, mlen, name));
+    /* the question's extent: the header, the (uncompressed) name, type and class */
+    cl_cursor c = cl_cursor_make(msg, mlen);
+    CL_TRY(cl_cursor_skip(&c, 12));
+    for (;;) {
+        uint8_t l;
+        CL_TRY(cl_cursor_u8(&c, &l));
+        if (l == 0)
+            break;
+        CL_TRY(cl_cursor_skip(&c, l));
+    }
+    CL_TRY(cl_cursor_skip(&c, 4));
+    size_t qlen = c.pos;
+    size_t total = 14 + 20 + 8 + qlen;
+    CL_ENSURE(total <= cap, CL_ELIMIT, "no room for the DNS refusal");
+    memcpy(out, frame + 6, 6); /* to the sender's MAC, from the one it sent to */
+    memcpy(out + 6, frame, 6);
+    out[12] = 0x08;
+    out[13] = 0x00;
+    uint8_t *ip = out + 14;
+    memset(ip, 0, 20);
+    ip[0] = 0x45;
+    ip[2] = (uint8_t)((20 + 8 + qlen) >> 8);
+    ip[3] = (uint8_t)(20 + 8 + qlen);
+    ip[6] = 0x40; /* DF */
+    ip[8] = 64;
+    ip[9] = IP_UDP;
+    memcpy(ip + 12, p.dst.b, 4);
+    memcpy(ip + 16, p.src.b, 4);
+    uint16_t sum = ip_checksum(ip, 20);
+    ip[10] = (uint8_t)(sum >> 8);
+    ip[11] = (uint8_t)sum;
+    uint8_t *udp = ip + 20;
+    udp[0] = (uint8_t)(p.dport >> 8);
+    udp[1] = (uint8_t)p.dport;
+    udp[2] = (uint8_t)(p.sport >> 8);
+    udp[3] = (uint8_t)p.sport;
+    udp[4] = (uint8_t)((8 + qlen) >> 8);
+    udp[5] = (uint8_t)(8 + qlen);
+    udp[6] = udp[7] = 0; /* no checksum: allowed for UDP over IPv4 */
+    uint8_t *dns = udp + 8;
+    memcpy(dns, msg, qlen);
+    dns[2] = (uint8_t)(0x80 | (msg[2] & 0x01)); /* QR, RD copied */
+    dns[3] = 0x80 | 5;                          /* RA, REFUSED */
+    memset(dns + 6, 0, 6);                      /* no answer, authority or additional records */
+    *out_len = total;
+    return 0;
 }

@@ -288,6 +288,19 @@ static void log_drop(cl_tap_relay *r, const cl_egress_verdict *v, uint64_t now)
            port, "name", v->name, "suppressed", sup, NULL);
 }
 
+/* A query for a name the policy refuses is answered REFUSED from here, so
+ * that the app fails now rather than after its resolver's timeout. */
+static void refuse_query(cl_tap_relay *r, const cl_egress_verdict *v, const uint8_t *frame, size_t len)
+{
+    uint8_t reply[2048];
+    size_t n;
+    if (v->reason != CL_EGRESS_DNS_QUERY || !v->name[0] ||
+        cl_egress_dns_refusal(frame, len, reply, sizeof reply, &n) < 0)
+        return;
+    if (write(r->tap_fd, reply, n) < 0)
+        atomic_fetch_add_explicit(&r->tap_write_errors, 1, memory_order_relaxed);
+}
+
 /* tap0 -> parent: batches whatever the kernel has queued into one send. */
 static void *outbound(void *arg)
 {
@@ -319,6 +332,7 @@ static void *outbound(void *arg)
                 cl_egress_verdict v;
                 if (cl_egress_outbound(r->egress, f, (size_t)n, now, &v) != CL_EGRESS_PASS) {
                     log_drop(r, &v, now);
+                    refuse_query(r, &v, f, (size_t)n);
                     continue;
                 }
             }
@@ -394,7 +408,10 @@ static int pump_inbound(cl_tap_relay *r, int fd, uint8_t *buf, bool *got_frames)
             return cl_error_set(CL_EIO, "the parent closed the stream");
         have += (size_t)n;
         if (first) {
-            CL_TRY(cl_tap_check_not_http_reply(buf, have));
+            if (cl_tap_check_not_http_reply(buf, have) < 0) {
+                atomic_fetch_add(&r->stream_errors, 1);
+                return CL_EPROTO;
+            }
             if (have >= 5)
                 first = false;
         }
@@ -580,7 +597,7 @@ int cl_tap_relay_metrics(cl_tap_relay *r, const char *ns, cl_buf *out)
     CL_TRY(metric(out, ns, "tap_connects_total", "counter", "Streams opened to the parent (POST /connect).",
                   atomic_load(&r->connects)));
     CL_TRY(metric(out, ns, "tap_stream_errors_total", "counter",
-                  "Streams closed because the parent sent a malformed frame length.",
+                  "Streams closed because the parent sent a malformed frame length (or an HTTP reply).",
                   atomic_load(&r->stream_errors)));
     CL_TRY(metric(out, ns, "tap_frames_out_total", "counter", "Frames relayed to the parent.",
                   atomic_load(&r->frames_out)));

@@ -362,8 +362,47 @@ static void dns_parser_refuses_loops_and_overruns(void)
     cl_egress_policy_free(p);
 }
 
+static void refuses_denied_queries_locally(void)
+{
+    uint8_t f[600], dns[512], out[700];
+    size_t q = dns_query(dns, "exfil.evil.com");
+    dns[11] = 1; /* an EDNS OPT record counted, not copied */
+    size_t n = frame4(f, "192.168.127.2", "192.168.127.1", 17, 40123, 53, dns, q, 0);
+    memset(f, 0x5a, 6);   /* to the gateway's MAC */
+    memset(f + 6, 0xba, 6); /* from ours */
+    size_t rn;
+    CHECK_OK(cl_egress_dns_refusal(f, n, out, sizeof out, &rn));
+    CHECK(rn == n);
+    CHECK(out[0] == 0xba && out[6] == 0x5a);
+    const uint8_t *ip4 = out + 14, *udp = ip4 + 20, *m = udp + 8;
+    uint32_t sum = 0;
+    for (int i = 0; i < 20; i += 2)
+        sum += (uint32_t)(ip4[i] << 8 | ip4[i + 1]);
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    CHECK(sum == 0xffff); /* a valid header checksum */
+    CHECK(!memcmp(ip4 + 12, f + 14 + 16, 4) && !memcmp(ip4 + 16, f + 14 + 12, 4));
+    CHECK(udp[0] == 0 && udp[1] == 53 && (udp[2] << 8 | udp[3]) == 40123);
+    CHECK(m[0] == dns[0] && m[1] == dns[1] && (m[2] & 0x80) && (m[3] & 0x0f) == 5);
+    CHECK(m[5] == 1 && m[7] == 0 && m[11] == 0 && !memcmp(m + 12, dns + 12, q - 12));
+    /* what the relay sends back parses as the answer to that query, teaching nothing */
+    cl_egress_policy *p = load();
+    cl_egress *e = NULL;
+    if (p && cl_egress_new(p, gw, &e) == 0) {
+        CHECK(cl_egress_inbound(e, out, rn, 1) == 0);
+        cl_egress_free(e);
+    }
+    cl_egress_policy_free(p);
+    /* not a query: nothing */
+    n = frame4(f, "192.168.127.2", "10.0.0.1", 6, 1, 53, NULL, 0, 0);
+    CHECK(cl_egress_dns_refusal(f, n, out, sizeof out, &rn) < 0);
+    n = frame4(f, "192.168.127.2", "192.168.127.1", 17, 1, 53, (const uint8_t *)"\x00\x01", 2, 0);
+    CHECK(cl_egress_dns_refusal(f, n, out, sizeof out, &rn) < 0);
+}
+
 int main(void)
 {
+    RUN(refuses_denied_queries_locally);
     RUN(parses_enclaver_shape);
     RUN(errors_name_the_line);
     RUN(matches_names_addresses_ports);

@@ -8,10 +8,12 @@
  *   - IPv4 and IPv6 headers checked (version, lengths, IPv6 extension
  *     headers walked); any fragment, and AH/ESP/unknown protocols, dropped;
  *     TCP, UDP, ICMP, ICMPv6 headers checked;
- *   - ICMPv6 neighbour discovery (types 133-136, hop limit 255) on the link
- *     (link-local or ff02:: destinations) passes: it cannot leave the link;
+ *   - ICMPv6 neighbour discovery (types 133-136, hop limit 255) and MLD
+ *     (130-132, 143, hop limit 1) on the link (link-local or ff02::
+ *     destinations) pass: they cannot leave the link;
  *   - DNS queries (UDP) to the gateway pass when the policy allows the name
- *     asked for, and are dropped otherwise (no exfiltration in query names);
+ *     asked for, and are dropped otherwise (no exfiltration in query names;
+ *     the relay answers them REFUSED: cl_egress_dns_refusal);
  *   - packets of a flow the policy already let through pass (so that a
  *     connection outlives its DNS answer's TTL); inbound TCP SYNs open a
  *     flow too, so that replies to published ports go out;
@@ -22,9 +24,10 @@
  * Inbound frames are not filtered (the parent can send the enclave anything
  * anyway); only DNS answers from the gateway's port 53 are read.
  *
- * Tables are bounded: learned addresses (CL_EGRESS_MAX_LEARNED, the
- * soonest to expire evicted first) and flows (a hash of
- * CL_EGRESS_FLOW_SLOTS, the oldest in a probe window evicted).  One mutex
+ * Tables are bounded, both hashes with a short probe window: learned
+ * addresses (CL_EGRESS_MAX_LEARNED slots, hashed by address; the soonest
+ * to expire in the window replaced) and flows (CL_EGRESS_FLOW_SLOTS; the
+ * oldest in the window replaced).  One mutex
  * covers both; the two relay directions may call in parallel. */
 #ifndef CLOISTER_EGRESS_PACKET_H
 #define CLOISTER_EGRESS_PACKET_H
@@ -99,6 +102,13 @@ CL_MUST_CHECK int cl_egress_parse_dns_answer(const cl_egress_policy *policy, con
 /* The name a DNS query message asks for (lower case, no trailing dot);
  * CL_EPARSE unless it is a query with exactly one question. */
 CL_MUST_CHECK int cl_egress_parse_dns_query(const uint8_t *msg, size_t len, char name[static CL_EGRESS_NAME_MAX + 1]);
+
+/* For a DNS query frame the policy refused (an IPv4 UDP query to the
+ * gateway): the frame that answers it REFUSED as if from the gateway, to
+ * be written back into tap0 so that the app fails at once instead of
+ * waiting for its resolver's timeout.  out needs len + 0 bytes at most
+ * (the answer is the question, without the query's other sections). */
+CL_MUST_CHECK int cl_egress_dns_refusal(const uint8_t *frame, size_t len, uint8_t *out, size_t cap, size_t *out_len);
 
 #pragma GCC visibility pop
 #endif
