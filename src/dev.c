@@ -67,7 +67,7 @@ static const char epilog[] =
     "sockets only at the last bind/connect (RUN/vsock/CID.PORT); no MSG_PEEK and no splice on the\n"
     "links; lo left down for cloister enclave to bring up (docs/local-vs-nitro.md).\n"
     "--fidelity loose: the links as plain unix: addresses, without those seams.\n"
-    "--network tap: the enclave's namespace gets tap0 (cloister tap beside cloister enclave) and the host\n"
+    "--network tap: the enclave's namespace gets tap0 (cloister enclave -tap) and the host\n"
     "a TAP device routed by this machine's kernel (cloister host --tap: its nftables table, ip_forward=1),\n"
     "instead of the KMS proxy and the IMDS link: the enclave reaches IMDS at 169.254.169.254 (through the\n"
     "gate) and kms-local at 192.168.127.1 (docs/tap.md).  Needs the enclave's own namespace (root).\n"
@@ -490,10 +490,9 @@ static int enclave_command(const dev *d, const char *app_cmd, bool wait_for_app,
     char kms_imds[PATH_MAX + 32], kms_proxy[PATH_MAX + 32], kms_ca[PATH_MAX + 32], secret[PATH_MAX + 48];
     link_addr(d, LINK_IMDS, kms_imds, sizeof kms_imds);
     link_addr(d, LINK_KMS, kms_proxy, sizeof kms_proxy);
+    char tap_listen[PATH_MAX + 16], tap_dial[PATH_MAX + 16];
     if (d->tap) {
-        char tap_listen[PATH_MAX + 16], tap_dial[PATH_MAX + 16];
         dev_tap_stream(d->loose, d->run, tap_listen, sizeof tap_listen, tap_dial, sizeof tap_dial);
-        CL_TRY(dev_tap_wrapper(d->self, tap_dial, out));
         dev_tap_enclave_links(d->kms_port, listen, sizeof listen, kms_imds, sizeof kms_imds, kms_proxy,
                               sizeof kms_proxy);
     }
@@ -505,6 +504,12 @@ static int enclave_command(const dev *d, const char *app_cmd, bool wait_for_app,
                            "-secret", secret, "-kms-for-app"};
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
         CL_TRY(shell_quote(out, words[i]));
+    if (d->tap) {
+        const char *tap_words[DEV_TAP_WORDS];
+        dev_tap_enclave_words(tap_dial, tap_words);
+        for (size_t i = 0; i < DEV_TAP_WORDS; i++)
+            CL_TRY(shell_quote(out, tap_words[i]));
+    }
     if (wait_for_app)
         CL_TRY(cl_buf_append(out, "-wait-for-app", 13));
     return cl_buf_append(out, "", 1);
@@ -970,11 +975,7 @@ static int run_dev(const dev_options *o, bool app_port_given)
         say("             KMS proxy %s -> kms-local on 127.0.0.1:%u, watchdog on the enclave", kms_link, d.kms_port);
     /* dev no longer brings lo up: in a fresh namespace the enclave must */
     bool lo_by_enclave = file_contains(d.host.log, "event=loopback_up interface=lo");
-    if (own_ns && d.tap) /* cloister tap, first in the namespace, brings lo up with tap0 */
-        lo_by_enclave = file_contains(d.host.log, "component=tap event=tap_up");
-    if (own_ns && d.tap)
-        say("  loopback   lo and tap0 brought up by cloister tap in the enclave's namespace");
-    else if (own_ns)
+    if (own_ns)
         say("  loopback   %s", lo_by_enclave ? "lo was down in the enclave's namespace; cloister enclave brought it up"
                                              : "cloister enclave did NOT log bringing lo up");
     if (!d.loose)

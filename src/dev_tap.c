@@ -25,32 +25,13 @@ void dev_tap_enclave_links(unsigned kms_port, char *listen, size_t listen_len, c
     snprintf(kms, kms_len, "tcp:" DEV_TAP_GATEWAY ":%u", kms_port);
 }
 
-int dev_tap_wrapper(const char *self, const char *dial, cl_buf *out)
+void dev_tap_enclave_words(const char *dial, const char *words[DEV_TAP_WORDS])
 {
-    /* $0 is cloister, $1 the stream's address; "$@" after the shift the
-     * enclave's words.  tap0 must exist before the enclave's first KMS call
-     * goes out; the relay's own resolv.conf stays unwritten (this machine's
-     * /run/resolvconf is not the enclave's). */
-    static const char script[] =
-        "setpriv --pdeathsig TERM \"$0\" tap --tap-parent \"$1\" --tap-resolv-conf '' & "
-        "shift; i=0; until ip -o addr show dev tap0 2>/dev/null | grep -q inet; do "
-        "i=$((i+1)); [ $i -gt 100 ] && { echo 'cloister dev: tap0 did not come up' >&2; exit 3; }; sleep 0.1; done; "
-        "exec \"$@\" ";
-    CL_TRY(cl_buf_append(out, "sh -c ", 6));
-    /* single-quoted for the outer shell: the script has no single quote but the '' */
-    CL_TRY(cl_buf_append(out, "\"", 1));
-    for (const char *p = script; *p; p++) {
-        if (*p == '"' || *p == '$' || *p == '\\' || *p == '`')
-            CL_TRY(cl_buf_append(out, "\\", 1));
-        CL_TRY(cl_buf_append(out, p, 1));
-    }
-    CL_TRY(cl_buf_append(out, "\" ", 2));
-    /* $0 and $1 */
-    char words[4200];
-    int n = snprintf(words, sizeof words, "'%s' '%s' ", self, dial);
-    CL_ENSURE(n > 0 && (size_t)n < sizeof words && !strchr(self, '\'') && !strchr(dial, '\''), CL_EINVAL,
-              "cloister dev: a path with a quote: %s", self);
-    return cl_buf_append(out, words, (size_t)n);
+    words[0] = "-tap";
+    words[1] = "-tap-parent";
+    words[2] = dial;
+    words[3] = "-tap-resolv-conf";
+    words[4] = "";
 }
 
 void dev_tap_host_argv(dev_tap_host *h, const char *self, unsigned port, const char *imds_gate,

@@ -1,5 +1,5 @@
 /* cloister dev --network tap: the enclave's namespace gets tap0 (cloister
- * tap beside cloister enclave) and the host a TAP bridge, instead of the
+ * enclave -tap) and the host a TAP bridge, instead of the
  * per-destination links (KMS proxy, IMDS link).  dev.c asks these for the
  * pieces that differ. */
 #ifndef CLOISTER_SRC_DEV_TAP_H
@@ -24,10 +24,12 @@ void dev_tap_stream(bool loose, const char *run, char *listen, size_t listen_len
 void dev_tap_enclave_links(unsigned kms_port, char *listen, size_t listen_len, char *imds, size_t imds_len,
                            char *kms, size_t kms_len);
 
-/* Appends to the enclave's shell command, after `unshare --net`, the
- * wrapper that starts `self tap` (with a parent-death signal, in the same
- * namespace), waits for tap0 and then execs the enclave's own words. */
-CL_MUST_CHECK int dev_tap_wrapper(const char *self, const char *dial, cl_buf *out);
+/* The enclave's own relay: cloister enclave -tap, dialling the parent's
+ * stream; tap0 (and lo) come up before its KMS calls.  No resolv.conf is
+ * written: this machine's /run/resolvconf is not the enclave's.  Fills
+ * words[0..DEV_TAP_WORDS). */
+#define DEV_TAP_WORDS 5
+void dev_tap_enclave_words(const char *dial, const char *words[DEV_TAP_WORDS]);
 
 /* The host's arguments in tap mode (NULL-ended, pointing into store, which
  * must outlive them). */

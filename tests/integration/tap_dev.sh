@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # cloister dev --network tap --check: the whole local picture with the
-# enclave on tap0 (cloister tap beside cloister enclave in its namespace)
+# enclave on tap0 (cloister enclave -tap in its namespace)
 # and the host's TAP bridge instead of the KMS proxy and the IMDS link: the
 # enclave is proven through the host's forward to 192.168.127.2:443, the
 # app reaches IMDS at 169.254.169.254 (DNAT to the gate), the enclave opens
