@@ -6,6 +6,8 @@
  * forked process with one poll() loop. */
 #include "cloister/host/tap_bridge.h"
 
+#include "host/tap_dns.h"
+
 #include "cloister/core/cursor.h"
 #include "cloister/core/log.h"
 #include "cloister/core/process.h"
@@ -38,13 +40,6 @@
 #define TAP_FRAMES_PER_TURN 256
 #define MAX_PENDING 4             /* streams still sending their POST /connect */
 #define HANDSHAKE_TIMEOUT_MS 10000
-#define DNS_SLOTS 4096
-#define DNS_UDP_MAX 4096
-#define DNS_QUERY_TTL_MS 5000
-#define DNS_TCP_MAX 16
-#define DNS_TCP_BUF 4096
-#define DNS_TCP_IDLE_MS 10000
-#define DNS_TCP_LINGER_MS 2000 /* after the client's EOF, for the last answers */
 #define DNS_READY_TIMEOUT_MS 5000
 #define DEVICE_BUSY_WAIT_MS 3000
 #define STOP_GRACE_MS 3000
@@ -390,72 +385,6 @@ out:
 
 /* ---- DNS: the upstream, the relay's sockets, dnsmasq ---------------------------------------- */
 
-/* "IP[:PORT]" or "[v6]:PORT" to a socket address (port 53 by default). */
-static int parse_server(const char *text, struct sockaddr_storage *ss, socklen_t *len)
-{
-    char host[INET6_ADDRSTRLEN + 2];
-    unsigned port = 53;
-    memset(ss, 0, sizeof *ss);
-    const char *colon = strrchr(text, ':');
-    size_t n;
-    if (text[0] == '[') {
-        const char *close_b = strchr(text, ']');
-        CL_ENSURE(close_b, CL_EINVAL, "DNS server %s: a '[' without ']'", text);
-        n = (size_t)(close_b - text - 1);
-        CL_ENSURE(n < sizeof host, CL_EINVAL, "DNS server %s: too long", text);
-        memcpy(host, text + 1, n);
-        host[n] = '\0';
-        colon = close_b[1] == ':' ? close_b + 1 : NULL;
-    } else if (colon && strchr(text, ':') == colon) {
-        n = (size_t)(colon - text);
-        CL_ENSURE(n < sizeof host, CL_EINVAL, "DNS server %s: too long", text);
-        memcpy(host, text, n);
-        host[n] = '\0';
-    } else {
-        snprintf(host, sizeof host, "%s", text);
-        colon = NULL;
-    }
-    if (colon) {
-        uint16_t p;
-        CL_TRY(parse_port(colon + 1, strlen(colon + 1), &p));
-        port = p;
-    }
-    struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
-    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons((uint16_t)port);
-        *len = sizeof *a4;
-    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons((uint16_t)port);
-        *len = sizeof *a6;
-    } else {
-        return cl_error_set(CL_EINVAL, "DNS server %s: not an IP address", text);
-    }
-    return CL_OK;
-}
-
-/* The first nameserver of /etc/resolv.conf (the parent's own file). */
-static int resolv_conf_server(char *out, size_t len)
-{
-    FILE *f = fopen("/etc/resolv.conf", "re");
-    CL_ENSURE(f, CL_ENOTFOUND, "/etc/resolv.conf: %s (give --dns-server)", strerror(errno));
-    char line[512];
-    int rc = cl_error_set(CL_ENOTFOUND, "/etc/resolv.conf names no nameserver (give --dns-server)");
-    while (fgets(line, sizeof line, f)) {
-        char addr[INET6_ADDRSTRLEN + 1];
-        if (sscanf(line, " nameserver %46s", addr) == 1) {
-            snprintf(out, len, strchr(addr, ':') ? "[%s]:53" : "%s", addr);
-            cl_error_clear();
-            rc = CL_OK;
-            break;
-        }
-    }
-    fclose(f);
-    return rc;
-}
-
 static int bind_gateway(const cl_tap_config *cfg, int type, int *fd_out)
 {
     int fd = socket(AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -572,17 +501,12 @@ int cl_tap_bridge_open(const cl_tap_config *cfg, cl_tap_bridge **out)
     b->tap = b->listen_fd = b->dns_udp = b->dns_tcp = -1;
     int rc = CL_OK;
     if (cfg->dns != CL_TAP_DNS_OFF) {
-        char text[INET6_ADDRSTRLEN + 16];
-        if (cfg->dns_server)
-            snprintf(text, sizeof text, "%s", cfg->dns_server);
-        else
-            CL_TRY_OUT(resolv_conf_server(text, sizeof text));
-        rc = parse_server(text, &b->upstream, &b->upstream_len);
+        rc = tap_dns_upstream(cfg->dns_server, &b->upstream, &b->upstream_len, b->upstream_text,
+                              sizeof b->upstream_text);
         if (rc < 0) {
             cl_error_prefix(rc, "--dns-server: ");
             goto out;
         }
-        snprintf(b->upstream_text, sizeof b->upstream_text, "%s", text);
     }
     CL_TRY_OUT(nft_apply(cfg));
     b->nft_installed = true;
@@ -732,27 +656,6 @@ typedef struct pending {
     uint8_t buf[CL_TAP_CONNECT_MAX];
 } pending;
 
-typedef struct dns_slot {
-    bool used;
-    uint16_t id, client_id;
-    uint64_t since;
-    struct sockaddr_in client;
-} dns_slot;
-
-typedef struct dns_half {
-    uint8_t buf[DNS_TCP_BUF];
-    size_t off, len;
-    bool eof;
-} dns_half;
-
-typedef struct dns_conn {
-    int client, upstream;
-    bool connected;
-    bool polled; /* in this turn's poll set: a connection accepted since has no events yet */
-    uint64_t last;
-    dns_half up, down; /* client -> upstream, upstream -> client */
-} dns_conn;
-
 typedef struct relay {
     cl_tap_bridge *b;
     int sigfd;
@@ -763,10 +666,7 @@ typedef struct relay {
     size_t in_len, out_off, out_len;
     size_t max_frame;
     uint64_t frames_in, frames_out, dropped_in, dropped_out, connections;
-    int dns_up; /* connected to the upstream resolver, or -1 */
-    bool dns_warned;
-    dns_slot *slots;
-    dns_conn tcp[DNS_TCP_MAX];
+    tap_dns *dns; /* the DNS relay, or NULL */
     bool stop;
 } relay;
 
@@ -968,223 +868,13 @@ static void pending_readable(relay *r, pending *p)
         take_stream(r, p, head);
 }
 
-/* -- the DNS relay -- */
-
-static bool from_enclave_subnet(const cl_tap_config *cfg, const struct sockaddr_in *a)
-{
-    uint32_t mask = htonl(~0u << (32 - cfg->prefix));
-    return a->sin_family == AF_INET && (a->sin_addr.s_addr & mask) == (cfg->gateway.s_addr & mask);
-}
-
-static int read_id(const uint8_t *msg, size_t len, uint16_t *id)
-{
-    cl_cursor c = cl_cursor_make(msg, len);
-    CL_TRY(cl_cursor_be16(&c, id));
-    CL_ENSURE(len >= 12, CL_EPARSE, "a DNS message shorter than its header");
-    return CL_OK;
-}
-
-/* The relay's socket to the upstream resolver.  Not reaching it (no route
- * yet) is not fatal: queries are dropped, logged once, and the next one
- * tries again. */
-static void dns_upstream_open(relay *r)
-{
-    cl_tap_bridge *b = r->b;
-    int fd = socket(b->upstream.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd >= 0 && connect(fd, (struct sockaddr *)&b->upstream, b->upstream_len) == 0) {
-        r->dns_up = fd;
-        if (r->dns_warned)
-            cl_log(CL_LOG_INFO, "tap-dns-upstream", "upstream", b->upstream_text, "state", "reachable", NULL);
-        r->dns_warned = false;
-        return;
-    }
-    if (!r->dns_warned)
-        cl_log(CL_LOG_WARN, "tap-dns-upstream", "upstream", b->upstream_text, "state", "unreachable", "error",
-               strerror(errno), NULL);
-    r->dns_warned = true;
-    if (fd >= 0)
-        close(fd);
-}
-
-static void dns_query(relay *r)
-{
-    uint8_t msg[DNS_UDP_MAX];
-    for (int i = 0; i < 64; i++) {
-        struct sockaddr_in from;
-        socklen_t flen = sizeof from;
-        ssize_t n = recvfrom(r->b->dns_udp, msg, sizeof msg, MSG_DONTWAIT, (struct sockaddr *)&from, &flen);
-        if (n < 0)
-            return;
-        uint16_t id;
-        if (read_id(msg, (size_t)n, &id) < 0 || !from_enclave_subnet(&r->b->cfg, &from)) {
-            cl_error_clear();
-            continue;
-        }
-        if (r->dns_up < 0)
-            dns_upstream_open(r);
-        if (r->dns_up < 0)
-            continue;
-        /* a fresh random ID upstream, so that two clients' equal IDs do
-         * not meet; the slot says whom the answer is for */
-        uint64_t now = now_ms();
-        dns_slot *s = NULL;
-        uint16_t nid = 0;
-        for (int tries = 0; tries < 8 && !s; tries++) {
-            if (getrandom(&nid, sizeof nid, 0) != sizeof nid)
-                break;
-            dns_slot *c = &r->slots[nid % DNS_SLOTS];
-            if (!c->used || now - c->since > DNS_QUERY_TTL_MS)
-                s = c;
-        }
-        if (!s)
-            continue; /* DNS_SLOTS queries in flight: this one is dropped, the client retries */
-        s->used = true;
-        s->id = nid;
-        s->client_id = id;
-        s->since = now;
-        s->client = from;
-        msg[0] = (uint8_t)(nid >> 8);
-        msg[1] = (uint8_t)nid;
-        if (send(r->dns_up, msg, (size_t)n, MSG_DONTWAIT) < 0)
-            s->used = false;
-    }
-}
-
-static void dns_answer(relay *r)
-{
-    uint8_t msg[DNS_UDP_MAX];
-    for (int i = 0; i < 64; i++) {
-        ssize_t n = recv(r->dns_up, msg, sizeof msg, MSG_DONTWAIT);
-        if (n < 0)
-            return;
-        uint16_t id;
-        if (read_id(msg, (size_t)n, &id) < 0) {
-            cl_error_clear();
-            continue;
-        }
-        dns_slot *s = &r->slots[id % DNS_SLOTS];
-        if (!s->used || s->id != id)
-            continue;
-        s->used = false;
-        msg[0] = (uint8_t)(s->client_id >> 8);
-        msg[1] = (uint8_t)s->client_id;
-        (void)sendto(r->b->dns_udp, msg, (size_t)n, MSG_DONTWAIT, (struct sockaddr *)&s->client, sizeof s->client);
-    }
-}
-
-static void dns_tcp_close(dns_conn *c)
-{
-    if (c->client >= 0)
-        close(c->client);
-    if (c->upstream >= 0)
-        close(c->upstream);
-    c->client = c->upstream = -1;
-}
-
-static void dns_tcp_accept(relay *r)
-{
-    for (;;) {
-        struct sockaddr_in from;
-        socklen_t flen = sizeof from;
-        int fd = accept4(r->b->dns_tcp, (struct sockaddr *)&from, &flen, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0)
-            return;
-        if (!from_enclave_subnet(&r->b->cfg, &from)) {
-            close(fd);
-            continue;
-        }
-        /* a free slot, or the one idle longest: a resolver that keeps a
-         * connection open after its client is done must not lock others out */
-        dns_conn *c = NULL;
-        for (int i = 0; i < DNS_TCP_MAX; i++) {
-            dns_conn *k = &r->tcp[i];
-            if (k->client < 0) {
-                c = k;
-                break;
-            }
-            if (!c || k->last < c->last)
-                c = k;
-        }
-        if (c->client >= 0)
-            dns_tcp_close(c);
-        int up = socket(r->b->upstream.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (up < 0 || (connect(up, (struct sockaddr *)&r->b->upstream, r->b->upstream_len) < 0 &&
-                       errno != EINPROGRESS)) {
-            if (up >= 0)
-                close(up);
-            close(fd);
-            continue;
-        }
-        memset(c, 0, sizeof *c);
-        c->client = fd;
-        c->upstream = up;
-        c->last = now_ms();
-    }
-}
-
-/* Moves what h holds from -> to; false when the connection is over. */
-static bool dns_half_move(dns_half *h, int from, int to, bool *progress)
-{
-    if (!h->eof && h->len < sizeof h->buf) {
-        ssize_t n = recv(from, h->buf + h->len, sizeof h->buf - h->len, MSG_DONTWAIT);
-        if (n == 0)
-            h->eof = true;
-        else if (n > 0) {
-            h->len += (size_t)n;
-            *progress = true;
-        } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-            return false;
-    }
-    while (h->off < h->len) {
-        ssize_t n = send(to, h->buf + h->off, h->len - h->off, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-                break;
-            return false;
-        }
-        h->off += (size_t)n;
-        *progress = true;
-    }
-    if (h->off == h->len)
-        h->off = h->len = 0;
-    if (h->eof && h->len == 0)
-        shutdown(to, SHUT_WR);
-    return true;
-}
-
-static void dns_tcp_service(dns_conn *c, short cre, short ure)
-{
-    if (!c->connected) {
-        if (!(ure & (POLLOUT | POLLERR | POLLHUP)))
-            return;
-        int err = 0;
-        socklen_t el = sizeof err;
-        if (getsockopt(c->upstream, SOL_SOCKET, SO_ERROR, &err, &el) < 0 || err) {
-            dns_tcp_close(c);
-            return;
-        }
-        c->connected = true;
-    }
-    (void)cre;
-    bool progress = false;
-    if (!dns_half_move(&c->up, c->client, c->upstream, &progress) ||
-        !dns_half_move(&c->down, c->upstream, c->client, &progress) || (c->up.eof && c->down.eof)) {
-        dns_tcp_close(c);
-        return;
-    }
-    if (progress)
-        c->last = now_ms();
-}
-
 static int relay_setup(relay *r, cl_tap_bridge *b)
 {
     memset(r, 0, sizeof *r);
     r->b = b;
-    r->stream = r->sigfd = r->dns_up = -1;
+    r->stream = r->sigfd = -1;
     for (int i = 0; i < MAX_PENDING; i++)
         r->pend[i].fd = -1;
-    for (int i = 0; i < DNS_TCP_MAX; i++)
-        r->tcp[i].client = r->tcp[i].upstream = -1;
     r->max_frame = cl_tap_max_frame(b->cfg.mtu);
     r->in = malloc(STREAM_BUF);
     r->out = malloc(STREAM_BUF);
@@ -1198,15 +888,14 @@ static int relay_setup(relay *r, cl_tap_bridge *b)
     r->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
     CL_ENSURE(r->sigfd >= 0, CL_EIO, "signalfd: %s", strerror(errno));
     if (b->dns_udp >= 0) {
-        r->slots = calloc(DNS_SLOTS, sizeof *r->slots);
-        CL_ENSURE(r->slots, CL_ENOMEM, "out of memory");
-        dns_upstream_open(r);
+        CL_TRY(tap_dns_new(b->dns_udp, b->dns_tcp, b->cfg.gateway, b->cfg.prefix, &b->upstream, b->upstream_len,
+                           b->upstream_text, &r->dns));
+        b->dns_udp = b->dns_tcp = -1; /* the relay's now */
     }
     return CL_OK;
 }
 
-enum { P_SIG, P_LISTEN, P_TAP, P_STREAM, P_DNS_UDP, P_DNS_UP, P_DNS_TCP, P_PEND, P_TCP = P_PEND + MAX_PENDING,
-       P_COUNT = P_TCP + 2 * DNS_TCP_MAX };
+enum { P_SIG, P_LISTEN, P_TAP, P_STREAM, P_PEND, P_DNS = P_PEND + MAX_PENDING, P_COUNT = P_DNS + TAP_DNS_POLLFDS };
 
 static void relay_turn(relay *r)
 {
@@ -1219,9 +908,6 @@ static void relay_turn(relay *r)
     pfd[P_TAP] = (struct pollfd){.fd = r->stream < 0 || out_room ? b->tap : -1, .events = POLLIN};
     pfd[P_STREAM] = (struct pollfd){.fd = r->stream,
                                     .events = (short)(POLLIN | (r->out_off < r->out_len ? POLLOUT : 0))};
-    pfd[P_DNS_UDP] = (struct pollfd){.fd = b->dns_udp, .events = POLLIN};
-    pfd[P_DNS_UP] = (struct pollfd){.fd = r->dns_up, .events = POLLIN};
-    pfd[P_DNS_TCP] = (struct pollfd){.fd = b->dns_tcp, .events = POLLIN};
     uint64_t now = now_ms();
     int timeout = -1;
     for (int i = 0; i < MAX_PENDING; i++) {
@@ -1232,31 +918,14 @@ static void relay_turn(relay *r)
                 timeout = (int)left;
         }
     }
-    for (int i = 0; i < DNS_TCP_MAX; i++) {
-        dns_conn *c = &r->tcp[i];
-        short ce = 0, ue = 0;
-        c->polled = c->client >= 0;
-        if (c->client >= 0) {
-            if (!c->connected)
-                ue = POLLOUT;
-            else {
-                if (!c->up.eof && c->up.len < sizeof c->up.buf)
-                    ce |= POLLIN;
-                if (c->down.len > c->down.off)
-                    ce |= POLLOUT;
-                if (!c->down.eof && c->down.len < sizeof c->down.buf)
-                    ue |= POLLIN;
-                if (c->up.len > c->up.off)
-                    ue |= POLLOUT;
-            }
-            uint64_t idle = c->up.eof ? DNS_TCP_LINGER_MS : DNS_TCP_IDLE_MS;
-            uint64_t left = c->last + idle > now ? c->last + idle - now : 0;
-            if (timeout < 0 || (int)left < timeout)
-                timeout = (int)left;
-        }
-        pfd[P_TCP + 2 * i] = (struct pollfd){.fd = c->client, .events = ce};
-        pfd[P_TCP + 2 * i + 1] = (struct pollfd){.fd = c->upstream, .events = ue};
-    }
+    int dns_timeout = -1;
+    if (r->dns)
+        dns_timeout = tap_dns_poll(r->dns, pfd + P_DNS, now);
+    else
+        for (int i = 0; i < TAP_DNS_POLLFDS; i++)
+            pfd[P_DNS + i] = (struct pollfd){.fd = -1};
+    if (dns_timeout >= 0 && (timeout < 0 || dns_timeout < timeout))
+        timeout = dns_timeout;
     int n = poll(pfd, P_COUNT, timeout);
     if (n < 0) {
         if (errno != EINTR) {
@@ -1282,23 +951,9 @@ static void relay_turn(relay *r)
     for (int i = 0; i < MAX_PENDING; i++)
         if (r->pend[i].fd >= 0 && pfd[P_PEND + i].fd == r->pend[i].fd && pfd[P_PEND + i].revents)
             pending_readable(r, &r->pend[i]);
-    if (pfd[P_DNS_UDP].revents & POLLIN)
-        dns_query(r);
-    if (pfd[P_DNS_UP].revents & POLLIN)
-        dns_answer(r);
-    if (pfd[P_DNS_TCP].revents & POLLIN)
-        dns_tcp_accept(r);
     now = now_ms();
-    for (int i = 0; i < DNS_TCP_MAX; i++) {
-        dns_conn *c = &r->tcp[i];
-        if (c->client < 0 || !c->polled)
-            continue;
-        short cre = pfd[P_TCP + 2 * i].revents, ure = pfd[P_TCP + 2 * i + 1].revents;
-        if (cre || ure)
-            dns_tcp_service(c, cre, ure);
-        if (c->client >= 0 && now - c->last > (c->up.eof ? DNS_TCP_LINGER_MS : DNS_TCP_IDLE_MS))
-            dns_tcp_close(c);
-    }
+    if (r->dns)
+        tap_dns_serve(r->dns, pfd + P_DNS, now);
     for (int i = 0; i < MAX_PENDING; i++)
         if (r->pend[i].fd >= 0 && now - r->pend[i].since > HANDSHAKE_TIMEOUT_MS) {
             cl_log(CL_LOG_WARN, "tap-handshake-refused", "detail", "no POST /connect within 10 s", NULL);
