@@ -22,6 +22,7 @@
 #include "commands.h"
 #include "dev.h"
 #include "dev_acme.h"
+#include "dev_tap.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -52,7 +53,8 @@
 
 static const char usage_text[] =
     "usage: cloister dev [--check] [--port N] [--app CMD [--app-port N]] [--no-netns]\n"
-    "                    [--run-dir DIR] [--fidelity nitro|loose] [--replicas N [--identity kms|sync]]\n"
+    "                    [--run-dir DIR] [--fidelity nitro|loose] [--network proxies|tap]\n"
+    "                    [--replicas N [--identity kms|sync]] [--acme]\n"
     "\n"
     "Runs the whole picture on one machine: the NSM simulator; the enclave side\n"
     "(cloister enclave and the example app) in its own network namespace with only lo\n"
@@ -68,6 +70,10 @@ static const char epilog[] =
     "sockets only at the last bind/connect (RUN/vsock/CID.PORT); no MSG_PEEK and no splice on the\n"
     "links; lo left down for cloister enclave to bring up (docs/local-vs-nitro.md).\n"
     "--fidelity loose: the links as plain unix: addresses, without those seams.\n"
+    "--network tap: the enclave's namespace gets tap0 (cloister enclave -tap) and the host\n"
+    "a TAP device routed by this machine's kernel (cloister host --tap: its nftables table, ip_forward=1),\n"
+    "instead of the KMS proxy and the IMDS link: the enclave reaches IMDS at 169.254.169.254 (through the\n"
+    "gate) and kms-local at 192.168.127.1 (docs/tap.md).  Needs the enclave's own namespace (root).\n"
     "\n"
     "Ctrl-C or SIGTERM stops everything and removes the run directory: no process,\n"
     "namespace, socket or file is left.  Exit status: 0 ok, 1 something failed (its\n"
@@ -89,6 +95,13 @@ static int check_identity(void *base, const char *value)
 
 #define STR_(x) #x
 #define STR(x) STR_(x)
+static int check_network(void *base, const char *value)
+{
+    (void)base;
+    CL_ENSURE(!strcmp(value, "proxies") || !strcmp(value, "tap"), CL_EINVAL, "proxies or tap, got '%s'", value);
+    return CL_OK;
+}
+
 static const cl_opt dev_option_table[] = {
     {.name = "check", CL_OPT_FLAG(dev_options, check),
      .help = "start, verify, make requests to the app, from the app out through the host (IMDS), check the KMS "
@@ -116,6 +129,8 @@ static const cl_opt dev_option_table[] = {
     {.name = "acme", CL_OPT_FLAG(dev_options, acme),
      .help = "run Pebble as an ACME CA (its DNS answering 127.0.0.1, tls-alpn-01 through the host's forward) and "
              "cloister enclave -acme against it, through the host's outbound proxy (src/dev_acme.c)"},
+    {.name = "network", CL_OPT_STR(dev_options, network), .set = check_network, .def = "proxies",
+     .arg = "proxies|tap", .help = "the enclave's way out: per-destination links, or tap0 (below)"},
 };
 
 void say(const char *fmt, ...)
@@ -434,7 +449,9 @@ static int enclave_command(const dev *d, const char *app_cmd, bool wait_for_app,
     char nsm[PATH_MAX + 32], listen[PATH_MAX + 32], imds[PATH_MAX + 32], intport[16], appurl[64];
     snprintf(nsm, sizeof nsm, "unix:%s/nsm.sock", d->run);
     link_addr(d, LINK_ENCLAVE_LISTEN, listen, sizeof listen);
-    if (d->loose)
+    if (d->tap) /* the app asks 169.254.169.254 itself */
+        snprintf(imds, sizeof imds, "CLOISTER_DEV_NETWORK=tap");
+    else if (d->loose)
         snprintf(imds, sizeof imds, "CLOISTER_IMDS_SOCKET=%s/imds.sock", d->run);
     else /* the app has no vsock code: it is given the stand-in's file of vsock:3:8002 */
         snprintf(imds, sizeof imds, "CLOISTER_IMDS_SOCKET=%s/vsock/3.8002", d->run);
@@ -462,6 +479,12 @@ static int enclave_command(const dev *d, const char *app_cmd, bool wait_for_app,
     char kms_imds[PATH_MAX + 32], kms_proxy[PATH_MAX + 32], kms_ca[PATH_MAX + 32], secret[PATH_MAX + 48];
     link_addr(d, LINK_IMDS, kms_imds, sizeof kms_imds);
     link_addr(d, LINK_KMS, kms_proxy, sizeof kms_proxy);
+    char tap_listen[PATH_MAX + 16], tap_dial[PATH_MAX + 16];
+    if (d->tap) {
+        dev_tap_stream(d->loose, d->run, tap_listen, sizeof tap_listen, tap_dial, sizeof tap_dial);
+        dev_tap_enclave_links(d->kms_port, listen, sizeof listen, kms_imds, sizeof kms_imds, kms_proxy,
+                              sizeof kms_proxy);
+    }
     snprintf(kms_ca, sizeof kms_ca, "%s/kms/ca.pem", d->run);
     snprintf(secret, sizeof secret, "demo=@%s/secret-dev.ct", d->run);
     const char *words[] = {d->self, "enclave", "-fqdn", "localhost", "--nsm", nsm, "--listen", listen,
@@ -475,6 +498,12 @@ static int enclave_command(const dev *d, const char *app_cmd, bool wait_for_app,
                               "--acme-proxy", d->acme_link, "--acme-backoff", "1s"};
         for (size_t i = 0; i < sizeof acme / sizeof acme[0]; i++)
             CL_TRY(shell_quote(out, acme[i]));
+    }
+    if (d->tap) {
+        const char *tap_words[DEV_TAP_WORDS];
+        dev_tap_enclave_words(tap_dial, tap_words);
+        for (size_t i = 0; i < DEV_TAP_WORDS; i++)
+            CL_TRY(shell_quote(out, tap_words[i]));
     }
     if (wait_for_app)
         CL_TRY(cl_buf_append(out, "-wait-for-app", 13));
@@ -731,6 +760,8 @@ static bool exercise(dev *d)
     snprintf(nsm, sizeof nsm, "unix:%s/nsm.sock", d->run);
     link_addr(d, LINK_IMDS, imds, sizeof imds);
     link_addr(d, LINK_KMS, proxy, sizeof proxy);
+    if (d->tap) /* no KMS link: kms-local itself, as the enclave reaches it through the gateway */
+        snprintf(proxy, sizeof proxy, "tcp:127.0.0.1:%u", d->kms_port);
     snprintf(ca, sizeof ca, "%s/kms/ca.pem", d->run);
     snprintf(in, sizeof in, "%s/secret-other-pcr0.ct", d->run);
     snprintf(out, sizeof out, "%s/denied.out", d->run);
@@ -753,6 +784,7 @@ static int run_dev(const dev_options *o, bool app_port_given)
     d.port = o->port;
     d.appport = o->app_port;
     d.loose = !strcmp(o->fidelity, "loose");
+    d.tap = !strcmp(o->network, "tap");
     bool check = o->check, no_netns = o->no_netns;
     const char *app = o->app, *run_dir = o->run_dir;
     if (app_port_given && !app) {
@@ -836,6 +868,10 @@ static int run_dev(const dev_options *o, bool app_port_given)
     if (!d.isolated)
         say("cloister dev: WARNING: the enclave side is NOT isolated (%s): it shares this machine's network",
             why);
+    if (d.tap && !d.isolated) {
+        fprintf(stderr, "cloister dev: --network tap needs the enclave's own network namespace (%s)\n", why);
+        goto out;
+    }
 
     char nsm_listen[PATH_MAX + 16], state[PATH_MAX + 16];
     snprintf(nsm_listen, sizeof nsm_listen, "unix:%s/nsm.sock", d.run);
@@ -909,7 +945,12 @@ static int run_dev(const dev_options *o, bool app_port_given)
                          "--enclave-command", (char *)enclave_cmd.data, "--health-connect", health,
                          "--health-interval", "1s", "--backoff-initial", "500ms", "--stop-grace", "5s",
                          d.use_acme ? "--outbound" : NULL, acme_outbound, NULL};
-    if (spawn(&d, &d.host, "host", host_argv) < 0)
+    dev_tap_host tap_host;
+    char tap_listen[PATH_MAX + 16], tap_dial[PATH_MAX + 16];
+    dev_tap_stream(d.loose, d.run, tap_listen, sizeof tap_listen, tap_dial, sizeof tap_dial);
+    dev_tap_host_argv(&tap_host, d.self, d.port, imds_gate, imds_endpoint, tap_listen, d.kms_port,
+                      (const char *)enclave_cmd.data);
+    if (spawn(&d, &d.host, "host", d.tap ? tap_host.argv : host_argv) < 0)
         goto out;
     say("cloister dev: starting: nsm-sim, imds-sim, cloister host, and through its watchdog cloister enclave%s",
         app ? " with your app" : " with examples/hello/app.py");
@@ -932,10 +973,15 @@ static int run_dev(const dev_options *o, bool app_port_given)
     say("  enclave    cloister enclave (pid %d) + %s; network: %s (interfaces: %s)", (int)epid,
         app ? "your app" : "examples/hello/app.py", own_ns ? "its own namespace" : "this machine's, NOT isolated",
         ifaces[0] ? ifaces : "?");
-    say("  host       cloister host: tcp:127.0.0.1:%u -> %s (%s),", d.port, health,
+    say("  host       cloister host: tcp:127.0.0.1:%u -> %s (%s),", d.port, d.tap ? tap_host.health : health,
         d.loose ? "unix sockets for vsock: --fidelity loose" : "vsock code, unix stand-in at the last connect");
     say("             IMDS gate %s -> imds-sim on 127.0.0.1:%u,", imds_gate, d.imds_port);
-    say("             KMS proxy %s -> kms-local on 127.0.0.1:%u, watchdog on the enclave", kms_link, d.kms_port);
+    if (d.tap)
+        say("             TAP bridge %s: enclave tap0 %s <-> %s (nftables, this machine's routing);\n"
+            "             the enclave reaches 169.254.169.254 through the gate, kms-local at %s:%u, watchdog on the enclave",
+            tap_listen, DEV_TAP_ENCLAVE_IP, DEV_TAP_GATEWAY, DEV_TAP_GATEWAY, d.kms_port);
+    else
+        say("             KMS proxy %s -> kms-local on 127.0.0.1:%u, watchdog on the enclave", kms_link, d.kms_port);
     /* dev no longer brings lo up: in a fresh namespace the enclave must */
     bool lo_by_enclave = file_contains(d.host.log, "event=loopback_up interface=lo");
     if (own_ns)
@@ -1035,6 +1081,18 @@ int cmd_dev(int argc, char **argv)
     }
     if (identity_given && !replicas_given) {
         fprintf(stderr, "cloister dev: --identity goes with --replicas N\n");
+        cl_options_free(&spec, NULL);
+        return EXIT_USAGE;
+    }
+    const char *clash = NULL;
+    if (replicas_given && o.acme)
+        clash = "--acme and --replicas N are not combined here (tests/integration/acme_replicas.sh runs ACME behind a balancer)";
+    else if (replicas_given && strcmp(o.network, "proxies"))
+        clash = "--network tap and --replicas N are not combined here (each replica needs its own tap subnet)";
+    else if (o.acme && strcmp(o.network, "proxies"))
+        clash = "--acme goes with --network proxies (the enclave reaches Pebble through the host's outbound proxy)";
+    if (clash) {
+        fprintf(stderr, "cloister dev: %s\n", clash);
         cl_options_free(&spec, NULL);
         return EXIT_USAGE;
     }

@@ -15,7 +15,7 @@
 typedef struct dev_options {
     bool check, no_netns, acme;
     unsigned port, app_port, replicas;
-    char *app, *run_dir, *fidelity, *identity;
+    char *app, *run_dir, *fidelity, *identity, *network;
 } dev_options;
 
 typedef struct proc {
@@ -32,6 +32,7 @@ typedef struct dev {
     bool stop_requested;
     bool isolated;
     bool loose; /* --fidelity loose: unix: links, no seams */
+    bool tap;   /* --network tap (dev_tap.c) */
     unsigned port, imds_port, intport, appport, kms_port;
     proc sim, imds, host, kms;
     char role_key[32], role_secret[64];   /* the instance role's credentials (imds-sim, kms-local) */

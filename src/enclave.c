@@ -15,12 +15,14 @@
 #include "cloister/core/log.h"
 #include "cloister/core/metrics.h"
 #include "cloister/core/options.h"
+#include "cloister/enclave/tap_relay.h"
 #include "cloister/enclave/nsm.h"
 #include "cloister/enclave/server.h"
 #include "cloister/enclave/supervise.h"
 #include "cloister/core/tls.h"
 #include "cloister/enclave/upstream.h"
 #include "commands.h"
+#include "enclave_tap.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -67,6 +69,9 @@ typedef struct settings {
     cl_opt_list sync_dial, sync_roots, sync_allow_pcr0;
     unsigned sync_register_ms, sync_heartbeat_ms, sync_prune_ms;
     enclave_acme_settings acme; /* -acme (src/enclave_acme.c) */
+    /* -tap: tap0 and the egress policy (lib/enclave/tap_relay.c) */
+    bool tap;
+    cl_tap_settings tap_s;
 } settings;
 
 /* nitriding's flags (one or two dashes), then cloister's own; the JSON keys
@@ -191,6 +196,9 @@ static const cl_opt option_specs[] = {
      .def = "1m", .arg = "DUR", .help = "key sync: a worker's heartbeat cadence (shorter for tests)"},
     {.name = "sync-prune-after", CL_OPT_DURATION_AT(settings, sync_prune_ms, 1, 10, 3600000), .def = "1m",
      .arg = "DUR", .help = "key sync: the leader drops a worker silent this long (shorter for tests)"},
+    {.name = "tap", CL_OPT_FLAG(settings, tap),
+     .help = "give the enclave a tap0 relayed to a gvproxy-compatible parent, as nitriding does (the -tap-* and "
+             "-egress-policy options below; the same as cloister tap)"},
 };
 
 static const char usage_text[] = "usage: cloister enclave -fqdn NAME [-appwebsrv URL] [OPTIONS]\n\n"
@@ -228,23 +236,25 @@ static const char epilog[] = "public endpoints (HTTPS):\n"
                              "stop the application, exit 0.\n";
 
 /* The options of s, for parsing and for freeing. */
-static cl_options enclave_options(settings *s, cl_opt_section section[2])
+static cl_options enclave_options(settings *s, cl_opt_section section[3])
 {
     section[0] = (cl_opt_section)CL_OPT_SECTION("options", option_specs, s);
     section[1] = (cl_opt_section){"ACME (-acme)", enclave_acme_option_specs, enclave_acme_option_count, &s->acme};
+    section[2] = (cl_opt_section){"with -tap", NULL, 0, &s->tap_s};
+    section[2].opts = cl_tap_options(&section[2].count);
     return (cl_options){.prog = "cloister enclave",
                         .usage = usage_text,
                         .epilog = epilog,
                         .flags = CL_OPTIONS_SINGLE_DASH,
                         .sections = section,
-                        .section_count = 2};
+                        .section_count = 3};
 }
 
 /* Returns 0, or EXIT_USAGE after printing the problem, or -1 for --help. */
 static int parse_settings(int argc, char **argv, settings *s)
 {
     memset(s, 0, sizeof *s);
-    cl_opt_section section[2];
+    cl_opt_section section[3];
     cl_options spec = enclave_options(s, section);
     cl_options_result r;
     int rc = cl_options_main(&spec, argc, argv, &r);
@@ -289,12 +299,20 @@ static int parse_settings(int argc, char **argv, settings *s)
     }
     if (enclave_acme_check(&s->acme) != 0)
         return EXIT_USAGE;
+    if (s->tap && cl_tap_settings_check(&s->tap_s) < 0) {
+        fprintf(stderr, "cloister enclave: %s (see --help)\n", cl_error_message());
+        return EXIT_USAGE;
+    }
+    if (!s->tap && s->tap_s.egress_policy) {
+        fprintf(stderr, "cloister enclave: --egress-policy goes with --tap\n");
+        return EXIT_USAGE;
+    }
     return 0;
 }
 
 static void settings_free(settings *s)
 {
-    cl_opt_section section[2];
+    cl_opt_section section[3];
     cl_options spec = enclave_options(s, section);
     cl_options_free(&spec, NULL);
 }
@@ -364,6 +382,7 @@ struct enclave {
     size_t secret_count;
     cl_kms_session app_kms; /* -kms-for-app */
     cl_kms_endpoint *kms_endpoint;
+    cl_tap_relay *tap; /* -tap */
 
     pthread_mutex_t lock; /* guards what follows */
     uint8_t app_hash[HASH_LEN];
@@ -547,6 +566,7 @@ static json_t *config_json(enclave *e)
     json_object_set_new(o, "ext-priv-listen", e->sync ? json_string(e->sync_addr) : json_null());
     cl_sync_role role = e->sync ? cl_sync_get_role(e->sync) : CL_SYNC_OFF;
     json_object_set_new(o, "sync-role", json_string(cl_sync_role_name(role)));
+    json_object_set_new(o, "tap", e->tap ? enclave_tap_config(e->tap, &e->s.tap_s) : json_null());
     return o;
 }
 
@@ -627,6 +647,8 @@ static void handle_metrics(enclave *e, cl_response *resp)
                                   e->app_child ? cl_child_restarts(e->app_child) : 0);
     if (e->acme)
         rc |= enclave_acme_metrics(e->acme, e->metrics, out);
+    if (e->tap)
+        rc |= cl_tap_relay_metrics(e->tap, e->s.prometheus_namespace, out);
     resp->status = rc < 0 ? 500 : 200;
     resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
 }
@@ -1252,6 +1274,9 @@ static int enclave_start(enclave *e)
         return cl_error_prefix(lo_rc, "loopback: ");
     if (lo_was_down)
         cl_log(CL_LOG_INFO, "loopback_up", "interface", "lo", "detail", "lo was down; brought it up", NULL);
+    /* first: the app and KMS may need the network */
+    if (e->s.tap)
+        CL_TRY(cl_tap_relay_start(&e->s.tap_s, &e->tap));
     if (e->s.appwebsrv) {
         int rc = cl_upstream_target_parse(e->s.appwebsrv, &e->app);
         if (rc < 0)
@@ -1369,6 +1394,8 @@ static void enclave_stop(enclave *e)
     cl_kms_session_close(&e->app_kms);
     cl_nsm_close(e->nsm);
     free_secrets(e);
+    cl_tap_relay_stop(e->tap);
+    e->tap = NULL;
 }
 
 /* The first phase of a drain: /enclave/health says 503 and every response

@@ -11,6 +11,7 @@
 #include "cloister/host/sd_notify.h"
 #include "cloister/host/watchdog.h"
 #include "commands.h"
+#include "host_tap.h"
 
 #include <arpa/inet.h>
 #include <limits.h>
@@ -98,7 +99,7 @@ static const cl_opt vsock_proxy_options[] = {
     {.name = "version", .short_name = 'V', CL_OPT_FLAG(settings, version), .help = "print the version"},
 };
 
-enum { SECTION_MAIN, SECTION_COMMON, SECTION_ENCLAVE };
+enum { SECTION_MAIN, SECTION_COMMON, SECTION_ENCLAVE, SECTION_TAP };
 
 static const char main_usage[] =
     "usage: cloister host [OPTIONS]\n"
@@ -479,12 +480,17 @@ int cmd_host(int argc, char **argv)
     cl_sd_notify_detach_env(); /* before any thread, and not for the enclave's processes */
     settings s;
     memset(&s, 0, sizeof s);
+    host_tap_settings ts; /* host_tap.c */
+    memset(&ts, 0, sizeof ts);
+    cl_tap_bridge *tap = NULL;
     cl_opt_section sections[] = {
         [SECTION_MAIN] = CL_OPT_SECTION("options", main_options, &s),
         [SECTION_COMMON] = CL_OPT_SECTION(NULL, common_options, &s),
         [SECTION_ENCLAVE] = {"the enclave's life (as cloister watchdog, which explains them)", NULL, 0, &s.wd},
+        [SECTION_TAP] = {"the enclave's TAP network (docs/tap.md)", NULL, 0, &ts},
     };
     sections[SECTION_ENCLAVE].opts = cl_watchdog_options(&sections[SECTION_ENCLAVE].count);
+    sections[SECTION_TAP].opts = host_tap_options(&sections[SECTION_TAP].count);
     char *epilog = main_epilog(); /* NULL: --help without it */
     cl_options spec = {.prog = me,
                        .usage = main_usage,
@@ -508,7 +514,7 @@ int cmd_host(int argc, char **argv)
         goto out;
     }
     init_logging(&s);
-    size_t total = s.forward.count + s.outbound.count + (s.imds ? 1 : 0);
+    size_t total = s.forward.count + s.outbound.count + (s.imds ? 1 : 0) + (s.imds && ts.listen ? 1 : 0);
     bool enclave = cl_watchdog_settings_active(&s.wd);
     if (wd_given && !enclave) {
         fprintf(stderr, "%s: the enclave's options need --run-enclave-eif PATH or --enclave-command CMD\n", me);
@@ -518,9 +524,13 @@ int cmd_host(int argc, char **argv)
         fprintf(stderr, "%s: %s (see --help)\n", me, cl_error_message());
         goto out;
     }
-    if (total == 0 && !enclave) {
-        fprintf(stderr, "%s: nothing to do: give --forward, --outbound, --imds or an enclave to run (see --help)\n",
+    if (total == 0 && !enclave && !ts.listen) {
+        fprintf(stderr, "%s: nothing to do: give --forward, --outbound, --imds, --tap or an enclave to run (see --help)\n",
                 me);
+        goto out;
+    }
+    if (!ts.listen && (ts.forward.count || cl_options_section_given(&spec, &r, SECTION_TAP))) {
+        fprintf(stderr, "%s: the --tap-* options need --tap LISTEN\n", me);
         goto out;
     }
     if (s.dns_server && cl_dns_server_check(s.dns_server) < 0) {
@@ -563,6 +573,19 @@ int cmd_host(int argc, char **argv)
             goto out;
         }
     }
+    cl_tap_config tap_cfg;
+    if (ts.listen) {
+        cl_host_route *gate = s.imds ? &routes[count] : NULL; /* the gate on the gateway address too */
+        if (host_tap_config(&ts, gate != NULL, s.dns_server, &tap_cfg, gate ? &gate->listen : NULL) < 0) {
+            fprintf(stderr, "%s: %s\n", me, cl_error_message());
+            goto out;
+        }
+        if (gate) {
+            gate->kind = CL_ROUTE_IMDS;
+            gate->dest = routes[count - 1].dest;
+            count++;
+        }
+    }
     /* two routes on one listen address would fail late and obscurely */
     for (size_t i = 0; i < count; i++)
         for (size_t k = i + 1; k < count; k++) {
@@ -588,8 +611,20 @@ int cmd_host(int argc, char **argv)
                 goto out;
         }
     }
-    status = run(me, &s, routes, count, s.allowlist ? &allow : NULL);
+    if (ts.listen && cl_tap_bridge_open(&tap_cfg, &tap) < 0) {
+        fprintf(stderr, "%s: --tap: %s\n", me, cl_error_message());
+        status = EXIT_FAILED;
+        goto out;
+    }
+    if (count == 0 && !enclave) { /* the TAP bridge alone */
+        status = cl_tap_bridge_wait(tap) < 0 ? EXIT_FAILED : 0;
+        if (status)
+            fprintf(stderr, "%s: %s\n", me, cl_error_message());
+    } else {
+        status = run(me, &s, routes, count, s.allowlist ? &allow : NULL);
+    }
 out:
+    cl_tap_bridge_close(tap);
     cl_allowlist_free(&allow);
     free(routes);
     cl_options_free(&spec, &r);

@@ -26,6 +26,7 @@ static const struct command commands[] = {
     {"kms", cmd_kms, "AWS KMS calls, with an attested Recipient inside the enclave"},
     {"dynamodb", cmd_dynamodb, "DynamoDB calls (get, put, update, delete) through the library's client"},
     {"cert-store", cmd_cert_store, "the ACME store: KMS-sealed records in DynamoDB or the host's files, the lease"},
+    {"tap", cmd_tap, "the enclave's tap0 relayed to a gvproxy-compatible parent, egress policy inside"},
     {"kms-local", cmd_kms_local, "run a local AWS KMS: SigV4, key policies on attestation, Recipient"},
 };
 

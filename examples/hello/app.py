@@ -41,11 +41,14 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 
 def imds_call(path, method="GET", headers=None):
-    """One request to the host's IMDS gate (one request per connection)."""
+    """One request to the host's IMDS gate (one request per connection): on
+    its link (CLOISTER_IMDS_SOCKET), or with a TAP network at IMDS's own
+    address, which the host sends to the gate."""
     where = os.environ.get("CLOISTER_IMDS_SOCKET")
-    if not where:
-        raise RuntimeError("CLOISTER_IMDS_SOCKET is not set: no IMDS link")
-    conn = UnixHTTPConnection(where)
+    if where:
+        conn = UnixHTTPConnection(where)
+    else:
+        conn = http.client.HTTPConnection("169.254.169.254", 80, timeout=5)
     try:
         conn.request(method, path, headers=headers or {})
         resp = conn.getresponse()

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# The enclave's TAP network against the other two ways out of it, from an
+# "enclave" network namespace to a server in an "internet" namespace, with a
+# "parent" namespace between them (all made here, removed at exit):
+#
+#   tap     tap0 in the enclave namespace, its frames over the stream (a unix
+#           socket: the vsock stand-in) to cloister host --tap, whose TAP
+#           device the parent's kernel routes, masquerade by nftables
+#   proxy   vsock-proxy style: in the enclave namespace a TCP listener that
+#           forwards to the stream (cloister host --forward, the enclave half
+#           of a vsock-proxy pair), and on the parent cloister host --outbound
+#           to the server (the per-destination proxy the TAP replaces)
+#   veth    a plain veth pair from a second enclave namespace to the parent,
+#           routed and masqueraded by the same kernel: the kernel's limit
+#
+#   bench/tap.sh BUILD_DIR [--smoke]
+#
+# For each: TCP throughput (bench/tap_tcp.py: one connection reading for
+# BENCH_SECONDS after a second of warm-up, MB/s), and request latency and
+# rate (wrk, BENCH_SECONDS, 1 connection and 16 connections, against a small
+# Node.js HTTP server).  The enclave side of the TAP is `cloister tap` when
+# this build has it, else tests/integration/tap/peer.py (a Python relay,
+# much slower: said in the output).  BENCH_ROUNDS (3) rounds, medians.
+# BENCH_MTU (1500) sets the MTU of every link (tap0 and the parent's device,
+# the veths): 9001 is what EC2 gives inside a VPC.
+# Needs root (namespaces, TAP).  The table is written to BUILD_DIR/bench-tap.txt.
+set -euo pipefail
+build=${1:?usage: bench/tap.sh BUILD_DIR [--smoke]}
+build=$(cd "$build" && pwd)
+src=$(cd "$(dirname "$0")/.." && pwd)
+cloister=$build/cloister
+secs=${BENCH_SECONDS:-5}
+mtu=${BENCH_MTU:-1500} # of every link: 9001 is EC2's inside a VPC
+rounds=${BENCH_ROUNDS:-3}
+[ "${2:-}" = --smoke ] && { secs=1; rounds=1; }
+[ "$(id -u)" = 0 ] || { echo "bench-tap: needs root (network namespaces, TAP devices)" >&2; exit 2; }
+export CLOISTER_NO_VSOCK=1
+
+work=$(mktemp -d /tmp/cloister-bench-tap.XXXXXX)
+suffix="$$"
+E="clb-e-$suffix" E2="clb-v-$suffix" P="clb-p-$suffix" I="clb-i-$suffix"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  for ns in "$E" "$E2" "$P" "$I"; do ip netns del "$ns" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+bg() { local log=$1; shift; "$@" >"$work/$log.log" 2>&1 & pids+=($!); }
+wait_log() {
+  for _ in $(seq 1 200); do grep -qE "$2" "$work/$1.log" 2>/dev/null && return 0; sleep 0.05; done
+  echo "bench-tap: $1 did not log /$2/:" >&2; tail -20 "$work/$1.log" >&2; exit 1
+}
+
+for ns in "$E" "$E2" "$P" "$I"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+ip -n "$P" link add vp0 type veth peer name vi0 netns "$I"
+ip -n "$P" link set vp0 mtu "$mtu"; ip -n "$I" link set vi0 mtu "$mtu"
+ip -n "$P" addr add 10.250.0.1/24 dev vp0; ip -n "$P" link set vp0 up
+ip -n "$I" addr add 10.250.0.2/24 dev vi0; ip -n "$I" link set vi0 up
+ip -n "$P" link add ve0 type veth peer name ve1 netns "$E2"
+ip -n "$P" link set ve0 mtu "$mtu"; ip -n "$E2" link set ve1 mtu "$mtu"
+ip -n "$P" addr add 192.168.200.1/24 dev ve0; ip -n "$P" link set ve0 up
+ip -n "$E2" addr add 192.168.200.2/24 dev ve1; ip -n "$E2" link set ve1 up
+ip -n "$E2" route add default via 192.168.200.1
+ip netns exec "$P" nft -f - <<'NFT'
+table ip clbench {
+  chain post { type nat hook postrouting priority srcnat; policy accept; ip saddr 192.168.200.0/24 oifname "vp0" masquerade; }
+}
+NFT
+
+# the internet's servers
+bg tcp ip netns exec "$I" python3 "$src/bench/tap_tcp.py" serve 10.250.0.2 5001
+bg http ip netns exec "$I" node -e '
+  require("http").createServer((q, s) => { s.setHeader("Content-Type", "text/plain"); s.end("hello from the internet\n"); })
+    .listen(8080, "10.250.0.2", () => console.log("http: listening"));'
+wait_log tcp 'listening'
+wait_log http 'listening'
+
+# the parent: the TAP bridge, and the outbound proxy
+bg host ip netns exec "$P" "$cloister" host --tap "unix:$work/tap.sock" --tap-dns off --tap-mtu "$mtu" \
+  --outbound "unix:$work/out-tcp.sock=10.250.0.2:5001" --outbound "unix:$work/out-http.sock=10.250.0.2:8080"
+wait_log host 'event=tap-ready'
+wait_log host 'event=started'
+
+# the enclave: its TAP relay, and the enclave halves of the proxy pairs
+relay="tests/integration/tap/peer.py (Python)"
+if "$cloister" tap --help >/dev/null 2>&1; then
+  relay="cloister tap"
+  bg relay ip netns exec "$E" "$cloister" tap --tap-parent "unix:$work/tap.sock" --tap-resolv-conf "" --tap-mtu "$mtu"
+  wait_log relay 'event=tap_connected'
+else
+  bg relay ip netns exec "$E" python3 -u "$src/tests/integration/tap/peer.py" --connect "$work/tap.sock" --dev tap0
+  wait_log relay 'tap0 ready'
+  ip -n "$E" link set tap0 mtu "$mtu"
+  ip -n "$E" addr add 192.168.127.2/24 dev tap0
+  ip -n "$E" link set tap0 up
+  ip -n "$E" route add default via 192.168.127.1
+fi
+bg enc_fwd ip netns exec "$E" "$cloister" host --forward "tcp:127.0.0.1:5001=unix:$work/out-tcp.sock" \
+  --forward "tcp:127.0.0.1:8080=unix:$work/out-http.sock"
+wait_log enc_fwd 'event=started'
+for _ in $(seq 1 100); do ip netns exec "$E" curl -sf --max-time 1 http://10.250.0.2:8080/ >/dev/null && break; sleep 0.1; done
+
+median() { sort -n | awk '{a[NR]=$1} END {if (NR == 0) print "-"; else print a[int((NR + 1) / 2)]}'; }
+declare -A thr lat1 rps1 lat16 rps16
+path_ns() { case $1 in tap | proxy) echo "$E" ;; veth) echo "$E2" ;; esac; }
+path_host() { case $1 in proxy) echo 127.0.0.1 ;; *) echo 10.250.0.2 ;; esac; }
+wrk_run() { # NS URL CONNS -> "p50_ms p99_ms rps"
+  ip netns exec "$1" wrk -t1 -c"$3" -d"${secs}s" --latency "$2" 2>/dev/null | awk '
+    function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+    /^ +50%/ {p50 = ms($2)} /^ +99%/ {p99 = ms($2)} /^Requests\/sec/ {rps = $2}
+    END {printf "%.3f %.3f %.0f\n", p50, p99, rps}'
+}
+for round in $(seq 1 "$rounds"); do
+  for path in tap proxy veth; do
+    ns=$(path_ns $path) h=$(path_host $path)
+    echo "$(ip netns exec "$ns" python3 "$src/bench/tap_tcp.py" get "$h" 5001 "$secs")" >>"$work/thr.$path"
+    read -r p50 p99 rps < <(wrk_run "$ns" "http://$h:8080/" 1)
+    echo "$p50" >>"$work/lat1.$path"; echo "$rps" >>"$work/rps1.$path"
+    read -r p50 p99 rps < <(wrk_run "$ns" "http://$h:8080/" 16)
+    echo "$p99" >>"$work/lat16.$path"; echo "$rps" >>"$work/rps16.$path"
+  done
+done
+for path in tap proxy veth; do
+  thr[$path]=$(median <"$work/thr.$path"); lat1[$path]=$(median <"$work/lat1.$path")
+  rps1[$path]=$(median <"$work/rps1.$path"); lat16[$path]=$(median <"$work/lat16.$path")
+  rps16[$path]=$(median <"$work/rps16.$path")
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+{
+  echo "bench/tap.sh: enclave namespace -> internet namespace, $rounds round(s) of ${secs} s, medians; MTU $mtu; enclave relay: $relay"
+  printf "%-6s %12s %14s %12s %15s %13s\n" path "TCP MB/s" "p50 ms (c=1)" "req/s (c=1)" "p99 ms (c=16)" "req/s (c=16)"
+  for path in tap proxy veth; do
+    printf "%-6s %12s %14s %12s %15s %13s\n" "$path" "${thr[$path]}" "${lat1[$path]}" "${rps1[$path]}" "${lat16[$path]}" "${rps16[$path]}"
+  done
+  echo "tap/veth: throughput $(ratio "${thr[tap]}" "${thr[veth]}"), req/s c=16 $(ratio "${rps16[tap]}" "${rps16[veth]}");" \
+       "tap/proxy: throughput $(ratio "${thr[tap]}" "${thr[proxy]}"), req/s c=16 $(ratio "${rps16[tap]}" "${rps16[proxy]}")"
+} | tee "$build/bench-tap.txt"
