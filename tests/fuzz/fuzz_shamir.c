@@ -10,14 +10,14 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (size < 1)
+    if (size < 1 || data[0] == 0)
         return 0;
     size_t n = data[0];
     data++;
     size--;
     size_t first = n + 1 <= size ? n + 1 : size;
     cl_shamir_share a, b;
-    if (cl_shamir_share_parse(data, first, 0, &a) < 0)
+    if (cl_shamir_share_parse(data, first, n, &a) < 0)
         return 0;
     if (a.len != n || a.x == 0)
         abort();
