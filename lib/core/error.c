@@ -86,6 +86,9 @@ const char *cl_error_name(int code)
     case CL_ENOTFOUND: return "not found";
     case CL_EPROTO: return "protocol error";
     case CL_ENSM: return "nsm error";
+    case CL_ECONFLICT: return "condition failed";
+    case CL_EDENIED: return "access denied";
+    case CL_EBUSY: return "throttled";
     }
     return "unknown error";
 }

@@ -30,6 +30,10 @@ enum cl_err {
     CL_ENOTFOUND = -8, /* a named thing does not exist */
     CL_EPROTO = -9,    /* the peer answered outside its protocol */
     CL_ENSM = -10,     /* the NSM answered with an error code */
+    CL_ECONFLICT = -11, /* a conditional write lost: its condition did not hold (DynamoDB's
+                           ConditionalCheckFailedException, a lease another owner holds) */
+    CL_EDENIED = -12,  /* the service refused the caller's authority (AccessDeniedException) */
+    CL_EBUSY = -13,    /* the service is throttling us, still after the retries */
 };
 
 /* Records the detail for code and returns code, so that
