@@ -24,6 +24,7 @@ static const struct command commands[] = {
     {"watchdog", cmd_watchdog, "start one enclave and keep it alive: health checks, restarts, systemd"},
     {"dev", cmd_dev, "the whole picture on one machine: nsm-sim, enclave, host, IMDS (make run)"},
     {"kms", cmd_kms, "AWS KMS calls, with an attested Recipient inside the enclave"},
+    {"dynamodb", cmd_dynamodb, "DynamoDB calls (get, put, update, delete) through the library's client"},
     {"kms-local", cmd_kms_local, "run a local AWS KMS: SigV4, key policies on attestation, Recipient"},
 };
 
