@@ -47,7 +47,7 @@
 #define MAX_TX_HASH 4096
 #define MAX_CIPHERTEXT_B64 8192
 #define PCR16 16
-#define PCR_BLOCK 2048 /* the workshop's BLOCKSIZE: NSM requests are small */
+#define PCR_BLOCK 1024 /* the workshop used 2048; nsm-sim takes at most 1024 bytes per ExtendPCR */
 #define SHARD_PURPOSE "wallet-shard"
 
 typedef struct opts {
@@ -68,7 +68,7 @@ static const cl_opt option_table[] = {
     {.name = "nsm", CL_OPT_STR(opts, nsm), .arg = "ADDR",
      .help = "the NSM: /dev/nsm or unix:PATH of nsm-sim ($" CL_NSM_ENV ", /dev/nsm)"},
     {.name = "pcr16-file", CL_OPT_STR(opts, pcr_file), .def = "/proc/self/exe", .arg = "PATH",
-     .help = "the file PCR16 is extended with at start (this binary), in 2048-byte blocks, then locked"},
+     .help = "the file PCR16 is extended with at start (this binary), in 1024-byte blocks, then locked"},
     {.name = "threads", CL_OPT_UINT_AT(opts, threads, 1, 64), .def = "4", .arg = "N",
      .help = "requests served at once (KMS calls are serialised)"},
     {.name = "key-id", CL_OPT_STR(opts, key_id), .def = "alias/wallet", .arg = "ID",
@@ -550,7 +550,7 @@ static int enclave_call(unsigned port, const char *method, const char *path, con
     return CL_OK;
 }
 
-/* PCR16 <- SHA-384(PCR16 || block) for each 2048-byte block of the file,
+/* PCR16 <- SHA-384(PCR16 || block) for each 1024-byte block of the file,
  * then locked; what the workshop does with its /app/proxy.  A PCR16
  * locked already (the app restarted) must hold exactly that value. */
 static int extend_pcr16(cl_nsm *nsm, const char *path, char hex_out[97])

@@ -116,6 +116,29 @@ async function main() {
         for (const item of r.Items) console.log(JSON.stringify(item));
         return;
     }
+    if (cmd === 'put-key-policy') { // ENDPOINT KEY_ID POLICY_FILE ACCESS_KEY SECRET (CA: NODE_EXTRA_CA_CERTS)
+        const kms = require(path.join(modules, '@aws-sdk/client-kms'));
+        const client = new kms.KMSClient({ endpoint: a[0], region: 'us-east-1',
+            credentials: { accessKeyId: a[3], secretAccessKey: a[4] } });
+        await client.send(new kms.PutKeyPolicyCommand({ KeyId: a[1], PolicyName: 'default',
+            Policy: fs.readFileSync(a[2], 'utf8') }));
+        return;
+    }
+    if (cmd === 'check-eth-many') { // PUBKEY_HEX FILE: lines "HASH SIGNATURE_JSON"
+        const expected = ethers.computeAddress('0x' + a[0]);
+        let n = 0;
+        for (const line of fs.readFileSync(a[1], 'utf8').split('\n')) {
+            if (!line.trim()) continue;
+            const sp = line.indexOf(' ');
+            const hash = line.slice(0, sp), sig = JSON.parse(line.slice(sp + 1));
+            if (BigInt(sig.s) > N / 2n) die(`high S for ${hash}`);
+            const got = ethers.recoverAddress(hash, { r: sig.r, s: sig.s, v: sig.v });
+            if (got !== expected) die(`signature ${n} over ${hash}: recovered ${got}, expected ${expected}`);
+            n++;
+        }
+        console.log(`verified=${n}`);
+        return;
+    }
     if (cmd === 'check-create') {
         const create = JSON.parse(fs.readFileSync(a[0], 'utf8'));
         const recovery = openRecovery(create, fs.readFileSync(a[1], 'utf8'));
@@ -123,9 +146,8 @@ async function main() {
         if (user.length !== 33 || recovery.length !== 33) die(`shares of ${user.length} and ${recovery.length} bytes`);
         const key = combine([user, recovery]);
         const pub = ethers.SigningKey.computePublicKey('0x' + key.toString('hex'), true).slice(2);
-        key.fill(0);
         if (pub !== create.public_key) die(`user+recovery combine into the key of ${pub}, not ${create.public_key}`);
-        console.log(`address=${ethers.computeAddress('0x' + create.public_key)}`);
+        console.log(`address=${ethers.computeAddress('0x' + create.public_key)} key=${'0x' + key.toString('hex')}`);
         return;
     }
     if (cmd === 'check-eth') {
