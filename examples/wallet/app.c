@@ -278,9 +278,11 @@ static void create_key(wallet *w, const cl_request_info *req, cl_response *resp)
     e |= put(&out, "\", \"public_key\": \"");
     e |= put(&out, pub_hex);
     e |= put(&out, "\", \"recovery\": {\"shard\": \"");
+    cl_buf_reset(&b64); /* cl_base64_encode appends */
     e |= cl_base64_encode(sealed.data, sealed.len, &b64);
     e |= put_n(&out, b64.data, b64.len);
     e |= put(&out, "\", \"ephemeral_public_key\": \"");
+    cl_buf_reset(&b64);
     e |= cl_base64_encode(eph.data, eph.len, &b64);
     e |= put_n(&out, b64.data, b64.len);
     e |= put(&out, "\"}}\n");

@@ -16,6 +16,7 @@
 #   - 100 Ethereum signatures from 10 concurrent clients, all verified by ethers
 set -euo pipefail
 source "$(dirname "$0")/common.bash"
+export NODE_NO_WARNINGS=1 # the SDK v3 warns about node 20 on every run
 
 BUILD=${CLOISTER_BUILD_DIR:-$(dirname "$CLOISTER")}
 WALLET=$BUILD/cloister-wallet
@@ -66,6 +67,7 @@ spawn kms "$CLOISTER" kms-local --listen "tcp:127.0.0.1:$kp" --state "$work/kms"
     --root "$work/state/root.pem" --key "alias/wallet=$work/policy.json"
 wait_for_log kms '^kms-local: listening on '
 CA=$work/kms/ca.pem
+KEY_ARN=$(sed -n 's/.*event=key alias=alias\/wallet arn=\([^ ]*\).*/\1/p' "$work/kms.log")
 
 dp=$(free_port)
 start_dynalite() {
@@ -181,12 +183,12 @@ sign_raw "{\"key_shard_b64\": \"$SHARD\", \"pub_key\": \"$PUB\", \"tx_hash\": \"
 pass "a tampered, another key's, a moved-x or malformed share: 400 with an error, no signature"
 
 # ---- the key's policy names another PCR0 ----------------------------------------------------------
-NODE_EXTRA_CA_CERTS=$CA node "$PEER" put-key-policy "https://localhost:$kp" alias/wallet "$work/policy-other.json" \
+NODE_EXTRA_CA_CERTS=$CA node "$PEER" put-key-policy "https://localhost:$kp" "$KEY_ARN" "$work/policy-other.json" \
     "$OPER_KEY" "$OPER_SECRET" || fail "put-key-policy"
 sign_raw "{\"key_shard_b64\": \"$SHARD\", \"pub_key\": \"$PUB\", \"tx_hash\": \"x\"}"
 [ "$st" = 403 ] && ! grep -q '"signature"' "$work/raw.out" || fail "another PCR0 in the policy: $st $(cat "$work/raw.out")"
 grep -q AccessDenied "$work/raw.out" || fail "the 403 does not say AccessDenied: $(cat "$work/raw.out")"
-NODE_EXTRA_CA_CERTS=$CA node "$PEER" put-key-policy "https://localhost:$kp" alias/wallet "$work/policy.json" \
+NODE_EXTRA_CA_CERTS=$CA node "$PEER" put-key-policy "https://localhost:$kp" "$KEY_ARN" "$work/policy.json" \
     "$OPER_KEY" "$OPER_SECRET" || fail "put-key-policy back"
 sign_raw "{\"key_shard_b64\": \"$SHARD\", \"pub_key\": \"$PUB\", \"tx_hash\": \"x\"}"
 [ "$st" = 200 ] || fail "the policy back: $st"
