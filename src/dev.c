@@ -20,6 +20,7 @@
 #include "cloister/core/options.h"
 #include "cloister/core/process.h"
 #include "commands.h"
+#include "dev_wallet.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -49,7 +50,7 @@
 #define STOP_TIMEOUT_MS 15000
 
 static const char usage_text[] =
-    "usage: cloister dev [--check] [--port N] [--app CMD [--app-port N]] [--no-netns]\n"
+    "usage: cloister dev [--check] [--port N] [--app CMD|wallet [--app-port N]] [--no-netns]\n"
     "                    [--run-dir DIR] [--fidelity nitro|loose]\n"
     "\n"
     "Runs the whole picture on one machine: the NSM simulator; the enclave side\n"
@@ -94,7 +95,8 @@ static const cl_opt dev_option_table[] = {
      .help = "HTTPS for you on 127.0.0.1:N"},
     {.name = "app", CL_OPT_STR(dev_options, app), .arg = "CMD",
      .help = "run CMD as the application instead of examples/hello/app.py; it must serve HTTP on "
-             "127.0.0.1:--app-port"},
+             "127.0.0.1:--app-port.  'wallet': the multi-party wallet example (examples/wallet) with dynalite "
+             "for its shares and a walk-through with its client"},
     {.name = "app-port", CL_OPT_UINT_AT(dev_options, app_port, 1, 65535), .def = STR(ENCLAVE_APPPORT), .arg = "N",
      .help = "the port of --app"},
     {.name = "no-netns", CL_OPT_FLAG(dev_options, no_netns),
@@ -126,6 +128,7 @@ typedef struct dev {
     char oper_key[32], oper_secret[64];   /* the operator's, who encrypts outside the enclave */
     char pcr0[2 * 48 + 1];                /* the enclave's: SHA-384 of this binary, as nsm-sim measures it */
     char secret_sha256[2 * 32 + 1];       /* of the demo secret, which only the enclave opens */
+    const char *extra_kms_key;            /* kms-local --key for --app wallet */
 } dev;
 
 static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -426,11 +429,12 @@ static int shell_quote(cl_buf *out, const char *word)
  * of Nitro (the enclave CID 16 listening on VMADDR_CID_ANY, the parent CID
  * 3), which the stand-in (CLOISTER_VSOCK_STANDIN=RUN/vsock) turns into unix
  * sockets only at the last bind/connect.  loose: plain unix sockets. */
-enum link_kind { LINK_ENCLAVE_LISTEN, LINK_ENCLAVE, LINK_IMDS, LINK_KMS };
+enum link_kind { LINK_ENCLAVE_LISTEN, LINK_ENCLAVE, LINK_IMDS, LINK_KMS, LINK_DYNAMODB };
 static void link_addr(const dev *d, enum link_kind k, char *out, size_t len)
 {
-    static const char *const vsock[] = {"vsock:4294967295:443", "vsock:16:443", "vsock:3:8002", "vsock:3:8000"};
-    static const char *const file[] = {"enclave.sock", "enclave.sock", "imds.sock", "kms.sock"};
+    static const char *const vsock[] = {"vsock:4294967295:443", "vsock:16:443", "vsock:3:8002", "vsock:3:8000",
+                                        "vsock:3:8001"};
+    static const char *const file[] = {"enclave.sock", "enclave.sock", "imds.sock", "kms.sock", "dynamodb.sock"};
     if (d->loose)
         snprintf(out, len, "unix:%s/%s", d->run, file[k]);
     else
@@ -622,7 +626,7 @@ static bool start_kms(dev *d)
     snprintf(key_other, sizeof key_other, "alias/other-pcr0=%s", pol_other);
     char *kms_argv[] = {d->self, "kms-local", "--listen", listen, "--state", state, "--region", "us-east-1", "--tls",
                         "--credentials", creds_role, "--credentials", creds_oper, "--root", root, "--key", key_dev,
-                        "--key", key_other, NULL};
+                        "--key", key_other, d->extra_kms_key ? "--key" : NULL, (char *)d->extra_kms_key, NULL};
     if (spawn(d, &d->kms, "kms-local", kms_argv) < 0 || !wait_for(d, &d->kms, "kms-local", kms_ready, 15000))
         return false;
 
@@ -760,6 +764,9 @@ static int run_dev(const dev_options *o, bool app_port_given)
     d.loose = !strcmp(o->fidelity, "loose");
     bool check = o->check, no_netns = o->no_netns;
     const char *app = o->app, *run_dir = o->run_dir;
+    bool wallet = dev_wallet_wanted(app);
+    dev_wallet w;
+    memset(&w, 0, sizeof w);
     if (app_port_given && !app) {
         fprintf(stderr, "cloister dev: --app-port goes with --app\n");
         return EXIT_USAGE;
@@ -819,7 +826,7 @@ static int run_dev(const dev_options *o, bool app_port_given)
     const char *why = "--no-netns";
     d.isolated = !no_netns && netns_possible(&why);
     d.intport = d.isolated ? ENCLAVE_INTPORT : free_port();
-    if (!d.isolated && !app)
+    if (!d.isolated && (!app || wallet))
         d.appport = free_port();
     d.imds_port = free_port();
     say("cloister dev: run directory %s", d.run);
@@ -867,10 +874,23 @@ static int run_dev(const dev_options *o, bool app_port_given)
         !wait_for(&d, &d.imds, "the IMDS stand-in", imds_ready, 10000))
         goto out;
     d.kms_port = free_port();
+    char ddb_link[PATH_MAX + 16];
+    link_addr(&d, LINK_DYNAMODB, ddb_link, sizeof ddb_link);
+    if (wallet && dev_wallet_prepare(&w, d.self, d.run, DEV_ROLE_ARN, d.pcr0, ddb_link) < 0) {
+        fprintf(stderr, "cloister dev: --app wallet: %s\n", cl_error_message());
+        goto out;
+    }
+    d.extra_kms_key = wallet ? w.key_arg : NULL;
     if (!start_kms(&d))
         goto out;
 
-    if (app) {
+    if (wallet) {
+        char imds_l[PATH_MAX + 16], kms_l[PATH_MAX + 16];
+        link_addr(&d, LINK_IMDS, imds_l, sizeof imds_l);
+        link_addr(&d, LINK_KMS, kms_l, sizeof kms_l);
+        if (dev_wallet_app_command(&w, d.appport, d.intport, imds_l, kms_l, ddb_link, &app_cmd) < 0)
+            goto out;
+    } else if (app) {
         if (cl_buf_append(&app_cmd, app, strlen(app) + 1) < 0)
             goto out;
     } else {
@@ -885,7 +905,7 @@ static int run_dev(const dev_options *o, bool app_port_given)
             cl_buf_append(&app_cmd, "", 1) < 0)
             goto out;
     }
-    if (enclave_command(&d, (const char *)app_cmd.data, app == NULL, &enclave_cmd) < 0) {
+    if (enclave_command(&d, (const char *)app_cmd.data, app == NULL || wallet, &enclave_cmd) < 0) {
         fprintf(stderr, "cloister dev: %s\n", cl_error_message());
         goto out;
     }
@@ -899,7 +919,8 @@ static int run_dev(const dev_options *o, bool app_port_given)
     char *host_argv[] = {d.self, "host", "--forward", forward, "--imds", imds_gate, "--imds-endpoint", imds_endpoint,
                          "--outbound", outbound,
                          "--enclave-command", (char *)enclave_cmd.data, "--health-connect", health,
-                         "--health-interval", "1s", "--backoff-initial", "500ms", "--stop-grace", "5s", NULL};
+                         "--health-interval", "1s", "--backoff-initial", "500ms", "--stop-grace", "5s",
+                         wallet ? "--outbound" : NULL, w.outbound, NULL};
     if (spawn(&d, &d.host, "host", host_argv) < 0)
         goto out;
     say("cloister dev: starting: nsm-sim, imds-sim, cloister host, and through its watchdog cloister enclave%s",
@@ -944,7 +965,7 @@ static int run_dev(const dev_options *o, bool app_port_given)
 
     if (check) {
         say("\ncloister dev --check: requests through the deployment");
-        bool ok = exercise(&d);
+        bool ok = wallet ? dev_wallet_walkthrough(&w, d.port, d.pcr0, true) : exercise(&d);
         if (d.isolated && !own_ns) {
             say("FAIL  the enclave is not in its own network namespace");
             ok = false;
@@ -969,6 +990,8 @@ static int run_dev(const dev_options *o, bool app_port_given)
     say("  a browser: https://127.0.0.1:%u/ (it warns about the self-signed certificate: trust comes", d.port);
     say("  from the attestation, which cloister verify checks)");
     say("  logs: %s/{host,nsm-sim,imds-sim,kms-local}.log (the enclave's and the app's are in host.log)", d.run);
+    if (wallet)
+        dev_wallet_walkthrough(&w, d.port, d.pcr0, false);
     say("Ctrl-C stops everything and removes %s.", d.run);
     while (!d.stop_requested) {
         pause_ms(&d, 500);
@@ -988,6 +1011,7 @@ out:
     if (d.stop_requested && status != 0 && !check)
         status = 0; /* stopped by the user: not a failure */
     say("cloister dev: stopping");
+    dev_wallet_stop(&w); /* before stop_all removes the run directory it writes to */
     stop_all(&d);
     cl_buf_free(&enclave_cmd);
     cl_buf_free(&app_cmd);
