@@ -136,6 +136,21 @@ user = base64.b64decode(json.load(open(sys.argv[4]))["key_shard"])
 raw = open(sys.argv[1], "rb").read()
 for secret in (key, user, user[:32]):
     assert secret not in blob and secret.hex().encode() not in raw and base64.b64encode(secret) not in raw
+# no 33 bytes of the stored blob are a share of the key: a point (x, y) on the line through (0, key)
+# and the user's share, in GF(2^8) with the AES polynomial
+def mul(a, b):
+    p = 0
+    for _ in range(8):
+        if b & 1: p ^= a
+        a = ((a << 1) ^ 0x11b) if a & 0x80 else a << 1
+        b >>= 1
+    return p
+inv = {a: next(x for x in range(1, 256) if mul(a, x) == 1) for a in range(1, 256)}
+xu = user[32]
+def on_line(w):
+    x = w[32]
+    return x != 0 and all(w[i] == key[i] ^ mul(mul(key[i] ^ user[i], inv[xu]), x) for i in range(32))
+assert not any(on_line(blob[i:i + 33]) for i in range(len(blob) - 32)), "a share of the key in the table"
 assert blob[0] == 1 and len(blob) > 33 + 28, len(blob)   # kms-local's ciphertext blob: 0x01 || key id || IV || ct || tag
 print(item["Shard"]["S"])
 EOF
