@@ -173,6 +173,27 @@ out=$(node "$PEER" check-eth "$PUB" "$HASH" "$work/eth.json") || fail "ethereum 
 [ "$out" = "address=$ADDRESS" ] || fail "ethers recovered $out, expected $ADDRESS"
 pass "sign: the plain signature verifies (ethers, node:crypto); ethers recovers $ADDRESS from (r, s, v), low-S"
 
+# ---- the client sends no share to an enclave it has not proven on that connection ------------------
+signatures() { curl -sk "$URL/app/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["signatures"])'; }
+before=$(signatures)
+rc=0
+"$CLIENT" "$URL" --root "$work/state/root.pem" --pcr "0=$PCR0_OTHER" sign --key "$work/key.json" --tx-hash x \
+    >/dev/null 2>"$work/refused.err" || rc=$?
+[ "$rc" = 1 ] || fail "sign to an enclave with another PCR0 ($rc): $(cat "$work/refused.err")"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/relay.key" -out "$work/relay.pem" \
+    -subj /CN=localhost -days 1 2>/dev/null
+rp=$(free_port)
+spawn relay socat "openssl-listen:$rp,bind=127.0.0.1,reuseaddr,fork,cert=$work/relay.pem,key=$work/relay.key,verify=0" \
+    "openssl:127.0.0.1:$ep,verify=0"
+for _ in $(seq 1 50); do curl -sk -o /dev/null "https://127.0.0.1:$rp/app/stats" && break; sleep 0.1; done
+rc=0
+client --connect "tcp:127.0.0.1:$rp" sign --key "$work/key.json" --tx-hash x >/dev/null 2>"$work/relay.err" || rc=$?
+[ "$rc" = 1 ] && grep -q 'not the one on this TLS connection' "$work/relay.err" ||
+    fail "sign through a TLS relay with its own certificate ($rc): $(cat "$work/relay.err")"
+stop relay || true
+[ "$(signatures)" = "$before" ] || fail "the wallet signed for a client that had not proven it ($before -> $(signatures))"
+pass "the client refuses (another PCR0, a relay with its own certificate) before any share leaves it"
+
 # ---- wrong, tampered, malformed user shares -------------------------------------------------------
 sign_raw() { # BODY -> status in $st, answer in $work/raw.out
     st=$(curl -sk -o "$work/raw.out" -w '%{http_code}' -H 'Content-Type: application/json' --data "$1" \
