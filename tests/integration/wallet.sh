@@ -19,8 +19,8 @@ source "$(dirname "$0")/common.bash"
 export NODE_NO_WARNINGS=1 # the SDK v3 warns about node 20 on every run
 
 BUILD=${CLOISTER_BUILD_DIR:-$(dirname "$CLOISTER")}
-WALLET=$BUILD/cloister-wallet
-CLIENT=$BUILD/cloister-wallet-client
+WALLET=$BUILD/cloister-wallet${CLOISTER_WALLET_SUFFIX:-} # -asan: the ASan+UBSan build
+CLIENT=$BUILD/cloister-wallet-client${CLOISTER_WALLET_SUFFIX:-}
 PEER=$SOURCE_DIR/tests/node/wallet.js
 [ -x "$WALLET" ] && [ -x "$CLIENT" ] || fail "build cloister-wallet and cloister-wallet-client first"
 node_modules_present || { echo "skip: tests/node/node_modules absent (scripts/node-deps.sh)"; exit 77; }
