@@ -17,6 +17,8 @@ int cmd_keyholder(int argc, char **argv);
 int cmd_host_acm(int argc, char **argv); /* `cloister host acm`, dispatched by cmd_host */
 int cmd_acm(int argc, char **argv);
 int cmd_dynamodb(int argc, char **argv);
+int cmd_cert_store(int argc, char **argv);
+int cmd_host_file_store(int argc, char **argv); /* `cloister host file-store`, dispatched by cmd_host */
 
 #define CLOISTER_VERSION "0.1.0"
 

@@ -95,7 +95,8 @@ static const char main_usage[] =
     "usage: cloister host [OPTIONS]\n"
     "       cloister host vsock-proxy [-4|-6] [--config FILE] [-w N] [--listen ADDR] [OPTIONS]\n"
     "                                 LOCAL_PORT REMOTE_ADDR REMOTE_PORT (see its --help)\n"
-    "       cloister host acm --bundle FILE|URL --token LABEL --provision ADDR [...] (see its --help)\n\n"
+    "       cloister host acm --bundle FILE|URL --token LABEL --provision ADDR [...] (see its --help)\n"
+    "       cloister host file-store --listen ADDR --dir DIR (the enclave's ACME store file:DIR)\n\n"
     "The parent instance's side of an enclave: forwards connections into it, proxies its\n"
     "connections out to allowed services, and gates its instance metadata calls.\n"
     "Addresses are vsock:CID:PORT, unix:PATH or tcp:HOST:PORT ([v6] in brackets).\n\n";
@@ -454,6 +455,8 @@ int cmd_host(int argc, char **argv)
         return cmd_vsock_proxy(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "acm"))
         return cmd_host_acm(argc - 1, argv + 1); /* host_acm.c */
+    if (argc >= 2 && !strcmp(argv[1], "file-store"))
+        return cmd_host_file_store(argc - 1, argv + 1); /* host_file_store.c */
     const char *me = "cloister host";
     cl_sd_notify_detach_env(); /* before any thread, and not for the enclave's processes */
     settings s;

@@ -25,6 +25,7 @@ static const struct command commands[] = {
     {"dev", cmd_dev, "the whole picture on one machine: nsm-sim, enclave, host, IMDS (make run)"},
     {"kms", cmd_kms, "AWS KMS calls, with an attested Recipient inside the enclave"},
     {"dynamodb", cmd_dynamodb, "DynamoDB calls (get, put, update, delete) through the library's client"},
+    {"cert-store", cmd_cert_store, "the ACME store: KMS-sealed records in DynamoDB or the host's files, the lease"},
     {"kms-local", cmd_kms_local, "run a local AWS KMS: SigV4, key policies on attestation, Recipient"},
 };
 

@@ -327,7 +327,7 @@ static int file_put(cl_cert_store *s, const char *key, const uint8_t *data, size
 {
     cl_buf b = CL_BUF_INIT;
     CL_TRY(cl_base64_encode(data, len, &b));
-    json_t *req = json_pack("{sss#}", "key", key, "data", (const char *)b.data, strlen((const char *)b.data));
+    json_t *req = json_pack("{ssss#}", "key", key, "data", (const char *)b.data, (int)strlen((const char *)b.data));
     cl_buf_free(&b);
     CL_ENSURE(req, CL_ENOMEM, "out of memory");
     if (expect)
@@ -416,9 +416,9 @@ static int file_record_make(const char *name, const stored *st, cl_buf *doc)
     if (o && st->cert_ct.len)
         json_object_set_new(o, "cert_key", json_string((const char *)c.data));
     if (o && st->chain.len)
-        json_object_set_new(o, "chain", json_stringn((const char *)st->chain.data, st->chain.len));
+        json_object_set_new(o, "chain", json_stringn((const char *)st->chain.data, (int)st->chain.len));
     if (o && st->metadata.len)
-        json_object_set_new(o, "metadata", json_stringn((const char *)st->metadata.data, st->metadata.len));
+        json_object_set_new(o, "metadata", json_stringn((const char *)st->metadata.data, (int)st->metadata.len));
     char *text = o ? json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER) : NULL;
     json_decref(o);
     cl_buf_free(&a);
@@ -474,10 +474,10 @@ static json_t *ddb_record_make(const char *name, const stored *st)
     /* DynamoDB refuses NUL-free text no more than any other; jansson needs
      * the length for text that is not a C string */
     if (st->chain.len)
-        json_object_set_new(item, "chain", json_pack("{ss#}", "S", (const char *)st->chain.data, st->chain.len));
+        json_object_set_new(item, "chain", json_pack("{ss#}", "S", (const char *)st->chain.data, (int)st->chain.len));
     if (st->metadata.len)
         json_object_set_new(item, "metadata",
-                            json_pack("{ss#}", "S", (const char *)st->metadata.data, st->metadata.len));
+                            json_pack("{ss#}", "S", (const char *)st->metadata.data, (int)st->metadata.len));
     json_object_set_new(item, "updated", cl_dynamodb_n(st->updated_ms));
     if (json_object_size(item) < 4) {
         json_decref(item);
@@ -793,16 +793,20 @@ static int ddb_lease_write(cl_cert_store *s, const char *name, const char *owner
     json_t *values = json_pack("{so}", ":me", cl_dynamodb_s(owner));
     int rc = CL_OK;
     CL_ENSURE_OUT(item && names && values, CL_ENOMEM, "out of memory");
-    json_object_set_new(item, "owner", cl_dynamodb_s(owner));
-    json_object_set_new(item, "expires", cl_dynamodb_n(expires));
     cl_dynamodb_options o = {.names = names, .values = values};
     if (renew) {
+        /* only the expiry moves, and only while the item still names us */
         o.condition = "#o = :me";
+        o.update = "SET #e = :exp";
+        json_object_set_new(values, ":exp", cl_dynamodb_n(expires));
+        rc = cl_dynamodb_update_item(s->ddb, s->location, item, &o, NULL);
     } else {
+        json_object_set_new(item, "owner", cl_dynamodb_s(owner));
+        json_object_set_new(item, "expires", cl_dynamodb_n(expires));
         o.condition = "attribute_not_exists(#o) OR #e < :now OR #o = :me";
         json_object_set_new(values, ":now", cl_dynamodb_n(now));
+        rc = cl_dynamodb_put_item(s->ddb, s->location, item, &o, NULL);
     }
-    rc = cl_dynamodb_put_item(s->ddb, s->location, item, &o, NULL);
 out:
     json_decref(item);
     json_decref(names);

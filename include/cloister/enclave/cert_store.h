@@ -77,7 +77,7 @@ typedef struct cl_cert_record {
     cl_buf cert_key;    /* secret */
     cl_buf chain_pem;   /* leaf first */
     cl_buf metadata;    /* a JSON object's text; empty: {} */
-    int64_t updated_ms; /* get: when it was put (the writer's clock; informative) */
+    int64_t updated_ms; /* get: when it was put (the writer's clock; not authenticated: informative) */
 } cl_cert_record;
 
 void cl_cert_record_free(cl_cert_record *r);
@@ -87,7 +87,8 @@ void cl_cert_record_free(cl_cert_record *r);
  * or whose leaf does not match cert_key is refused (CL_EINVAL) before
  * anything is sent. */
 CL_MUST_CHECK int cl_cert_store_put(cl_cert_store *s, const char *name, const cl_cert_record *rec);
-/* Reads, verifies and opens a record into *out (replaced).  CL_ENOTFOUND
+/* Reads, verifies and opens a record into *out (replaced: zero it before
+ * the first call; cl_cert_record_free it after the last).  CL_ENOTFOUND
  * when there is none; CL_EVERIFY when the parent's copy is not one this
  * enclave's KMS key vouches for (KMS refused the context, the leaf does not
  * match, ...); CL_EPARSE when it is malformed.  Nothing is returned then. */
