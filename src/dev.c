@@ -23,6 +23,7 @@
 #include "dev.h"
 #include "dev_acme.h"
 #include "dev_tap.h"
+#include "dev_wallet.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -52,7 +53,7 @@
 #define STOP_TIMEOUT_MS 15000
 
 static const char usage_text[] =
-    "usage: cloister dev [--check] [--port N] [--app CMD [--app-port N]] [--no-netns]\n"
+    "usage: cloister dev [--check] [--port N] [--app CMD|wallet [--app-port N]] [--no-netns]\n"
     "                    [--run-dir DIR] [--fidelity nitro|loose] [--network proxies|tap]\n"
     "                    [--replicas N [--identity kms|sync]] [--acme]\n"
     "\n"
@@ -110,7 +111,8 @@ static const cl_opt dev_option_table[] = {
      .help = "HTTPS for you on 127.0.0.1:N"},
     {.name = "app", CL_OPT_STR(dev_options, app), .arg = "CMD",
      .help = "run CMD as the application instead of examples/hello/app.py; it must serve HTTP on "
-             "127.0.0.1:--app-port"},
+             "127.0.0.1:--app-port.  'wallet': the multi-party wallet example (examples/wallet) with dynalite "
+             "for its shares and a walk-through with its client"},
     {.name = "app-port", CL_OPT_UINT_AT(dev_options, app_port, 1, 65535), .def = STR(ENCLAVE_APPPORT), .arg = "N",
      .help = "the port of --app"},
     {.name = "no-netns", CL_OPT_FLAG(dev_options, no_netns),
@@ -430,11 +432,12 @@ int shell_quote(cl_buf *out, const char *word)
  * of Nitro (the enclave CID 16 listening on VMADDR_CID_ANY, the parent CID
  * 3), which the stand-in (CLOISTER_VSOCK_STANDIN=RUN/vsock) turns into unix
  * sockets only at the last bind/connect.  loose: plain unix sockets. */
-enum link_kind { LINK_ENCLAVE_LISTEN, LINK_ENCLAVE, LINK_IMDS, LINK_KMS };
+enum link_kind { LINK_ENCLAVE_LISTEN, LINK_ENCLAVE, LINK_IMDS, LINK_KMS, LINK_DYNAMODB };
 static void link_addr(const dev *d, enum link_kind k, char *out, size_t len)
 {
-    static const char *const vsock[] = {"vsock:4294967295:443", "vsock:16:443", "vsock:3:8002", "vsock:3:8000"};
-    static const char *const file[] = {"enclave.sock", "enclave.sock", "imds.sock", "kms.sock"};
+    static const char *const vsock[] = {"vsock:4294967295:443", "vsock:16:443", "vsock:3:8002", "vsock:3:8000",
+                                        "vsock:3:8001"};
+    static const char *const file[] = {"enclave.sock", "enclave.sock", "imds.sock", "kms.sock", "dynamodb.sock"};
     if (d->loose)
         snprintf(out, len, "unix:%s/%s", d->run, file[k]);
     else
@@ -646,7 +649,7 @@ bool start_kms(dev *d)
     snprintf(key_other, sizeof key_other, "alias/other-pcr0=%s", pol_other);
     char *kms_argv[] = {d->self, "kms-local", "--listen", listen, "--state", state, "--region", "us-east-1", "--tls",
                         "--credentials", creds_role, "--credentials", creds_oper, "--root", root, "--key", key_dev,
-                        "--key", key_other, NULL};
+                        "--key", key_other, d->extra_kms_key ? "--key" : NULL, (char *)d->extra_kms_key, NULL};
     if (spawn(d, &d->kms, "kms-local", kms_argv) < 0 || !wait_for(d, &d->kms, "kms-local", kms_ready, 15000))
         return false;
 
@@ -787,6 +790,9 @@ static int run_dev(const dev_options *o, bool app_port_given)
     d.tap = !strcmp(o->network, "tap");
     bool check = o->check, no_netns = o->no_netns;
     const char *app = o->app, *run_dir = o->run_dir;
+    bool wallet = dev_wallet_wanted(app);
+    dev_wallet w;
+    memset(&w, 0, sizeof w);
     if (app_port_given && !app) {
         fprintf(stderr, "cloister dev: --app-port goes with --app\n");
         return EXIT_USAGE;
@@ -846,7 +852,7 @@ static int run_dev(const dev_options *o, bool app_port_given)
     const char *why = "--no-netns";
     d.isolated = !no_netns && netns_possible(&why);
     d.intport = d.isolated ? ENCLAVE_INTPORT : free_port();
-    if (!d.isolated && !app)
+    if (!d.isolated && (!app || wallet))
         d.appport = free_port();
     d.imds_port = free_port();
     say("cloister dev: run directory %s", d.run);
@@ -898,10 +904,23 @@ static int run_dev(const dev_options *o, bool app_port_given)
         !wait_for(&d, &d.imds, "the IMDS stand-in", imds_ready, 10000))
         goto out;
     d.kms_port = free_port();
+    char ddb_link[PATH_MAX + 16];
+    link_addr(&d, LINK_DYNAMODB, ddb_link, sizeof ddb_link);
+    if (wallet && dev_wallet_prepare(&w, d.self, d.run, DEV_ROLE_ARN, d.pcr0, ddb_link) < 0) {
+        fprintf(stderr, "cloister dev: --app wallet: %s\n", cl_error_message());
+        goto out;
+    }
+    d.extra_kms_key = wallet ? w.key_arg : NULL;
     if (!start_kms(&d))
         goto out;
 
-    if (app) {
+    if (wallet) {
+        char imds_l[PATH_MAX + 16], kms_l[PATH_MAX + 16];
+        link_addr(&d, LINK_IMDS, imds_l, sizeof imds_l);
+        link_addr(&d, LINK_KMS, kms_l, sizeof kms_l);
+        if (dev_wallet_app_command(&w, d.appport, d.intport, imds_l, kms_l, ddb_link, &app_cmd) < 0)
+            goto out;
+    } else if (app) {
         if (cl_buf_append(&app_cmd, app, strlen(app) + 1) < 0)
             goto out;
     } else {
@@ -929,7 +948,7 @@ static int run_dev(const dev_options *o, bool app_port_given)
         }
         snprintf(acme_outbound, sizeof acme_outbound, "%s=127.0.0.1:%u", d.acme_link, d.acme.port);
     }
-    if (enclave_command(&d, (const char *)app_cmd.data, app == NULL, &enclave_cmd) < 0) {
+        if (enclave_command(&d, (const char *)app_cmd.data, app == NULL || wallet, &enclave_cmd) < 0) {
         fprintf(stderr, "cloister dev: %s\n", cl_error_message());
         goto out;
     }
@@ -944,7 +963,7 @@ static int run_dev(const dev_options *o, bool app_port_given)
                          "--outbound", outbound,
                          "--enclave-command", (char *)enclave_cmd.data, "--health-connect", health,
                          "--health-interval", "1s", "--backoff-initial", "500ms", "--stop-grace", "5s",
-                         d.use_acme ? "--outbound" : NULL, acme_outbound, NULL};
+                         d.use_acme || wallet ? "--outbound" : NULL, d.use_acme ? acme_outbound : w.outbound, NULL};
     dev_tap_host tap_host;
     char tap_listen[PATH_MAX + 16], tap_dial[PATH_MAX + 16];
     dev_tap_stream(d.loose, d.run, tap_listen, sizeof tap_listen, tap_dial, sizeof tap_dial);
@@ -1005,7 +1024,7 @@ static int run_dev(const dev_options *o, bool app_port_given)
 
     if (check) {
         say("\ncloister dev --check: requests through the deployment");
-        bool ok = exercise(&d);
+        bool ok = wallet ? dev_wallet_walkthrough(&w, d.port, d.pcr0, true) : exercise(&d);
         if (!acme_ok) {
             say("FAIL  --acme: the enclave does not serve a Pebble-issued certificate (see %s/pebble.log)", d.run);
             ok = false;
@@ -1034,6 +1053,8 @@ static int run_dev(const dev_options *o, bool app_port_given)
     say("  a browser: https://127.0.0.1:%u/ (it warns about the self-signed certificate: trust comes", d.port);
     say("  from the attestation, which cloister verify checks)");
     say("  logs: %s/{host,nsm-sim,imds-sim,kms-local}.log (the enclave's and the app's are in host.log)", d.run);
+    if (wallet)
+        dev_wallet_walkthrough(&w, d.port, d.pcr0, false);
     say("Ctrl-C stops everything and removes %s.", d.run);
     while (!d.stop_requested) {
         pause_ms(&d, 500);
@@ -1053,6 +1074,7 @@ out:
     if (d.stop_requested && status != 0 && !check)
         status = 0; /* stopped by the user: not a failure */
     say("cloister dev: stopping");
+    dev_wallet_stop(&w); /* before stop_all removes the run directory it writes to */
     stop_all(&d);
     dev_acme_stop(&d.acme);
     cl_buf_free(&enclave_cmd);
@@ -1089,6 +1111,8 @@ int cmd_dev(int argc, char **argv)
         clash = "--acme and --replicas N are not combined here (tests/integration/acme_replicas.sh runs ACME behind a balancer)";
     else if (replicas_given && strcmp(o.network, "proxies"))
         clash = "--network tap and --replicas N are not combined here (each replica needs its own tap subnet)";
+    else if (o.app && !strcmp(o.app, "wallet") && (replicas_given || o.acme || strcmp(o.network, "proxies")))
+        clash = "--app wallet runs alone (not with --replicas, --acme or --network tap)";
     else if (o.acme && strcmp(o.network, "proxies"))
         clash = "--acme goes with --network proxies (the enclave reaches Pebble through the host's outbound proxy)";
     if (clash) {

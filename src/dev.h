@@ -42,6 +42,7 @@ typedef struct dev {
     bool use_acme;                        /* --acme */
     dev_acme acme;
     char acme_link[PATH_MAX + 16];        /* the enclave's way to Pebble: the host's outbound proxy */
+    const char *extra_kms_key;            /* kms-local --key for --app wallet */
 } dev;
 
 #define say dev_say

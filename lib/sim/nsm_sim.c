@@ -23,7 +23,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define ATTESTED_PCRS 16 /* real documents carry PCR0..15 */
+/* AWS's schema: "map of all locked PCRs".  PCR0..15 are locked from the
+ * start, so real documents carry those; a PCR16..31 appears once the
+ * enclave locks it (the wallet example locks PCR16 and KMS policies name it). */
+#define ATTESTED_PCRS 16
 #define INITIALLY_LOCKED 0xffffu
 #define VERSION_MAJOR 1
 #define VERSION_MINOR 0
@@ -865,8 +868,13 @@ static int build_payload(cl_nsm_sim *sim, const cl_nsm_request *req, uint64_t no
     CL_TRY(cl_cbor_put_text(p, "timestamp"));
     CL_TRY(cl_cbor_put_uint(p, now));
     CL_TRY(cl_cbor_put_text(p, "pcrs"));
-    CL_TRY(cl_cbor_put_map(p, ATTESTED_PCRS));
-    for (unsigned i = 0; i < ATTESTED_PCRS; i++) {
+    unsigned count = ATTESTED_PCRS;
+    for (unsigned i = ATTESTED_PCRS; i < CL_NSM_SIM_PCRS; i++)
+        count += (sim->locked >> i) & 1u;
+    CL_TRY(cl_cbor_put_map(p, count));
+    for (unsigned i = 0; i < CL_NSM_SIM_PCRS; i++) {
+        if (i >= ATTESTED_PCRS && !((sim->locked >> i) & 1u))
+            continue;
         CL_TRY(cl_cbor_put_uint(p, i));
         CL_TRY(cl_cbor_put_bytes(p, sim->pcrs[i], CL_NSM_SIM_PCR_LEN));
     }

@@ -354,6 +354,23 @@ static void policy_evaluation(void)
     ctx.pcrs[8] = "01";
     CHECK(eval(pcrs, &ctx) == CL_KMS_IMPLICIT_DENY); /* StringEquals is exact */
 
+    /* PCR16 and PCR0 together: the wallet example's key (PCR16 is the app binary, extended and locked) */
+    const char *pcr16 = "{\"Statement\": {\"Effect\": \"Allow\", \"Principal\": \"*\", \"Action\": \"kms:Decrypt\", "
+                        "\"Resource\": \"*\", \"Condition\": {\"StringEqualsIgnoreCase\": {\"kms:RecipientAttestation:PCR0\": \""
+                        PCR0_A "\", \"kms:RecipientAttestation:PCR16\": \"5e\"}}}}";
+    ctx.pcrs[0] = PCR0_A;
+    ctx.pcrs[16] = NULL;
+    CHECK(eval(pcr16, &ctx) == CL_KMS_IMPLICIT_DENY); /* PCR16 absent */
+    ctx.pcrs[16] = "5E";
+    CHECK(eval(pcr16, &ctx) == CL_KMS_ALLOW);
+    ctx.pcrs[16] = "5f";
+    CHECK(eval(pcr16, &ctx) == CL_KMS_IMPLICIT_DENY);
+    ctx.pcrs[16] = "5e";
+    ctx.pcrs[0] = "cc";
+    CHECK(eval(pcr16, &ctx) == CL_KMS_IMPLICIT_DENY); /* another image, the same app */
+    ctx.pcrs[0] = PCR0_A;
+    ctx.pcrs[16] = NULL;
+
     const char *ifexists = "{\"Statement\": {\"Effect\": \"Allow\", \"Principal\": \"*\", \"Action\": \"kms:*\", "
                            "\"Resource\": \"*\", \"Condition\": {\"StringEqualsIfExists\": "
                            "{\"kms:RecipientAttestation:PCR3\": \"ab\"}, \"StringNotEquals\": "
