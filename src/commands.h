@@ -16,6 +16,7 @@ int cmd_kms_local(int argc, char **argv);
 int cmd_keyholder(int argc, char **argv);
 int cmd_host_acm(int argc, char **argv); /* `cloister host acm`, dispatched by cmd_host */
 int cmd_acm(int argc, char **argv);
+int cmd_eif(int argc, char **argv);
 
 #define CLOISTER_VERSION "0.1.0"
 

@@ -25,6 +25,7 @@ static const struct command commands[] = {
     {"dev", cmd_dev, "the whole picture on one machine: nsm-sim, enclave, host, IMDS (make run)"},
     {"kms", cmd_kms, "AWS KMS calls, with an attested Recipient inside the enclave"},
     {"kms-local", cmd_kms_local, "run a local AWS KMS: SigV4, key policies on attestation, Recipient"},
+    {"eif", cmd_eif, "build, measure, describe and sign enclave image files, reproducibly"},
 };
 
 static void usage(FILE *out)
