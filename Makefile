@@ -5,7 +5,7 @@ CC ?= clang
 JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build run test fuzz bench tcb clean
+.PHONY: all deps build run test fuzz bench tcb image clean
 
 all: build
 
@@ -46,6 +46,11 @@ fuzz: build
 bench: build
 	@scripts/node-deps.sh
 	@bench/run.sh $(BUILD)
+
+# an enclave image of cloister + examples/hello (AWS's blobs: BLOBS=DIR,
+# default /usr/share/nitro_enclaves/blobs); docs/eif.md
+image: build
+	@scripts/image.sh --cloister $(BUILD)/cloister --out $(BUILD)/image $(if $(BLOBS),--blobs $(BLOBS))
 
 # lines of code inside the enclave: the trusted computing base
 tcb:

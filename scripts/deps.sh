@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   make cmake clang libclang-rt-14-dev pkg-config
   libssl-dev openssl libjansson-dev libnghttp2-dev libcurl4-openssl-dev
-  libsqlite3-dev libsodium-dev libyaml-dev libsecp256k1-dev valgrind
+  libsqlite3-dev libsodium-dev libyaml-dev libsecp256k1-dev libseccomp-dev valgrind
   nginx-light haproxy wrk nghttp2-client socat pebble nftables dnsmasq-base
   python3-jsonschema python3-yaml python3-nacl python3-cbor2 python3-cryptography
   ca-certificates curl iproute2 procps python3 python3-boto3

@@ -20,6 +20,7 @@ int cmd_dynamodb(int argc, char **argv);
 int cmd_cert_store(int argc, char **argv);
 int cmd_host_file_store(int argc, char **argv); /* `cloister host file-store`, dispatched by cmd_host */
 int cmd_tap(int argc, char **argv);
+int cmd_eif(int argc, char **argv);
 
 #define CLOISTER_VERSION "0.1.0"
 

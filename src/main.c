@@ -28,6 +28,7 @@ static const struct command commands[] = {
     {"cert-store", cmd_cert_store, "the ACME store: KMS-sealed records in DynamoDB or the host's files, the lease"},
     {"tap", cmd_tap, "the enclave's tap0 relayed to a gvproxy-compatible parent, egress policy inside"},
     {"kms-local", cmd_kms_local, "run a local AWS KMS: SigV4, key policies on attestation, Recipient"},
+    {"eif", cmd_eif, "build, measure, describe and sign enclave image files, reproducibly"},
 };
 
 static void usage(FILE *out)

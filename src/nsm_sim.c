@@ -2,6 +2,7 @@
 #include "cloister/core/address.h"
 #include "cloister/core/encoding.h"
 #include "cloister/core/options.h"
+#include "cloister/host/eif.h"
 #include "cloister/core/small_server.h"
 #include "cloister/sim/nsm_sim.h"
 #include "commands.h"
@@ -106,6 +107,22 @@ static int parse_pcr_option(void *base, const char *arg)
     return CL_OK;
 }
 
+/* A simulated enclave running this image: PCR0-2 (and 8) as Nitro measures it. */
+static int parse_eif_option(void *base, const char *path)
+{
+    cl_nsm_sim_config *cfg = ((settings *)base)->cfg;
+    cl_eif_measurements m;
+    CL_TRY(cl_eif_measure_file(path, &m));
+    const uint8_t *pcrs[] = {m.pcr0, m.pcr1, m.pcr2, m.pcr8};
+    const unsigned index[] = {0, 1, 2, 8};
+    for (int i = 0; i < (m.has_pcr8 ? 4 : 3); i++) {
+        CL_ENSURE(!(cfg->pcr_mask & (1u << index[i])), CL_EINVAL, "PCR%u is set by --pcr too; give one", index[i]);
+        memcpy(cfg->pcr_values[index[i]], pcrs[i], CL_NSM_SIM_PCR_LEN);
+        cfg->pcr_mask |= 1u << index[i];
+    }
+    return CL_OK;
+}
+
 static const cl_opt options[] = {
     {.name = "listen", CL_OPT_STR(settings, listen), .flags = CL_OPT_REQUIRED, .arg = "unix:PATH",
      .help = "socket to serve on (a stale socket file is replaced)"},
@@ -114,6 +131,8 @@ static const cl_opt options[] = {
              "when verifying documents"},
     {.name = "pcr", CL_OPT_CALLBACK(parse_pcr_option), .flags = CL_OPT_REPEAT, .arg = "N=HEX",
      .help = "start PCR N (0..31) at HEX (48 bytes, 96 hex digits); repeatable"},
+    {.name = "eif", CL_OPT_CALLBACK(parse_eif_option), .arg = "IMAGE.eif",
+     .help = "PCR0, PCR1, PCR2 (and PCR8 when signed) of this enclave image, as Nitro measures it"},
     {.name = "image", CL_OPT_STR(settings, image), .arg = "FILE", .help = "PCR0 = SHA-384 of FILE's bytes"},
     {.name = "instance-id", CL_OPT_STR(settings, instance_id), .arg = "ID",
      .help = "parent instance id (letters, digits, '-'); default: generated once and kept in DIR/instance-id"},

@@ -8,6 +8,7 @@
 #include "cloister/core/encoding.h"
 #include "cloister/core/https_client.h"
 #include "cloister/core/options.h"
+#include "cloister/host/eif.h"
 #include "commands.h"
 
 #include <jansson.h>
@@ -51,6 +52,22 @@ static int add_pcr(void *base, const char *value)
     return cl_attestation_policy_add_pcr(&((verify_settings *)base)->policy, value);
 }
 
+/* The PCRs of an image built here: the enclave must run exactly that image. */
+static int add_eif(void *base, const char *path)
+{
+    cl_eif_measurements m;
+    CL_TRY(cl_eif_measure_file(path, &m));
+    const uint8_t *pcrs[] = {m.pcr0, m.pcr1, m.pcr2, m.pcr8};
+    const int index[] = {0, 1, 2, 8};
+    for (int i = 0; i < (m.has_pcr8 ? 4 : 3); i++) {
+        char spec[8 + 2 * CL_EIF_PCR_LEN];
+        int n = snprintf(spec, sizeof spec, "%d=", index[i]);
+        cl_hex_encode(pcrs[i], CL_EIF_PCR_LEN, spec + n);
+        CL_TRY(cl_attestation_policy_add_pcr(&((verify_settings *)base)->policy, spec));
+    }
+    return CL_OK;
+}
+
 static int check_connect(void *base, const char *value)
 {
     (void)base;
@@ -75,6 +92,9 @@ static const cl_opt verify_options[] = {
              "simulator's root for local use)"},
     {.name = "pcr", CL_OPT_CALLBACK(add_pcr), .flags = CL_OPT_REPEAT | CL_OPT_SELF_NAMED, .arg = "N=HEX",
      .help = "require PCR N (0..31) to equal HEX (repeatable)"},
+    {.name = "eif", CL_OPT_CALLBACK(add_eif), .arg = "IMAGE.eif",
+     .help = "require the PCRs of this image (0, 1, 2, and 8 when signed), measured here as nitro-cli does: the "
+             "enclave runs the image you built"},
     {.name = "allow-debug", CL_OPT_FLAG(verify_settings, allow_debug),
      .help = "accept a debug-mode enclave (PCR0 all zero); refused by default"},
     {.name = "max-age", CL_OPT_DURATION_AT(verify_settings, max_age_s, 1000, 1, 365ull * 86400), .def = "300",
