@@ -180,7 +180,7 @@ static const cl_opt option_specs[] = {
      .help = "the key sync listener's address: vsock:CID:PORT, unix:PATH or tcp:HOST:PORT (overrides -ext-priv-port)"},
     {.name = "sync-advertise", CL_OPT_STR(settings, sync_advertise), .arg = "HOST:PORT",
      .help = "where the leader reaches this worker's sync listener (its worker_hostname; default: -ext-priv-listen's "
-             "tcp address, else -fqdn:-ext-priv-port)"},
+             "tcp address, else IMDS's local-hostname (through -kms-imds):-ext-priv-port, as nitriding)"},
     {.name = "sync-dial", CL_OPT_LIST_AT(settings, sync_dial, 64), .flags = CL_OPT_NONEMPTY, .arg = "HOST:PORT=ADDR",
      .help = "reach the sync peer HOST:PORT through ADDR, e.g. the host's outbound proxy vsock:3:8444 (repeatable; "
              "peers without one are dialed over TCP)"},
@@ -1144,6 +1144,28 @@ static void free_environment(char **env)
     free(env);
 }
 
+/* A worker's own address for the leader, as nitriding finds it: IMDS's
+ * local-hostname and the sync port.  -fqdn is no default: every replica
+ * behind one balancer shares it, so the leader would take all workers for
+ * one and reach a random replica under that name. */
+static int advertise_from_imds(enclave *e, char *out, size_t out_len)
+{
+    CL_ENSURE(e->s.kms_imds, CL_EINVAL,
+              "key sync needs this enclave's own address for the leader: give --sync-advertise HOST:PORT, "
+              "-ext-priv-listen tcp:ADDR:PORT, or -kms-imds ADDR (its local-hostname, as nitriding does); "
+              "-fqdn is shared by every replica");
+    cl_aws_credentials_provider *p = NULL;
+    char host[256];
+    int rc = cl_aws_credentials_imds(e->s.kms_imds, NULL, &p);
+    if (rc == CL_OK)
+        rc = cl_aws_credentials_imds_local_hostname(p, host, sizeof host);
+    cl_aws_credentials_provider_free(p);
+    if (rc < 0)
+        return cl_error_prefix(rc, "key sync: this enclave's address from IMDS (-kms-imds): ");
+    snprintf(out, out_len, "%s:%u", host, e->s.ext_priv_port);
+    return CL_OK;
+}
+
 /* -fqdn-leader: the sync listener, then the election in the background. */
 static int start_sync(enclave *e)
 {
@@ -1167,7 +1189,7 @@ static int start_sync(enclave *e)
     else if (a.kind == CL_ADDR_TCP && strcmp(a.host, "0.0.0.0") && strcmp(a.host, "::"))
         snprintf(advertise, sizeof advertise, strchr(a.host, ':') ? "[%s]:%u" : "%s:%u", a.host, a.port);
     else
-        snprintf(advertise, sizeof advertise, "%s:%u", e->s.fqdn, e->s.ext_priv_port);
+        CL_TRY(advertise_from_imds(e, advertise, sizeof advertise));
     cl_sync_config cfg = {
         .leader = e->s.fqdn_leader,
         .port = e->s.ext_priv_port,

@@ -323,28 +323,42 @@ void cl_aws_credentials_invalidate(cl_aws_credentials_provider *p)
     pthread_mutex_unlock(&p->lock);
 }
 
-int cl_aws_credentials_imds_region(cl_aws_credentials_provider *p, char *out, size_t out_len)
+/* A short plain-text IMDS answer made only of lower-case letters, digits,
+ * and extra_chars: IMDS is relayed by the parent, so the answer is checked
+ * before it names anything. */
+static int imds_text(cl_aws_credentials_provider *p, const char *path, const char *what, const char *extra_chars,
+                     size_t max_len, char *out, size_t out_len)
 {
-    CL_ENSURE(p->source == SOURCE_IMDS, CL_EINVAL, "the region comes from IMDS only with IMDS credentials");
+    CL_ENSURE(p->source == SOURCE_IMDS, CL_EINVAL, "the %s comes from IMDS only with IMDS credentials", what);
     pthread_mutex_lock(&p->lock);
     cl_http_call call;
-    int rc = imds_get(p, "/latest/meta-data/placement/region", &call);
+    int rc = imds_get(p, path, &call);
     if (rc == CL_OK) {
-        bool ok = call.response.len > 0 && call.response.len < out_len && call.response.len < 64;
+        bool ok = call.response.len > 0 && call.response.len < out_len && call.response.len <= max_len;
         for (size_t i = 0; ok && i < call.response.len; i++) {
             uint8_t ch = call.response.data[i];
-            ok = (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-';
+            ok = (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || (ch && strchr(extra_chars, ch));
         }
         if (ok) {
             memcpy(out, call.response.data, call.response.len);
             out[call.response.len] = '\0';
         } else {
-            rc = cl_error_set(CL_EPROTO, "IMDS answered a region that is not one");
+            rc = cl_error_set(CL_EPROTO, "IMDS answered a %s that is not one", what);
         }
         cl_buf_free(&call.response);
     }
     pthread_mutex_unlock(&p->lock);
     return rc;
+}
+
+int cl_aws_credentials_imds_region(cl_aws_credentials_provider *p, char *out, size_t out_len)
+{
+    return imds_text(p, "/latest/meta-data/placement/region", "region", "-", 63, out, out_len);
+}
+
+int cl_aws_credentials_imds_local_hostname(cl_aws_credentials_provider *p, char *out, size_t out_len)
+{
+    return imds_text(p, "/latest/meta-data/local-hostname", "host name", "-.", 253, out, out_len);
 }
 
 const char *cl_aws_credentials_source(const cl_aws_credentials_provider *p)

@@ -82,3 +82,28 @@ done
 grep -q 'event=sync_keys_installed' "$work/worker.log" && [ "$(grep -c 'event=sync_keys_installed' "$work/worker.log")" = 1 ] ||
     fail "the worker installed keys more than once"
 pass "all three enclaves still run, the worker still serves the leader's certificate"
+
+# A worker's own address.  -fqdn is the balancer's name, shared by every
+# replica: a worker that named itself by it would be one worker to the leader,
+# reached at a random replica.  Without --sync-advertise or a concrete
+# -ext-priv-listen it takes IMDS's local-hostname (as nitriding does), or
+# refuses to start.
+set +e
+timeout 30 "$CLOISTER" enclave -fqdn localhost --nsm "unix:$work/sim1.sock" --listen "tcp:127.0.0.1:$(free_port)" \
+    -intport "$(free_port)" -ext-priv-listen "tcp:0.0.0.0:$(free_port)" -fqdn-leader "127.0.0.1:$lsync" \
+    --sync-root "$root" >"$work/noaddr.log" 2>&1
+status=$?
+set -e
+[ "$status" != 0 ] && [ "$status" != 124 ] || fail "an enclave with no address of its own for the leader started (exit $status)"
+grep -q -- '--sync-advertise HOST:PORT' "$work/noaddr.log" || fail "no clear refusal: $(cat "$work/noaddr.log")"
+imds=$(free_port)
+spawn imds "$CLOISTER" imds-sim --listen "tcp:127.0.0.1:$imds" --region eu-west-1
+wait_for_log imds 'listening'
+sp=$(free_port)
+spawn named "$CLOISTER" enclave -fqdn localhost --nsm "unix:$work/sim1.sock" --listen "tcp:127.0.0.1:$(free_port)" \
+    -intport "$(free_port)" -ext-priv-listen "tcp:0.0.0.0:$sp" -ext-priv-port "$sp" -fqdn-leader "127.0.0.1:$lsync" \
+    --sync-root "$root" -kms-imds "tcp:127.0.0.1:$imds"
+wait_for_log named 'event=sync_started'
+grep -Eq "event=sync_started .*advertise=ip-[0-9-]+\.eu-west-1\.compute\.internal:$sp( |$)" "$work/named.log" ||
+    fail "the worker did not name itself by IMDS's local-hostname: $(grep sync_started "$work/named.log")"
+pass "a worker's address: refused without one, else IMDS's local-hostname:-ext-priv-port (not the shared -fqdn)"
