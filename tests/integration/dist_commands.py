@@ -25,7 +25,9 @@ import subprocess
 import sys
 
 # the recipes call cloister by its installed path (a bare "cloister" is prose in a comment or a name)
-CLOISTER_RE = re.compile(r"(?:^|[\s=(\"'])(/usr/local/bin/cloister|/usr/bin/cloister)\s+(?=[a-z-])(.*)$")
+# where a command starts: a line's start, $(, ExecStart=, exec, or after ; && ||
+CLOISTER_RE = re.compile(r"(?:^\s*|\$\(|ExecStart=|\bexec\s+|[;&|]\s*)(/usr/local/bin/cloister|/usr/bin/cloister)"
+                         r"\s+(?=[a-z-])(.*)$")
 FLAG_RE = re.compile(r"^--?[a-z][a-z0-9-]*$")
 # cloister's commands that have subcommands: the words that select them come before the options
 SUBCOMMANDS = {"host": {"vsock-proxy", "acm", "file-store"},
@@ -44,10 +46,13 @@ def from_shell(text, where):
         lexer.whitespace_split = True
         lexer.commenters = "#"
         words = []
-        for tok in lexer:
-            if tok and all(c in "|;&()<>" for c in tok):
-                break
-            words.append(tok)
+        try:
+            for tok in lexer:
+                if tok and all(c in "|;&()<>" for c in tok):
+                    break
+                words.append(tok)
+        except ValueError as e:
+            raise AssertionError("%s:%d: cannot split %r: %s" % (where, n, m.group(2), e))
         out.append({"where": "%s:%d" % (where, n), "argv": ["cloister"] + words})
     return out
 
