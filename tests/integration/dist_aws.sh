@@ -7,8 +7,9 @@
 # never be the debug-mode zeros; the NLB checks the enclave's /enclave/health through the host's
 # ',health' forward and the host drains the enclave before it stops. Every cloister command line
 # the recipe runs (user data, the unit, host.json, dist/systemd, and the enclave command inside
-# the image scripts/image.sh builds) parses with cloister's own options parser
-# (tests/integration/dist_commands.py), and a misspelt flag is caught.
+# the image scripts/image.sh builds from docs/deploy-aws.md's make image line, the page's own
+# commands) parses with cloister's own options parser (tests/integration/dist_commands.py), a
+# misspelt flag is caught, and the page shows the enclave command the image really runs.
 set -euo pipefail
 source "$(dirname "$0")/common.bash"
 node_modules_present || { echo "skip: tests/node/node_modules is absent (run scripts/node-deps.sh)"; exit 77; }
@@ -115,9 +116,19 @@ head -c 30000 /dev/urandom >"$work/blobs/bzImage"
 head -c 3000 /dev/urandom >"$work/blobs/init"
 head -c 3000 /dev/urandom >"$work/blobs/nsm.ko"
 echo "reboot=k panic=30 console=ttyS0" >"$work/blobs/cmdline"
-echo "a certificate" >"$work/cert.pem"
-"$SOURCE_DIR/scripts/image.sh" --blobs "$work/blobs" --cloister "$CLOISTER" --out "$work/image" --fqdn enclave.example.com \
-    --add "$work/cert.pem=/etc/cloister/tls-cert.pem" --enclave-arg -cert --enclave-arg /etc/cloister/tls-cert.pem \
+# docs/deploy-aws.md's make image line: its IMAGE_ARGS, with its files made here ($PWD = $work)
+python3 - "$SOURCE_DIR/docs/deploy-aws.md" "$work" >"$work/image-args" <<'PY' || fail "docs/deploy-aws.md has no make image line"
+import re, shlex, sys
+sys.path.insert(0, sys.argv[1].rsplit("/docs/", 1)[0] + "/tests/integration")
+import dist_commands
+lines = [l for _, l in dist_commands.markdown_commands(open(sys.argv[1]).read()) if l.startswith("make image ")]
+assert len(lines) == 1, lines
+args = shlex.split(re.search(r'IMAGE_ARGS="([^"]*)"', lines[0]).group(1).replace("$PWD", sys.argv[2]))
+print("\n".join(args))
+PY
+for f in tls-cert.pem tls-key.ct db.ct; do echo "$f" >"$work/$f"; done
+mapfile -t image_args <"$work/image-args"
+"$SOURCE_DIR/scripts/image.sh" --blobs "$work/blobs" --cloister "$CLOISTER" --out "$work/image" "${image_args[@]}" \
     >"$work/image.json" 2>"$work/image.err" || fail "scripts/image.sh failed: $(cat "$work/image.err")"
 python3 - "$work" "$SOURCE_DIR" <<'PY' || fail "the image's enclave command is not the deployment's"
 import json, sys
@@ -129,13 +140,17 @@ argv = cmd[0]["argv"]
 def value(flag):
     return argv[argv.index(flag) + 1]
 # what the host's forwards, health check and drain expect of the enclave
-assert argv[1] == "enclave" and value("-fqdn") == "enclave.example.com", argv
+assert argv[1] == "enclave" and value("-fqdn") == "your.domain", argv
 assert value("-listen") == "vsock:4294967295:443" and "-proxy-protocol" in argv, argv
 assert value("-health-listen") == "vsock:4294967295:8444", argv
 assert int(value("-drain-grace")) >= 25 and value("-kms-proxy") == "vsock:3:8000" and value("-kms-imds") == "vsock:3:8002"
-assert argv[-2:] == ["-cert", "/etc/cloister/tls-cert.pem"], argv
-assert open(work + "/image/rootfs/etc/cloister/tls-cert.pem").read() == "a certificate\n"
-commands = json.load(open(work + "/commands.json")) + cmd
+for name in ("tls-cert.pem", "tls-key.ct", "db.ct"):
+    assert open(work + "/image/rootfs/etc/cloister/" + name).read() == name + "\n", name
+# the page shows the very command the image runs
+doc = dist_commands.from_markdown(open(source + "/docs/deploy-aws.md").read(), "docs/deploy-aws.md")
+shown = [c for c in doc if c["argv"][1] == "enclave"]
+assert len(shown) == 1 and shown[0]["argv"] == argv, (shown, argv)
+commands = json.load(open(work + "/commands.json")) + cmd + doc
 json.dump(commands, open(work + "/commands.json", "w"))
 # the same checks must fail on a flag cloister does not have: the image's old -app-web-srv, a
 # misspelt host.json key
@@ -145,10 +160,10 @@ json.dump(broken, open(work + "/broken.json", "w"))
 PY
 python3 "$SOURCE_DIR/tests/integration/dist_commands.py" check "$CLOISTER" "$work/commands.json" >"$work/check.txt" 2>&1 ||
     fail "a cloister command line in the recipe does not parse: $(grep PROBLEM "$work/check.txt" || cat "$work/check.txt")"
-[ "$(grep -c '^checked' "$work/check.txt")" -ge 7 ] || fail "too few command lines found: $(cat "$work/check.txt")"
+[ "$(grep -c '^checked' "$work/check.txt")" -ge 14 ] || fail "too few command lines found: $(cat "$work/check.txt")"
 if python3 "$SOURCE_DIR/tests/integration/dist_commands.py" check "$CLOISTER" "$work/broken.json" >"$work/broken.txt" 2>&1; then
     fail "a command line with a flag cloister lacks passed the check: $(cat "$work/broken.txt")"
 fi
 grep -q "unknown option '-app-web-srv'" "$work/broken.txt" && grep -q 'cloister host has no option --drain-uri' "$work/broken.txt" ||
     fail "the check did not name the flags: $(cat "$work/broken.txt")"
-pass "every cloister command line (user data, host.json, the unit, the image's enclave command) parses; a bad flag is caught"
+pass "every cloister command line (user data, host.json, the unit, the image's enclave command, docs/deploy-aws.md) parses; a bad flag is caught"

@@ -9,7 +9,7 @@ status 2 at the first one the command does not have, before --help prints the us
 Independently, every flag-shaped argument must appear in that command's --help text.
 
 Sources: shell text (a user data script, a systemd unit: `/usr/local/bin/cloister host ...`,
-up to a pipe or the end of the line), a host.json (`cloister host --config`: each key is a long
+up to a pipe or the end of the line), a Markdown page's code blocks, a host.json (`cloister host --config`: each key is a long
 option, turned into `--key value`), a Kubernetes container (`command` + `args`), and an EIF's
 `cmd` file (what AWS's init runs in the enclave, one argument per line).
 
@@ -54,6 +54,37 @@ def from_shell(text, where):
         except ValueError as e:
             raise AssertionError("%s:%d: cannot split %r: %s" % (where, n, m.group(2), e))
         out.append({"where": "%s:%d" % (where, n), "argv": ["cloister"] + words})
+    return out
+
+
+def markdown_commands(text):
+    """(line number, command text) of every command in a Markdown page's fenced code blocks,
+    continuation lines joined."""
+    out, fenced, pending, start = [], False, "", 0
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip().startswith("```"):
+            fenced, pending = not fenced, ""
+            continue
+        if not fenced:
+            continue
+        if not pending:
+            start = n
+        pending += line.strip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        out.append((start, pending))
+        pending = ""
+    return out
+
+
+def from_markdown(text, where):
+    """`cloister ...` lines of a Markdown page's code blocks (a page's commands, not its prose)."""
+    out = []
+    for n, line in markdown_commands(text):
+        if line.startswith("cloister "):
+            for c in from_shell("/usr/bin/" + line, where):
+                out.append(dict(c, where="%s:%d" % (where, n)))
     return out
 
 
