@@ -48,9 +48,10 @@ bench: build
 	@bench/run.sh $(BUILD)
 
 # an enclave image of cloister + examples/hello (AWS's blobs: BLOBS=DIR,
-# default /usr/share/nitro_enclaves/blobs); docs/eif.md
+# default /usr/share/nitro_enclaves/blobs; more with IMAGE_ARGS="--fqdn NAME
+# --add SRC=DEST --enclave-arg ARG", scripts/image.sh --help); docs/eif.md
 image: build
-	@scripts/image.sh --cloister $(BUILD)/cloister --out $(BUILD)/image $(if $(BLOBS),--blobs $(BLOBS))
+	@scripts/image.sh --cloister $(BUILD)/cloister --out $(BUILD)/image $(if $(BLOBS),--blobs $(BLOBS)) $(IMAGE_ARGS)
 
 # lines of code inside the enclave: the trusted computing base
 tcb:

@@ -3,9 +3,19 @@
 # system assembled from this machine's Debian packages, and prints its PCRs.
 #
 #   scripts/image.sh [--blobs DIR] [--cloister BIN] [--out DIR] [--fqdn NAME]
+#                    [--add SRC=DEST]... [--enclave-arg ARG]...
 #
 # --blobs: AWS's kernel, cmdline, init and nsm.ko, as aws-nitro-enclaves-cli
 #   installs them (default /usr/share/nitro_enclaves/blobs).
+# --add SRC=DEST: put the file SRC at DEST in the image (a certificate, KMS
+#   ciphertexts: they are measured into PCR0 with everything else).
+# --enclave-arg ARG: one more argument for cloister enclave (repeatable),
+#   e.g. --enclave-arg -tls-key-ciphertext --enclave-arg @/etc/cloister/tls-key.ct
+# The enclave listens on vsock port 443 (PROXY v2 from cloister host's
+# forward), answers the load balancer's health check on vsock port 8444
+# (-health-listen; cloister host --forward tcp:0.0.0.0:8444=vsock:16:8444,health),
+# drains for 25 s on SIGTERM or POST /enclave/drain, and reaches KMS and IMDS
+# through the host (vsock:3:8000, vsock:3:8002): docs/deploy-aws.md.
 # The root file system holds only: cloister (stripped), Python 3 and its
 # standard library for the example app, the shared libraries these load
 # (resolved with ldd, libcurl included: cloister loads it on first use), the
@@ -20,13 +30,17 @@ blobs=/usr/share/nitro_enclaves/blobs
 cloister="$here/build/cloister"
 out="$here/build/image"
 fqdn=example.com
+adds=()
+extra=()
 while [ $# -gt 0 ]; do
     case $1 in
     --blobs) blobs=$2; shift 2 ;;
     --cloister) cloister=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --fqdn) fqdn=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --add) adds+=("$2"); shift 2 ;;
+    --enclave-arg) extra+=("$2"); shift 2 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "image.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -74,6 +88,13 @@ for bin in "$cloister" "$py" "$libcurl" $(find "/usr/lib/$pyver/lib-dynload" -na
 done
 [ -n "$libcurl" ] && copy "$libcurl"
 copy /etc/ssl/certs/ca-certificates.crt
+for a in ${adds[@]+"${adds[@]}"}; do
+    src=${a%%=*} dest=${a#*=}
+    case $a in *=/*) ;; *) echo "image.sh: --add $a: expected SRC=/ABSOLUTE/DEST" >&2; exit 2 ;; esac
+    [ -f "$src" ] || { echo "image.sh: --add $a: $src is not a file" >&2; exit 2; }
+    [ -e "$root$dest" ] && { echo "image.sh: --add $a: $dest is already in the image" >&2; exit 2; }
+    copy "$src" "$dest"
+done
 printf 'root:x:0:0:root:/:/bin/false\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$root/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
 # path, SHA-256 and the Debian package (and version) each file came from, in one pass
@@ -104,10 +125,19 @@ print("\n".join(sorted(rows)))
 PY
 rm "$out/manifest.tsv.unsorted"
 
+# the enclave's command line (measured into PCR0): the public listener and the
+# health listener on vsock (the host forwards 443 and 8444 to them), the drain
+# (the grace covers an NLB's 2 x 10 s health check), KMS and IMDS through the host
+enclave_cmd=(/usr/bin/cloister enclave -fqdn "$fqdn" -listen vsock:4294967295:443 -proxy-protocol
+    -health-listen vsock:4294967295:8444 -drain-grace 25 -drain-timeout 30
+    -kms-proxy vsock:3:8000 -kms-imds vsock:3:8002
+    -appcmd "/usr/bin/python3 /app/hello/app.py" -appwebsrv http://127.0.0.1:8081 -wait-for-app
+    ${extra[@]+"${extra[@]}"})
+cmd=()
+for w in "${enclave_cmd[@]}"; do cmd+=(--cmd "$w"); done
 "$cloister" eif build --kernel "$blobs/$kernel" --cmdline "$blobs/cmdline" --init "$blobs/init" \
     --nsm-module "$blobs/nsm.ko" --rootfs "$root" --name cloister-hello --image-version "$("$cloister" --version | cut -d' ' -f2)" \
-    --cmd /usr/bin/cloister --cmd enclave --cmd -fqdn --cmd "$fqdn" --cmd -appcmd \
-    --cmd "/usr/bin/python3 /app/hello/app.py" --cmd -app-web-srv --cmd http://127.0.0.1:8081 --cmd -wait-for-app \
+    "${cmd[@]}" \
     --env PATH=/usr/bin --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
     -o "$out/cloister-hello.eif" >"$out/measurements.json"
 cat "$out/measurements.json"

@@ -6,6 +6,10 @@
 # is refused; the pods ask for the Nitro Enclaves device and hugepages, are ready only while
 # the health check says so and drain before they stop; the Service passes TCP through an NLB;
 # the leader is one replica behind a headless Service; the host.json uses cloister's options.
+# The readiness probe and the NLB's check hit the enclave's /enclave/health through the host's
+# ',health' forward, preStop drains (SIGTERM to cloister host), and every cloister command line
+# (the containers' command, host.json as `cloister host` options) parses with cloister's own
+# options parser (tests/integration/dist_commands.py; a misspelt flag is caught).
 set -euo pipefail
 source "$(dirname "$0")/common.bash"
 node_modules_present || { echo "skip: tests/node/node_modules is absent (run scripts/node-deps.sh)"; exit 77; }
@@ -20,42 +24,77 @@ diff <(grep -v '^#' "$SOURCE_DIR/dist/k8s/cloister.yaml") <(grep -v '^#' "$work/
 pass "dist/k8s/cloister.yaml is the Helm chart rendered with its defaults"
 
 validate "$SOURCE_DIR/dist/k8s/cloister.yaml" || fail "the manifests are invalid: $(cat "$work/v.txt")"
-render --release shop --namespace prod --set sync.enabled=false --set replicas=5 >"$work/kms.yaml"
-validate "$work/kms.yaml" || fail "the chart without sync renders invalid manifests: $(cat "$work/v.txt")"
+render --release shop --namespace prod --set sync.enabled=true --set replicas=5 >"$work/sync.yaml"
+validate "$work/sync.yaml" || fail "the chart with sync renders invalid manifests: $(cat "$work/v.txt")"
 sed 's/periodSeconds: 5/periodSecond: 5/; s/protocol: TCP}/protocol: TCPX}/' "$SOURCE_DIR/dist/k8s/cloister.yaml" >"$work/broken.yaml"
 if validate "$work/broken.yaml"; then fail "a broken copy validated: the check cannot fail"; fi
 grep -q 'periodSecond' "$work/v.txt" && grep -q 'protocol must be equal to one of the allowed values' "$work/v.txt" ||
     fail "the validator did not name the problems: $(cat "$work/v.txt")"
 pass "every manifest validates against the Kubernetes schemas (both identity modes); misspelt fields and bad enums are refused"
 
-python3 - "$SOURCE_DIR/dist/k8s/cloister.yaml" "$work/kms.yaml" "$chart/Chart.yaml" "$CLOISTER" <<'PY' || fail "the manifests are not what the deployment needs"
+python3 - "$SOURCE_DIR/dist/k8s/cloister.yaml" "$work/sync.yaml" "$chart/Chart.yaml" "$CLOISTER" "$work" "$SOURCE_DIR" <<'PY' || fail "the manifests are not what the deployment needs"
 import json, re, subprocess, sys, yaml
+sys.path.insert(0, sys.argv[6] + "/tests/integration")
+import dist_commands
 plain = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
-nosync = [d for d in yaml.safe_load_all(open(sys.argv[2])) if d]
+synced = [d for d in yaml.safe_load_all(open(sys.argv[2])) if d]
 chart = yaml.safe_load(open(sys.argv[3]))
+help_text = subprocess.run([sys.argv[4], "host", "--help"], capture_output=True, text=True).stdout
+commands = []
 by = {(d["kind"], d["metadata"]["name"]): d for d in plain}
-for name in ("cloister", "cloister-leader"):
-    pod = by[("Deployment", name)]["spec"]["template"]["spec"]
+sby = {(d["kind"], d["metadata"]["name"]): d for d in synced}
+assert not any(d["metadata"]["name"].endswith("-leader") for d in plain), "sync is off by default: no leader"
+for where, deployment in (("default", by[("Deployment", "cloister")]), ("sync", sby[("Deployment", "shop")]),
+                          ("sync leader", sby[("Deployment", "shop-leader")])):
+    pod = deployment["spec"]["template"]["spec"]
     c = pod["containers"][0]
     for kind in ("limits", "requests"):
-        assert c["resources"][kind]["aws.ec2.nitro/nitro_enclaves"] == "1", name
-        assert "hugepages-2Mi" in c["resources"][kind], name
+        assert c["resources"][kind]["aws.ec2.nitro/nitro_enclaves"] == "1", where
+        assert "hugepages-2Mi" in c["resources"][kind], where
     assert {"emptyDir": {"medium": "HugePages"}, "name": "hugepages"} in pod["volumes"]
-    assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "health"}
-    assert "preStop" in c["lifecycle"] and pod["terminationGracePeriodSeconds"] >= 60
-assert by[("Deployment", "cloister-leader")]["spec"]["replicas"] == 1
-headless = by[("Service", "cloister-leader")]["spec"]
+    # readiness is the enclave's health endpoint through the host's health forward (port "health")
+    assert c["readinessProbe"]["httpGet"] == {"path": "/enclave/health", "port": "health"}, where
+    health_port = [p["containerPort"] for p in c["ports"] if p["name"] == "health"][0]
+    # preStop drains: SIGTERM to cloister host (the container's PID 1, its command) and wait for it
+    hook = " ".join(c["lifecycle"]["preStop"]["exec"]["command"])
+    assert "kill -TERM 1" in hook and "while kill -0 1" in hook, hook
+    assert pod["terminationGracePeriodSeconds"] >= 25 + 30 + 10, where
+    commands += dist_commands.from_container(c, "%s deployment" % where)
+for where, docs, release, ns in (("default", by, "cloister", "default"), ("sync", sby, "shop", "prod")):
+    host = json.loads(docs[("ConfigMap", release + "-host")]["data"]["host.json"])
+    for key in host:
+        assert "--" + key in help_text, "host.json key %r is not an option of cloister host" % key
+    assert "tcp:0.0.0.0:%d=vsock:16:8444,health" % health_port in host["forward"], host["forward"]
+    assert host["drain-url"] == "vsock:16:8444,/enclave/drain" and host["drain-grace"] == "25s", host
+    assert host["outbound"][0] == "vsock:3:8000=kms.us-east-1.amazonaws.com:443", host["outbound"]
+    assert (("vsock:3:8001=%s-leader.%s.svc.cluster.local:444" % (release, ns)) in host["outbound"]) == (where == "sync")
+    assert ("tcp:0.0.0.0:444=vsock:16:444" in host["forward"]) == (where == "sync")
+    commands += dist_commands.from_host_json(host, "%s ConfigMap" % where)
+assert sby[("Deployment", "shop-leader")]["spec"]["replicas"] == 1
+headless = sby[("Service", "shop-leader")]["spec"]
 assert headless["clusterIP"] == "None" and headless["ports"][0]["port"] == 444
 svc = by[("Service", "cloister")]
 assert svc["spec"]["type"] == "LoadBalancer" and all(p["protocol"] == "TCP" for p in svc["spec"]["ports"])
-assert svc["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-type"] == "external"
-assert not any(d["metadata"]["name"].endswith("-leader") for d in nosync), "sync disabled still renders a leader"
+notes = svc["metadata"]["annotations"]
+assert notes["service.beta.kubernetes.io/aws-load-balancer-type"] == "external"
+assert notes["service.beta.kubernetes.io/aws-load-balancer-healthcheck-path"] == "/enclave/health"
+assert notes["service.beta.kubernetes.io/aws-load-balancer-healthcheck-port"] == str(health_port)
+assert notes["service.beta.kubernetes.io/aws-load-balancer-healthcheck-protocol"] == "http"
 assert by[("Deployment", "cloister")]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-host = json.loads(by[("ConfigMap", "cloister-host")]["data"]["host.json"])
-help_text = subprocess.run([sys.argv[4], "host", "--help"], capture_output=True, text=True).stdout
-for key in host:
-    assert "--" + key in help_text, "host.json key %r is not an option of cloister host" % key
-assert "cloister-leader.default.svc.cluster.local:444" in host["outbound"][0]
 assert chart["apiVersion"] == "v2" and re.fullmatch(r"\d+\.\d+\.\d+", chart["version"])
+json.dump(commands, open(sys.argv[5] + "/commands.json", "w"))
+broken = [dict(commands[0], argv=commands[0]["argv"] + ["--config-file", "x"])]
+broken += dist_commands.from_host_json({"forward": "tcp:0.0.0.0:443=vsock:16:443", "drain-grase": "5s"}, "broken")
+json.dump(broken, open(sys.argv[5] + "/broken.json", "w"))
 PY
-pass "pods ask for the enclave device and hugepages, drain (readiness, preStop, grace), NLB TCP passthrough, headless one-replica leader"
+pass "pods ask for the enclave device and hugepages; readiness and the NLB check /enclave/health through the ',health' forward; preStop drains; headless one-replica leader with sync"
+
+python3 "$SOURCE_DIR/tests/integration/dist_commands.py" check "$CLOISTER" "$work/commands.json" >"$work/check.txt" 2>&1 ||
+    fail "a cloister command line in the chart does not parse: $(grep PROBLEM "$work/check.txt" || cat "$work/check.txt")"
+[ "$(grep -c '^checked' "$work/check.txt")" -ge 5 ] || fail "too few command lines found: $(cat "$work/check.txt")"
+if python3 "$SOURCE_DIR/tests/integration/dist_commands.py" check "$CLOISTER" "$work/broken.json" >"$work/broken.txt" 2>&1; then
+    fail "a command line with a flag cloister lacks passed the check: $(cat "$work/broken.txt")"
+fi
+grep -q "unknown option '--config-file'" "$work/broken.txt" && grep -q 'cloister host has no option --drain-grase' "$work/broken.txt" ||
+    fail "the check did not name the flags: $(cat "$work/broken.txt")"
+pass "every cloister command line of the chart (containers, host.json) parses; a bad flag is caught"
