@@ -67,6 +67,7 @@ typedef struct settings {
     char *fqdn_leader, *ext_priv_listen, *sync_advertise;
     unsigned ext_priv_port;
     cl_opt_list sync_dial, sync_roots, sync_allow_pcr0;
+    bool sync_allow_signer;
     unsigned sync_register_ms, sync_heartbeat_ms, sync_prune_ms;
     enclave_acme_settings acme; /* -acme (src/enclave_acme.c) */
     /* -tap: tap0 and the egress policy (lib/enclave/tap_relay.c) */
@@ -190,6 +191,9 @@ static const cl_opt option_specs[] = {
      .flags = CL_OPT_NONEMPTY, .arg = "HEX",
      .help = "another image's PCR0 that may give keys to this enclave or take them from it (a rolling upgrade; "
              "repeatable)"},
+    {.name = "sync-allow-signer", CL_OPT_FLAG(settings, sync_allow_signer),
+     .help = "also give keys to and take them from images signed with this image's own signing certificate (PCR8 "
+             "equal, not zero): the rolling upgrade to an image built later, whose PCR0 this one cannot name"},
     {.name = "sync-register-interval", CL_OPT_DURATION_AT(settings, sync_register_ms, 1, 10, 3600000), .def = "5s",
      .arg = "DUR", .help = "key sync: a worker's registration retries (after quick first ones), for a minute"},
     {.name = "sync-heartbeat-interval", CL_OPT_DURATION_AT(settings, sync_heartbeat_ms, 1, 10, 3600000),
@@ -1171,6 +1175,7 @@ static int start_sync(enclave *e)
 {
     if (!e->s.fqdn_leader) {
         CL_ENSURE(!e->s.sync_dial.count && !e->s.sync_roots.count && !e->s.sync_allow_pcr0.count &&
+                      !e->s.sync_allow_signer &&
                       !e->s.sync_advertise && !e->s.ext_priv_listen,
                   CL_EINVAL, "the -sync-* and -ext-priv-listen options go with -fqdn-leader");
         return CL_OK;
@@ -1200,6 +1205,7 @@ static int start_sync(enclave *e)
         .root_count = e->s.sync_roots.count,
         .allow_pcr0 = (const char *const *)e->s.sync_allow_pcr0.items,
         .allow_pcr0_count = e->s.sync_allow_pcr0.count,
+        .allow_same_signer = e->s.sync_allow_signer,
         .nsm = e->nsm,
         .identity = &e->identity,
         .install = install_synced_identity,

@@ -485,19 +485,34 @@ static bool pcr_equal(const cl_sync_policy *p, const cl_attestation_doc *d, int 
     return d->pcrs[i].len == p->ours_len[i] && !memcmp(d->pcrs[i].data, p->ours[i], p->ours_len[i]);
 }
 
-int cl_sync_check_peer(const cl_sync_policy *p, const cl_attestation_doc *theirs, bool *by_allow)
+bool cl_sync_policy_signed(const cl_sync_policy *p)
 {
-    *by_allow = false;
+    bool zero = true;
+    for (size_t k = 0; k < p->ours_len[8]; k++)
+        zero &= p->ours[8][k] == 0;
+    return (p->ours_present & (1u << 8)) && p->ours_len[8] > 0 && !zero;
+}
+
+int cl_sync_check_peer(const cl_sync_policy *p, const cl_attestation_doc *theirs, const char **rule)
+{
+    *rule = "equal-pcrs";
     CL_ENSURE(theirs->pcr_present & 1u, CL_EVERIFY, "the peer's document has no PCR0");
-    if (!pcr_equal(p, theirs, 0)) {
-        for (size_t j = 0; j < p->allow_pcr0_count && !*by_allow; j++)
-            *by_allow = theirs->pcrs[0].len == 48 && !memcmp(theirs->pcrs[0].data, p->allow_pcr0[j], 48);
-        if (!*by_allow) {
+    bool other_image = !pcr_equal(p, theirs, 0);
+    if (other_image) {
+        bool allowed = false;
+        for (size_t j = 0; j < p->allow_pcr0_count && !allowed; j++)
+            allowed = theirs->pcrs[0].len == 48 && !memcmp(theirs->pcrs[0].data, p->allow_pcr0[j], 48);
+        if (allowed) {
+            *rule = "sync-allow-pcr0";
+        } else if (p->allow_same_signer && cl_sync_policy_signed(p) && (theirs->pcr_present & (1u << 8)) &&
+                   pcr_equal(p, theirs, 8)) {
+            *rule = "sync-allow-signer"; /* PCR8 is compared again below, with the others */
+        } else {
             char hex[2 * CL_PCR_MAX_LEN + 1];
             size_t n = theirs->pcrs[0].len > 16 ? 16 : theirs->pcrs[0].len;
             cl_hex_encode(theirs->pcrs[0].data, n, hex);
-            return cl_error_set(CL_EVERIFY,
-                                "the peer's PCR0 %s... differs from ours and is not in --sync-allow-pcr0", hex);
+            return cl_error_set(CL_EVERIFY, "the peer's PCR0 %s... differs from ours and is not in --sync-allow-pcr0%s",
+                                hex, p->allow_same_signer ? " nor signed by our signing certificate (PCR8)" : "");
         }
     }
     CL_ENSURE((theirs->pcr_present & ~(1u << 4)) == (p->ours_present & ~(1u << 4)), CL_EVERIFY,
@@ -505,8 +520,8 @@ int cl_sync_check_peer(const cl_sync_policy *p, const cl_attestation_doc *theirs
     for (int i = 1; i < CL_PCR_COUNT; i++) {
         if (i == 4 || !(p->ours_present & (1u << i)))
             continue; /* PCR4 measures the parent instance: it differs between replicas */
-        if (*by_allow && (i == 1 || i == 2))
-            continue; /* measured from the allowed image, as PCR0 is */
+        if (other_image && (i == 1 || i == 2))
+            continue; /* measured from the other image, as PCR0 is */
         CL_ENSURE(pcr_equal(p, theirs, i), CL_EVERIFY, "the peer's PCR%d differs from ours", i);
     }
     return CL_OK;

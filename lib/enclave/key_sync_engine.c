@@ -172,7 +172,7 @@ static int peer_call(cl_sync *s, const char *authority, const char *method, cons
 /* Parses and verifies a peer's document: roots, age, debug, the nonce we
  * chose, and the PCR policy.  doc is filled on success. */
 static int verify_peer_doc(cl_sync *s, const cl_buf *raw, const uint8_t nonce[CL_SYNC_NONCE_LEN],
-                           cl_attestation_doc *doc, bool *by_allow)
+                           cl_attestation_doc *doc, const char **rule)
 {
     cl_attestation_policy pol = {
         .check_nonce = true,
@@ -184,7 +184,7 @@ static int verify_peer_doc(cl_sync *s, const cl_buf *raw, const uint8_t nonce[CL
     int rc = cl_attestation_verify(s->verifier, raw->data, raw->len, &pol, cl_now_ms(), doc);
     if (rc < 0)
         return cl_error_prefix(rc, "the peer's attestation document: ");
-    rc = cl_sync_check_peer(&s->policy, doc, by_allow);
+    rc = cl_sync_check_peer(&s->policy, doc, rule);
     if (rc < 0)
         cl_attestation_doc_free(doc);
     return rc;
@@ -265,8 +265,8 @@ static int leader_sync(cl_sync *s, const char *host)
     CL_ENSURE_OUT(resp.status == 200, CL_EPROTO, "GET /enclave/sync answered HTTP %d", resp.status);
     CL_TRY_OUT(cl_sync_attstn_body_parse(resp.body.data, resp.body.len, &body));
     CL_ENSURE_OUT(body.encrypted_keys.len == 0, CL_EPROTO, "the worker sent encrypted keys; expected none");
-    bool by_allow = false;
-    CL_TRY_OUT(verify_peer_doc(s, &body.document, nonce, &doc, &by_allow));
+    const char *rule = "equal-pcrs";
+    CL_TRY_OUT(verify_peer_doc(s, &body.document, nonce, &doc, &rule));
     have_doc = true;
     CL_ENSURE_OUT(doc.has_public_key && doc.public_key.len == crypto_box_PUBLICKEYBYTES, CL_EVERIFY,
                   "the worker's document has no 32-byte X25519 public key");
@@ -275,7 +275,7 @@ static int leader_sync(cl_sync *s, const char *host)
     char module[80], pcr0[33];
     describe_doc(&doc, module, pcr0);
     cl_log(CL_LOG_INFO, "sync_worker_verified", "worker", host, "module", module, "pcr0", pcr0, "by",
-           by_allow ? "sync-allow-pcr0" : "equal-pcrs", NULL);
+           rule, NULL);
 
     pthread_mutex_lock(&s->lock);
     rc = cl_sync_keys_copy(&s->keys, &keys);
@@ -472,8 +472,8 @@ static int worker_accept(cl_sync *s, const cl_sync_request *req, char *leader_de
     bool known = peek.has_nonce && take_pending(s, peek.nonce, &p);
     cl_attestation_doc_free(&peek);
     CL_ENSURE_OUT(known, CL_EVERIFY, "the leader's document does not carry the nonce of a sync we started");
-    bool by_allow = false;
-    CL_TRY_OUT(verify_peer_doc(s, &body.document, p.nonce, &doc, &by_allow));
+    const char *rule = "equal-pcrs";
+    CL_TRY_OUT(verify_peer_doc(s, &body.document, p.nonce, &doc, &rule));
     have_doc = true;
     uint8_t digest[32];
     CL_ENSURE_OUT(EVP_Digest(body.encrypted_keys.data, body.encrypted_keys.len, digest, NULL, EVP_sha256(), NULL) ==
@@ -486,7 +486,7 @@ static int worker_accept(cl_sync *s, const cl_sync_request *req, char *leader_de
     describe_doc(&doc, module, pcr0);
     snprintf(leader_desc, desc_len, "%s", module);
     cl_log(CL_LOG_INFO, "sync_leader_verified", "module", module, "pcr0", pcr0, "by",
-           by_allow ? "sync-allow-pcr0" : "equal-pcrs", NULL);
+           rule, NULL);
     size_t plain_len = body.encrypted_keys.len - crypto_box_SEALBYTES;
     CL_TRY_OUT(cl_buf_reserve(&plain, plain_len));
     CL_ENSURE_OUT(crypto_box_seal_open(plain.data, body.encrypted_keys.data, body.encrypted_keys.len, p.pk, p.sk) ==
@@ -750,6 +750,7 @@ int cl_sync_new(const cl_sync_config *cfg, cl_sync **out)
     }
     for (size_t i = 0; i < cfg->allow_pcr0_count; i++)
         CL_TRY_OUT(cl_sync_policy_allow_pcr0(&s->policy, cfg->allow_pcr0[i]));
+    s->policy.allow_same_signer = cfg->allow_same_signer;
     rc = cl_verifier_new_with_roots(cfg->roots, cfg->root_count, &s->verifier);
     if (rc < 0) {
         rc = cl_error_prefix(rc, "--sync-root: ");
@@ -773,6 +774,9 @@ int cl_sync_new(const cl_sync_config *cfg, cl_sync **out)
         rc = cl_error_prefix(rc, "key sync: our own attestation document: ");
         goto out;
     }
+    if (s->policy.allow_same_signer && !cl_sync_policy_signed(&s->policy))
+        cl_log(CL_LOG_WARN, "sync_allow_signer_unsigned", "detail",
+               "this image is not signed (PCR8 absent or zero): --sync-allow-signer allows no other image", NULL);
     CL_TRY_OUT(cl_sync_keys_from_identity(cfg->identity, &s->keys));
     set_etag_locked(s);
     CL_ENSURE_OUT(RAND_bytes(s->our_nonce, sizeof s->our_nonce) == 1, CL_ECRYPTO, "no random bytes for a nonce");

@@ -50,3 +50,33 @@ own=$(tls_sha_of_log upgraded2)
 wait_for_log leader2 "event=sync_worker_failed worker=127.0.0.1:$(port_of upgraded2 sync) error=\"the peer's PCR0 ${pcr0_b:0:32}\\.\\.\\. differs from ours and is not in --sync-allow-pcr0" 400
 [ "$(served_sha upgraded2)" = "$own" ] || fail "image B got keys from a leader that does not allow it"
 pass "without --sync-allow-pcr0 on the leader, image B gets no keys (the leader names PCR0)"
+
+# --sync-allow-signer: image A cannot name a later image B's PCR0 (it is
+# measured before B exists), but both are signed with one certificate
+# (PCR8).  A leader and workers that allow their own signer sync across
+# images; a worker signed by anyone else gets nothing, and an image signed by
+# another certificate is refused as a leader.
+stop upgraded2 || true
+stop leader2 || true
+signer=$(printf '5a%.0s' $(seq 48))
+other_signer=$(printf '6b%.0s' $(seq 48))
+start_sim_with signedA --pcr "8=$signer"
+start_sim_with signedB --pcr "0=$(printf 'c3%.0s' $(seq 48))" --pcr "8=$signer"
+start_sim_with foreign --pcr "0=$(printf 'd4%.0s' $(seq 48))" --pcr "8=$other_signer"
+sync_enclave sleader signedA self --sync-allow-signer
+wait_for_log sleader 'event=sync_role role=leader'
+slsync=$(port_of sleader sync)
+sleader_sha=$(tls_sha_of_log sleader)
+sync_enclave sworker signedB "$slsync" --sync-allow-signer
+wait_for_log sworker 'event=sync_keys_installed' 400
+grep -q 'event=sync_leader_verified .*by=sync-allow-signer' "$work/sworker.log" || fail "the B worker did not log the signer rule"
+grep -q "event=sync_worker_verified worker=127.0.0.1:$(port_of sworker sync) .*by=sync-allow-signer" "$work/sleader.log" ||
+    fail "the leader did not log accepting image B by its signer"
+[ "$(proven_sha sworker)" = "$sleader_sha" ] || fail "image B (same signer) does not present the leader's certificate"
+pass "--sync-allow-signer: image B, unknown to image A but signed by the same certificate (PCR8), takes A's certificate"
+
+sync_enclave intruder foreign "$slsync" --sync-allow-signer -sync-register-interval 200ms
+own=$(tls_sha_of_log intruder)
+wait_for_log sleader "event=sync_worker_failed worker=127.0.0.1:$(port_of intruder sync) error=\"the peer's PCR0 d4d4d4d4.*nor signed by our signing certificate" 400
+[ "$(served_sha intruder)" = "$own" ] || fail "an image signed by another certificate got the leader's keys"
+pass "--sync-allow-signer: an image signed by another certificate gets no keys (the leader says why)"

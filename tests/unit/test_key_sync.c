@@ -121,34 +121,63 @@ static void test_policy(void)
     memset(&pol, 0, sizeof pol);
     fake(&ours, 0x10);
     CHECK_OK(cl_sync_policy_set_ours(&pol, &ours.doc));
-    bool by_allow = true;
+    const char *rule = NULL;
 
     fake(&theirs, 0x10);
     memset(theirs.pcr[4], 0xee, 48); /* another parent instance */
-    CHECK_OK(cl_sync_check_peer(&pol, &theirs.doc, &by_allow));
-    CHECK(!by_allow);
+    CHECK_OK(cl_sync_check_peer(&pol, &theirs.doc, &rule));
+    CHECK(!strcmp(rule, "equal-pcrs"));
 
     fake(&theirs, 0x10);
     theirs.pcr[3][0] ^= 1; /* another IAM role */
-    CHECK_ERR(cl_sync_check_peer(&pol, &theirs.doc, &by_allow), CL_EVERIFY, "PCR3 differs");
+    CHECK_ERR(cl_sync_check_peer(&pol, &theirs.doc, &rule), CL_EVERIFY, "PCR3 differs");
 
     fake(&theirs, 0x10);
     theirs.doc.pcr_present |= 1u << 9;
     theirs.doc.pcrs[9] = (cl_slice){theirs.pcr[9], 48};
-    CHECK_ERR(cl_sync_check_peer(&pol, &theirs.doc, &by_allow), CL_EVERIFY, "another set of PCRs");
+    CHECK_ERR(cl_sync_check_peer(&pol, &theirs.doc, &rule), CL_EVERIFY, "another set of PCRs");
 
     fake(&theirs, 0x40); /* another image: PCR0, 1, 2 differ, and so do the others here */
-    CHECK_ERR(cl_sync_check_peer(&pol, &theirs.doc, &by_allow), CL_EVERIFY, "not in --sync-allow-pcr0");
+    CHECK_ERR(cl_sync_check_peer(&pol, &theirs.doc, &rule), CL_EVERIFY, "not in --sync-allow-pcr0");
     char hex[97];
     cl_hex_encode(theirs.pcr[0], 48, hex);
     CHECK_OK(cl_sync_policy_allow_pcr0(&pol, hex));
-    CHECK_ERR(cl_sync_check_peer(&pol, &theirs.doc, &by_allow), CL_EVERIFY, "PCR3 differs");
+    CHECK_ERR(cl_sync_check_peer(&pol, &theirs.doc, &rule), CL_EVERIFY, "PCR3 differs");
     fake(&theirs, 0x10);
     memset(theirs.pcr[0], 0x40, 48);
     memset(theirs.pcr[1], 0x41, 48);
     memset(theirs.pcr[2], 0x42, 48);
-    CHECK_OK(cl_sync_check_peer(&pol, &theirs.doc, &by_allow));
-    CHECK(by_allow);
+    CHECK_OK(cl_sync_check_peer(&pol, &theirs.doc, &rule));
+    CHECK(!strcmp(rule, "sync-allow-pcr0"));
+
+    /* --sync-allow-signer: an image built later (PCR0, 1, 2 unknown to us)
+     * signed with our signing certificate (PCR8) */
+    static cl_sync_policy signer;
+    memset(&signer, 0, sizeof signer);
+    CHECK_OK(cl_sync_policy_set_ours(&signer, &ours.doc));
+    fake(&theirs, 0x10);
+    memset(theirs.pcr[0], 0x50, 48);
+    memset(theirs.pcr[1], 0x51, 48);
+    memset(theirs.pcr[2], 0x52, 48);
+    CHECK_ERR(cl_sync_check_peer(&signer, &theirs.doc, &rule), CL_EVERIFY, "not in --sync-allow-pcr0");
+    signer.allow_same_signer = true;
+    CHECK(cl_sync_policy_signed(&signer));
+    CHECK_OK(cl_sync_check_peer(&signer, &theirs.doc, &rule));
+    CHECK(!strcmp(rule, "sync-allow-signer"));
+    theirs.pcr[8][0] ^= 1; /* another signer */
+    CHECK_ERR(cl_sync_check_peer(&signer, &theirs.doc, &rule), CL_EVERIFY, "nor signed by our signing certificate");
+    theirs.pcr[8][0] ^= 1;
+    theirs.pcr[3][0] ^= 1; /* same signer, another IAM role */
+    CHECK_ERR(cl_sync_check_peer(&signer, &theirs.doc, &rule), CL_EVERIFY, "PCR3 differs");
+    /* an unsigned image (PCR8 zero) allows no other image by signer, even a peer with PCR8 zero too */
+    fake(&ours, 0x10);
+    memset(ours.pcr[8], 0, 48);
+    CHECK_OK(cl_sync_policy_set_ours(&signer, &ours.doc));
+    CHECK(!cl_sync_policy_signed(&signer));
+    fake(&theirs, 0x10);
+    memset(theirs.pcr[0], 0x50, 48);
+    memset(theirs.pcr[8], 0, 48);
+    CHECK_ERR(cl_sync_check_peer(&signer, &theirs.doc, &rule), CL_EVERIFY, "PCR0");
 
     CHECK_ERR(cl_sync_policy_allow_pcr0(&pol, "abcd"), CL_EINVAL, "96 hexadecimal digits");
     char zeros[97];

@@ -98,18 +98,24 @@ typedef struct cl_sync_policy {
     size_t ours_len[CL_PCR_COUNT];
     uint8_t allow_pcr0[CL_SYNC_ALLOW_PCR0_MAX][48];
     size_t allow_pcr0_count;
+    bool allow_same_signer; /* --sync-allow-signer */
 } cl_sync_policy;
 
 /* Our PCRs from our own document. */
 CL_MUST_CHECK int cl_sync_policy_set_ours(cl_sync_policy *p, const cl_attestation_doc *ours);
 /* --sync-allow-pcr0 HEX (96 hex digits, not all zero) */
 CL_MUST_CHECK int cl_sync_policy_allow_pcr0(cl_sync_policy *p, const char *hex);
+/* Our image is signed: PCR8 present and not zero. */
+bool cl_sync_policy_signed(const cl_sync_policy *p);
 /* A verified peer document: every PCR we have equal to theirs except
- * PCR4 (the parent instance), and they have no PCR we lack; or PCR0 in
- * the allowed set, in which case PCR1 and PCR2 (measured from the same
- * image) may differ too.  *by_allow says which.  CL_EVERIFY naming the
- * first PCR that differs. */
-CL_MUST_CHECK int cl_sync_check_peer(const cl_sync_policy *p, const cl_attestation_doc *theirs, bool *by_allow);
+ * PCR4 (the parent instance), and they have no PCR we lack; or another
+ * image, whose PCR0, PCR1 and PCR2 may differ, when its PCR0 is in the
+ * allowed set or, with allow_same_signer, when it is signed by our own
+ * image's signing certificate (PCR8 equal and not zero: an image built
+ * later, which this one cannot name).  *rule is "equal-pcrs",
+ * "sync-allow-pcr0" or "sync-allow-signer".  CL_EVERIFY naming the first
+ * PCR that differs. */
+CL_MUST_CHECK int cl_sync_check_peer(const cl_sync_policy *p, const cl_attestation_doc *theirs, const char **rule);
 
 /* ---- the engine -------------------------------------------------------------- */
 
@@ -129,6 +135,7 @@ typedef struct cl_sync_config {
     size_t root_count;
     const char *const *allow_pcr0;
     size_t allow_pcr0_count;
+    bool allow_same_signer; /* --sync-allow-signer */
     cl_nsm *nsm;
     const cl_tls_identity *identity; /* our own, sent when we lead */
     cl_sync_install_fn install;

@@ -3,7 +3,8 @@
 #   start_sims N...     nsm-sim instances sim1..simN: one CA chain (the state
 #                       is copied, so one root.pem), each its own instance
 #                       id (so PCR4 differs, as between parent instances);
-#                       start_sim_pcr0 NAME HEX adds one with another PCR0
+#                       start_sim_pcr0 NAME HEX adds one with another PCR0,
+#                       start_sim_with NAME ARGS... one with nsm-sim ARGS
 #   sync_enclave NAME SIM LEADER_PORT ARGS...
 #                       cloister enclave with its own ports ($work/NAME.ports:
 #                       public internal sync) and -fqdn-leader 127.0.0.1:LEADER_PORT
@@ -27,13 +28,17 @@ start_sims() {
 
 start_sim_pcr0() { # NAME HEX ("" for the default PCR0)
     local name=$1 pcr0=$2
+    if [ -n "$pcr0" ]; then start_sim_with "$name" --pcr "0=$pcr0"; else start_sim_with "$name"; fi
+}
+
+start_sim_with() { # NAME NSM-SIM-ARGS...
+    local name=$1
+    shift
     mkdir -p "$work/$name-state"
     cp -r "$work/state/." "$work/$name-state/"
     rm -f "$work/$name-state/instance-id" "$work/$name-state/instance.key" "$work/$name-state/instance.pem"
-    local extra=()
-    [ -n "$pcr0" ] && extra=(--pcr "0=$pcr0")
     spawn "$name" "$CLOISTER" nsm-sim --listen "unix:$work/$name.sock" --state "$work/$name-state" \
-        --instance-id "i-$name-$RANDOM" "${extra[@]}"
+        --instance-id "i-$name-$RANDOM" "$@"
     wait_for_log "$name" '^nsm-sim: listening on '
     cmp -s "$work/$name-state/root.pem" "$root" || fail "$name has another root"
 }
