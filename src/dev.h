@@ -1,6 +1,6 @@
 /* What src/dev.c shares with src/dev_replicas.c (`cloister dev --replicas N`):
- * its state, its process handling and its stand-ins.  The helpers keep their
- * short names in dev.c's text and are linked under dev_ names (below). */
+ * its state, and the process handling and stand-ins of src/dev_common.c.  The
+ * helpers keep their short names in the text and are linked under dev_ names. */
 #ifndef CLOISTER_SRC_DEV_H
 #define CLOISTER_SRC_DEV_H
 
@@ -44,6 +44,12 @@ typedef struct dev {
     char acme_link[PATH_MAX + 16];        /* the enclave's way to Pebble: the host's outbound proxy */
     const char *extra_kms_key;            /* kms-local --key for --app wallet */
 } dev;
+
+#define DEV_ROLE_ARN "arn:aws:sts::111122223333:assumed-role/cloister-dev-instance/i-0cloisterdev"
+#define DEV_OPERATOR_ARN "arn:aws:iam::111122223333:user/cloister-dev-operator"
+
+/* how long a process of ours gets after SIGTERM before SIGKILL */
+#define STOP_TIMEOUT_MS 15000
 
 #define say dev_say
 #define spawn dev_spawn

@@ -69,15 +69,15 @@ static bool port_open(unsigned port)
     return rc == CL_OK;
 }
 
-int dev_acme_start(dev_acme *a, const char *run, unsigned tls_port, unsigned (*free_port)(void))
+int dev_acme_start(dev_acme *a, const char *run, unsigned tls_port, unsigned (*pick_port)(void))
 {
     memset(a, 0, sizeof *a);
     snprintf(a->run, sizeof a->run, "%s", run);
     snprintf(a->ca_file, sizeof a->ca_file, "%s/pebble-tls.pem", run);
     snprintf(a->root_file, sizeof a->root_file, "%s/pebble-root.pem", run);
-    a->port = free_port();
-    a->mgmt = free_port();
-    unsigned dns = free_port(), dns_mgmt = free_port();
+    a->port = pick_port();
+    a->mgmt = pick_port();
+    unsigned dns = pick_port(), dns_mgmt = pick_port();
     snprintf(a->directory, sizeof a->directory, "https://localhost:%u/dir", a->port);
     char key_file[PATH_MAX + 32], config[PATH_MAX + 32];
     CL_TRY(write_tls(a, key_file, sizeof key_file));
@@ -89,7 +89,7 @@ int dev_acme_start(dev_acme *a, const char *run, unsigned tls_port, unsigned (*f
             "{\"pebble\": {\"listenAddress\": \"127.0.0.1:%u\", \"managementListenAddress\": \"127.0.0.1:%u\",\n"
             "  \"certificate\": \"%s\", \"privateKey\": \"%s\", \"httpPort\": %u, \"tlsPort\": %u,\n"
             "  \"ocspResponderURL\": \"\", \"externalAccountBindingRequired\": false}}\n",
-            a->port, a->mgmt, a->ca_file, key_file, free_port(), tls_port);
+            a->port, a->mgmt, a->ca_file, key_file, pick_port(), tls_port);
     fclose(f);
     char dns_listen[32], dns_mgmt_listen[32], dns_server[32];
     snprintf(dns_listen, sizeof dns_listen, "127.0.0.1:%u", dns);

@@ -21,7 +21,7 @@ typedef struct dev_acme {
 
 /* Starts both in run (logs run/pebble.log, run/challtestsrv.log) with
  * tls-alpn-01 validated on 127.0.0.1:tls_port. */
-CL_MUST_CHECK int dev_acme_start(dev_acme *a, const char *run, unsigned tls_port, unsigned (*free_port)(void));
+CL_MUST_CHECK int dev_acme_start(dev_acme *a, const char *run, unsigned tls_port, unsigned (*pick_port)(void));
 /* Waits (up to timeout_ms) until https://localhost:port/enclave verifies
  * with Pebble's root: the enclave serves a Pebble-issued chain. */
 bool dev_acme_wait_issued(dev_acme *a, unsigned port, unsigned timeout_ms);

@@ -2,7 +2,7 @@
  * connection: bytes through its TLS, the Date line, small complete
  * responses and the forwarding fields for the app.  Below both, so that
  * neither needs the other for these. */
-#include "enclave/server_internal.h"
+#include "enclave/connection.h"
 
 #include <errno.h>
 #include <openssl/err.h>

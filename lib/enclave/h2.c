@@ -24,7 +24,7 @@
  * schedule cl_h2_io; they never run inside nghttp2 and never free a
  * stream, which only on_stream_close and cl_h2_free do. */
 #include "cloister/core/clock.h"
-#include "enclave/server_internal.h"
+#include "enclave/connection.h"
 
 #include <nghttp2/nghttp2.h>
 #include <stdio.h>

@@ -1,4 +1,4 @@
-#include "enclave/server_internal.h"
+#include "enclave/connection.h"
 
 #include "cloister/core/clock.h"
 #include "cloister/core/log.h"

@@ -1,6 +1,7 @@
-/* Shared by the HTTP/1.1 and HTTP/2 halves of the server. */
-#ifndef CLOISTER_LIB_SERVER_INTERNAL_H
-#define CLOISTER_LIB_SERVER_INTERNAL_H
+/* A connection and its worker thread, shared by the HTTP/1.1 and HTTP/2
+ * halves of the server (server.c, h2.c) and their I/O (client_io.c). */
+#ifndef CLOISTER_LIB_ENCLAVE_CONNECTION_H
+#define CLOISTER_LIB_ENCLAVE_CONNECTION_H
 
 #include "cloister/core/loop.h"
 #include "cloister/enclave/server.h"
