@@ -94,9 +94,9 @@ static int check_endpoint(const cl_aws_json_service *s, const char *e, bool allo
     return CL_OK;
 }
 
-int cl_aws_json_init(cl_aws_json *c, const cl_aws_json_service *s, const cl_aws_json_config *cfg)
+int cl_aws_json_new(size_t size, const cl_aws_json_service *s, const cl_aws_json_config *cfg, void **out)
 {
-    memset(c, 0, sizeof *c);
+    *out = NULL;
     CL_TRY(check_region(s, cfg->region));
     CL_ENSURE(cfg->credentials, CL_EINVAL, "the %s client needs credentials", s->name);
     CL_ENSURE(!s->attempts_limit || cfg->max_attempts <= s->attempts_limit, CL_EINVAL, "at most %u attempts",
@@ -110,6 +110,8 @@ int cl_aws_json_init(cl_aws_json *c, const cl_aws_json_service *s, const cl_aws_
             return cl_error_prefix(rc, "%s proxy address: ", s->name);
     }
     CL_TRY(cl_curl_init());
+    cl_aws_json *c = calloc(1, size < sizeof *c ? sizeof *c : size);
+    CL_ENSURE(c, CL_ENOMEM, "out of memory");
     c->service = s;
     if (cfg->endpoint) {
         size_t n = strlen(cfg->endpoint);
@@ -129,20 +131,22 @@ int cl_aws_json_init(cl_aws_json *c, const cl_aws_json_service *s, const cl_aws_
     c->curl = curl_easy_init();
     pthread_mutex_init(&c->lock, NULL);
     if (!c->curl || (cfg->ca_file && !c->ca_file)) {
-        cl_aws_json_cleanup(c);
+        cl_aws_json_free(c);
         return cl_error_set(CL_ENOMEM, "out of memory (libcurl handle)");
     }
+    *out = c;
     return CL_OK;
 }
 
-void cl_aws_json_cleanup(cl_aws_json *c)
+void cl_aws_json_free(cl_aws_json *c)
 {
+    if (!c)
+        return;
     if (c->curl)
         curl_easy_cleanup(c->curl);
-    c->curl = NULL;
     free(c->ca_file);
-    c->ca_file = NULL;
     pthread_mutex_destroy(&c->lock);
+    free(c);
 }
 
 /* ---- the call ------------------------------------------------------------- */

@@ -40,6 +40,15 @@ typedef struct cl_aws_json_config {
     unsigned max_attempts, backoff_ms, timeout_ms; /* 0: the defaults */
 } cl_aws_json_config;
 
+/* The fields of a client's public config that it passes on unchanged
+ * (cl_kms_config, cl_dynamodb_config name them alike). */
+#define CL_AWS_JSON_CONFIG_OF(cfg)                                                                                     \
+    {                                                                                                                  \
+        .region = (cfg)->region, .endpoint = (cfg)->endpoint, .connect = (cfg)->connect, .ca_file = (cfg)->ca_file,    \
+        .credentials = (cfg)->credentials, .max_attempts = (cfg)->max_attempts, .backoff_ms = (cfg)->backoff_ms,       \
+        .timeout_ms = (cfg)->timeout_ms,                                                                               \
+    }
+
 typedef struct cl_aws_json_stats {
     uint64_t attempts, retries;
     uint64_t network_us;
@@ -60,11 +69,12 @@ typedef struct cl_aws_json {
     cl_aws_json_stats stats;
 } cl_aws_json;
 
-/* Checks cfg and sets c up (in place: the clients embed it).  On failure
- * nothing is left to free; on success cl_aws_json_cleanup undoes it. */
-CL_MUST_CHECK int cl_aws_json_init(cl_aws_json *c, const cl_aws_json_service *service,
-                                   const cl_aws_json_config *cfg);
-void cl_aws_json_cleanup(cl_aws_json *c);
+/* Checks cfg and allocates a client of size bytes, zeroed, whose first
+ * member is the cl_aws_json, set up from cfg.  *out stays NULL on failure. */
+CL_MUST_CHECK int cl_aws_json_new(size_t size, const cl_aws_json_service *service, const cl_aws_json_config *cfg,
+                                  void **out);
+/* Frees a client from cl_aws_json_new, given its first member; NULL is fine. */
+void cl_aws_json_free(cl_aws_json *c);
 
 /* One operation, with c->lock held: POST body with X-Amz-Target
  * PREFIX<op>, signed, retried on throttling, 5xx and transport failures

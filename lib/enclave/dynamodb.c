@@ -1,13 +1,15 @@
 /* The DynamoDB JSON 1.0 client: requests signed with SigV4 by libcurl
- * (as the KMS client's), sent directly or through the parent's outbound
- * proxy, retried on throttling and server errors; answers checked against
- * the attribute-value grammar before anyone reads them. */
+ * (aws_json.c, shared with the KMS client), sent directly or through the
+ * parent's outbound proxy, retried on throttling and server errors;
+ * answers checked against the attribute-value grammar before anyone reads
+ * them. */
 #include "cloister/enclave/dynamodb.h"
 
 #include "cloister/core/clock.h"
 #include "cloister/core/encoding.h"
 #include "enclave/aws_json.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,7 @@ struct cl_dynamodb {
     cl_aws_json aws;
     uint64_t calls;
 };
+_Static_assert(offsetof(struct cl_dynamodb, aws) == 0, "cl_aws_json_new and cl_aws_json_free need aws first");
 
 /* ---- errors ----------------------------------------------------------------- */
 
@@ -327,34 +330,17 @@ static const cl_aws_json_service dynamodb_service = {
 int cl_dynamodb_new(const cl_dynamodb_config *cfg, cl_dynamodb **out)
 {
     *out = NULL;
-    cl_aws_json_config aws = {
-        .region = cfg->region,
-        .endpoint = cfg->endpoint,
-        .allow_http = cfg->allow_http,
-        .connect = cfg->connect,
-        .ca_file = cfg->ca_file,
-        .credentials = cfg->credentials,
-        .max_attempts = cfg->max_attempts,
-        .backoff_ms = cfg->backoff_ms,
-        .timeout_ms = cfg->timeout_ms,
-    };
-    cl_dynamodb *d = calloc(1, sizeof *d);
-    CL_ENSURE(d, CL_ENOMEM, "out of memory");
-    int rc = cl_aws_json_init(&d->aws, &dynamodb_service, &aws);
-    if (rc < 0) {
-        free(d);
-        return rc;
-    }
+    cl_aws_json_config aws = CL_AWS_JSON_CONFIG_OF(cfg);
+    aws.allow_http = cfg->allow_http;
+    void *d;
+    CL_TRY(cl_aws_json_new(sizeof(**out), &dynamodb_service, &aws, &d));
     *out = d;
     return CL_OK;
 }
 
 void cl_dynamodb_free(cl_dynamodb *d)
 {
-    if (!d)
-        return;
-    cl_aws_json_cleanup(&d->aws);
-    free(d);
+    cl_aws_json_free(d ? &d->aws : NULL);
 }
 
 const char *cl_dynamodb_error_type(const cl_dynamodb *d)

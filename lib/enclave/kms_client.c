@@ -1,13 +1,13 @@
-/* The KMS JSON 1.1 client: requests signed with SigV4 by libcurl, sent
- * directly or through an address (the parent's outbound proxy), retried
- * on throttling and server errors, and the Recipient forms whose answers
- * are opened inside the enclave. */
+/* The KMS JSON 1.1 client: the protocol (SigV4, the proxy, retries) is
+ * aws_json.c's; here KMS's errors, its operations and the Recipient forms
+ * whose answers are opened inside the enclave. */
 #include "cloister/core/encoding.h"
 #include "cloister/enclave/kms.h"
 #include "cloister/core/clock.h"
 #include "enclave/aws_json.h"
 
 #include <jansson.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,38 +77,22 @@ struct cl_kms {
     char key_id[2048];
     cl_kms_stats stats;
 };
+_Static_assert(offsetof(struct cl_kms, aws) == 0, "cl_aws_json_new and cl_aws_json_free need aws first");
 
 int cl_kms_new(const cl_kms_config *cfg, cl_kms **out)
 {
     *out = NULL;
-    cl_aws_json_config aws = {
-        .region = cfg->region,
-        .endpoint = cfg->endpoint,
-        .connect = cfg->connect,
-        .ca_file = cfg->ca_file,
-        .credentials = cfg->credentials,
-        .max_attempts = cfg->max_attempts,
-        .backoff_ms = cfg->backoff_ms,
-        .timeout_ms = cfg->timeout_ms,
-    };
-    cl_kms *k = calloc(1, sizeof *k);
-    CL_ENSURE(k, CL_ENOMEM, "out of memory");
-    int rc = cl_aws_json_init(&k->aws, &kms_service, &aws);
-    if (rc < 0) {
-        free(k);
-        return rc;
-    }
-    k->recipient = cfg->recipient;
+    cl_aws_json_config aws = CL_AWS_JSON_CONFIG_OF(cfg);
+    void *k;
+    CL_TRY(cl_aws_json_new(sizeof(**out), &kms_service, &aws, &k));
     *out = k;
+    (*out)->recipient = cfg->recipient;
     return CL_OK;
 }
 
 void cl_kms_free(cl_kms *k)
 {
-    if (!k)
-        return;
-    cl_aws_json_cleanup(&k->aws);
-    free(k);
+    cl_aws_json_free(k ? &k->aws : NULL);
 }
 
 const char *cl_kms_key_id(const cl_kms *k)
