@@ -1,39 +1,26 @@
 /* The DynamoDB JSON 1.0 client: requests signed with SigV4 by libcurl
- * (as the KMS client's), sent directly or through the parent's outbound
- * proxy, retried on throttling and server errors; answers checked against
- * the attribute-value grammar before anyone reads them. */
+ * (aws_json.c, shared with the KMS client), sent directly or through the
+ * parent's outbound proxy, retried on throttling and server errors;
+ * answers checked against the attribute-value grammar before anyone reads
+ * them. */
 #include "cloister/enclave/dynamodb.h"
 
 #include "cloister/core/clock.h"
 #include "cloister/core/encoding.h"
-#include "core/curl_http.h"
+#include "enclave/aws_json.h"
 
-#include <openssl/rand.h>
-#include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#define DEFAULT_ATTEMPTS 5
-#define DEFAULT_BACKOFF_MS 100
-#define MAX_BACKOFF_MS 5000
-#define DEFAULT_TIMEOUT_MS 10000
 #define MAX_ATTEMPTS 20
 
 struct cl_dynamodb {
-    char url[300];
-    char sigv4[100];
-    bool has_dial;
-    cl_address dial;
-    char *ca_file;
-    cl_aws_credentials_provider *creds;
-    unsigned max_attempts, backoff_ms, timeout_ms;
-    CURL *curl;
-    pthread_mutex_t lock; /* one call at a time on the handle */
-    char error_type[128];
-    cl_dynamodb_stats stats;
+    cl_aws_json aws;
+    uint64_t calls;
 };
+_Static_assert(offsetof(struct cl_dynamodb, aws) == 0, "cl_aws_json_new and cl_aws_json_free need aws first");
 
 /* ---- errors ----------------------------------------------------------------- */
 
@@ -94,7 +81,7 @@ int cl_dynamodb_parse_error(long status, const uint8_t *body, size_t len, char *
 {
     /* AWS's error objects are the same for both JSON protocols; dynalite's
      * __type is "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException" */
-    return cl_kms_parse_error(status, body, len, type, type_len, message, message_len);
+    return cl_aws_json_parse_error(status, body, len, type, type_len, message, message_len);
 }
 
 /* ---- attribute values --------------------------------------------------- */
@@ -327,218 +314,64 @@ int cl_dynamodb_get_b(const json_t *item, const char *name, cl_buf *out)
 
 /* ---- the client --------------------------------------------------------- */
 
-static int check_endpoint(const char *e, bool allow_http)
-{
-    bool https = !strncmp(e, "https://", 8);
-    bool http = !strncmp(e, "http://", 7);
-    CL_ENSURE(https || (http && allow_http), CL_EINVAL, "endpoint '%s': expected https://HOST[:PORT]%s", e,
-              http ? " (plain http:// only for a local test server, when allowed)" : "");
-    CL_ENSURE(strlen(e) < 256, CL_EINVAL, "endpoint is too long");
-    const char *rest = e + (https ? 8 : 7);
-    CL_ENSURE(*rest && *rest != '/', CL_EINVAL, "endpoint '%s': no host", e);
-    const char *slash = strchr(rest, '/');
-    CL_ENSURE(!slash || !slash[1], CL_EINVAL, "endpoint '%s': no path expected (DynamoDB is at /)", e);
-    for (const char *p = rest; *p && *p != '/'; p++)
-        CL_ENSURE((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-' ||
-                      *p == '.' || *p == ':' || *p == '[' || *p == ']',
-                  CL_EINVAL, "endpoint '%s': unexpected character in the host", e);
-    return CL_OK;
-}
-
-static int check_region(const char *r)
-{
-    CL_ENSURE(r && *r, CL_EINVAL, "no AWS region for DynamoDB");
-    CL_ENSURE(strlen(r) < 40, CL_EINVAL, "region '%.40s...' is too long", r);
-    for (const char *p = r; *p; p++)
-        CL_ENSURE((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-', CL_EINVAL,
-                  "region '%s' is not a region name", r);
-    return CL_OK;
-}
+static const cl_aws_json_service dynamodb_service = {
+    .name = "DynamoDB",
+    .host = "dynamodb",
+    .content_type = CL_DYNAMODB_CONTENT_TYPE,
+    .target_prefix = CL_DYNAMODB_TARGET_PREFIX,
+    .no_region = "no AWS region for DynamoDB",
+    .http_hint = " (plain http:// only for a local test server, when allowed)",
+    .attempts_limit = MAX_ATTEMPTS,
+    .max_response = CL_DYNAMODB_MAX_RESPONSE,
+    .error_code = cl_dynamodb_error_code,
+    .retryable = cl_dynamodb_retryable,
+};
 
 int cl_dynamodb_new(const cl_dynamodb_config *cfg, cl_dynamodb **out)
 {
     *out = NULL;
-    CL_TRY(check_region(cfg->region));
-    CL_ENSURE(cfg->credentials, CL_EINVAL, "the DynamoDB client needs credentials");
-    CL_ENSURE(cfg->max_attempts <= MAX_ATTEMPTS, CL_EINVAL, "at most %d attempts", MAX_ATTEMPTS);
-    if (cfg->endpoint)
-        CL_TRY(check_endpoint(cfg->endpoint, cfg->allow_http));
-    cl_address dial;
-    if (cfg->connect) {
-        int rc = cl_address_parse(cfg->connect, &dial);
-        if (rc < 0)
-            return cl_error_prefix(rc, "DynamoDB proxy address: ");
-    }
-    CL_TRY(cl_curl_init());
-    cl_dynamodb *d = calloc(1, sizeof *d);
-    CL_ENSURE(d, CL_ENOMEM, "out of memory");
-    if (cfg->endpoint) {
-        size_t n = strlen(cfg->endpoint);
-        snprintf(d->url, sizeof d->url, "%s%s", cfg->endpoint, cfg->endpoint[n - 1] == '/' ? "" : "/");
-    } else {
-        snprintf(d->url, sizeof d->url, "https://dynamodb.%s.amazonaws.com/", cfg->region);
-    }
-    snprintf(d->sigv4, sizeof d->sigv4, "aws:amz:%s:dynamodb", cfg->region);
-    d->has_dial = cfg->connect != NULL;
-    if (d->has_dial)
-        d->dial = dial;
-    d->ca_file = cfg->ca_file ? strdup(cfg->ca_file) : NULL;
-    d->creds = cfg->credentials;
-    d->max_attempts = cfg->max_attempts ? cfg->max_attempts : DEFAULT_ATTEMPTS;
-    d->backoff_ms = cfg->backoff_ms ? cfg->backoff_ms : DEFAULT_BACKOFF_MS;
-    d->timeout_ms = cfg->timeout_ms ? cfg->timeout_ms : DEFAULT_TIMEOUT_MS;
-    d->curl = curl_easy_init();
-    pthread_mutex_init(&d->lock, NULL);
-    if (!d->curl || (cfg->ca_file && !d->ca_file)) {
-        cl_dynamodb_free(d);
-        return cl_error_set(CL_ENOMEM, "out of memory (libcurl handle)");
-    }
+    cl_aws_json_config aws = CL_AWS_JSON_CONFIG_OF(cfg);
+    aws.allow_http = cfg->allow_http;
+    void *d;
+    CL_TRY(cl_aws_json_new(sizeof(**out), &dynamodb_service, &aws, &d));
     *out = d;
     return CL_OK;
 }
 
 void cl_dynamodb_free(cl_dynamodb *d)
 {
-    if (!d)
-        return;
-    if (d->curl)
-        curl_easy_cleanup(d->curl);
-    free(d->ca_file);
-    pthread_mutex_destroy(&d->lock);
-    free(d);
+    cl_aws_json_free(d ? &d->aws : NULL);
 }
 
 const char *cl_dynamodb_error_type(const cl_dynamodb *d)
 {
-    return d->error_type;
+    return d->aws.error_type;
 }
 
 void cl_dynamodb_get_stats(const cl_dynamodb *d, cl_dynamodb_stats *out)
 {
-    *out = d->stats;
-}
-
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0)
-        ;
-}
-
-/* Delay before retry n (1-based): base * 2^(n-1), capped, then a uniform
- * draw in [d/2, d] so that clients throttled together spread out. */
-static unsigned backoff_delay(unsigned base, unsigned n)
-{
-    uint64_t d = base;
-    for (unsigned i = 1; i < n && d < MAX_BACKOFF_MS; i++)
-        d *= 2;
-    if (d > MAX_BACKOFF_MS)
-        d = MAX_BACKOFF_MS;
-    uint32_t r = 0;
-    if (RAND_bytes((unsigned char *)&r, sizeof r) != 1)
-        r = (uint32_t)time(NULL);
-    return (unsigned)(d / 2 + r % (d / 2 + 1));
-}
-
-static struct curl_slist *request_headers(const char *target, const cl_aws_credentials *creds)
-{
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: " CL_DYNAMODB_CONTENT_TYPE);
-    h = h ? curl_slist_append(h, target) : NULL;
-    h = h ? curl_slist_append(h, "Accept: application/json") : NULL;
-    if (h && creds->session_token[0]) {
-        char token[CL_AWS_TOKEN_MAX + 32];
-        snprintf(token, sizeof token, "X-Amz-Security-Token: %s", creds->session_token);
-        struct curl_slist *n = curl_slist_append(h, token);
-        cl_wipe(token, sizeof token);
-        if (!n)
-            curl_slist_free_all(h);
-        h = n;
-    }
-    return h;
+    *out = (cl_dynamodb_stats){
+        .calls = d->calls,
+        .attempts = d->aws.stats.attempts,
+        .retries = d->aws.stats.retries,
+        .network_us = d->aws.stats.network_us,
+    };
 }
 
 /* One operation, retried; the answer's JSON object in *answer. */
 static int call_locked(cl_dynamodb *d, const char *op, const char *body, size_t body_len, json_t **answer)
 {
     *answer = NULL;
-    d->error_type[0] = '\0';
-    char target[96];
-    snprintf(target, sizeof target, "X-Amz-Target: " CL_DYNAMODB_TARGET_PREFIX "%s", op);
-    bool refreshed = false;
-    for (unsigned attempt = 1;; attempt++) {
-        cl_aws_credentials creds;
-        int rc = cl_aws_credentials_get(d->creds, &creds);
-        if (rc < 0)
-            return cl_error_prefix(rc, "DynamoDB %s: ", op);
-        struct curl_slist *headers = request_headers(target, &creds);
-        if (!headers) {
-            cl_aws_credentials_wipe(&creds);
-            return cl_error_set(CL_ENOMEM, "out of memory");
-        }
-        cl_http_call call = {
-            .method = "POST",
-            .url = d->url,
-            .headers = headers,
-            .body = (const uint8_t *)body,
-            .body_len = body_len,
-            .dial = d->has_dial ? &d->dial : NULL,
-            .ca_file = d->ca_file,
-            .sigv4 = d->sigv4,
-            .user = creds.access_key_id,
-            .password = creds.secret_access_key,
-            .timeout_ms = d->timeout_ms,
-            .max_response = CL_DYNAMODB_MAX_RESPONSE,
-        };
-        uint64_t t0 = cl_monotonic_us();
-        rc = cl_http_perform(d->curl, &call);
-        d->stats.network_us += cl_monotonic_us() - t0;
-        d->stats.attempts++;
-        curl_easy_setopt(d->curl, CURLOPT_USERNAME, NULL);
-        curl_easy_setopt(d->curl, CURLOPT_PASSWORD, NULL);
-        curl_slist_free_all(headers);
-        cl_aws_credentials_wipe(&creds);
-
-        bool retry;
-        char type[128] = "", message[512] = "";
-        if (rc < 0) {
-            /* a refused certificate or an oversized answer will not get better */
-            retry = rc != CL_ELIMIT && call.curl_code != CURLE_PEER_FAILED_VERIFICATION &&
-                    call.curl_code != CURLE_SSL_CACERT_BADFILE && call.curl_code != CURLE_URL_MALFORMAT;
-            rc = cl_error_prefix(rc, "DynamoDB %s: ", op);
-        } else if (call.status == 200) {
-            json_t *root = NULL;
-            rc = cl_dynamodb_parse_answer(call.response.data, call.response.len, NULL, &root, NULL);
-            cl_buf_free(&call.response);
-            if (rc < 0)
-                return cl_error_prefix(CL_EPROTO, "DynamoDB %s: ", op);
-            *answer = root;
-            return CL_OK;
-        } else {
-            int prc = cl_dynamodb_parse_error(call.status, call.response.data, call.response.len, type, sizeof type,
-                                              message, sizeof message);
-            snprintf(d->error_type, sizeof d->error_type, "%s", type);
-            if (prc < 0)
-                rc = cl_error_prefix(call.status >= 500 ? CL_EIO : CL_EPROTO, "DynamoDB %s: ", op);
-            else
-                rc = cl_error_set(cl_dynamodb_error_code(call.status, type), "DynamoDB %s: %s: %s (HTTP %ld%s%s)",
-                                  op, type, message[0] ? message : "(no message)", call.status,
-                                  call.request_id[0] ? ", request id " : "", call.request_id);
-            retry = cl_dynamodb_retryable(call.status, type);
-            if (!retry && !refreshed && !strcmp(type, "ExpiredTokenException")) {
-                cl_aws_credentials_invalidate(d->creds);
-                refreshed = true;
-                retry = true;
-            }
-        }
-        cl_buf_free(&call.response);
-        if (!retry || attempt >= d->max_attempts) {
-            if (retry && attempt > 1)
-                return cl_error_prefix(rc, "after %u attempts: ", attempt);
-            return rc;
-        }
-        d->stats.retries++;
-        sleep_ms(backoff_delay(d->backoff_ms, attempt));
-    }
+    long status;
+    cl_buf got = CL_BUF_INIT;
+    CL_TRY(cl_aws_json_post(&d->aws, op, (const uint8_t *)body, body_len, false, &status, &got));
+    json_t *root = NULL;
+    int rc = cl_dynamodb_parse_answer(got.data, got.len, NULL, &root, NULL);
+    cl_buf_free(&got);
+    if (rc < 0)
+        return cl_error_prefix(CL_EPROTO, "DynamoDB %s: ", op);
+    *answer = root;
+    return CL_OK;
 }
 
 int cl_dynamodb_call(cl_dynamodb *d, const char *op, const json_t *request, json_t **answer)
@@ -548,10 +381,10 @@ int cl_dynamodb_call(cl_dynamodb *d, const char *op, const json_t *request, json
     CL_ENSURE(json_is_object(request), CL_EINVAL, "a DynamoDB request is a JSON object");
     char *body = json_dumps(request, JSON_COMPACT);
     CL_ENSURE(body, CL_ENOMEM, "out of memory (or a request that is not valid JSON)");
-    pthread_mutex_lock(&d->lock);
-    d->stats.calls++;
+    pthread_mutex_lock(&d->aws.lock);
+    d->calls++;
     int rc = call_locked(d, op, body, strlen(body), answer);
-    pthread_mutex_unlock(&d->lock);
+    pthread_mutex_unlock(&d->aws.lock);
     free(body);
     return rc;
 }
@@ -725,6 +558,6 @@ int cl_dynamodb_wait_active(cl_dynamodb *d, const char *table, unsigned timeout_
         if (!strcmp(status, "ACTIVE"))
             return CL_OK;
         CL_ENSURE(cl_monotonic_ms() < end, CL_EIO, "table %s is still %s after %u ms", table, status, timeout_ms);
-        sleep_ms(100);
+        cl_aws_json_sleep_ms(100);
     }
 }

@@ -1,69 +1,25 @@
-/* The KMS JSON 1.1 client: requests signed with SigV4 by libcurl, sent
- * directly or through an address (the parent's outbound proxy), retried
- * on throttling and server errors, and the Recipient forms whose answers
- * are opened inside the enclave. */
+/* The KMS JSON 1.1 client: the protocol (SigV4, the proxy, retries) is
+ * aws_json.c's; here KMS's errors, its operations and the Recipient forms
+ * whose answers are opened inside the enclave. */
 #include "cloister/core/encoding.h"
 #include "cloister/enclave/kms.h"
 #include "cloister/core/clock.h"
-#include "core/curl_http.h"
+#include "enclave/aws_json.h"
 
 #include <jansson.h>
-#include <openssl/rand.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-
-#define DEFAULT_ATTEMPTS 5
-#define DEFAULT_BACKOFF_MS 100
-#define MAX_BACKOFF_MS 5000
-#define DEFAULT_TIMEOUT_MS 10000
 #define KEY_ENCRYPTION_ALGORITHM "RSAES_OAEP_SHA_256"
 
 /* ---- errors --------------------------------------------------------------- */
 
-static void copy_text(char *dst, size_t cap, const char *src, size_t n)
-{
-    if (!cap)
-        return;
-    size_t k = 0;
-    for (size_t i = 0; i < n && k + 1 < cap; i++) {
-        unsigned char ch = (unsigned char)src[i];
-        dst[k++] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
-    }
-    dst[k] = '\0';
-}
-
 int cl_kms_parse_error(long status, const uint8_t *body, size_t len, char *type, size_t type_len, char *message,
                        size_t message_len)
 {
-    type[0] = message[0] = '\0';
-    json_error_t jerr;
-    json_t *root = body && len ? json_loadb((const char *)body, len, 0, &jerr) : NULL;
-    if (!json_is_object(root)) {
-        json_decref(root);
-        copy_text(message, message_len, (const char *)body, len > 200 ? 200 : len);
-        return cl_error_set(CL_EPROTO, "HTTP %ld without an AWS error object%s%s", status, len ? ": " : "",
-                            message);
-    }
-    const char *t = json_string_value(json_object_get(root, "__type"));
-    const char *m = json_string_value(json_object_get(root, "message"));
-    if (!m)
-        m = json_string_value(json_object_get(root, "Message"));
-    if (t) {
-        /* "com.amazonaws.kms#NotFoundException" and "NotFoundException:" forms */
-        const char *hash = strrchr(t, '#');
-        if (hash)
-            t = hash + 1;
-        size_t tl = strcspn(t, ":");
-        copy_text(type, type_len, t, tl);
-    }
-    if (m)
-        copy_text(message, message_len, m, strlen(m));
-    json_decref(root);
-    if (!type[0])
-        return cl_error_set(CL_EPROTO, "HTTP %ld with an error object that has no __type", status);
-    return CL_OK;
+    return cl_aws_json_parse_error(status, body, len, type, type_len, message, message_len);
 }
 
 bool cl_kms_retryable(long status, const char *type)
@@ -82,8 +38,9 @@ bool cl_kms_retryable(long status, const char *type)
     return false;
 }
 
-static int error_code_for(const char *type)
+static int error_code_for(long status, const char *type)
 {
+    (void)status;
     static const char *const denied[] = {"AccessDeniedException", "InvalidCiphertextException",
                                          "IncorrectKeyException", "DisabledException", "KMSInvalidStateException",
                                          "InvalidKeyUsageException", "InvalidGrantTokenException",
@@ -103,99 +60,39 @@ static int error_code_for(const char *type)
 
 /* ---- the client ------------------------------------------------------------ */
 
-struct cl_kms {
-    char region[64];
-    char url[300];
-    char sigv4[100];
-    bool has_dial;
-    cl_address dial;
-    char *ca_file;
-    cl_aws_credentials_provider *creds;
-    cl_kms_recipient *recipient;
-    unsigned max_attempts, backoff_ms, timeout_ms;
-    CURL *curl;
-    pthread_mutex_t lock; /* one call at a time on the handle */
-    char key_id[2048];
-    char error_type[128];
-    cl_kms_stats stats;
+static const cl_aws_json_service kms_service = {
+    .name = "KMS",
+    .host = "kms",
+    .content_type = CL_KMS_CONTENT_TYPE,
+    .target_prefix = CL_KMS_TARGET_PREFIX,
+    .no_region = "no AWS region (--region, AWS_REGION, or IMDS)",
+    .http_hint = "",
+    .error_code = error_code_for,
+    .retryable = cl_kms_retryable,
 };
 
-static int check_region(const char *r)
-{
-    CL_ENSURE(r && *r, CL_EINVAL, "no AWS region (--region, AWS_REGION, or IMDS)");
-    CL_ENSURE(strlen(r) < 40, CL_EINVAL, "region '%s' is too long", r);
-    for (const char *p = r; *p; p++)
-        CL_ENSURE((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-', CL_EINVAL,
-                  "region '%s' is not a region name", r);
-    return CL_OK;
-}
-
-static int check_endpoint(const char *e)
-{
-    CL_ENSURE(!strncmp(e, "https://", 8) && e[8], CL_EINVAL, "endpoint '%s': expected https://HOST[:PORT]", e);
-    CL_ENSURE(strlen(e) < 256, CL_EINVAL, "endpoint is too long");
-    const char *rest = e + 8;
-    const char *slash = strchr(rest, '/');
-    CL_ENSURE(!slash || !slash[1], CL_EINVAL, "endpoint '%s': no path expected (KMS is at /)", e);
-    for (const char *p = rest; *p && *p != '/'; p++)
-        CL_ENSURE((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-' ||
-                      *p == '.' || *p == ':' || *p == '[' || *p == ']',
-                  CL_EINVAL, "endpoint '%s': unexpected character in the host", e);
-    return CL_OK;
-}
+struct cl_kms {
+    cl_aws_json aws;
+    cl_kms_recipient *recipient;
+    char key_id[2048];
+    cl_kms_stats stats;
+};
+_Static_assert(offsetof(struct cl_kms, aws) == 0, "cl_aws_json_new and cl_aws_json_free need aws first");
 
 int cl_kms_new(const cl_kms_config *cfg, cl_kms **out)
 {
     *out = NULL;
-    CL_TRY(check_region(cfg->region));
-    CL_ENSURE(cfg->credentials, CL_EINVAL, "the KMS client needs credentials");
-    if (cfg->endpoint)
-        CL_TRY(check_endpoint(cfg->endpoint));
-    cl_address dial;
-    if (cfg->connect) {
-        int rc = cl_address_parse(cfg->connect, &dial);
-        if (rc < 0)
-            return cl_error_prefix(rc, "KMS proxy address: ");
-    }
-    CL_TRY(cl_curl_init());
-    cl_kms *k = calloc(1, sizeof *k);
-    CL_ENSURE(k, CL_ENOMEM, "out of memory");
-    snprintf(k->region, sizeof k->region, "%s", cfg->region);
-    if (cfg->endpoint) {
-        size_t n = strlen(cfg->endpoint);
-        snprintf(k->url, sizeof k->url, "%s%s", cfg->endpoint, cfg->endpoint[n - 1] == '/' ? "" : "/");
-    } else {
-        snprintf(k->url, sizeof k->url, "https://kms.%s.amazonaws.com/", cfg->region);
-    }
-    snprintf(k->sigv4, sizeof k->sigv4, "aws:amz:%s:kms", cfg->region);
-    k->has_dial = cfg->connect != NULL;
-    if (k->has_dial)
-        k->dial = dial;
-    k->ca_file = cfg->ca_file ? strdup(cfg->ca_file) : NULL;
-    k->creds = cfg->credentials;
-    k->recipient = cfg->recipient;
-    k->max_attempts = cfg->max_attempts ? cfg->max_attempts : DEFAULT_ATTEMPTS;
-    k->backoff_ms = cfg->backoff_ms ? cfg->backoff_ms : DEFAULT_BACKOFF_MS;
-    k->timeout_ms = cfg->timeout_ms ? cfg->timeout_ms : DEFAULT_TIMEOUT_MS;
-    k->curl = curl_easy_init();
-    pthread_mutex_init(&k->lock, NULL);
-    if (!k->curl || (cfg->ca_file && !k->ca_file)) {
-        cl_kms_free(k);
-        return cl_error_set(CL_ENOMEM, "out of memory (libcurl handle)");
-    }
+    cl_aws_json_config aws = CL_AWS_JSON_CONFIG_OF(cfg);
+    void *k;
+    CL_TRY(cl_aws_json_new(sizeof(**out), &kms_service, &aws, &k));
     *out = k;
+    (*out)->recipient = cfg->recipient;
     return CL_OK;
 }
 
 void cl_kms_free(cl_kms *k)
 {
-    if (!k)
-        return;
-    if (k->curl)
-        curl_easy_cleanup(k->curl);
-    free(k->ca_file);
-    pthread_mutex_destroy(&k->lock);
-    free(k);
+    cl_aws_json_free(k ? &k->aws : NULL);
 }
 
 const char *cl_kms_key_id(const cl_kms *k)
@@ -205,164 +102,38 @@ const char *cl_kms_key_id(const cl_kms *k)
 
 const char *cl_kms_error_type(const cl_kms *k)
 {
-    return k->error_type;
+    return k->aws.error_type;
 }
 
 void cl_kms_get_stats(const cl_kms *k, cl_kms_stats *out)
 {
     *out = k->stats;
+    out->attempts = k->aws.stats.attempts;
+    out->retries = k->aws.stats.retries;
+    out->network_us = k->aws.stats.network_us;
 }
 
-static void sleep_ms(unsigned ms)
+/* One operation: body is the JSON request; the answer's JSON object is
+ * returned in *answer (the caller decrefs).  Retries inside. */
+static int kms_call(cl_kms *k, const char *op, const char *body, size_t body_len, json_t **answer)
 {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0)
-        ;
-}
-
-/* Delay before retry n (1-based): base * 2^(n-1), capped, then a uniform
- * draw in [d/2, d] so that clients that failed together spread out. */
-static unsigned backoff_delay(unsigned base, unsigned n)
-{
-    uint64_t d = base;
-    for (unsigned i = 1; i < n && d < MAX_BACKOFF_MS; i++)
-        d *= 2;
-    if (d > MAX_BACKOFF_MS)
-        d = MAX_BACKOFF_MS;
-    uint32_t r = 0;
-    if (RAND_bytes((unsigned char *)&r, sizeof r) != 1)
-        r = (uint32_t)time(NULL);
-    return (unsigned)(d / 2 + r % (d / 2 + 1));
-}
-
-/* One operation: body is the JSON request; the answer's JSON is returned
- * in *answer (the caller decrefs).  Retries inside.  With raw set, the
- * last HTTP answer (AWS's error answers included) is handed back as it
- * came instead: status and body, and CL_OK. */
-typedef struct raw_answer {
-    long status;
-    cl_buf *body;
-} raw_answer;
-
-static int kms_call_ex(cl_kms *k, const char *op, const char *body, size_t body_len, json_t **answer,
-                       raw_answer *raw)
-{
-    if (answer)
-        *answer = NULL;
-    k->error_type[0] = '\0';
+    *answer = NULL;
     k->key_id[0] = '\0';
-    char target[96];
-    snprintf(target, sizeof target, "X-Amz-Target: " CL_KMS_TARGET_PREFIX "%s", op);
-    int rc = CL_OK;
-    bool refreshed = false;
-    for (unsigned attempt = 1;; attempt++) {
-        cl_aws_credentials creds;
-        rc = cl_aws_credentials_get(k->creds, &creds);
-        if (rc < 0)
-            return cl_error_prefix(rc, "KMS %s: ", op);
-        char token[CL_AWS_TOKEN_MAX + 32];
-        struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: " CL_KMS_CONTENT_TYPE);
-        headers = headers ? curl_slist_append(headers, target) : NULL;
-        headers = headers ? curl_slist_append(headers, "Accept: application/json") : NULL;
-        if (headers && creds.session_token[0]) {
-            snprintf(token, sizeof token, "X-Amz-Security-Token: %s", creds.session_token);
-            headers = curl_slist_append(headers, token);
-            cl_wipe(token, sizeof token);
-        }
-        if (!headers) {
-            cl_aws_credentials_wipe(&creds);
-            return cl_error_set(CL_ENOMEM, "out of memory");
-        }
-        cl_http_call call = {
-            .method = "POST",
-            .url = k->url,
-            .headers = headers,
-            .body = (const uint8_t *)body,
-            .body_len = body_len,
-            .dial = k->has_dial ? &k->dial : NULL,
-            .ca_file = k->ca_file,
-            .sigv4 = k->sigv4,
-            .user = creds.access_key_id,
-            .password = creds.secret_access_key,
-            .timeout_ms = k->timeout_ms,
-        };
-        uint64_t t0 = cl_monotonic_us();
-        rc = cl_http_perform(k->curl, &call);
-        k->stats.network_us += cl_monotonic_us() - t0;
-        k->stats.attempts++;
-        curl_easy_setopt(k->curl, CURLOPT_USERNAME, NULL);
-        curl_easy_setopt(k->curl, CURLOPT_PASSWORD, NULL);
-        curl_slist_free_all(headers);
-        cl_aws_credentials_wipe(&creds);
-
-        bool retry = false;
-        char type[128] = "", message[512] = "";
-        if (rc < 0) {
-            /* a refused certificate will not get better */
-            retry = call.curl_code != CURLE_PEER_FAILED_VERIFICATION && call.curl_code != CURLE_SSL_CACERT_BADFILE &&
-                    call.curl_code != CURLE_URL_MALFORMAT && call.curl_code != CURLE_WRITE_ERROR;
-            rc = cl_error_prefix(rc, "KMS %s: ", op);
-        } else if (raw && (call.status == 200 || !cl_kms_retryable(call.status, NULL) || attempt >= k->max_attempts)) {
-            /* the caller judges the answer; only the error type is read here
-             * (an expired token is fetched again once) */
-            int prc = call.status == 200 ? CL_EPARSE
-                                         : cl_kms_parse_error(call.status, call.response.data, call.response.len, type,
-                                                              sizeof type, message, sizeof message);
-            cl_error_clear();
-            bool expired = prc == CL_OK && !strcmp(type, "ExpiredTokenException");
-            bool throttled = prc == CL_OK && cl_kms_retryable(call.status, type);
-            if (call.status == 200 || ((!expired || refreshed) && (!throttled || attempt >= k->max_attempts))) {
-                snprintf(k->error_type, sizeof k->error_type, "%s", type);
-                raw->status = call.status;
-                cl_buf_free(raw->body);
-                *raw->body = call.response;
-                return CL_OK;
-            }
-            if (expired) {
-                cl_aws_credentials_invalidate(k->creds);
-                refreshed = true;
-            }
-            retry = true;
-        } else if (call.status == 200) {
-            json_error_t jerr;
-            json_t *root = json_loadb((const char *)call.response.data, call.response.len, JSON_REJECT_DUPLICATES, &jerr);
-            cl_buf_free(&call.response);
-            if (!json_is_object(root)) {
-                json_decref(root);
-                return cl_error_set(CL_EPROTO, "KMS %s: the answer is not a JSON object", op);
-            }
-            json_t *kid = json_object_get(root, "KeyId");
-            if (json_is_string(kid))
-                snprintf(k->key_id, sizeof k->key_id, "%s", json_string_value(kid));
-            *answer = root;
-            return CL_OK;
-        } else {
-            int prc = cl_kms_parse_error(call.status, call.response.data, call.response.len, type, sizeof type,
-                                         message, sizeof message);
-            snprintf(k->error_type, sizeof k->error_type, "%s", type);
-            if (prc < 0) {
-                rc = cl_error_prefix(call.status >= 500 ? CL_EIO : CL_EPROTO, "KMS %s: ", op);
-            } else {
-                rc = cl_error_set(error_code_for(type), "KMS %s: %s: %s (HTTP %ld%s%s)", op, type,
-                                  message[0] ? message : "(no message)", call.status,
-                                  call.request_id[0] ? ", request id " : "", call.request_id);
-            }
-            retry = cl_kms_retryable(call.status, type);
-            if (!retry && !refreshed && !strcmp(type, "ExpiredTokenException")) {
-                cl_aws_credentials_invalidate(k->creds);
-                refreshed = true;
-                retry = true;
-            }
-        }
-        cl_buf_free(&call.response);
-        if (!retry || attempt >= k->max_attempts) {
-            if (retry && attempt > 1)
-                return cl_error_prefix(rc, "after %u attempts: ", attempt);
-            return rc;
-        }
-        k->stats.retries++;
-        sleep_ms(backoff_delay(k->backoff_ms, attempt));
+    long status;
+    cl_buf got = CL_BUF_INIT;
+    CL_TRY(cl_aws_json_post(&k->aws, op, (const uint8_t *)body, body_len, false, &status, &got));
+    json_error_t jerr;
+    json_t *root = json_loadb((const char *)got.data, got.len, JSON_REJECT_DUPLICATES, &jerr);
+    cl_buf_free(&got);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return cl_error_set(CL_EPROTO, "KMS %s: the answer is not a JSON object", op);
     }
+    json_t *kid = json_object_get(root, "KeyId");
+    if (json_is_string(kid))
+        snprintf(k->key_id, sizeof k->key_id, "%s", json_string_value(kid));
+    *answer = root;
+    return CL_OK;
 }
 
 int cl_kms_call_raw(cl_kms *k, const char *op, const uint8_t *body, size_t len, long *status, cl_buf *answer)
@@ -370,15 +141,16 @@ int cl_kms_call_raw(cl_kms *k, const char *op, const uint8_t *body, size_t len, 
     *status = 0;
     cl_buf_reset(answer);
     CL_ENSURE(op && *op && strlen(op) < 64, CL_EINVAL, "KMS operation name missing or too long");
-    pthread_mutex_lock(&k->lock);
+    pthread_mutex_lock(&k->aws.lock);
     uint64_t t0 = cl_monotonic_us();
-    raw_answer raw = {.body = answer};
-    int rc = kms_call_ex(k, op, (const char *)body, len, NULL, &raw);
+    k->key_id[0] = '\0';
+    long got = 0;
+    int rc = cl_aws_json_post(&k->aws, op, body, len, true, &got, answer);
     if (rc == CL_OK)
-        *status = raw.status;
+        *status = got;
     k->stats.calls++;
     k->stats.total_us += cl_monotonic_us() - t0;
-    pthread_mutex_unlock(&k->lock);
+    pthread_mutex_unlock(&k->aws.lock);
     return rc;
 }
 
@@ -525,13 +297,13 @@ typedef struct op_run {
 
 static int op_begin(cl_kms *k, op_run *r, const char *op)
 {
-    pthread_mutex_lock(&k->lock);
+    pthread_mutex_lock(&k->aws.lock);
     r->op = op;
     r->answer = NULL;
     r->t0 = cl_monotonic_us();
     r->req = json_object();
     if (!r->req) {
-        pthread_mutex_unlock(&k->lock);
+        pthread_mutex_unlock(&k->aws.lock);
         return cl_error_set(CL_ENOMEM, "out of memory");
     }
     return CL_OK;
@@ -541,7 +313,7 @@ static int op_send(cl_kms *k, op_run *r)
 {
     char *body = json_dumps(r->req, JSON_COMPACT);
     CL_ENSURE(body, CL_ENOMEM, "out of memory");
-    int rc = kms_call_ex(k, r->op, body, strlen(body), &r->answer, NULL);
+    int rc = kms_call(k, r->op, body, strlen(body), &r->answer);
     cl_wipe(body, strlen(body));
     free(body);
     return rc;
@@ -553,7 +325,7 @@ static int op_end(cl_kms *k, op_run *r, int rc)
     json_decref(r->answer);
     k->stats.calls++;
     k->stats.total_us += cl_monotonic_us() - r->t0;
-    pthread_mutex_unlock(&k->lock);
+    pthread_mutex_unlock(&k->aws.lock);
     return rc;
 }
 
