@@ -210,8 +210,8 @@ static const cl_opt option_specs[] = {
              "enforce with -appcmd)"},
     {.name = "require-locked-memory", CL_OPT_FLAG(settings, require_locked_memory),
      .help = "refuse to start if keys and secrets cannot be held in locked (never swapped) memory; default: warn"},
-    {.name = "secure-heap", CL_OPT_SIZE_AT(settings, secure_heap_kib, 1024, 64, 1u << 20), .def = "1m",
-     .arg = "SIZE", .help = "locked memory for private keys and KMS plaintexts (a power of two)"},
+    {.name = "secure-heap", CL_OPT_SIZE_AT(settings, secure_heap_kib, 1024, 64, 1u << 20), .def = "1M",
+     .arg = "SIZE", .help = "locked memory for private keys and KMS plaintexts (a power of two: 1M, 4M)"},
     {.name = "tap", CL_OPT_FLAG(settings, tap),
      .help = "give the enclave a tap0 relayed to a gvproxy-compatible parent, as nitriding does (the -tap-* and "
              "-egress-policy options below; the same as cloister tap)"},
@@ -337,7 +337,7 @@ static int parse_settings(int argc, char **argv, settings *s)
         return EXIT_USAGE;
     }
     if (s->secure_heap_kib & (s->secure_heap_kib - 1)) {
-        fprintf(stderr, "cloister enclave: --secure-heap must be a power of two (e.g. 1m, 4m)\n");
+        fprintf(stderr, "cloister enclave: --secure-heap must be a power of two (e.g. 1M, 4M)\n");
         return EXIT_USAGE;
     }
     if (s->user) {
