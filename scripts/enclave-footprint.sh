@@ -43,7 +43,8 @@ done
 echo "loaded on first use only (dlopen):"
 lazy_total=0
 for name in libcurl.so.4 libsqlite3.so.0; do
-    l=$(ldconfig -p | awk -v n="$name" '$1 == n && /x86-64|aarch64|AArch64/ { print $NF; exit }')
+    # awk reads to the end: an early exit would SIGPIPE ldconfig under pipefail
+    l=$(ldconfig -p | awk -v n="$name" '$1 == n && /x86-64|aarch64|AArch64/ && !found { print $NF; found = 1 }')
     [ -n "$l" ] || continue
     s=$(size "$l")
     lazy_total=$((lazy_total + s))

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 /* A name missing on an architecture (open on arm64) is skipped there. */
 static const char *const allowed[] = {
@@ -82,7 +83,7 @@ size_t cl_syscall_filter_size(void)
     size_t n = 0;
     for (size_t i = 0; i < sizeof allowed / sizeof allowed[0]; i++)
         n += seccomp_syscall_resolve_name(allowed[i]) != __NR_SCMP_ERROR;
-    return n + 2; /* socket and ioctl, with their argument checks */
+    return n + 3; /* socket, ioctl and kill, with their argument checks */
 }
 
 #define SECCOMP_TRY(call, what)                                                                             \
@@ -117,6 +118,10 @@ int cl_syscall_filter_install(cl_seccomp_mode mode)
         SECCOMP_TRY(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1,
                                      SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)families[i], 0)),
                     "socket");
+    /* kill(): only to this process (POST /enclave/drain sends itself
+     * SIGTERM, as the parent would); the pid is fixed once started */
+    SECCOMP_TRY(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(kill), 1, SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)getpid(), 0)),
+                "kill");
     for (size_t i = 0; i < sizeof ioctls / sizeof ioctls[0]; i++)
         /* the request is an int in the kernel: compare its low 32 bits */
         SECCOMP_TRY(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1,

@@ -21,7 +21,7 @@
 #include <netinet/in.h>
 #include <unistd.h>
 
-enum forbidden { NONE, PTRACE, UNSHARE, EXECVE, PACKET_SOCKET, TUN_IOCTL, SETUID, FORBIDDEN_IN_THREAD };
+enum forbidden { NONE, PTRACE, UNSHARE, EXECVE, PACKET_SOCKET, TUN_IOCTL, SETUID, KILL_OTHER, FORBIDDEN_IN_THREAD };
 
 static void do_forbidden(int what)
 {
@@ -49,6 +49,10 @@ static void do_forbidden(int what)
     }
     case SETUID:
         syscall(SYS_setuid, 0);
+        break;
+    case KILL_OTHER:
+        /* a signal to the parent (the test): only the daemon itself may be signalled */
+        kill(getppid(), 0);
         break;
     }
 }
@@ -82,6 +86,8 @@ static int allowed_work(void)
     int avail = 0;
     if (ioctl(sv[1], FIONREAD, &avail) != 0)
         return 15;
+    if (kill(getpid(), 0) != 0)
+        return 17;
     uint8_t rnd[16];
     if (syscall(SYS_getrandom, rnd, sizeof rnd, 0) != sizeof rnd)
         return 16;
@@ -147,7 +153,7 @@ static void test_mode_parse(void)
 
 static void test_enforce_kills(void)
 {
-    const int forbidden[] = {PTRACE, UNSHARE, EXECVE, PACKET_SOCKET, TUN_IOCTL, SETUID, FORBIDDEN_IN_THREAD};
+    const int forbidden[] = {PTRACE, UNSHARE, EXECVE, PACKET_SOCKET, TUN_IOCTL, SETUID, KILL_OTHER, FORBIDDEN_IN_THREAD};
     for (size_t i = 0; i < sizeof forbidden / sizeof forbidden[0]; i++) {
         int status = 0;
         CHECK(run_child(CL_SECCOMP_ENFORCE, forbidden[i], &status) == 0);
