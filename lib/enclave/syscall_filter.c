@@ -20,7 +20,7 @@
 /* A name missing on an architecture (open on arm64) is skipped there. */
 static const char *const allowed[] = {
     /* memory: malloc, OpenSSL's secure heap, thread stacks, dlopen of libcurl/SQLite */
-    "brk", "mmap", "munmap", "mremap", "mprotect", "madvise", "mlock", "munlock",
+    "brk", "mmap", "munmap", "mremap", "mprotect", "madvise", "mlock", "mlock2", "munlock",
     /* threads: the event loops, workers, sync/ACME/tap threads; glibc's locks and exit */
     "futex", "clone", "clone3", "set_robust_list", "get_robust_list", "rseq", "set_tid_address", "sched_yield",
     "sched_getaffinity", "gettid", "getpid", "getppid", "exit", "exit_group", "membarrier",
