@@ -8,6 +8,7 @@
 #include "cloister/core/netif.h"
 #include "cloister/core/encoding.h"
 #include "cloister/core/http.h"
+#include "cloister/enclave/harden.h"
 #include "cloister/enclave/key_sync.h"
 #include "enclave_acme.h"
 #include "cloister/enclave/kms.h"
@@ -19,6 +20,7 @@
 #include "cloister/enclave/nsm.h"
 #include "cloister/enclave/server.h"
 #include "cloister/enclave/supervise.h"
+#include "cloister/enclave/syscall_filter.h"
 #include "cloister/core/tls.h"
 #include "cloister/enclave/upstream.h"
 #include "commands.h"
@@ -73,6 +75,10 @@ typedef struct settings {
     /* -tap: tap0 and the egress policy (lib/enclave/tap_relay.c) */
     bool tap;
     cl_tap_settings tap_s;
+    /* hardening (lib/enclave/harden.c, syscall_filter.c) */
+    char *user, *seccomp;
+    bool require_locked_memory;
+    unsigned secure_heap_kib;
 } settings;
 
 /* nitriding's flags (one or two dashes), then cloister's own; the JSON keys
@@ -200,6 +206,16 @@ static const cl_opt option_specs[] = {
      .def = "1m", .arg = "DUR", .help = "key sync: a worker's heartbeat cadence (shorter for tests)"},
     {.name = "sync-prune-after", CL_OPT_DURATION_AT(settings, sync_prune_ms, 1, 10, 3600000), .def = "1m",
      .arg = "DUR", .help = "key sync: the leader drops a worker silent this long (shorter for tests)"},
+    {.name = "user", CL_OPT_STR(settings, user), .arg = "NAME|UID[:GID]",
+     .help = "once listeners, lo, tap0 and the NSM are set up, drop to this user (needs root; default: stay)"},
+    {.name = "seccomp", CL_OPT_STR(settings, seccomp), .def = "off", .arg = "off|log|enforce",
+     .help = "after the start, allow only the system calls in lib/enclave/syscall_filter.c: enforce kills the "
+             "daemon on any other, log lets the kernel log them (off by default: apps and platforms vary; not "
+             "enforce with -appcmd)"},
+    {.name = "require-locked-memory", CL_OPT_FLAG(settings, require_locked_memory),
+     .help = "refuse to start if keys and secrets cannot be held in locked (never swapped) memory; default: warn"},
+    {.name = "secure-heap", CL_OPT_SIZE_AT(settings, secure_heap_kib, 1024, 64, 1u << 20), .def = "1M",
+     .arg = "SIZE", .help = "locked memory for private keys and KMS plaintexts (a power of two: 1M, 4M)"},
     {.name = "tap", CL_OPT_FLAG(settings, tap),
      .help = "give the enclave a tap0 relayed to a gvproxy-compatible parent, as nitriding does (the -tap-* and "
              "-egress-policy options below; the same as cloister tap)"},
@@ -311,6 +327,30 @@ static int parse_settings(int argc, char **argv, settings *s)
         fprintf(stderr, "cloister enclave: --egress-policy goes with --tap\n");
         return EXIT_USAGE;
     }
+    cl_seccomp_mode mode;
+    if (cl_seccomp_mode_parse(s->seccomp, &mode) < 0) {
+        fprintf(stderr, "cloister enclave: %s\n", cl_error_message());
+        return EXIT_USAGE;
+    }
+    /* the app would inherit the filter and die on its first call outside
+     * the daemon's list: start it from the image's init next to us */
+    if (mode == CL_SECCOMP_ENFORCE && s->appcmd) {
+        fprintf(stderr, "cloister enclave: -seccomp enforce cannot go with -appcmd (the app would inherit the "
+                        "daemon's filter); start the app from the image's init next to cloister enclave, or use "
+                        "-seccomp log\n");
+        return EXIT_USAGE;
+    }
+    if (s->secure_heap_kib & (s->secure_heap_kib - 1)) {
+        fprintf(stderr, "cloister enclave: --secure-heap must be a power of two (e.g. 1M, 4M)\n");
+        return EXIT_USAGE;
+    }
+    if (s->user) {
+        cl_user_spec u;
+        if (cl_user_parse(s->user, &u) < 0) {
+            fprintf(stderr, "cloister enclave: %s\n", cl_error_message());
+            return EXIT_USAGE;
+        }
+    }
     return 0;
 }
 
@@ -387,6 +427,7 @@ struct enclave {
     cl_kms_session app_kms; /* -kms-for-app */
     cl_kms_endpoint *kms_endpoint;
     cl_tap_relay *tap; /* -tap */
+    cl_harden_state hardening;
 
     pthread_mutex_t lock; /* guards what follows */
     uint8_t app_hash[HASH_LEN];
@@ -571,6 +612,14 @@ static json_t *config_json(enclave *e)
     cl_sync_role role = e->sync ? cl_sync_get_role(e->sync) : CL_SYNC_OFF;
     json_object_set_new(o, "sync-role", json_string(cl_sync_role_name(role)));
     json_object_set_new(o, "tap", e->tap ? enclave_tap_config(e->tap, &e->s.tap_s) : json_null());
+    json_t *h = json_object();
+    json_object_set_new(h, "user", e->s.user ? json_string(e->s.user) : json_null());
+    json_object_set_new(h, "uid", json_integer(getuid()));
+    json_object_set_new(h, "gid", json_integer(getgid()));
+    json_object_set_new(h, "seccomp", json_string(e->s.seccomp));
+    json_object_set_new(h, "secure-heap", json_integer(e->hardening.secure_heap ? (json_int_t)e->hardening.heap_bytes : 0));
+    json_object_set_new(h, "memory-locked", json_boolean(e->hardening.locked));
+    json_object_set_new(o, "hardening", h);
     return o;
 }
 
@@ -1077,6 +1126,10 @@ static int open_secrets(enclave *e)
             goto out;
         }
         e->secret_count = i + 1;
+        /* kept for the enclave's life: in locked, undumpable memory */
+        rc = cl_secure_move(&e->secrets[i].value);
+        if (rc < 0)
+            goto out;
         char bytes[24];
         snprintf(bytes, sizeof bytes, "%zu", e->secrets[i].value.len);
         cl_log(CL_LOG_INFO, "secret_opened", "name", e->secrets[i].name, "bytes", bytes, "key_id",
@@ -1292,6 +1345,32 @@ static int start_acme(enclave *e)
     return enclave_acme_start(e->acme);
 }
 
+static int start_app(enclave *e)
+{
+    if (!e->s.appcmd)
+        return CL_OK;
+    char **env = NULL;
+    CL_TRY(secrets_environment(e, &env));
+    cl_child_config cc = {.name = "app", .command = e->s.appcmd, .env = env};
+    int rc = cl_child_start(&cc, &e->app_child);
+    free_environment(env);
+    return rc;
+}
+
+/* -user: every listener is bound (but -wait-for-app's public one), lo and
+ * tap0 are configured and the NSM is open; nothing later needs root. */
+static int drop_to_user(enclave *e)
+{
+    cl_user_spec u;
+    CL_TRY(cl_user_parse(e->s.user, &u));
+    CL_TRY(cl_drop_privileges(&u));
+    char uid[16], gid[16];
+    snprintf(uid, sizeof uid, "%u", (unsigned)u.uid);
+    snprintf(gid, sizeof gid, "%u", (unsigned)u.gid);
+    cl_log(CL_LOG_INFO, "privileges_dropped", "user", u.name, "uid", uid, "gid", gid, NULL);
+    return CL_OK;
+}
+
 static int enclave_start(enclave *e)
 {
     /* AWS's enclave init leaves lo down; the internal listener and the
@@ -1363,14 +1442,10 @@ static int enclave_start(enclave *e)
     if (e->s.health_listen)
         CL_TRY(start_listener(e, "health", e->s.health_listen, &e->ctx_health, false, &e->health_server));
     CL_TRY(start_acme(e));
-    if (e->s.appcmd) {
-        char **env = NULL;
-        CL_TRY(secrets_environment(e, &env));
-        cl_child_config cc = {.name = "app", .command = e->s.appcmd, .env = env};
-        rc = cl_child_start(&cc, &e->app_child);
-        free_environment(env);
-        CL_TRY(rc);
-    }
+    /* with -user the app starts after the drop, so that it runs as that
+     * user from its first start (its restarts could not be root) */
+    if (!e->s.user)
+        CL_TRY(start_app(e));
     if (!e->s.wait_for_app) {
         pthread_mutex_lock(&e->lock);
         rc = open_public_locked(e);
@@ -1378,6 +1453,10 @@ static int enclave_start(enclave *e)
         CL_TRY(rc);
     } else {
         cl_log(CL_LOG_INFO, "waiting_for_app", "hint", "the public listener opens on GET /enclave/ready", NULL);
+    }
+    if (e->s.user) {
+        CL_TRY(drop_to_user(e));
+        CL_TRY(start_app(e));
     }
     return CL_OK;
 }
@@ -1491,7 +1570,19 @@ int cmd_enclave(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &wanted, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    int rc = enclave_start(e);
+    /* before any key or secret exists */
+    int rc = cl_harden_process((size_t)e->s.secure_heap_kib * 1024u, e->s.require_locked_memory, &e->hardening);
+    if (rc == CL_OK)
+        rc = enclave_start(e);
+    cl_seccomp_mode mode = CL_SECCOMP_OFF;
+    if (rc == CL_OK && cl_seccomp_mode_parse(e->s.seccomp, &mode) == CL_OK && mode != CL_SECCOMP_OFF) {
+        rc = cl_syscall_filter_install(mode);
+        if (rc == CL_OK) {
+            char n[16];
+            snprintf(n, sizeof n, "%zu", cl_syscall_filter_size());
+            cl_log(CL_LOG_INFO, "seccomp_installed", "mode", cl_seccomp_mode_name(mode), "syscalls", n, NULL);
+        }
+    }
     if (rc < 0) {
         cl_log(CL_LOG_ERROR, "start_failed", "error", cl_error_message(), NULL);
         fprintf(stderr, "cloister enclave: %s\n", cl_error_message());

@@ -12,6 +12,12 @@ void cl_wipe(void *p, size_t len)
 
 void cl_free_secret(void *p, size_t len)
 {
+    /* keys and plaintexts copied into OpenSSL's secure heap (enclave/harden.h)
+     * go back to it, cleared over the whole block */
+    if (p && CRYPTO_secure_allocated(p)) {
+        OPENSSL_secure_clear_free(p, len);
+        return;
+    }
     cl_wipe(p, len);
     free(p);
 }
