@@ -122,6 +122,7 @@ struct enclave_acme {
     atomic_int_fast64_t not_after, renew_at;
     atomic_uint_fast64_t issued, from_store, failures, last_failed;
     char installed[65]; /* SHA-256 of the certificate installed last (ACME thread and start only) */
+    bool synced_pending; /* a worker answers the leader's challenges (key sync's thread only) */
 };
 
 /* ---- http-01 listener --------------------------------------------------------- */
@@ -610,9 +611,12 @@ void enclave_acme_take_challenges(enclave_acme *a, const uint8_t *text, size_t l
         return;
     }
     if (!alpn && !http) {
-        cl_log(CL_LOG_INFO, "acme_challenge_synced", "state", "none pending", NULL);
+        if (a->synced_pending)
+            cl_log(CL_LOG_INFO, "acme_challenge_synced", "state", "none pending", NULL);
+        a->synced_pending = false;
         return;
     }
+    a->synced_pending = true;
     char until[32];
     cl_format_time(expires, until);
     cl_log(CL_LOG_INFO, "acme_challenge_synced", "type", alpn && http ? "tls-alpn-01,http-01" : alpn ? "tls-alpn-01" : "http-01",
