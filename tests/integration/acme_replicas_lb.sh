@@ -155,8 +155,11 @@ pcr0_b=$(printf 'b0%.0s' $(seq 48))
 start_sim_pcr0 simB "$pcr0_b"
 ca_port=$(free_port)
 run_fleet evil tls-alpn-01 "$ca_port" simB "$pcr0_a"
-pcr0_short=${pcr0_b:0:32}
-wait_for_log evil-worker1 "event=sync_refused reason=\"the peer's PCR0 $pcr0_short" 400
+# the leader has verified both workers and offered them its keys
+for _ in $(seq 1 400); do
+    [ "$(grep -c 'event=sync_worker_verified' "$work/evil-leader.log")" -ge 2 ] && break
+    sleep 0.05
+done
 PEBBLE_PORT=$ca_port pebble_prepare "$(port_of evil-worker1 public)" "$(free_port)"
 pebble_run
 wait_for_log evil-leader 'event=acme_certificate origin=acme|event=acme_renewal_failed.*challenge for' 600
@@ -164,6 +167,9 @@ grep -q 'event=acme_certificate origin=acme' "$work/evil-leader.log" &&
     fail "Pebble validated on a worker whose leader it does not trust"
 grep -q 'event=acme_challenge_synced' "$work/evil-worker1.log" "$work/evil-worker2.log" &&
     fail "a worker installed a challenge from a leader of another image"
+pcr0_short=${pcr0_b:0:32}
+grep -q "event=sync_refused reason=\"the peer's PCR0 $pcr0_short" "$work/evil-worker1.log" ||
+    fail "worker1 did not refuse the leader of another image"
 pass "a leader with another PCR0 cannot install challenge answers on a worker (its sync is refused; validation fails)"
 stop_fleet evil
 fi
