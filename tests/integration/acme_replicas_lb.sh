@@ -174,4 +174,40 @@ pass "a leader with another PCR0 cannot install challenge answers on a worker (i
 stop_fleet evil
 fi
 
+# ---- the attack: a plain HTTPS server as leader pushes an http-01 answer ------
+if want fake && /usr/bin/python3 -c 'import nacl.public' 2>/dev/null; then
+    for k in fake evil; do
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
+            -addext subjectAltName=DNS:localhost -keyout "$work/$k.key" -out "$work/$k.crt" 2>/dev/null
+    done
+    spawn evilsim "$CLOISTER" nsm-sim --listen "unix:$work/evil.sock" --state "$work/evil-state"
+    wait_for_log evilsim '^nsm-sim: listening on '
+    fake=$(free_port)
+    pub=$(free_port)
+    http=$(free_port)
+    token=evilTOKEN_0123456789
+    keyauth="$token.0123456789012345678901234567890123456789abc"
+    spawn fake env CLOISTER="$CLOISTER" /usr/bin/python3 "$SOURCE_DIR/tests/integration/sync/fake_leader.py" \
+        --listen "$fake" --cert "$work/fake.crt" --key "$work/fake.key" --evil-cert "$work/evil.crt" \
+        --evil-key "$work/evil.key" --evil-nsm "unix:$work/evil.sock" --genuine "https://127.0.0.1:$pub" \
+        --attacks foreign-root,genuine-doc,garbage,unasked \
+        --acme-challenge "http-01 $ACME_FQDN $token $keyauth $(($(date +%s) + 600))"
+    wait_for_log fake 'fake-leader: listening'
+    int=$(free_port); sp=$(free_port)
+    echo "$pub $int $sp" >"$work/fworker.ports"
+    spawn fworker "$CLOISTER" enclave -fqdn "$ACME_FQDN" --nsm "unix:$work/sim2.sock" --listen "tcp:127.0.0.1:$pub" \
+        -intport "$int" -ext-priv-listen "tcp:127.0.0.1:$sp" -fqdn-leader "127.0.0.1:$fake" --sync-root "$root" \
+        -sync-register-interval 200ms -acme --acme-directory "https://localhost:$(free_port)/dir" \
+        --acme-challenge http-01 --acme-http-listen "tcp:127.0.0.1:$http"
+    wait_for_log fworker 'event=sync_role role=worker'
+    wait_for_log fake 'fake-leader: done' 400
+    [ "$(grep -c 'event=sync_refused' "$work/fworker.log")" -ge 4 ] || fail "the worker did not refuse each fake sync"
+    grep -q 'event=acme_challenge_synced' "$work/fworker.log" && fail "the worker installed the fake leader's challenge"
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$http/.well-known/acme-challenge/$token")
+    [ "$code" = 404 ] || fail "the worker answers the fake leader's token ($code)"
+    pass "a plain HTTPS leader cannot install an http-01 answer on a worker (4 fake syncs refused; the token gets 404)"
+    stop fworker || true
+    stop fake || true
+fi
+
 no_sanitizer_reports
