@@ -39,6 +39,8 @@ static void test_keys_json(void)
     CHECK_OK(cl_sync_keys_copy(&k, &withc));
     CHECK_OK(cl_buf_append(&withc.acme, "CH", 2));
     CHECK_OK(cl_sync_keys_encode(&withc, &json));
+    CHECK_OK(cl_buf_append(&json, "", 1)); /* for strstr */
+    json.len--;
     CHECK(strstr((char *)json.data, ",\"acme_challenges\":\"Q0g=\"}") != NULL);
     CHECK_OK(cl_sync_keys_parse(json.data, json.len, &back));
     CHECK(back.acme.len == 2 && !memcmp(back.acme.data, "CH", 2));
@@ -49,6 +51,7 @@ static void test_keys_json(void)
     CHECK(!strcmp(h, h2));
     cl_sync_keys_free(&withc);
     CHECK_OK(cl_sync_keys_encode(&k, &json));
+    CHECK_OK(cl_buf_append(&json, "", 1));
     CHECK(strstr((char *)json.data, "acme") == NULL);
     cl_buf_free(&json);
 
