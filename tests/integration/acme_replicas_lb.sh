@@ -84,7 +84,17 @@ grep -q 'event=acme_challenge_synced type=tls-alpn-01' "$work/alpn-worker1.log" 
 grep -q 'event=acme_challenge_pushed type=tls-alpn-01 workers=2 acked=2' "$work/alpn-leader.log" ||
     fail "the leader did not push to both workers: $(grep acme_challenge_push "$work/alpn-leader.log")"
 wait_for_log alpn-worker1 'event=acme_challenge_synced state="none pending"' 200
-pass "tls-alpn-01 validated on a worker: the leader pushed the challenge to both workers (acked) and withdrew it"
+push_ms=$(python3 - "$work/alpn-leader.log" <<'PY'
+import re, sys, datetime
+t = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"ts=(\S+)Z .*event=(acme_challenge|acme_challenge_pushed) ", line)
+    if m and m.group(2) not in t:
+        t[m.group(2)] = datetime.datetime.fromisoformat(m.group(1))
+print(int((t["acme_challenge_pushed"] - t["acme_challenge"]).total_seconds() * 1000))
+PY
+)
+pass "tls-alpn-01 validated on a worker: the leader pushed the challenge to both workers (acked, in $push_ms ms) and withdrew it"
 stop_fleet alpn
 fi
 
