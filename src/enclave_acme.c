@@ -619,8 +619,9 @@ void enclave_acme_take_challenges(enclave_acme *a, const uint8_t *text, size_t l
     a->synced_pending = true;
     char until[32];
     cl_format_time(expires, until);
-    cl_log(CL_LOG_INFO, "acme_challenge_synced", "type", alpn && http ? "tls-alpn-01,http-01" : alpn ? "tls-alpn-01" : "http-01",
-           "fqdn", a->fqdn, "token", (http ? http : alpn)->token, "expires", until, NULL);
+    const char *types = alpn && http ? "tls-alpn-01,http-01" : alpn ? "tls-alpn-01" : "http-01";
+    cl_log(CL_LOG_INFO, "acme_challenge_synced", "type", types, "fqdn", a->fqdn, "token", (http ? http : alpn)->token,
+           "expires", until, NULL);
 }
 
 int enclave_acme_metrics(enclave_acme *a, const cl_metrics *m, cl_buf *out)
