@@ -146,6 +146,9 @@ EOF
     pebble_run
     expect_issued lb
     issued=$(sed -n 's/.*event=acme_certificate origin=acme.*certificate_sha256=\([0-9a-f]*\).*/\1/p' "$work/lb-leader.log")
+    for w in lb-worker1 lb-worker2; do # the issued certificate reaches them through key sync
+        wait_for_log "$w" "event=tls_identity origin=key-sync .*certificate_sha256=$issued" 400
+    done
     pebble_root "$work/pebble-root.pem"
     for _ in 1 2 3; do
         curl -sf --cacert "$work/pebble-root.pem" --resolve "$ACME_FQDN:$lb:127.0.0.1" \
