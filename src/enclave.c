@@ -412,6 +412,7 @@ struct enclave {
     cl_sync *sync; /* -fqdn-leader */
     atomic_bool sync_installed; /* a worker has the leader's identity */
     enclave_acme *acme; /* -acme */
+    bool acme_closing;  /* under tls_lock: key sync no longer hands it challenges */
     cl_kms_session acme_kms; /* -acme with --acme-store */
     char sync_addr[160];
     bool has_app;
@@ -944,6 +945,16 @@ static int install_synced_identity(void *arg, const cl_sync_keys *keys)
         return rc;
     }
     pthread_mutex_lock(&e->tls_lock);
+    /* -acme: the leader's pushed tls-alpn-01 answers are given on this
+     * context too (start_acme hooks the context it finds, under this lock) */
+    if (e->acme && !e->acme_closing)
+        rc = enclave_acme_hook(e->acme, ctx);
+    if (rc < 0) {
+        pthread_mutex_unlock(&e->tls_lock);
+        SSL_CTX_free(ctx);
+        cl_tls_identity_free(&id);
+        return rc;
+    }
     SSL_CTX *old_ctx = e->tls;
     cl_tls_identity old = e->identity;
     e->identity = id;
@@ -1223,6 +1234,21 @@ static int advertise_from_imds(enclave *e, char *out, size_t out_len)
     return CL_OK;
 }
 
+/* Key sync, worker: the leader's pending ACME challenges (from a verified
+ * leader only: key_sync_engine.c calls this after the sync verified). */
+static void take_synced_challenges(void *arg, const uint8_t *text, size_t len)
+{
+    enclave *e = arg;
+    /* held throughout, so that shutdown cannot free the ACME state under us */
+    pthread_mutex_lock(&e->tls_lock);
+    if (e->acme && !e->acme_closing)
+        enclave_acme_take_challenges(e->acme, text, len);
+    else if (len && !e->acme)
+        cl_log(CL_LOG_WARN, "acme_challenge_ignored", "reason", "the leader orders with -acme, this enclave has none",
+               NULL);
+    pthread_mutex_unlock(&e->tls_lock);
+}
+
 /* -fqdn-leader: the sync listener, then the election in the background. */
 static int start_sync(enclave *e)
 {
@@ -1262,6 +1288,7 @@ static int start_sync(enclave *e)
         .nsm = e->nsm,
         .identity = &e->identity,
         .install = install_synced_identity,
+        .challenges = take_synced_challenges,
         .install_arg = e,
         .register_interval_ms = e->s.sync_register_ms,
         .heartbeat_ms = e->s.sync_heartbeat_ms,
@@ -1305,6 +1332,32 @@ static int install_acme_identity(void *arg, cl_tls_identity *id)
     return CL_OK;
 }
 
+/* Key sync, leader: the CA may validate on any replica behind the
+ * balancer, so the pending challenge goes to every worker (sealed in a
+ * re-sync) before the CA is told to look; bounded, and a worker that did
+ * not take it in time is named in the log. */
+#define ACME_PUSH_TIMEOUT_MS 10000u
+static void publish_acme_challenge(void *arg, const cl_acme_pending *p)
+{
+    enclave *e = arg;
+    if (!e->sync || cl_sync_get_role(e->sync) != CL_SYNC_LEADER)
+        return;
+    cl_buf text = CL_BUF_INIT;
+    size_t acked = 0, workers = 0;
+    int rc = p ? cl_acme_pending_encode(p, 1, &text) : CL_OK;
+    if (rc == CL_OK)
+        rc = cl_sync_push_challenges(e->sync, text.data, text.len, ACME_PUSH_TIMEOUT_MS, &acked, &workers);
+    cl_buf_free(&text);
+    char a[16], w[16];
+    snprintf(a, sizeof a, "%zu", acked);
+    snprintf(w, sizeof w, "%zu", workers);
+    if (rc < 0)
+        cl_log(CL_LOG_WARN, "acme_challenge_push_failed", "error", cl_error_message(), NULL);
+    else
+        cl_log(acked == workers ? CL_LOG_INFO : CL_LOG_WARN, p ? "acme_challenge_pushed" : "acme_challenge_withdrawn",
+               "type", p ? p->type : "-", "workers", w, "acked", a, NULL);
+}
+
 /* With key sync only the leader orders; workers get its certificate. */
 static bool acme_may_order(void *arg)
 {
@@ -1321,6 +1374,7 @@ static int start_acme(enclave *e)
         .enable_h2 = !e->s.disable_http2,
         .install = install_acme_identity,
         .gate = acme_may_order,
+        .publish = publish_acme_challenge,
         .arg = e,
     };
     if (e->s.acme.store) {
@@ -1340,8 +1394,14 @@ static int start_acme(enclave *e)
         env.credentials = e->acme_kms.credentials;
         env.region = e->acme_kms.region;
     }
-    CL_TRY(enclave_acme_new(&e->s.acme, &env, &e->acme));
-    CL_TRY(enclave_acme_hook(e->acme, e->tls));
+    enclave_acme *acme = NULL;
+    CL_TRY(enclave_acme_new(&e->s.acme, &env, &acme));
+    /* under the lock: a worker's sync may be installing a context now */
+    pthread_mutex_lock(&e->tls_lock);
+    e->acme = acme;
+    int hrc = enclave_acme_hook(e->acme, e->tls);
+    pthread_mutex_unlock(&e->tls_lock);
+    CL_TRY(hrc);
     return enclave_acme_start(e->acme);
 }
 
@@ -1468,6 +1528,9 @@ static void enclave_stop(enclave *e)
     pthread_mutex_unlock(&e->lock);
     unsigned drain_ms = e->s.drain_timeout * 1000u;
     /* the ACME thread may install a context: stop it before any goes */
+    pthread_mutex_lock(&e->tls_lock);
+    e->acme_closing = true;
+    pthread_mutex_unlock(&e->tls_lock);
     enclave_acme_free(e->acme);
     e->acme = NULL;
     cl_kms_session_close(&e->acme_kms);

@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #define LEASE_TTL_MS (10u * 60u * 1000u)
@@ -121,6 +122,7 @@ struct enclave_acme {
     atomic_int_fast64_t not_after, renew_at;
     atomic_uint_fast64_t issued, from_store, failures, last_failed;
     char installed[65]; /* SHA-256 of the certificate installed last (ACME thread and start only) */
+    bool synced_pending; /* a worker answers the leader's challenges (key sync's thread only) */
 };
 
 /* ---- http-01 listener --------------------------------------------------------- */
@@ -238,6 +240,8 @@ static int new_client(enclave_acme *a)
         .cancel = &a->stop,
         .poll_interval_ms = a->s->poll_ms,
         .max_polls = a->s->max_polls,
+        .publish = a->env.publish,
+        .publish_arg = a->env.arg,
     };
     return cl_acme_new(&cfg, NULL, &a->client);
 }
@@ -564,6 +568,60 @@ void enclave_acme_free(enclave_acme *a)
     cl_acme_free(a->client);
     cl_acme_tls_free(a->tls);
     free(a);
+}
+
+void enclave_acme_take_challenges(enclave_acme *a, const uint8_t *text, size_t len)
+{
+    cl_acme_pending p[CL_ACME_PENDING_MAX];
+    size_t n = 0;
+    if (cl_acme_pending_parse(text, len, p, &n) < 0) {
+        cl_log(CL_LOG_WARN, "acme_challenge_refused", "reason", cl_error_message(), NULL);
+        return;
+    }
+    const cl_acme_pending *alpn = NULL, *http = NULL;
+    int64_t expires = 0;
+    for (size_t i = 0; i < n; i++) {
+        /* only ever our own name: the answer proves control of it */
+        if (strcasecmp(p[i].identifier, a->fqdn) != 0) {
+            cl_log(CL_LOG_WARN, "acme_challenge_refused", "reason", "the challenge is for another name",
+                   "identifier", p[i].identifier, "fqdn", a->fqdn, NULL);
+            continue;
+        }
+        if (!strcmp(p[i].type, "http-01"))
+            http = &p[i];
+        else
+            alpn = &p[i];
+        if (!expires || p[i].expires < expires)
+            expires = p[i].expires;
+    }
+    int rc = CL_OK;
+    cl_acme_tls_set_expiry(a->tls, expires);
+    if (alpn)
+        rc = cl_acme_tls_set_alpn_challenge(a->tls, a->fqdn, alpn->key_authorization);
+    else
+        cl_acme_tls_clear_alpn_challenge(a->tls);
+    if (http && rc == CL_OK)
+        rc = cl_acme_tls_set_http_token(a->tls, http->token, http->key_authorization);
+    else if (!http)
+        cl_acme_tls_clear_http_token(a->tls);
+    if (rc < 0) {
+        cl_log(CL_LOG_WARN, "acme_challenge_refused", "reason", cl_error_message(), NULL);
+        cl_acme_tls_clear_alpn_challenge(a->tls);
+        cl_acme_tls_clear_http_token(a->tls);
+        return;
+    }
+    if (!alpn && !http) {
+        if (a->synced_pending)
+            cl_log(CL_LOG_INFO, "acme_challenge_synced", "state", "none pending", NULL);
+        a->synced_pending = false;
+        return;
+    }
+    a->synced_pending = true;
+    char until[32];
+    cl_format_time(expires, until);
+    const char *types = alpn && http ? "tls-alpn-01,http-01" : alpn ? "tls-alpn-01" : "http-01";
+    cl_log(CL_LOG_INFO, "acme_challenge_synced", "type", types, "fqdn", a->fqdn, "token", (http ? http : alpn)->token,
+           "expires", until, NULL);
 }
 
 int enclave_acme_metrics(enclave_acme *a, const cl_metrics *m, cl_buf *out)

@@ -8,6 +8,7 @@
 #include "cloister/core/metrics.h"
 #include "cloister/core/options.h"
 #include "cloister/core/tls.h"
+#include "cloister/enclave/acme.h"
 #include "cloister/enclave/kms.h"
 
 #include <stdbool.h>
@@ -39,6 +40,8 @@ typedef struct enclave_acme_env {
     bool enable_h2;
     enclave_acme_install_fn install;
     enclave_acme_gate_fn gate; /* NULL: always */
+    /* key sync: hand the pending challenge to the workers (NULL: none) */
+    cl_acme_publish_fn publish;
     void *arg;
     /* for --acme-store: a KMS client that makes and opens the keys'
      * ciphertexts (borrowed; NULL without a store) */
@@ -54,6 +57,11 @@ CL_MUST_CHECK int enclave_acme_hook(enclave_acme *a, SSL_CTX *ctx);
  * the thread. */
 CL_MUST_CHECK int enclave_acme_start(enclave_acme *a);
 void enclave_acme_free(enclave_acme *a);
+/* Key sync, worker: the challenges a verified leader has pending
+ * (cl_acme_pending_encode's text; empty: none) are answered here too until
+ * they expire, so that the CA's validation succeeds on whichever replica
+ * the balancer gives it. */
+void enclave_acme_take_challenges(enclave_acme *a, const uint8_t *text, size_t len);
 /* Appends the acme_* metrics. */
 CL_MUST_CHECK int enclave_acme_metrics(enclave_acme *a, const cl_metrics *m, cl_buf *out);
 

@@ -24,6 +24,9 @@
 #define MAX_BAD_NONCE 5
 #define MAX_SERVER_ERRORS 3
 #define NONCE_MAX 128
+/* how long a worker answers a pushed challenge if the leader never
+ * withdraws it (the leader dies mid-validation) */
+#define PUBLISH_LIFE_S 600
 #define BAD_NONCE "urn:ietf:params:acme:error:badNonce"
 
 /* the CA's answer r was not what the step needed: fail with it */
@@ -43,6 +46,7 @@ struct cl_acme {
     char nonce[NONCE_MAX + 1];
     unsigned retry_after_s;
     atomic_uint_fast64_t requests, bad_nonce_retries, orders;
+    bool published; /* cfg.publish has a challenge out */
 };
 
 typedef struct reply {
@@ -359,6 +363,9 @@ static void withdraw(cl_acme *a)
         return;
     cl_acme_tls_clear_alpn_challenge(a->cfg.responder);
     cl_acme_tls_clear_http_token(a->cfg.responder);
+    if (a->published && a->cfg.publish)
+        a->cfg.publish(a->cfg.publish_arg, NULL);
+    a->published = false;
 }
 
 static int authorize(cl_acme *a, const char *authz_url, const char *fqdn)
@@ -397,6 +404,18 @@ static int authorize(cl_acme *a, const char *authz_url, const char *fqdn)
     else
         CL_TRY_OUT(cl_acme_tls_set_alpn_challenge(a->cfg.responder, fqdn, (const char *)keyauth.data));
     cl_log(CL_LOG_INFO, "acme_challenge", "type", want, "fqdn", fqdn, NULL);
+    if (a->cfg.publish) {
+        /* the CA may reach any replica behind the balancer: every one must
+         * hold the answer before the CA is told to look */
+        cl_acme_pending p = {.expires = (int64_t)time(NULL) + PUBLISH_LIFE_S};
+        snprintf(p.type, sizeof p.type, "%s", want);
+        snprintf(p.identifier, sizeof p.identifier, "%s", fqdn);
+        snprintf(p.token, sizeof p.token, "%s", ch->token);
+        CL_ENSURE_OUT(keyauth.len < sizeof p.key_authorization, CL_EINVAL, "key authorization too long");
+        memcpy(p.key_authorization, keyauth.data, keyauth.len);
+        a->published = true;
+        a->cfg.publish(a->cfg.publish_arg, &p);
+    }
     reply_free(&r);
     CL_TRY_OUT(post(a, chal_url, "{}", false, NULL, &r));
     if (r.status != 200)

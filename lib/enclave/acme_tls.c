@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #define ACME_TLS_ALPN "acme-tls/1"
 
@@ -28,6 +29,7 @@ struct cl_acme_tls {
     char http_token[CL_ACME_TOKEN_MAX + 1];
     char *http_answer;
     bool enable_h2;
+    int64_t expires; /* 0: none */
     atomic_uint_fast64_t alpn_answers;
 };
 
@@ -105,6 +107,19 @@ static bool sni_name(const uint8_t *ext, size_t len, char *out, size_t cap)
     return true;
 }
 
+/* Pushed challenges end at their expiry; lock held. */
+static bool live_locked(const cl_acme_tls *t)
+{
+    return !t->expires || (int64_t)time(NULL) < t->expires;
+}
+
+void cl_acme_tls_set_expiry(cl_acme_tls *t, int64_t expires)
+{
+    pthread_rwlock_wrlock(&t->lock);
+    t->expires = expires;
+    pthread_rwlock_unlock(&t->lock);
+}
+
 static int client_hello(SSL *ssl, int *alert, void *arg)
 {
     cl_acme_tls *t = arg;
@@ -122,7 +137,7 @@ static int client_hello(SSL *ssl, int *alert, void *arg)
         }
         int ok = 0;
         pthread_rwlock_rdlock(&t->lock);
-        if (t->alpn_cert && !strcasecmp(sni, t->alpn_name))
+        if (t->alpn_cert && !strcasecmp(sni, t->alpn_name) && live_locked(t))
             ok = SSL_use_cert_and_key(ssl, t->alpn_cert, t->alpn_key, NULL, 1);
         pthread_rwlock_unlock(&t->lock);
         if (ok != 1) {
@@ -233,7 +248,7 @@ int cl_acme_tls_http_answer(cl_acme_tls *t, const char *path, cl_buf *out)
     const char *token = path + sizeof prefix - 1;
     int rc = CL_ENOTFOUND;
     pthread_rwlock_rdlock(&t->lock);
-    if (t->http_answer && t->http_token[0] && !strcmp(token, t->http_token))
+    if (t->http_answer && t->http_token[0] && !strcmp(token, t->http_token) && live_locked(t))
         rc = cl_buf_append(out, t->http_answer, strlen(t->http_answer));
     pthread_rwlock_unlock(&t->lock);
     if (rc == CL_ENOTFOUND)

@@ -260,7 +260,7 @@ int cl_sync_keys_parse(const uint8_t *json, size_t len, cl_sync_keys *out)
 {
     memset(out, 0, sizeof *out);
     cl_cursor c = cl_cursor_make(json, len);
-    bool seen[3] = {false, false, false};
+    bool seen[4] = {false, false, false, false};
     int rc = expect_byte(&c, '{', "an object");
     skip_ws(&c);
     uint8_t b;
@@ -275,6 +275,7 @@ int cl_sync_keys_parse(const uint8_t *json, size_t len, cl_sync_keys *out)
         int i = !strcmp(name, "nitriding_key")    ? 0
                 : !strcmp(name, "nitriding_cert") ? 1
                 : !strcmp(name, "app_keys")       ? 2
+                : !strcmp(name, "acme_challenges") ? 3
                                                   : -1;
         if (i < 0) {
             rc = cl_error_set(CL_EPARSE, "keys: unknown member \"%s\"", name);
@@ -285,7 +286,7 @@ int cl_sync_keys_parse(const uint8_t *json, size_t len, cl_sync_keys *out)
             break;
         }
         seen[i] = true;
-        cl_buf *dst = i == 0 ? &out->key : i == 1 ? &out->cert : &out->app_keys;
+        cl_buf *dst = i == 0 ? &out->key : i == 1 ? &out->cert : i == 2 ? &out->app_keys : &out->acme;
         if ((rc = read_b64_value(&c, name, dst)) < 0)
             break;
         skip_ws(&c);
@@ -302,6 +303,8 @@ int cl_sync_keys_parse(const uint8_t *json, size_t len, cl_sync_keys *out)
         rc = cl_error_set(CL_EPARSE, "keys: malformed JSON: bytes after the object");
     if (rc == CL_OK && (!out->key.len || !out->cert.len))
         rc = cl_error_set(CL_EPARSE, "keys: \"nitriding_key\" and \"nitriding_cert\" are required");
+    if (rc == CL_OK && out->acme.len > 4096)
+        rc = cl_error_set(CL_ELIMIT, "keys: \"acme_challenges\" is larger than 4096 bytes");
     if (rc == CL_OK && out->app_keys.len > CL_SYNC_MAX_STATE)
         rc = cl_error_set(CL_ELIMIT, "keys: \"app_keys\" is larger than %d bytes", CL_SYNC_MAX_STATE);
     if (rc < 0)
@@ -333,12 +336,17 @@ static int put_member(cl_buf *out, const char *name, const cl_buf *value, bool l
 
 int cl_sync_keys_encode(const cl_sync_keys *k, cl_buf *out)
 {
-    size_t need = 64 + 4 * ((k->key.len + 2) / 3 + (k->cert.len + 2) / 3 + (k->app_keys.len + 2) / 3);
+    size_t need = 96 + 4 * ((k->key.len + 2) / 3 + (k->cert.len + 2) / 3 + (k->app_keys.len + 2) / 3 +
+                            (k->acme.len + 2) / 3);
     CL_TRY(cl_buf_reserve(out, need));
     CL_TRY(cl_buf_append(out, "{", 1));
     CL_TRY(put_member(out, "nitriding_key", &k->key, false));
     CL_TRY(put_member(out, "nitriding_cert", &k->cert, false));
-    return put_member(out, "app_keys", &k->app_keys, true);
+    /* without pending challenges the object is exactly nitriding's */
+    if (!k->acme.len)
+        return put_member(out, "app_keys", &k->app_keys, true);
+    CL_TRY(put_member(out, "app_keys", &k->app_keys, false));
+    return put_member(out, "acme_challenges", &k->acme, true);
 }
 
 int cl_sync_keys_copy(const cl_sync_keys *from, cl_sync_keys *to)
@@ -349,6 +357,8 @@ int cl_sync_keys_copy(const cl_sync_keys *from, cl_sync_keys *to)
         rc = cl_buf_append(&to->cert, from->cert.data, from->cert.len);
     if (rc == CL_OK)
         rc = cl_buf_append(&to->app_keys, from->app_keys.data, from->app_keys.len);
+    if (rc == CL_OK)
+        rc = cl_buf_append(&to->acme, from->acme.data, from->acme.len);
     if (rc < 0)
         cl_sync_keys_free(to);
     return rc;
@@ -359,6 +369,7 @@ void cl_sync_keys_free(cl_sync_keys *k)
     cl_buf_free(&k->key);
     cl_buf_free(&k->cert);
     cl_buf_free(&k->app_keys);
+    cl_buf_free(&k->acme);
 }
 
 int cl_sync_keys_hash_b64(const cl_sync_keys *k, char out[45])

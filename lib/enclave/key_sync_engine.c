@@ -41,6 +41,7 @@ typedef struct worker_entry {
     char host[300]; /* HOST:PORT as it announced itself */
     uint64_t last_seen_ms;
     bool syncing;
+    uint64_t synced_gen; /* the keys_gen of the last sync that succeeded */
 } worker_entry;
 
 struct cl_sync {
@@ -59,6 +60,7 @@ struct cl_sync {
     bool synced; /* a worker that has received keys */
     cl_sync_keys keys;
     uint64_t version; /* bumped when app_keys change */
+    uint64_t keys_gen; /* leader: bumped whenever what a sync sends changes */
     char etag[72];
     pending pending[PENDING_MAX];
     worker_entry workers[CL_SYNC_MAX_WORKERS];
@@ -244,7 +246,7 @@ typedef struct job {
     char host[300];
 } job;
 
-static int leader_sync(cl_sync *s, const char *host)
+static int leader_sync(cl_sync *s, const char *host, uint64_t *gen)
 {
     int rc = CL_OK;
     uint8_t nonce[CL_SYNC_NONCE_LEN];
@@ -279,6 +281,7 @@ static int leader_sync(cl_sync *s, const char *host)
 
     pthread_mutex_lock(&s->lock);
     rc = cl_sync_keys_copy(&s->keys, &keys);
+    *gen = s->keys_gen;
     pthread_mutex_unlock(&s->lock);
     CL_TRY_OUT(rc);
     CL_TRY_OUT(cl_sync_keys_encode(&keys, &plain));
@@ -311,11 +314,14 @@ out:
     return rc;
 }
 
+static void start_job_locked(cl_sync *s, const char *host);
+
 static void *job_main(void *arg)
 {
     job *j = arg;
     cl_sync *s = j->s;
-    int rc = leader_sync(s, j->host);
+    uint64_t gen = 0;
+    int rc = leader_sync(s, j->host, &gen);
     const char *err = rc < 0 ? cl_error_message() : NULL;
     pthread_mutex_lock(&s->lock);
     worker_entry *w = find_worker_locked(s, j->host);
@@ -323,6 +329,8 @@ static void *job_main(void *arg)
         cl_log(CL_LOG_INFO, "sync_worker_synced", "worker", j->host, NULL);
         register_worker_locked(s, j->host);
         w = find_worker_locked(s, j->host);
+        if (w && gen > w->synced_gen)
+            w->synced_gen = gen;
     } else {
         cl_log(CL_LOG_WARN, "sync_worker_failed", "worker", j->host, "error", err, NULL);
         if (w)
@@ -332,6 +340,10 @@ static void *job_main(void *arg)
     if (w)
         w->syncing = false;
     s->jobs--;
+    /* what we send changed while this sync ran (a challenge pushed): the
+     * worker must get the newer keys too */
+    if (w && w->synced_gen < s->keys_gen)
+        start_job_locked(s, j->host);
     pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->lock);
     free(j);
@@ -494,7 +506,17 @@ static int worker_accept(cl_sync *s, const cl_sync_request *req, char *leader_de
                   CL_EVERIFY, "the encrypted keys do not open with our key");
     plain.len = plain_len;
     CL_TRY_OUT(cl_sync_keys_parse(plain.data, plain.len, &keys));
-    CL_TRY_OUT(s->cfg.install(s->cfg.install_arg, &keys));
+    /* a re-sync that only carries ACME challenges keeps the identity (and
+     * the TLS context with its session tickets) as it is */
+    pthread_mutex_lock(&s->lock);
+    bool same = s->synced && keys.key.len == s->keys.key.len && keys.cert.len == s->keys.cert.len &&
+                !CRYPTO_memcmp(keys.key.data, s->keys.key.data, keys.key.len) &&
+                !memcmp(keys.cert.data, s->keys.cert.data, keys.cert.len);
+    pthread_mutex_unlock(&s->lock);
+    if (!same)
+        CL_TRY_OUT(s->cfg.install(s->cfg.install_arg, &keys));
+    if (s->cfg.challenges)
+        s->cfg.challenges(s->cfg.install_arg, keys.acme.data, keys.acme.len);
     pthread_mutex_lock(&s->lock);
     bool changed = keys.app_keys.len != s->keys.app_keys.len ||
                    (keys.app_keys.len && memcmp(keys.app_keys.data, s->keys.app_keys.data, keys.app_keys.len));
@@ -988,6 +1010,7 @@ static void state_put(cl_sync *s, const cl_sync_request *req, cl_sync_reply *r)
     cl_buf_reset(&s->keys.app_keys);
     int rc = cl_buf_append(&s->keys.app_keys, req->body, req->body_len);
     s->version++;
+    s->keys_gen++;
     set_etag_locked(s);
     snprintf(r->etag, sizeof r->etag, "%s", s->etag);
     char count[16];
@@ -1053,6 +1076,40 @@ void cl_sync_handle(cl_sync *s, int endpoint, const cl_sync_request *req, cl_syn
     }
 }
 
+int cl_sync_push_challenges(cl_sync *s, const uint8_t *acme, size_t len, unsigned timeout_ms, size_t *acked,
+                            size_t *workers)
+{
+    *acked = *workers = 0;
+    cl_buf copy = CL_BUF_INIT;
+    CL_TRY(cl_buf_append(&copy, acme, len));
+    pthread_mutex_lock(&s->lock);
+    if (s->role != CL_SYNC_LEADER) {
+        pthread_mutex_unlock(&s->lock);
+        cl_buf_free(&copy);
+        return cl_error_set(CL_EINVAL, "only the key-sync leader pushes ACME challenges");
+    }
+    cl_buf_free(&s->keys.acme);
+    s->keys.acme = copy;
+    uint64_t gen = ++s->keys_gen;
+    for (size_t i = 0; i < s->worker_count; i++)
+        start_job_locked(s, s->workers[i].host);
+    uint64_t deadline = ms_now() + timeout_ms;
+    for (;;) {
+        size_t done = 0;
+        for (size_t i = 0; i < s->worker_count; i++)
+            if (s->workers[i].synced_gen >= gen)
+                done++;
+        *acked = done;
+        *workers = s->worker_count;
+        /* a worker whose sync failed left the table: nothing to wait for */
+        if (done == s->worker_count || s->stopping || ms_now() >= deadline)
+            break;
+        wait_until(s, deadline);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return CL_OK;
+}
+
 int cl_sync_set_identity(cl_sync *s, const cl_tls_identity *id)
 {
     cl_sync_keys k = {0};
@@ -1063,6 +1120,7 @@ int cl_sync_set_identity(cl_sync *s, const cl_tls_identity *id)
     s->keys.key = k.key;
     s->keys.cert = k.cert;
     k.key = k.cert = (cl_buf)CL_BUF_INIT;
+    s->keys_gen++;
     char count[16];
     snprintf(count, sizeof count, "%zu", s->worker_count);
     cl_log(CL_LOG_INFO, "sync_identity_changed", "workers", count, "detail", "re-syncing every worker", NULL);

@@ -52,7 +52,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (cl_sync_keys_encode(&a, &json) < 0 || cl_sync_keys_parse(json.data, json.len, &b) < 0 ||
             cl_sync_keys_hash_b64(&a, ha) < 0 || cl_sync_keys_hash_b64(&b, hb) < 0)
             abort();
-        if (!buf_eq(&a.key, &b.key) || !buf_eq(&a.cert, &b.cert) || !buf_eq(&a.app_keys, &b.app_keys) || strcmp(ha, hb))
+        if (!buf_eq(&a.key, &b.key) || !buf_eq(&a.cert, &b.cert) || !buf_eq(&a.app_keys, &b.app_keys) ||
+            !buf_eq(&a.acme, &b.acme) || strcmp(ha, hb))
             abort();
         /* the certificate and key are whatever the peer sent: turning them
          * into an identity must fail cleanly or succeed, never crash */

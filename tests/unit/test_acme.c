@@ -393,6 +393,65 @@ static void test_http_answer(void)
     cl_acme_tls_free(t);
 }
 
+static void test_pending_parse(void)
+{
+    const char *tp = "0123456789012345678901234567890123456789abc"; /* 43 */
+    cl_acme_pending p = {.expires = 1700000000};
+    snprintf(p.type, sizeof p.type, "tls-alpn-01");
+    snprintf(p.identifier, sizeof p.identifier, "app.example.com");
+    snprintf(p.token, sizeof p.token, "tok-_9");
+    snprintf(p.key_authorization, sizeof p.key_authorization, "tok-_9.%s", tp);
+    cl_buf text = CL_BUF_INIT;
+    CHECK_OK(cl_acme_pending_encode(&p, 1, &text));
+    cl_acme_pending back[CL_ACME_PENDING_MAX];
+    size_t n = 9;
+    CHECK_OK(cl_acme_pending_parse(text.data, text.len, back, &n));
+    CHECK(n == 1 && !strcmp(back[0].type, "tls-alpn-01") && !strcmp(back[0].identifier, "app.example.com") &&
+          !strcmp(back[0].token, "tok-_9") && !strcmp(back[0].key_authorization, p.key_authorization) &&
+          back[0].expires == 1700000000);
+    cl_buf_free(&text);
+    CHECK_OK(cl_acme_pending_parse(NULL, 0, back, &n));
+    CHECK(n == 0);
+    /* a field that would shift the others is refused when encoding too */
+    snprintf(p.identifier, sizeof p.identifier, "a b");
+    CHECK_ERR(cl_acme_pending_encode(&p, 1, &text), CL_EPARSE, NULL);
+    cl_buf_free(&text);
+
+    char good[160];
+    snprintf(good, sizeof good, "http-01 a.example tok tok.%s 12\n", tp);
+    CHECK_OK(cl_acme_pending_parse(S(good), back, &n));
+    CHECK(n == 1 && back[0].expires == 12);
+    char bad[8][200];
+    snprintf(bad[0], sizeof bad[0], "dns-01 a.example tok tok.%s 12\n", tp);          /* type */
+    snprintf(bad[1], sizeof bad[1], "http-01 a.example tok other.%s 12\n", tp);       /* not the token's */
+    snprintf(bad[2], sizeof bad[2], "http-01 a.example tok tok.%.42s 12\n", tp);      /* short thumbprint */
+    snprintf(bad[3], sizeof bad[3], "http-01 a.example tok tok.%s 12", tp);            /* no newline */
+    snprintf(bad[4], sizeof bad[4], "http-01 a/example tok tok.%s 12\n", tp);         /* not a name */
+    snprintf(bad[5], sizeof bad[5], "http-01 a.example to+k to+k.%s 12\n", tp);       /* not base64url */
+    snprintf(bad[6], sizeof bad[6], "http-01 a.example tok tok.%s 1x\n", tp);         /* expiry */
+    snprintf(bad[7], sizeof bad[7], "http-01 a.example tok tok.%s 12 extra\n", tp);   /* extra field */
+    for (size_t i = 0; i < 8; i++) {
+        cl_error_clear();
+        CHECK_ERR(cl_acme_pending_parse(S(bad[i]), back, &n), CL_EPARSE, NULL);
+    }
+    char many[1024] = "";
+    for (int i = 0; i < CL_ACME_PENDING_MAX + 1; i++)
+        strcat(many, good);
+    CHECK_ERR(cl_acme_pending_parse(S(many), back, &n), CL_EPARSE, NULL);
+
+    /* answers end at their expiry */
+    cl_acme_tls *t = NULL;
+    CHECK_OK(cl_acme_tls_new(&t));
+    CHECK_OK(cl_acme_tls_set_http_token(t, "abc", "abc.tp"));
+    cl_buf out;
+    cl_acme_tls_set_expiry(t, (int64_t)time(NULL) + 60);
+    CHECK_OK(cl_acme_tls_http_answer(t, "/.well-known/acme-challenge/abc", &out));
+    cl_buf_free(&out);
+    cl_acme_tls_set_expiry(t, (int64_t)time(NULL) - 1);
+    CHECK_ERR(cl_acme_tls_http_answer(t, "/.well-known/acme-challenge/abc", &out), CL_ENOTFOUND, NULL);
+    cl_acme_tls_free(t);
+}
+
 int main(void)
 {
     RUN(test_directory);
@@ -406,5 +465,6 @@ int main(void)
     RUN(test_check_chain);
     RUN(test_csr);
     RUN(test_http_answer);
+    RUN(test_pending_parse);
     return test_summary();
 }

@@ -34,6 +34,27 @@ static void test_keys_json(void)
     CHECK_OK(cl_sync_keys_hash_b64(&k, h));
     /* base64(SHA-256("CERT" || "KEY" || "APP")): certificate first */
     CHECK(!strcmp(h, "4Pn+hBX2nVqQTDEJ13HnVRDDhkuMlRwgAZkWosyz7J4="));
+    /* cloister's acme_challenges: sent only when set, kept out of hashed_keys */
+    cl_sync_keys withc;
+    CHECK_OK(cl_sync_keys_copy(&k, &withc));
+    CHECK_OK(cl_buf_append(&withc.acme, "CH", 2));
+    CHECK_OK(cl_sync_keys_encode(&withc, &json));
+    CHECK_OK(cl_buf_append(&json, "", 1)); /* for strstr */
+    json.len--;
+    CHECK(strstr((char *)json.data, ",\"acme_challenges\":\"Q0g=\"}") != NULL);
+    CHECK_OK(cl_sync_keys_parse(json.data, json.len, &back));
+    CHECK(back.acme.len == 2 && !memcmp(back.acme.data, "CH", 2));
+    cl_sync_keys_free(&back);
+    cl_buf_free(&json);
+    char h2[45];
+    CHECK_OK(cl_sync_keys_hash_b64(&withc, h2));
+    CHECK(!strcmp(h, h2));
+    cl_sync_keys_free(&withc);
+    CHECK_OK(cl_sync_keys_encode(&k, &json));
+    CHECK_OK(cl_buf_append(&json, "", 1));
+    CHECK(strstr((char *)json.data, "acme") == NULL);
+    cl_buf_free(&json);
+
     cl_sync_keys_free(&k);
 
     const char *absent = "{\"nitriding_key\":\"S0VZ\",\"nitriding_cert\":\"Q0VSVA==\"}";

@@ -152,12 +152,46 @@ void cl_acme_tls_clear_http_token(cl_acme_tls *t);
 /* Copies the key authorization for a /.well-known/acme-challenge/ path;
  * CL_ENOTFOUND when none. */
 CL_MUST_CHECK int cl_acme_tls_http_answer(cl_acme_tls *t, const char *path, cl_buf *out);
+/* Answers end at this time (Unix seconds; 0: never): a worker serves the
+ * leader's pushed challenges only until their expiry, even if the leader
+ * never withdraws them. */
+void cl_acme_tls_set_expiry(cl_acme_tls *t, int64_t expires);
 /* The number of tls-alpn-01 handshakes answered (for tests and metrics). */
 uint64_t cl_acme_tls_alpn_answers(const cl_acme_tls *t);
+
+/* ---- pending challenges, as the key-sync leader pushes them to workers ------ */
+
+/* With several replicas behind one balancer the CA's validation reaches any
+ * of them: the leader, which orders, pushes each pending challenge to its
+ * workers over key sync (docs/acme.md), so that every replica answers. */
+typedef struct cl_acme_pending {
+    char type[16];                 /* "tls-alpn-01" or "http-01" */
+    char identifier[256];          /* the dns name */
+    char token[CL_ACME_TOKEN_MAX + 1];
+    char key_authorization[CL_ACME_TOKEN_MAX + 45]; /* token "." thumbprint */
+    int64_t expires;               /* Unix seconds */
+} cl_acme_pending;
+
+#define CL_ACME_PENDING_MAX 4
+
+/* One line per challenge: "TYPE IDENTIFIER TOKEN KEYAUTH EXPIRES\n";
+ * none: empty. */
+CL_MUST_CHECK int cl_acme_pending_encode(const cl_acme_pending *p, size_t n, cl_buf *out);
+/* Strict reader of the above: at most CL_ACME_PENDING_MAX lines, known
+ * types, a dns name, base64url token, a key authorization that is the
+ * token, '.', and a 43-character base64url thumbprint.  CL_EPARSE. */
+CL_MUST_CHECK int cl_acme_pending_parse(const uint8_t *data, size_t len, cl_acme_pending out[CL_ACME_PENDING_MAX],
+                                        size_t *n);
 
 /* ---- the client ------------------------------------------------------------ */
 
 typedef enum cl_acme_challenge_type { CL_ACME_TLS_ALPN_01, CL_ACME_HTTP_01 } cl_acme_challenge_type;
+
+/* Called with the challenge about to be validated, after it was set on
+ * the responder and before the CA is told to validate (may block, bounded:
+ * the leader pushes it to its workers and waits for them); and with NULL
+ * when it is withdrawn. */
+typedef void (*cl_acme_publish_fn)(void *arg, const cl_acme_pending *p);
 
 typedef struct cl_acme_config {
     const char *directory;          /* URL; NULL: Let's Encrypt production */
@@ -171,6 +205,8 @@ typedef struct cl_acme_config {
     unsigned poll_interval_ms;      /* between polls without Retry-After; 0: 1 s */
     unsigned max_retry_after_s;     /* cap on a Retry-After honoured in a poll; 0: 30 */
     const atomic_bool *cancel;      /* set: waits end and cl_acme_obtain fails */
+    cl_acme_publish_fn publish;     /* NULL: the challenge stays with the responder */
+    void *publish_arg;
 } cl_acme_config;
 
 typedef struct cl_acme cl_acme;

@@ -73,9 +73,13 @@ typedef struct cl_sync_heartbeat {
 CL_MUST_CHECK int cl_sync_heartbeat_parse(const uint8_t *json, size_t len, cl_sync_heartbeat *out);
 CL_MUST_CHECK int cl_sync_heartbeat_encode(const cl_sync_heartbeat *hb, cl_buf *out);
 
-/* The key material: PEM key and certificate, the app's opaque state. */
+/* The key material: PEM key and certificate, the app's opaque state, and
+ * (cloister's addition, member "acme_challenges", sent only when not empty
+ * and left out of hashed_keys) the ACME challenges the leader has pending
+ * (cl_acme_pending_encode's text), so that a worker answers the CA's
+ * validation too.  A nitriding worker ignores the member (Go). */
 typedef struct cl_sync_keys {
-    cl_buf key, cert, app_keys;
+    cl_buf key, cert, app_keys, acme;
 } cl_sync_keys;
 
 CL_MUST_CHECK int cl_sync_keys_parse(const uint8_t *json, size_t len, cl_sync_keys *out);
@@ -124,6 +128,9 @@ typedef struct cl_sync cl_sync;
 /* Called when a worker has received keys from a verified leader: make the
  * key and certificate the TLS identity of new connections.  0 or cl_err. */
 typedef int (*cl_sync_install_fn)(void *arg, const cl_sync_keys *keys);
+/* Called on a worker after every sync accepted from a verified leader with
+ * the leader's pending ACME challenges (len 0: none pending). */
+typedef void (*cl_sync_challenges_fn)(void *arg, const uint8_t *acme, size_t len);
 
 typedef struct cl_sync_config {
     const char *leader;    /* -fqdn-leader: HOST or HOST:PORT */
@@ -139,7 +146,8 @@ typedef struct cl_sync_config {
     cl_nsm *nsm;
     const cl_tls_identity *identity; /* our own, sent when we lead */
     cl_sync_install_fn install;
-    void *install_arg;
+    cl_sync_challenges_fn challenges; /* NULL: ignored */
+    void *install_arg;                /* for both */
     /* cadence (0: nitriding's) */
     unsigned register_interval_ms; /* 5 s */
     unsigned register_timeout_ms;  /* 60 s */
@@ -160,6 +168,14 @@ cl_sync_role cl_sync_get_role(cl_sync *s);
 /* The leader's identity changed (a CA-issued certificate, -acme): what it
  * sends from now on, and every registered worker is synced again. */
 CL_MUST_CHECK int cl_sync_set_identity(cl_sync *s, const cl_tls_identity *id);
+
+/* Leader: what the workers get as pending ACME challenges from now on
+ * (len 0: none); every registered worker is synced again, and the call
+ * waits until each has taken it, or failed (and was dropped), or
+ * timeout_ms passed.  *acked / *workers: how many took it, of how many.
+ * CL_EINVAL when this enclave does not lead. */
+CL_MUST_CHECK int cl_sync_push_challenges(cl_sync *s, const uint8_t *acme, size_t len, unsigned timeout_ms,
+                                          size_t *acked, size_t *workers);
 
 enum cl_sync_endpoint {
     CL_SYNC_EP_LEADER,    /* GET /enclave/leader?nonce= (sync listener) */

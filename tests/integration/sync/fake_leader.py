@@ -14,6 +14,7 @@ itself, sealed to the worker's X25519 key, under a document of its choice:
 
   fake_leader.py --listen PORT --cert PEM --key PEM --evil-cert PEM --evil-key PEM
                  --evil-nsm unix:SOCK --genuine https://HOST:PORT --attacks A,B,...
+                 [--acme-challenge "TYPE NAME TOKEN KEYAUTH EXPIRES"]
 Prints `fake-leader: attack=NAME status=CODE body=...` per attack, then
 `fake-leader: done`.
 """
@@ -84,6 +85,8 @@ def attack(kind, worker):
         "nitriding_cert": base64.b64encode(open(args.evil_cert, "rb").read()).decode(),
         "app_keys": base64.b64encode(b"evil state").decode(),
     }
+    if args.acme_challenge:  # cloister's member: answers it wants the worker to give the CA
+        keys["acme_challenges"] = base64.b64encode(args.acme_challenge.encode() + b"\n").decode()
     sealed = nacl.public.SealedBox(nacl.public.PublicKey(pk)).encrypt(json.dumps(keys).encode())
     digest = hashlib.sha256(sealed).hexdigest()
     if kind == "foreign-root":
@@ -145,6 +148,7 @@ def main():
     p = argparse.ArgumentParser()
     for a in ("--listen", "--cert", "--key", "--evil-cert", "--evil-key", "--evil-nsm", "--genuine", "--attacks"):
         p.add_argument(a, required=True)
+    p.add_argument("--acme-challenge", default="", help="a pending-challenge line to push in the sealed keys")
     args = p.parse_args()
     queue.extend(args.attacks.split(","))
     left[0] = len(queue)
