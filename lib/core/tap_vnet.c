@@ -100,8 +100,8 @@ int cl_tap_parse_offload_reply(const uint8_t *data, size_t len, size_t *consumed
         return 0;
     const cl_slice *v = cl_http_header_get(&head, CL_TAP_OFFLOAD_FIELD);
     CL_ENSURE(head.status == 200 && v && cl_slice_eq(*v, CL_TAP_OFFLOAD_TOKEN), CL_EPROTO,
-              "the parent answered POST /connect with HTTP status %d%s: it is not a gvproxy-compatible /connect "
-              "endpoint",
+              "the parent answered POST /connect with an HTTP response (status %d%s): it is not a "
+              "gvproxy-compatible /connect endpoint",
               head.status, v ? " and an unknown offload token" : "");
     CL_ENSURE(head.body == CL_HTTP_BODY_NONE || (head.body == CL_HTTP_BODY_LENGTH && head.content_length == 0),
               CL_EPROTO, "the parent's offload answer has a body, but records must follow the head directly");

@@ -621,6 +621,7 @@ static void *inbound(void *arg)
             continue;
         }
         logged_waiting = false;
+        atomic_fetch_add(&r->connects, 1);
         size_t have = 0;
         bool vnet = false;
         int rc = offer ? negotiate(r, fd, buf, &have, &vnet) : 0;
@@ -631,7 +632,6 @@ static void *inbound(void *arg)
         bool got_frames = false;
         if (rc == 0) {
             set_offload(r, vnet);
-            atomic_fetch_add(&r->connects, 1);
             atomic_store(&r->connected, 1);
             atomic_store(&r->offload_on, vnet ? 1 : 0);
             if (vnet)
