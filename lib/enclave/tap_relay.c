@@ -459,6 +459,11 @@ static int open_stream(cl_tap_relay *r, bool offer, int *fd_out)
 {
     int fd;
     CL_TRY(cl_address_connect(&r->parent, &fd));
+    /* room for several 64 KiB records in flight (the host asks the same of
+     * its end); best effort, the kernel caps it */
+    int sz = 4 << 20;
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
     cl_buf req = CL_BUF_INIT;
     int rc = cl_tap_connect_request_offer(&req, offer);
     if (rc == 0 && send_all(fd, req.data, req.len) < 0)
