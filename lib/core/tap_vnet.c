@@ -154,8 +154,9 @@ static int check_superframe(const cl_tap_vnet_hdr *h, const uint8_t *frame, size
                   "vnet header: a superframe's IPv6 payload length %u does not match its %zu bytes", payload, len);
     }
     CL_ENSURE(proto == 6, CL_EPROTO, "vnet header: a TCP superframe whose IP header says protocol %u", proto);
-    CL_ENSURE(h->csum_start == l4, CL_EPROTO, "vnet header: csum_start %u is not the TCP header at %zu", h->csum_start,
-              l4);
+    /* without NEEDS_CSUM the kernel finds the TCP header by parsing: the same one */
+    CL_ENSURE(h->csum_start == l4 || !(h->flags & CL_TAP_VNET_F_NEEDS_CSUM), CL_EPROTO,
+              "vnet header: csum_start %u is not the TCP header at %zu", h->csum_start, l4);
     cl_cursor t = cl_cursor_make(frame, len);
     uint8_t doff;
     CL_TRY(cl_cursor_skip(&t, l4 + 12));
@@ -181,11 +182,12 @@ int cl_tap_vnet_check(const cl_tap_vnet_hdr *h, const uint8_t *frame, size_t fra
         /* TCP only: UDP segmentation (UFO, USO) is never offered */
         CL_ENSURE(gso == CL_TAP_VNET_GSO_TCPV4 || gso == CL_TAP_VNET_GSO_TCPV6, CL_EPROTO,
                   "vnet header: gso_type 0x%02x is not TCPv4 or TCPv6", h->gso_type);
-        CL_ENSURE(h->flags & CL_TAP_VNET_F_NEEDS_CSUM, CL_EPROTO, "vnet header: a superframe without NEEDS_CSUM");
         CL_ENSURE(h->gso_size >= CL_TAP_VNET_MIN_GSO, CL_EPROTO, "vnet header: gso_size %u is below %d", h->gso_size,
                   CL_TAP_VNET_MIN_GSO);
-        CL_ENSURE(h->csum_offset == 16, CL_EPROTO, "vnet header: csum_offset %u is not TCP's checksum (16)",
-                  h->csum_offset);
+        /* without NEEDS_CSUM (a superframe whose checksums are whole, as a
+         * kernel may forward one) csum_offset is 0, checked below */
+        CL_ENSURE(h->csum_offset == 16 || !(h->flags & CL_TAP_VNET_F_NEEDS_CSUM), CL_EPROTO,
+                  "vnet header: csum_offset %u is not TCP's checksum (16)", h->csum_offset);
         CL_ENSURE(frame_len <= CL_TAP_VNET_FRAME_MAX, CL_ELIMIT, "vnet record: a superframe of %zu bytes (at most %d)",
                   frame_len, CL_TAP_VNET_FRAME_MAX);
     }

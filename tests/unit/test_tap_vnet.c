@@ -197,7 +197,7 @@ static void bad_headers(void)
     BAD(h.gso_type = 3, CL_EPROTO, "gso_type", true);    /* UFO */
     BAD(h.gso_type = 5, CL_EPROTO, "gso_type", true);    /* USO: never offered */
     BAD(h.gso_type = 0x7f, CL_EPROTO, "gso_type", true);
-    BAD(h.flags = 0, CL_EPROTO, "NEEDS_CSUM", true);
+    BAD(h.flags = 0, CL_EPROTO, "without NEEDS_CSUM", true); /* csum_start/offset left set */
     BAD(h.gso_size = 0, CL_EPROTO, "gso_size", true);
     BAD(h.gso_size = 1, CL_EPROTO, "gso_size", true);
     BAD(h.csum_offset = 6, CL_EPROTO, "csum_offset", true);
@@ -217,6 +217,15 @@ static void bad_headers(void)
     BAD(frame[14 + 20 + 12] = 0x40, CL_EPROTO, "data offset", false);
     frame[14 + 20 + 12] = 0x50;
     CHECK(decode_all(rec, record(rec, &good, frame, flen)) == 0);
+    /* a superframe whose checksums are whole (DATA_VALID, no partial checksum): the kernel finds
+     * the TCP header itself; the frame's headers are still checked */
+    h = good;
+    h.flags = CL_TAP_VNET_F_DATA_VALID;
+    h.csum_start = h.csum_offset = 0;
+    CHECK(decode_all(rec, record(rec, &h, frame, flen)) == 0);
+    frame[14 + 9] = 17;
+    CHECK_ERR(decode_all(rec, record(rec, &h, frame, flen)), CL_EPROTO, "protocol");
+    frame[14 + 9] = 6;
     /* a plain frame with gso fields, or over the link's size */
     cl_tap_vnet_hdr plain = {0};
     flen = 60;
