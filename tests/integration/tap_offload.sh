@@ -6,8 +6,10 @@
 #     both log it and the relay's metrics say so
 #   - 50 MB each way through tap0 arrive intact (sha256), and outbound the
 #     relay moved superframes (more bytes per record than a 1514-byte frame)
-#   - the egress policy still judges every outbound record: a denied port
-#     and an address no rule allows are dropped and counted
+#   - the egress policy still judges every outbound record: the download's
+#     server is allowed by name (learned from the gateway's DNS answers, which
+#     come back as records), a denied port and an address no rule allows are
+#     dropped and counted
 #   - cloister host --tap-offload off: the offer is refused, plain framing,
 #     transfers intact
 #   - a parent that accepts and then sends a bad virtio header (UFO, which
@@ -18,6 +20,7 @@ source "$(dirname "$0")/tap/setup.bash"
 [ "$TAP_PEER" = cloister ] || { echo "skip: needs cloister tap"; exit 77; }
 
 make_namespaces
+start_internet_dns
 web=$(free_port)
 start_web web "$web"
 web2=$(free_port)
@@ -45,7 +48,7 @@ wait_for_log sink 'sink listening'
 cat >"$work/policy.yaml" <<POLICY
 egress:
   allow:
-    - "$NET_IP:$web"
+    - "web.test:$web"
     - "$NET_IP:$upl"
 POLICY
 
@@ -63,14 +66,14 @@ print(s.makefile().read())
 ' "$NET_IP" "$upl" "$work/www/big.bin"
 }
 download() {
-    in_e curl -sf --max-time 60 "http://$NET_IP:$web/big.bin" | sha256sum | cut -d' ' -f1
+    in_e curl -sf --max-time 60 "http://web.test:$web/big.bin" | sha256sum | cut -d' ' -f1
 }
 metric() {
     in_e curl -sS -m 5 http://127.0.0.1:9101/metrics | awk -v k="$1" '$1 == k { print $2 }'
 }
 
 # ---- agreed ---------------------------------------------------------------------------------
-start_host host --tap-dns off
+start_host host
 start_peer --metrics tcp:127.0.0.1:9101 --egress-policy "$work/policy.yaml"
 wait_for_log peer 'event=tap_connected'
 grep -q 'event=tap_connected.*offload=vnet-v1' "$work/peer.log" ||
@@ -80,7 +83,7 @@ wait_for_log host 'event=tap-connected.*offload=vnet-v1'
 [ "$(metric cloister_tap_offload_streams_total)" = 1 ] || fail "cloister_tap_offload_streams_total is not 1"
 pass "offload extension agreed (both logs, metrics)"
 
-curl_e "http://$NET_IP:$web/hello.txt" >/dev/null || fail "no HTTP through tap0"
+curl_e "http://web.test:$web/hello.txt" >/dev/null || fail "no HTTP by name through tap0 (DNS learned with offloads)"
 got=$(download)
 [ "$got" = "$want" ] || fail "50 MB download through tap0 with offloads: sha256 $got, want $want"
 pass "50 MB download intact"
@@ -102,14 +105,15 @@ in_e curl -sf --max-time 2 "http://$PARENT_IP:$web/hello.txt" >/dev/null && fail
 [ "$(metric 'cloister_egress_dropped_total{reason="not_allowed"}')" -gt "$na0" ] ||
     fail "no drop counted for the address no rule allows"
 grep -q 'event=egress_drop' "$work/peer.log" || fail "no egress_drop logged"
-pass "egress policy drops a denied port and an unlisted address with offloads on"
+[ "$(metric cloister_egress_learned_total)" -ge 1 ] || fail "nothing learned from DNS answers with offloads on"
+pass "egress policy with offloads on: a name allowed through DNS answers, a denied port and an unlisted address dropped"
 
 # ---- refused by the host: plain framing --------------------------------------------------------
 stop host || true
-start_host host2 --tap-dns off --tap-offload off
+start_host host2 --tap-offload off
 wait_for_log peer 'offload=.none'
 wait_for_log host2 'event=tap-connected.*offload=.offered, refused'
-curl_e "http://$NET_IP:$web/hello.txt" >/dev/null || fail "no HTTP through tap0 with plain framing"
+curl_e "http://web.test:$web/hello.txt" >/dev/null || fail "no HTTP through tap0 with plain framing"
 got=$(download)
 [ "$got" = "$want" ] || fail "download with plain framing: sha256 $got, want $want"
 [ "$(metric cloister_tap_offload)" = 0 ] || fail "cloister_tap_offload is not 0 on a plain stream"
