@@ -5,7 +5,10 @@
 #
 #   tap     tap0 in the enclave namespace, its frames over the stream (a unix
 #           socket: the vsock stand-in) to cloister host --tap, whose TAP
-#           device the parent's kernel routes, masquerade by nftables
+#           device the parent's kernel routes, masquerade by nftables; with
+#           the offload extension (checksum/TSO records, docs/tap.md)
+#   tap-plain  the same with gvproxy's plain framing (cloister tap
+#           --tap-offload off: what a parent running the real gvproxy gets)
 #   proxy   vsock-proxy style: in the enclave namespace a TCP listener that
 #           forwards to the stream (cloister host --forward, the enclave half
 #           of a vsock-proxy pair), and on the parent cloister host --outbound
@@ -15,7 +18,8 @@
 #
 #   bench/tap.sh BUILD_DIR [--smoke]
 #
-# For each: TCP throughput (bench/tap_tcp.py: one connection reading for
+# For each: TCP throughput down and up (bench/tap_tcp.py: one connection reading,
+# or writing, for
 # BENCH_SECONDS after a second of warm-up, MB/s), and request latency and
 # rate (wrk, BENCH_SECONDS, 1 connection and 16 connections, against a small
 # Node.js HTTP server).  The enclave side of the TAP is `cloister tap` when
@@ -71,21 +75,42 @@ NFT
 
 # the internet's servers
 bg tcp ip netns exec "$I" python3 "$src/bench/tap_tcp.py" serve 10.250.0.2 5001
+bg sink ip netns exec "$I" python3 "$src/bench/tap_tcp.py" sink 10.250.0.2 5002
 bg http ip netns exec "$I" node -e '
   require("http").createServer((q, s) => { s.setHeader("Content-Type", "text/plain"); s.end("hello from the internet\n"); })
     .listen(8080, "10.250.0.2", () => console.log("http: listening"));'
 wait_log tcp 'listening'
+wait_log sink 'listening'
 wait_log http 'listening'
 
 # the parent: the TAP bridge, and the outbound proxy
 bg host ip netns exec "$P" "$cloister" host --tap "unix:$work/tap.sock" --tap-dns off --tap-mtu "$mtu" \
-  --outbound "unix:$work/out-tcp.sock=10.250.0.2:5001" --outbound "unix:$work/out-http.sock=10.250.0.2:8080"
+  --outbound "unix:$work/out-tcp.sock=10.250.0.2:5001" --outbound "unix:$work/out-up.sock=10.250.0.2:5002" --outbound "unix:$work/out-http.sock=10.250.0.2:8080"
 wait_log host 'event=tap-ready'
 wait_log host 'event=started'
 
 # the enclave: its TAP relay, and the enclave halves of the proxy pairs
 relay="tests/integration/tap/peer.py (Python)"
-if "$cloister" tap --help >/dev/null 2>&1; then
+paths="tap proxy veth"
+relay_pid=
+relay_n=0
+start_relay() { # auto|off: the offload extension offered or not
+  if [ -n "$relay_pid" ]; then kill "$relay_pid"; wait "$relay_pid" 2>/dev/null || true; fi
+  relay_n=$((relay_n + 1))
+  bg "relay$relay_n" ip netns exec "$E" "$cloister" tap --tap-parent "unix:$work/tap.sock" --tap-resolv-conf "" \
+    --tap-mtu "$mtu" --tap-offload "$1"
+  relay_pid=$!
+  wait_log "relay$relay_n" 'event=tap_connected'
+  local want=vnet-v1; [ "$1" = off ] && want=off
+  grep -q "event=tap_connected.*offload=$want" "$work/relay$relay_n.log" ||
+    { echo "bench-tap: the relay did not connect with offload=$want:" >&2; cat "$work/relay$relay_n.log" >&2; exit 1; }
+  for _ in $(seq 1 100); do ip netns exec "$E" curl -sf --max-time 1 http://10.250.0.2:8080/ >/dev/null && break; sleep 0.1; done
+}
+if "$cloister" tap --help 2>&1 | grep -q tap-offload; then
+  relay="cloister tap"
+  paths="tap tap-plain proxy veth"
+  start_relay auto
+elif "$cloister" tap --help >/dev/null 2>&1; then
   relay="cloister tap"
   bg relay ip netns exec "$E" "$cloister" tap --tap-parent "unix:$work/tap.sock" --tap-resolv-conf "" --tap-mtu "$mtu"
   wait_log relay 'event=tap_connected'
@@ -98,13 +123,14 @@ else
   ip -n "$E" route add default via 192.168.127.1
 fi
 bg enc_fwd ip netns exec "$E" "$cloister" host --forward "tcp:127.0.0.1:5001=unix:$work/out-tcp.sock" \
+  --forward "tcp:127.0.0.1:5002=unix:$work/out-up.sock" \
   --forward "tcp:127.0.0.1:8080=unix:$work/out-http.sock"
 wait_log enc_fwd 'event=started'
 for _ in $(seq 1 100); do ip netns exec "$E" curl -sf --max-time 1 http://10.250.0.2:8080/ >/dev/null && break; sleep 0.1; done
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR == 0) print "-"; else print a[int((NR + 1) / 2)]}'; }
-declare -A thr lat1 rps1 lat16 rps16
-path_ns() { case $1 in tap | proxy) echo "$E" ;; veth) echo "$E2" ;; esac; }
+declare -A thr up lat1 rps1 lat16 rps16
+path_ns() { case $1 in tap | tap-plain | proxy) echo "$E" ;; veth) echo "$E2" ;; esac; }
 path_host() { case $1 in proxy) echo 127.0.0.1 ;; *) echo 10.250.0.2 ;; esac; }
 wrk_run() { # NS URL CONNS -> "p50_ms p99_ms rps"
   ip netns exec "$1" wrk -t1 -c"$3" -d"${secs}s" --latency "$2" 2>/dev/null | awk '
@@ -113,27 +139,34 @@ wrk_run() { # NS URL CONNS -> "p50_ms p99_ms rps"
     END {printf "%.3f %.3f %.0f\n", p50, p99, rps}'
 }
 for round in $(seq 1 "$rounds"); do
-  for path in tap proxy veth; do
+  for path in $paths; do
     ns=$(path_ns $path) h=$(path_host $path)
+    case $path in tap) [ "$round" = 1 ] || start_relay auto ;; tap-plain) start_relay off ;; esac
     echo "$(ip netns exec "$ns" python3 "$src/bench/tap_tcp.py" get "$h" 5001 "$secs")" >>"$work/thr.$path"
+    echo "$(ip netns exec "$ns" python3 "$src/bench/tap_tcp.py" put "$h" 5002 "$secs")" >>"$work/up.$path"
     read -r p50 p99 rps < <(wrk_run "$ns" "http://$h:8080/" 1)
     echo "$p50" >>"$work/lat1.$path"; echo "$rps" >>"$work/rps1.$path"
     read -r p50 p99 rps < <(wrk_run "$ns" "http://$h:8080/" 16)
     echo "$p99" >>"$work/lat16.$path"; echo "$rps" >>"$work/rps16.$path"
   done
 done
-for path in tap proxy veth; do
-  thr[$path]=$(median <"$work/thr.$path"); lat1[$path]=$(median <"$work/lat1.$path")
+for path in $paths; do
+  thr[$path]=$(median <"$work/thr.$path"); up[$path]=$(median <"$work/up.$path"); lat1[$path]=$(median <"$work/lat1.$path")
   rps1[$path]=$(median <"$work/rps1.$path"); lat16[$path]=$(median <"$work/lat16.$path")
   rps16[$path]=$(median <"$work/rps16.$path")
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 {
   echo "bench/tap.sh: enclave namespace -> internet namespace, $rounds round(s) of ${secs} s, medians; MTU $mtu; enclave relay: $relay"
-  printf "%-6s %12s %14s %12s %15s %13s\n" path "TCP MB/s" "p50 ms (c=1)" "req/s (c=1)" "p99 ms (c=16)" "req/s (c=16)"
-  for path in tap proxy veth; do
-    printf "%-6s %12s %14s %12s %15s %13s\n" "$path" "${thr[$path]}" "${lat1[$path]}" "${rps1[$path]}" "${lat16[$path]}" "${rps16[$path]}"
+  printf "%-10s %12s %12s %14s %12s %15s %13s\n" path "TCP MB/s" "up MB/s" "p50 ms (c=1)" "req/s (c=1)" "p99 ms (c=16)" "req/s (c=16)"
+  for path in $paths; do
+    printf "%-10s %12s %12s %14s %12s %15s %13s\n" "$path" "${thr[$path]}" "${up[$path]}" "${lat1[$path]}" "${rps1[$path]}" "${lat16[$path]}" "${rps16[$path]}"
   done
-  echo "tap/veth: throughput $(ratio "${thr[tap]}" "${thr[veth]}"), req/s c=16 $(ratio "${rps16[tap]}" "${rps16[veth]}");" \
-       "tap/proxy: throughput $(ratio "${thr[tap]}" "${thr[proxy]}"), req/s c=16 $(ratio "${rps16[tap]}" "${rps16[proxy]}")"
+  echo "tap/veth: throughput $(ratio "${thr[tap]}" "${thr[veth]}"), up $(ratio "${up[tap]}" "${up[veth]}"), req/s c=16 $(ratio "${rps16[tap]}" "${rps16[veth]}");" \
+       "tap/proxy: throughput $(ratio "${thr[tap]}" "${thr[proxy]}"), up $(ratio "${up[tap]}" "${up[proxy]}"), req/s c=16 $(ratio "${rps16[tap]}" "${rps16[proxy]}")"
+  if [ -n "${thr[tap-plain]:-}" ]; then
+    echo "tap-plain/veth: throughput $(ratio "${thr[tap-plain]}" "${thr[veth]}");" \
+         "tap-plain/proxy: throughput $(ratio "${thr[tap-plain]}" "${thr[proxy]}");" \
+         "tap/tap-plain: throughput $(ratio "${thr[tap]}" "${thr[tap-plain]}"), up $(ratio "${up[tap]}" "${up[tap-plain]}")"
+  fi
 } | tee "$build/bench-tap.txt"

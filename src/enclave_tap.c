@@ -18,6 +18,7 @@ json_t *enclave_tap_config(const cl_tap_relay *r, const cl_tap_settings *s)
     json_object_set_new(o, "mac", json_string(s->mac));
     json_object_set_new(o, "parent", json_string(s->parent));
     json_object_set_new(o, "resolv-conf", json_string(s->resolv_conf ? s->resolv_conf : ""));
+    json_object_set_new(o, "offload", json_string(s->offload ? s->offload : "auto"));
     const cl_egress_policy *p = cl_tap_relay_policy(r);
     if (!p) {
         json_object_set_new(o, "egress-policy", json_null());

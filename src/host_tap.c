@@ -19,6 +19,13 @@ static int check_dns(void *base, const char *value)
     return CL_OK;
 }
 
+static int check_on_off(void *base, const char *value)
+{
+    (void)base;
+    CL_ENSURE(!strcmp(value, "on") || !strcmp(value, "off"), CL_EINVAL, "on or off, got '%s'", value);
+    return CL_OK;
+}
+
 static const cl_opt tap_options[] = {
     {.name = "tap", CL_OPT_STR(host_tap_settings, listen), .flags = CL_OPT_NONEMPTY, .arg = "LISTEN",
      .help = "the enclave's TAP stream (gvproxy's POST /connect and framing), e.g. " CL_TAP_DEFAULT_LISTEN
@@ -40,6 +47,9 @@ static const cl_opt tap_options[] = {
     {.name = "tap-dns", CL_OPT_STR(host_tap_settings, dns), .set = check_dns, .def = "relay",
      .arg = "relay|dnsmasq|off",
      .help = "DNS at the gateway address, to --dns-server or resolv.conf's first nameserver"},
+    {.name = "tap-offload", CL_OPT_STR(host_tap_settings, offload), .set = check_on_off, .def = "on", .arg = "on|off",
+     .help = "accept the enclave's offer of checksum/TSO offloads over the stream (cloister's extension of "
+             "gvproxy's framing; docs/tap.md)"},
 };
 
 const cl_opt *host_tap_options(size_t *count)
@@ -98,6 +108,8 @@ int host_tap_config(const host_tap_settings *t, bool imds, const char *dns_serve
     if (t->dns)
         cfg->dns = !strcmp(t->dns, "dnsmasq") ? CL_TAP_DNS_DNSMASQ : !strcmp(t->dns, "off") ? CL_TAP_DNS_OFF
                                                                                             : CL_TAP_DNS_RELAY;
+    if (t->offload)
+        cfg->offload = strcmp(t->offload, "off") != 0;
     cfg->dns_server = dns_server;
     if (imds) {
         char gw[INET_ADDRSTRLEN], text[64];

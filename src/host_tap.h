@@ -8,7 +8,7 @@
 #include "cloister/host/tap_bridge.h"
 
 typedef struct host_tap_settings {
-    char *listen, *dev, *gateway, *enclave, *dns;
+    char *listen, *dev, *gateway, *enclave, *dns, *offload;
     unsigned mtu;
     cl_opt_list forward, loopback;
 } host_tap_settings;

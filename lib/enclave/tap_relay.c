@@ -5,6 +5,7 @@
 #include "cloister/core/log.h"
 #include "cloister/core/netif.h"
 #include "cloister/core/tap_frames.h"
+#include "cloister/core/tap_vnet.h"
 #include "cloister/enclave/egress_packet.h"
 
 #include <arpa/inet.h>
@@ -25,9 +26,17 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define S cl_tap_settings
+static int check_offload(void *base, const char *value)
+{
+    (void)base;
+    CL_ENSURE(!strcmp(value, "auto") || !strcmp(value, "off"), CL_EINVAL, "auto or off, got '%s'", value);
+    return 0;
+}
+
 static const cl_opt tap_options[] = {
     {.name = "tap-name", CL_OPT_STR(S, name), .flags = CL_OPT_NONEMPTY, .def = "tap0", .arg = "NAME",
      .help = "the TAP interface to create"},
@@ -48,6 +57,11 @@ static const cl_opt tap_options[] = {
      .arg = "DURATION", .help = "longest wait between reconnections to the parent"},
     {.name = "egress-policy", CL_OPT_STR(S, egress_policy), .flags = CL_OPT_NONEMPTY, .arg = "FILE",
      .help = "YAML egress policy (enclaver's egress: {allow, deny}); without it every frame passes"},
+    {.name = "tap-offload", CL_OPT_STR(S, offload), .set = check_offload, .def = "auto", .arg = "auto|off",
+     .help = "auto: offer checksum/TSO offloads in POST /connect and use them when the parent (cloister host) "
+             "accepts within --tap-offload-wait; off: gvproxy's plain framing only"},
+    {.name = "tap-offload-wait", CL_OPT_DURATION_AT(S, offload_wait_ms, 1, 1, 60000), .def = "1s", .arg = "DURATION",
+     .help = "how long to wait for the parent's acceptance before plain framing (gvproxy answers nothing)"},
 };
 #undef S
 
@@ -199,13 +213,21 @@ static int write_resolv_conf(const cl_tap_settings *s)
     return 0;
 }
 
-static int open_tap(const char *name, int *fd_out)
+static bool offload_offered(const cl_tap_settings *s)
+{
+    return !s->offload || strcmp(s->offload, "off") != 0;
+}
+
+/* With the offload extension possible, the device always has the virtio
+ * header (the flag cannot change while it is open): a plain stream gets
+ * frames with offloads off and the header stripped. */
+static int open_tap(const char *name, bool vnet, int *fd_out)
 {
     int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
     CL_ENSURE(fd >= 0, CL_EIO, "/dev/net/tun: %s", strerror(errno));
     struct ifreq ifr;
     memset(&ifr, 0, sizeof ifr);
-    ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (vnet ? IFF_VNET_HDR : 0);
     memcpy(ifr.ifr_name, name, strlen(name));
     if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
         int err = errno;
@@ -215,14 +237,26 @@ static int open_tap(const char *name, int *fd_out)
                             : err == EBUSY ? " (another process holds an interface of that name)"
                                            : "");
     }
+    if (vnet) {
+        int hsz = CL_TAP_VNET_HDR;
+        if (ioctl(fd, TUNSETVNETHDRSZ, &hsz) < 0 || ioctl(fd, TUNSETOFFLOAD, 0) < 0) {
+            int err = errno;
+            close(fd);
+            return cl_error_set(CL_EIO, "TUNSETVNETHDRSZ/TUNSETOFFLOAD on %s: %s", name, strerror(err));
+        }
+#ifdef TUNSETVNETLE
+        int le = 1;
+        (void)ioctl(fd, TUNSETVNETLE, &le); /* the wire's fields are little-endian; a no-op where the host is */
+#endif
+    }
     *fd_out = fd;
     return 0;
 }
 
 /* ---- the relay -------------------------------------------------------------------------- */
 
-#define OUT_BATCH (256u * 1024u)
-#define IN_BUF (256u * 1024u)
+#define OUT_BATCH (512u * 1024u)
+#define IN_BUF (512u * 1024u)
 
 struct cl_tap_relay {
     cl_tap_settings s; /* borrowed strings: the caller's settings outlive the relay */
@@ -234,11 +268,15 @@ struct cl_tap_relay {
     pthread_t out_thread, in_thread;
     bool out_started, in_started;
 
-    pthread_mutex_t sock_lock; /* guards sock for the outbound thread's writes */
+    pthread_mutex_t sock_lock; /* guards sock, vnet and gen for the outbound thread's writes */
     int sock;
+    bool vnet;    /* the open stream carries records (the offload extension), not plain frames */
+    uint64_t gen; /* streams published: a batch built for one is never sent on the next */
+    bool vnet_dev; /* tap0 has IFF_VNET_HDR */
 
     _Atomic uint64_t frames_out, frames_in, bytes_out, bytes_in, link_down_drops, connects, stream_errors,
-        tap_write_errors;
+        tap_write_errors, offload_streams, vnet_refused_out;
+    _Atomic int offload_on;
     _Atomic int connected;
     /* drop log limiter: the outbound thread's own */
     uint64_t last_log_ms[CL_EGRESS_REASONS];
@@ -288,6 +326,16 @@ static void log_drop(cl_tap_relay *r, const cl_egress_verdict *v, uint64_t now)
            port, "name", v->name, "suppressed", sup, NULL);
 }
 
+/* One plain frame into tap0 (with an empty virtio header when it has them). */
+static ssize_t write_tap(cl_tap_relay *r, const uint8_t *frame, size_t len)
+{
+    if (!r->vnet_dev)
+        return write(r->tap_fd, frame, len);
+    static const uint8_t none[CL_TAP_VNET_HDR];
+    struct iovec iov[2] = {{(void *)none, sizeof none}, {(void *)frame, len}};
+    return writev(r->tap_fd, iov, 2);
+}
+
 /* A query for a name the policy refuses is answered REFUSED from here, so
  * that the app fails now rather than after its resolver's timeout. */
 static void refuse_query(cl_tap_relay *r, const cl_egress_verdict *v, const uint8_t *frame, size_t len)
@@ -297,7 +345,7 @@ static void refuse_query(cl_tap_relay *r, const cl_egress_verdict *v, const uint
     if (v->reason != CL_EGRESS_DNS_QUERY || !v->name[0] ||
         cl_egress_dns_refusal(frame, len, reply, sizeof reply, &n) < 0)
         return;
-    if (write(r->tap_fd, reply, n) < 0)
+    if (write_tap(r, reply, n) < 0)
         atomic_fetch_add_explicit(&r->tap_write_errors, 1, memory_order_relaxed);
 }
 
@@ -321,13 +369,48 @@ static void *outbound(void *arg)
             break;
         size_t used = 0;
         uint64_t now = cl_monotonic_ms();
-        while (used + CL_TAP_LEN_BYTES + r->max_frame <= OUT_BATCH) {
-            uint8_t *f = buf + used + CL_TAP_LEN_BYTES;
-            ssize_t n = read(r->tap_fd, f, r->max_frame);
+        pthread_mutex_lock(&r->sock_lock);
+        bool vnet = r->vnet;
+        uint64_t gen = r->gen;
+        pthread_mutex_unlock(&r->sock_lock);
+        size_t prefix = vnet ? CL_TAP_VNET_LEN_BYTES + CL_TAP_VNET_HDR : CL_TAP_LEN_BYTES;
+        size_t need = vnet ? CL_TAP_VNET_LEN_BYTES + CL_TAP_VNET_RECORD_MAX : CL_TAP_LEN_BYTES + r->max_frame;
+        while (used + need <= OUT_BATCH) {
+            uint8_t *at = buf + used, *f = at + prefix;
+            uint8_t hb[CL_TAP_VNET_HDR];
+            ssize_t n;
+            if (vnet) {
+                /* header and frame land where the record wants them */
+                n = read(r->tap_fd, at + CL_TAP_VNET_LEN_BYTES, CL_TAP_VNET_RECORD_MAX);
+                memcpy(hb, at + CL_TAP_VNET_LEN_BYTES, n >= CL_TAP_VNET_HDR ? CL_TAP_VNET_HDR : 0);
+            } else if (r->vnet_dev) {
+                struct iovec iov[2] = {{hb, sizeof hb}, {f, r->max_frame}};
+                n = readv(r->tap_fd, iov, 2);
+            } else {
+                n = read(r->tap_fd, f, r->max_frame);
+            }
             if (n < 0 && errno == EINTR)
                 continue;
             if (n <= 0)
                 break;
+            if (vnet || r->vnet_dev) {
+                if (n < CL_TAP_VNET_HDR + CL_TAP_ETH_HEADER)
+                    continue;
+                n -= CL_TAP_VNET_HDR;
+                cl_tap_vnet_hdr h;
+                cl_tap_vnet_hdr_read(hb, &h);
+                /* A superframe is judged below by its one set of headers, which
+                 * the parent's kernel copies into every segment it cuts; the
+                 * check makes sure the cut is made at the TCP header the policy
+                 * saw.  On a plain stream offloads are off: a superframe still
+                 * queued from an offload stream cannot be framed. */
+                if (vnet ? cl_tap_vnet_check(&h, f, (size_t)n, r->max_frame) < 0
+                         : (h.gso_type != 0 || (h.flags & CL_TAP_VNET_F_NEEDS_CSUM))) {
+                    atomic_fetch_add_explicit(&r->vnet_refused_out, 1, memory_order_relaxed);
+                    cl_error_clear();
+                    continue;
+                }
+            }
             if (r->egress) {
                 cl_egress_verdict v;
                 if (cl_egress_outbound(r->egress, f, (size_t)n, now, &v) != CL_EGRESS_PASS) {
@@ -336,16 +419,20 @@ static void *outbound(void *arg)
                     continue;
                 }
             }
-            if (cl_tap_encode_len((size_t)n, buf + used) < 0)
+            if (vnet ? cl_tap_vnet_encode_len((size_t)n + CL_TAP_VNET_HDR, at) < 0
+                     : cl_tap_encode_len((size_t)n, at) < 0)
                 continue; /* shorter than an Ethernet header: nothing to relay */
-            used += CL_TAP_LEN_BYTES + (size_t)n;
+            used += prefix + (size_t)n;
             atomic_fetch_add_explicit(&r->frames_out, 1, memory_order_relaxed);
             atomic_fetch_add_explicit(&r->bytes_out, (uint64_t)n, memory_order_relaxed);
         }
         if (!used)
             continue;
         pthread_mutex_lock(&r->sock_lock);
-        if (r->sock < 0 || send_all(r->sock, buf, used) < 0) {
+        if (r->gen != gen) {
+            /* built for a stream that has gone: lost, as on a cable pulled out */
+            atomic_fetch_add_explicit(&r->link_down_drops, 1, memory_order_relaxed);
+        } else if (r->sock < 0 || send_all(r->sock, buf, used) < 0) {
             /* the parent is away: the frames are lost as on a cable pulled
              * out, and TCP in the enclave retransmits */
             atomic_fetch_add_explicit(&r->link_down_drops, 1, memory_order_relaxed);
@@ -368,12 +455,17 @@ static bool sleep_or_stop(cl_tap_relay *r, uint64_t ms)
     return n > 0;
 }
 
-static int open_stream(cl_tap_relay *r, int *fd_out)
+static int open_stream(cl_tap_relay *r, bool offer, int *fd_out)
 {
     int fd;
     CL_TRY(cl_address_connect(&r->parent, &fd));
+    /* room for several 64 KiB records in flight (the host asks the same of
+     * its end); best effort, the kernel caps it */
+    int sz = 4 << 20;
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
     cl_buf req = CL_BUF_INIT;
-    int rc = cl_tap_connect_request(&req);
+    int rc = cl_tap_connect_request_offer(&req, offer);
     if (rc == 0 && send_all(fd, req.data, req.len) < 0)
         rc = cl_error_set(CL_EIO, "sending POST /connect: %s", strerror(errno));
     cl_buf_free(&req);
@@ -385,13 +477,103 @@ static int open_stream(cl_tap_relay *r, int *fd_out)
     return 0;
 }
 
-/* parent -> tap0, until the stream ends or turns malformed. */
-static int pump_inbound(cl_tap_relay *r, int fd, uint8_t *buf, bool *got_frames)
+/* After an offer: the parent's first bytes are its acceptance (cloister
+ * host) or a frame (gvproxy, which answers nothing and may send nothing
+ * for a while).  Waits up to --tap-offload-wait; *have bytes are left in
+ * buf for the pump.  1 when stopping. */
+static int negotiate(cl_tap_relay *r, int fd, uint8_t *buf, size_t *have, bool *vnet)
 {
-    size_t have = 0;
-    bool first = true;
+    *have = 0;
+    *vnet = false;
+    uint64_t wait = r->s.offload_wait_ms ? r->s.offload_wait_ms : 1000;
+    uint64_t deadline = cl_monotonic_ms() + wait;
     struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = r->stop_fd, .events = POLLIN}};
     for (;;) {
+        uint64_t now = cl_monotonic_ms();
+        if (now >= deadline)
+            return 0; /* no answer: a parent that ignored the offer */
+        int n = poll(p, 2, (int)(deadline - now));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return cl_error_set(CL_EIO, "poll: %s", strerror(errno));
+        if (p[1].revents)
+            return 1;
+        if (!n)
+            return 0;
+        ssize_t got = read(fd, buf + *have, CL_TAP_CONNECT_MAX + 1 - *have);
+        if (got < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (got < 0)
+            return cl_error_set(CL_EIO, "reading from the parent: %s", strerror(errno));
+        if (got == 0)
+            return cl_error_set(CL_EIO, "the parent closed the stream");
+        *have += (size_t)got;
+        size_t consumed;
+        bool complete, accepted;
+        int rc = cl_tap_parse_offload_reply(buf, *have, &consumed, &complete, &accepted);
+        if (rc < 0) {
+            atomic_fetch_add(&r->stream_errors, 1);
+            return rc;
+        }
+        if (!complete)
+            continue;
+        if (accepted) {
+            memmove(buf, buf + consumed, *have - consumed);
+            *have -= consumed;
+            *vnet = true;
+        }
+        return 0;
+    }
+}
+
+/* parent -> tap0, until the stream ends or turns malformed. */
+static int pump_inbound(cl_tap_relay *r, int fd, uint8_t *buf, size_t have, bool vnet, bool *got_frames)
+{
+    bool first = !vnet;
+    struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = r->stop_fd, .events = POLLIN}};
+    for (;;) {
+        if (first && have) {
+            if (cl_tap_check_not_http_reply(buf, have) < 0) {
+                atomic_fetch_add(&r->stream_errors, 1);
+                return CL_EPROTO;
+            }
+            if (have >= 5)
+                first = false;
+        }
+        size_t off = 0;
+        uint64_t now = cl_monotonic_ms();
+        for (;;) {
+            cl_slice f, rec;
+            size_t used;
+            bool complete;
+            cl_tap_vnet_hdr h;
+            int rc = vnet ? cl_tap_vnet_decode(buf + off, have - off, r->max_frame, &rec, &h, &used, &complete)
+                          : cl_tap_decode(buf + off, have - off, r->max_frame, &f, &used, &complete);
+            if (rc < 0) {
+                atomic_fetch_add(&r->stream_errors, 1);
+                return cl_error_prefix(rc, "from the parent: ");
+            }
+            if (!complete)
+                break;
+            off += used;
+            *got_frames = true;
+            if (vnet) {
+                f.data = rec.data + CL_TAP_VNET_HDR;
+                f.len = rec.len - CL_TAP_VNET_HDR;
+            }
+            if (r->egress)
+                (void)cl_egress_inbound(r->egress, f.data, f.len, now);
+            /* the header was checked; the kernel checks it again, and a write
+             * it refuses is one lost packet, never the relay's end */
+            ssize_t w = vnet ? write(r->tap_fd, rec.data, rec.len) : write_tap(r, f.data, f.len);
+            if (w < 0)
+                atomic_fetch_add_explicit(&r->tap_write_errors, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&r->frames_in, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&r->bytes_in, f.len, memory_order_relaxed);
+        }
+        memmove(buf, buf + off, have - off);
+        have -= off;
         if (poll(p, 2, -1) < 0) {
             if (errno == EINTR)
                 continue;
@@ -407,39 +589,16 @@ static int pump_inbound(cl_tap_relay *r, int fd, uint8_t *buf, bool *got_frames)
         if (n == 0)
             return cl_error_set(CL_EIO, "the parent closed the stream");
         have += (size_t)n;
-        if (first) {
-            if (cl_tap_check_not_http_reply(buf, have) < 0) {
-                atomic_fetch_add(&r->stream_errors, 1);
-                return CL_EPROTO;
-            }
-            if (have >= 5)
-                first = false;
-        }
-        size_t off = 0;
-        uint64_t now = cl_monotonic_ms();
-        for (;;) {
-            cl_slice f;
-            size_t used;
-            bool complete;
-            int rc = cl_tap_decode(buf + off, have - off, r->max_frame, &f, &used, &complete);
-            if (rc < 0) {
-                atomic_fetch_add(&r->stream_errors, 1);
-                return cl_error_prefix(rc, "from the parent: ");
-            }
-            if (!complete)
-                break;
-            off += used;
-            *got_frames = true;
-            if (r->egress)
-                (void)cl_egress_inbound(r->egress, f.data, f.len, now);
-            if (write(r->tap_fd, f.data, f.len) < 0)
-                atomic_fetch_add_explicit(&r->tap_write_errors, 1, memory_order_relaxed);
-            atomic_fetch_add_explicit(&r->frames_in, 1, memory_order_relaxed);
-            atomic_fetch_add_explicit(&r->bytes_in, f.len, memory_order_relaxed);
-        }
-        memmove(buf, buf + off, have - off);
-        have -= off;
     }
+}
+
+static void set_offload(cl_tap_relay *r, bool on)
+{
+    if (!r->vnet_dev)
+        return;
+    unsigned flags = on ? TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN : 0;
+    if (ioctl(r->tap_fd, TUNSETOFFLOAD, flags) < 0)
+        cl_log(CL_LOG_WARN, "tap_offload_failed", "error", strerror(errno), NULL);
 }
 
 static void *inbound(void *arg)
@@ -456,7 +615,8 @@ static void *inbound(void *arg)
     bool logged_waiting = false;
     while (!stopping(r)) {
         int fd = -1;
-        if (open_stream(r, &fd) < 0) {
+        bool offer = r->vnet_dev;
+        if (open_stream(r, offer, &fd) < 0) {
             if (!logged_waiting)
                 cl_log(CL_LOG_WARN, "tap_parent_unreachable", "parent", where, "error", cl_error_message(), NULL);
             logged_waiting = true;
@@ -467,19 +627,36 @@ static void *inbound(void *arg)
         }
         logged_waiting = false;
         atomic_fetch_add(&r->connects, 1);
-        atomic_store(&r->connected, 1);
-        cl_log(CL_LOG_INFO, "tap_connected", "parent", where, NULL);
-        pthread_mutex_lock(&r->sock_lock);
-        r->sock = fd;
-        pthread_mutex_unlock(&r->sock_lock);
+        size_t have = 0;
+        bool vnet = false;
+        int rc = offer ? negotiate(r, fd, buf, &have, &vnet) : 0;
+        if (rc == 1) {
+            close(fd);
+            break;
+        }
         bool got_frames = false;
-        int rc = pump_inbound(r, fd, buf, &got_frames);
+        if (rc == 0) {
+            set_offload(r, vnet);
+            atomic_store(&r->connected, 1);
+            atomic_store(&r->offload_on, vnet ? 1 : 0);
+            if (vnet)
+                atomic_fetch_add(&r->offload_streams, 1);
+            cl_log(CL_LOG_INFO, "tap_connected", "parent", where, "offload",
+                   vnet ? CL_TAP_OFFLOAD_TOKEN : offer ? "none (the parent did not accept)" : "off", NULL);
+            pthread_mutex_lock(&r->sock_lock);
+            r->sock = fd;
+            r->vnet = vnet;
+            r->gen++;
+            pthread_mutex_unlock(&r->sock_lock);
+            rc = pump_inbound(r, fd, buf, have, vnet, &got_frames);
+        }
         shutdown(fd, SHUT_RDWR); /* a blocked send in the outbound thread returns */
         pthread_mutex_lock(&r->sock_lock);
         r->sock = -1;
         close(fd);
         pthread_mutex_unlock(&r->sock_lock);
         atomic_store(&r->connected, 0);
+        atomic_store(&r->offload_on, 0);
         if (rc == 0)
             break; /* stop */
         cl_log(CL_LOG_WARN, "tap_disconnected", "parent", where, "error", cl_error_message(), NULL);
@@ -557,7 +734,8 @@ int cl_tap_relay_start(const cl_tap_settings *s, cl_tap_relay **out)
     bool lo_was_down;
     if (cl_netif_up("lo", &lo_was_down) < 0)
         cl_log(CL_LOG_WARN, "loopback_down", "error", cl_error_message(), NULL);
-    CL_TRY_OUT(open_tap(s->name, &r->tap_fd));
+    r->vnet_dev = offload_offered(s);
+    CL_TRY_OUT(open_tap(s->name, r->vnet_dev, &r->tap_fd));
     CL_TRY_OUT(configure(s));
     CL_TRY_OUT(write_resolv_conf(s));
     char mtu[12];
@@ -607,6 +785,17 @@ int cl_tap_relay_metrics(cl_tap_relay *r, const char *ns, cl_buf *out)
                   atomic_load(&r->frames_in)));
     CL_TRY(metric(out, ns, "tap_bytes_in_total", "counter", "Frame bytes relayed from the parent.",
                   atomic_load(&r->bytes_in)));
+    CL_TRY(metric(out, ns, "tap_offload", "gauge",
+                  "1 while the stream to the parent uses the offload extension (checksum/TSO records).",
+                  (uint64_t)atomic_load(&r->offload_on)));
+    CL_TRY(metric(out, ns, "tap_offload_streams_total", "counter",
+                  "Streams on which the parent accepted the offload extension.", atomic_load(&r->offload_streams)));
+    CL_TRY(metric(out, ns, "tap_vnet_refused_total", "counter",
+                  "Outbound frames whose virtio header did not fit the frame (or a superframe on a plain stream).",
+                  atomic_load(&r->vnet_refused_out)));
+    CL_TRY(metric(out, ns, "tap_write_errors_total", "counter",
+                  "Frames from the parent that tap0 refused (the kernel's own checks).",
+                  atomic_load(&r->tap_write_errors)));
     CL_TRY(metric(out, ns, "tap_link_down_drops_total", "counter",
                   "Batches of frames lost while no stream to the parent was open.",
                   atomic_load(&r->link_down_drops)));

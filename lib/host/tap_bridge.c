@@ -11,6 +11,7 @@
 #include "cloister/core/cursor.h"
 #include "cloister/core/log.h"
 #include "cloister/core/process.h"
+#include "cloister/core/tap_vnet.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -30,6 +31,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -58,6 +60,7 @@ void cl_tap_config_defaults(cl_tap_config *cfg)
     cfg->prefix = CL_TAP_DEFAULT_PREFIX;
     cfg->mtu = CL_TAP_DEFAULT_MTU;
     cfg->dns = CL_TAP_DNS_RELAY;
+    cfg->offload = true;
 }
 
 static int parse_port(const char *s, size_t n, uint16_t *out)
@@ -298,9 +301,23 @@ static int make_device(const cl_tap_config *cfg, int *fd_out)
                   strerror(errno));
         struct ifreq ifr;
         memset(&ifr, 0, sizeof ifr);
-        ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+        /* always with the virtio header: a stream that did not agree to the
+         * offload extension gets plain frames (offloads off, the header
+         * stripped), one that did gets records; the flag cannot change
+         * while the device is open */
+        ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
         memcpy(ifr.ifr_name, cfg->dev, strnlen(cfg->dev, IFNAMSIZ - 1));
         if (ioctl(fd, TUNSETIFF, &ifr) == 0) {
+            int hsz = CL_TAP_VNET_HDR;
+            if (ioctl(fd, TUNSETVNETHDRSZ, &hsz) < 0 || ioctl(fd, TUNSETOFFLOAD, 0) < 0) {
+                int e = errno;
+                close(fd);
+                return cl_error_set(CL_EIO, "TUNSETVNETHDRSZ/TUNSETOFFLOAD %s: %s", cfg->dev, strerror(e));
+            }
+#ifdef TUNSETVNETLE
+            int le = 1;
+            (void)ioctl(fd, TUNSETVNETLE, &le); /* the wire's fields are little-endian; a no-op where the host is */
+#endif
             /* a leftover made persistent by someone: ours now, and not persistent */
             if (ioctl(fd, TUNSETPERSIST, 0) < 0) {
                 int e = errno;
@@ -665,6 +682,8 @@ typedef struct relay {
     uint8_t *in, *out;
     size_t in_len, out_off, out_len;
     size_t max_frame;
+    bool vnet;       /* this stream agreed to the offload extension: records, not plain frames */
+    size_t out_need; /* room one frame from the device needs in r->out */
     uint64_t frames_in, frames_out, dropped_in, dropped_out, connections;
     tap_dns *dns; /* the DNS relay, or NULL */
     bool stop;
@@ -705,12 +724,26 @@ static int frames_to_tap(relay *r)
         cl_slice frame;
         size_t used;
         bool complete;
-        rc = cl_tap_decode(r->in + at, r->in_len - at, r->max_frame, &frame, &used, &complete);
-        if (rc < 0 || !complete)
-            break;
+        ssize_t w;
+        if (r->vnet) {
+            cl_tap_vnet_hdr h;
+            rc = cl_tap_vnet_decode(r->in + at, r->in_len - at, r->max_frame, &frame, &h, &used, &complete);
+            if (rc < 0 || !complete)
+                break;
+            w = write(r->b->tap, frame.data, frame.len); /* header and frame: one packet */
+        } else {
+            rc = cl_tap_decode(r->in + at, r->in_len - at, r->max_frame, &frame, &used, &complete);
+            if (rc < 0 || !complete)
+                break;
+            static const uint8_t none[CL_TAP_VNET_HDR];
+            struct iovec iov[2] = {{(void *)none, sizeof none}, {(void *)frame.data, frame.len}};
+            w = writev(r->b->tap, iov, 2);
+            if (w > 0)
+                w -= (ssize_t)sizeof none;
+        }
         /* one frame per write: a TAP takes a packet per write.  A full queue
          * or a frame the device refuses is a dropped packet, as on a wire. */
-        if (write(r->b->tap, frame.data, frame.len) == (ssize_t)frame.len)
+        if (w == (ssize_t)frame.len)
             r->frames_in++;
         else
             r->dropped_in++;
@@ -773,22 +806,47 @@ static void tap_readable(relay *r)
             r->dropped_out++;
             continue;
         }
-        if (r->out_off > 0 && r->out_len + 2 + r->max_frame > STREAM_BUF) {
+        if (r->out_off > 0 && r->out_len + r->out_need > STREAM_BUF) {
             memmove(r->out, r->out + r->out_off, r->out_len - r->out_off);
             r->out_len -= r->out_off;
             r->out_off = 0;
         }
-        if (r->out_len + 2 + r->max_frame > STREAM_BUF)
+        if (r->out_len + r->out_need > STREAM_BUF)
             break; /* full: the stream is slower; the device's queue waits */
-        ssize_t n = read(r->b->tap, r->out + r->out_len + 2, r->max_frame);
+        uint8_t *at = r->out + r->out_len;
+        cl_tap_vnet_hdr h;
+        if (r->vnet) {
+            /* the kernel's header and frame land where the record wants them */
+            ssize_t n = read(r->b->tap, at + CL_TAP_VNET_LEN_BYTES, CL_TAP_VNET_RECORD_MAX);
+            if (n < 0)
+                break;
+            cl_tap_vnet_hdr_read(at + CL_TAP_VNET_LEN_BYTES, &h);
+            if (n < CL_TAP_VNET_HDR + CL_TAP_ETH_HEADER ||
+                cl_tap_vnet_check(&h, at + CL_TAP_VNET_LEN_BYTES + CL_TAP_VNET_HDR, (size_t)n - CL_TAP_VNET_HDR,
+                                  r->max_frame) < 0 ||
+                cl_tap_vnet_encode_len((size_t)n, at) < 0) {
+                r->dropped_out++;
+                continue;
+            }
+            r->out_len += CL_TAP_VNET_LEN_BYTES + (size_t)n;
+            r->frames_out++;
+            continue;
+        }
+        uint8_t hdr[CL_TAP_VNET_HDR];
+        struct iovec iov[2] = {{hdr, sizeof hdr}, {at + 2, r->max_frame}};
+        ssize_t n = readv(r->b->tap, iov, 2);
         if (n < 0)
             break;
-        if (n < CL_TAP_ETH_HEADER) {
+        n -= (ssize_t)sizeof hdr;
+        cl_tap_vnet_hdr_read(hdr, &h);
+        /* offloads are off for a plain stream; a superframe queued while the
+         * previous stream had them on cannot be framed */
+        if (n < CL_TAP_ETH_HEADER || h.gso_type || (h.flags & CL_TAP_VNET_F_NEEDS_CSUM)) {
             r->dropped_out++;
             continue;
         }
-        r->out[r->out_len] = (uint8_t)(n & 0xff);
-        r->out[r->out_len + 1] = (uint8_t)(n >> 8);
+        at[0] = (uint8_t)(n & 0xff);
+        at[1] = (uint8_t)(n >> 8);
         r->out_len += 2 + (size_t)n;
         r->frames_out++;
     }
@@ -823,7 +881,19 @@ static void accept_streams(relay *r)
     }
 }
 
-static void take_stream(relay *r, pending *p, size_t head)
+static void set_offload(relay *r, bool on)
+{
+    unsigned flags = on ? TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN : 0;
+    if (ioctl(r->b->tap, TUNSETOFFLOAD, flags) < 0) {
+        cl_log(CL_LOG_WARN, "tap-offload-failed", "detail", strerror(errno), NULL);
+        on = false;
+        (void)ioctl(r->b->tap, TUNSETOFFLOAD, 0);
+    }
+    r->vnet = on;
+    r->out_need = on ? CL_TAP_VNET_LEN_BYTES + CL_TAP_VNET_RECORD_MAX : 2 + r->max_frame;
+}
+
+static void take_stream(relay *r, pending *p, size_t head, bool offered)
 {
     if (r->stream >= 0)
         stream_close(r, "replaced", "a new stream completed its handshake");
@@ -835,10 +905,22 @@ static void take_stream(relay *r, pending *p, size_t head)
     setsockopt(r->stream, SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
     snprintf(r->peer, sizeof r->peer, "stream-%llu", (unsigned long long)r->connections);
     r->frames_in = r->frames_out = r->dropped_in = r->dropped_out = 0;
+    set_offload(r, offered && r->b->cfg.offload);
+    if (r->vnet) {
+        /* the acceptance goes first: the enclave reads it before any record */
+        cl_buf reply = CL_BUF_INIT;
+        if (cl_tap_offload_reply(&reply) == 0 && reply.len <= STREAM_BUF) {
+            memcpy(r->out, reply.data, reply.len);
+            r->out_len = reply.len;
+        }
+        cl_buf_free(&reply);
+    }
     /* what came after the head is frames already */
     r->in_len = p->len - head;
     memcpy(r->in, p->buf + head, r->in_len);
-    cl_log(CL_LOG_INFO, "tap-connected", "peer", r->peer, NULL);
+    cl_log(CL_LOG_INFO, "tap-connected", "peer", r->peer, "offload",
+           r->vnet ? CL_TAP_OFFLOAD_TOKEN : offered ? "offered, refused (--tap-offload off)" : "none", NULL);
+    stream_flush(r);
     if (frames_to_tap(r) < 0)
         stream_close(r, "malformed", cl_error_message());
 }
@@ -850,10 +932,10 @@ static void pending_readable(relay *r, pending *p)
         return;
     const char *why = n == 0 ? "closed before its handshake" : n < 0 ? strerror(errno) : NULL;
     size_t head = 0;
-    bool complete = false;
+    bool complete = false, offered = false;
     if (!why) {
         p->len += (size_t)n;
-        if (cl_tap_parse_connect(p->buf, p->len, &head, &complete) < 0)
+        if (cl_tap_parse_connect_offer(p->buf, p->len, &head, &complete, &offered) < 0)
             why = cl_error_message();
         else if (!complete && p->len == sizeof p->buf)
             why = "a /connect request head longer than the buffer";
@@ -865,7 +947,7 @@ static void pending_readable(relay *r, pending *p)
         return;
     }
     if (complete)
-        take_stream(r, p, head);
+        take_stream(r, p, head, offered);
 }
 
 static int relay_setup(relay *r, cl_tap_bridge *b)
@@ -876,6 +958,7 @@ static int relay_setup(relay *r, cl_tap_bridge *b)
     for (int i = 0; i < MAX_PENDING; i++)
         r->pend[i].fd = -1;
     r->max_frame = cl_tap_max_frame(b->cfg.mtu);
+    r->out_need = 2 + r->max_frame;
     r->in = malloc(STREAM_BUF);
     r->out = malloc(STREAM_BUF);
     CL_ENSURE(r->in && r->out, CL_ENOMEM, "out of memory");
@@ -901,7 +984,7 @@ static void relay_turn(relay *r)
 {
     struct pollfd pfd[P_COUNT];
     cl_tap_bridge *b = r->b;
-    bool out_room = r->out_len - r->out_off + 2 + r->max_frame <= STREAM_BUF;
+    bool out_room = r->out_len - r->out_off + r->out_need <= STREAM_BUF;
     pfd[P_SIG] = (struct pollfd){.fd = r->sigfd, .events = POLLIN};
     pfd[P_LISTEN] = (struct pollfd){.fd = b->listen_fd, .events = POLLIN};
     /* no room to send: leave the frames in the device's queue until there is */

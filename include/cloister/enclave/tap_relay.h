@@ -34,6 +34,8 @@ typedef struct cl_tap_settings {
     char *resolv_conf;   /* --tap-resolv-conf: /run/resolvconf/resolv.conf; "" writes none */
     char *egress_policy; /* --egress-policy FILE; NULL: no policy, every frame passes */
     unsigned backoff_max_ms; /* --tap-reconnect-max */
+    unsigned offload_wait_ms; /* --tap-offload-wait */
+    char *offload;           /* --tap-offload auto|off: offer checksum/TSO offloads to the parent (core/tap_vnet.h) */
 } cl_tap_settings;
 
 /* The option table both commands share (fields of cl_tap_settings). */

@@ -74,6 +74,7 @@ typedef struct cl_tap_config {
     int dns;                 /* enum cl_tap_dns */
     const char *dns_server;  /* "IP[:PORT]" upstream for the relay or dnsmasq; NULL: /etc/resolv.conf's */
     uint16_t imds_port;      /* non-zero: DNAT the enclave's 169.254.169.254:80 to gateway:imds_port */
+    bool offload;            /* accept the enclave's offload offer (core/tap_vnet.h); true by default */
     const char *nft;         /* the nft program (NULL: "nft" in $PATH) */
     const char *dnsmasq;     /* the dnsmasq program (NULL: "dnsmasq" in $PATH) */
 } cl_tap_config;
