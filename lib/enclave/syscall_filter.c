@@ -13,6 +13,7 @@
 #include <linux/sockios.h>
 #include <seccomp.h>
 #include <string.h>
+#include <linux/if_tun.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -53,11 +54,12 @@ static const char *const allowed[] = {
  * getaddrinfo (AI_ADDRCONFIG) for ACME/KMS host names. */
 static const int families[] = {AF_UNIX, AF_INET, AF_INET6, AF_VSOCK, AF_NETLINK};
 
-/* ioctl(): the NSM request (/dev/nsm on Nitro), and what stdio and the
- * socket code ask of a descriptor. */
+/* ioctl(): the NSM request (/dev/nsm on Nitro), what stdio and the
+ * socket code ask of a descriptor, and tap0's offloads, set again on every
+ * reconnect of the tap relay as the parent agrees to them (tap_relay.c). */
 static const unsigned long ioctls[] = {
     0xC0200A00ul, /* NSM_IOCTL_REQUEST (lib/enclave/nsm.c) */
-    FIONREAD, FIONBIO, FIOCLEX, TCGETS, SIOCOUTQ,
+    FIONREAD, FIONBIO, FIOCLEX, TCGETS, SIOCOUTQ, TUNSETOFFLOAD,
 };
 
 int cl_seccomp_mode_parse(const char *text, cl_seccomp_mode *out)
