@@ -19,7 +19,9 @@ start_enclave enclave -fqdn "$ACME_FQDN" --listen "tcp:127.0.0.1:$tls" -intport 
     --prometheus-listen "tcp:127.0.0.1:$metrics" -acme --acme-directory "$pebble_directory" \
     --acme-ca-file "$work/pebble-ca.pem" --acme-challenge http-01 --acme-http-listen "tcp:127.0.0.1:$http" \
     --acme-backoff 300ms
-wait_for_log enclave 'event=acme_certificate origin=acme|event=acme_renewal_failed' 600
+# a renewal may still fail when Pebble rejects one request's nonce 6 times running (1 in 64):
+# that failure is bounded and retried after --acme-backoff, so wait for the certificate itself
+wait_for_log enclave 'event=acme_certificate origin=acme' 600
 grep -q 'event=acme_certificate origin=acme' "$work/enclave.log" ||
     fail "no certificate: $(grep acme_renewal_failed "$work/enclave.log" | head -1)"
 grep -q 'event=acme_challenge type=http-01' "$work/enclave.log" || fail "no http-01 challenge was answered"
