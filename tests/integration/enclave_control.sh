@@ -104,7 +104,8 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 [ "$(curl -sk "https://127.0.0.1:$pub/hello")" = "hello from the app" ] || fail "app back after restart"
-curl -s "http://127.0.0.1:$metrics/metrics" | grep -q '^cloister_app_restarts_total 1$' || fail "restart not counted"
+curl -sS "http://127.0.0.1:$metrics/metrics" -o "$work/metrics.txt" || fail "GET /metrics" # not piped: grep -q would SIGPIPE curl
+grep -q '^cloister_app_restarts_total 1$' "$work/metrics.txt" || fail "restart not counted"
 new_pid=$(grep -oE 'event=app_started name=app pid=[0-9]+' "$work/enclave2.log" | tail -1 | grep -oE '[0-9]+$')
 stop enclave2 || fail "enclave exit status after SIGTERM"
 kill -0 "$new_pid" 2>/dev/null && fail "the app outlived the enclave"

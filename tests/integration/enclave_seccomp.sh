@@ -108,7 +108,9 @@ cmp -s "$work/got.db" "$work/secret.txt" || fail "the KMS secret differs"
 st=$(curl -s -o "$work/rand.json" -w '%{http_code}' -X POST -H 'X-Amz-Target: TrentService.GenerateRandom' \
     -H 'Content-Type: application/x-amz-json-1.1' --data '{"NumberOfBytes":16}' "http://127.0.0.1:$ip/")
 [ "$st" = 200 ] && grep -q Plaintext "$work/rand.json" || fail "KMS for the app under the filter: $st $(cat "$work/rand.json")"
-curl -s "http://127.0.0.1:$mp/metrics" | grep -q '^cloister_' || fail "no metrics"
+# to a file first: grep -q closing the pipe early would fail curl (SIGPIPE) under pipefail
+curl -sS "http://127.0.0.1:$mp/metrics" -o "$work/metrics.txt" || fail "GET /metrics"
+grep -q '^cloister_' "$work/metrics.txt" || fail "no metrics"
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$hp/enclave/health")" = 200 ] || fail "health"
 pass "the KMS secret (opened at start) served, KMS for the app at run time (Recipient), metrics, health"
 
