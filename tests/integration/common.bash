@@ -17,6 +17,10 @@ SOURCE_DIR=${CLOISTER_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." &&
 work=$(mktemp -d /tmp/cloister-it.XXXXXX)
 declare -A pids=()
 
+# network namespaces a test made: deleted (with their /etc/netns files) once
+# its processes are gone
+cleanup_namespaces=()
+
 cleanup() {
     local status=$?
     for name in "${!pids[@]}"; do
@@ -24,6 +28,11 @@ cleanup() {
     done
     for name in "${!pids[@]}"; do
         wait "${pids[$name]}" 2>/dev/null || true
+    done
+    local ns
+    for ns in "${cleanup_namespaces[@]}"; do
+        ip netns del "$ns" 2>/dev/null || true
+        rm -rf "/etc/netns/$ns"
     done
     rm -rf "$work"
     exit "$status"

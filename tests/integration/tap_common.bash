@@ -22,22 +22,7 @@ ENC=cl-tap-e$tag
 PAR=cl-tap-p$tag
 NET=cl-tap-n$tag
 
-tap_cleanup() {
-    local status=$?
-    for name in "${!pids[@]}"; do
-        kill "${pids[$name]}" 2>/dev/null || true
-    done
-    for name in "${!pids[@]}"; do
-        wait "${pids[$name]}" 2>/dev/null || true
-    done
-    for ns in "$ENC" "$PAR" "$NET"; do
-        ip netns del "$ns" 2>/dev/null || true
-    done
-    rm -rf "/etc/netns/$ENC"
-    (exit "$status")
-    cleanup
-}
-trap tap_cleanup EXIT
+cleanup_namespaces=("$ENC" "$PAR" "$NET")
 
 in_enc() { ip netns exec "$ENC" "$@"; }
 in_par() { ip netns exec "$PAR" "$@"; }

@@ -30,23 +30,7 @@ NET_IP="10.$net.0.2"
 TAPSOCK="$work/tap.sock"
 PEER="$SOURCE_DIR/tests/integration/tap/peer.py"
 
-tap_teardown() {
-    local status=$?
-    for name in "${!pids[@]}"; do
-        kill "${pids[$name]}" 2>/dev/null || true
-    done
-    for name in "${!pids[@]}"; do
-        wait "${pids[$name]}" 2>/dev/null || true
-    done
-    pids=()
-    for ns in "$ENS" "$PNS" "$INS"; do
-        ip netns del "$ns" 2>/dev/null || true
-    done
-    rm -rf "/etc/netns/$ENS"
-    (exit "$status")
-    cleanup
-}
-trap tap_teardown EXIT
+cleanup_namespaces=("$ENS" "$PNS" "$INS")
 
 in_e() { ip netns exec "$ENS" "$@"; }
 in_p() { ip netns exec "$PNS" "$@"; }
