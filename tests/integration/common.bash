@@ -93,6 +93,28 @@ node_modules_present() {
     [ -d "$SOURCE_DIR/tests/node/node_modules" ]
 }
 
+# start_instance_role REGION: the instance's role as the enclave sees it: imds-sim (role
+# enclave-role) behind `cloister host --imds vsock:3:8002` (CLOISTER_VSOCK_STANDIN set), and the
+# role's credentials read through that gate the way the enclave reads them, for kms-local to know:
+# sets role_key, role_secret and role_creds (KEY:SECRET, kms-local --credentials' form).
+start_instance_role() {
+    local port token
+    port=$(free_port)
+    spawn imds_sim "$CLOISTER" imds-sim --listen "tcp:127.0.0.1:$port" --role enclave-role --region "$1"
+    wait_for_log imds_sim 'event=listening'
+    spawn imds "$CLOISTER" host --imds vsock:3:8002 --imds-endpoint "http://127.0.0.1:$port"
+    wait_for_log imds 'event=started'
+    local gate=$CLOISTER_VSOCK_STANDIN/3.8002
+    token=$(curl -sS --unix-socket "$gate" -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
+        http://169.254.169.254/latest/api/token)
+    curl -sS --unix-socket "$gate" -H "X-aws-ec2-metadata-token: $token" \
+        http://169.254.169.254/latest/meta-data/iam/security-credentials/enclave-role >"$work/role.json"
+    read -r role_key role_secret < <(python3 -c 'import json, sys; c = json.load(open(sys.argv[1]))
+print(c["AccessKeyId"], c["SecretAccessKey"])' "$work/role.json")
+    [ -n "$role_key" ] && [ -n "$role_secret" ] || fail "no role credentials through the IMDS gate: $(cat "$work/role.json")"
+    role_creds=$role_key:$role_secret
+}
+
 # start_sim: an NSM simulator on $work/nsm.sock with its state in $work/state.
 start_sim() {
     spawn sim "$CLOISTER" nsm-sim --listen "unix:$work/nsm.sock" --state "$work/state"

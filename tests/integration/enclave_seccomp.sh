@@ -29,16 +29,7 @@ PCR0=$(printf '%096d' 5 | tr 0 c)
 spawn sim "$CLOISTER" nsm-sim --listen "unix:$work/nsm.sock" --state "$work/state" --pcr "0=$PCR0"
 wait_for_log sim '^nsm-sim: listening on '
 
-m=$(free_port)
-spawn imds_sim "$CLOISTER" imds-sim --listen "tcp:127.0.0.1:$m" --role enclave-role --region "$REGION"
-wait_for_log imds_sim 'event=listening'
-spawn imds "$CLOISTER" host --imds "$IMDS" --imds-endpoint "http://127.0.0.1:$m"
-wait_for_log imds 'event=started'
-token=$(curl -sS --unix-socket "$CLOISTER_VSOCK_STANDIN/3.8002" -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
-    http://169.254.169.254/latest/api/token)
-curl -sS --unix-socket "$CLOISTER_VSOCK_STANDIN/3.8002" -H "X-aws-ec2-metadata-token: $token" \
-    http://169.254.169.254/latest/meta-data/iam/security-credentials/enclave-role >"$work/role.json"
-role_creds=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(c["AccessKeyId"]+":"+c["SecretAccessKey"])' "$work/role.json")
+start_instance_role "$REGION"
 cat >"$work/policy.json" <<JSON
 {"Version": "2012-10-17", "Statement": [
   {"Sid": "operators encrypt", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"},

@@ -40,17 +40,7 @@ wait_for_log sim2 '^nsm-sim: listening on '
 # Both simulators' roots are trusted: only the PCR0 policy tells them apart.
 cat "$work/state/root.pem" "$work/state2/root.pem" >"$work/roots.pem"
 
-m=$(free_port)
-spawn imds_sim "$CLOISTER" imds-sim --listen "tcp:127.0.0.1:$m" --role enclave-role --region "$REGION"
-wait_for_log imds_sim 'event=listening'
-spawn imds "$CLOISTER" host --imds "$IMDS" --imds-endpoint "http://127.0.0.1:$m"
-wait_for_log imds 'event=started'
-# kms-local must know the role's key: read it the way the instance would.
-token=$(curl -sS --unix-socket "$CLOISTER_VSOCK_STANDIN/3.8002" -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
-    http://169.254.169.254/latest/api/token)
-curl -sS --unix-socket "$CLOISTER_VSOCK_STANDIN/3.8002" -H "X-aws-ec2-metadata-token: $token" \
-    http://169.254.169.254/latest/meta-data/iam/security-credentials/enclave-role >"$work/role.json"
-role_creds=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(c["AccessKeyId"]+":"+c["SecretAccessKey"])' "$work/role.json")
+start_instance_role "$REGION"
 
 cat >"$work/pcr-policy.json" <<EOF
 {"Version": "2012-10-17", "Statement": [

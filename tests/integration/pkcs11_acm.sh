@@ -69,16 +69,7 @@ policy() { # PCR0 -> a key policy: operators encrypt, only that enclave decrypts
 EOF
 }
 # the key-holder's credentials: the instance role, from imds-sim behind `cloister host --imds`
-m=$(free_port)
-spawn imds_sim "$CLOISTER" imds-sim --listen "tcp:127.0.0.1:$m" --role enclave-role --region "$REGION"
-wait_for_log imds_sim 'event=listening'
-spawn imds "$CLOISTER" host --imds vsock:3:8002 --imds-endpoint "http://127.0.0.1:$m"
-wait_for_log imds 'event=started'
-token=$(curl -sS --unix-socket "$CLOISTER_VSOCK_STANDIN/3.8002" -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
-    http://169.254.169.254/latest/api/token)
-curl -sS --unix-socket "$CLOISTER_VSOCK_STANDIN/3.8002" -H "X-aws-ec2-metadata-token: $token" \
-    http://169.254.169.254/latest/meta-data/iam/security-credentials/enclave-role >"$work/role.json"
-role_creds=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(c["AccessKeyId"]+":"+c["SecretAccessKey"])' "$work/role.json")
+start_instance_role "$REGION"
 policy "$PCR0" >"$work/web-policy.json"
 policy "$PCR0_OTHER" >"$work/other-policy.json"
 kp=$(free_port)

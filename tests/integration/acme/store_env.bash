@@ -11,19 +11,8 @@ ACME_PCR0=$(printf '%096d' 7 | tr 0 a)
 start_store_env() {
     spawn sim "$CLOISTER" nsm-sim --listen "unix:$work/nsm.sock" --state "$work/state" --pcr "0=$ACME_PCR0"
     wait_for_log sim '^nsm-sim: listening on '
-    local m kp
-    m=$(free_port)
-    spawn imds_sim "$CLOISTER" imds-sim --listen "tcp:127.0.0.1:$m" --role enclave-role --region "$REGION"
-    wait_for_log imds_sim 'event=listening'
-    spawn imds "$CLOISTER" host --imds vsock:3:8002 --imds-endpoint "http://127.0.0.1:$m"
-    wait_for_log imds 'event=started'
-    local token creds
-    token=$(curl -sS --unix-socket "$CLOISTER_VSOCK_STANDIN/3.8002" -X PUT \
-        -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token)
-    curl -sS --unix-socket "$CLOISTER_VSOCK_STANDIN/3.8002" -H "X-aws-ec2-metadata-token: $token" \
-        http://169.254.169.254/latest/meta-data/iam/security-credentials/enclave-role >"$work/role.json"
-    creds=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(c["AccessKeyId"]+":"+c["SecretAccessKey"])' \
-        "$work/role.json")
+    local kp
+    start_instance_role "$REGION"
     cat >"$work/policy.json" <<POLICY
 {"Version": "2012-10-17", "Statement": [
   {"Sid": "seal", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"},
@@ -34,7 +23,7 @@ start_store_env() {
 POLICY
     kp=$(free_port)
     spawn kms "$CLOISTER" kms-local --listen "tcp:127.0.0.1:$kp" --state "$work/kms" --region "$REGION" --tls \
-        --credentials "$creds" --root "$work/state/root.pem" --key "alias/acme=$work/policy.json"
+        --credentials "$role_creds" --root "$work/state/root.pem" --key "alias/acme=$work/policy.json"
     wait_for_log kms '^kms-local: listening on '
     spawn outbound "$CLOISTER" host --outbound "vsock:3:8000=127.0.0.1:$kp"
     wait_for_log outbound 'event=started'
