@@ -43,21 +43,6 @@ static const cl_opt options[] = {
      .help = "the directory (absolute, existing); the enclave's store is file:DIR"},
 };
 
-static int send_all(int fd, const void *data, size_t len)
-{
-    const uint8_t *p = data;
-    while (len) {
-        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 static void reply(int fd, int status, const cl_buf *body)
 {
     const char *reason = status == 200 ? "OK" : status == 400 ? "Bad Request" : status == 404 ? "Not Found"
@@ -68,8 +53,10 @@ static void reply(int fd, int status, const cl_buf *body)
                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
                      "Connection: close\r\n\r\n",
                      status, reason, body->len);
-    if (send_all(fd, head, (size_t)n) == 0 && body->len)
-        send_all(fd, body->data, body->len);
+    /* a peer gone mid-reply is its own loss: the connection closes either way */
+    if (cl_small_server_send(fd, head, (size_t)n) < 0 || !body->len)
+        return;
+    (void)cl_small_server_send(fd, body->data, body->len);
 }
 
 static void reply_text(int fd, int status, const char *json)

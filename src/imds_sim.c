@@ -365,21 +365,6 @@ static int answer(sim *s, const cl_http_head *h, reply *r)
 
 /* ---- connections --------------------------------------------------------------------------- */
 
-static int send_all(int fd, const void *data, size_t len)
-{
-    const uint8_t *p = data;
-    while (len) {
-        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 static int send_reply(int fd, const cl_http_head *h, const reply *r, bool keep_alive)
 {
     char date[64], head[512];
@@ -394,9 +379,9 @@ static int send_reply(int fd, const cl_http_head *h, const reply *r, bool keep_a
                      "Connection: %s\r\n\r\n",
                      r->status, r->reason, r->extra, html ? "text/html" : "text/plain", r->body.len, date,
                      keep_alive ? "keep-alive" : "close");
-    if (n < 0 || (size_t)n >= sizeof head || send_all(fd, head, (size_t)n) < 0)
+    if (n < 0 || (size_t)n >= sizeof head || cl_small_server_send(fd, head, (size_t)n) < 0)
         return -1;
-    if (!is_head && r->body.len && send_all(fd, r->body.data, r->body.len) < 0)
+    if (!is_head && r->body.len && cl_small_server_send(fd, r->body.data, r->body.len) < 0)
         return -1;
     return 0;
 }

@@ -167,6 +167,21 @@ int cl_stop_signals_install(int *stop_fd)
     return CL_OK;
 }
 
+int cl_small_server_send(int fd, const void *data, size_t len)
+{
+    const uint8_t *p = data;
+    while (len) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return cl_error_set(CL_EIO, "send: %s", n < 0 ? strerror(errno) : "nothing sent");
+        p += n;
+        len -= (size_t)n;
+    }
+    return CL_OK;
+}
+
 int cl_stop_signals_caught(void)
 {
     return stop_signal;

@@ -44,6 +44,10 @@ typedef struct cl_small_server_config {
  * both cases every connection thread has been joined. */
 CL_MUST_CHECK int cl_small_server_run(const cl_small_server_config *config);
 
+/* All of data on a connection's socket (EINTR retried, no SIGPIPE): CL_OK,
+ * or CL_EIO when the peer went away. */
+CL_MUST_CHECK int cl_small_server_send(int fd, const void *data, size_t len);
+
 /* SIGTERM and SIGINT make *stop_fd readable (a self-pipe); SIGPIPE is
  * ignored.  For one server per process. */
 CL_MUST_CHECK int cl_stop_signals_install(int *stop_fd);
