@@ -5,9 +5,12 @@
 
 #include "cloister/core/error.h"
 
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static int test_failed_checks;
 static int test_current_failed;
@@ -60,6 +63,28 @@ static int test_passed, test_failed;
             printf("ok   %s\n", #fn);                                                     \
         }                                                                                 \
     } while (0)
+
+/* Removes a test's temporary directory and everything below it. */
+static inline void test_remove_tree(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        struct stat st;
+        if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode))
+            test_remove_tree(path);
+        else
+            unlink(path);
+    }
+    closedir(d);
+    rmdir(dir);
+}
 
 static inline int test_summary(void)
 {

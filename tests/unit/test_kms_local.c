@@ -25,27 +25,6 @@
 
 static char tmpdir[64];
 
-static void remove_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        char path[512];
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        struct stat st;
-        if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode))
-            remove_tree(path);
-        else
-            unlink(path);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 static cl_slice sl(const char *s)
 {
     return (cl_slice){(const uint8_t *)s, strlen(s)};
@@ -849,6 +828,6 @@ int main(void)
     cl_verifier_free(trust_aws);
     EVP_PKEY_free(rsa_key);
     cl_buf_free(&rsa_spki);
-    remove_tree(tmpdir);
+    test_remove_tree(tmpdir);
     return test_summary();
 }

@@ -33,27 +33,6 @@ static void state_path(const char *name, char *out, size_t n)
     snprintf(out, n, "%s/%s", tmpdir, name);
 }
 
-static void remove_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        char path[512];
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        struct stat st;
-        if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode))
-            remove_tree(path);
-        else
-            unlink(path);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 static cl_nsm_sim_config config_for(const char *state)
 {
     cl_nsm_sim_config cfg = {0};
@@ -822,7 +801,7 @@ int main(void)
         rc = cl_nsm_open_sim(sim_a, &nsm_a);
     if (rc != CL_OK) {
         fprintf(stderr, "cannot start the simulator: %s\n", cl_error_message());
-        remove_tree(tmpdir);
+        test_remove_tree(tmpdir);
         return 1;
     }
     RUN(describe_nsm_fields);
@@ -844,6 +823,6 @@ int main(void)
     RUN(client_reconnects_after_hang_up);
     cl_nsm_close(nsm_a);
     cl_nsm_sim_free(sim_a);
-    remove_tree(tmpdir);
+    test_remove_tree(tmpdir);
     return test_summary();
 }
