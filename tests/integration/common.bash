@@ -115,6 +115,47 @@ print(c["AccessKeyId"], c["SecretAccessKey"])' "$work/role.json")
     role_creds=$role_key:$role_secret
 }
 
+# Rotation under load (pkcs11_nginx, pkcs11_acm). start_handshake_load PORT BATCH MAX starts two
+# loops, each making batches of BATCH fresh TLS handshakes to https://localhost:PORT (no session
+# reuse, Connection: close, $work/ca.pem) with one status line per request in $work/loadN.txt,
+# until finish_handshake_load is called and for two batches more (MAX batches at most).
+# finish_handshake_load MIN fails the test unless both loops outlived the rotation, every request
+# answered 200 and there were at least MIN; it sets load_total.
+handshake_batch() {
+    local urls=() i
+    for i in $(seq "$2"); do urls+=("https://localhost:$1/?$i" -o /dev/null); done
+    curl -s --no-sessionid -H 'Connection: close' --max-time 60 --cacert "$work/ca.pem" \
+        --resolve "localhost:$1:127.0.0.1" -w '%{http_code}\n' "${urls[@]}" || true
+}
+handshake_loop() {
+    local after=0
+    for _ in $(seq "$3"); do
+        handshake_batch "$1" "$2"
+        if [ -e "$work/rotated" ]; then
+            after=$((after + 1))
+            [ "$after" -ge 2 ] && return 0
+        fi
+    done
+}
+start_handshake_load() {
+    rm -f "$work/rotated"
+    handshake_loop "$@" >"$work/load1.txt" &
+    load_pids=($!)
+    handshake_loop "$@" >"$work/load2.txt" &
+    load_pids+=($!)
+}
+finish_handshake_load() {
+    kill -0 "${load_pids[0]}" 2>/dev/null && kill -0 "${load_pids[1]}" 2>/dev/null ||
+        fail "the load ended before the rotation"
+    touch "$work/rotated"
+    wait "${load_pids[@]}"
+    local ok
+    ok=$(cat "$work/load1.txt" "$work/load2.txt" | grep -c '^200$' || true)
+    load_total=$(cat "$work/load1.txt" "$work/load2.txt" | wc -l)
+    [ "$ok" = "$load_total" ] && [ "$load_total" -ge "$1" ] ||
+        fail "rotation under load: $ok of $load_total requests succeeded ($(sort "$work/load1.txt" "$work/load2.txt" | uniq -c | tr '\n' ' '))"
+}
+
 # start_sim: an NSM simulator on $work/nsm.sock with its state in $work/state.
 start_sim() {
     spawn sim "$CLOISTER" nsm-sim --listen "unix:$work/nsm.sock" --state "$work/state"

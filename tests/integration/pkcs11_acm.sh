@@ -300,41 +300,16 @@ served() { openssl s_client -connect "127.0.0.1:$port" -servername localhost </d
 pass "host acm: token provisioned from the bundle (KMS Decrypt with Recipient in the key-holder), stanza 0600 + chain + engine conf written, no key on the host; nginx serves HTTPS, curl verifies (TLS 1.3 and 1.2)"
 
 # ---- rotation: a changed bundle under load ------------------------------------------------------
-batch() { # N fresh handshakes, one status line each
-    local urls=()
-    for i in $(seq "$1"); do urls+=("https://localhost:$port/?$i" -o /dev/null); done
-    curl -s --no-sessionid -H 'Connection: close' --max-time 60 --cacert "$work/ca.pem" \
-        --resolve "localhost:$port:127.0.0.1" -w '%{http_code}\n' "${urls[@]}" || true
-}
-load() { # batches of 25 until the rotation is done, then two more (at most 40 batches)
-    local after=0
-    for _ in $(seq 40); do
-        batch 25
-        if [ -e "$work/rotated" ]; then
-            after=$((after + 1))
-            [ "$after" -ge 2 ] && return 0
-        fi
-    done
-}
-load >"$work/load1.txt" &
-l1=$!
-load >"$work/load2.txt" &
-l2=$!
+start_handshake_load "$port" 25 40
 sleep 0.5
 cp "$work/srv/b.json" "$work/bundle.json.new" && mv "$work/bundle.json.new" "$work/bundle.json"
 wait_for_log acm 'event=provisioned token=web why=changed generation=2' 200
 wait_for_log acm 'event=nginx_reloaded' 100
 sleep 0.5 # the new workers take over
-kill -0 "$l1" 2>/dev/null && kill -0 "$l2" 2>/dev/null || fail "the load ended before the rotation"
-touch "$work/rotated"
-wait "$l1" "$l2"
-ok=$(cat "$work/load1.txt" "$work/load2.txt" | grep -c '^200$' || true)
-total=$(cat "$work/load1.txt" "$work/load2.txt" | wc -l)
-[ "$ok" = "$total" ] && [ "$total" -ge 100 ] ||
-    fail "rotation under load: $ok of $total requests succeeded ($(sort "$work/load1.txt" "$work/load2.txt" | uniq -c | tr '\n' ' '))"
+finish_handshake_load 100
 [ "$(served)" = "$(openssl x509 -in "$work/b.crt" -noout -fingerprint -sha256)" ] || fail "after the rotation nginx does not serve b.crt"
 [ "$(get)" = "web ok" ] || fail "the new chain does not verify"
-pass "a changed bundle (new RSA key and certificate): token rotated, nginx reloaded under $total fresh handshakes from 2 clients, none failed; b.crt served"
+pass "a changed bundle (new RSA key and certificate): token rotated, nginx reloaded under $load_total fresh handshakes from 2 clients, none failed; b.crt served"
 
 # ---- a bundle the enclave cannot open: refused, the old token keeps working ----------------------
 cp "$work/srv/c.json" "$work/bundle.json.new" && mv "$work/bundle.json.new" "$work/bundle.json"

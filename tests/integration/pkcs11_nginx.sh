@@ -275,46 +275,21 @@ for t in p384 rsa; do [ "$(get $t)" = "$t ok" ] || fail "$t after the restart"; 
 pass "key-holder killed: the handshake failed cleanly in ${elapsed} ms; the watchdog restarted it and nginx recovered"
 
 # ---- rotation under continuous load: no request lost ----------------------------------------
-batch() { # N fresh handshakes (no session reuse, Connection: close), one status line each
-    local urls=()
-    for i in $(seq "$1"); do urls+=("https://localhost:${port[p256]}/?$i" -o /dev/null); done
-    curl -s --no-sessionid -H 'Connection: close' --max-time 60 --cacert "$work/ca.pem" \
-        --resolve "localhost:${port[p256]}:127.0.0.1" -w '%{http_code}\n' "${urls[@]}" || true
-}
-load() { # batches of 50 until the rotation is done, then two more (at most 60 batches)
-    local after=0
-    for _ in $(seq 60); do
-        batch 50
-        if [ -e "$work/rotated" ]; then
-            after=$((after + 1))
-            [ "$after" -ge 2 ] && return 0
-        fi
-    done
-}
-load >"$work/load1.txt" &
-l1=$!
-load >"$work/load2.txt" &
-l2=$!
+start_handshake_load "${port[p256]}" 50 60
 sleep 1
 "$CLOISTER" keyholder put --provision "unix:$PROV" --token p256 --pin-file "$work/pin" --key p256b.pem \
     --chain "$work/p256b.chain.pem" | grep -q 'generation=2' || fail "rotation put"
 nginx_conf "$work/p256b.chain.pem"
 nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" -s reload 2>"$work/reload.txt" ||
     fail "nginx -s reload: $(cat "$work/reload.txt")"
-kill -0 "$l1" 2>/dev/null && kill -0 "$l2" 2>/dev/null || fail "the load ended before the rotation"
-touch "$work/rotated"
-wait "$l1" "$l2"
-ok=$(cat "$work/load1.txt" "$work/load2.txt" | grep -c '^200$' || true)
-total=$(cat "$work/load1.txt" "$work/load2.txt" | wc -l)
-[ "$ok" = "$total" ] && [ "$total" -ge 300 ] ||
-    fail "rotation under load: $ok of $total requests succeeded ($(sort "$work/load1.txt" "$work/load2.txt" | uniq -c | tr '\n' ' '))"
+finish_handshake_load 300
 served=$(openssl s_client -connect "127.0.0.1:${port[p256]}" -servername localhost </dev/null 2>/dev/null |
     openssl x509 -noout -fingerprint -sha256)
 want=$(openssl x509 -in "$work/p256b.crt" -noout -fingerprint -sha256)
 [ "$served" = "$want" ] || fail "after the rotation nginx serves $served, not the new certificate"
 openssl s_client -connect "127.0.0.1:${port[p256]}" -servername localhost -CAfile "$work/ca.pem" -verify_return_error \
     </dev/null >/dev/null 2>&1 || fail "the new chain does not verify"
-pass "rotation (new key and certificate, nginx -s reload) under $total fresh handshakes from 2 clients: none failed; the new certificate is served"
+pass "rotation (new key and certificate, nginx -s reload) under $load_total fresh handshakes from 2 clients: none failed; the new certificate is served"
 
 stop nginx || true
 stop p11kit || true
