@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""What sync_tap_fleet.sh runs, taken from the deployment recipe itself, not retyped:
+
+  fleet.py image-args DOC WORKDIR       the --add/--enclave-arg words of docs/deploy-aws.md's
+                                        sync-mode `make image` line ($PWD = WORKDIR), one a line
+  fleet.py host-json TEMPLATE NAME      the host.json dist/aws/cloister.yaml's user data writes in
+                                        IdentityMode sync, the leader NLB's name being NAME
+  fleet.py enclave-argv EIF             the enclave's command inside the image, one word a line
+"""
+import json
+import os
+import re
+import shlex
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import dist_commands  # noqa: E402
+
+
+def image_args(doc, workdir):
+    lines = [l for _, l in dist_commands.markdown_commands(open(doc).read())
+             if l.startswith("make image ") and "-fqdn-leader" in l]
+    assert len(lines) == 1, "docs/deploy-aws.md: %d sync-mode make image lines" % len(lines)
+    words = shlex.split(re.search(r'IMAGE_ARGS="([^"]*)"', lines[0]).group(1).replace("$PWD", workdir))
+    print("\n".join(words))
+
+
+def host_json(template, leader_name):
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def tag(loader, suffix, node):
+        value = (loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode)
+                 else loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode)
+                 else loader.construct_mapping(node))
+        return {suffix: value}
+
+    Loader.add_multi_constructor("!", tag)
+    t = yaml.load(open(template), Loader=Loader)
+    ud = t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+    sub, variables = ud
+    values = {"EnclaveMemoryMiB": "2048", "EnclaveCpuCount": "2", "AWS::Region": "us-east-1"}
+    for name, v in variables.items():
+        cond, then, _other = v["If"]
+        assert cond == "SyncMode", v
+        if isinstance(then, dict):
+            then = then["Sub"].replace("${LeaderLoadBalancer.DNSName}", leader_name)
+        values[name] = then
+    text = sub.split("cat >/etc/cloister/host.json <<EOF\n")[1].split("\nEOF\n")[0]
+    text = re.sub(r"\$\{([^}!]+)\}", lambda m: values[m.group(1)], text)
+    print(json.dumps(json.loads(text), indent=2))
+
+
+def enclave_argv(eif):
+    print("\n".join(dist_commands.from_eif(eif)[0]["argv"][1:]))
+
+
+if __name__ == "__main__":
+    {"image-args": lambda: image_args(*sys.argv[2:4]), "host-json": lambda: host_json(*sys.argv[2:4]),
+     "enclave-argv": lambda: enclave_argv(sys.argv[2])}[sys.argv[1]]()
