@@ -52,6 +52,9 @@ mapfile -t image_args <"$work/image-args"
     >"$work/image.json" 2>"$work/image.err" || fail "scripts/image.sh failed: $(cat "$work/image.err")"
 /usr/bin/python3 "$FLEET" enclave-argv "$work/image/cloister-hello.eif" >"$work/enclave-argv"
 cmp -s "$work/image/rootfs/etc/cloister/egress.yaml" "$work/egress.yaml" || fail "the image does not hold the egress policy"
+/usr/bin/python3 "$FLEET" shown "$SOURCE_DIR/docs/deploy-aws.md" >"$work/shown-argv"
+cmp -s "$work/shown-argv" "$work/enclave-argv" ||
+    fail "docs/deploy-aws.md shows another sync-mode enclave command than the image runs: $(diff "$work/shown-argv" "$work/enclave-argv")"
 # the image's paths, and what stands in for Nitro here
 mapfile -t image_argv <"$work/enclave-argv"
 [ "${image_argv[0]}" = enclave ] || fail "the image runs cloister ${image_argv[0]}"

@@ -6,6 +6,8 @@
   fleet.py host-json TEMPLATE NAME      the host.json dist/aws/cloister.yaml's user data writes in
                                         IdentityMode sync, the leader NLB's name being NAME
   fleet.py enclave-argv EIF             the enclave's command inside the image, one word a line
+  fleet.py shown DOC                    the sync-mode `cloister enclave` command the page shows, one
+                                        word a line
 """
 import json
 import os
@@ -57,6 +59,13 @@ def enclave_argv(eif):
     print("\n".join(dist_commands.from_eif(eif)[0]["argv"][1:]))
 
 
+def shown(doc):
+    cmds = [c for c in dist_commands.from_markdown(open(doc).read(), doc)
+            if c["argv"][1] == "enclave" and "-fqdn-leader" in c["argv"]]
+    assert len(cmds) == 1, "docs/deploy-aws.md shows %d sync-mode enclave commands" % len(cmds)
+    print("\n".join(cmds[0]["argv"][1:]))
+
+
 if __name__ == "__main__":
     {"image-args": lambda: image_args(*sys.argv[2:4]), "host-json": lambda: host_json(*sys.argv[2:4]),
-     "enclave-argv": lambda: enclave_argv(sys.argv[2])}[sys.argv[1]]()
+     "enclave-argv": lambda: enclave_argv(sys.argv[2]), "shown": lambda: shown(sys.argv[2])}[sys.argv[1]]()
