@@ -18,7 +18,8 @@
 # then the attacks: an enclave of another image (another PCR0, itself willing) joining the fleet is
 # refused by the leader; a worker whose parent points its leader route at a fake leader refuses the
 # fake's keys; a registration naming an address outside the egress policy (VPC_CIDR:444) is never
-# dialed by the leader, while one inside it is.
+# dialed by the leader, while one inside it is; 40 such registrations at once do not keep a new
+# worker from its keys. Apart: the unit's user and capabilities run the template's tap settings.
 set -euo pipefail
 source "$(dirname "$0")/common.bash"
 source "$(dirname "$0")/tap/setup.bash" # root, nft, /dev/net/tun, namespaces: or skip
@@ -258,3 +259,39 @@ start_instance worker3 6 sim3
 wait_for_log worker3 'event=sync_keys_installed' 600
 [ "$(verify_sha worker3)" = "$leader_sha" ] || fail "worker3 does not present the leader's certificate"
 pass "40 registrations naming dropped addresses (all 32 delivery slots taken) do not keep a new worker from the leader's key"
+
+# ---- the unit's privileges: the template's host.json as the unit runs it ----------------------------------
+# User=cloister with AmbientCapabilities from the template (CAP_NET_ADMIN added in sync mode): the TAP
+# device, the nftables table and net.ipv4.ip_forward (0 here, as on a fresh instance) need no more.
+# systemd's udev rule makes /dev/net/tun 0666 on Amazon Linux; where it is not (this machine's may be
+# 0600), CAP_DAC_OVERRIDE stands in for that mode bit and nothing else.
+caps=$(/usr/bin/python3 "$FLEET" unit-caps "$SOURCE_DIR/dist/aws/cloister.yaml")
+[ "$caps" = "+net_bind_service,+net_admin" ] || fail "the unit's capabilities in sync mode: $caps"
+extra=""
+[ "$(stat -c %a /dev/net/tun)" = 666 ] || extra=",+dac_override"
+PRIV="clf-u-$suffix"
+cleanup_namespaces+=("$PRIV")
+ip netns add "$PRIV"
+ip -n "$PRIV" link set lo up
+ip netns exec "$PRIV" sysctl -qw net.ipv4.ip_forward=0
+chmod o+x "$work"
+mkdir -m 0777 "$work/unit-vsock"
+/usr/bin/python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(json.dumps({k: s[k] for k in ("tap", "tap-forward", "imds", "forward")}))' \
+    "$work/host.json" >"$work/unit-host.json"
+chmod 0644 "$work/unit-host.json"
+as_unit() { # NAME CAPS: cloister host --config, as nobody with only CAPS
+    spawn "$1" ip netns exec "$PRIV" env CLOISTER_VSOCK_STANDIN="$work/unit-vsock" CLOISTER_VSOCK_STANDIN_CID=3 \
+        setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps="$2" --ambient-caps="$2" \
+        "$CLOISTER" host --config "$work/unit-host.json"
+}
+as_unit unit_old "+net_bind_service$extra"
+for _ in $(seq 1 100); do kill -0 "${pids[unit_old]}" 2>/dev/null || break; sleep 0.05; done
+! kill -0 "${pids[unit_old]}" 2>/dev/null || fail "cloister host --tap ran without CAP_NET_ADMIN (the check proves nothing)"
+grep -q 'Operation not permitted\|Permission denied' "$work/unit_old.log" || fail "no clear refusal: $(cat "$work/unit_old.log")"
+stop unit_old || true
+as_unit unit "$caps$extra"
+wait_for_log unit 'event=tap-ready'
+[ "$(ip netns exec "$PRIV" sysctl -n net.ipv4.ip_forward)" = 1 ] || fail "net.ipv4.ip_forward was not set"
+ip netns exec "$PRIV" nft list table inet cloister_tap_cloister0 | grep -q 'tcp dport 444 dnat ip to 192.168.127.2:444' ||
+    fail "the unprivileged host did not install the 444 DNAT"
+pass "the unit's user and capabilities (CAP_NET_ADMIN added in sync mode) run cloister host --tap: device, nftables, ip_forward; without CAP_NET_ADMIN it stops"

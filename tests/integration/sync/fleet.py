@@ -5,6 +5,7 @@
                                         sync-mode `make image` line ($PWD = WORKDIR), one a line
   fleet.py host-json TEMPLATE NAME      the host.json dist/aws/cloister.yaml's user data writes in
                                         IdentityMode sync, the leader NLB's name being NAME
+  fleet.py unit-caps TEMPLATE            the unit's AmbientCapabilities in sync mode, setpriv's way
   fleet.py enclave-argv EIF             the enclave's command inside the image, one word a line
   fleet.py shown DOC                    the sync-mode `cloister enclave` command the page shows, one
                                         word a line
@@ -27,7 +28,8 @@ def image_args(doc, workdir):
     print("\n".join(words))
 
 
-def host_json(template, leader_name):
+def user_data(template, leader_name):
+    """The user data script in IdentityMode sync, substituted as CloudFormation would."""
     import yaml
 
     class Loader(yaml.SafeLoader):
@@ -50,9 +52,18 @@ def host_json(template, leader_name):
         if isinstance(then, dict):
             then = then["Sub"].replace("${LeaderLoadBalancer.DNSName}", leader_name)
         values[name] = then
-    text = sub.split("cat >/etc/cloister/host.json <<EOF\n")[1].split("\nEOF\n")[0]
-    text = re.sub(r"\$\{([^}!]+)\}", lambda m: values[m.group(1)], text)
+    return re.sub(r"\$\{([^}!]+)\}", lambda m: values.get(m.group(1), m.group(0)), sub)
+
+
+def host_json(template, leader_name):
+    text = user_data(template, leader_name).split("cat >/etc/cloister/host.json <<EOF\n")[1].split("\nEOF\n")[0]
     print(json.dumps(json.loads(text), indent=2))
+
+
+def unit_caps(template):
+    """The capabilities the unit gives cloister host in sync mode, as setpriv's list: +net_admin,..."""
+    caps = re.search(r"^AmbientCapabilities=(.*)$", user_data(template, "x"), re.M).group(1).split()
+    print(",".join("+" + c.lower().replace("cap_", "", 1) for c in caps))
 
 
 def enclave_argv(eif):
@@ -68,4 +79,5 @@ def shown(doc):
 
 if __name__ == "__main__":
     {"image-args": lambda: image_args(*sys.argv[2:4]), "host-json": lambda: host_json(*sys.argv[2:4]),
-     "enclave-argv": lambda: enclave_argv(sys.argv[2]), "shown": lambda: shown(sys.argv[2])}[sys.argv[1]]()
+     "enclave-argv": lambda: enclave_argv(sys.argv[2]), "shown": lambda: shown(sys.argv[2]),
+     "unit-caps": lambda: unit_caps(sys.argv[2])}[sys.argv[1]]()
