@@ -66,7 +66,7 @@ typedef struct settings {
     bool kms_for_app;
     char *kms_for_app_keys, *kms_for_app_operations;
     /* key sync (lib/enclave/key_sync*.c) */
-    char *fqdn_leader, *ext_priv_listen, *sync_advertise;
+    char *fqdn_leader, *ext_priv_listen, *sync_advertise, *sync_advertise_imds;
     unsigned ext_priv_port;
     cl_opt_list sync_dial, sync_roots, sync_allow_pcr0;
     bool sync_allow_signer;
@@ -188,6 +188,9 @@ static const cl_opt option_specs[] = {
     {.name = "sync-advertise", CL_OPT_STR(settings, sync_advertise), .arg = "HOST:PORT",
      .help = "where the leader reaches this worker's sync listener (its worker_hostname; default: -ext-priv-listen's "
              "tcp address, else IMDS's local-hostname (through -kms-imds):-ext-priv-port, as nitriding)"},
+    {.name = "sync-advertise-imds", CL_OPT_STR(settings, sync_advertise_imds), .arg = "local-hostname|local-ipv4",
+     .help = "without -sync-advertise: the IMDS field that names this worker (local-ipv4: the leader dials the "
+             "address, no DNS; e.g. on tap0 with an egress policy of the VPC's CIDR) (default: local-hostname)"},
     {.name = "sync-dial", CL_OPT_LIST_AT(settings, sync_dial, 64), .flags = CL_OPT_NONEMPTY, .arg = "HOST:PORT=ADDR",
      .help = "reach the sync peer HOST:PORT through ADDR, e.g. the host's outbound proxy vsock:3:8444 (repeatable; "
              "peers without one are dialed over TCP)"},
@@ -1222,11 +1225,13 @@ static int advertise_from_imds(enclave *e, char *out, size_t out_len)
               "key sync needs this enclave's own address for the leader: give --sync-advertise HOST:PORT, "
               "-ext-priv-listen tcp:ADDR:PORT, or -kms-imds ADDR (its local-hostname, as nitriding does); "
               "-fqdn is shared by every replica");
+    bool ipv4 = e->s.sync_advertise_imds && !strcmp(e->s.sync_advertise_imds, "local-ipv4");
     cl_aws_credentials_provider *p = NULL;
     char host[256];
     int rc = cl_aws_credentials_imds(e->s.kms_imds, NULL, &p);
     if (rc == CL_OK)
-        rc = cl_aws_credentials_imds_local_hostname(p, host, sizeof host);
+        rc = ipv4 ? cl_aws_credentials_imds_local_ipv4(p, host, sizeof host)
+                  : cl_aws_credentials_imds_local_hostname(p, host, sizeof host);
     cl_aws_credentials_provider_free(p);
     if (rc < 0)
         return cl_error_prefix(rc, "key sync: this enclave's address from IMDS (-kms-imds): ");
@@ -1255,10 +1260,13 @@ static int start_sync(enclave *e)
     if (!e->s.fqdn_leader) {
         CL_ENSURE(!e->s.sync_dial.count && !e->s.sync_roots.count && !e->s.sync_allow_pcr0.count &&
                       !e->s.sync_allow_signer &&
-                      !e->s.sync_advertise && !e->s.ext_priv_listen,
+                      !e->s.sync_advertise && !e->s.sync_advertise_imds && !e->s.ext_priv_listen,
                   CL_EINVAL, "the -sync-* and -ext-priv-listen options go with -fqdn-leader");
         return CL_OK;
     }
+    CL_ENSURE(!e->s.sync_advertise_imds || !strcmp(e->s.sync_advertise_imds, "local-hostname") ||
+                  !strcmp(e->s.sync_advertise_imds, "local-ipv4"),
+              CL_EINVAL, "-sync-advertise-imds: \"%s\" is neither local-hostname nor local-ipv4", e->s.sync_advertise_imds);
     if (e->s.ext_priv_listen)
         snprintf(e->sync_addr, sizeof e->sync_addr, "%s", e->s.ext_priv_listen);
     else

@@ -17,6 +17,7 @@
 #include "cloister/core/small_server.h"
 #include "commands.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -43,7 +44,7 @@
 
 static const char usage_text[] =
     "usage: cloister imds-sim --listen ADDR [--role NAME] [--region R] [--instance-id ID]\n"
-    "                        [--credentials ACCESS_KEY_ID:SECRET]\n\n"
+    "                        [--credentials ACCESS_KEY_ID:SECRET] [--local-ipv4 IP]\n\n"
     "An EC2 instance metadata service (IMDSv2 required) for tests and local runs.\n\n";
 
 static const char epilog[] =
@@ -57,7 +58,7 @@ static const char epilog[] =
     "Logs one key=value line per request (component imds-sim); SIGINT or SIGTERM stop it.\n";
 
 typedef struct settings {
-    char *listen, *role, *region, *instance_id, *credentials;
+    char *listen, *role, *region, *instance_id, *credentials, *local_ipv4;
 } settings;
 
 static const cl_opt options[] = {
@@ -71,6 +72,9 @@ static const cl_opt options[] = {
     {.name = "credentials", CL_OPT_STR(settings, credentials), .arg = "K:S",
      .help = "the role's access key id and secret (random by default), so that a local KMS can be told them; "
              "the session token is random and renewed at each rotation either way"},
+    {.name = "local-ipv4", CL_OPT_STR(settings, local_ipv4), .arg = "IP",
+     .help = "the instance's private address (local-ipv4, and local-hostname ip-A-B-C-D...; random 172.31.x.y by "
+             "default), e.g. a test's instances on one network"},
 };
 
 /* ---- state ------------------------------------------------------------------------------ */
@@ -134,7 +138,7 @@ static void new_credentials(sim *s)
     s->cred_expires = s->cred_updated + CREDENTIALS_LIFETIME_S;
 }
 
-static void sim_init(sim *s, const char *role, const char *region, const char *instance_id)
+static void sim_init(sim *s, const char *role, const char *region, const char *instance_id, const char *local_ipv4)
 {
     memset(s, 0, sizeof *s);
     pthread_mutex_init(&s->lock, NULL);
@@ -149,9 +153,13 @@ static void sim_init(sim *s, const char *role, const char *region, const char *i
     strcpy(s->image_id, "ami-");
     random_text(s->image_id + 4, 17, "0123456789abcdef");
     strcpy(s->account_id, "123456789012");
-    uint8_t ip[2];
-    random_bytes(ip, 2);
-    snprintf(s->private_ip, sizeof s->private_ip, "172.31.%u.%u", ip[0], ip[1] ? ip[1] : 1);
+    if (local_ipv4) {
+        snprintf(s->private_ip, sizeof s->private_ip, "%s", local_ipv4);
+    } else {
+        uint8_t ip[2];
+        random_bytes(ip, 2);
+        snprintf(s->private_ip, sizeof s->private_ip, "172.31.%u.%u", ip[0], ip[1] ? ip[1] : 1);
+    }
     char dashed[16];
     snprintf(dashed, sizeof dashed, "%s", s->private_ip);
     for (char *p = dashed; *p; p++)
@@ -525,6 +533,11 @@ static int run_sim(const settings *o)
         fprintf(stderr, "cloister imds-sim: --instance-id must look like i-0123456789abcdef0\n");
         return EXIT_USAGE;
     }
+    struct in_addr ip4;
+    if (o->local_ipv4 && inet_pton(AF_INET, o->local_ipv4, &ip4) != 1) {
+        fprintf(stderr, "cloister imds-sim: --local-ipv4 '%s' is not an IPv4 address\n", o->local_ipv4);
+        return EXIT_USAGE;
+    }
     cl_address addr;
     if (cl_address_parse(listen_text, &addr) < 0 || addr.kind == CL_ADDR_VSOCK) {
         fprintf(stderr, "cloister imds-sim: --listen: %s\n",
@@ -537,7 +550,7 @@ static int run_sim(const settings *o)
         fprintf(stderr, "cloister imds-sim: out of memory\n");
         return EXIT_FAILED;
     }
-    sim_init(s, role, region, instance_id);
+    sim_init(s, role, region, instance_id, o->local_ipv4);
     if (credentials) {
         const char *colon = strchr(credentials, ':');
         size_t klen = colon ? (size_t)(colon - credentials) : 0, slen = colon ? strlen(colon + 1) : 0;

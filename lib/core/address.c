@@ -4,9 +4,11 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/vm_sockets.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -16,6 +18,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 _Static_assert(CL_ADDRESS_PATH_MAX == sizeof(((struct sockaddr_un *)0)->sun_path),
@@ -421,11 +424,64 @@ static int connect_one(const struct sockaddr *given, socklen_t given_len, const 
     return CL_OK;
 }
 
-static int connect_tcp(const cl_address *a, int *fd_out)
+/* clock.c's cl_monotonic_ms, here so that what links address.c without
+ * clock.c (the PKCS#11 module) needs nothing more */
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* connect() that gives up at deadline_ms (now_ms(); 0: the kernel's own
+ * SYN retries, about two minutes): an address whose SYNs are dropped (an
+ * egress policy, a security group) must not hold the caller that long. */
+static int connect_until(int fd, const struct sockaddr *sa, socklen_t len, uint64_t deadline_ms)
+{
+    if (!deadline_ms)
+        return connect(fd, sa, len);
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+        return -1;
+    int rc = connect(fd, sa, len);
+    if (rc < 0 && errno == EINPROGRESS) {
+        for (;;) {
+            uint64_t now = now_ms();
+            if (now >= deadline_ms) {
+                errno = ETIMEDOUT;
+                return -1;
+            }
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            int n = poll(&p, 1, (int)(deadline_ms - now));
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0)
+                return -1;
+            if (n == 0)
+                continue; /* the deadline check above ends it */
+            int err = 0;
+            socklen_t elen = sizeof err;
+            if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0)
+                return -1;
+            if (err) {
+                errno = err;
+                return -1;
+            }
+            rc = 0;
+            break;
+        }
+    }
+    if (rc == 0 && fcntl(fd, F_SETFL, flags) < 0)
+        return -1;
+    return rc;
+}
+
+static int connect_tcp(const cl_address *a, unsigned timeout_ms, int *fd_out)
 {
     CL_ENSURE(a->port != 0, CL_EINVAL, "cannot connect to port 0 of %s", a->host);
     struct addrinfo *res = NULL;
     CL_TRY(resolve_tcp(a, false, &res));
+    uint64_t deadline = timeout_ms ? now_ms() + timeout_ms : 0;
     int saved = 0;
     int fd = -1;
     for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
@@ -434,7 +490,7 @@ static int connect_tcp(const cl_address *a, int *fd_out)
             saved = errno;
             continue;
         }
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+        if (connect_until(fd, ai->ai_addr, ai->ai_addrlen, deadline) == 0)
             break;
         saved = errno;
         close(fd);
@@ -448,6 +504,11 @@ static int connect_tcp(const cl_address *a, int *fd_out)
 
 int cl_address_connect(const cl_address *a, int *fd_out)
 {
+    return cl_address_connect_timeout(a, 0, fd_out);
+}
+
+int cl_address_connect_timeout(const cl_address *a, unsigned timeout_ms, int *fd_out)
+{
     *fd_out = -1;
     char what[CL_ADDRESS_PATH_MAX + 16];
     cl_address_format(a, what, sizeof what);
@@ -458,7 +519,7 @@ int cl_address_connect(const cl_address *a, int *fd_out)
         return connect_one((struct sockaddr *)&sun, sizeof sun, what, fd_out);
     }
     case CL_ADDR_TCP:
-        return connect_tcp(a, fd_out);
+        return connect_tcp(a, timeout_ms, fd_out);
     case CL_ADDR_VSOCK: {
         struct sockaddr_vm svm;
         fill_vsock(a, &svm);

@@ -163,7 +163,9 @@ int cl_https_request_perform(const cl_https_target *t, const char *connect_to, c
         snprintf(where, sizeof where, strchr(t->host, ':') ? "tcp:[%s]:%u" : "tcp:%s:%u", t->host, t->port);
         CL_TRY_OUT(cl_address_parse(where, &addr));
     }
-    CL_TRY_OUT(cl_address_connect(&addr, &fd));
+    /* bounded too: a peer whose SYNs vanish would hold us for the kernel's
+     * two minutes of retries */
+    CL_TRY_OUT(cl_address_connect_timeout(&addr, r->timeout_ms, &fd));
     if (r->timeout_ms) {
         /* a peer that stops answering costs the caller timeout_ms per
          * read or write, not forever */

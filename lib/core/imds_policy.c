@@ -10,6 +10,7 @@ static const char *const exact_gets[] = {
     CL_IMDS_CREDENTIALS_PATH,
     "/latest/meta-data/placement/region",
     "/latest/meta-data/local-hostname",
+    "/latest/meta-data/local-ipv4",
     "/latest/dynamic/instance-identity/document",
 };
 
@@ -50,5 +51,6 @@ const char *cl_imds_allowed_calls(void)
            "GET " CL_IMDS_CREDENTIALS_PATH "ROLE\n"
            "GET /latest/meta-data/placement/region\n"
            "GET /latest/meta-data/local-hostname\n"
+           "GET /latest/meta-data/local-ipv4\n"
            "GET /latest/dynamic/instance-identity/document\n";
 }

@@ -5,6 +5,7 @@
 #include "cloister/enclave/kms.h"
 #include "core/curl_http.h"
 
+#include <arpa/inet.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -359,6 +360,19 @@ int cl_aws_credentials_imds_region(cl_aws_credentials_provider *p, char *out, si
 int cl_aws_credentials_imds_local_hostname(cl_aws_credentials_provider *p, char *out, size_t out_len)
 {
     return imds_text(p, "/latest/meta-data/local-hostname", "host name", "-.", 253, out, out_len);
+}
+
+int cl_aws_credentials_imds_local_ipv4(cl_aws_credentials_provider *p, char *out, size_t out_len)
+{
+    char text[INET_ADDRSTRLEN];
+    CL_TRY(imds_text(p, "/latest/meta-data/local-ipv4", "private IPv4 address", ".", sizeof text - 1, text, sizeof text));
+    /* digits and dots are not yet an address: "1..2" or "999.1.1.1" would
+     * be dialed as a name */
+    struct in_addr a;
+    CL_ENSURE(inet_pton(AF_INET, text, &a) == 1, CL_EPROTO, "IMDS answered a private IPv4 address that is not one");
+    CL_ENSURE(strlen(text) < out_len, CL_ELIMIT, "no room for the address");
+    memcpy(out, text, strlen(text) + 1);
+    return CL_OK;
 }
 
 const char *cl_aws_credentials_source(const cl_aws_credentials_provider *p)

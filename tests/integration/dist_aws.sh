@@ -73,8 +73,15 @@ for mode in ("kms", "sync"):
     # the host drains the enclave (POST /enclave/drain) before it terminates it, within the NLB's detection
     assert "tcp:0.0.0.0:8444=vsock:16:8444,health" in settings["forward"], settings["forward"]
     assert settings["drain-url"] == "vsock:16:8444,/enclave/drain", settings
-    assert ("tcp:0.0.0.0:444=vsock:16:444" in settings["forward"]) == (mode == "sync"), settings["forward"]
+    # sync mode: the enclave on tap0, the instance's 444 published to its key-sync listener (the leader
+    # dials workers there), the unit able to make the TAP device and the nftables table
+    assert not any(":444=" in f for f in settings["forward"]), settings["forward"]
+    assert settings.get("tap") == ("vsock:4294967295:1024" if mode == "sync" else None), settings
+    assert settings.get("tap-forward") == (["444=444"] if mode == "sync" else None), settings
     assert any(o.startswith("vsock:3:8001=leader-0123.") for o in settings["outbound"]) == (mode == "sync")
+    caps = re.search(r"^AmbientCapabilities=(.*)$", script, re.M).group(1).split()
+    assert caps == (["CAP_NET_BIND_SERVICE", "CAP_NET_ADMIN"] if mode == "sync" else ["CAP_NET_BIND_SERVICE"]), caps
+    assert ("dnf install -y aws-nitro-enclaves-cli nftables\n" in script) == (mode == "sync")
     commands += dist_commands.from_shell(script, "user data (%s)" % mode)
     commands += dist_commands.from_host_json(settings, "user data (%s)" % mode)
 tg = res["TargetGroup"]["Properties"]
@@ -82,6 +89,12 @@ assert (tg["HealthCheckProtocol"], tg["HealthCheckPort"], tg["HealthCheckPath"])
 # the enclave's grace covers the NLB's detection (interval x unhealthy threshold); deregistration the drain
 assert tg["HealthCheckIntervalSeconds"] * tg["UnhealthyThresholdCount"] < 25, tg
 assert int({a["Key"]: a["Value"] for a in tg["TargetGroupAttributes"]}["deregistration_delay.timeout_seconds"]) >= 55
+# 444 (key sync, tap-forwarded to the enclave) open to the VPC in sync mode only
+ingress = res["InstanceSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+assert not any(r["FromPort"] == 444 for r in ingress), ingress
+sync_rule = res["SyncIngress"]
+assert sync_rule["Condition"] == "SyncMode" and sync_rule["Properties"]["FromPort"] == 444, sync_rule
+assert sync_rule["Properties"]["CidrIp"] == {"Ref": "VpcCidr"}, sync_rule
 ltg = res["LeaderTargetGroup"]["Properties"]
 assert {a["Key"]: a["Value"] for a in ltg["TargetGroupAttributes"]}["preserve_client_ip.enabled"] == "false"
 assert len([c for c in commands if c["argv"][1:3] == ["host", "--config"]]) == 2, commands
@@ -122,6 +135,7 @@ import re, shlex, sys
 sys.path.insert(0, sys.argv[1].rsplit("/docs/", 1)[0] + "/tests/integration")
 import dist_commands
 lines = [l for _, l in dist_commands.markdown_commands(open(sys.argv[1]).read()) if l.startswith("make image ")]
+lines = [l for l in lines if "-fqdn-leader" not in l]  # kms mode's; sync mode's: sync_tap_fleet.sh
 assert len(lines) == 1, lines
 args = shlex.split(re.search(r'IMAGE_ARGS="([^"]*)"', lines[0]).group(1).replace("$PWD", sys.argv[2]))
 print("\n".join(args))
@@ -148,7 +162,7 @@ for name in ("tls-cert.pem", "tls-key.ct", "db.ct"):
     assert open(work + "/image/rootfs/etc/cloister/" + name).read() == name + "\n", name
 # the page shows the very command the image runs
 doc = dist_commands.from_markdown(open(source + "/docs/deploy-aws.md").read(), "docs/deploy-aws.md")
-shown = [c for c in doc if c["argv"][1] == "enclave"]
+shown = [c for c in doc if c["argv"][1] == "enclave" and "-fqdn-leader" not in c["argv"]]
 assert len(shown) == 1 and shown[0]["argv"] == argv, (shown, argv)
 commands = json.load(open(work + "/commands.json")) + cmd + doc
 json.dump(commands, open(work + "/commands.json", "w"))

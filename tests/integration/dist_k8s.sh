@@ -5,7 +5,8 @@
 # schemas (kubernetes-models, npm, plus a check for misspelt field names) and a broken copy
 # is refused; the pods ask for the Nitro Enclaves device and hugepages, are ready only while
 # the health check says so and drain before they stop; the Service passes TCP through an NLB;
-# the leader is one replica behind a headless Service; the host.json uses cloister's options.
+# the leader is one replica behind a ClusterIP Service; sync mode puts the enclave on tap0 (NET_ADMIN,
+# /dev/net/tun, the sync port a hostPort); the host.json uses cloister's options.
 # The readiness probe and the NLB's check hit the enclave's /enclave/health through the host's
 # ',health' forward, preStop drains (SIGTERM to cloister host), and every cloister command line
 # (the containers' command, host.json as `cloister host` options) parses with cloister's own
@@ -68,11 +69,23 @@ for where, docs, release, ns in (("default", by, "cloister", "default"), ("sync"
     assert host["drain-url"] == "vsock:16:8444,/enclave/drain" and host["drain-grace"] == "25s", host
     assert host["outbound"][0] == "vsock:3:8000=kms.us-east-1.amazonaws.com:443", host["outbound"]
     assert (("vsock:3:8001=%s-leader.%s.svc.cluster.local:444" % (release, ns)) in host["outbound"]) == (where == "sync")
-    assert ("tcp:0.0.0.0:444=vsock:16:444" in host["forward"]) == (where == "sync")
+    # sync: the enclave on tap0, the pod's 444 published to its key-sync listener
+    assert not any(":444=" in f for f in host["forward"]), host["forward"]
+    assert host.get("tap") == ("vsock:4294967295:1024" if where == "sync" else None), host
+    assert host.get("tap-forward") == (["444=444"] if where == "sync" else None), host
     commands += dist_commands.from_host_json(host, "%s ConfigMap" % where)
 assert sby[("Deployment", "shop-leader")]["spec"]["replicas"] == 1
-headless = sby[("Service", "shop-leader")]["spec"]
-assert headless["clusterIP"] == "None" and headless["ports"][0]["port"] == 444
+leader_svc = sby[("Service", "shop-leader")]["spec"]
+assert leader_svc["type"] == "ClusterIP" and "clusterIP" not in leader_svc and leader_svc["ports"][0]["port"] == 444
+# sync: NET_ADMIN and /dev/net/tun for the TAP device, the sync port on the node (a hostPort), only then
+for where, docs, name in (("default", by, "cloister"), ("sync", sby, "shop"), ("sync leader", sby, "shop-leader")):
+    pod = docs[("Deployment", name)]["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    synced_pod = where != "default"
+    assert ("NET_ADMIN" in c["securityContext"]["capabilities"]["add"]) == synced_pod, where
+    assert any(v.get("hostPath", {}).get("path") == "/dev/net/tun" for v in pod["volumes"]) == synced_pod, where
+    sync_port = [p for p in c["ports"] if p["name"] == "sync"][0]
+    assert sync_port.get("hostPort") == (444 if synced_pod else None), (where, sync_port)
 svc = by[("Service", "cloister")]
 assert svc["spec"]["type"] == "LoadBalancer" and all(p["protocol"] == "TCP" for p in svc["spec"]["ports"])
 notes = svc["metadata"]["annotations"]
@@ -87,7 +100,7 @@ broken = [dict(commands[0], argv=commands[0]["argv"] + ["--config-file", "x"])]
 broken += dist_commands.from_host_json({"forward": "tcp:0.0.0.0:443=vsock:16:443", "drain-grase": "5s"}, "broken")
 json.dump(broken, open(sys.argv[5] + "/broken.json", "w"))
 PY
-pass "pods ask for the enclave device and hugepages; readiness and the NLB check /enclave/health through the ',health' forward; preStop drains; headless one-replica leader with sync"
+pass "pods ask for the enclave device and hugepages; readiness and the NLB check /enclave/health through the ',health' forward; preStop drains; one-replica leader behind a ClusterIP, the enclave on tap0 (NET_ADMIN, /dev/net/tun, hostPort 444) with sync"
 
 python3 "$SOURCE_DIR/tests/integration/dist_commands.py" check "$CLOISTER" "$work/commands.json" >"$work/check.txt" 2>&1 ||
     fail "a cloister command line in the chart does not parse: $(grep PROBLEM "$work/check.txt" || cat "$work/check.txt")"

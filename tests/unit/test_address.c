@@ -198,6 +198,39 @@ static void tcp_listen_connect(void)
     close(lfd);
 }
 
+/* A listener whose accept queue is full drops further SYNs, as an egress
+ * policy or a security group does: the bounded connect gives up, the
+ * unbounded one would wait out the kernel's SYN retries. */
+static void tcp_connect_timeout_on_dropped_syn(void)
+{
+    cl_address a;
+    int lfd = -1, fd = -1;
+    CHECK_OK(cl_address_parse("tcp:127.0.0.1:0", &a));
+    CHECK_OK(cl_address_listen(&a, 0, &lfd));
+    if (lfd < 0)
+        return;
+    struct sockaddr_in sin;
+    socklen_t len = sizeof sin;
+    CHECK(getsockname(lfd, (struct sockaddr *)&sin, &len) == 0);
+    a.port = ntohs(sin.sin_port);
+    CHECK_OK(cl_address_connect_timeout(&a, 2000, &fd)); /* room yet: connects */
+    int fillers[4];
+    for (int i = 0; i < 4; i++) { /* fill the queue, never accepted */
+        fillers[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        CHECK(fillers[i] >= 0);
+        if (connect(fillers[i], (struct sockaddr *)&sin, sizeof sin) < 0)
+            CHECK(errno == EINPROGRESS);
+    }
+    usleep(100 * 1000);
+    int late = -1;
+    CHECK_ERR(cl_address_connect_timeout(&a, 300, &late), CL_EIO, "timed out");
+    CHECK(late == -1);
+    for (int i = 0; i < 4; i++)
+        close(fillers[i]);
+    close(fd);
+    close(lfd);
+}
+
 /* Only the refusal is exercised: each vsock call below is made after
  * cl_vsock_disabled() said yes, so none of them can reach socket(2). */
 static void vsock_refused_when_disabled(void)
@@ -364,6 +397,7 @@ int main(void)
     RUN(formats_round_trip);
     RUN(unix_listen_connect_and_stale_socket);
     RUN(tcp_listen_connect);
+    RUN(tcp_connect_timeout_on_dropped_syn);
     RUN(vsock_refused_when_disabled);
     RUN(vsock_standin_meets_listener_and_dialer);
     RUN(link_recv_refuses_peek_on_links);

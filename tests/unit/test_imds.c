@@ -16,6 +16,7 @@ static void allows_exactly_the_enclave_calls(void)
     CHECK(allowed("GET", "/latest/meta-data/iam/security-credentials/Role+=,.@_-9"));
     CHECK(allowed("GET", "/latest/meta-data/placement/region"));
     CHECK(allowed("GET", "/latest/meta-data/local-hostname"));
+    CHECK(allowed("GET", "/latest/meta-data/local-ipv4"));
     CHECK(allowed("GET", "/latest/dynamic/instance-identity/document"));
     char longest[128];
     snprintf(longest, sizeof longest, "/latest/meta-data/iam/security-credentials/%064d", 7);
@@ -37,6 +38,8 @@ static void refuses_everything_else(void)
         {"GET", "/latest/meta-data/"},
         {"GET", "/latest/meta-data/instance-id"},
         {"GET", "/latest/meta-data/iam/info"},
+        {"GET", "/latest/meta-data/local-ipv4s"},
+        {"GET", "/latest/meta-data/public-ipv4"},
         {"GET", "/latest/dynamic/instance-identity/signature"},
         {"GET", "/2021-07-15/meta-data/placement/region"},
         /* near misses */

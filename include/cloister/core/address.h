@@ -33,6 +33,9 @@ void cl_address_format(const cl_address *a, char *out, size_t out_len);
  * file but refuses to replace anything that is not a socket. */
 CL_MUST_CHECK int cl_address_listen(const cl_address *a, int backlog, int *fd_out);
 CL_MUST_CHECK int cl_address_connect(const cl_address *a, int *fd_out);
+/* The same, a TCP connection given up after timeout_ms (0: no limit but
+ * the kernel's); unix and vsock connections as cl_address_connect. */
+CL_MUST_CHECK int cl_address_connect_timeout(const cl_address *a, unsigned timeout_ms, int *fd_out);
 
 /* socket(2) for every kind into *fd: 0, or CL_EIO with errno kept as
  * socket(2) left it.  AF_VSOCK fails with CL_EINVAL (errno EPERM) while

@@ -72,6 +72,10 @@ CL_MUST_CHECK int cl_aws_credentials_imds_region(cl_aws_credentials_provider *p,
  * nitriding takes it for a key sync worker's address; CL_EINVAL for other
  * providers, CL_EPROTO for an answer that is not a host name. */
 CL_MUST_CHECK int cl_aws_credentials_imds_local_hostname(cl_aws_credentials_provider *p, char *out, size_t out_len);
+/* This instance's private IPv4 address (meta-data/local-ipv4), dotted
+ * quad: a key sync worker's address that needs no DNS; CL_EPROTO for an
+ * answer that is not one. */
+CL_MUST_CHECK int cl_aws_credentials_imds_local_ipv4(cl_aws_credentials_provider *p, char *out, size_t out_len);
 /* Where the credentials came from: "flags", "environment", "imds". */
 const char *cl_aws_credentials_source(const cl_aws_credentials_provider *p);
 /* How many times IMDS credentials were fetched (1 after creation). */
