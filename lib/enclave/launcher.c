@@ -405,7 +405,23 @@ struct cl_launcher {
     int fd;
     pid_t pid;
     atomic_bool gone; /* shut down: no more requests */
+    atomic_bool reaped;
 };
+
+/* Waits up to wait_ms for the launcher's exit; it is never signalled (the
+ * daemon's filter allows kill only to itself). */
+static bool reap_launcher(cl_launcher *l, unsigned wait_ms)
+{
+    if (atomic_load(&l->reaped))
+        return true;
+    bool exited = false;
+    int status = 0;
+    if (cl_process_wait(l->pid, (int)wait_ms, &exited, &status) < 0)
+        cl_error_clear();
+    if (exited)
+        atomic_store(&l->reaped, true);
+    return exited;
+}
 
 int cl_launcher_spawn(const char *program, char *const *argv, const char *const *add_env, cl_launcher **out)
 {
@@ -464,8 +480,11 @@ CL_MUST_CHECK static int send_request(cl_launcher *l, int type)
 CL_MUST_CHECK static int read_event(cl_launcher *l, received *r, cl_launcher_event *ev)
 {
     int rc = recv_one(l->fd, r);
-    if (rc == CL_OK && r->eof)
+    if (rc == CL_OK && r->eof) {
+        /* its socket closes as it exits: reap it now, not at our stop */
+        reap_launcher(l, 1000);
         rc = cl_error_set(CL_EIO, "the app launcher (pid %d) exited", (int)l->pid);
+    }
     else if (rc == CL_OK && (r->truncated || r->other_control))
         rc = cl_error_set(CL_EPROTO, "the app launcher sent a malformed message (%zu bytes)", r->len);
     else if (rc == CL_OK)
@@ -540,11 +559,7 @@ void cl_launcher_close(cl_launcher *l, unsigned wait_ms)
         return;
     cl_launcher_shutdown(l);
     close(l->fd);
-    bool exited = false;
-    int status = 0;
-    if (cl_process_wait(l->pid, (int)wait_ms, &exited, &status) < 0)
-        cl_error_clear();
-    if (!exited)
+    if (!reap_launcher(l, wait_ms))
         log_pid(CL_LOG_WARN, "launcher_not_exited", l->pid, "detail",
                 "still running after the app's stop; its parent-death signal ends it when the daemon exits");
     free(l);
