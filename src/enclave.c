@@ -1412,7 +1412,8 @@ static int spawn_launcher(enclave *e, char **env, cl_launcher **out)
     /* the binary we run, whatever its path and the user's right to walk it */
     int rc = cl_launcher_spawn("/proc/self/exe", argv, (const char *const *)env, out);
     if (rc < 0)
-        return cl_error_prefix(rc, "-appcmd's launcher: ");
+        return cl_error_prefix(rc, "-appcmd's launcher (this binary, through /proc/self/exe: /proc must be "
+                                   "mounted): ");
     char pid[24];
     snprintf(pid, sizeof pid, "%d", (int)cl_launcher_pid(*out));
     cl_log(CL_LOG_INFO, "launcher_started", "pid", pid, "seccomp", e->s.seccomp, NULL);
