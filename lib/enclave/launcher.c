@@ -169,7 +169,8 @@ CL_MUST_CHECK static int recv_one(int fd, received *r)
     return CL_OK;
 }
 
-CL_MUST_CHECK static int send_msg(int fd, const uint8_t msg[CL_LAUNCHER_MSG_LEN], const int *fds, size_t nfds)
+CL_MUST_CHECK static int send_msg(int fd, const uint8_t msg[CL_LAUNCHER_MSG_LEN], const int *fds, size_t nfds,
+                                  int flags)
 {
     union {
         struct cmsghdr h;
@@ -189,7 +190,7 @@ CL_MUST_CHECK static int send_msg(int fd, const uint8_t msg[CL_LAUNCHER_MSG_LEN]
     }
     ssize_t n;
     do
-        n = sendmsg(fd, &mh, MSG_NOSIGNAL);
+        n = sendmsg(fd, &mh, MSG_NOSIGNAL | flags);
     while (n < 0 && errno == EINTR);
     CL_ENSURE(n == CL_LAUNCHER_MSG_LEN, CL_EIO, "sendmsg: %s", n < 0 ? strerror(errno) : "short");
     return CL_OK;
@@ -244,13 +245,13 @@ CL_MUST_CHECK static int start_app(launcher *L)
         close(err[0]);
         cl_log(CL_LOG_ERROR, "launcher_spawn_failed", "error", cl_error_message(), NULL);
         cl_launcher_event_encode(&(cl_launcher_event){.type = CL_LAUNCHER_FAILED}, msg);
-        return send_msg(L->fd, msg, NULL, 0);
+        return send_msg(L->fd, msg, NULL, 0, 0);
     }
     L->app = pid;
     L->stopping = false;
     cl_launcher_event_encode(&(cl_launcher_event){.type = CL_LAUNCHER_STARTED, .pid = pid}, msg);
     int fds[2] = {out[0], err[0]};
-    rc = send_msg(L->fd, msg, fds, 2);
+    rc = send_msg(L->fd, msg, fds, 2, 0);
     close(out[0]);
     close(err[0]);
     return rc;
@@ -273,7 +274,7 @@ CL_MUST_CHECK static int reap(launcher *L)
         L->stopping = false;
         uint8_t msg[CL_LAUNCHER_MSG_LEN];
         cl_launcher_event_encode(&(cl_launcher_event){.type = CL_LAUNCHER_EXITED, .pid = p, .status = status}, msg);
-        CL_TRY(send_msg(L->fd, msg, NULL, 0));
+        CL_TRY(send_msg(L->fd, msg, NULL, 0, 0));
     }
 }
 
@@ -468,7 +469,8 @@ CL_MUST_CHECK static int send_request(cl_launcher *l, int type)
     CL_ENSURE(!atomic_load(&l->gone), CL_EIO, "the app launcher (pid %d) is gone", (int)l->pid);
     uint8_t msg[CL_LAUNCHER_MSG_LEN];
     cl_launcher_request_encode(type, msg);
-    int rc = send_msg(l->fd, msg, NULL, 0);
+    /* never blocked by the launcher: a full socket means it stopped reading */
+    int rc = send_msg(l->fd, msg, NULL, 0, MSG_DONTWAIT);
     if (rc < 0) {
         cl_launcher_shutdown(l);
         return cl_error_prefix(rc, "the app launcher (pid %d): ", (int)l->pid);
