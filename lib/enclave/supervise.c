@@ -273,12 +273,14 @@ static void child_free(cl_child *c)
 
 int cl_child_start(const cl_child_config *cfg, cl_child **out)
 {
-    cl_child *c = calloc(1, sizeof *c);
-    if (!c || !cfg->command || !*cfg->command) {
+    if (!cfg->command || !*cfg->command) {
         cl_launcher_close(cfg->launcher, LAUNCHER_EXIT_WAIT_MS);
-        free(c);
-        CL_ENSURE(c, CL_ENOMEM, "out of memory");
         return cl_error_set(CL_EINVAL, "empty command");
+    }
+    cl_child *c = calloc(1, sizeof *c);
+    if (!c) {
+        cl_launcher_close(cfg->launcher, LAUNCHER_EXIT_WAIT_MS);
+        return cl_error_set(CL_ENOMEM, "out of memory");
     }
     c->launcher = cfg->launcher;
     pthread_mutex_init(&c->lock, NULL);
