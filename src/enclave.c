@@ -24,6 +24,7 @@
 #include "cloister/core/tls.h"
 #include "cloister/enclave/upstream.h"
 #include "commands.h"
+#include "enclave_launcher.h"
 #include "enclave_tap.h"
 
 #include <errno.h>
@@ -213,8 +214,9 @@ static const cl_opt option_specs[] = {
      .help = "once listeners, lo, tap0 and the NSM are set up, drop to this user (needs root; default: stay)"},
     {.name = "seccomp", CL_OPT_STR(settings, seccomp), .def = "off", .arg = "off|log|enforce",
      .help = "after the start, allow only the system calls in lib/enclave/syscall_filter.c: enforce kills the "
-             "daemon on any other, log lets the kernel log them (off by default: apps and platforms vary; not "
-             "enforce with -appcmd)"},
+             "daemon on any other, log lets the kernel log them (off by default: platforms vary); -appcmd is then "
+             "started by an unfiltered launcher forked before the filter, which can only start and stop that "
+             "one command"},
     {.name = "require-locked-memory", CL_OPT_FLAG(settings, require_locked_memory),
      .help = "refuse to start if keys and secrets cannot be held in locked (never swapped) memory; default: warn"},
     {.name = "secure-heap", CL_OPT_SIZE_AT(settings, secure_heap_kib, 1024, 64, 1u << 20), .def = "1M",
@@ -333,14 +335,6 @@ static int parse_settings(int argc, char **argv, settings *s)
     cl_seccomp_mode mode;
     if (cl_seccomp_mode_parse(s->seccomp, &mode) < 0) {
         fprintf(stderr, "cloister enclave: %s\n", cl_error_message());
-        return EXIT_USAGE;
-    }
-    /* the app would inherit the filter and die on its first call outside
-     * the daemon's list: start it from the image's init next to us */
-    if (mode == CL_SECCOMP_ENFORCE && s->appcmd) {
-        fprintf(stderr, "cloister enclave: -seccomp enforce cannot go with -appcmd (the app would inherit the "
-                        "daemon's filter); start the app from the image's init next to cloister enclave, or use "
-                        "-seccomp log\n");
         return EXIT_USAGE;
     }
     if (s->secure_heap_kib & (s->secure_heap_kib - 1)) {
@@ -1413,6 +1407,27 @@ static int start_acme(enclave *e)
     return enclave_acme_start(e->acme);
 }
 
+/* Under a seccomp filter the app would inherit it (and, with log, fill the
+ * kernel's log with its own calls): it is started by the launcher, forked
+ * and exec'd now, before the filter, as the user the daemon runs as.  The
+ * command and the secrets' environment go to it at exec and nowhere else
+ * afterwards. */
+static int spawn_launcher(enclave *e, char **env, cl_launcher **out)
+{
+    char grace[24];
+    snprintf(grace, sizeof grace, "%ums", ENCLAVE_APP_STOP_GRACE_MS);
+    char *argv[] = {"cloister", "enclave", "launcher", "--stop-grace", grace, "--", e->s.appcmd, NULL};
+    /* the binary we run, whatever its path and the user's right to walk it */
+    int rc = cl_launcher_spawn("/proc/self/exe", argv, (const char *const *)env, out);
+    if (rc < 0)
+        return cl_error_prefix(rc, "-appcmd's launcher (this binary, through /proc/self/exe: /proc must be "
+                                   "mounted): ");
+    char pid[24];
+    snprintf(pid, sizeof pid, "%d", (int)cl_launcher_pid(*out));
+    cl_log(CL_LOG_INFO, "launcher_started", "pid", pid, "seccomp", e->s.seccomp, NULL);
+    return CL_OK;
+}
+
 static int start_app(enclave *e)
 {
     if (!e->s.appcmd)
@@ -1420,6 +1435,15 @@ static int start_app(enclave *e)
     char **env = NULL;
     CL_TRY(secrets_environment(e, &env));
     cl_child_config cc = {.name = "app", .command = e->s.appcmd, .env = env};
+    cl_seccomp_mode mode = CL_SECCOMP_OFF;
+    if (cl_seccomp_mode_parse(e->s.seccomp, &mode) == CL_OK && mode != CL_SECCOMP_OFF) {
+        int rc = spawn_launcher(e, env, &cc.launcher);
+        /* the launcher has its copy: ours goes now, not with the app */
+        free_environment(env);
+        env = NULL;
+        cc.env = NULL;
+        CL_TRY(rc);
+    }
     int rc = cl_child_start(&cc, &e->app_child);
     free_environment(env);
     return rc;
@@ -1562,7 +1586,7 @@ static void enclave_stop(enclave *e)
     for (size_t i = 0; i < e->socket_file_count; i++)
         cl_socket_file_remove(&e->socket_files[i]);
     e->socket_file_count = 0;
-    cl_child_stop(e->app_child, 5000);
+    cl_child_stop(e->app_child, ENCLAVE_APP_STOP_GRACE_MS);
     e->app_child = NULL;
     SSL_CTX_free(e->tls);
     cl_tls_identity_free(&e->identity);
@@ -1613,6 +1637,8 @@ static void drain_grace(enclave *e, const sigset_t *wanted, int sig)
 
 int cmd_enclave(int argc, char **argv)
 {
+    if (argc >= 2 && !strcmp(argv[1], "launcher"))
+        return cmd_enclave_launcher(argc - 1, argv + 1);
     cl_log_set_component("enclave");
     enclave *e = calloc(1, sizeof *e);
     if (!e) {

@@ -57,6 +57,20 @@ static void child(const cl_process_spec *s, char *const *envp, pid_t parent, int
         if (fl >= 0 && (fl & O_NONBLOCK))
             fcntl(i + 1, F_SETFL, fl & ~O_NONBLOCK);
     }
+    if (!e && s->pass_fd > 0 && report == 3) {
+        /* the report pipe must not be what descriptor 3 replaces */
+        int moved = fcntl(3, F_DUPFD_CLOEXEC, 4);
+        if (moved < 0)
+            e = errno;
+        else
+            report = moved;
+    }
+    if (!e && s->pass_fd > 0) {
+        /* dup2 onto itself would leave the close-on-exec flag set */
+        int r = s->pass_fd == 3 ? fcntl(3, F_SETFD, 0) : dup2(s->pass_fd, 3);
+        if (r < 0)
+            e = errno;
+    }
     if (!e) {
         if (s->search_path)
             execvpe(s->program, s->argv, envp);

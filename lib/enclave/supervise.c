@@ -31,7 +31,14 @@ struct cl_child {
     bool stopping, exited_for_good;
     pid_t pid; /* 0 while not running */
     atomic_uint_fast64_t restarts;
+    cl_launcher *launcher; /* NULL: the app is our own child */
 };
+
+/* How long START may take: the launcher forks and execs /bin/sh. */
+#define LAUNCHER_START_TIMEOUT_MS 10000
+/* After the stop's grace the launcher has sent SIGKILL; then its exit
+ * takes a moment (wait_ms for cl_launcher_close). */
+#define LAUNCHER_EXIT_WAIT_MS 2000
 
 uint64_t cl_child_restarts(const cl_child *c)
 {
@@ -42,6 +49,10 @@ uint64_t cl_child_restarts(const cl_child *c)
  * in every thread; cl_process_spawn gives the app a clean mask. */
 CL_MUST_CHECK static int spawn(cl_child *c, int out_fd[2], int err_fd[2], pid_t *pid)
 {
+    if (c->launcher) {
+        out_fd[1] = err_fd[1] = -1;
+        return cl_launcher_start(c->launcher, LAUNCHER_START_TIMEOUT_MS, pid, &out_fd[0], &err_fd[0]);
+    }
     if (pipe2(out_fd, O_CLOEXEC) < 0)
         return cl_error_set(CL_EIO, "pipe: %s", strerror(errno));
     if (pipe2(err_fd, O_CLOEXEC) < 0) {
@@ -92,22 +103,27 @@ static void emit_lines(line_reader *r, bool flush_all)
 }
 
 /* Passes output through until the child has exited and its pipes are
- * drained; a grandchild that keeps a pipe open does not keep us here. */
-static int pump_output(line_reader *readers, pid_t pid)
+ * drained; a grandchild that keeps a pipe open does not keep us here.  The
+ * exit comes from waitpid, or from the launcher's EXITED event.  false
+ * when the status is unknown (the launcher went away). */
+static bool pump_output(cl_child *c, line_reader *readers, pid_t pid, int *status)
 {
-    int status = 0;
-    bool exited = false;
+    *status = 0;
+    bool exited = false, known = true;
     for (;;) {
-        if (!exited) {
+        if (!exited && !c->launcher) {
             bool reaped;
-            int r = cl_process_wait(pid, 0, &reaped, &status);
+            int r = cl_process_wait(pid, 0, &reaped, status);
             exited = r < 0 || reaped; /* an error: nothing left to wait for */
         }
-        struct pollfd pfd[2];
+        struct pollfd pfd[3];
         nfds_t n = 0;
         for (int i = 0; i < 2; i++)
             if (readers[i].fd >= 0)
                 pfd[n++] = (struct pollfd){.fd = readers[i].fd, .events = POLLIN};
+        nfds_t streams = n;
+        if (c->launcher && !exited)
+            pfd[n++] = (struct pollfd){.fd = cl_launcher_fd(c->launcher), .events = POLLIN};
         if (n == 0)
             break;
         int ready = poll(pfd, n, exited ? 100 : 500);
@@ -118,7 +134,14 @@ static int pump_output(line_reader *readers, pid_t pid)
                 continue;
             break;
         }
-        for (nfds_t k = 0; k < n; k++) {
+        if (n > streams && pfd[streams].revents) {
+            if (cl_launcher_read_exit(c->launcher, pid, status) < 0) {
+                cl_log(CL_LOG_ERROR, "app_launcher_lost", "name", c->name, "error", cl_error_message(), NULL);
+                known = false;
+            }
+            exited = true;
+        }
+        for (nfds_t k = 0; k < streams; k++) {
             if (!pfd[k].revents)
                 continue;
             line_reader *r = readers[0].fd == pfd[k].fd ? &readers[0] : &readers[1];
@@ -140,9 +163,9 @@ static int pump_output(line_reader *readers, pid_t pid)
         }
     }
     bool reaped;
-    if (!exited && cl_process_wait(pid, -1, &reaped, &status) < 0)
+    if (!exited && cl_process_wait(pid, -1, &reaped, status) < 0)
         cl_error_clear(); /* not ours any more: nothing to report but the status we have */
-    return status;
+    return known;
 }
 
 static void *watch_child(void *arg)
@@ -159,6 +182,12 @@ static void *watch_child(void *arg)
         uint64_t started = cl_monotonic_ms();
         pthread_mutex_lock(&c->lock);
         pid_t pid = -1;
+        /* checked again under the lock of the spawn: a stop that came
+         * since would see no pid to stop */
+        if (c->stopping) {
+            pthread_mutex_unlock(&c->lock);
+            break;
+        }
         int spawned = spawn(c, out_fd, err_fd, &pid);
         if (spawned == CL_OK)
             c->pid = pid;
@@ -175,13 +204,17 @@ static void *watch_child(void *arg)
             snprintf(stream_names[1], sizeof stream_names[1], "%s.stderr", c->name);
             readers[0].stream = stream_names[0];
             readers[1].stream = stream_names[1];
-            int status = pump_output(readers, pid);
+            int status;
+            bool known = pump_output(c, readers, pid, &status);
             pthread_mutex_lock(&c->lock);
             c->pid = 0;
             stopping = c->stopping;
             pthread_mutex_unlock(&c->lock);
             char how[32];
-            cl_process_status_text(status, how, sizeof how);
+            if (known)
+                cl_process_status_text(status, how, sizeof how);
+            else
+                snprintf(how, sizeof how, "unknown");
             cl_log(stopping ? CL_LOG_INFO : CL_LOG_WARN, "app_exited", "name", c->name, "pid", pid_text, "status",
                    how, NULL);
             if (stopping)
@@ -219,6 +252,7 @@ static void *watch_child(void *arg)
 
 static void child_free(cl_child *c)
 {
+    cl_launcher_close(c->launcher, LAUNCHER_EXIT_WAIT_MS);
     if (c->env) {
         /* the first entries are borrowed from environ; the extra ones are ours */
         size_t base = 0;
@@ -239,9 +273,16 @@ static void child_free(cl_child *c)
 
 int cl_child_start(const cl_child_config *cfg, cl_child **out)
 {
-    CL_ENSURE(cfg->command && *cfg->command, CL_EINVAL, "empty command");
+    if (!cfg->command || !*cfg->command) {
+        cl_launcher_close(cfg->launcher, LAUNCHER_EXIT_WAIT_MS);
+        return cl_error_set(CL_EINVAL, "empty command");
+    }
     cl_child *c = calloc(1, sizeof *c);
-    CL_ENSURE(c, CL_ENOMEM, "out of memory");
+    if (!c) {
+        cl_launcher_close(cfg->launcher, LAUNCHER_EXIT_WAIT_MS);
+        return cl_error_set(CL_ENOMEM, "out of memory");
+    }
+    c->launcher = cfg->launcher;
     pthread_mutex_init(&c->lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -255,7 +296,7 @@ int cl_child_start(const cl_child_config *cfg, cl_child **out)
     size_t base = 0, extra = 0;
     while (environ && environ[base])
         base++;
-    while (cfg->env && cfg->env[extra])
+    while (!c->launcher && cfg->env && cfg->env[extra])
         extra++;
     c->env = calloc(base + extra + 1, sizeof *c->env);
     bool ok = c->name && c->command && c->env;
@@ -281,8 +322,14 @@ void cl_child_stop(cl_child *c, unsigned grace_ms)
         return;
     pthread_mutex_lock(&c->lock);
     c->stopping = true;
-    if (c->pid > 0)
+    if (c->pid > 0 && c->launcher) {
+        /* the daemon's filter allows no kill but to itself: the launcher
+         * signals the app's group, and sends SIGKILL after its own grace */
+        if (cl_launcher_stop(c->launcher) < 0)
+            cl_log(CL_LOG_WARN, "app_stop_failed", "name", c->name, "error", cl_error_message(), NULL);
+    } else if (c->pid > 0) {
         kill(-c->pid, SIGTERM);
+    }
     pthread_cond_broadcast(&c->cond);
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
@@ -296,7 +343,10 @@ void cl_child_stop(cl_child *c, unsigned grace_ms)
         if (pthread_cond_timedwait(&c->cond, &c->lock, &until) != 0) {
             if (c->pid > 0) {
                 cl_log(CL_LOG_WARN, "app_kill", "name", c->name, "reason", "did not stop in time", NULL);
-                kill(-c->pid, SIGKILL);
+                if (c->launcher)
+                    cl_launcher_shutdown(c->launcher); /* its end: SIGKILL now, and our poll wakes */
+                else
+                    kill(-c->pid, SIGKILL);
             }
             while (!c->exited_for_good)
                 pthread_cond_wait(&c->cond, &c->lock);

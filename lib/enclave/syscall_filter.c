@@ -5,8 +5,9 @@
  * app proxy, metrics, drain, key sync, ACME, tap) plus the Nitro-only
  * calls (AF_VSOCK sockets, the /dev/nsm ioctl).  What the start needs
  * (binding listeners, configuring lo and tap0, setuid) is done before the
- * filter and is not here; neither is execve: with -seccomp enforce the
- * daemon starts no processes (-appcmd is refused). */
+ * filter and is not here; neither is execve nor fork: -appcmd is started
+ * by the launcher (lib/enclave/launcher.c), forked before the filter, which
+ * the daemon only talks to (sendmsg/recvmsg) and reaps (wait4). */
 #include "cloister/enclave/syscall_filter.h"
 
 #include <errno.h>
@@ -47,6 +48,8 @@ static const char *const allowed[] = {
     /* identity and limits glibc and OpenSSL ask for (no set*id: the drop is done) */
     "getuid", "geteuid", "getgid", "getegid", "getresuid", "getresgid", "getgroups", "getrlimit", "prlimit64",
     "uname", "sysinfo", "prctl", "getrusage", "times",
+    /* the app launcher, the daemon's only child, reaped when it exits at the stop */
+    "wait4",
 };
 
 /* socket(): only the families the daemon talks over.  AF_VSOCK is Nitro's

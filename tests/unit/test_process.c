@@ -170,6 +170,35 @@ static void dies_with_parent(void)
         kill(grandchild, SIGKILL);
 }
 
+/* pass_fd: the descriptor is the child's 3, open across the exec; another
+ * close-on-exec descriptor stays closed. */
+static void passes_one_descriptor(void)
+{
+    int p[2], other[2];
+    CHECK(pipe2(p, O_CLOEXEC) == 0);
+    CHECK(pipe2(other, O_CLOEXEC) == 0);
+    char script[128];
+    snprintf(script, sizeof script, "echo three >&3; [ -e /proc/$$/fd/%d ] && echo leaked >&3; exit 0", other[1]);
+    char *argv[] = {"sh", "-c", script, NULL};
+    cl_process_spec s = {.program = "/bin/sh", .argv = argv, .pass_fd = p[1]};
+    pid_t pid;
+    CHECK_OK(cl_process_spawn(&s, &pid));
+    close(p[1]);
+    close(other[1]);
+    char buf[64] = {0};
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof buf - 1 && (r = read(p[0], buf + n, sizeof buf - 1 - n)) > 0)
+        n += (size_t)r;
+    close(p[0]);
+    close(other[0]);
+    CHECK(!strcmp(buf, "three\n"));
+    bool exited;
+    int status;
+    CHECK_OK(cl_process_wait(pid, -1, &exited, &status));
+    CHECK(exited && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
 int main(void)
 {
     RUN(runs_and_reports_status);
@@ -177,5 +206,6 @@ int main(void)
     RUN(exec_failures_named);
     RUN(group_wait_and_stop);
     RUN(dies_with_parent);
+    RUN(passes_one_descriptor);
     return test_summary();
 }

@@ -33,6 +33,10 @@ typedef struct cl_process_spec {
     bool die_with_parent;
     bool keep_stdin;        /* else stdin is /dev/null */
     int stdout_fd, stderr_fd; /* dup2'd to 1 and 2 (made blocking); 0: inherited */
+    /* > 0: this descriptor becomes the child's descriptor 3, open across the
+     * exec (every other one keeps its close-on-exec flag): a socket the child
+     * talks back over (the app launcher's, lib/enclave/launcher.c) */
+    int pass_fd;
 } cl_process_spec;
 
 /* Forks and execs; *pid on success.  CL_EIO "cannot run PROGRAM: why" when
