@@ -15,17 +15,17 @@ count() { # FILES...: code lines
         { n++ }
         END { print n + 0 }'
 }
-row() { printf '  %-62s %6s\n' "$1" "$2"; }
+row() { printf '  %-66s %6s\n' "$1" "$2"; }
 core=$(count lib/core/*.[ch] include/cloister/core/*.h)
 enclave=$(count lib/enclave/*.[ch] include/cloister/enclave/*.h)
 pkcs11=$(count pkcs11/*.[ch])
-inside=(src/enclave.c src/keyholder*.c src/kms.c src/nsm.c src/main.c src/commands.h)
+inside=(src/enclave*.[ch] src/tap.c src/keyholder*.[ch] src/kms.c src/nsm.c src/main.c src/commands.h)
 cmds=0
 for f in "${inside[@]}"; do [ -e "$f" ] && cmds=$((cmds + $(count "$f"))); done
 echo "in-enclave trusted computing base (lines of code):"
 row "core zone (lib/core, include/cloister/core)" "$core"
 row "enclave zone (lib/enclave, include/cloister/enclave)" "$enclave"
 row "PKCS#11 module (pkcs11/)" "$pkcs11"
-row "in-enclave subcommands (src/: enclave, keyholder, kms, nsm)" "$cmds"
+row "in-enclave subcommands (src/: enclave*, tap, keyholder, kms, nsm)" "$cmds"
 row "total" "$((core + enclave + pkcs11 + cmds))"
 echo "not in it: host zone $(count lib/host/*.[ch] include/cloister/host/*.h), sim zone $(count lib/sim/*.[ch] include/cloister/sim/*.h)"
