@@ -12,7 +12,12 @@
 #   proxy   vsock-proxy style: in the enclave namespace a TCP listener that
 #           forwards to the stream (cloister host --forward, the enclave half
 #           of a vsock-proxy pair), and on the parent cloister host --outbound
-#           to the server (the per-destination proxy the TAP replaces)
+#           to the server (the per-destination proxy the TAP replaces); its
+#           links are plain unix: sockets, so both halves splice()
+#   proxy-nitro  the same pair on vsock: addresses through the vsock stand-in
+#           with the Nitro seams (docs/local-vs-nitro.md): a vsock link has no
+#           splice_read on Nitro, so the halves copy from the link as they do
+#           there (the TAP relays copy in every case)
 #   veth    a plain veth pair from a second enclave namespace to the parent,
 #           routed and masqueraded by the same kernel: the kernel's limit
 #
@@ -126,12 +131,27 @@ bg enc_fwd ip netns exec "$E" "$cloister" host --forward "tcp:127.0.0.1:5001=uni
   --forward "tcp:127.0.0.1:5002=unix:$work/out-up.sock" \
   --forward "tcp:127.0.0.1:8080=unix:$work/out-http.sock"
 wait_log enc_fwd 'event=started'
+# proxy-nitro: the pair again, on vsock addresses as on Nitro (parent CID 3, enclave CID 16)
+export CLOISTER_VSOCK_STANDIN=$work/vsock
+mkdir -p "$CLOISTER_VSOCK_STANDIN"
+bg host_nitro ip netns exec "$P" env CLOISTER_VSOCK_STANDIN_CID=3 CLOISTER_LINK_NO_SPLICE=1 "$cloister" host \
+  --outbound "vsock:3:8101=10.250.0.2:5001" --outbound "vsock:3:8102=10.250.0.2:5002" \
+  --outbound "vsock:3:8103=10.250.0.2:8080"
+wait_log host_nitro 'event=started'
+bg enc_fwd_nitro ip netns exec "$E" env CLOISTER_VSOCK_STANDIN_CID=16 CLOISTER_LINK_NO_SPLICE=1 CLOISTER_LINK_NO_PEEK=1 \
+  "$cloister" host --forward "tcp:127.0.0.1:15001=vsock:3:8101" --forward "tcp:127.0.0.1:15002=vsock:3:8102" \
+  --forward "tcp:127.0.0.1:18080=vsock:3:8103"
+wait_log enc_fwd_nitro 'event=started'
+paths="${paths/proxy/proxy proxy-nitro}"
 for _ in $(seq 1 100); do ip netns exec "$E" curl -sf --max-time 1 http://10.250.0.2:8080/ >/dev/null && break; sleep 0.1; done
+ip netns exec "$E" curl -sf --max-time 5 http://127.0.0.1:18080/ >/dev/null ||
+  { echo "bench-tap: the proxy-nitro pair does not answer:" >&2; tail -5 "$work/host_nitro.log" "$work/enc_fwd_nitro.log" >&2; exit 1; }
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR == 0) print "-"; else print a[int((NR + 1) / 2)]}'; }
 declare -A thr up lat1 rps1 lat16 rps16
-path_ns() { case $1 in tap | tap-plain | proxy) echo "$E" ;; veth) echo "$E2" ;; esac; }
-path_host() { case $1 in proxy) echo 127.0.0.1 ;; *) echo 10.250.0.2 ;; esac; }
+path_ns() { case $1 in tap | tap-plain | proxy | proxy-nitro) echo "$E" ;; veth) echo "$E2" ;; esac; }
+path_host() { case $1 in proxy | proxy-nitro) echo 127.0.0.1 ;; *) echo 10.250.0.2 ;; esac; }
+path_port() { case $1 in proxy-nitro) echo $((10000 + $2)) ;; *) echo "$2" ;; esac; } # PATH PORT
 wrk_run() { # NS URL CONNS -> "p50_ms p99_ms rps"
   ip netns exec "$1" wrk -t1 -c"$3" -d"${secs}s" --latency "$2" 2>/dev/null | awk '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
@@ -142,11 +162,11 @@ for round in $(seq 1 "$rounds"); do
   for path in $paths; do
     ns=$(path_ns $path) h=$(path_host $path)
     case $path in tap) [ "$round" = 1 ] || start_relay auto ;; tap-plain) start_relay off ;; esac
-    echo "$(ip netns exec "$ns" python3 "$src/bench/tap_tcp.py" get "$h" 5001 "$secs")" >>"$work/thr.$path"
-    echo "$(ip netns exec "$ns" python3 "$src/bench/tap_tcp.py" put "$h" 5002 "$secs")" >>"$work/up.$path"
-    read -r p50 p99 rps < <(wrk_run "$ns" "http://$h:8080/" 1)
+    echo "$(ip netns exec "$ns" python3 "$src/bench/tap_tcp.py" get "$h" "$(path_port $path 5001)" "$secs")" >>"$work/thr.$path"
+    echo "$(ip netns exec "$ns" python3 "$src/bench/tap_tcp.py" put "$h" "$(path_port $path 5002)" "$secs")" >>"$work/up.$path"
+    read -r p50 p99 rps < <(wrk_run "$ns" "http://$h:$(path_port $path 8080)/" 1)
     echo "$p50" >>"$work/lat1.$path"; echo "$rps" >>"$work/rps1.$path"
-    read -r p50 p99 rps < <(wrk_run "$ns" "http://$h:8080/" 16)
+    read -r p50 p99 rps < <(wrk_run "$ns" "http://$h:$(path_port $path 8080)/" 16)
     echo "$p99" >>"$work/lat16.$path"; echo "$rps" >>"$work/rps16.$path"
   done
 done
@@ -164,6 +184,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
   done
   echo "tap/veth: throughput $(ratio "${thr[tap]}" "${thr[veth]}"), up $(ratio "${up[tap]}" "${up[veth]}"), req/s c=16 $(ratio "${rps16[tap]}" "${rps16[veth]}");" \
        "tap/proxy: throughput $(ratio "${thr[tap]}" "${thr[proxy]}"), up $(ratio "${up[tap]}" "${up[proxy]}"), req/s c=16 $(ratio "${rps16[tap]}" "${rps16[proxy]}")"
+  echo "tap/proxy-nitro (the proxy pair copying from its links as on Nitro): throughput $(ratio "${thr[tap]}" "${thr[proxy-nitro]}")," \
+       "up $(ratio "${up[tap]}" "${up[proxy-nitro]}"), req/s c=1 $(ratio "${rps1[tap]}" "${rps1[proxy-nitro]}"), req/s c=16 $(ratio "${rps16[tap]}" "${rps16[proxy-nitro]}")"
   if [ -n "${thr[tap-plain]:-}" ]; then
     echo "tap-plain/veth: throughput $(ratio "${thr[tap-plain]}" "${thr[veth]}");" \
          "tap-plain/proxy: throughput $(ratio "${thr[tap-plain]}" "${thr[proxy]}");" \
