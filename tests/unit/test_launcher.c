@@ -115,6 +115,21 @@ static int next_event(int fd, cl_launcher_event *ev, int fds[2], size_t *nfds)
     return cl_launcher_event_parse(buf, (size_t)n, ev) == CL_OK ? 1 : -1;
 }
 
+/* START, and the STARTED event's pid (its output pipes closed); -1 when
+ * the launcher did not answer STARTED. */
+static pid_t start_app(int fd)
+{
+    if (!send_request(fd, CL_LAUNCHER_START))
+        return -1;
+    cl_launcher_event ev;
+    int fds[2];
+    size_t nfds = 0;
+    int got = next_event(fd, &ev, fds, &nfds);
+    for (size_t i = 0; i < nfds; i++)
+        close(fds[i]);
+    return got == 1 && ev.type == CL_LAUNCHER_STARTED ? ev.pid : -1;
+}
+
 static bool closed_by_launcher(int fd)
 {
     struct pollfd p = {.fd = fd, .events = POLLIN};
@@ -365,14 +380,11 @@ static void test_stop_and_kill(void)
 {
     int fd;
     pid_t pid = start_launcher("exec sleep 30", 5000, &fd);
-    CHECK(send_request(fd, CL_LAUNCHER_START));
+    pid_t app = start_app(fd);
+    CHECK(app > 0);
     cl_launcher_event ev;
     int fds[2];
     size_t nfds = 0;
-    CHECK(next_event(fd, &ev, fds, &nfds) == 1 && ev.type == CL_LAUNCHER_STARTED);
-    for (size_t i = 0; i < nfds; i++)
-        close(fds[i]);
-    pid_t app = ev.pid;
     CHECK(send_request(fd, CL_LAUNCHER_STOP));
     CHECK(next_event(fd, &ev, fds, &nfds) == 1);
     CHECK(ev.type == CL_LAUNCHER_EXITED && ev.pid == app);
@@ -383,11 +395,8 @@ static void test_stop_and_kill(void)
 
     /* an app that ignores SIGTERM gets SIGKILL after the grace */
     pid = start_launcher("trap '' TERM; sleep 30; exit 0", 200, &fd);
-    CHECK(send_request(fd, CL_LAUNCHER_START));
-    CHECK(next_event(fd, &ev, fds, &nfds) == 1 && ev.type == CL_LAUNCHER_STARTED);
-    for (size_t i = 0; i < nfds; i++)
-        close(fds[i]);
-    app = ev.pid;
+    app = start_app(fd);
+    CHECK(app > 0);
     usleep(100000); /* the trap is set */
     CHECK(send_request(fd, CL_LAUNCHER_STOP));
     CHECK(next_event(fd, &ev, fds, &nfds) == 1);
@@ -403,14 +412,8 @@ static void test_app_ends_with_launcher(void)
 {
     int fd;
     pid_t pid = start_launcher("exec sleep 30", 1000, &fd);
-    CHECK(send_request(fd, CL_LAUNCHER_START));
-    cl_launcher_event ev;
-    int fds[2];
-    size_t nfds = 0;
-    CHECK(next_event(fd, &ev, fds, &nfds) == 1 && ev.type == CL_LAUNCHER_STARTED);
-    for (size_t i = 0; i < nfds; i++)
-        close(fds[i]);
-    pid_t app = ev.pid;
+    pid_t app = start_app(fd);
+    CHECK(app > 0);
     CHECK(send_request(fd, CL_LAUNCHER_START));
     CHECK(closed_by_launcher(fd));
     CHECK(wait_exit(pid) == 3);
@@ -418,11 +421,8 @@ static void test_app_ends_with_launcher(void)
     close(fd);
 
     pid = start_launcher("exec sleep 30", 1000, &fd);
-    CHECK(send_request(fd, CL_LAUNCHER_START));
-    CHECK(next_event(fd, &ev, fds, &nfds) == 1 && ev.type == CL_LAUNCHER_STARTED);
-    for (size_t i = 0; i < nfds; i++)
-        close(fds[i]);
-    app = ev.pid;
+    app = start_app(fd);
+    CHECK(app > 0);
     close(fd); /* the daemon is gone */
     CHECK(wait_exit(pid) == 0);
     CHECK(gone(app));
