@@ -189,12 +189,7 @@ fi
 
 # ---- the attack: a plain HTTPS server as leader pushes an http-01 answer ------
 if want fake && /usr/bin/python3 -c 'import nacl.public' 2>/dev/null; then
-    for k in fake evil; do
-        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
-            -addext subjectAltName=DNS:localhost -keyout "$work/$k.key" -out "$work/$k.crt" 2>/dev/null
-    done
-    spawn evilsim "$CLOISTER" nsm-sim --listen "unix:$work/evil.sock" --state "$work/evil-state"
-    wait_for_log evilsim '^nsm-sim: listening on '
+    fake_leader_material
     fake=$(free_port)
     pub=$(free_port)
     http=$(free_port)

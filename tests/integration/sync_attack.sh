@@ -19,12 +19,7 @@ start_sims 1 2
 pcr0_a=$("$CLOISTER" nsm --nsm "unix:$work/sim1.sock" pcr 0 | cut -d' ' -f1)
 
 # ---- a plain HTTPS server as leader ------------------------------------------------------
-for k in fake evil; do
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
-        -addext subjectAltName=DNS:localhost -keyout "$work/$k.key" -out "$work/$k.crt" 2>/dev/null
-done
-spawn evilsim "$CLOISTER" nsm-sim --listen "unix:$work/evil.sock" --state "$work/evil-state"
-wait_for_log evilsim '^nsm-sim: listening on '
+fake_leader_material
 fake=$(free_port)
 pub=$(free_port)  # the worker's public port, known before it starts: the fake fetches genuine documents there
 spawn fake env CLOISTER="$CLOISTER" /usr/bin/python3 "$SOURCE_DIR/tests/integration/sync/fake_leader.py" --listen "$fake" \

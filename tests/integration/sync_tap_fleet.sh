@@ -192,12 +192,7 @@ wait_for_log leader "event=sync_worker_failed worker=$(ip_of rogue):444 error=.{
 pass "an enclave of another image (another PCR0) that joins the fleet is refused by the leader and keeps its own certificate"
 
 # ---- a worker's parent sends its leader route to a fake leader --------------------------------------------
-for k in fake evil; do
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
-        -addext subjectAltName=DNS:localhost -keyout "$work/$k.key" -out "$work/$k.crt" 2>/dev/null
-done
-spawn evilsim "$CLOISTER" nsm-sim --listen "unix:$work/evil.sock" --state "$work/evil-state"
-wait_for_log evilsim '^nsm-sim: listening on '
+fake_leader_material
 fake=$(free_port)
 spawn fake ip netns exec "$VNS" env CLOISTER="$CLOISTER" /usr/bin/python3 "$SOURCE_DIR/tests/integration/sync/fake_leader.py" \
     --listen "$fake" --cert "$work/fake.crt" --key "$work/fake.key" --evil-cert "$work/evil.crt" --evil-key "$work/evil.key" \

@@ -80,3 +80,16 @@ tls_sha_of_log() { # NAME: the last certificate_sha256 NAME logged
 nonce_hex() {
     head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n'
 }
+
+# fake_leader_material: what tests/integration/sync/fake_leader.py is started with: self-signed
+# localhost certificates for the fake leader ($work/fake.key, .crt) and for what it pretends
+# ($work/evil.key, .crt), and a second NSM simulator, evilsim on $work/evil.sock, of another root.
+fake_leader_material() {
+    local k
+    for k in fake evil; do
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
+            -addext subjectAltName=DNS:localhost -keyout "$work/$k.key" -out "$work/$k.crt" 2>/dev/null
+    done
+    spawn evilsim "$CLOISTER" nsm-sim --listen "unix:$work/evil.sock" --state "$work/evil-state"
+    wait_for_log evilsim '^nsm-sim: listening on '
+}
