@@ -43,19 +43,26 @@ static int expect_zeros(cl_cursor *c, size_t n, size_t offset, const char *what)
     return CL_OK;
 }
 
+/* The head both directions share: the magic (4 bytes), the version, the type. */
+static int parse_head(cl_cursor *c, const uint8_t magic_want[4], const char *what, uint8_t *type)
+{
+    const uint8_t *magic;
+    uint8_t version;
+    CL_TRY(cl_cursor_bytes(c, 4, &magic));
+    CL_ENSURE(!memcmp(magic, magic_want, 4), CL_EPARSE, "not a launcher %s (magic)", what);
+    CL_TRY(cl_cursor_u8(c, &version));
+    CL_ENSURE(version == PROTO_VERSION, CL_EPARSE, "%s version %u (only %d)", what, version, PROTO_VERSION);
+    return cl_cursor_u8(c, type);
+}
+
 int cl_launcher_request_parse(const uint8_t *data, size_t len, int *type)
 {
     *type = 0;
     CL_ENSURE(len == CL_LAUNCHER_MSG_LEN, CL_EPARSE, "a request of %zu bytes (every request is %d)", len,
               CL_LAUNCHER_MSG_LEN);
     cl_cursor c = cl_cursor_make(data, len);
-    const uint8_t *magic;
-    uint8_t version, t;
-    CL_TRY(cl_cursor_bytes(&c, sizeof request_magic, &magic));
-    CL_ENSURE(!memcmp(magic, request_magic, sizeof request_magic), CL_EPARSE, "not a launcher request (magic)");
-    CL_TRY(cl_cursor_u8(&c, &version));
-    CL_ENSURE(version == PROTO_VERSION, CL_EPARSE, "request version %u (only %d)", version, PROTO_VERSION);
-    CL_TRY(cl_cursor_u8(&c, &t));
+    uint8_t t;
+    CL_TRY(parse_head(&c, request_magic, "request", &t));
     CL_ENSURE(t == CL_LAUNCHER_START || t == CL_LAUNCHER_STOP, CL_EPARSE, "unknown request type %u", t);
     CL_TRY(expect_zeros(&c, 10, 6, "request"));
     CL_TRY(cl_cursor_expect_end(&c, "the request"));
@@ -87,14 +94,9 @@ int cl_launcher_event_parse(const uint8_t *data, size_t len, cl_launcher_event *
     CL_ENSURE(len == CL_LAUNCHER_MSG_LEN, CL_EPARSE, "an event of %zu bytes (every event is %d)", len,
               CL_LAUNCHER_MSG_LEN);
     cl_cursor c = cl_cursor_make(data, len);
-    const uint8_t *magic;
-    uint8_t version, t;
+    uint8_t t;
     uint32_t pid, status;
-    CL_TRY(cl_cursor_bytes(&c, sizeof event_magic, &magic));
-    CL_ENSURE(!memcmp(magic, event_magic, sizeof event_magic), CL_EPARSE, "not a launcher event (magic)");
-    CL_TRY(cl_cursor_u8(&c, &version));
-    CL_ENSURE(version == PROTO_VERSION, CL_EPARSE, "event version %u (only %d)", version, PROTO_VERSION);
-    CL_TRY(cl_cursor_u8(&c, &t));
+    CL_TRY(parse_head(&c, event_magic, "event", &t));
     CL_ENSURE(t == CL_LAUNCHER_STARTED || t == CL_LAUNCHER_EXITED || t == CL_LAUNCHER_FAILED, CL_EPARSE,
               "unknown event type %u", t);
     CL_TRY(expect_zeros(&c, 2, 6, "event"));
