@@ -1,5 +1,6 @@
 #include "cloister/core/address.h"
 
+#include "cloister/core/clock.h"
 #include "cloister/core/encoding.h"
 
 #include <arpa/inet.h>
@@ -18,7 +19,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 _Static_assert(CL_ADDRESS_PATH_MAX == sizeof(((struct sockaddr_un *)0)->sun_path),
@@ -424,16 +424,7 @@ static int connect_one(const struct sockaddr *given, socklen_t given_len, const 
     return CL_OK;
 }
 
-/* clock.c's cl_monotonic_ms, here so that what links address.c without
- * clock.c (the PKCS#11 module) needs nothing more */
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* connect() that gives up at deadline_ms (now_ms(); 0: the kernel's own
+/* connect() that gives up at deadline_ms (cl_monotonic_ms(); 0: the kernel's own
  * SYN retries, about two minutes): an address whose SYNs are dropped (an
  * egress policy, a security group) must not hold the caller that long. */
 static int connect_until(int fd, const struct sockaddr *sa, socklen_t len, uint64_t deadline_ms)
@@ -446,7 +437,7 @@ static int connect_until(int fd, const struct sockaddr *sa, socklen_t len, uint6
     int rc = connect(fd, sa, len);
     if (rc < 0 && errno == EINPROGRESS) {
         for (;;) {
-            uint64_t now = now_ms();
+            uint64_t now = cl_monotonic_ms();
             if (now >= deadline_ms) {
                 errno = ETIMEDOUT;
                 return -1;
@@ -481,7 +472,7 @@ static int connect_tcp(const cl_address *a, unsigned timeout_ms, int *fd_out)
     CL_ENSURE(a->port != 0, CL_EINVAL, "cannot connect to port 0 of %s", a->host);
     struct addrinfo *res = NULL;
     CL_TRY(resolve_tcp(a, false, &res));
-    uint64_t deadline = timeout_ms ? now_ms() + timeout_ms : 0;
+    uint64_t deadline = timeout_ms ? cl_monotonic_ms() + timeout_ms : 0;
     int saved = 0;
     int fd = -1;
     for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
