@@ -132,8 +132,9 @@ static char *main_epilog(void)
             "--outbound LISTEN=HOST:PORT, e.g. --outbound vsock:3:8000=kms.us-east-1.amazonaws.com:443\n"
             "  HOST is resolved at start (failure stops the start) and again when its DNS TTL has\n"
             "  passed (at least 1 s, at most --resolve-interval; names from /etc/hosts and\n"
-            "  answers without a TTL: every --resolve-interval), each time logged as\n"
-            "  event=resolved with the TTL; on failure the previous addresses stay.  A then AAAA\n"
+            "  answers without a TTL: every --resolve-interval), logged as event=resolved with\n"
+            "  the TTL (at debug when the answer is unchanged); on failure the previous\n"
+            "  addresses stay.  A then AAAA\n"
             "  answers, tried in that order by connections.\n"
             "--imds LISTEN: an HTTP/1.1 gate, one request per connection, to --imds-endpoint,\n"
             "  allowing exactly these calls (others get 403, bodies 400):\n");
@@ -161,8 +162,9 @@ static char *main_epilog(void)
             "backoff within a budget and terminates it on SIGTERM; with $NOTIFY_SOCKET it sends\n"
             "READY=1 once the enclave is first healthy (without an enclave: once the proxies\n"
             "accept).  If the watchdog gives up, the host stops too (exit status 3).\n\n"
-            "Logs: key=value lines on stderr; start, stop and DNS at info, refusals at warn,\n"
-            "every connection at debug.  SIGTERM or SIGINT: stop accepting, close, exit 0.\n"
+            "Logs: key=value lines on stderr; start, stop and changed DNS answers at info,\n"
+            "refusals at warn, every connection and unchanged DNS answers at debug.\n"
+            "SIGTERM or SIGINT: stop accepting, close, exit 0.\n"
             "Exit status: 0 stopped by a signal, 1 a destination is not allowlisted, 2 bad\n"
             "command line or configuration, 3 could not start (listen, resolve, ...) or the\n"
             "enclave's restart budget was exhausted.\n");

@@ -534,9 +534,10 @@ static void log_resolved(const cl_host_route *r, const host_dest *d, bool change
     snprintf(port, sizeof port, "%u", r->dest.port);
     snprintf(ttl, sizeof ttl, "%u", dns->ttl_s);
     snprintf(again, sizeof again, "%llu", (unsigned long long)(again_ms / 1000));
-    cl_log(CL_LOG_INFO, "resolved", "route", kind, "name", r->dest.host, "port", port, "addresses", addrs, "changed",
-           changed ? "yes" : "no", "source", dns->source ? dns->source : "-", "ttl", dns->ttl_known ? ttl : "-",
-           "again_in_s", again, NULL);
+    /* the same answer again at debug: a name with TTL 0 would log a line a second */
+    cl_log(changed ? CL_LOG_INFO : CL_LOG_DEBUG, "resolved", "route", kind, "name", r->dest.host, "port", port,
+           "addresses", addrs, "changed", changed ? "yes" : "no", "source", dns->source ? dns->source : "-", "ttl",
+           dns->ttl_known ? ttl : "-", "again_in_s", again, NULL);
 }
 
 static void resolve_due(parent *p)

@@ -36,7 +36,7 @@ within() { # SECONDS WHAT CMD...
 }
 at_least() { [ "$(resolved "$1")" -ge "$2" ]; }
 
-spawn host "$CLOISTER" host --outbound "unix:$work/out.sock=$name:$port" --dns-server "127.0.0.1:$dns_port"
+spawn host "$CLOISTER" host --outbound "unix:$work/out.sock=$name:$port" --dns-server "127.0.0.1:$dns_port" --debug
 wait_for_log host 'event=started'
 grep -q "event=resolved route=outbound name=$name port=$port addresses=127.0.0.1 changed=yes source=dns ttl=1 again_in_s=1" \
     "$work/host.log" || fail "the first resolution does not show the TTL: $(grep resolved "$work/host.log")"

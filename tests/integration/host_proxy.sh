@@ -221,7 +221,7 @@ vp_status 0 -V
 pass "vsock-proxy form: exit 2 for unknown options and missing arguments, 1 for bad values, allowlist, listen; --version"
 
 # ---- DNS names, re-resolved -----------------------------------------------------------------------
-spawn dns "$CLOISTER" host --resolve-interval 1 --outbound "unix:$work/out.sock=localhost:$echo_port"
+spawn dns "$CLOISTER" host --debug --resolve-interval 1 --outbound "unix:$work/out.sock=localhost:$echo_port"
 wait_for_log dns 'event=started'
 sleep 3.5
 n=$(grep -c "event=resolved route=outbound name=localhost port=$echo_port addresses=" "$work/dns.log" || true)
