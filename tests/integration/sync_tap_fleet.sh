@@ -36,6 +36,21 @@ NLB="$vpc.2"
 EVIL="$vpc.3"
 FLEET="$SOURCE_DIR/tests/integration/sync/fleet.py"
 in_v() { ip netns exec "$VNS" "$@"; }
+fail_hook() { # the VPC's and every instance's network, for a failure seen only under load
+    local ns
+    for ns in "${cleanup_namespaces[@]}"; do
+        echo "== $ns"
+        ip -n "$ns" -br addr
+        ip -n "$ns" neigh
+        ip -n "$ns" route
+        ip netns exec "$ns" ss -tan
+        ip netns exec "$ns" nft list ruleset
+        ip netns exec "$ns" sysctl net.ipv4.ip_forward net.ipv4.conf.all.rp_filter
+    done
+    bridge -n "$VNS" fdb show br br0
+    bridge -n "$VNS" link
+    ip -n "$VNS" -d link show br0
+}
 
 # ---- the image, from the page's sync-mode make image line ------------------------------------
 mkdir -p "$work/blobs"
@@ -70,13 +85,15 @@ for ((i = 1; i < ${#image_argv[@]}; i++)); do
     enclave_argv+=("$w")
 done
 for want in -tap -fqdn-leader -sync-advertise-imds; do
-    printf '%s\n' "${enclave_argv[@]}" | grep -qx -- "$want" || fail "the image's command lacks $want: ${enclave_argv[*]}"
+    printf '%s\n' "${enclave_argv[@]}" | has -x -- "$want" || fail "the image's command lacks $want: ${enclave_argv[*]}"
 done
 
 # ---- the VPC: a bridge, its DNS, the leader's load balancer --------------------------------------
 ip netns add "$VNS"
 ip -n "$VNS" link set lo up
-ip -n "$VNS" link add br0 type bridge
+# A fixed address: a bridge without one takes the lowest of its ports' and changes it as ports join,
+# and an instance whose ARP entry names the old one is cut off until that entry fails (30-50 s).
+ip -n "$VNS" link add br0 address 02:00:00:00:0a:02 type bridge
 ip -n "$VNS" addr add "$NLB/24" dev br0
 ip -n "$VNS" addr add "$EVIL/24" dev br0
 ip -n "$VNS" link set br0 up
@@ -287,6 +304,6 @@ stop unit_old || true
 as_unit unit "$caps$extra"
 wait_for_log unit 'event=tap-ready'
 [ "$(ip netns exec "$PRIV" sysctl -n net.ipv4.ip_forward)" = 1 ] || fail "net.ipv4.ip_forward was not set"
-ip netns exec "$PRIV" nft list table inet cloister_tap_cloister0 | grep -q 'tcp dport 444 dnat ip to 192.168.127.2:444' ||
+ip netns exec "$PRIV" nft list table inet cloister_tap_cloister0 | has 'tcp dport 444 dnat ip to 192.168.127.2:444' ||
     fail "the unprivileged host did not install the 444 DNAT"
 pass "the unit's user and capabilities (CAP_NET_ADMIN added in sync mode) run cloister host --tap: device, nftables, ip_forward; without CAP_NET_ADMIN it stops"

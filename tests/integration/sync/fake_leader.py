@@ -30,6 +30,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import time
 import threading
 import urllib.request
 
@@ -92,7 +93,16 @@ def attack(kind, worker):
     if kind == "foreign-root":
         ldoc = evil_document(worker_nonce, digest)
     elif kind == "genuine-doc":
-        _, b64 = https("GET", f"{args.genuine}/enclave/attestation?nonce={worker_nonce}")
+        # the genuine enclave may be the worker itself, whose public listener opens only once its
+        # app is ready: wait for it (the worker's nonce stays pending for 30 s)
+        for _ in range(100):
+            try:
+                _, b64 = https("GET", f"{args.genuine}/enclave/attestation?nonce={worker_nonce}")
+                break
+            except OSError:  # refused, reset, TLS cut short (URLError is one too)
+                time.sleep(0.1)
+        else:
+            raise SystemExit(f"no answer from the genuine enclave at {args.genuine}")
         ldoc = base64.b64decode(b64.strip())
     elif kind == "garbage":
         ldoc = os.urandom(300)
