@@ -111,7 +111,7 @@ start_relay() { # auto|off: the offload extension offered or not
     { echo "bench-tap: the relay did not connect with offload=$want:" >&2; cat "$work/relay$relay_n.log" >&2; exit 1; }
   for _ in $(seq 1 100); do ip netns exec "$E" curl -sf --max-time 1 http://10.250.0.2:8080/ >/dev/null && break; sleep 0.1; done
 }
-if "$cloister" tap --help 2>&1 | grep -q tap-offload; then
+if "$cloister" tap --help 2>&1 | grep -c tap-offload >/dev/null; then
   relay="cloister tap"
   paths="tap tap-plain proxy veth"
   start_relay auto

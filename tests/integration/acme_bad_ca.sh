@@ -62,9 +62,9 @@ pass "a CA answering 500 for ever: the answer shown, at most 3 requests per atte
 run_case ratelimit ratelimit
 wait_for_log enclave_ratelimit 'event=acme_renewal_failed' 400
 line=$(grep 'event=acme_renewal_failed' "$work/enclave_ratelimit.log" | head -1)
-echo "$line" | grep -q 'HTTP 429: urn:ietf:params:acme:error:rateLimited: too many certificates already issued for this name' ||
+echo "$line" | has 'HTTP 429: urn:ietf:params:acme:error:rateLimited: too many certificates already issued for this name' ||
     fail "the problem document is not shown in full: $line"
-echo "$line" | grep -q 'retry_after_s=4' || fail "Retry-After not read: $line"
+echo "$line" | has 'retry_after_s=4' || fail "Retry-After not read: $line"
 retry_ms=$(echo "$line" | sed 's/.*retry_in_ms=\([0-9]*\).*/\1/')
 [ "$retry_ms" -ge 4000 ] || fail "retried in ${retry_ms} ms, before the CA's Retry-After of 4 s (backoff 200ms)"
 still_serving ratelimit

@@ -36,7 +36,7 @@ pass "with half the nonces refused, badNonce was retried ($(sed -n 's/^cloister_
 
 pebble_root "$work/pebble-root.pem"
 curl -sf --cacert "$work/pebble-root.pem" --resolve "$ACME_FQDN:$tls:127.0.0.1" "https://$ACME_FQDN:$tls/enclave" \
-    | grep -q "$issued" || fail "curl with Pebble's root did not verify the enclave's chain"
+    | has "$issued" || fail "curl with Pebble's root did not verify the enclave's chain"
 pass "curl --cacert Pebble's root (no -k) verifies the chain"
 
 # the challenge listener answers challenge paths only, and no stale token

@@ -66,7 +66,7 @@ node "$app" 2>"$work/err" || status=$?
 status=0
 node "$app" --listen 127.0.0.1:99999 2>/dev/null || status=$?
 [ "$status" -eq 2 ] || fail "port 99999: exit $status, expected 2"
-node "$app" --help | grep -q -- '--gen N SEED' || fail "--help does not document --gen"
+node "$app" --help | grep -c -- '--gen N SEED' >/dev/null || fail "--help does not document --gen"
 pass "usage errors exit 2"
 
 # ---- the byte stream -----------------------------------------------------------------

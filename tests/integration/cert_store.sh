@@ -33,7 +33,7 @@ store --store dynamodb:acme-store put --name site --account-key "$work/account.p
     --chain "$work/cert.pem" --metadata '{"domains": ["app.example"], "account_url": "https://ca/acct/1"}' ||
     fail "cert-store put"
 out=$(store --store dynamodb:acme-store get --name site --chain-out "$work/chain.out") || fail "cert-store get"
-echo "$out" | grep -q '"account_url":"https://ca/acct/1"' && echo "$out" | grep -q '"cert_key":true' ||
+echo "$out" | has '"account_url":"https://ca/acct/1"' && echo "$out" | has '"cert_key":true' ||
     fail "get: $out"
 cmp -s "$work/chain.out" "$work/cert.pem" || fail "the chain read back differs"
 store --store dynamodb:acme-store put --name other --account-key "$work/account.pem" --cert-key "$work/other.key" \
@@ -158,11 +158,11 @@ store --store "$FS" put --name site --account-key "$work/account.pem" --cert-key
     --chain "$work/cert.pem" --metadata '{"domains": ["app.example"]}' || fail "file put"
 store --store "$FS" put --name other --account-key "$work/account.pem" --cert-key "$work/other.key" \
     --chain "$work/other.pem" || fail "file put other"
-store --store "$FS" get --name site | grep -q '"domains":\["app.example"\]' || fail "file get"
+store --store "$FS" get --name site | has '"domains":\["app.example"\]' || fail "file get"
 # a record larger than one read of the host's server (12 KiB of metadata)
 big=$(python3 -c 'import json; print(json.dumps({"history": ["renewed %05d" % i for i in range(800)]}))')
 store --store "$FS" put --name big --account-key "$work/account.pem" --metadata "$big" || fail "file put of 12 KiB"
-store --store "$FS" get --name big | grep -q '"renewed 00799"' || fail "file get of 12 KiB"
+store --store "$FS" get --name big | has '"renewed 00799"' || fail "file get of 12 KiB"
 ! grep -l 'PRIVATE KEY' "$work/acme-files"/* || fail "a private key in the parent's files"
 pass "cert-store on file:DIR through cloister host file-store ($FSTORE): put, get (a 12 KiB record too); the files hold no private key"
 

@@ -47,10 +47,26 @@ show_logs() {
     done
 }
 
+# CLOISTER_TEST_KEEP_LOGS=DIR: a failing test also copies all its logs to DIR/<test>.<pid>/, for
+# failures that show only under load (CI prints the last lines of each log only)
 fail() {
     echo "FAIL: $*" >&2
+    # a test may define fail_hook to write more of its state into $work/*.log first
+    if declare -F fail_hook >/dev/null; then fail_hook >"$work/fail_hook.log" 2>&1 || true; fi
     show_logs
+    if [ -n "${CLOISTER_TEST_KEEP_LOGS:-}" ]; then
+        local keep="$CLOISTER_TEST_KEEP_LOGS/$(basename "$0" .sh).$$"
+        mkdir -p "$keep" && cp "$work"/*.log "$keep"/ 2>/dev/null
+        echo "logs kept in $keep" >&2
+    fi
     exit 1
+}
+
+# CMD | has [GREP FLAGS] PATTERN: grep -q that reads all of its input. After `CMD | grep -q` grep
+# quits at the first match, so a CMD still writing (nft writes line by line) dies of SIGPIPE and
+# under pipefail the check fails at random under load.
+has() {
+    grep -c "$@" >/dev/null
 }
 
 pass() {

@@ -133,7 +133,7 @@ for sig in TERM INT; do
     [ "$(curl -sk "https://127.0.0.1:$port/api/hello" | python3 -c 'import json,sys; print(json.load(sys.stdin)["message"])')" = \
         "hello from inside the enclave" ] || fail "the app through https://127.0.0.1:$port"
     "$CLOISTER" verify "https://127.0.0.1:$port" --root "$run/state/root.pem" >/dev/null || fail "verify while running"
-    curl -sk "https://127.0.0.1:$port/secret" | grep -qE '"sha256": "[0-9a-f]{64}"' || fail "GET /secret"
+    curl -sk "https://127.0.0.1:$port/secret" | has -E '"sha256": "[0-9a-f]{64}"' || fail "GET /secret"
     [ ! -e "$run/secret.txt" ] || fail "the demo secret's plaintext was left in the run directory"
     if [ "$sig" = TERM ]; then
         # The instance role's credentials, as anything on the parent gets them from IMDS, can neither
@@ -150,7 +150,7 @@ for sig in TERM INT; do
     # the enclave runs with the seams set as on Nitro
     for want in CLOISTER_VSOCK_STANDIN="$run/vsock" CLOISTER_VSOCK_STANDIN_CID=16 CLOISTER_LINK_NO_PEEK=1 \
         CLOISTER_LINK_NO_SPLICE=1 CLOISTER_NO_VSOCK=1; do
-        tr '\0' '\n' <"/proc/$epid/environ" | grep -qx -- "$want" || fail "the enclave's environment lacks $want"
+        tr '\0' '\n' <"/proc/$epid/environ" | has -x -- "$want" || fail "the enclave's environment lacks $want"
     done
     if [ "$root_user" = 1 ]; then
         [ "$ns" != "$(stat -L -c %i /proc/self/ns/net)" ] || fail "the enclave shares this network namespace"

@@ -25,7 +25,7 @@ out=$(ddb get --table store1 --key "$KEY" --consistent-read) || fail "get"
     fail "get returned $out"
 out=$(ddb update --table store1 --key "$KEY" --update 'SET #n = #n + :one' --condition '#n = :cur' \
     --names '{"#n": "n"}' --values '{":one": {"N": "1"}, ":cur": {"N": "1"}}' --return-values) || fail "update"
-echo "$out" | grep -q '"n":{"N":"2"}' || fail "update did not return n=2: $out"
+echo "$out" | has '"n":{"N":"2"}' || fail "update did not return n=2: $out"
 grep -q 'target=/latest/meta-data/iam/security-credentials/enclave-role' "$work/imds_sim.log" ||
     fail "credentials did not come from IMDS"
 pass "CreateTable, PutItem, GetItem (consistent), UpdateItem with a condition: IMDS credentials, TLS to $DDB_NAME via $DDBP"
@@ -42,7 +42,7 @@ set -e
 [ "$(ddb get --table store1 --key "$KEY" | grep -o '"n":{"N":"[0-9]*"}')" = '"n":{"N":"2"}' ] ||
     fail "a failed condition changed the item"
 out=$(ddb delete --table store1 --key "$KEY" --return-values) || fail "delete"
-echo "$out" | grep -q '"pk":{"S":"k1"}' || fail "delete did not return the old item"
+echo "$out" | has '"pk":{"S":"k1"}' || fail "delete did not return the old item"
 set +e
 ddb get --table store1 --key "$KEY" 2>"$work/err"; st=$?
 set -e

@@ -12,7 +12,7 @@ APP="$SOURCE_DIR/tests/integration/app"
 start_sim
 
 # ---- command line ------------------------------------------------------------------
-"$CLOISTER" enclave --help | grep -q -- '-wait-for-app' || fail "--help lists the nitriding flags"
+"$CLOISTER" enclave --help | has -- '-wait-for-app' || fail "--help lists the nitriding flags"
 set +e
 "$CLOISTER" enclave -appwebsrv http://127.0.0.1:1 2>"$work/err.txt"
 status=$?
@@ -57,7 +57,7 @@ node -e '
     const ok = c.fqdn === "localhost" && c["wait-for-app"] === true && c.appurl === "https://github.com/example/app" &&
         /^[0-9a-f]{64}$/.test(c["certificate-sha256"]) && !("key" in c);
     process.exit(ok ? 0 : 1);' "$config" || fail "/enclave/config: $config"
-curl -sk "https://127.0.0.1:$pub/enclave" | grep -q 'https://github.com/example/app' || fail "/enclave text"
+curl -sk "https://127.0.0.1:$pub/enclave" | has 'https://github.com/example/app' || fail "/enclave text"
 pass "/enclave/config reflects the config file with the flag overriding it; /enclave names the app source"
 
 # the internal listener is not the public one: no proxying, no TLS

@@ -47,7 +47,7 @@ done
 kill -TERM "${pids[enclave]}"
 wait_for_log enclave 'event=draining'
 [ "$(health_of "$hp")" = 503 ] || fail "health during the grace: $(health_of "$hp")"
-curl -s --max-time 5 "http://127.0.0.1:$hp/enclave/health" | grep -q '"draining"' || fail "health body during the grace"
+curl -s --max-time 5 "http://127.0.0.1:$hp/enclave/health" | has '"draining"' || fail "health body during the grace"
 # still accepting, but the connection ends with the response
 code=$(curl -sk --http1.1 --max-time 5 -D "$work/during.h" -o /dev/null -w '%{http_code}' "https://127.0.0.1:$pub/hello")
 [ "$code" = 200 ] || fail "a new connection during the grace: $code"

@@ -13,7 +13,7 @@ node_modules_present || { echo "SKIP: tests/node/node_modules missing (run scrip
 for tool in curl nghttp h2load; do
     command -v "$tool" >/dev/null || { echo "SKIP: $tool missing (Debian packages curl, nghttp2-client)"; exit 77; }
 done
-curl --version | grep -q HTTP2 || { echo "SKIP: this curl has no HTTP/2"; exit 77; }
+curl --version | has HTTP2 || { echo "SKIP: this curl has no HTTP/2"; exit 77; }
 
 APP="$SOURCE_DIR/tests/integration/app"
 BIG=$((100 * 1024 * 1024))
@@ -41,7 +41,7 @@ app_200s() {
 # ---- ALPN and local routes ------------------------------------------------------
 version=$(c -o /dev/null -w '%{http_version}' "$base/enclave")
 [ "$version" = 2 ] || fail "ALPN did not choose h2: HTTP version $version"
-c "$base/enclave" | grep -q 'Nitro Enclave' || fail "GET /enclave over h2"
+c "$base/enclave" | has 'Nitro Enclave' || fail "GET /enclave over h2"
 nonce=$(head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n')
 c -o "$work/doc.b64" -w '%{http_code}' "$base/enclave/attestation?nonce=$nonce" >"$work/code"
 [ "$(cat "$work/code")" = 200 ] || fail "attestation over h2: status $(cat "$work/code")"

@@ -17,7 +17,7 @@ source "$(dirname "$0")/common.bash"
 for tool in curl nghttp; do
     command -v "$tool" >/dev/null || { echo "SKIP: $tool missing (Debian packages curl, nghttp2-client)"; exit 77; }
 done
-curl --version | grep -q HTTP2 || { echo "SKIP: this curl has no HTTP/2"; exit 77; }
+curl --version | has HTTP2 || { echo "SKIP: this curl has no HTTP/2"; exit 77; }
 
 start_sim
 app_port=$(free_port)

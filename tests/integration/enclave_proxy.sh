@@ -104,11 +104,11 @@ pass "$BIG-byte downloads (Content-Length and chunked) arrive intact"
 node "$APP/app.js" --gen "$BIG" 9 >"$work/upload.bin"
 want=$(sha256sum <"$work/upload.bin" | cut -c1-64)
 answer=$(c -H 'Expect:' --data-binary @"$work/upload.bin" "$base/upload")
-echo "$answer" | grep -q "\"sha256\":\"$want\"" || fail "upload with Content-Length: $answer"
+echo "$answer" | has "\"sha256\":\"$want\"" || fail "upload with Content-Length: $answer"
 answer=$(c -H 'Transfer-Encoding: chunked' --data-binary @"$work/upload.bin" "$base/upload")
-echo "$answer" | grep -q "\"sha256\":\"$want\"" || fail "chunked upload: $answer"
+echo "$answer" | has "\"sha256\":\"$want\"" || fail "chunked upload: $answer"
 answer=$(c -H 'Expect: 100-continue' --data-binary @"$work/upload.bin" "$base/upload")
-echo "$answer" | grep -q "\"sha256\":\"$want\"" || fail "upload with 100-continue: $answer"
+echo "$answer" | has "\"sha256\":\"$want\"" || fail "upload with 100-continue: $answer"
 rm -f "$work/upload.bin"
 pass "$BIG-byte uploads (Content-Length, chunked, 100-continue) arrive intact"
 

@@ -13,7 +13,7 @@
 set -euo pipefail
 source "$(dirname "$0")/common.bash"
 command -v curl >/dev/null || { echo "skip: needs curl"; exit 77; }
-curl -V | grep -q HTTP2 || { echo "skip: this curl has no HTTP/2"; exit 77; }
+curl -V | has HTTP2 || { echo "skip: this curl has no HTTP/2"; exit 77; }
 node_modules_present || { echo "skip: tests/node/node_modules is absent (run scripts/node-deps.sh)"; exit 77; }
 if [ -n "${CLOISTER_TEST_SANITIZED:-}" ]; then
     # LeakSanitizer's exit-time scan lists threads with getdents and

@@ -22,7 +22,7 @@ SK='kms/local+secret/0123456789abcdefghijklmn'
 sdk() { node --no-warnings "$SDK" "$@"; }
 
 # ---- bad command lines ------------------------------------------------------------------
-"$CLOISTER" kms-local --help | grep -q 'CiphertextForRecipient' || fail "--help"
+"$CLOISTER" kms-local --help | has 'CiphertextForRecipient' || fail "--help"
 for args in "--state $work/x --credentials a:b" "--listen tcp:127.0.0.1:1 --credentials a:b" \
             "--listen tcp:127.0.0.1:1 --state $work/x" "--listen nowhere --state $work/x --credentials a:b" \
             "--listen tcp:127.0.0.1:1 --state $work/x --credentials nocolon" \
@@ -84,18 +84,18 @@ start_kms
 [ "$(stat -c %a "$work/kms/master.key")" = 600 ] || fail "master.key is not 0600"
 
 sdk basic "$EP" "$AK" "$SK" >"$work/basic.out" 2>&1 || { cat "$work/basic.out" >&2; fail "AWS SDK basic operations"; }
-grep -c '^ok ' "$work/basic.out" | grep -qv '^0$' || fail "no checks ran"
+grep -c '^ok ' "$work/basic.out" | has -v '^0$' || fail "no checks ran"
 pass "AWS SDK: CreateKey/Describe/aliases/Encrypt/Decrypt/ReEncrypt/GenerateDataKey/GenerateRandom/policies/states ($(grep -c '^ok ' "$work/basic.out") checks)"
 blob=$(sed -n 's/^BLOB=//p' "$work/basic.out")
 [ -n "$blob" ] || fail "no blob from the SDK run"
 
-sdk expect-error "$EP" "$AK" "wrong-secret" InvalidSignatureException | grep -q '^ok ' || fail "wrong secret"
-sdk expect-error "$EP" AKIDNOSUCHKEY000000 "$SK" UnrecognizedClientException | grep -q '^ok ' || fail "unknown key"
+sdk expect-error "$EP" "$AK" "wrong-secret" InvalidSignatureException | has '^ok ' || fail "wrong secret"
+sdk expect-error "$EP" AKIDNOSUCHKEY000000 "$SK" UnrecognizedClientException | has '^ok ' || fail "unknown key"
 pass "a wrong secret key gives InvalidSignatureException, an unknown key UnrecognizedClientException"
 out=$(sdk skewed "$EP" "$AK" "$SK") || fail "skewed clock: $out"
 pass "a client clock 10 minutes slow gives InvalidSignatureException 'Signature expired: ...'"
 curl -s -X POST "$EP/" -H 'X-Amz-Target: TrentService.ListKeys' -H "Content-Type: application/x-amz-json-1.1" \
-    -d '{}' | grep -q '"__type":"MissingAuthenticationTokenException"' || fail "unsigned request"
+    -d '{}' | has '"__type":"MissingAuthenticationTokenException"' || fail "unsigned request"
 pass "an unsigned request gives MissingAuthenticationTokenException"
 
 # ---- Recipient ------------------------------------------------------------------------------------
@@ -105,7 +105,7 @@ recipient() { # recipient OP KEY DOC OUT [BLOB]: prints the SDK's lines
     sdk recipient "$EP" "$AK" "$SK" "$@"
 }
 out=$(recipient decrypt "" "$work/doc-a.bin" "$work/cfr.ber" "$eblob")
-echo "$out" | grep -q '^FAIL' && fail "Decrypt with a Recipient: $out"
+echo "$out" | has '^FAIL' && fail "Decrypt with a Recipient: $out"
 [ -s "$work/cfr.ber" ] || fail "no CiphertextForRecipient: $out"
 [ "$(openssl cms -decrypt -inform DER -in "$work/cfr.ber" -inkey "$work/rk.pem")" = "enclave secret" ] ||
     fail "openssl cms -decrypt does not give the plaintext"
@@ -119,7 +119,7 @@ diff <(strip "$work/cfr.ber") <(strip "$VECTORS/kms/kms-ciphertext-for-recipient
 pass "openssl cms -cmsout -print: the same structure as the real KMS CiphertextForRecipient"
 
 out=$(recipient datakey alias/enclave "$work/doc-a.bin" "$work/dk.ber")
-echo "$out" | grep -q '^FAIL\|^ERROR' && fail "GenerateDataKey with a Recipient: $out"
+echo "$out" | has '^FAIL\|^ERROR' && fail "GenerateDataKey with a Recipient: $out"
 [ "$(openssl cms -decrypt -inform DER -in "$work/dk.ber" -inkey "$work/rk.pem" | wc -c)" -eq 32 ] ||
     fail "the data key from CiphertextForRecipient is not 32 bytes"
 if [ -f "$VECTORS/kms/kms-ciphertext-for-recipient.ber" ]; then
@@ -132,7 +132,7 @@ if [ -f "$VECTORS/kms/kms-ciphertext-for-recipient.ber" ]; then
     pass "a data key's CiphertextForRecipient has the real sample's exact BER layout (493 bytes)"
 fi
 out=$(recipient random "" "$work/doc-a.bin" "$work/rnd.ber")
-echo "$out" | grep -q '^FAIL\|^ERROR' && fail "GenerateRandom with a Recipient: $out"
+echo "$out" | has '^FAIL\|^ERROR' && fail "GenerateRandom with a Recipient: $out"
 [ "$(openssl cms -decrypt -inform DER -in "$work/rnd.ber" -inkey "$work/rk.pem" | wc -c)" -eq 32 ] ||
     fail "GenerateRandom for a Recipient"
 pass "GenerateDataKey and GenerateRandom with a Recipient: CiphertextForRecipient only"
@@ -144,7 +144,7 @@ expect_refused() { # expect_refused WHAT TYPE ARGS...
     rm -f "$work/refused.ber"
     local out
     out=$(recipient "$@" "$work/refused.ber" "${blob_arg:-}")
-    echo "$out" | grep -q "^ERROR=$type\$" || fail "$what: expected $type, got: $out"
+    echo "$out" | has "^ERROR=$type\$" || fail "$what: expected $type, got: $out"
     [ ! -e "$work/refused.ber" ] || fail "$what: a CiphertextForRecipient came back"
 }
 blob_arg=$oblob expect_refused "a policy requiring another PCR0" AccessDeniedException decrypt "" "$work/doc-a.bin"
@@ -159,7 +159,7 @@ if [ -f "$VECTORS/nitro/nitro-2024-09-07-maxfields.b64" ]; then
         fail "the expired document's refusal does not say so"
 fi
 out=$(sdk decrypt-blob "$EP" "$AK" "$SK" "$eblob" 2>&1 || true)
-echo "$out" | grep -q 'AccessDeniedException' || fail "Decrypt without a Recipient of a PCR0-bound key: $out"
+echo "$out" | has 'AccessDeniedException' || fail "Decrypt without a Recipient of a PCR0-bound key: $out"
 pass "refused: another PCR0, a debug-mode enclave, a tampered, a foreign-root and an expired document, no Recipient"
 
 # ---- four SDK clients at once on one server ---------------------------------------------------------
@@ -176,7 +176,7 @@ pass "four SDK clients at once: every check passes"
 stop kms
 start_kms
 [ "$(sdk decrypt-blob "$EP" "$AK" "$SK" "$blob")" = "PLAINTEXT=survives restarts" ] || fail "key lost in a restart"
-grep -c 'event=key ' "$work/kms.log" | grep -q 2 || fail "--key did not log its keys"
+grep -c 'event=key ' "$work/kms.log" | has 2 || fail "--key did not log its keys"
 stop kms
 status=0
 CLOISTER_KMS_MASTER_KEY=$(printf '00%.0s' $(seq 32)) timeout 10 "$CLOISTER" kms-local --listen "tcp:127.0.0.1:$port" \

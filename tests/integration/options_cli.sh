@@ -26,9 +26,9 @@ for cmd in "nsm" "nsm-sim" "imds-sim" "attest request" "attest verify" "attest s
     # shellcheck disable=SC2086
     "$CLOISTER" $cmd -h | cmp -s - "$work/help" || fail "$cmd -h differs from --help"
 done
-"$CLOISTER" imds-sim --help | grep -q -- '--role NAME .*(default: cloister-enclave-role)' ||
+"$CLOISTER" imds-sim --help | has -- '--role NAME .*(default: cloister-enclave-role)' ||
     fail "imds-sim --help does not show the default role"
-"$CLOISTER" attest --help | grep -q '^verify options:' || fail "attest --help lacks the verify group"
+"$CLOISTER" attest --help | has '^verify options:' || fail "attest --help lacks the verify group"
 
 expect 2 "unknown option '--bogus' (see --help)" nsm --bogus describe
 expect 2 "--nsm needs a value (ADDR)" nsm --nsm
@@ -54,8 +54,8 @@ expect 2 "too many arguments: 'b'" attest show a b
 expect 2 "unknown option '-bogus'" enclave -bogus
 expect 2 "-h2-max-streams: '5000' exceeds the maximum 1000" enclave -fqdn x -h2-max-streams 5000
 expect 2 "-fqdn is required" enclave --intport=8081
-"$CLOISTER" enclave -help | grep -q -- '-ext-pub-port PORT .*(default: 443)' || fail "enclave -help: no default port"
-"$CLOISTER" enclave -help | grep -q -- '-max-buffered-body BYTES' || fail "enclave -help lacks -max-buffered-body"
+"$CLOISTER" enclave -help | has -- '-ext-pub-port PORT .*(default: 443)' || fail "enclave -help: no default port"
+"$CLOISTER" enclave -help | has -- '-max-buffered-body BYTES' || fail "enclave -help lacks -max-buffered-body"
 expect 2 "--memory: 'x' is not a size" watchdog --memory x
 expect 2 "--cpu-count: '0' is below the minimum 1" watchdog --cpu-count 0
 expect 2 "no enclave to run" watchdog --health-interval 1s
@@ -76,14 +76,14 @@ echo '{"restart-budget": 2, "forward": "x"}' >"$work/host.json"
 expect 2 "the enclave's options need --run-enclave-eif" host --config "$work/host.json"
 expect 2 "unknown option '--bogus'" host vsock-proxy --bogus 1 a 2
 expect 1 "--num_workers: 'x' is not a decimal number" host vsock-proxy -w x 1 a 2
-"$CLOISTER" host vsock-proxy -V | grep -q '^cloister host vsock-proxy ' || fail "vsock-proxy -V"
+"$CLOISTER" host vsock-proxy -V | has '^cloister host vsock-proxy ' || fail "vsock-proxy -V"
 [ ! -e "$work/kl" ] || fail "a refused kms-local command line created its state directory"
 
 # The same settings spelled every accepted way work end to end.
 sock="$work/nsm.sock"
 spawn nsm_sim "$CLOISTER" nsm-sim --listen="unix:$sock" --state "$work/state" --debug
 wait_for_log nsm_sim '^nsm-sim: listening on '
-"$CLOISTER" nsm --nsm="unix:$sock" pcr 16 | grep -q ' unlocked$' || fail "nsm --nsm=ADDR"
+"$CLOISTER" nsm --nsm="unix:$sock" pcr 16 | has ' unlocked$' || fail "nsm --nsm=ADDR"
 "$CLOISTER" attest request --nsm "unix:$sock" --nonce=0a0b -o "$work/doc.cbor" || fail "attest request"
 "$CLOISTER" attest verify --root="$work/state/root.pem" --nonce 0a0b --allow-debug --max-age 5m -- "$work/doc.cbor" |
     grep -q ': ok ' || fail "attest verify with --name=value and --"

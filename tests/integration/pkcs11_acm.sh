@@ -202,7 +202,7 @@ acm_once "$work/attack.json" web --pin-file "$work/parent-pin" >"$work/out" 2>"$
 grep 'event=token_put_failed token=web' "$work/kh.log" | tail -1 |
     grep -q 'the key.s KMS ciphertext was not made for token \\"web\\" (it must carry the encryption context purpose=pkcs11-token, token=web.*InvalidCiphertextException' ||
     fail "the TLS-key ciphertext was refused without its reason: $(grep token_put_failed "$work/kh.log" | tail -1)"
-! "$CLOISTER" keyholder status --provision "unix:$PROV" | grep -q '^token=web ' || fail "a token web exists after the attack"
+! "$CLOISTER" keyholder status --provision "unix:$PROV" | has '^token=web ' || fail "a token web exists after the attack"
 [ ! -e "$work/once/web.conf" ] || fail "the refused attack wrote an nginx stanza"
 # the same with the TLS key encrypted without any context (as cloister made such ciphertexts before
 # purposes existed): refused too
@@ -212,13 +212,13 @@ python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["encryptedPrivate
     "$work/attack.json" "$work/enclave-tls-noctx.ct" "$work/attack-noctx.json"
 st=0
 acm_once "$work/attack-noctx.json" web --pin-file "$work/parent-pin" >"$work/out" 2>"$work/err" || st=$?
-[ "$st" = 1 ] && grep 'event=token_put_failed token=web' "$work/kh.log" | tail -1 | grep -q 'was not made for token' ||
+[ "$st" = 1 ] && grep 'event=token_put_failed token=web' "$work/kh.log" | tail -1 | has 'was not made for token' ||
     fail "ATTACK: a context-free TLS-key ciphertext became a PKCS#11 token (exit $st): $(cat "$work/out" "$work/err")"
-! "$CLOISTER" keyholder status --provision "unix:$PROV" | grep -q '^token=web ' || fail "a token web exists after the attack"
+! "$CLOISTER" keyholder status --provision "unix:$PROV" | has '^token=web ' || fail "a token web exists after the attack"
 # the same with a token key made for another token
 st=0
 acm_once "$work/for-other-token.json" web --pin-file "$work/parent-pin" >/dev/null 2>"$work/err" || st=$?
-[ "$st" = 1 ] && grep 'event=token_put_failed token=web' "$work/kh.log" | tail -1 | grep -q 'was not made for token' ||
+[ "$st" = 1 ] && grep 'event=token_put_failed token=web' "$work/kh.log" | tail -1 | has 'was not made for token' ||
     fail "a key made for token 'other' became token web: $st $(cat "$work/err")"
 # a ciphertext under a KMS key the key-holder was not started with (alias/spare: same policy, not pinned)
 st=0
@@ -314,7 +314,7 @@ pass "a changed bundle (new RSA key and certificate): token rotated, nginx reloa
 # ---- a bundle the enclave cannot open: refused, the old token keeps working ----------------------
 cp "$work/srv/c.json" "$work/bundle.json.new" && mv "$work/bundle.json.new" "$work/bundle.json"
 wait_for_log acm 'event=bundle_refused token=web why=changed' 200
-grep 'event=bundle_refused' "$work/acm.log" | grep -q 'KMS refused to open the key for this enclave' ||
+grep 'event=bundle_refused' "$work/acm.log" | has 'KMS refused to open the key for this enclave' ||
     fail "the refusal does not say why: $(grep bundle_refused "$work/acm.log")"
 grep -q 'event=token_put_failed token=web .*AccessDeniedException' "$work/kh.log" || fail "no AccessDenied in the key-holder's log"
 for _ in 1 2 3; do [ "$(get)" = "web ok" ] || fail "the old token stopped working after a refused bundle"; done
@@ -341,7 +341,7 @@ acm_once "http://127.0.0.1:$hp/url-a.json" url >"$work/out" 2>"$work/err" || fai
 grep -q '^token=url ' "$work/out" || fail "--once output: $(cat "$work/out")"
 [ "$(openssl x509 -in "$work/once/url.chain.pem" -noout -fingerprint -sha256)" = \
   "$(openssl x509 -in "$work/a.crt" -noout -fingerprint -sha256)" ] || fail "chain from the URL"
-"$CLOISTER" keyholder status --provision "unix:$PROV" | grep -q '^token=url ' || fail "no token from the URL"
+"$CLOISTER" keyholder status --provision "unix:$PROV" | has '^token=url ' || fail "no token from the URL"
 st=0
 acm_once "http://127.0.0.1:$hp/missing.json" url >/dev/null 2>"$work/err" || st=$?
 [ "$st" = 3 ] && grep -q 'HTTP status 404' "$work/err" || fail "404 URL: $st $(cat "$work/err")"
@@ -375,7 +375,7 @@ wait_for_log acm 'event=bundle_refused token=web why=refresh .*KMS unreachable f
 for _ in $(seq 120); do grep -q 'event=token_expired token=web' "$work/kh.log" && break; sleep 0.1; done
 grep -q 'event=token_expired token=web' "$work/kh.log" || fail "the token did not expire without refresh"
 if get >/dev/null 2>&1; then fail "nginx still completes handshakes with an expired token"; fi
-"$CLOISTER" keyholder status --provision "unix:$PROV" | grep -q '^token=web .* expired' || fail "status: not expired"
+"$CLOISTER" keyholder status --provision "unix:$PROV" | has '^token=web .* expired' || fail "status: not expired"
 stop acm || true
 pass "KMS out of reach (outbound proxy stopped): refreshes refused as 'KMS unreachable from the enclave', the token expires after --token-ttl 4s, its key is wiped, handshakes fail"
 

@@ -128,7 +128,7 @@ pkcs11-tool --module "$CLIENT" --token-label p256 --login --pin "$PIN" --sign -m
 openssl x509 -in "$work/p256.crt" -pubkey -noout >"$work/p256.pub"
 openssl dgst -sha256 -verify "$work/p256.pub" -signature "$work/msg.sig" "$work/msg" >/dev/null || fail "pkcs11-tool's signature"
 pkcs11-tool --module "$CLIENT" --token-label rsa --login --pin "$PIN" -O --type privkey >"$work/tool-O.txt" 2>&1
-grep -q "Access: *sensitive" "$work/tool-O.txt" && ! grep "Access:" "$work/tool-O.txt" | grep -q extractable ||
+grep -q "Access: *sensitive" "$work/tool-O.txt" && ! grep "Access:" "$work/tool-O.txt" | has extractable ||
     fail "pkcs11-tool: private key not sensitive/non-extractable: $(cat "$work/tool-O.txt")"
 if pkcs11-tool --module "$CLIENT" --token-label rsa --login --pin "$PIN" --read-object --type privkey --label rsa \
     -o "$work/stolen.der" >/dev/null 2>&1 && [ -s "$work/stolen.der" ]; then
@@ -229,7 +229,7 @@ pass "token and provisioning sockets accept only their own messages; bad frames 
 "$CLOISTER" keyholder put --provision "unix:$PROV" --token locktest --pin-file "$work/pin" --key p384.pem \
     --chain "$work/p384.chain.pem" >/dev/null || fail "put locktest"
 "$PROBE" "$CLIENT" lockout locktest "$PIN" 5 >"$work/lock.txt" 2>&1 || { cat "$work/lock.txt"; fail "lock-out"; }
-"$CLOISTER" keyholder status --provision "unix:$PROV" | grep -q '^token=locktest .* locked' || fail "status: not locked"
+"$CLOISTER" keyholder status --provision "unix:$PROV" | has '^token=locktest .* locked' || fail "status: not locked"
 "$CLOISTER" keyholder put --provision "unix:$PROV" --token locktest --pin-file "$work/pin" --key p384.pem \
     --chain "$work/p384.chain.pem" >/dev/null || fail "put locktest again"
 "$PROBE" "$CLIENT" sign locktest "$PIN" 3 >/dev/null 2>&1 || fail "a re-provisioned token is still locked"
@@ -245,7 +245,7 @@ wait_for_log kh_ttl 'keyholder: ready'
 CLOISTER_KEYHOLDER=unix:$work/ttl.sock "$PROBE" "$MODULE" sign ttl "$PIN" 2 >/dev/null 2>&1 || fail "fresh token cannot sign"
 sleep 1
 "$CLOISTER" keyholder put --provision "unix:$work/ttlprov.sock" --token ttl --pin-file "$work/pin" --key p256.pem \
-    --chain "$work/p256.chain.pem" | grep -q 'generation=1' || fail "a refresh changed the generation"
+    --chain "$work/p256.chain.pem" | has 'generation=1' || fail "a refresh changed the generation"
 sleep 1
 CLOISTER_KEYHOLDER=unix:$work/ttl.sock "$PROBE" "$MODULE" sign ttl "$PIN" 2 >/dev/null 2>&1 || fail "refreshed token expired"
 sleep 2
@@ -278,7 +278,7 @@ pass "key-holder killed: the handshake failed cleanly in ${elapsed} ms; the watc
 start_handshake_load "${port[p256]}" 50 60
 sleep 1
 "$CLOISTER" keyholder put --provision "unix:$PROV" --token p256 --pin-file "$work/pin" --key p256b.pem \
-    --chain "$work/p256b.chain.pem" | grep -q 'generation=2' || fail "rotation put"
+    --chain "$work/p256b.chain.pem" | has 'generation=2' || fail "rotation put"
 nginx_conf "$work/p256b.chain.pem"
 nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" -s reload 2>"$work/reload.txt" ||
     fail "nginx -s reload: $(cat "$work/reload.txt")"

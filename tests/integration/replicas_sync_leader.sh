@@ -62,7 +62,7 @@ for _ in $(seq 1 600); do
     sleep 0.1
 done
 [ "$(grep -c 'event=sync_keys_installed' "$run/r3/host.log")" -gt "$before" ] || fail "replica 3 did not get keys again"
-grep 'event=sync_leader_verified' "$run/r3/host.log" | tail -1 | grep -q 'by=equal-pcrs' ||
+grep 'event=sync_leader_verified' "$run/r3/host.log" | tail -1 | has 'by=equal-pcrs' ||
     fail "replica 3 did not verify the restarted leader"
 # the surviving worker re-syncs at its next heartbeat (2 s in dev): then one certificate everywhere
 ok=0

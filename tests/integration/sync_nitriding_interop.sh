@@ -160,7 +160,7 @@ expect_refused() { # WHAT PATTERN SIM ROOT ARGS...
     if push "$@" --to 127.0.0.2 --ext-priv-port "$p2"; then
         fail "$what: the cloister worker took the keys"
     fi
-    tail -n 1 "$work/push.log" | grep -q 'HTTP code 4' || fail "$what: not refused by the worker: $(tail -n 1 "$work/push.log")"
+    tail -n 1 "$work/push.log" | has 'HTTP code 4' || fail "$what: not refused by the worker: $(tail -n 1 "$work/push.log")"
     wait_for_log cworker "event=sync_refused reason=.*$pattern"
     [ "$(served_sha "127.0.0.1:$(public_of cworker)")" = "$pl_sha" ] || fail "$what: the worker's certificate changed"
 }

@@ -84,7 +84,7 @@ role=$(curl_e -H "X-aws-ec2-metadata-token: $token" \
     http://169.254.169.254/latest/meta-data/iam/security-credentials/) || fail "GET the role name failed"
 [ "$role" = enclave-role ] || fail "role: '$role'"
 curl_e -H "X-aws-ec2-metadata-token: $token" \
-    "http://169.254.169.254/latest/meta-data/iam/security-credentials/$role" | grep -q AccessKeyId ||
+    "http://169.254.169.254/latest/meta-data/iam/security-credentials/$role" | has AccessKeyId ||
     fail "GET the role's credentials failed"
 for path in /latest/user-data /latest/meta-data/instance-id /latest/meta-data/ami-id; do
     code=$(in_e curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "X-aws-ec2-metadata-token: $token" \
@@ -103,7 +103,7 @@ echo "secret user data" >"$work/fake/latest/user-data"
 spawn fake80 ip netns exec "$INS" python3 -m http.server --bind 169.254.169.254 --directory "$work/fake" 80
 spawn fake8080 ip netns exec "$INS" python3 -m http.server --bind 169.254.169.254 --directory "$work/fake" 8080
 for _ in $(seq 1 100); do in_p curl -sf --max-time 1 http://169.254.169.254:8080/latest/user-data >/dev/null && break; sleep 0.05; done
-in_p curl -sf --max-time 2 http://169.254.169.254:8080/latest/user-data | grep -q 'secret user data' ||
+in_p curl -sf --max-time 2 http://169.254.169.254:8080/latest/user-data | has 'secret user data' ||
     fail "the parent cannot reach the stand-in IMDS (the checks below would prove nothing)"
 fake_hits() { cat "$work/fake80.log" "$work/fake8080.log" | grep -c 'GET /latest/user-data' || true; }
 hits=$(fake_hits)
