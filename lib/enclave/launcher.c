@@ -233,8 +233,11 @@ CL_MUST_CHECK static int start_app(launcher *L)
         return cl_error_set(CL_EIO, "pipe: %s", strerror(e));
     }
     char *argv[] = {"/bin/sh", "-c", (char *)L->cfg->command, NULL};
-    /* own group: STOP reaches what the shell starts; die with us: if the
-     * launcher is killed outright the app does not outlive it */
+    /* own group: STOP reaches what the shell starts.  The daemon's death
+     * reaches us (PDEATHSIG) and we stop that group; if we are killed
+     * outright only the shell gets SIGTERM (what it forked does not
+     * inherit PDEATHSIG), which on Nitro does not arise: the enclave's
+     * end takes every process with it. */
     cl_process_spec spec = {.program = "/bin/sh", .argv = argv, .own_group = true, .die_with_parent = true,
                             .stdout_fd = out[1], .stderr_fd = err[1]};
     pid_t pid = -1;
