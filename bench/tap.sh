@@ -24,12 +24,13 @@
 #   bench/tap.sh BUILD_DIR [--smoke]
 #
 # For each: TCP throughput down and up (bench/tap_tcp.py: one connection reading,
-# or writing, for
-# BENCH_SECONDS after a second of warm-up, MB/s), and request latency and
+# or writing, for BENCH_SECONDS after a second of warm-up, MB/s, and the CPU the
+# whole machine spent per MB meanwhile), and request latency and
 # rate (wrk, BENCH_SECONDS, 1 connection and 16 connections, against a small
 # Node.js HTTP server).  The enclave side of the TAP is `cloister tap` when
 # this build has it, else tests/integration/tap/peer.py (a Python relay,
 # much slower: said in the output).  BENCH_ROUNDS (3) rounds, medians.
+# BENCH_PATHS (all) picks paths, e.g. "tap proxy-nitro".
 # BENCH_MTU (1500) sets the MTU of every link (tap0 and the parent's device,
 # the veths): 9001 is what EC2 gives inside a VPC.
 # Needs root (namespaces, TAP).  The table is written to BUILD_DIR/bench-tap.txt.
@@ -143,12 +144,13 @@ bg enc_fwd_nitro ip netns exec "$E" env CLOISTER_VSOCK_STANDIN_CID=16 CLOISTER_L
   --forward "tcp:127.0.0.1:18080=vsock:3:8103"
 wait_log enc_fwd_nitro 'event=started'
 paths="${paths/proxy/proxy proxy-nitro}"
+paths=${BENCH_PATHS:-$paths} # e.g. BENCH_PATHS="tap veth" for a shorter run
 for _ in $(seq 1 100); do ip netns exec "$E" curl -sf --max-time 1 http://10.250.0.2:8080/ >/dev/null && break; sleep 0.1; done
 ip netns exec "$E" curl -sf --max-time 5 http://127.0.0.1:18080/ >/dev/null ||
   { echo "bench-tap: the proxy-nitro pair does not answer:" >&2; tail -5 "$work/host_nitro.log" "$work/enc_fwd_nitro.log" >&2; exit 1; }
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR == 0) print "-"; else print a[int((NR + 1) / 2)]}'; }
-declare -A thr up lat1 rps1 lat16 rps16
+declare -A thr up lat1 rps1 lat16 rps16 cpu cpuup
 path_ns() { case $1 in tap | tap-plain | proxy | proxy-nitro) echo "$E" ;; veth) echo "$E2" ;; esac; }
 path_host() { case $1 in proxy | proxy-nitro) echo 127.0.0.1 ;; *) echo 10.250.0.2 ;; esac; }
 path_port() { case $1 in proxy-nitro) echo $((10000 + $2)) ;; *) echo "$2" ;; esac; } # PATH PORT
@@ -162,8 +164,10 @@ for round in $(seq 1 "$rounds"); do
   for path in $paths; do
     ns=$(path_ns $path) h=$(path_host $path)
     case $path in tap) [ "$round" = 1 ] || start_relay auto ;; tap-plain) start_relay off ;; esac
-    echo "$(ip netns exec "$ns" python3 "$src/bench/tap_tcp.py" get "$h" "$(path_port $path 5001)" "$secs")" >>"$work/thr.$path"
-    echo "$(ip netns exec "$ns" python3 "$src/bench/tap_tcp.py" put "$h" "$(path_port $path 5002)" "$secs")" >>"$work/up.$path"
+    read -r mbps cpu steal < <(ip netns exec "$ns" python3 "$src/bench/tap_tcp.py" get "$h" "$(path_port $path 5001)" "$secs")
+    echo "$mbps" >>"$work/thr.$path"; echo "$cpu" >>"$work/cpu.$path"; echo "$steal" >>"$work/steal"
+    read -r mbps cpu steal < <(ip netns exec "$ns" python3 "$src/bench/tap_tcp.py" put "$h" "$(path_port $path 5002)" "$secs")
+    echo "$mbps" >>"$work/up.$path"; echo "$cpu" >>"$work/cpuup.$path"; echo "$steal" >>"$work/steal"
     read -r p50 p99 rps < <(wrk_run "$ns" "http://$h:$(path_port $path 8080)/" 1)
     echo "$p50" >>"$work/lat1.$path"; echo "$rps" >>"$work/rps1.$path"
     read -r p50 p99 rps < <(wrk_run "$ns" "http://$h:$(path_port $path 8080)/" 16)
@@ -174,7 +178,9 @@ for path in $paths; do
   thr[$path]=$(median <"$work/thr.$path"); up[$path]=$(median <"$work/up.$path"); lat1[$path]=$(median <"$work/lat1.$path")
   rps1[$path]=$(median <"$work/rps1.$path"); lat16[$path]=$(median <"$work/lat16.$path")
   rps16[$path]=$(median <"$work/rps16.$path")
+  cpu[$path]=$(median <"$work/cpu.$path"); cpuup[$path]=$(median <"$work/cpuup.$path")
 done
+set +u # with BENCH_PATHS, a ratio to a path not run is "-"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 {
   echo "bench/tap.sh: enclave namespace -> internet namespace, $rounds round(s) of ${secs} s, medians; MTU $mtu; enclave relay: $relay"
@@ -182,10 +188,22 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
   for path in $paths; do
     printf "%-10s %12s %12s %14s %12s %15s %13s\n" "$path" "${thr[$path]}" "${up[$path]}" "${lat1[$path]}" "${rps1[$path]}" "${lat16[$path]}" "${rps16[$path]}"
   done
+  echo "CPU per MB moved (the whole machine's user+system+irq+softirq time over the counted seconds, ms/MB; lower is"
+  echo "cheaper, and it swings far less than MB/s on a shared machine), down / up; hypervisor steal during the transfers:" \
+       "median $(median <"$work/steal")%, max $(sort -n "$work/steal" | tail -n 1)%"
+  for path in $paths; do
+    printf "%-12s %7s / %-7s" "$path" "${cpu[$path]}" "${cpuup[$path]}"
+    [ "$path" = tap ] || printf "   tap/%s: %s / %s" "$path" "$(ratio "${cpu[tap]}" "${cpu[$path]}")" "$(ratio "${cpuup[tap]}" "${cpuup[$path]}")"
+    echo
+  done
   echo "tap/veth: throughput $(ratio "${thr[tap]}" "${thr[veth]}"), up $(ratio "${up[tap]}" "${up[veth]}"), req/s c=16 $(ratio "${rps16[tap]}" "${rps16[veth]}");" \
        "tap/proxy: throughput $(ratio "${thr[tap]}" "${thr[proxy]}"), up $(ratio "${up[tap]}" "${up[proxy]}"), req/s c=16 $(ratio "${rps16[tap]}" "${rps16[proxy]}")"
   echo "tap/proxy-nitro (the proxy pair copying from its links as on Nitro): throughput $(ratio "${thr[tap]}" "${thr[proxy-nitro]}")," \
        "up $(ratio "${up[tap]}" "${up[proxy-nitro]}"), req/s c=1 $(ratio "${rps1[tap]}" "${rps1[proxy-nitro]}"), req/s c=16 $(ratio "${rps16[tap]}" "${rps16[proxy-nitro]}")"
+  stat() { ip netns exec "$1" cat "/sys/class/net/$2/statistics/$3" 2>/dev/null || echo -; } # NS DEV COUNTER
+  echo "TAP queues over the run: the parent's cloister0 dropped $(stat "$P" cloister0 tx_dropped) of" \
+       "$(stat "$P" cloister0 tx_packets) frames toward the enclave, the enclave's tap0 $(stat "$E" tap0 tx_dropped) of" \
+       "$(stat "$E" tap0 tx_packets) toward the parent"
   if [ -n "${thr[tap-plain]:-}" ]; then
     echo "tap-plain/veth: throughput $(ratio "${thr[tap-plain]}" "${thr[veth]}");" \
          "tap-plain/proxy: throughput $(ratio "${thr[tap-plain]}" "${thr[proxy]}");" \

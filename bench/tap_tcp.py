@@ -3,15 +3,43 @@
 
   tap_tcp.py serve HOST PORT        sends zeros to every client until it closes
   tap_tcp.py get HOST PORT SECONDS  reads for SECONDS, prints MB/s (10^6 bytes)
+                                    and the machine's CPU (below)
   tap_tcp.py sink HOST PORT         reads and discards what every client sends
   tap_tcp.py put HOST PORT SECONDS  sends for SECONDS, prints MB/s (what the
                                     kernel took; the last socket buffer's worth
                                     may still be in flight, a few MB of many)
+                                    and the machine's CPU (below)
+
+get and put print "MBPS CPU_MS_PER_MB STEAL_PCT": besides the rate, the CPU
+time the whole machine spent (user, system, irq, softirq from /proc/stat,
+every process and the kernel's network stack on all cores) per MB moved over
+the counted seconds, and the share of the cores' time the hypervisor took
+(steal).  On a shared 2-core machine the rate swings with whatever else runs
+and with steal; CPU per MB is what a path costs, and swings much less.
 """
+import os
 import socket
 import sys
 import threading
 import time
+
+
+def cpu_jiffies():
+    """(busy, steal, total) jiffies of all cores, from /proc/stat's cpu line."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (v + [0] * 8)[:8]
+    busy = user + nice + system + irq + softirq
+    return busy, steal, busy + idle + iowait + steal
+
+
+def report(counted, elapsed, cpu_from, cpu_to):
+    mb = counted / 1e6
+    hz = os.sysconf("SC_CLK_TCK")
+    busy_ms = (cpu_to[0] - cpu_from[0]) * 1000.0 / hz
+    total = cpu_to[2] - cpu_from[2]
+    steal_pct = 100.0 * (cpu_to[1] - cpu_from[1]) / total if total > 0 else 0.0
+    print("%.1f %.3f %.1f" % (mb / elapsed if elapsed > 0 else 0, busy_ms / mb if mb > 0 else 0, steal_pct))
 
 
 def serve(host, port):
@@ -50,14 +78,17 @@ def get(host, port, seconds):
         now = time.monotonic()
         total += n
         if counted_from is None and now - start >= 1.0:
-            counted_from = now
+            counted_from, cpu_from = now, cpu_jiffies()
         elif counted_from is not None:
             counted += n
             if now - counted_from >= seconds:
                 break
+    cpu_to = cpu_jiffies()
     s.close()
-    elapsed = time.monotonic() - counted_from if counted_from else 0
-    print("%.1f" % (counted / elapsed / 1e6 if elapsed > 0 else 0))
+    if counted_from is None:
+        print("0 0 0")
+        return
+    report(counted, time.monotonic() - counted_from, cpu_from, cpu_to)
 
 
 def sink(host, port):
@@ -90,14 +121,14 @@ def put(host, port, seconds):
         n = s.send(chunk)
         now = time.monotonic()
         if counted_from is None and now - start >= 1.0:
-            counted_from = now
+            counted_from, cpu_from = now, cpu_jiffies()
         elif counted_from is not None:
             counted += n
             if now - counted_from >= seconds:
                 break
+    cpu_to = cpu_jiffies()
     s.close()
-    elapsed = time.monotonic() - counted_from
-    print("%.1f" % (counted / elapsed / 1e6 if elapsed > 0 else 0))
+    report(counted, time.monotonic() - counted_from, cpu_from, cpu_to)
 
 
 if __name__ == "__main__":
