@@ -64,6 +64,15 @@ pebble_run() {
     PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=${PEBBLE_WFE_NONCEREJECT:-0} PEBBLE_AUTHZREUSE=0 \
         spawn pebble pebble -config "$work/pebble.json" -dnsserver "127.0.0.1:$pebble_dns"
     wait_for_log pebble 'Listening on: 127.0.0.1'
+    # its management listener may be the one logged: the directory itself must answer before an
+    # enclave's first attempt, or that attempt fails to connect (seen under load in CI)
+    local _
+    for _ in $(seq 1 100); do
+        curl -sf --max-time 2 --cacert "$work/pebble-ca.pem" "$pebble_directory" >/dev/null && return 0
+        kill -0 "${pids[pebble]}" 2>/dev/null || fail "pebble exited early"
+        sleep 0.1
+    done
+    fail "Pebble's directory $pebble_directory did not answer"
 }
 
 start_pebble() {
