@@ -31,6 +31,21 @@ enclave_pid() {
     grep -o 'event=enclave_started runner=local pid=[0-9]*' "$run/r$1/host.log" | tail -1 | sed 's/.*pid=//'
 }
 
+# kill_replica N: SIGKILL to everything of replica N at once, as when Nitro stops its enclave and the
+# instance dies: the enclave's process group, its app's (the app has its own, so that stopping it
+# reaches what its shell started), then the host and its workers.
+kill_replica() {
+    local host enclave app
+    host=$(host_pid "$1")
+    enclave=$(enclave_pid "$1")
+    app=$(grep -o 'event=app_started name=app pid=[0-9]*' "$run/r$1/host.log" | tail -1 | sed 's/.*pid=//')
+    [ -n "$host" ] && [ -n "$enclave" ] && [ -n "$app" ] ||
+        fail "no pids for replica $1 (host '$host', enclave '$enclave', app '$app')"
+    kill -KILL -- "-$enclave" 2>/dev/null || kill -KILL "$enclave"
+    kill -KILL -- "-$app" 2>/dev/null || kill -KILL "$app" 2>/dev/null || true
+    kill -KILL -- "-$host" 2>/dev/null || kill -KILL "$host"
+}
+
 wrk_failures() {
     python3 - "$1" <<'PY'
 import re, sys

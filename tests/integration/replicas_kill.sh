@@ -19,16 +19,7 @@ cert_before=$(awk '$1 == "certificate" { print $2 }' "$work/verify-before.out")
 wrk -t2 -c$conns -d8s --timeout 5s "https://127.0.0.1:$port/api/hello" >"$work/wrk1.out" 2>&1 &
 pids[wrk]=$!
 sleep 3
-host=$(host_pid 2)
-enclave=$(enclave_pid 2)
-[ -n "$host" ] && [ -n "$enclave" ] || fail "no pids for replica 2 (host '$host', enclave '$enclave')"
-app=$(grep -o 'event=app_started name=app pid=[0-9]*' "$run/r2/host.log" | tail -1 | sed 's/.*pid=//')
-[ -n "$app" ] || fail "no app pid for replica 2"
-# everything in the enclave at once, as when Nitro stops it: the enclave's process group, its app's
-# (the app has its own: stopping it reaches what its shell started), then the host and its workers
-kill -KILL -- "-$enclave" 2>/dev/null || kill -KILL "$enclave"
-kill -KILL -- "-$app" 2>/dev/null || kill -KILL "$app" 2>/dev/null || true
-kill -KILL -- "-$host" 2>/dev/null || kill -KILL "$host"
+kill_replica 2
 wait "${pids[wrk]}" || fail "wrk failed: $(cat "$work/wrk1.out")"
 unset 'pids[wrk]'
 failed1=$(wrk_failures "$work/wrk1.out")

@@ -25,10 +25,7 @@ read -r cert_a _ < <(verify_cert)
 grep -q 'event=sync_role role=leader' "$run/r1/host.log" || fail "replica 1 does not lead"
 
 # ---- the leader killed -------------------------------------------------------------------------------
-enclave=$(enclave_pid 1)
-host=$(host_pid 1)
-kill -KILL -- "-$enclave" 2>/dev/null || kill -KILL "$enclave"
-kill -KILL -- "-$host" 2>/dev/null || kill -KILL "$host"
+kill_replica 1
 wait_for_log dev "replica 1's host exited" 400
 for _ in $(seq 1 100); do grep -q 'replicas/r1 is DOWN' "$run/haproxy.log" && break; sleep 0.1; done
 grep -q 'replicas/r1 is DOWN' "$run/haproxy.log" || fail "HAProxy did not take the dead leader out"
