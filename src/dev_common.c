@@ -214,8 +214,48 @@ bool netns_possible(const char **why)
     return true;
 }
 
+/* Binds 127.0.0.1:port and closes it again: the port is free now. */
+static bool port_bindable(unsigned port)
+{
+    char text[32];
+    cl_address a;
+    int fd = -1;
+    snprintf(text, sizeof text, "tcp:127.0.0.1:%u", port);
+    if (cl_address_parse(text, &a) < 0 || cl_address_listen(&a, 1, &fd) < 0) {
+        cl_error_clear();
+        return false;
+    }
+    close(fd);
+    return true;
+}
+
+/* A port for one of dev's listeners, which its children bind a moment
+ * later.  Taken below the kernel's ephemeral range when there is room:
+ * a port from bind(0) is one that any outgoing connection of this machine
+ * may take as its own local port meanwhile, and then the child's listen
+ * fails (seen under a parallel test run). */
 unsigned free_port(void)
 {
+    unsigned lo = 32768;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f) {
+        unsigned a, b;
+        if (fscanf(f, "%u %u", &a, &b) == 2)
+            lo = a;
+        fclose(f);
+    }
+    if (lo > 12000) {
+        /* from [lo/2, lo): 16384 ports with the default range */
+        unsigned base = lo / 2, span = lo - base;
+        for (int tries = 0; tries < 64; tries++) {
+            uint32_t r = 0;
+            if (RAND_bytes((unsigned char *)&r, sizeof r) != 1)
+                break;
+            unsigned port = base + r % span;
+            if (port_bindable(port))
+                return port;
+        }
+    }
     cl_address a;
     int fd = -1;
     if (cl_address_parse("tcp:127.0.0.1:0", &a) < 0 || cl_address_listen(&a, 1, &fd) < 0)
