@@ -214,19 +214,23 @@ bool netns_possible(const char **why)
     return true;
 }
 
-/* Binds 127.0.0.1:port and closes it again: the port is free now. */
-static bool port_bindable(unsigned port)
+/* Binds 127.0.0.1:want (0: any) and closes it again: the port that was
+ * free then, or 0. */
+static unsigned probe_port(unsigned want)
 {
     char text[32];
     cl_address a;
     int fd = -1;
-    snprintf(text, sizeof text, "tcp:127.0.0.1:%u", port);
+    snprintf(text, sizeof text, "tcp:127.0.0.1:%u", want);
     if (cl_address_parse(text, &a) < 0 || cl_address_listen(&a, 1, &fd) < 0) {
         cl_error_clear();
-        return false;
+        return 0;
     }
+    struct sockaddr_in sin;
+    socklen_t len = sizeof sin;
+    unsigned port = getsockname(fd, (struct sockaddr *)&sin, &len) == 0 ? ntohs(sin.sin_port) : 0;
     close(fd);
-    return true;
+    return port;
 }
 
 /* A port for one of dev's listeners, which its children bind a moment
@@ -251,20 +255,12 @@ unsigned free_port(void)
             uint32_t r = 0;
             if (RAND_bytes((unsigned char *)&r, sizeof r) != 1)
                 break;
-            unsigned port = base + r % span;
-            if (port_bindable(port))
+            unsigned port = probe_port(base + r % span);
+            if (port)
                 return port;
         }
     }
-    cl_address a;
-    int fd = -1;
-    if (cl_address_parse("tcp:127.0.0.1:0", &a) < 0 || cl_address_listen(&a, 1, &fd) < 0)
-        return 0;
-    struct sockaddr_in sin;
-    socklen_t len = sizeof sin;
-    unsigned port = getsockname(fd, (struct sockaddr *)&sin, &len) == 0 ? ntohs(sin.sin_port) : 0;
-    close(fd);
-    return port;
+    return probe_port(0);
 }
 
 /* A word for sh -c, single-quoted. */

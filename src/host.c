@@ -134,8 +134,7 @@ static char *main_epilog(void)
             "  passed (at least 1 s, at most --resolve-interval; names from /etc/hosts and\n"
             "  answers without a TTL: every --resolve-interval), logged as event=resolved with\n"
             "  the TTL (at debug when the answer is unchanged); on failure the previous\n"
-            "  addresses stay.  A then AAAA\n"
-            "  answers, tried in that order by connections.\n"
+            "  addresses stay.  A then AAAA answers, tried in that order by connections.\n"
             "--imds LISTEN: an HTTP/1.1 gate, one request per connection, to --imds-endpoint,\n"
             "  allowing exactly these calls (others get 403, bodies 400):\n");
     const char *calls = cl_imds_allowed_calls();
