@@ -290,6 +290,15 @@ static int parse_settings(int argc, char **argv, settings *s)
         fprintf(stderr, "cloister enclave: -fqdn is required (the name clients use to reach the enclave)\n");
         return EXIT_USAGE;
     }
+    if (strlen(s->fqdn) > 253) {
+        fprintf(stderr, "cloister enclave: -fqdn is longer than a DNS name can be (253 characters)\n");
+        return EXIT_USAGE;
+    }
+    if (s->acme.acme && s->acme.store && strlen(s->fqdn) > ENCLAVE_ACME_STORED_NAME_MAX) {
+        fprintf(stderr, "cloister enclave: with --acme-store, -fqdn is at most %d characters (it names the stored "
+                        "record and its lease)\n", ENCLAVE_ACME_STORED_NAME_MAX);
+        return EXIT_USAGE;
+    }
     if (s->tls_key_ciphertext && (!s->cert || s->key)) {
         fprintf(stderr, "cloister enclave: --tls-key-ciphertext goes with --cert and replaces --key\n");
         return EXIT_USAGE;

@@ -398,7 +398,7 @@ static int order_once(enclave_acme *a)
     cl_buf chain = CL_BUF_INIT;
     bool leased = false;
     char lease[CL_CERT_STORE_NAME_MAX + 1];
-    snprintf(lease, sizeof lease, "lease.%s", a->fqdn);
+    snprintf(lease, sizeof lease, ENCLAVE_ACME_LEASE_PREFIX "%.*s", ENCLAVE_ACME_STORED_NAME_MAX, a->fqdn);
     int rc = CL_OK;
     if (a->store) {
         cl_cert_lease held;
@@ -481,7 +481,7 @@ static void *acme_thread(void *arg)
         if ((uint64_t)ra * 1000u > wait)
             wait = (uint64_t)ra * 1000u;
         int64_t na = atomic_load(&a->not_after);
-        char serving[64] = "the generated self-signed certificate";
+        char serving[96] = "the generated self-signed certificate";
         if (na) {
             char t[32];
             cl_format_time(na, t);
@@ -506,8 +506,12 @@ int enclave_acme_new(const enclave_acme_settings *s, const enclave_acme_env *env
     CL_ENSURE(a, CL_ENOMEM, "out of memory");
     a->s = s;
     a->env = *env;
-    snprintf(a->fqdn, sizeof a->fqdn, "%s", env->fqdn);
     int rc = CL_OK;
+    /* the name keys the store's record and its "lease." record */
+    size_t fqdn_max = s->store ? (size_t)ENCLAVE_ACME_STORED_NAME_MAX : sizeof a->fqdn - 1;
+    CL_ENSURE_OUT(strlen(env->fqdn) <= fqdn_max, CL_EINVAL, "the certificate's name is longer than %zu characters%s",
+                  fqdn_max, s->store ? " (with --acme-store)" : "");
+    snprintf(a->fqdn, sizeof a->fqdn, "%s", env->fqdn);
     uint8_t id[8];
     CL_ENSURE_OUT(RAND_bytes(id, sizeof id) == 1, CL_ECRYPTO, "no randomness");
     memcpy(a->owner, "enclave-", 8);

@@ -9,6 +9,7 @@
 #include "cloister/core/options.h"
 #include "cloister/core/tls.h"
 #include "cloister/enclave/acme.h"
+#include "cloister/enclave/cert_store.h"
 #include "cloister/enclave/kms.h"
 
 #include <stdbool.h>
@@ -19,6 +20,11 @@ typedef struct enclave_acme_settings {
         *dynamodb_endpoint, *store_ca_file;
     unsigned backoff_ms, max_backoff_ms, poll_ms, max_polls;
 } enclave_acme_settings;
+
+/* With --acme-store the name keys the stored record and its "lease."
+ * record, and the store's names are at most CL_CERT_STORE_NAME_MAX. */
+#define ENCLAVE_ACME_LEASE_PREFIX "lease."
+#define ENCLAVE_ACME_STORED_NAME_MAX (CL_CERT_STORE_NAME_MAX - (int)sizeof ENCLAVE_ACME_LEASE_PREFIX + 1)
 
 extern const cl_opt enclave_acme_option_specs[];
 extern const size_t enclave_acme_option_count;

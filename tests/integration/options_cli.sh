@@ -54,6 +54,10 @@ expect 2 "too many arguments: 'b'" attest show a b
 expect 2 "unknown option '-bogus'" enclave -bogus
 expect 2 "-h2-max-streams: '5000' exceeds the maximum 1000" enclave -fqdn x -h2-max-streams 5000
 expect 2 "-fqdn is required" enclave --intport=8081
+long_name=$(printf 'a%.0s' $(seq 60)).$(printf 'b%.0s' $(seq 60)).example # 129: a DNS name, too long for the store
+expect 2 "-fqdn is longer than a DNS name can be" enclave -fqdn "$long_name.$long_name"
+expect 2 "with --acme-store, -fqdn is at most 122 characters" enclave -fqdn "$long_name" -acme \
+    --acme-store file:/nonexistent --acme-kms-key-id alias/x
 "$CLOISTER" enclave -help | has -- '-ext-pub-port PORT .*(default: 443)' || fail "enclave -help: no default port"
 "$CLOISTER" enclave -help | has -- '-max-buffered-body BYTES' || fail "enclave -help lacks -max-buffered-body"
 expect 2 "--memory: 'x' is not a size" watchdog --memory x
