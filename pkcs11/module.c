@@ -248,8 +248,8 @@ EXPORT CK_RV C_SeedRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR seed, CK_ULONG len)
 
 /* ---- everything else: not supported ---------------------------------------------------- */
 
-#pragma clang diagnostic push
-#pragma clang diagnostic ignored "-Wunused-parameter"
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-parameter"
 #define UNSUPPORTED(name, params)                                                                             \
     EXPORT CK_RV name params                                                                                  \
     {                                                                                                         \
@@ -302,7 +302,7 @@ UNSUPPORTED(C_UnwrapKey, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HAN
                           CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR k))
 UNSUPPORTED(C_DeriveKey, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE bk, CK_ATTRIBUTE_PTR t,
                           CK_ULONG n, CK_OBJECT_HANDLE_PTR k))
-#pragma clang diagnostic pop
+#pragma GCC diagnostic pop
 
 /* legacy parallel functions: the standard's own answer */
 EXPORT CK_RV C_GetFunctionStatus(CK_SESSION_HANDLE h)

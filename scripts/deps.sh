@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  make cmake clang libclang-rt-14-dev pkg-config
+  make cmake clang libclang-rt-14-dev gcc pkg-config
   libssl-dev openssl libjansson-dev libnghttp2-dev libcurl4-openssl-dev
   libsqlite3-dev libsodium-dev libyaml-dev libsecp256k1-dev libseccomp-dev valgrind
   nginx-light haproxy wrk nghttp2-client socat pebble nftables dnsmasq-base

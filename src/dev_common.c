@@ -44,7 +44,8 @@ void say(const char *fmt, ...)
 int spawn(dev *d, proc *p, const char *name, char *const argv[])
 {
     p->name = name;
-    snprintf(p->log, sizeof p->log, "%s/%s.log", d->run, name);
+    CL_ENSURE(snprintf(p->log, sizeof p->log, "%s/%s.log", d->run, name) < (int)sizeof p->log, CL_EINVAL,
+              "the run directory's path is too long");
     int log = open(p->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     CL_ENSURE(log >= 0, CL_EIO, "cannot create %s: %s", p->log, strerror(errno));
     cl_process_spec spec = {.program = argv[0], .argv = argv, .own_group = true, .die_with_parent = true,
@@ -384,7 +385,8 @@ bool file_contains(const char *path, const char *needle)
 bool start_kms(dev *d)
 {
     char pol_dev[PATH_MAX + 32], pol_other[PATH_MAX + 32], state[PATH_MAX + 16], listen[64], root[PATH_MAX + 32];
-    char creds_role[256], creds_oper[256], key_dev[PATH_MAX + 48], key_other[PATH_MAX + 48];
+    char creds_role[sizeof d->role_key + sizeof d->role_secret + sizeof DEV_ROLE_ARN + 2],
+        creds_oper[sizeof d->oper_key + sizeof d->oper_secret + sizeof DEV_OPERATOR_ARN + 2], key_dev[PATH_MAX + 64], key_other[PATH_MAX + 64];
     char other_pcr0[2 * 48 + 1];
     memset(other_pcr0, 'a', 96);
     other_pcr0[96] = '\0';

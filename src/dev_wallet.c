@@ -31,7 +31,7 @@ static int find_beside(const char *self, const char *name, char *out, size_t len
     char *slash = strrchr(dir, '/');
     if (slash)
         *slash = '\0';
-    snprintf(out, len, "%s/%s", dir, name);
+    CL_ENSURE(snprintf(out, len, "%s/%s", dir, name) < (int)len, CL_EINVAL, "the path of %s is too long", self);
     CL_ENSURE(access(out, X_OK) == 0, CL_ENOTFOUND, "%s not found beside %s (build the wallet example)", name, self);
     return CL_OK;
 }
@@ -49,7 +49,8 @@ static int find_dynalite(const char *self, char *out, size_t len)
         if (access(out, R_OK) == 0)
             return CL_OK;
     }
-    snprintf(out, len, "%s/../tests/node/node_modules/dynalite/cli.js", dir);
+    CL_ENSURE(snprintf(out, len, "%s/../tests/node/node_modules/dynalite/cli.js", dir) < (int)len, CL_EINVAL,
+              "the path of %s is too long", self);
     CL_ENSURE(access(out, R_OK) == 0, CL_ENOTFOUND,
               "dynalite not found (scripts/node-deps.sh installs it under tests/node/node_modules)");
     return CL_OK;

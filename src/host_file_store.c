@@ -54,9 +54,10 @@ static void reply(int fd, int status, const cl_buf *body)
                      "Connection: close\r\n\r\n",
                      status, reason, body->len);
     /* a peer gone mid-reply is its own loss: the connection closes either way */
-    if (cl_small_server_send(fd, head, (size_t)n) < 0 || !body->len)
-        return;
-    (void)cl_small_server_send(fd, body->data, body->len);
+    bool sent = cl_small_server_send(fd, head, (size_t)n) == 0 &&
+                (!body->len || cl_small_server_send(fd, body->data, body->len) == 0);
+    if (!sent)
+        cl_log(CL_LOG_DEBUG, "reply-unsent", "status", status == 200 ? "200" : "error", NULL);
 }
 
 static void reply_text(int fd, int status, const char *json)

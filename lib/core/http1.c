@@ -134,7 +134,7 @@ static int interpret_fields(cl_http_head *h, bool is_request)
     for (size_t i = 0; i < h->header_count; i++) {
         cl_slice name = h->headers[i].name, value = h->headers[i].value;
         if (cl_slice_eq_nocase(name, "content-length")) {
-            uint64_t n;
+            uint64_t n = 0;
             CL_TRY(parse_content_length(value, &n));
             CL_ENSURE(!have_length || n == h->content_length, CL_EPARSE, "HTTP: conflicting Content-Length values");
             h->content_length = n;

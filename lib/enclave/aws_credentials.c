@@ -272,7 +272,7 @@ int cl_aws_credentials_imds(const char *addr, const char *role, cl_aws_credentia
     if (role)
         CL_ENSURE(cl_imds_role_name_valid(role, strlen(role)), CL_EINVAL, "'%s' is not an IAM role name", role);
     CL_TRY(cl_curl_init());
-    cl_aws_credentials_provider *p;
+    cl_aws_credentials_provider *p = NULL;
     CL_TRY(provider_new(SOURCE_IMDS, &p));
     p->addr = a;
     if (role) {

@@ -560,7 +560,7 @@ static int check_record(const cl_cert_record *rec, EVP_PKEY **cert_key)
     int rc = load_key(&rec->account_key, "account key", &ak);
     EVP_PKEY_free(ak);
     if (rc < 0)
-        return cl_error_prefix(CL_EINVAL, "");
+        return CL_EINVAL;
     CL_ENSURE(!rec->cert_key.len == !rec->chain_pem.len, CL_EINVAL,
               "a certificate key and a chain go together (one without the other)");
     if (rec->cert_key.len) {
@@ -572,13 +572,13 @@ static int check_record(const cl_cert_record *rec, EVP_PKEY **cert_key)
         if (rc < 0) {
             EVP_PKEY_free(*cert_key);
             *cert_key = NULL;
-            return cl_error_prefix(CL_EINVAL, "");
+            return CL_EINVAL;
         }
     }
     rc = check_metadata(&rec->metadata);
     EVP_PKEY_free(*cert_key);
     *cert_key = NULL;
-    return rc < 0 ? cl_error_prefix(CL_EINVAL, "") : CL_OK;
+    return rc < 0 ? CL_EINVAL : CL_OK;
 }
 
 int cl_cert_store_put(cl_cert_store *s, const char *name, const cl_cert_record *rec)
@@ -665,14 +665,14 @@ int cl_cert_store_get(cl_cert_store *s, const char *name, cl_cert_record *out)
     EVP_PKEY *ak = NULL;
     rc = load_key(&out->account_key, "account key", &ak);
     EVP_PKEY_free(ak);
-    CL_TRY_OUT(rc < 0 ? cl_error_prefix(CL_EVERIFY, "") : CL_OK);
+    CL_TRY_OUT(rc < 0 ? CL_EVERIFY : CL_OK);
     if (st.cert_ct.len) {
-        CL_TRY_OUT(load_key(&out->cert_key, "certificate key", &ck) < 0 ? cl_error_prefix(CL_EVERIFY, "") : CL_OK);
+        CL_TRY_OUT(load_key(&out->cert_key, "certificate key", &ck) < 0 ? CL_EVERIFY : CL_OK);
         rc = check_chain(&st.chain, ck);
-        CL_TRY_OUT(rc < 0 ? cl_error_prefix(CL_EVERIFY, "") : CL_OK);
+        CL_TRY_OUT(rc < 0 ? CL_EVERIFY : CL_OK);
     }
     rc = check_metadata(&st.metadata);
-    CL_TRY_OUT(rc < 0 ? cl_error_prefix(CL_EVERIFY, "") : CL_OK);
+    CL_TRY_OUT(rc < 0 ? CL_EVERIFY : CL_OK);
     CL_TRY_OUT(cl_buf_append(&out->chain_pem, st.chain.data, st.chain.len));
     CL_TRY_OUT(cl_buf_append(&out->metadata, st.metadata.data, st.metadata.len));
     out->updated_ms = st.updated_ms;

@@ -313,7 +313,7 @@ static void log_drop(cl_tap_relay *r, const cl_egress_verdict *v, uint64_t now)
         return;
     }
     r->last_log_ms[reason] = now ? now : 1;
-    char dst[64] = "", port[8] = "", proto[8] = "", sup[24];
+    char dst[64] = "", port[12] = "", proto[12] = "", sup[24];
     if (v->dst.family)
         cl_egress_addr_text(&v->dst, dst, sizeof dst);
     if (v->port >= 0)

@@ -862,7 +862,7 @@ int cl_host_run(const cl_host_config *cfg)
         close(p.ready_r);
         p.ready_r = -1;
         if (ready_count < started) {
-            char have[16];
+            char have[24];
             snprintf(have, sizeof have, "%u/%u", ready_count, started);
             cl_log(CL_LOG_WARN, "workers-not-ready", "ready", have, "detail",
                    "some workers did not start; they are restarted", NULL);

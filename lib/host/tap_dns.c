@@ -64,11 +64,13 @@ static int parse_server(const char *text, struct sockaddr_storage *ss, socklen_t
         memcpy(host, text, n);
         host[n] = '\0';
     } else {
-        snprintf(host, sizeof host, "%s", text);
+        n = strlen(text);
+        CL_ENSURE(n < sizeof host, CL_EINVAL, "DNS server %s: too long", text);
+        memcpy(host, text, n + 1);
         colon = NULL;
     }
     if (colon) {
-        uint16_t p;
+        uint16_t p = 0;
         CL_TRY(parse_port(colon + 1, strlen(colon + 1), &p));
         port = p;
     }

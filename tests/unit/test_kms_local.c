@@ -244,7 +244,7 @@ static int eval(const char *json, const cl_kms_policy_context *ctx)
     cl_kms_decision d = cl_kms_policy_evaluate(p, ctx);
     cl_kms_policy_free(p);
     /* a decision is never mistaken for CL_OK by a caller that tests rc == 0 */
-    CHECK(d != CL_OK && (d == CL_KMS_ALLOW || d == CL_KMS_IMPLICIT_DENY || d == CL_KMS_EXPLICIT_DENY));
+    CHECK((int)d != CL_OK && (d == CL_KMS_ALLOW || d == CL_KMS_IMPLICIT_DENY || d == CL_KMS_EXPLICIT_DENY));
     return (int)d;
 }
 

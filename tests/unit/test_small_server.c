@@ -70,7 +70,7 @@ static int connect_to(const char *path)
 
 static void joined_on_stop(void)
 {
-    char dir[] = "/tmp/cl-small-XXXXXX", path[128];
+    char dir[] = "/tmp/cl-small-XXXXXX", path[sizeof dir + 8];
     CHECK(mkdtemp(dir) != NULL);
     snprintf(path, sizeof path, "%s/s.sock", dir);
     int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);

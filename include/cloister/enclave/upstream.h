@@ -24,7 +24,7 @@ typedef struct cl_upstream_target {
     int family;
     struct sockaddr_storage sa;
     socklen_t sa_len;
-    char text[160]; /* for logs: "127.0.0.1:8081", "unix:/run/app.sock" */
+    char text[272]; /* for logs: "127.0.0.1:8081", "unix:/run/app.sock" (a host name is up to 255) */
 } cl_upstream_target;
 
 /* "http://HOST:PORT", "unix:PATH" or "tcp:HOST:PORT"; resolved once. */
