@@ -33,6 +33,10 @@
 # BENCH_PATHS (all) picks paths, e.g. "tap proxy-nitro".
 # BENCH_MTU (1500) sets the MTU of every link (tap0 and the parent's device,
 # the veths): 9001 is what EC2 gives inside a VPC.
+# BENCH_PERF=DIR records a whole-machine perf profile of each path's first
+# down and up transfer (3 s of it) into DIR and splits each path's CPU per
+# MB into the time spent copying bytes (the kernel's copy routines, memcpy)
+# and everything else: where a path's cost comes from.
 # Needs root (namespaces, TAP).  The table is written to BUILD_DIR/bench-tap.txt.
 set -euo pipefail
 build=${1:?usage: bench/tap.sh BUILD_DIR [--smoke]}
@@ -160,13 +164,36 @@ wrk_run() { # NS URL CONNS -> "p50_ms p99_ms rps"
     /^ +50%/ {p50 = ms($2)} /^ +99%/ {p99 = ms($2)} /^Requests\/sec/ {rps = $2}
     END {printf "%.3f %.3f %.0f\n", p50, p99, rps}'
 }
+perf_dir=${BENCH_PERF:-}
+if [ -n "$perf_dir" ]; then
+  command -v perf >/dev/null || { echo "bench-tap: BENCH_PERF needs perf (Debian: linux-perf)" >&2; exit 2; }
+  [ "$secs" -ge 4 ] || { echo "bench-tap: BENCH_PERF needs BENCH_SECONDS of 4 or more" >&2; exit 2; }
+  mkdir -p "$perf_dir"; perf_dir=$(cd "$perf_dir" && pwd)
+fi
+transfer() { # ROUND PATH get|put NS HOST PORT -> "MBPS CPU_MS_PER_MB STEAL_PCT", profiled in round 1 with BENCH_PERF
+  local pp=
+  if [ -n "$perf_dir" ] && [ "$1" = 1 ]; then
+    # from 1.5 s (after the warm-up second) for 3 s, inside the counted seconds
+    (sleep 1.5; exec perf record -a -q -o "$perf_dir/$2-$3.data" -- sleep 3 >/dev/null 2>&1) & pp=$!
+  fi
+  ip netns exec "$4" python3 "$src/bench/tap_tcp.py" "$3" "$5" "$6" "$secs"
+  [ -z "$pp" ] || wait "$pp" || true
+}
+copy_share() { # PERF_DATA -> "COPY_PCT_OF_BUSY BUSY_PCT"
+  perf report -i "$1" --no-children --sort comm,sym --stdio 2>/dev/null | awk '
+    /^#/ || NF < 4 {next}
+    {pct = $1; sub(/%/, "", pct); total += pct
+     if ($2 == "swapper") idle += pct
+     else if ($NF ~ /copy_(to|from)_iter|copy_page_(to|from)_iter|copy_user|memcpy|memmove|rep_movs/) copy += pct}
+    END {busy = total - idle; if (busy > 0) printf "%.0f %.0f\n", 100 * copy / busy, busy; else print "- -"}'
+}
 for round in $(seq 1 "$rounds"); do
   for path in $paths; do
     ns=$(path_ns $path) h=$(path_host $path)
     case $path in tap) [ "$round" = 1 ] || start_relay auto ;; tap-plain) start_relay off ;; esac
-    read -r mbps cpu steal < <(ip netns exec "$ns" python3 "$src/bench/tap_tcp.py" get "$h" "$(path_port $path 5001)" "$secs")
+    read -r mbps cpu steal < <(transfer "$round" "$path" get "$ns" "$h" "$(path_port $path 5001)")
     echo "$mbps" >>"$work/thr.$path"; echo "$cpu" >>"$work/cpu.$path"; echo "$steal" >>"$work/steal"
-    read -r mbps cpu steal < <(ip netns exec "$ns" python3 "$src/bench/tap_tcp.py" put "$h" "$(path_port $path 5002)" "$secs")
+    read -r mbps cpu steal < <(transfer "$round" "$path" put "$ns" "$h" "$(path_port $path 5002)")
     echo "$mbps" >>"$work/up.$path"; echo "$cpu" >>"$work/cpuup.$path"; echo "$steal" >>"$work/steal"
     read -r p50 p99 rps < <(wrk_run "$ns" "http://$h:$(path_port $path 8080)/" 1)
     echo "$p50" >>"$work/lat1.$path"; echo "$rps" >>"$work/rps1.$path"
@@ -200,6 +227,19 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
        "tap/proxy: throughput $(ratio "${thr[tap]}" "${thr[proxy]}"), up $(ratio "${up[tap]}" "${up[proxy]}"), req/s c=16 $(ratio "${rps16[tap]}" "${rps16[proxy]}")"
   echo "tap/proxy-nitro (the proxy pair copying from its links as on Nitro): throughput $(ratio "${thr[tap]}" "${thr[proxy-nitro]}")," \
        "up $(ratio "${up[tap]}" "${up[proxy-nitro]}"), req/s c=1 $(ratio "${rps1[tap]}" "${rps1[proxy-nitro]}"), req/s c=16 $(ratio "${rps16[tap]}" "${rps16[proxy-nitro]}")"
+  if [ -n "$perf_dir" ]; then
+    echo "Where the CPU per MB goes (perf, 3 s of each path's first transfer, $perf_dir): the share of the busy"
+    echo "samples in the kernel's copy routines and memcpy, and that share of the CPU per MB, down / up"
+    for path in $paths; do
+      read -r cd bd < <(copy_share "$perf_dir/$path-get.data"); read -r cu bu < <(copy_share "$perf_dir/$path-put.data")
+      printf "%-12s copying %3s%% / %3s%% of the busy time (%s%% / %s%% of the machine busy):" "$path" "$cd" "$cu" "$bd" "$bu"
+      printf " %s / %s ms/MB copying, %s / %s ms/MB the rest\n" \
+        "$(awk -v c="$cd" -v m="${cpu[$path]}" 'BEGIN { printf "%.3f", m * c / 100 }')" \
+        "$(awk -v c="$cu" -v m="${cpuup[$path]}" 'BEGIN { printf "%.3f", m * c / 100 }')" \
+        "$(awk -v c="$cd" -v m="${cpu[$path]}" 'BEGIN { printf "%.3f", m * (100 - c) / 100 }')" \
+        "$(awk -v c="$cu" -v m="${cpuup[$path]}" 'BEGIN { printf "%.3f", m * (100 - c) / 100 }')"
+    done
+  fi
   stat() { ip netns exec "$1" cat "/sys/class/net/$2/statistics/$3" 2>/dev/null || echo -; } # NS DEV COUNTER
   echo "TAP queues over the run: the parent's cloister0 dropped $(stat "$P" cloister0 tx_dropped) of" \
        "$(stat "$P" cloister0 tx_packets) frames toward the enclave, the enclave's tap0 $(stat "$E" tap0 tx_dropped) of" \
