@@ -386,7 +386,8 @@ bool start_kms(dev *d)
 {
     char pol_dev[PATH_MAX + 32], pol_other[PATH_MAX + 32], state[PATH_MAX + 16], listen[64], root[PATH_MAX + 32];
     char creds_role[sizeof d->role_key + sizeof d->role_secret + sizeof DEV_ROLE_ARN + 2],
-        creds_oper[sizeof d->oper_key + sizeof d->oper_secret + sizeof DEV_OPERATOR_ARN + 2], key_dev[PATH_MAX + 64], key_other[PATH_MAX + 64];
+        creds_oper[sizeof d->oper_key + sizeof d->oper_secret + sizeof DEV_OPERATOR_ARN + 2];
+    char key_dev[PATH_MAX + 64], key_other[PATH_MAX + 64];
     char other_pcr0[2 * 48 + 1];
     memset(other_pcr0, 'a', 96);
     other_pcr0[96] = '\0';

@@ -507,10 +507,7 @@ int enclave_acme_new(const enclave_acme_settings *s, const enclave_acme_env *env
     a->s = s;
     a->env = *env;
     int rc = CL_OK;
-    /* the name keys the store's record and its "lease." record */
-    size_t fqdn_max = s->store ? (size_t)ENCLAVE_ACME_STORED_NAME_MAX : sizeof a->fqdn - 1;
-    CL_ENSURE_OUT(strlen(env->fqdn) <= fqdn_max, CL_EINVAL, "the certificate's name is longer than %zu characters%s",
-                  fqdn_max, s->store ? " (with --acme-store)" : "");
+    /* its length was checked with the options (ENCLAVE_ACME_STORED_NAME_MAX with a store) */
     snprintf(a->fqdn, sizeof a->fqdn, "%s", env->fqdn);
     uint8_t id[8];
     CL_ENSURE_OUT(RAND_bytes(id, sizeof id) == 1, CL_ECRYPTO, "no randomness");
